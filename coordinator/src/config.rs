@@ -1,0 +1,171 @@
+//! Coordinator configuration: the raft group's members and the timing of leases.
+//! Layered: defaults → file → flags, then [`ClusterConfig::validate`].
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::CoordinatorError;
+
+/// Default QUIC address of `shoal up`.
+pub const DEFAULT_QUIC_ADDR: &str = "127.0.0.1:7100";
+/// Default gateway address.
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+/// How often nodes heartbeat.
+pub const DEFAULT_HEARTBEAT_MS: u64 = 1_000;
+/// How long a node may go without a heartbeat before it is declared dead.
+pub const DEFAULT_LEASE_MS: u64 = 5_000;
+/// Raft tick; heartbeat and election timeouts are counted in ticks.
+pub const DEFAULT_TICK_MS: u64 = 100;
+pub const DEFAULT_ELECTION_TICKS: usize = 10;
+pub const DEFAULT_HEARTBEAT_TICKS: usize = 1;
+
+/// One coordinator of the raft group.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    pub id: u64,
+    pub quic: SocketAddr,
+    pub http: SocketAddr,
+}
+
+/// Lease and raft timing.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimingConfig {
+    pub heartbeat_ms: u64,
+    pub lease_ms: u64,
+    pub tick_ms: u64,
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+}
+
+impl Default for TimingConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: DEFAULT_HEARTBEAT_MS,
+            lease_ms: DEFAULT_LEASE_MS,
+            tick_ms: DEFAULT_TICK_MS,
+            election_ticks: DEFAULT_ELECTION_TICKS,
+            heartbeat_ticks: DEFAULT_HEARTBEAT_TICKS,
+        }
+    }
+}
+
+impl TimingConfig {
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
+    }
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.lease_ms)
+    }
+    pub fn tick(&self) -> Duration {
+        Duration::from_millis(self.tick_ms)
+    }
+}
+
+/// The file `shoal coordinator --config` reads (see `cluster-configs/`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub coordinators: Vec<MemberConfig>,
+    #[serde(default)]
+    pub timing: TimingConfig,
+}
+
+impl ClusterConfig {
+    /// A single-coordinator group (what `shoal up` runs).
+    pub fn single(quic: SocketAddr, http: SocketAddr) -> Self {
+        Self { coordinators: vec![MemberConfig { id: 1, quic, http }], timing: TimingConfig::default() }
+    }
+
+    pub fn load(path: &Path) -> Result<Self, CoordinatorError> {
+        let err = |message: String| CoordinatorError::Config { path: path.display().to_string(), message };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let cfg: ClusterConfig = toml::from_str(&text).map_err(|e| err(e.message().to_string()))?;
+        cfg.validate().map_err(err)
+    }
+
+    /// Checks the config is usable; the error names the bad value.
+    pub fn validate(self) -> Result<Self, String> {
+        if self.coordinators.is_empty() {
+            return Err("no coordinators listed".into());
+        }
+        let mut ids = BTreeSet::new();
+        let mut addrs = BTreeSet::new();
+        for m in &self.coordinators {
+            if m.id == 0 {
+                return Err("coordinator id 0 is reserved; ids start at 1".into());
+            }
+            if !ids.insert(m.id) {
+                return Err(format!("coordinator id {} is listed twice", m.id));
+            }
+            for a in [m.quic, m.http] {
+                if !addrs.insert(a) {
+                    return Err(format!("address {a} is used twice"));
+                }
+            }
+        }
+        let t = &self.timing;
+        if t.heartbeat_ms == 0 || t.tick_ms == 0 {
+            return Err("timing.heartbeat_ms and timing.tick_ms must be positive".into());
+        }
+        if t.lease_ms < 2 * t.heartbeat_ms {
+            return Err(format!(
+                "timing.lease_ms ({}) must be at least twice timing.heartbeat_ms ({})",
+                t.lease_ms, t.heartbeat_ms
+            ));
+        }
+        if t.heartbeat_ticks == 0 || t.election_ticks <= t.heartbeat_ticks {
+            return Err(format!(
+                "timing.election_ticks ({}) must exceed timing.heartbeat_ticks ({}) > 0",
+                t.election_ticks, t.heartbeat_ticks
+            ));
+        }
+        Ok(self)
+    }
+
+    pub fn member(&self, id: u64) -> Option<&MemberConfig> {
+        self.coordinators.iter().find(|m| m.id == id)
+    }
+
+    pub fn voter_ids(&self) -> Vec<u64> {
+        self.coordinators.iter().map(|m| m.id).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_shipped_cluster_config_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cluster-configs");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).expect("cluster-configs exists") {
+            let path = entry.expect("entry").path();
+            if path.extension().and_then(|e| e.to_str()) == Some("toml") {
+                ClusterConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                n += 1;
+            }
+        }
+        assert!(n >= 1, "no configs found in {}", dir.display());
+    }
+
+    #[test]
+    fn bad_configs_name_the_bad_value() {
+        let a: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        let b: SocketAddr = "127.0.0.1:2".parse().expect("addr");
+        let dup = ClusterConfig {
+            coordinators: vec![MemberConfig { id: 1, quic: a, http: b }, MemberConfig { id: 1, quic: b, http: a }],
+            timing: TimingConfig::default(),
+        };
+        assert!(dup.validate().unwrap_err().contains("id 1"));
+        let mut short = ClusterConfig::single(a, b);
+        short.timing.lease_ms = 100;
+        assert!(short.validate().unwrap_err().contains("lease_ms (100)"));
+    }
+}

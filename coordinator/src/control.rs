@@ -1,0 +1,287 @@
+//! The coordinator's QUIC side: joins, node sessions (registration + heartbeats), raft
+//! messages from peer coordinators, and pings.
+//!
+//! Trust: a join needs no client certificate (it proves a token instead); everything else
+//! needs a certificate from the cluster CA whose role and id match the request.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use protobuf::Message as PbMessage;
+use quinn::Connection;
+use rand::Rng;
+use shoal_protocol::metric_names as m;
+use shoal_protocol::quic::{self, ServerStream};
+use shoal_protocol::tls::{ClusterCa, MemberRole};
+use shoal_protocol::token::{constant_time_eq, hash_secret};
+use shoal_protocol::{JoinRequest, RefusalCode, RegisterRequest, Request, Response};
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::clock::Clock;
+use crate::config::TimingConfig;
+use crate::lease::LeaseTable;
+use crate::raft::RaftHandle;
+use crate::state::{Command, NodeState, Outcome};
+
+
+/// How often the leader sweeps leases.
+const MIN_SWEEP: Duration = Duration::from_millis(100);
+/// How often expired join tokens are pruned from the state.
+const TOKEN_PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Shared by every stream handler.
+pub struct ControlPlane {
+    pub raft: RaftHandle,
+    pub ca: ClusterCa,
+    pub leases: Arc<Mutex<LeaseTable>>,
+    pub timing: TimingConfig,
+    pub clock: Clock,
+    /// QUIC address of every coordinator, for redirects.
+    pub coordinators: HashMap<u64, SocketAddr>,
+}
+
+fn new_node_id() -> String {
+    let mut rng = rand::rng();
+    format!("n-{:010x}", rng.random::<u64>() & 0xff_ffff_ffff)
+}
+
+impl ControlPlane {
+    /// Serves one stream: dispatches on its first request.
+    pub async fn handle(self: Arc<Self>, conn: Connection, mut stream: ServerStream) {
+        let remote = conn.remote_address();
+        let first = match stream.recv().await {
+            Ok(Some(r)) => r,
+            Ok(None) | Err(_) => return, // refused frames are counted and closed by `recv`
+        };
+        let peer = quic::peer_member(&conn);
+        let span = info_span!("stream", %remote, kind = first.kind());
+        async move {
+            match first {
+                Request::Join(j) => self.join(&mut stream, j, remote).await,
+                Request::Register(r) => match peer {
+                    Some((MemberRole::Node, id)) if id == r.node_id => self.session(stream, r).await,
+                    _ => {
+                        warn!("registration without a matching node certificate");
+                        stream.refuse(RefusalCode::Unauthenticated, "registration needs this node's certificate").await
+                    }
+                },
+                Request::Raft { from, message } => match peer {
+                    Some((MemberRole::Coordinator, id)) if id == from.to_string() => {
+                        self.raft_stream(stream, from, message).await
+                    }
+                    _ => stream.refuse(RefusalCode::Unauthenticated, "raft messages need a coordinator certificate").await,
+                },
+                Request::Ping { seq, payload } => {
+                    if peer.is_none() {
+                        return stream.refuse(RefusalCode::Unauthenticated, "ping needs a member certificate").await;
+                    }
+                    pong_loop(stream, seq, payload).await
+                }
+                Request::Heartbeat(_) => stream.refuse(RefusalCode::BadRequest, "register before heartbeating").await,
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn redirect_target(&self) -> Option<String> {
+        let leader = self.raft.status().leader_id;
+        self.coordinators.get(&leader).map(|a| a.to_string())
+    }
+
+    /// Answers a request that only the leader may serve. Returns false if redirected.
+    async fn ensure_leader(&self, stream: &mut ServerStream) -> bool {
+        if self.raft.status().is_leader() {
+            return true;
+        }
+        match self.redirect_target() {
+            Some(leader_address) => {
+                let _ = stream.send(&Response::Redirect { leader_address }).await;
+                stream.finish();
+            }
+            None => stream.refuse(RefusalCode::Unavailable, "no raft leader at the moment; retry").await,
+        }
+        false
+    }
+
+    async fn join(&self, stream: &mut ServerStream, j: JoinRequest, remote: SocketAddr) {
+        if !self.ensure_leader(stream).await {
+            return;
+        }
+        let now = self.clock.unix_ms();
+        let check = {
+            let state = self.raft.state().read().unwrap_or_else(|p| p.into_inner());
+            match state.tokens.get(&j.token_id) {
+                Some(t) if constant_time_eq(hash_secret(&j.token_secret).as_bytes(), t.secret_hash.as_bytes()) => {
+                    if t.expires_at_ms <= now {
+                        Err((RefusalCode::ExpiredToken, format!("join token {} has expired", j.token_id)))
+                    } else {
+                        Ok(())
+                    }
+                }
+                _ => Err((RefusalCode::InvalidToken, "join token is not valid".to_string())),
+            }
+        };
+        if let Err((code, message)) = check {
+            metrics::counter!(m::JOINS_REFUSED, "reason" => code.as_str()).increment(1);
+            warn!(%remote, token_id = %j.token_id, reason = code.as_str(), "refused a join");
+            return stream.refuse(code, message).await;
+        }
+        let id = new_node_id();
+        let cert_pem = match self.ca.sign_csr(&j.csr_der, MemberRole::Node, &id) {
+            Ok(c) => c,
+            Err(e) => {
+                metrics::counter!(m::JOINS_REFUSED, "reason" => "bad_csr").increment(1);
+                return stream.refuse(RefusalCode::BadRequest, e.to_string()).await;
+            }
+        };
+        match self.raft.propose(Command::AdmitNode { id: id.clone(), name: j.name.clone(), at_ms: now }).await {
+            Ok(Outcome::Applied) => {}
+            Ok(other) => return stream.refuse(RefusalCode::BadRequest, format!("{other:?}")).await,
+            Err(e) => return stream.refuse(RefusalCode::Unavailable, e.to_string()).await,
+        }
+        metrics::counter!(m::JOINS).increment(1);
+        info!(node = %id, name = %j.name, %remote, "node joined");
+        let resp = Response::Joined { node_id: id, cert_pem, ca_pem: self.ca.material.cert_pem.clone() };
+        let _ = stream.send(&resp).await;
+        stream.finish();
+    }
+
+    /// A node's long-lived control stream: one registration, then heartbeats.
+    async fn session(&self, mut stream: ServerStream, r: RegisterRequest) {
+        if !self.ensure_leader(&mut stream).await {
+            return;
+        }
+        let id = r.node_id.clone();
+        let cmd = Command::NodeUp {
+            id: id.clone(),
+            name: r.name,
+            address: r.address,
+            capacity: r.capacity,
+            labels: r.labels,
+            at_ms: self.clock.unix_ms(),
+        };
+        let generation = match self.raft.propose(cmd).await {
+            Ok(Outcome::NodeUp { generation }) => generation,
+            Ok(Outcome::Rejected(why)) => return stream.refuse(RefusalCode::UnknownNode, why).await,
+            Ok(other) => return stream.refuse(RefusalCode::BadRequest, format!("{other:?}")).await,
+            Err(e) => return stream.refuse(RefusalCode::Unavailable, e.to_string()).await,
+        };
+        self.renew(&id, generation, None);
+        info!(node = %id, generation, "node registered");
+        let registered = Response::Registered {
+            generation,
+            heartbeat_interval_ms: self.timing.heartbeat_ms as u32,
+            lease_ms: self.timing.lease_ms as u32,
+        };
+        if stream.send(&registered).await.is_err() {
+            return;
+        }
+        loop {
+            let hb = match stream.recv().await {
+                Ok(Some(Request::Heartbeat(hb))) => hb,
+                Ok(Some(_)) => return stream.refuse(RefusalCode::BadRequest, "only heartbeats on a control stream").await,
+                Ok(None) | Err(_) => return,
+            };
+            if hb.node_id != id {
+                return stream.refuse(RefusalCode::Unauthenticated, "heartbeat for another node").await;
+            }
+            let current = {
+                let state = self.raft.state().read().unwrap_or_else(|p| p.into_inner());
+                state.nodes.get(&id).map(|n| (n.generation, n.state))
+            };
+            if current != Some((hb.generation, NodeState::Ready)) {
+                metrics::counter!(m::HEARTBEATS_REFUSED, "reason" => "stale_generation").increment(1);
+                info!(node = %id, generation = hb.generation, "refused a heartbeat from a fenced incarnation");
+                return stream.refuse(RefusalCode::StaleGeneration, "this incarnation is no longer current; register again").await;
+            }
+            if !self.raft.status().is_leader() {
+                let _ = self.ensure_leader(&mut stream).await;
+                return;
+            }
+            self.renew(&id, hb.generation, Some(hb.load));
+            metrics::counter!(m::HEARTBEATS).increment(1);
+            if stream.send(&Response::HeartbeatAck { generation: hb.generation, seq: hb.seq }).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn renew(&self, id: &str, generation: u64, load: Option<shoal_protocol::Load>) {
+        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        leases.renew(id, generation, self.clock.now_ms(), self.timing.lease_ms, self.clock.unix_ms(), load);
+    }
+
+    async fn raft_stream(&self, mut stream: ServerStream, from: u64, first: Vec<u8>) {
+        let mut next = Some(first);
+        while let Some(bytes) = next.take() {
+            match raft::prelude::Message::parse_from_bytes(&bytes) {
+                Ok(msg) if msg.from == from => self.raft.step(msg),
+                Ok(_) => return stream.refuse(RefusalCode::Unauthenticated, "raft message from another member").await,
+                Err(e) => return stream.refuse(RefusalCode::BadRequest, format!("bad raft message: {e}")).await,
+            }
+            next = match stream.recv().await {
+                Ok(Some(Request::Raft { from: f, message })) if f == from => Some(message),
+                Ok(Some(_)) => return stream.refuse(RefusalCode::BadRequest, "only raft messages on a raft stream").await,
+                Ok(None) | Err(_) => return,
+            };
+        }
+    }
+
+    /// The leader's lease sweeper: turns expired leases into `NodeDead` commands.
+    pub async fn run_sweeper(self: Arc<Self>) {
+        let every = (self.timing.lease() / 4).max(MIN_SWEEP);
+        let mut ticker = tokio::time::interval(every);
+        let mut leading_term = 0u64;
+        let mut last_prune = self.clock.now_ms();
+        loop {
+            ticker.tick().await;
+            let status = self.raft.status();
+            if !status.is_leader() {
+                leading_term = 0;
+                continue;
+            }
+            let now = self.clock.now_ms();
+            let expired = {
+                let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+                if leading_term != status.term {
+                    // New leadership: every node gets a full lease from now.
+                    leases.clear();
+                    leading_term = status.term;
+                }
+                let state = self.raft.state().read().unwrap_or_else(|p| p.into_inner());
+                leases.sweep(&state, now, self.timing.lease_ms)
+            };
+            for (id, generation) in expired {
+                metrics::counter!(m::LEASES_EXPIRED).increment(1);
+                warn!(node = %id, generation, "lease expired; marking the node dead");
+                let cmd = Command::NodeDead { id: id.clone(), generation, at_ms: self.clock.unix_ms() };
+                if let Err(e) = self.raft.propose(cmd).await {
+                    warn!(node = %id, error = %e, "could not mark the node dead");
+                }
+            }
+            if now.saturating_sub(last_prune) >= TOKEN_PRUNE_EVERY.as_millis() as u64 {
+                last_prune = now;
+                let _ = self.raft.propose(Command::PruneTokens { now_ms: self.clock.unix_ms() }).await;
+            }
+        }
+    }
+}
+
+async fn pong_loop(mut stream: ServerStream, seq: u64, payload: Vec<u8>) {
+    let mut next = Some((seq, payload));
+    while let Some((seq, payload)) = next.take() {
+        if stream.send(&Response::Pong { seq, payload }).await.is_err() {
+            return;
+        }
+        next = match stream.recv().await {
+            Ok(Some(Request::Ping { seq, payload })) => Some((seq, payload)),
+            Ok(Some(_)) => return stream.refuse(RefusalCode::BadRequest, "only pings on a ping stream").await,
+            Ok(None) | Err(_) => None,
+        };
+    }
+    stream.finish();
+}
+

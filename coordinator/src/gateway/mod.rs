@@ -1,0 +1,49 @@
+//! The HTTP gateway (axum): health, readiness, metrics, and the admin API.
+//! Errors use the OpenAI error shape.
+
+pub mod auth;
+mod error;
+mod routes;
+
+use std::sync::{Arc, Mutex};
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::clock::Clock;
+use crate::config::ClusterConfig;
+use crate::lease::LeaseTable;
+use crate::raft::RaftHandle;
+
+pub use auth::hash_key;
+pub use error::ApiError;
+
+/// Largest request body the gateway reads.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// What the handlers share.
+pub struct GatewayState {
+    pub raft: RaftHandle,
+    pub leases: Arc<Mutex<LeaseTable>>,
+    pub prometheus: PrometheusHandle,
+    pub config: ClusterConfig,
+    pub self_id: u64,
+    pub ca_hash: String,
+    pub clock: Clock,
+}
+
+pub fn router(state: Arc<GatewayState>) -> Router {
+    Router::new()
+        .route("/healthz", get(routes::healthz))
+        .route("/readyz", get(routes::readyz))
+        .route("/metrics", get(routes::metrics))
+        .route("/v1/cluster", get(routes::cluster))
+        .route("/v1/nodes", get(routes::nodes))
+        .route("/v1/nodes/{id}", get(routes::node))
+        .route("/v1/tokens", post(routes::create_token))
+        .fallback(routes::not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}

@@ -1,0 +1,183 @@
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use shoal_protocol::metric_names as m;
+use shoal_protocol::token::JoinToken;
+
+use super::auth::require;
+use super::{ApiError, GatewayState};
+use crate::state::{Command, NodeRecord, Outcome, Scope, TokenRecord};
+use crate::telemetry;
+
+/// The longest a join token may live.
+pub const MAX_TOKEN_TTL_SECONDS: u64 = 365 * 24 * 3600;
+pub const DEFAULT_TOKEN_TTL_SECONDS: u64 = 24 * 3600;
+
+type Gw = State<Arc<GatewayState>>;
+
+fn count(route: &'static str) {
+    metrics::counter!(m::HTTP_REQUESTS, "route" => route).increment(1);
+}
+
+pub async fn healthz() -> &'static str {
+    count("healthz");
+    "ok\n"
+}
+
+/// Ready when a leader is known and this replica has applied what it knows is committed.
+pub async fn readyz(State(gw): Gw) -> impl IntoResponse {
+    count("readyz");
+    let s = gw.raft.status();
+    if s.leader_id == 0 {
+        return (StatusCode::SERVICE_UNAVAILABLE, "no raft leader\n".to_string());
+    }
+    if s.applied < s.commit {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("applying: {} of {}\n", s.applied, s.commit));
+    }
+    (StatusCode::OK, "ready\n".to_string())
+}
+
+pub async fn metrics(State(gw): Gw) -> impl IntoResponse {
+    count("metrics");
+    {
+        let state = gw.raft.state().read().unwrap_or_else(|p| p.into_inner());
+        telemetry::refresh(&gw.raft.status(), &state);
+    }
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], gw.prometheus.render())
+}
+
+pub async fn cluster(State(gw): Gw, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    count("cluster");
+    require(&headers, &gw, Scope::User)?;
+    let s = gw.raft.status();
+    let members: Vec<Value> = gw
+        .config
+        .coordinators
+        .iter()
+        .map(|c| {
+            json!({
+                "id": c.id,
+                "quic": c.quic.to_string(),
+                "http": c.http.to_string(),
+                "voter": s.voters.contains(&c.id),
+                "leader": s.leader_id == c.id,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "self_id": gw.self_id,
+        "role": s.role,
+        "leader_id": (s.leader_id != 0).then_some(s.leader_id),
+        "term": s.term,
+        "commit_index": s.commit,
+        "applied_index": s.applied,
+        "first_index": s.first_index,
+        "last_index": s.last_index,
+        "voters": s.voters,
+        "learners": s.learners,
+        "members": members,
+        "ca_hash": gw.ca_hash,
+    })))
+}
+
+fn node_json(gw: &GatewayState, n: &NodeRecord) -> Value {
+    let leases = gw.leases.lock().unwrap_or_else(|p| p.into_inner());
+    let lease = leases.get(&n.id).filter(|l| l.generation == n.generation && l.last_heartbeat_unix_ms > 0);
+    let now = gw.clock.unix_ms();
+    let labels: serde_json::Map<String, Value> =
+        n.labels.iter().map(|l| (l.key.clone(), Value::String(l.value.clone()))).collect();
+    json!({
+        "id": n.id,
+        "name": n.name,
+        "state": n.state,
+        "generation": n.generation,
+        "address": n.address,
+        "capacity": n.capacity,
+        "labels": labels,
+        "load": lease.map(|l| &l.load),
+        "last_heartbeat_unix_ms": lease.map(|l| l.last_heartbeat_unix_ms),
+        "last_heartbeat_age_ms": lease.map(|l| now.saturating_sub(l.last_heartbeat_unix_ms)),
+        "joined_at_ms": n.joined_at_ms,
+        "state_changed_at_ms": n.state_changed_at_ms,
+    })
+}
+
+pub async fn nodes(State(gw): Gw, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    count("nodes");
+    require(&headers, &gw, Scope::User)?;
+    let records: Vec<NodeRecord> = {
+        let state = gw.raft.state().read().unwrap_or_else(|p| p.into_inner());
+        state.nodes.values().cloned().collect()
+    };
+    let nodes: Vec<Value> = records.iter().map(|n| node_json(&gw, n)).collect();
+    Ok(Json(json!({ "nodes": nodes })))
+}
+
+pub async fn node(State(gw): Gw, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    count("node");
+    require(&headers, &gw, Scope::User)?;
+    let record = {
+        let state = gw.raft.state().read().unwrap_or_else(|p| p.into_inner());
+        state.nodes.get(&id).cloned()
+    };
+    match record {
+        Some(n) => Ok(Json(node_json(&gw, &n))),
+        None => Err(ApiError::not_found(format!("no node with id {id}"))),
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    pub ttl_seconds: Option<u64>,
+    pub description: Option<String>,
+}
+
+pub async fn create_token(
+    State(gw): Gw,
+    headers: HeaderMap,
+    body: Option<Json<TokenRequest>>,
+) -> Result<Json<Value>, ApiError> {
+    count("create_token");
+    require(&headers, &gw, Scope::Admin)?;
+    let req = body.map(|Json(b)| b).unwrap_or_default();
+    let ttl = req.ttl_seconds.unwrap_or(DEFAULT_TOKEN_TTL_SECONDS);
+    if ttl == 0 || ttl > MAX_TOKEN_TTL_SECONDS {
+        return Err(ApiError::bad_request(format!(
+            "ttl_seconds must be between 1 and {MAX_TOKEN_TTL_SECONDS}, got {ttl}"
+        )));
+    }
+    let token = JoinToken::generate();
+    let now = gw.clock.unix_ms();
+    let record = TokenRecord {
+        id: token.id.clone(),
+        secret_hash: token.secret_hash(),
+        created_at_ms: now,
+        expires_at_ms: now + ttl * 1000,
+        description: req.description.unwrap_or_default(),
+    };
+    let expires_at_ms = record.expires_at_ms;
+    match gw.raft.propose(Command::CreateToken(record)).await? {
+        Outcome::Applied => {}
+        other => return Err(ApiError::unavailable(format!("token not created: {other:?}"))),
+    }
+    tracing::info!(token_id = %token.id, ttl, "admin created a join token");
+    let addr = gw.config.member(gw.self_id).map(|m| m.quic.to_string()).unwrap_or_default();
+    Ok(Json(json!({
+        "token": token.to_string(),
+        "token_id": token.id,
+        "expires_at_ms": expires_at_ms,
+        "ca_hash": gw.ca_hash,
+        "coordinator": addr,
+        "join_command": format!("shoal join {addr} --token {token} --ca-hash {}", gw.ca_hash),
+    })))
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint")
+}

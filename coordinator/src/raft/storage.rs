@@ -1,0 +1,396 @@
+//! raft-rs `Storage` on sled.
+//!
+//! One tree holds everything, so each write is one atomic sled batch: log entries under
+//! `e/<index BE>`, and under `m/`: hard state, conf state, snapshot metadata and the
+//! applied state machine (with its applied index). Every write path is followed by an
+//! explicit flush in the driver before anything that depends on it is sent or acknowledged.
+
+use std::path::Path;
+
+use protobuf::Message as PbMessage;
+use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, RaftState, StorageError};
+
+use crate::state::ClusterState;
+use crate::CoordinatorError;
+
+const KEY_HARD_STATE: &[u8] = b"m/hs";
+const KEY_CONF_STATE: &[u8] = b"m/cs";
+const KEY_SNAPSHOT_META: &[u8] = b"m/snap";
+const KEY_STATE_MACHINE: &[u8] = b"m/sm";
+const ENTRY_PREFIX: u8 = b'e';
+
+fn entry_key(index: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = ENTRY_PREFIX;
+    k[1..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn corrupt(what: impl std::fmt::Display) -> CoordinatorError {
+    CoordinatorError::CorruptStorage(what.to_string())
+}
+
+/// The applied state machine as stored, with the index it reflects.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, Default)]
+pub struct StoredState {
+    pub applied: u64,
+    pub state: ClusterState,
+}
+
+impl StoredState {
+    pub fn encode(&self) -> Result<Vec<u8>, CoordinatorError> {
+        Ok(shoal_protocol::frame::to_payload(self)?.to_vec())
+    }
+    pub fn decode(bytes: &[u8]) -> Result<Self, CoordinatorError> {
+        shoal_protocol::frame::decode(bytes).map_err(|e| corrupt(format!("state machine: {e}")))
+    }
+}
+
+/// raft storage on a sled tree.
+pub struct SledStorage {
+    db: sled::Db,
+    tree: sled::Tree,
+    hard_state: HardState,
+    conf_state: ConfState,
+    snapshot_meta: SnapshotMetadata,
+    /// Index of the last entry (or of the snapshot when the log is empty).
+    last: u64,
+}
+
+fn get_pb<M: PbMessage>(tree: &sled::Tree, key: &[u8]) -> Result<Option<M>, CoordinatorError> {
+    match tree.get(key)? {
+        None => Ok(None),
+        Some(v) => M::parse_from_bytes(&v)
+            .map(Some)
+            .map_err(|e| corrupt(format!("{}: {e}", String::from_utf8_lossy(key)))),
+    }
+}
+
+fn pb_bytes<M: PbMessage>(m: &M) -> Result<Vec<u8>, CoordinatorError> {
+    m.write_to_bytes().map_err(|e| CoordinatorError::Raft(raft::Error::CodecError(e)))
+}
+
+impl SledStorage {
+    /// Opens (or creates) the storage in `dir`. A fresh store is bootstrapped with `voters`.
+    pub fn open(dir: &Path, voters: &[u64]) -> Result<Self, CoordinatorError> {
+        std::fs::create_dir_all(dir).map_err(|e| CoordinatorError::io(dir, e))?;
+        let db = sled::Config::new().path(dir.join("raft.sled")).open()?;
+        let tree = db.open_tree("raft")?;
+        let fresh = tree.get(KEY_CONF_STATE)?.is_none();
+        let mut store = Self {
+            db,
+            tree,
+            hard_state: HardState::default(),
+            conf_state: ConfState::default(),
+            snapshot_meta: SnapshotMetadata::default(),
+            last: 0,
+        };
+        if fresh {
+            let mut cs = ConfState::default();
+            cs.voters = voters.to_vec();
+            store.snapshot_meta.set_conf_state(cs.clone());
+            store.conf_state = cs;
+            let mut batch = sled::Batch::default();
+            batch.insert(KEY_CONF_STATE, pb_bytes(&store.conf_state)?);
+            batch.insert(KEY_SNAPSHOT_META, pb_bytes(&store.snapshot_meta)?);
+            batch.insert(KEY_HARD_STATE, pb_bytes(&store.hard_state)?);
+            store.tree.apply_batch(batch)?;
+            store.flush()?;
+        } else {
+            store.hard_state = get_pb(&store.tree, KEY_HARD_STATE)?.unwrap_or_default();
+            store.conf_state = get_pb(&store.tree, KEY_CONF_STATE)?.unwrap_or_default();
+            store.snapshot_meta = get_pb(&store.tree, KEY_SNAPSHOT_META)?.unwrap_or_default();
+        }
+        store.last = store.scan_last()?;
+        store.check_integrity()?;
+        Ok(store)
+    }
+
+    fn scan_last(&self) -> Result<u64, CoordinatorError> {
+        match self.tree.scan_prefix([ENTRY_PREFIX]).next_back() {
+            Some(kv) => {
+                let (k, _) = kv?;
+                let idx: [u8; 8] = k[1..].try_into().map_err(|_| corrupt("entry key of the wrong length"))?;
+                Ok(u64::from_be_bytes(idx))
+            }
+            None => Ok(self.snapshot_meta.index),
+        }
+    }
+
+    /// Walks the log once: every entry decodes, indexes are contiguous and terms never
+    /// decrease, and the commit index is within the log.
+    fn check_integrity(&self) -> Result<(), CoordinatorError> {
+        let mut expect = self.snapshot_meta.index + 1;
+        let mut prev_term = self.snapshot_meta.term;
+        for kv in self.tree.scan_prefix([ENTRY_PREFIX]) {
+            let (k, v) = kv?;
+            let e = Entry::parse_from_bytes(&v).map_err(|err| corrupt(format!("log entry {k:?}: {err}")))?;
+            if e.index != expect {
+                return Err(corrupt(format!("log has a gap: expected entry {expect}, found {}", e.index)));
+            }
+            if e.term < prev_term {
+                return Err(corrupt(format!("term goes backwards at entry {}", e.index)));
+            }
+            prev_term = e.term;
+            expect += 1;
+        }
+        if self.hard_state.commit > self.last {
+            return Err(corrupt(format!(
+                "commit index {} is past the last log entry {}",
+                self.hard_state.commit, self.last
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn flush(&self) -> Result<(), CoordinatorError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
+    pub fn first(&self) -> u64 {
+        self.snapshot_meta.index + 1
+    }
+
+    pub fn last(&self) -> u64 {
+        self.last
+    }
+
+    /// Appends entries, replacing any conflicting tail.
+    pub fn append(&mut self, entries: &[Entry]) -> Result<(), CoordinatorError> {
+        let Some(first) = entries.first() else { return Ok(()) };
+        let mut batch = sled::Batch::default();
+        for idx in first.index..=self.last {
+            batch.remove(&entry_key(idx)[..]);
+        }
+        for e in entries {
+            batch.insert(&entry_key(e.index)[..], pb_bytes(e)?);
+        }
+        self.tree.apply_batch(batch)?;
+        self.last = entries.last().map(|e| e.index).unwrap_or(self.last);
+        Ok(())
+    }
+
+    pub fn set_hard_state(&mut self, hs: &HardState) -> Result<(), CoordinatorError> {
+        self.tree.insert(KEY_HARD_STATE, pb_bytes(hs)?)?;
+        self.hard_state = hs.clone();
+        Ok(())
+    }
+
+    pub fn set_commit(&mut self, commit: u64) -> Result<(), CoordinatorError> {
+        let mut hs = self.hard_state.clone();
+        hs.commit = commit;
+        self.set_hard_state(&hs)
+    }
+
+    pub fn set_conf_state(&mut self, cs: &ConfState) -> Result<(), CoordinatorError> {
+        self.tree.insert(KEY_CONF_STATE, pb_bytes(cs)?)?;
+        self.conf_state = cs.clone();
+        Ok(())
+    }
+
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    /// The stored state machine, if any has been saved.
+    pub fn load_state(&self) -> Result<Option<StoredState>, CoordinatorError> {
+        match self.tree.get(KEY_STATE_MACHINE)? {
+            None => Ok(None),
+            Some(v) => StoredState::decode(&v).map(Some),
+        }
+    }
+
+    pub fn save_state(&mut self, stored: &StoredState) -> Result<(), CoordinatorError> {
+        self.tree.insert(KEY_STATE_MACHINE, stored.encode()?)?;
+        Ok(())
+    }
+
+    /// Installs a snapshot received from the leader: state machine, conf state and log
+    /// position change in one atomic batch, so a crash leaves either the old or the new.
+    pub fn apply_snapshot(&mut self, snap: &Snapshot) -> Result<StoredState, CoordinatorError> {
+        let meta = snap.get_metadata().clone();
+        let stored = StoredState::decode(&snap.data)?;
+        let mut batch = sled::Batch::default();
+        for kv in self.tree.scan_prefix([ENTRY_PREFIX]) {
+            let (k, _) = kv?;
+            batch.remove(k);
+        }
+        let mut hs = self.hard_state.clone();
+        hs.commit = hs.commit.max(meta.index);
+        hs.term = hs.term.max(meta.term);
+        batch.insert(KEY_SNAPSHOT_META, pb_bytes(&meta)?);
+        batch.insert(KEY_CONF_STATE, pb_bytes(meta.get_conf_state())?);
+        batch.insert(KEY_HARD_STATE, pb_bytes(&hs)?);
+        batch.insert(KEY_STATE_MACHINE, stored.encode()?);
+        self.tree.apply_batch(batch)?;
+        self.conf_state = meta.get_conf_state().clone();
+        self.hard_state = hs;
+        self.last = meta.index;
+        self.snapshot_meta = meta;
+        Ok(stored)
+    }
+
+    /// Drops log entries up to `index` (which must be applied), keeping the state machine
+    /// saved at or after it as the snapshot that replaces them.
+    pub fn compact(&mut self, index: u64) -> Result<(), CoordinatorError> {
+        if index <= self.snapshot_meta.index || index > self.last {
+            return Ok(());
+        }
+        let term = raft::Storage::term(self, index)?;
+        let mut meta = self.snapshot_meta.clone();
+        meta.index = index;
+        meta.term = term;
+        meta.set_conf_state(self.conf_state.clone());
+        let mut batch = sled::Batch::default();
+        for idx in self.snapshot_meta.index + 1..=index {
+            batch.remove(&entry_key(idx)[..]);
+        }
+        batch.insert(KEY_SNAPSHOT_META, pb_bytes(&meta)?);
+        self.tree.apply_batch(batch)?;
+        self.snapshot_meta = meta;
+        Ok(())
+    }
+}
+
+fn store_err(e: CoordinatorError) -> raft::Error {
+    raft::Error::Store(StorageError::Other(Box::new(e)))
+}
+
+impl raft::Storage for SledStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState { hard_state: self.hard_state.clone(), conf_state: self.conf_state.clone() })
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low <= self.snapshot_meta.index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > self.last + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let max = max_size.into().unwrap_or(u64::MAX);
+        let mut out = Vec::with_capacity((high - low) as usize);
+        let mut size = 0u64;
+        for kv in self.tree.range(&entry_key(low)[..]..&entry_key(high)[..]) {
+            let (_, v) = kv.map_err(|e| store_err(e.into()))?;
+            let e = Entry::parse_from_bytes(&v).map_err(|err| store_err(corrupt(format!("log entry: {err}"))))?;
+            size += v.len() as u64;
+            if !out.is_empty() && size > max {
+                break;
+            }
+            out.push(e);
+        }
+        if out.first().map(|e| e.index) != Some(low) {
+            return Err(store_err(corrupt(format!("log entry {low} is missing"))));
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.snapshot_meta.index {
+            return Ok(self.snapshot_meta.term);
+        }
+        if idx < self.snapshot_meta.index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if idx > self.last {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        match self.tree.get(entry_key(idx)).map_err(|e| store_err(e.into()))? {
+            Some(v) => Entry::parse_from_bytes(&v)
+                .map(|e| e.term)
+                .map_err(|err| store_err(corrupt(format!("log entry {idx}: {err}")))),
+            None => Err(store_err(corrupt(format!("log entry {idx} is missing")))),
+        }
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.first())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last)
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let stored = self.load_state().map_err(store_err)?.unwrap_or_default();
+        let mut snap = Snapshot::default();
+        let meta = snap.mut_metadata();
+        meta.index = stored.applied;
+        meta.term = self.term(stored.applied).unwrap_or(self.hard_state.term);
+        meta.set_conf_state(self.conf_state.clone());
+        snap.data = stored.encode().map_err(store_err)?.into();
+        Ok(snap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::Storage;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        let mut e = Entry::default();
+        e.index = index;
+        e.term = term;
+        e.data = vec![index as u8].into();
+        e
+    }
+
+    #[test]
+    fn entries_survive_reopen_and_conflicts_truncate() {
+        let dir = tempfile::tempdir().expect("tmp");
+        {
+            let mut s = SledStorage::open(dir.path(), &[1]).expect("open");
+            s.append(&[entry(1, 1), entry(2, 1), entry(3, 1)]).expect("append");
+            s.append(&[entry(3, 2), entry(4, 2)]).expect("append");
+            let mut hs = HardState::default();
+            hs.term = 2;
+            hs.commit = 4;
+            s.set_hard_state(&hs).expect("hs");
+            s.flush().expect("flush");
+        }
+        let s = SledStorage::open(dir.path(), &[9]).expect("reopen");
+        assert_eq!(s.initial_state().expect("state").conf_state.voters, vec![1]);
+        assert_eq!(s.last_index().expect("last"), 4);
+        assert_eq!(s.term(3).expect("term"), 2);
+        let got = s.entries(1, 5, None, GetEntriesContext::empty(false)).expect("entries");
+        assert_eq!(got.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(), vec![(1, 1), (2, 1), (3, 2), (4, 2)]);
+    }
+
+    #[test]
+    fn compaction_keeps_terms_and_refuses_old_reads() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut s = SledStorage::open(dir.path(), &[1]).expect("open");
+        s.append(&[entry(1, 1), entry(2, 1), entry(3, 2)]).expect("append");
+        s.compact(2).expect("compact");
+        assert_eq!(s.first_index().expect("first"), 3);
+        assert_eq!(s.term(2).expect("term"), 1);
+        assert!(matches!(s.entries(1, 3, None, GetEntriesContext::empty(false)), Err(raft::Error::Store(StorageError::Compacted))));
+    }
+
+    #[test]
+    fn a_corrupt_entry_is_reported_on_open() {
+        let dir = tempfile::tempdir().expect("tmp");
+        {
+            let mut s = SledStorage::open(dir.path(), &[1]).expect("open");
+            s.append(&[entry(1, 1), entry(2, 1)]).expect("append");
+            s.tree.insert(entry_key(2), &b"\xff\xff\xff garbage"[..]).expect("poke");
+            s.flush().expect("flush");
+        }
+        let err = SledStorage::open(dir.path(), &[1]).err().expect("must refuse");
+        assert!(err.to_string().contains("corrupt storage"), "{err}");
+    }
+}

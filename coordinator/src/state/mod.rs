@@ -1,0 +1,11 @@
+//! The replicated state machine: a pure `apply(state, command)`.
+//!
+//! Everything here is deterministic: commands carry the times and ids they need (the
+//! leader chooses them when it proposes), so every coordinator that applies the same log
+//! reaches the same state.
+
+mod apply;
+mod types;
+
+pub use apply::apply;
+pub use types::*;

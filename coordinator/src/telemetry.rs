@@ -1,0 +1,56 @@
+//! The Prometheus recorder (one per process) and the gauges refreshed at scrape time.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use shoal_protocol::metric_names as m;
+
+use crate::raft::RaftStatus;
+use crate::state::{ClusterState, NodeState};
+use crate::CoordinatorError;
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+
+/// Installs the process-wide recorder once and returns its handle.
+pub fn install() -> Result<PrometheusHandle, CoordinatorError> {
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), LATENCY_BUCKETS)
+        .map_err(|e| CoordinatorError::Metrics(e.to_string()))?
+        .install_recorder()
+        .map_err(|e| CoordinatorError::Metrics(e.to_string()))?;
+    let handle = HANDLE.get_or_init(|| handle).clone();
+    register_zeroes();
+    Ok(handle)
+}
+
+/// Makes the counters operators alert on visible at zero before the first event.
+fn register_zeroes() {
+    for reason in ["oversized", "truncated", "malformed", "version"] {
+        metrics::counter!(m::FRAMES_REFUSED, "reason" => reason).increment(0);
+    }
+    for reason in ["invalid_token", "expired_token"] {
+        metrics::counter!(m::JOINS_REFUSED, "reason" => reason).increment(0);
+    }
+    metrics::counter!(m::FRAMES_RECEIVED).increment(0);
+    metrics::counter!(m::HEARTBEATS).increment(0);
+    metrics::counter!(m::LEASES_EXPIRED).increment(0);
+    metrics::counter!(m::JOINS).increment(0);
+}
+
+/// Sets the gauges that are read off the current state rather than counted.
+pub fn refresh(status: &RaftStatus, state: &ClusterState) {
+    metrics::gauge!(m::RAFT_TERM).set(status.term as f64);
+    metrics::gauge!(m::RAFT_COMMIT_INDEX).set(status.commit as f64);
+    metrics::gauge!(m::RAFT_APPLIED_INDEX).set(status.applied as f64);
+    metrics::gauge!(m::RAFT_IS_LEADER).set(if status.is_leader() { 1.0 } else { 0.0 });
+    let entries = (status.last_index + 1).saturating_sub(status.first_index);
+    metrics::gauge!(m::RAFT_LOG_ENTRIES).set(entries as f64);
+    for s in NodeState::ALL {
+        metrics::gauge!(m::NODES, "state" => s.as_str()).set(state.count_nodes(s) as f64);
+    }
+}

@@ -1,0 +1,97 @@
+//! One control session with the coordinator leader: connect (mutual TLS), register a new
+//! incarnation, then heartbeat capacity and load until something breaks. The caller (the
+//! agent's supervisor) reconnects with backoff.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_protocol::metric_names as m;
+use shoal_protocol::quic::{self, ClientStream};
+use shoal_protocol::tls::COORDINATOR_SERVER_NAME;
+use shoal_protocol::{Capacity, Heartbeat, Label, ProtocolError, RefusalCode, RegisterRequest, Request, Response};
+use tracing::{debug, info};
+
+use crate::discovery;
+use crate::identity::{resolve, NodeIdentity, MAX_REDIRECTS};
+use crate::NodeError;
+
+/// Everything a session needs; shared by every reconnect.
+pub struct SessionContext {
+    pub identity: NodeIdentity,
+    pub client: quinn::ClientConfig,
+    pub coordinator: String,
+    pub name: String,
+    pub data_address: String,
+    pub capacity: Capacity,
+    pub labels: Vec<Label>,
+}
+
+/// Runs one session to its end. `on_registered` is told the generation once registered.
+pub async fn run(ctx: Arc<SessionContext>, on_registered: impl Fn(u64) + Send) -> Result<(), NodeError> {
+    let mut target = ctx.coordinator.clone();
+    for _ in 0..=MAX_REDIRECTS {
+        let addr = resolve(&target).await?;
+        let endpoint = quic::client_endpoint(addr)?;
+        let conn = quic::connect(&endpoint, addr, ctx.client.clone(), COORDINATOR_SERVER_NAME).await?;
+        let mut stream = ClientStream::open(&conn).await?;
+        let register = RegisterRequest {
+            node_id: ctx.identity.node_id.clone(),
+            name: ctx.name.clone(),
+            address: ctx.data_address.clone(),
+            capacity: ctx.capacity.clone(),
+            labels: ctx.labels.clone(),
+        };
+        let (generation, interval, lease) = match stream.call(&Request::Register(register)).await? {
+            Response::Registered { generation, heartbeat_interval_ms, lease_ms } => {
+                (generation, Duration::from_millis(heartbeat_interval_ms as u64), Duration::from_millis(lease_ms as u64))
+            }
+            Response::Redirect { leader_address } => {
+                debug!(leader = %leader_address, "redirected to the leader");
+                target = leader_address;
+                continue;
+            }
+            Response::Refused { message, .. } => return Err(NodeError::Refused(message)),
+            _ => return Err(ProtocolError::Unexpected { expected: "registered" }.into()),
+        };
+        info!(node = %ctx.identity.node_id, generation, coordinator = %target, "registered");
+        on_registered(generation);
+        return heartbeat_loop(&ctx, stream, generation, interval, lease).await;
+    }
+    Err(NodeError::Refused("too many redirects".into()))
+}
+
+async fn heartbeat_loop(
+    ctx: &SessionContext,
+    mut stream: ClientStream,
+    generation: u64,
+    interval: Duration,
+    lease: Duration,
+) -> Result<(), NodeError> {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq = 0u64;
+    loop {
+        ticker.tick().await;
+        seq += 1;
+        let hb = Heartbeat {
+            node_id: ctx.identity.node_id.clone(),
+            generation,
+            seq,
+            load: discovery::sample_load(&ctx.capacity),
+        };
+        let resp = tokio::time::timeout(lease, stream.call(&Request::Heartbeat(hb)))
+            .await
+            .map_err(|_| NodeError::Refused("heartbeat not acknowledged within the lease".into()))??;
+        metrics::counter!(m::NODE_HEARTBEATS_SENT).increment(1);
+        match resp {
+            Response::HeartbeatAck { .. } => {}
+            Response::Refused { code: RefusalCode::StaleGeneration, message } => {
+                info!(generation, "this incarnation was fenced; registering again");
+                return Err(NodeError::Refused(message));
+            }
+            Response::Refused { message, .. } => return Err(NodeError::Refused(message)),
+            Response::Redirect { leader_address } => return Err(NodeError::Redirect(leader_address)),
+            _ => return Err(ProtocolError::Unexpected { expected: "heartbeat ack" }.into()),
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! Every message that crosses a process boundary.
+//!
+//! A stream starts with the client's [`Hello`]; the server answers [`Response::Welcome`] or
+//! [`Response::Refused`]. Then the client sends [`Request`]s and reads [`Response`]s.
+
+use rkyv::{Archive, Deserialize as RkyvDeserialize, Serialize as RkyvSerialize};
+use serde::{Deserialize, Serialize};
+
+/// The first frame on every stream.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    pub version: u32,
+    /// Free text naming the sender's software, for logs.
+    pub agent: String,
+}
+
+/// What kind of accelerator a device is.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AcceleratorKind {
+    Gpu,
+    Npu,
+    Cpu,
+}
+
+/// One accelerator a node reports.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Accelerator {
+    pub kind: AcceleratorKind,
+    pub vendor: String,
+    pub model: String,
+    pub memory_total_bytes: u64,
+    pub memory_free_bytes: u64,
+    /// e.g. "9.0" for an H100/H200; empty where it does not apply.
+    pub compute_capability: String,
+    /// true when discovered on the hardware, false when declared by the operator.
+    pub discovered: bool,
+}
+
+/// What a node has.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct Capacity {
+    pub cpu_cores: u32,
+    pub memory_total_bytes: u64,
+    pub accelerators: Vec<Accelerator>,
+}
+
+/// How busy a node is right now (soft state, never in the raft log).
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct Load {
+    pub in_flight: u32,
+    pub queue_depth: u32,
+    /// 1-minute load average × 1000.
+    pub cpu_load_milli: u32,
+    pub memory_available_bytes: u64,
+    /// Free memory per accelerator, in the order of [`Capacity::accelerators`].
+    pub accelerator_free_bytes: Vec<u64>,
+}
+
+/// A key/value label on a node (e.g. `zone=a`).
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Label {
+    pub key: String,
+    pub value: String,
+}
+
+/// Why a request was refused.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalCode {
+    VersionMismatch,
+    InvalidToken,
+    ExpiredToken,
+    Unauthenticated,
+    StaleGeneration,
+    UnknownNode,
+    NotLeader,
+    BadRequest,
+    Unavailable,
+}
+
+impl RefusalCode {
+    /// A fixed label for metrics and logs.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RefusalCode::VersionMismatch => "version_mismatch",
+            RefusalCode::InvalidToken => "invalid_token",
+            RefusalCode::ExpiredToken => "expired_token",
+            RefusalCode::Unauthenticated => "unauthenticated",
+            RefusalCode::StaleGeneration => "stale_generation",
+            RefusalCode::UnknownNode => "unknown_node",
+            RefusalCode::NotLeader => "not_leader",
+            RefusalCode::BadRequest => "bad_request",
+            RefusalCode::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// A node's request to join: proves the token and asks for a certificate.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Debug, Clone, PartialEq, Eq)]
+pub struct JoinRequest {
+    pub token_id: String,
+    pub token_secret: String,
+    /// The name the operator gave the node (defaults to its hostname).
+    pub name: String,
+    /// A PKCS#10 certificate signing request for the node's own key (DER).
+    pub csr_der: Vec<u8>,
+}
+
+/// A joined node announcing a new incarnation of itself.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Debug, Clone, PartialEq, Eq)]
+pub struct RegisterRequest {
+    pub node_id: String,
+    pub name: String,
+    /// Where the node's data-plane QUIC endpoint listens.
+    pub address: String,
+    pub capacity: Capacity,
+    pub labels: Vec<Label>,
+}
+
+/// The periodic liveness and load report of one node incarnation.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub node_id: String,
+    pub generation: u64,
+    pub seq: u64,
+    pub load: Load,
+}
+
+/// Client → server.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Join(JoinRequest),
+    Register(RegisterRequest),
+    Heartbeat(Heartbeat),
+    /// Echo, for liveness checks and round-trip benchmarks.
+    Ping { seq: u64, payload: Vec<u8> },
+    /// A raft-rs message (protobuf bytes) between coordinators.
+    Raft { from: u64, message: Vec<u8> },
+}
+
+impl Request {
+    /// A fixed label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Join(_) => "join",
+            Request::Register(_) => "register",
+            Request::Heartbeat(_) => "heartbeat",
+            Request::Ping { .. } => "ping",
+            Request::Raft { .. } => "raft",
+        }
+    }
+}
+
+/// Server → client.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    Welcome { version: u32 },
+    Refused { code: RefusalCode, message: String },
+    Joined { node_id: String, cert_pem: String, ca_pem: String },
+    Registered { generation: u64, heartbeat_interval_ms: u32, lease_ms: u32 },
+    HeartbeatAck { generation: u64, seq: u64 },
+    /// This coordinator is not the leader; talk to the one at `leader_address`.
+    Redirect { leader_address: String },
+    Pong { seq: u64, payload: Vec<u8> },
+    RaftAck,
+}
+
+impl Response {
+    pub fn refused(code: RefusalCode, message: impl Into<String>) -> Self {
+        Response::Refused { code, message: message.into() }
+    }
+}

@@ -1,0 +1,32 @@
+//! Every metric name Shoal exports, in one place.
+//!
+//! Rule: `shoal_<subsystem>_<name>_<unit>`; `_total` only on counters. Labels carry
+//! low-cardinality reasons, never error text.
+
+pub const FRAMES_RECEIVED: &str = "shoal_protocol_frames_received_total";
+pub const FRAMES_REFUSED: &str = "shoal_protocol_frames_refused_total";
+pub const STREAMS_OPENED: &str = "shoal_protocol_streams_accepted_total";
+pub const CONNECTIONS_ACCEPTED: &str = "shoal_protocol_connections_accepted_total";
+
+pub const RAFT_TERM: &str = "shoal_raft_term";
+pub const RAFT_COMMIT_INDEX: &str = "shoal_raft_commit_index";
+pub const RAFT_APPLIED_INDEX: &str = "shoal_raft_applied_index";
+pub const RAFT_IS_LEADER: &str = "shoal_raft_is_leader";
+pub const RAFT_PROPOSALS: &str = "shoal_raft_proposals_total";
+pub const RAFT_APPLIED_ENTRIES: &str = "shoal_raft_applied_entries_total";
+pub const RAFT_LEADER_CHANGES: &str = "shoal_raft_leader_changes_total";
+pub const RAFT_LOG_ENTRIES: &str = "shoal_raft_log_entries";
+pub const RAFT_COMMIT_SECONDS: &str = "shoal_raft_commit_duration_seconds";
+
+pub const NODES: &str = "shoal_cluster_nodes";
+pub const HEARTBEATS: &str = "shoal_cluster_heartbeats_total";
+pub const HEARTBEATS_REFUSED: &str = "shoal_cluster_heartbeats_refused_total";
+pub const LEASES_EXPIRED: &str = "shoal_cluster_leases_expired_total";
+pub const JOINS: &str = "shoal_cluster_joins_total";
+pub const JOINS_REFUSED: &str = "shoal_cluster_joins_refused_total";
+
+pub const HTTP_REQUESTS: &str = "shoal_gateway_requests_total";
+pub const HTTP_AUTH_REFUSED: &str = "shoal_gateway_auth_refused_total";
+
+pub const NODE_HEARTBEATS_SENT: &str = "shoal_node_heartbeats_sent_total";
+pub const NODE_RECONNECTS: &str = "shoal_node_reconnects_total";

@@ -1,0 +1,72 @@
+//! The gateway client the CLI commands share.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use clap::Args;
+use serde_json::Value;
+
+pub const DEFAULT_GATEWAY: &str = "http://127.0.0.1:8080";
+
+/// `--gateway` and `--api-key`, shared by every command that talks to a cluster.
+#[derive(Debug, Clone, Args)]
+pub struct GatewayArgs {
+    /// The coordinator gateway's URL.
+    #[arg(long, env = "SHOAL_GATEWAY", default_value = DEFAULT_GATEWAY)]
+    pub gateway: String,
+    /// An API key (admin scope for admin commands).
+    #[arg(long, env = "SHOAL_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+}
+
+impl GatewayArgs {
+    fn agent() -> ureq::Agent {
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(15)))
+            .build()
+            .into()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.gateway.trim_end_matches('/'), path)
+    }
+
+    fn key(&self) -> anyhow::Result<&str> {
+        self.api_key.as_deref().ok_or_else(|| anyhow!("no API key: pass --api-key or set SHOAL_API_KEY"))
+    }
+
+    /// GET a JSON document.
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let (url, key) = (self.url(path), self.key()?.to_string());
+        tokio::task::spawn_blocking(move || {
+            let resp = Self::agent().get(&url).header("Authorization", &format!("Bearer {key}")).call();
+            finish(&url, resp)
+        })
+        .await?
+    }
+
+    /// POST a JSON body, read a JSON answer.
+    pub async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        let (url, key) = (self.url(path), self.key()?.to_string());
+        tokio::task::spawn_blocking(move || {
+            let resp = Self::agent().post(&url).header("Authorization", &format!("Bearer {key}")).send_json(body);
+            finish(&url, resp)
+        })
+        .await?
+    }
+}
+
+fn finish(url: &str, resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> anyhow::Result<Value> {
+    let mut resp = resp.with_context(|| format!("cannot reach the gateway at {url}"))?;
+    let status = resp.status();
+    let body: Value = resp
+        .body_mut()
+        .read_json()
+        .with_context(|| format!("{url} answered {status} without a JSON body"))?;
+    if !status.is_success() {
+        let msg = body["error"]["message"].as_str().unwrap_or("no error message");
+        return Err(anyhow!("{url} answered {status}: {msg}"));
+    }
+    Ok(body)
+}

@@ -1,0 +1,88 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use shoal_node::{discovery, Node, NodeOptions};
+use shoal_protocol::tls::parse_ca_hash;
+use shoal_protocol::token::JoinToken;
+
+use super::format;
+
+/// Options every node takes (`shoal join`, and the node inside `shoal up`).
+#[derive(Debug, Clone, Args)]
+pub struct NodeArgs {
+    /// Declare an accelerator that cannot be discovered, as kind:model:memory
+    /// (e.g. npu:ascend910b:64GiB). Repeatable.
+    #[arg(long = "accelerator", value_name = "SPEC")]
+    pub accelerators: Vec<String>,
+    /// A label on this node, key=value. Repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// The node's name (defaults to the host name).
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+impl NodeArgs {
+    pub fn options(&self, data_dir: PathBuf, coordinator: String, listen: SocketAddr) -> anyhow::Result<NodeOptions> {
+        let accelerators =
+            self.accelerators.iter().map(|s| discovery::parse_accelerator(s)).collect::<Result<Vec<_>, _>>()?;
+        let labels = self.labels.iter().map(|s| discovery::parse_label(s)).collect::<Result<Vec<_>, _>>()?;
+        let name = self.name.clone().unwrap_or_else(hostname);
+        Ok(NodeOptions { data_dir, coordinator, token: None, ca_hash: None, name, listen, accelerators, labels })
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "node".into())
+}
+
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    /// The coordinator's QUIC address (host:port), as printed by `shoal token create`.
+    pub coordinator: String,
+    /// The join token (<id>.<secret>); only needed the first time.
+    #[arg(long)]
+    pub token: Option<String>,
+    /// The cluster CA's hash (sha256:…); only needed the first time.
+    #[arg(long)]
+    pub ca_hash: Option<String>,
+    /// Where this node keeps its identity.
+    #[arg(long, default_value = "./shoal-node")]
+    pub data_dir: PathBuf,
+    /// The node's data-plane QUIC address.
+    #[arg(long, default_value = "127.0.0.1:7200")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+pub fn describe(node: &Node) -> String {
+    let c = &node.capacity;
+    let accels = if c.accelerators.is_empty() {
+        "no accelerators".to_string()
+    } else {
+        c.accelerators
+            .iter()
+            .map(|a| format!("{} {} {}", format!("{:?}", a.kind).to_lowercase(), a.model, format::bytes(a.memory_total_bytes)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!("{} CPU cores, {} RAM, {}", c.cpu_cores, format::bytes(c.memory_total_bytes), accels)
+}
+
+pub async fn run(a: JoinArgs) -> anyhow::Result<()> {
+    let mut opts = a.node.options(a.data_dir, a.coordinator, a.listen)?;
+    opts.token = a.token.as_deref().map(JoinToken::parse).transpose().context("--token")?;
+    opts.ca_hash = a.ca_hash.as_deref().map(parse_ca_hash).transpose().context("--ca-hash")?;
+    let node = Node::start(opts).await?;
+    println!("node {} joined: {} · data plane {}", node.node_id, describe(&node), node.data_addr);
+    super::shutdown_signal().await;
+    node.stop();
+    Ok(())
+}

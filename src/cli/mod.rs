@@ -1,0 +1,72 @@
+mod client;
+mod coordinator;
+mod format;
+mod join;
+mod status;
+mod token;
+mod up;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// Shoal: a distributed, actor-based compute mesh for serving AI models.
+#[derive(Debug, Parser)]
+#[command(name = "shoal", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one coordinator and one node in one process (the embedded default).
+    Up(up::UpArgs),
+    /// Run one coordinator of a raft group described by a config file.
+    Coordinator(coordinator::CoordinatorArgs),
+    /// Manage join tokens.
+    Token {
+        #[command(subcommand)]
+        command: token::TokenCommand,
+    },
+    /// Start a node on this machine and join it to a cluster.
+    Join(join::JoinArgs),
+    /// Show the cluster at a glance: coordinators, nodes.
+    Status(status::StatusArgs),
+}
+
+pub fn init_tracing(cli: &Cli) {
+    let default = match cli.command {
+        Command::Up(_) | Command::Coordinator(_) | Command::Join(_) => "info,raft=warn,quinn=warn",
+        _ => "warn",
+    };
+    let filter = EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Up(a) => up::run(a).await,
+        Command::Coordinator(a) => coordinator::run(a).await,
+        Command::Token { command } => token::run(command).await,
+        Command::Join(a) => join::run(a).await,
+        Command::Status(a) => status::run(a).await,
+    }
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = ctrl_c.await;
+}

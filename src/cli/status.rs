@@ -1,0 +1,93 @@
+use clap::Args;
+use serde_json::Value;
+
+use super::client::GatewayArgs;
+use super::format::{bytes, table};
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print the raw JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+}
+
+fn accel_summary(n: &Value) -> String {
+    let accels = n["capacity"]["accelerators"].as_array().cloned().unwrap_or_default();
+    if accels.is_empty() {
+        return "-".into();
+    }
+    accels
+        .iter()
+        .map(|a| {
+            format!(
+                "{} {} {}",
+                a["kind"].as_str().unwrap_or("?"),
+                a["model"].as_str().unwrap_or("?"),
+                bytes(a["memory_total_bytes"].as_u64().unwrap_or(0))
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
+    let cluster = a.gateway.get("/v1/cluster").await?;
+    let nodes = a.gateway.get("/v1/nodes").await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"cluster": cluster, "nodes": nodes["nodes"]}))?);
+        return Ok(());
+    }
+    let members = cluster["members"].as_array().cloned().unwrap_or_default();
+    let rows: Vec<Vec<String>> = members
+        .iter()
+        .map(|m| {
+            let role = if m["leader"].as_bool() == Some(true) {
+                "leader"
+            } else if m["voter"].as_bool() == Some(true) {
+                "voter"
+            } else {
+                "not a voter"
+            };
+            vec![m["id"].to_string(), m["quic"].as_str().unwrap_or("").into(), m["http"].as_str().unwrap_or("").into(), role.into()]
+        })
+        .collect();
+    println!("COORDINATORS");
+    print!("{}", table(&["ID", "QUIC", "HTTP", "ROLE"], &rows));
+    println!(
+        "leader {} · term {} · commit {} · applied {}",
+        cluster["leader_id"], cluster["term"], cluster["commit_index"], cluster["applied_index"]
+    );
+    println!();
+    let list = nodes["nodes"].as_array().cloned().unwrap_or_default();
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|n| {
+            let hb = match n["last_heartbeat_age_ms"].as_u64() {
+                Some(ms) => format!("{:.1}s ago", ms as f64 / 1000.0),
+                None => "-".into(),
+            };
+            let load = match n["load"]["cpu_load_milli"].as_u64() {
+                Some(l) => format!("{:.2}", l as f64 / 1000.0),
+                None => "-".into(),
+            };
+            vec![
+                n["id"].as_str().unwrap_or("").into(),
+                n["name"].as_str().unwrap_or("").into(),
+                n["state"].as_str().unwrap_or("").into(),
+                n["generation"].to_string(),
+                n["capacity"]["cpu_cores"].to_string(),
+                bytes(n["capacity"]["memory_total_bytes"].as_u64().unwrap_or(0)),
+                accel_summary(n),
+                load,
+                hb,
+            ]
+        })
+        .collect();
+    println!("NODES ({})", list.len());
+    print!("{}", table(&["ID", "NAME", "STATE", "GEN", "CPUS", "RAM", "ACCELERATORS", "LOAD", "LAST HEARTBEAT"], &rows));
+    println!();
+    println!("DEPLOYMENTS\nnone (model serving is not part of this build yet)");
+    Ok(())
+}

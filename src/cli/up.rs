@@ -1,0 +1,77 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use shoal_coordinator::config::{self, ClusterConfig};
+use shoal_coordinator::{Coordinator, CoordinatorOptions};
+use shoal_node::{Node, NodeIdentity};
+
+use super::join::{describe, NodeArgs};
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Where the coordinator's and the node's state live.
+    #[arg(long, default_value = "./shoal-data")]
+    pub data_dir: PathBuf,
+    /// The coordinator's QUIC address (nodes join here).
+    #[arg(long, default_value = config::DEFAULT_QUIC_ADDR)]
+    pub listen: SocketAddr,
+    /// The HTTP gateway's address.
+    #[arg(long, default_value = config::DEFAULT_HTTP_ADDR)]
+    pub http: SocketAddr,
+    /// The embedded node's data-plane QUIC address.
+    #[arg(long, default_value = "127.0.0.1:7200")]
+    pub node_listen: SocketAddr,
+    /// Admin API key (generated and printed once if none exists).
+    #[arg(long, env = "SHOAL_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// How often nodes heartbeat, in milliseconds.
+    #[arg(long, default_value_t = config::DEFAULT_HEARTBEAT_MS)]
+    pub heartbeat_ms: u64,
+    /// How long a silent node keeps its lease, in milliseconds.
+    #[arg(long, default_value_t = config::DEFAULT_LEASE_MS)]
+    pub lease_ms: u64,
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+pub async fn run(a: UpArgs) -> anyhow::Result<()> {
+    let mut cfg = ClusterConfig::single(a.listen, a.http);
+    cfg.timing.heartbeat_ms = a.heartbeat_ms;
+    cfg.timing.lease_ms = a.lease_ms;
+    let cfg = cfg.validate().map_err(anyhow::Error::msg)?;
+    let coord = Coordinator::start(CoordinatorOptions {
+        config: cfg,
+        id: 1,
+        data_dir: a.data_dir.join("coordinator"),
+        api_key: a.api_key,
+    })
+    .await
+    .context("coordinator failed to start")?;
+
+    // The embedded node joins through the same path as any other: a token over QUIC.
+    let node_dir = a.data_dir.join("node");
+    let mut opts = a.node.options(node_dir.clone(), coord.quic_addr.to_string(), a.node_listen)?;
+    if NodeIdentity::load(&node_dir)?.is_none() {
+        opts.token = Some(coord.create_join_token(Duration::from_secs(300), "shoal up: embedded node").await?);
+        opts.ca_hash = Some(coord.ca_hash.clone());
+    }
+    let node = Node::start(opts).await.context("the embedded node failed to start")?;
+
+    println!("Shoal is up.");
+    println!("  gateway      http://{}", coord.http_addr);
+    println!("  coordinator  {} (QUIC)", coord.quic_addr);
+    println!("  CA hash      {}", coord.ca_hash);
+    println!("  node         {} ({})", node.node_id, describe(&node));
+    match &coord.generated_api_key {
+        Some(key) => println!("  admin key    {key}  (shown once; keep it)"),
+        None => println!("  admin key    the one given with --api-key / SHOAL_API_KEY, or printed at first start"),
+    }
+    println!("Join more machines with: shoal token create --gateway http://{} --api-key KEY", coord.http_addr);
+    super::shutdown_signal().await;
+    node.stop();
+    coord.close();
+    Ok(())
+}
