@@ -79,11 +79,17 @@ pub struct ClusterConfig {
 impl ClusterConfig {
     /// A single-coordinator group (what `shoal up` runs).
     pub fn single(quic: SocketAddr, http: SocketAddr) -> Self {
-        Self { coordinators: vec![MemberConfig { id: 1, quic, http }], timing: TimingConfig::default() }
+        Self {
+            coordinators: vec![MemberConfig { id: 1, quic, http }],
+            timing: TimingConfig::default(),
+        }
     }
 
     pub fn load(path: &Path) -> Result<Self, CoordinatorError> {
-        let err = |message: String| CoordinatorError::Config { path: path.display().to_string(), message };
+        let err = |message: String| CoordinatorError::Config {
+            path: path.display().to_string(),
+            message,
+        };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         let cfg: ClusterConfig = toml::from_str(&text).map_err(|e| err(e.message().to_string()))?;
         cfg.validate().map_err(err)
@@ -160,12 +166,26 @@ mod tests {
         let a: SocketAddr = "127.0.0.1:1".parse().expect("addr");
         let b: SocketAddr = "127.0.0.1:2".parse().expect("addr");
         let dup = ClusterConfig {
-            coordinators: vec![MemberConfig { id: 1, quic: a, http: b }, MemberConfig { id: 1, quic: b, http: a }],
+            coordinators: vec![
+                MemberConfig {
+                    id: 1,
+                    quic: a,
+                    http: b,
+                },
+                MemberConfig {
+                    id: 1,
+                    quic: b,
+                    http: a,
+                },
+            ],
             timing: TimingConfig::default(),
         };
-        assert!(dup.validate().unwrap_err().contains("id 1"));
+        assert!(dup.validate().expect_err("duplicate id").contains("id 1"));
         let mut short = ClusterConfig::single(a, b);
         short.timing.lease_ms = 100;
-        assert!(short.validate().unwrap_err().contains("lease_ms (100)"));
+        assert!(short
+            .validate()
+            .expect_err("short lease")
+            .contains("lease_ms (100)"));
     }
 }

@@ -25,7 +25,6 @@ use crate::lease::LeaseTable;
 use crate::raft::RaftHandle;
 use crate::state::{Command, NodeState, Outcome};
 
-
 /// How often the leader sweeps leases.
 const MIN_SWEEP: Duration = Duration::from_millis(100);
 /// How often expired join tokens are pruned from the state.
@@ -61,25 +60,48 @@ impl ControlPlane {
             match first {
                 Request::Join(j) => self.join(&mut stream, j, remote).await,
                 Request::Register(r) => match peer {
-                    Some((MemberRole::Node, id)) if id == r.node_id => self.session(stream, r).await,
+                    Some((MemberRole::Node, id)) if id == r.node_id => {
+                        self.session(stream, r).await
+                    }
                     _ => {
                         warn!("registration without a matching node certificate");
-                        stream.refuse(RefusalCode::Unauthenticated, "registration needs this node's certificate").await
+                        stream
+                            .refuse(
+                                RefusalCode::Unauthenticated,
+                                "registration needs this node's certificate",
+                            )
+                            .await
                     }
                 },
                 Request::Raft { from, message } => match peer {
                     Some((MemberRole::Coordinator, id)) if id == from.to_string() => {
                         self.raft_stream(stream, from, message).await
                     }
-                    _ => stream.refuse(RefusalCode::Unauthenticated, "raft messages need a coordinator certificate").await,
+                    _ => {
+                        stream
+                            .refuse(
+                                RefusalCode::Unauthenticated,
+                                "raft messages need a coordinator certificate",
+                            )
+                            .await
+                    }
                 },
                 Request::Ping { seq, payload } => {
                     if peer.is_none() {
-                        return stream.refuse(RefusalCode::Unauthenticated, "ping needs a member certificate").await;
+                        return stream
+                            .refuse(
+                                RefusalCode::Unauthenticated,
+                                "ping needs a member certificate",
+                            )
+                            .await;
                     }
                     pong_loop(stream, seq, payload).await
                 }
-                Request::Heartbeat(_) => stream.refuse(RefusalCode::BadRequest, "register before heartbeating").await,
+                Request::Heartbeat(_) => {
+                    stream
+                        .refuse(RefusalCode::BadRequest, "register before heartbeating")
+                        .await
+                }
             }
         }
         .instrument(span)
@@ -101,7 +123,14 @@ impl ControlPlane {
                 let _ = stream.send(&Response::Redirect { leader_address }).await;
                 stream.finish();
             }
-            None => stream.refuse(RefusalCode::Unavailable, "no raft leader at the moment; retry").await,
+            None => {
+                stream
+                    .refuse(
+                        RefusalCode::Unavailable,
+                        "no raft leader at the moment; retry",
+                    )
+                    .await
+            }
         }
         false
     }
@@ -114,14 +143,25 @@ impl ControlPlane {
         let check = {
             let state = self.raft.state().read().unwrap_or_else(|p| p.into_inner());
             match state.tokens.get(&j.token_id) {
-                Some(t) if constant_time_eq(hash_secret(&j.token_secret).as_bytes(), t.secret_hash.as_bytes()) => {
+                Some(t)
+                    if constant_time_eq(
+                        hash_secret(&j.token_secret).as_bytes(),
+                        t.secret_hash.as_bytes(),
+                    ) =>
+                {
                     if t.expires_at_ms <= now {
-                        Err((RefusalCode::ExpiredToken, format!("join token {} has expired", j.token_id)))
+                        Err((
+                            RefusalCode::ExpiredToken,
+                            format!("join token {} has expired", j.token_id),
+                        ))
                     } else {
                         Ok(())
                     }
                 }
-                _ => Err((RefusalCode::InvalidToken, "join token is not valid".to_string())),
+                _ => Err((
+                    RefusalCode::InvalidToken,
+                    "join token is not valid".to_string(),
+                )),
             }
         };
         if let Err((code, message)) = check {
@@ -137,14 +177,30 @@ impl ControlPlane {
                 return stream.refuse(RefusalCode::BadRequest, e.to_string()).await;
             }
         };
-        match self.raft.propose(Command::AdmitNode { id: id.clone(), name: j.name.clone(), at_ms: now }).await {
+        match self
+            .raft
+            .propose(Command::AdmitNode {
+                id: id.clone(),
+                name: j.name.clone(),
+                at_ms: now,
+            })
+            .await
+        {
             Ok(Outcome::Applied) => {}
-            Ok(other) => return stream.refuse(RefusalCode::BadRequest, format!("{other:?}")).await,
+            Ok(other) => {
+                return stream
+                    .refuse(RefusalCode::BadRequest, format!("{other:?}"))
+                    .await
+            }
             Err(e) => return stream.refuse(RefusalCode::Unavailable, e.to_string()).await,
         }
         metrics::counter!(m::JOINS).increment(1);
         info!(node = %id, name = %j.name, %remote, "node joined");
-        let resp = Response::Joined { node_id: id, cert_pem, ca_pem: self.ca.material.cert_pem.clone() };
+        let resp = Response::Joined {
+            node_id: id,
+            cert_pem,
+            ca_pem: self.ca.material.cert_pem.clone(),
+        };
         let _ = stream.send(&resp).await;
         stream.finish();
     }
@@ -165,8 +221,14 @@ impl ControlPlane {
         };
         let generation = match self.raft.propose(cmd).await {
             Ok(Outcome::NodeUp { generation }) => generation,
-            Ok(Outcome::Rejected(why)) => return stream.refuse(RefusalCode::UnknownNode, why).await,
-            Ok(other) => return stream.refuse(RefusalCode::BadRequest, format!("{other:?}")).await,
+            Ok(Outcome::Rejected(why)) => {
+                return stream.refuse(RefusalCode::UnknownNode, why).await
+            }
+            Ok(other) => {
+                return stream
+                    .refuse(RefusalCode::BadRequest, format!("{other:?}"))
+                    .await
+            }
             Err(e) => return stream.refuse(RefusalCode::Unavailable, e.to_string()).await,
         };
         self.renew(&id, generation, None);
@@ -182,20 +244,35 @@ impl ControlPlane {
         loop {
             let hb = match stream.recv().await {
                 Ok(Some(Request::Heartbeat(hb))) => hb,
-                Ok(Some(_)) => return stream.refuse(RefusalCode::BadRequest, "only heartbeats on a control stream").await,
+                Ok(Some(_)) => {
+                    return stream
+                        .refuse(
+                            RefusalCode::BadRequest,
+                            "only heartbeats on a control stream",
+                        )
+                        .await
+                }
                 Ok(None) | Err(_) => return,
             };
             if hb.node_id != id {
-                return stream.refuse(RefusalCode::Unauthenticated, "heartbeat for another node").await;
+                return stream
+                    .refuse(RefusalCode::Unauthenticated, "heartbeat for another node")
+                    .await;
             }
             let current = {
                 let state = self.raft.state().read().unwrap_or_else(|p| p.into_inner());
                 state.nodes.get(&id).map(|n| (n.generation, n.state))
             };
             if current != Some((hb.generation, NodeState::Ready)) {
-                metrics::counter!(m::HEARTBEATS_REFUSED, "reason" => "stale_generation").increment(1);
+                metrics::counter!(m::HEARTBEATS_REFUSED, "reason" => "stale_generation")
+                    .increment(1);
                 info!(node = %id, generation = hb.generation, "refused a heartbeat from a fenced incarnation");
-                return stream.refuse(RefusalCode::StaleGeneration, "this incarnation is no longer current; register again").await;
+                return stream
+                    .refuse(
+                        RefusalCode::StaleGeneration,
+                        "this incarnation is no longer current; register again",
+                    )
+                    .await;
             }
             if !self.raft.status().is_leader() {
                 let _ = self.ensure_leader(&mut stream).await;
@@ -203,7 +280,14 @@ impl ControlPlane {
             }
             self.renew(&id, hb.generation, Some(hb.load));
             metrics::counter!(m::HEARTBEATS).increment(1);
-            if stream.send(&Response::HeartbeatAck { generation: hb.generation, seq: hb.seq }).await.is_err() {
+            if stream
+                .send(&Response::HeartbeatAck {
+                    generation: hb.generation,
+                    seq: hb.seq,
+                })
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -211,7 +295,14 @@ impl ControlPlane {
 
     fn renew(&self, id: &str, generation: u64, load: Option<shoal_protocol::Load>) {
         let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
-        leases.renew(id, generation, self.clock.now_ms(), self.timing.lease_ms, self.clock.unix_ms(), load);
+        leases.renew(
+            id,
+            generation,
+            self.clock.now_ms(),
+            self.timing.lease_ms,
+            self.clock.unix_ms(),
+            load,
+        );
     }
 
     async fn raft_stream(&self, mut stream: ServerStream, from: u64, first: Vec<u8>) {
@@ -219,12 +310,30 @@ impl ControlPlane {
         while let Some(bytes) = next.take() {
             match raft::prelude::Message::parse_from_bytes(&bytes) {
                 Ok(msg) if msg.from == from => self.raft.step(msg),
-                Ok(_) => return stream.refuse(RefusalCode::Unauthenticated, "raft message from another member").await,
-                Err(e) => return stream.refuse(RefusalCode::BadRequest, format!("bad raft message: {e}")).await,
+                Ok(_) => {
+                    return stream
+                        .refuse(
+                            RefusalCode::Unauthenticated,
+                            "raft message from another member",
+                        )
+                        .await
+                }
+                Err(e) => {
+                    return stream
+                        .refuse(RefusalCode::BadRequest, format!("bad raft message: {e}"))
+                        .await
+                }
             }
             next = match stream.recv().await {
                 Ok(Some(Request::Raft { from: f, message })) if f == from => Some(message),
-                Ok(Some(_)) => return stream.refuse(RefusalCode::BadRequest, "only raft messages on a raft stream").await,
+                Ok(Some(_)) => {
+                    return stream
+                        .refuse(
+                            RefusalCode::BadRequest,
+                            "only raft messages on a raft stream",
+                        )
+                        .await
+                }
                 Ok(None) | Err(_) => return,
             };
         }
@@ -257,14 +366,23 @@ impl ControlPlane {
             for (id, generation) in expired {
                 metrics::counter!(m::LEASES_EXPIRED).increment(1);
                 warn!(node = %id, generation, "lease expired; marking the node dead");
-                let cmd = Command::NodeDead { id: id.clone(), generation, at_ms: self.clock.unix_ms() };
+                let cmd = Command::NodeDead {
+                    id: id.clone(),
+                    generation,
+                    at_ms: self.clock.unix_ms(),
+                };
                 if let Err(e) = self.raft.propose(cmd).await {
                     warn!(node = %id, error = %e, "could not mark the node dead");
                 }
             }
             if now.saturating_sub(last_prune) >= TOKEN_PRUNE_EVERY.as_millis() as u64 {
                 last_prune = now;
-                let _ = self.raft.propose(Command::PruneTokens { now_ms: self.clock.unix_ms() }).await;
+                let _ = self
+                    .raft
+                    .propose(Command::PruneTokens {
+                        now_ms: self.clock.unix_ms(),
+                    })
+                    .await;
             }
         }
     }
@@ -278,10 +396,13 @@ async fn pong_loop(mut stream: ServerStream, seq: u64, payload: Vec<u8>) {
         }
         next = match stream.recv().await {
             Ok(Some(Request::Ping { seq, payload })) => Some((seq, payload)),
-            Ok(Some(_)) => return stream.refuse(RefusalCode::BadRequest, "only pings on a ping stream").await,
+            Ok(Some(_)) => {
+                return stream
+                    .refuse(RefusalCode::BadRequest, "only pings on a ping stream")
+                    .await
+            }
             Ok(None) | Err(_) => None,
         };
     }
     stream.finish();
 }
-

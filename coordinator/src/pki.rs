@@ -19,7 +19,10 @@ pub struct CoordinatorPki {
 }
 
 fn pki_err(path: &Path, message: impl std::fmt::Display) -> CoordinatorError {
-    CoordinatorError::Pki { path: path.display().to_string(), message: message.to_string() }
+    CoordinatorError::Pki {
+        path: path.display().to_string(),
+        message: message.to_string(),
+    }
 }
 
 /// Writes `contents` to `path` atomically with the given mode.
@@ -32,9 +35,11 @@ pub fn write_private(path: &Path, contents: &str, mode: u32) -> Result<(), Coord
         .mode(mode)
         .open(&tmp)
         .map_err(|e| CoordinatorError::io(&tmp, e))?;
-    f.write_all(contents.as_bytes()).map_err(|e| CoordinatorError::io(&tmp, e))?;
+    f.write_all(contents.as_bytes())
+        .map_err(|e| CoordinatorError::io(&tmp, e))?;
     f.sync_all().map_err(|e| CoordinatorError::io(&tmp, e))?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode)).map_err(|e| CoordinatorError::io(&tmp, e))?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))
+        .map_err(|e| CoordinatorError::io(&tmp, e))?;
     fs::rename(&tmp, path).map_err(|e| CoordinatorError::io(path, e))
 }
 
@@ -45,13 +50,23 @@ fn read(path: &Path) -> Result<String, CoordinatorError> {
 /// Loads the PKI in `dir`, creating the CA and the member certificate on first start.
 pub fn load_or_create(dir: &Path, id: u64) -> Result<CoordinatorPki, CoordinatorError> {
     fs::create_dir_all(dir).map_err(|e| CoordinatorError::io(dir, e))?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| CoordinatorError::io(dir, e))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .map_err(|e| CoordinatorError::io(dir, e))?;
     let p = |name: &str| -> PathBuf { dir.join(name) };
     let (ca_crt, ca_key) = (p("ca.crt"), p("ca.key"));
     let ca = if ca_crt.exists() {
-        let mode = fs::metadata(&ca_key).map_err(|e| CoordinatorError::io(&ca_key, e))?.permissions().mode();
+        let mode = fs::metadata(&ca_key)
+            .map_err(|e| CoordinatorError::io(&ca_key, e))?
+            .permissions()
+            .mode();
         if mode & 0o077 != 0 {
-            return Err(pki_err(&ca_key, format!("mode {:o} lets others read the CA key; run chmod 600", mode & 0o777)));
+            return Err(pki_err(
+                &ca_key,
+                format!(
+                    "mode {:o} lets others read the CA key; run chmod 600",
+                    mode & 0o777
+                ),
+            ));
         }
         ClusterCa::from_pem(read(&ca_crt)?, read(&ca_key)?).map_err(|e| pki_err(&ca_crt, e))?
     } else {
@@ -64,7 +79,10 @@ pub fn load_or_create(dir: &Path, id: u64) -> Result<CoordinatorPki, Coordinator
     let ca_hash = ca.hash().map_err(|e| pki_err(&ca_crt, e))?;
     let (crt, key) = (p("coordinator.crt"), p("coordinator.key"));
     let member = if crt.exists() {
-        KeyedCert { cert_pem: read(&crt)?, key_pem: read(&key)? }
+        KeyedCert {
+            cert_pem: read(&crt)?,
+            key_pem: read(&key)?,
+        }
     } else {
         let m = ca
             .issue_with_new_key(MemberRole::Coordinator, &id.to_string(), &[])
@@ -73,7 +91,11 @@ pub fn load_or_create(dir: &Path, id: u64) -> Result<CoordinatorPki, Coordinator
         write_private(&crt, &m.cert_pem, 0o644)?;
         m
     };
-    Ok(CoordinatorPki { ca, ca_hash, member })
+    Ok(CoordinatorPki {
+        ca,
+        ca_hash,
+        member,
+    })
 }
 
 #[cfg(test)]
@@ -84,7 +106,10 @@ mod tests {
     fn ca_key_is_owner_only_and_reloads_with_the_same_hash() {
         let dir = tempfile::tempdir().expect("tmp");
         let a = load_or_create(dir.path(), 1).expect("create");
-        let mode = fs::metadata(dir.path().join("ca.key")).expect("meta").permissions().mode();
+        let mode = fs::metadata(dir.path().join("ca.key"))
+            .expect("meta")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let b = load_or_create(dir.path(), 1).expect("reload");
         assert_eq!(a.ca_hash, b.ca_hash);
@@ -94,7 +119,8 @@ mod tests {
     fn a_world_readable_ca_key_is_refused() {
         let dir = tempfile::tempdir().expect("tmp");
         load_or_create(dir.path(), 1).expect("create");
-        fs::set_permissions(dir.path().join("ca.key"), fs::Permissions::from_mode(0o644)).expect("chmod");
+        fs::set_permissions(dir.path().join("ca.key"), fs::Permissions::from_mode(0o644))
+            .expect("chmod");
         let err = load_or_create(dir.path(), 1).err().expect("refused");
         assert!(err.to_string().contains("chmod 600"), "{err}");
     }

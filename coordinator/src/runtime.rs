@@ -51,15 +51,28 @@ impl Coordinator {
     pub async fn start(opts: CoordinatorOptions) -> Result<Self, CoordinatorError> {
         shoal_protocol::install_crypto_provider();
         let prometheus = telemetry::install()?;
-        let member = opts.config.member(opts.id).cloned().ok_or_else(|| CoordinatorError::Config {
-            path: "--id".into(),
-            message: format!("coordinator {} is not listed in the config", opts.id),
-        })?;
+        let member =
+            opts.config
+                .member(opts.id)
+                .cloned()
+                .ok_or_else(|| CoordinatorError::Config {
+                    path: "--id".into(),
+                    message: format!("coordinator {} is not listed in the config", opts.id),
+                })?;
         let pki = pki::load_or_create(&opts.data_dir.join("pki"), opts.id)?;
-        let identity = Identity::from_pem(&pki.member.cert_pem, &pki.member.key_pem, &pki.ca.material.cert_pem)?;
+        let identity = Identity::from_pem(
+            &pki.member.cert_pem,
+            &pki.member.key_pem,
+            &pki.ca.material.cert_pem,
+        )?;
 
         let storage = SledStorage::open(&opts.data_dir.join("raft"), &opts.config.voter_ids())?;
-        let peers: Vec<(u64, SocketAddr)> = opts.config.coordinators.iter().map(|m| (m.id, m.quic)).collect();
+        let peers: Vec<(u64, SocketAddr)> = opts
+            .config
+            .coordinators
+            .iter()
+            .map(|m| (m.id, m.quic))
+            .collect();
         let transport = if peers.len() > 1 {
             Transport::start(opts.id, peers, Arc::new(identity.client_config()?))
         } else {
@@ -75,20 +88,31 @@ impl Coordinator {
             leases: leases.clone(),
             timing: opts.config.timing.clone(),
             clock,
-            coordinators: opts.config.coordinators.iter().map(|m| (m.id, m.quic)).collect::<HashMap<_, _>>(),
+            coordinators: opts
+                .config
+                .coordinators
+                .iter()
+                .map(|m| (m.id, m.quic))
+                .collect::<HashMap<_, _>>(),
         });
         let endpoint = quic::server_endpoint(member.quic, identity.server_config()?)?;
-        let quic_addr = endpoint.local_addr().map_err(|e| CoordinatorError::io("quic endpoint", e))?;
+        let quic_addr = endpoint
+            .local_addr()
+            .map_err(|e| CoordinatorError::io("quic endpoint", e))?;
         {
             let control = control.clone();
-            tokio::spawn(quic::serve(endpoint.clone(), move |conn, stream| control.clone().handle(conn, stream)));
+            tokio::spawn(quic::serve(endpoint.clone(), move |conn, stream| {
+                control.clone().handle(conn, stream)
+            }));
         }
         tokio::spawn(control.clone().run_sweeper());
 
         let listener = tokio::net::TcpListener::bind(member.http)
             .await
             .map_err(|e| CoordinatorError::io(format!("gateway {}", member.http), e))?;
-        let http_addr = listener.local_addr().map_err(|e| CoordinatorError::io("gateway", e))?;
+        let http_addr = listener
+            .local_addr()
+            .map_err(|e| CoordinatorError::io("gateway", e))?;
         let gw = Arc::new(GatewayState {
             raft: raft.clone(),
             leases,
@@ -105,7 +129,14 @@ impl Coordinator {
         });
         info!(id = opts.id, %quic_addr, %http_addr, ca_hash = %pki.ca_hash, "coordinator started");
 
-        let mut me = Self { raft, ca_hash: pki.ca_hash, quic_addr, http_addr, generated_api_key: None, endpoint };
+        let mut me = Self {
+            raft,
+            ca_hash: pki.ca_hash,
+            quic_addr,
+            http_addr,
+            generated_api_key: None,
+            endpoint,
+        };
         me.bootstrap_api_key(opts.api_key).await?;
         Ok(me)
     }
@@ -113,7 +144,9 @@ impl Coordinator {
     /// Waits until this replica knows a leader.
     pub async fn wait_for_leader(&self, within: Duration) -> bool {
         let mut rx = self.raft.watch_status();
-        let ok = tokio::time::timeout(within, rx.wait_for(|s| s.leader_id != 0)).await.is_ok();
+        let ok = tokio::time::timeout(within, rx.wait_for(|s| s.leader_id != 0))
+            .await
+            .is_ok();
         ok
     }
 
@@ -151,7 +184,11 @@ impl Coordinator {
     }
 
     /// Creates a join token directly (used by `shoal up` for its own node).
-    pub async fn create_join_token(&self, ttl: Duration, description: &str) -> Result<JoinToken, CoordinatorError> {
+    pub async fn create_join_token(
+        &self,
+        ttl: Duration,
+        description: &str,
+    ) -> Result<JoinToken, CoordinatorError> {
         let token = JoinToken::generate();
         let now = crate::clock::unix_ms();
         let record = TokenRecord {
@@ -167,6 +204,7 @@ impl Coordinator {
 
     /// Stops accepting QUIC connections.
     pub fn close(&self) {
-        self.endpoint.close(quinn::VarInt::from_u32(0), b"shutting down");
+        self.endpoint
+            .close(quinn::VarInt::from_u32(0), b"shutting down");
     }
 }

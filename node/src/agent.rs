@@ -27,7 +27,9 @@ pub struct AgentStatus {
 
 pub enum AgentMsg {
     /// The link registered incarnation `generation`.
-    Registered { generation: u64 },
+    Registered {
+        generation: u64,
+    },
     /// Time to start a new link.
     Restart,
     Status(RpcReplyPort<AgentStatus>),
@@ -51,9 +53,17 @@ impl AgentState {
     }
 }
 
-async fn spawn_link(myself: &ActorRef<AgentMsg>, state: &mut AgentState) -> Result<(), ActorProcessingErr> {
-    let (link, _) =
-        Actor::spawn_linked(None, ControlLink, (state.ctx.clone(), myself.clone()), myself.get_cell()).await?;
+async fn spawn_link(
+    myself: &ActorRef<AgentMsg>,
+    state: &mut AgentState,
+) -> Result<(), ActorProcessingErr> {
+    let (link, _) = Actor::spawn_linked(
+        None,
+        ControlLink,
+        (state.ctx.clone(), myself.clone()),
+        myself.get_cell(),
+    )
+    .await?;
     state.link = Some(link);
     Ok(())
 }
@@ -63,9 +73,16 @@ impl Actor for NodeAgent {
     type State = AgentState;
     type Arguments = Arc<SessionContext>;
 
-    async fn pre_start(&self, myself: ActorRef<Self::Msg>, ctx: Self::Arguments) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        ctx: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
         let mut state = AgentState {
-            status: AgentStatus { node_id: ctx.identity.node_id.clone(), ..Default::default() },
+            status: AgentStatus {
+                node_id: ctx.identity.node_id.clone(),
+                ..Default::default()
+            },
             ctx,
             link: None,
             backoff: BACKOFF_MIN,
@@ -74,7 +91,12 @@ impl Actor for NodeAgent {
         Ok(state)
     }
 
-    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             AgentMsg::Registered { generation } => {
                 state.backoff = BACKOFF_MIN;
@@ -103,7 +125,9 @@ impl Actor for NodeAgent {
     ) -> Result<(), ActorProcessingErr> {
         let why = match &event {
             SupervisionEvent::ActorFailed(_, err) => err.to_string(),
-            SupervisionEvent::ActorTerminated(_, _, reason) => reason.clone().unwrap_or_else(|| "ended".into()),
+            SupervisionEvent::ActorTerminated(_, _, reason) => {
+                reason.clone().unwrap_or_else(|| "ended".into())
+            }
             _ => return Ok(()),
         };
         state.link = None;
@@ -131,7 +155,11 @@ impl Actor for ControlLink {
     type State = LinkState;
     type Arguments = (Arc<SessionContext>, ActorRef<AgentMsg>);
 
-    async fn pre_start(&self, myself: ActorRef<Self::Msg>, (ctx, agent): Self::Arguments) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        (ctx, agent): Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
         let task = tokio::spawn(async move {
             let result = session::run(ctx, |generation| {
                 let _ = agent.cast(AgentMsg::Registered { generation });
@@ -142,7 +170,12 @@ impl Actor for ControlLink {
         Ok(LinkState { task })
     }
 
-    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: Self::Msg, _state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        _state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             LinkMsg::Ended(Ok(())) => {
                 info!("control session ended");
@@ -153,7 +186,11 @@ impl Actor for ControlLink {
         }
     }
 
-    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         state.task.abort();
         Ok(())
     }

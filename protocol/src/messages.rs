@@ -15,7 +15,18 @@ pub struct Hello {
 }
 
 /// What kind of accelerator a device is.
-#[derive(Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Archive,
+    RkyvSerialize,
+    RkyvDeserialize,
+    Serialize,
+    Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum AcceleratorKind {
     Gpu,
@@ -24,7 +35,9 @@ pub enum AcceleratorKind {
 }
 
 /// One accelerator a node reports.
-#[derive(Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(
+    Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize, Debug, Clone, PartialEq, Eq,
+)]
 pub struct Accelerator {
     pub kind: AcceleratorKind,
     pub vendor: String,
@@ -38,7 +51,18 @@ pub struct Accelerator {
 }
 
 /// What a node has.
-#[derive(Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(
+    Archive,
+    RkyvSerialize,
+    RkyvDeserialize,
+    Serialize,
+    Deserialize,
+    Debug,
+    Clone,
+    Default,
+    PartialEq,
+    Eq,
+)]
 pub struct Capacity {
     pub cpu_cores: u32,
     pub memory_total_bytes: u64,
@@ -46,7 +70,18 @@ pub struct Capacity {
 }
 
 /// How busy a node is right now (soft state, never in the raft log).
-#[derive(Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(
+    Archive,
+    RkyvSerialize,
+    RkyvDeserialize,
+    Serialize,
+    Deserialize,
+    Debug,
+    Clone,
+    Default,
+    PartialEq,
+    Eq,
+)]
 pub struct Load {
     pub in_flight: u32,
     pub queue_depth: u32,
@@ -58,7 +93,19 @@ pub struct Load {
 }
 
 /// A key/value label on a node (e.g. `zone=a`).
-#[derive(Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Archive,
+    RkyvSerialize,
+    RkyvDeserialize,
+    Serialize,
+    Deserialize,
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+)]
 pub struct Label {
     pub key: String,
     pub value: String,
@@ -133,9 +180,15 @@ pub enum Request {
     Register(RegisterRequest),
     Heartbeat(Heartbeat),
     /// Echo, for liveness checks and round-trip benchmarks.
-    Ping { seq: u64, payload: Vec<u8> },
+    Ping {
+        seq: u64,
+        payload: Vec<u8>,
+    },
     /// A raft-rs message (protobuf bytes) between coordinators.
-    Raft { from: u64, message: Vec<u8> },
+    Raft {
+        from: u64,
+        message: Vec<u8>,
+    },
 }
 
 impl Request {
@@ -154,19 +207,43 @@ impl Request {
 /// Server → client.
 #[derive(Archive, RkyvSerialize, RkyvDeserialize, Debug, Clone, PartialEq, Eq)]
 pub enum Response {
-    Welcome { version: u32 },
-    Refused { code: RefusalCode, message: String },
-    Joined { node_id: String, cert_pem: String, ca_pem: String },
-    Registered { generation: u64, heartbeat_interval_ms: u32, lease_ms: u32 },
-    HeartbeatAck { generation: u64, seq: u64 },
+    Welcome {
+        version: u32,
+    },
+    Refused {
+        code: RefusalCode,
+        message: String,
+    },
+    Joined {
+        node_id: String,
+        cert_pem: String,
+        ca_pem: String,
+    },
+    Registered {
+        generation: u64,
+        heartbeat_interval_ms: u32,
+        lease_ms: u32,
+    },
+    HeartbeatAck {
+        generation: u64,
+        seq: u64,
+    },
     /// This coordinator is not the leader; talk to the one at `leader_address`.
-    Redirect { leader_address: String },
-    Pong { seq: u64, payload: Vec<u8> },
+    Redirect {
+        leader_address: String,
+    },
+    Pong {
+        seq: u64,
+        payload: Vec<u8>,
+    },
     RaftAck,
 }
 
 impl Response {
     pub fn refused(code: RefusalCode, message: impl Into<String>) -> Self {
-        Response::Refused { code, message: message.into() }
+        Response::Refused {
+            code,
+            message: message.into(),
+        }
     }
 }

@@ -23,10 +23,18 @@ pub struct CoordinatorArgs {
 
 pub async fn run(a: CoordinatorArgs) -> anyhow::Result<()> {
     let config = ClusterConfig::load(&a.config)?;
-    let coord = Coordinator::start(CoordinatorOptions { config, id: a.id, data_dir: a.data_dir, api_key: a.api_key })
-        .await
-        .context("coordinator failed to start")?;
-    println!("coordinator {} serving: QUIC {} · gateway http://{}", a.id, coord.quic_addr, coord.http_addr);
+    let coord = Coordinator::start(CoordinatorOptions {
+        config,
+        id: a.id,
+        data_dir: a.data_dir,
+        api_key: a.api_key,
+    })
+    .await
+    .context("coordinator failed to start")?;
+    println!(
+        "coordinator {} serving: QUIC {} · gateway http://{}",
+        a.id, coord.quic_addr, coord.http_addr
+    );
     println!("CA hash: {}", coord.ca_hash);
     if let Some(key) = &coord.generated_api_key {
         println!("admin API key (shown once, keep it): {key}");

@@ -14,7 +14,10 @@ pub struct StatusArgs {
 }
 
 fn accel_summary(n: &Value) -> String {
-    let accels = n["capacity"]["accelerators"].as_array().cloned().unwrap_or_default();
+    let accels = n["capacity"]["accelerators"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     if accels.is_empty() {
         return "-".into();
     }
@@ -36,7 +39,12 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
     let cluster = a.gateway.get("/v1/cluster").await?;
     let nodes = a.gateway.get("/v1/nodes").await?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"cluster": cluster, "nodes": nodes["nodes"]}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"cluster": cluster, "nodes": nodes["nodes"]})
+            )?
+        );
         return Ok(());
     }
     let members = cluster["members"].as_array().cloned().unwrap_or_default();
@@ -50,7 +58,12 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
             } else {
                 "not a voter"
             };
-            vec![m["id"].to_string(), m["quic"].as_str().unwrap_or("").into(), m["http"].as_str().unwrap_or("").into(), role.into()]
+            vec![
+                m["id"].to_string(),
+                m["quic"].as_str().unwrap_or("").into(),
+                m["http"].as_str().unwrap_or("").into(),
+                role.into(),
+            ]
         })
         .collect();
     println!("COORDINATORS");
@@ -86,7 +99,23 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
         })
         .collect();
     println!("NODES ({})", list.len());
-    print!("{}", table(&["ID", "NAME", "STATE", "GEN", "CPUS", "RAM", "ACCELERATORS", "LOAD", "LAST HEARTBEAT"], &rows));
+    print!(
+        "{}",
+        table(
+            &[
+                "ID",
+                "NAME",
+                "STATE",
+                "GEN",
+                "CPUS",
+                "RAM",
+                "ACCELERATORS",
+                "LOAD",
+                "LAST HEARTBEAT"
+            ],
+            &rows
+        )
+    );
     println!();
     println!("DEPLOYMENTS\nnone (model serving is not part of this build yet)");
     Ok(())

@@ -53,12 +53,20 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
 
     // The embedded node joins through the same path as any other: a token over QUIC.
     let node_dir = a.data_dir.join("node");
-    let mut opts = a.node.options(node_dir.clone(), coord.quic_addr.to_string(), a.node_listen)?;
+    let mut opts = a
+        .node
+        .options(node_dir.clone(), coord.quic_addr.to_string(), a.node_listen)?;
     if NodeIdentity::load(&node_dir)?.is_none() {
-        opts.token = Some(coord.create_join_token(Duration::from_secs(300), "shoal up: embedded node").await?);
+        opts.token = Some(
+            coord
+                .create_join_token(Duration::from_secs(300), "shoal up: embedded node")
+                .await?,
+        );
         opts.ca_hash = Some(coord.ca_hash.clone());
     }
-    let node = Node::start(opts).await.context("the embedded node failed to start")?;
+    let node = Node::start(opts)
+        .await
+        .context("the embedded node failed to start")?;
 
     println!("Shoal is up.");
     println!("  gateway      http://{}", coord.http_addr);
@@ -69,7 +77,10 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
         Some(key) => println!("  admin key    {key}  (shown once; keep it)"),
         None => println!("  admin key    the one given with --api-key / SHOAL_API_KEY, or printed at first start"),
     }
-    println!("Join more machines with: shoal token create --gateway http://{} --api-key KEY", coord.http_addr);
+    println!(
+        "Join more machines with: shoal token create --gateway http://{} --api-key KEY",
+        coord.http_addr
+    );
     super::shutdown_signal().await;
     node.stop();
     coord.close();

@@ -34,10 +34,16 @@ pub async fn readyz(State(gw): Gw) -> impl IntoResponse {
     count("readyz");
     let s = gw.raft.status();
     if s.leader_id == 0 {
-        return (StatusCode::SERVICE_UNAVAILABLE, "no raft leader\n".to_string());
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no raft leader\n".to_string(),
+        );
     }
     if s.applied < s.commit {
-        return (StatusCode::SERVICE_UNAVAILABLE, format!("applying: {} of {}\n", s.applied, s.commit));
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("applying: {} of {}\n", s.applied, s.commit),
+        );
     }
     (StatusCode::OK, "ready\n".to_string())
 }
@@ -48,7 +54,13 @@ pub async fn metrics(State(gw): Gw) -> impl IntoResponse {
         let state = gw.raft.state().read().unwrap_or_else(|p| p.into_inner());
         telemetry::refresh(&gw.raft.status(), &state);
     }
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], gw.prometheus.render())
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        gw.prometheus.render(),
+    )
 }
 
 pub async fn cluster(State(gw): Gw, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
@@ -87,10 +99,15 @@ pub async fn cluster(State(gw): Gw, headers: HeaderMap) -> Result<Json<Value>, A
 
 fn node_json(gw: &GatewayState, n: &NodeRecord) -> Value {
     let leases = gw.leases.lock().unwrap_or_else(|p| p.into_inner());
-    let lease = leases.get(&n.id).filter(|l| l.generation == n.generation && l.last_heartbeat_unix_ms > 0);
+    let lease = leases
+        .get(&n.id)
+        .filter(|l| l.generation == n.generation && l.last_heartbeat_unix_ms > 0);
     let now = gw.clock.unix_ms();
-    let labels: serde_json::Map<String, Value> =
-        n.labels.iter().map(|l| (l.key.clone(), Value::String(l.value.clone()))).collect();
+    let labels: serde_json::Map<String, Value> = n
+        .labels
+        .iter()
+        .map(|l| (l.key.clone(), Value::String(l.value.clone())))
+        .collect();
     json!({
         "id": n.id,
         "name": n.name,
@@ -118,7 +135,11 @@ pub async fn nodes(State(gw): Gw, headers: HeaderMap) -> Result<Json<Value>, Api
     Ok(Json(json!({ "nodes": nodes })))
 }
 
-pub async fn node(State(gw): Gw, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn node(
+    State(gw): Gw,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     count("node");
     require(&headers, &gw, Scope::User)?;
     let record = {
@@ -164,10 +185,18 @@ pub async fn create_token(
     let expires_at_ms = record.expires_at_ms;
     match gw.raft.propose(Command::CreateToken(record)).await? {
         Outcome::Applied => {}
-        other => return Err(ApiError::unavailable(format!("token not created: {other:?}"))),
+        other => {
+            return Err(ApiError::unavailable(format!(
+                "token not created: {other:?}"
+            )))
+        }
     }
     tracing::info!(token_id = %token.id, ttl, "admin created a join token");
-    let addr = gw.config.member(gw.self_id).map(|m| m.quic.to_string()).unwrap_or_default();
+    let addr = gw
+        .config
+        .member(gw.self_id)
+        .map(|m| m.quic.to_string())
+        .unwrap_or_default();
     Ok(Json(json!({
         "token": token.to_string(),
         "token_id": token.id,

@@ -54,7 +54,10 @@ impl RaftStatus {
 }
 
 enum Input {
-    Propose { cmd: Command, reply: oneshot::Sender<Result<Outcome, CoordinatorError>> },
+    Propose {
+        cmd: Command,
+        reply: oneshot::Sender<Result<Outcome, CoordinatorError>>,
+    },
     Step(Box<Message>),
 }
 
@@ -71,14 +74,18 @@ impl RaftHandle {
     pub async fn propose(&self, cmd: Command) -> Result<Outcome, CoordinatorError> {
         let status = self.status();
         if !status.is_leader() {
-            return Err(CoordinatorError::NotLeader { leader: (status.leader_id != 0).then_some(status.leader_id) });
+            return Err(CoordinatorError::NotLeader {
+                leader: (status.leader_id != 0).then_some(status.leader_id),
+            });
         }
         metrics::counter!(m::RAFT_PROPOSALS, "kind" => cmd.kind()).increment(1);
         let (reply, rx) = oneshot::channel();
-        self.tx.try_send(Input::Propose { cmd, reply }).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => CoordinatorError::Busy,
-            mpsc::error::TrySendError::Closed(_) => CoordinatorError::Stopped,
-        })?;
+        self.tx
+            .try_send(Input::Propose { cmd, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => CoordinatorError::Busy,
+                mpsc::error::TrySendError::Closed(_) => CoordinatorError::Stopped,
+            })?;
         match tokio::time::timeout(PROPOSE_TIMEOUT, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(CoordinatorError::ProposalDropped),
@@ -131,7 +138,10 @@ impl RaftHandle {
         let node = RawNode::new(&cfg, storage, &logger::logger())?;
         let state = Arc::new(RwLock::new(stored.state));
         let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
-        let (status_tx, status_rx) = watch::channel(RaftStatus { id, ..Default::default() });
+        let (status_tx, status_rx) = watch::channel(RaftStatus {
+            id,
+            ..Default::default()
+        });
         let mut driver = Driver {
             node,
             id,
@@ -151,7 +161,10 @@ impl RaftHandle {
         let thread = std::thread::Builder::new()
             .name(format!("raft-{id}"))
             .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                {
                     Ok(rt) => rt,
                     Err(e) => {
                         error!(error = %e, "cannot start the raft driver runtime");
@@ -161,7 +174,14 @@ impl RaftHandle {
                 rt.block_on(driver.run(rx, tick));
             })
             .map_err(|e| CoordinatorError::io("raft thread", e))?;
-        Ok((RaftHandle { tx, status: status_rx, state }, thread))
+        Ok((
+            RaftHandle {
+                tx,
+                status: status_rx,
+                state,
+            },
+            thread,
+        ))
     }
 }
 
@@ -232,7 +252,9 @@ impl Driver {
             Input::Propose { cmd, reply } => {
                 if self.node.raft.state != StateRole::Leader {
                     let leader = self.node.raft.leader_id;
-                    let _ = reply.send(Err(CoordinatorError::NotLeader { leader: (leader != 0).then_some(leader) }));
+                    let _ = reply.send(Err(CoordinatorError::NotLeader {
+                        leader: (leader != 0).then_some(leader),
+                    }));
                     return;
                 }
                 let data = match shoal_protocol::frame::to_payload(&cmd) {
@@ -246,7 +268,13 @@ impl Driver {
                 self.next_proposal += 1;
                 match self.node.propose(proposal_context(self.id, seq), data) {
                     Ok(()) => {
-                        self.pending.insert(seq, Pending { reply, proposed_at: Instant::now() });
+                        self.pending.insert(
+                            seq,
+                            Pending {
+                                reply,
+                                proposed_at: Instant::now(),
+                            },
+                        );
                     }
                     Err(e) => {
                         let _ = reply.send(Err(e.into()));
@@ -271,7 +299,10 @@ impl Driver {
         }
         if *ready.snapshot() != Snapshot::default() {
             let stored = self.node.mut_store().apply_snapshot(ready.snapshot())?;
-            info!(index = stored.applied, "installed a snapshot from the leader");
+            info!(
+                index = stored.applied,
+                "installed a snapshot from the leader"
+            );
             self.applied = stored.applied;
             self.replace_state(stored.state);
         }
@@ -305,7 +336,9 @@ impl Driver {
     }
 
     fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<(), CoordinatorError> {
-        let Some(last) = entries.last().map(|e| e.index) else { return Ok(()) };
+        let Some(last) = entries.last().map(|e| e.index) else {
+            return Ok(());
+        };
         let mut replies = Vec::new();
         {
             let mut state = match self.state.write() {
@@ -339,10 +372,12 @@ impl Driver {
                     }
                     EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                         let cs = if e.get_entry_type() == EntryType::EntryConfChange {
-                            let cc = ConfChange::parse_from_bytes(&e.data).map_err(raft::Error::CodecError)?;
+                            let cc = ConfChange::parse_from_bytes(&e.data)
+                                .map_err(raft::Error::CodecError)?;
                             self.node.apply_conf_change(&cc)?
                         } else {
-                            let cc = ConfChangeV2::parse_from_bytes(&e.data).map_err(raft::Error::CodecError)?;
+                            let cc = ConfChangeV2::parse_from_bytes(&e.data)
+                                .map_err(raft::Error::CodecError)?;
                             self.node.apply_conf_change(&cc)?
                         };
                         self.node.mut_store().set_conf_state(&cs)?;
@@ -351,7 +386,10 @@ impl Driver {
                 }
             }
             self.applied = last.max(self.applied);
-            let stored = StoredState { applied: self.applied, state: state.clone() };
+            let stored = StoredState {
+                applied: self.applied,
+                state: state.clone(),
+            };
             self.node.mut_store().save_state(&stored)?;
         }
         let store = self.node.mut_store();
@@ -361,7 +399,8 @@ impl Driver {
             store.flush()?;
         }
         for (p, outcome) in replies {
-            metrics::histogram!(m::RAFT_COMMIT_SECONDS).record(p.proposed_at.elapsed().as_secs_f64());
+            metrics::histogram!(m::RAFT_COMMIT_SECONDS)
+                .record(p.proposed_at.elapsed().as_secs_f64());
             let _ = p.reply.send(Ok(outcome));
         }
         Ok(())

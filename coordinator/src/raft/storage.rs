@@ -68,7 +68,8 @@ fn get_pb<M: PbMessage>(tree: &sled::Tree, key: &[u8]) -> Result<Option<M>, Coor
 }
 
 fn pb_bytes<M: PbMessage>(m: &M) -> Result<Vec<u8>, CoordinatorError> {
-    m.write_to_bytes().map_err(|e| CoordinatorError::Raft(raft::Error::CodecError(e)))
+    m.write_to_bytes()
+        .map_err(|e| CoordinatorError::Raft(raft::Error::CodecError(e)))
 }
 
 impl SledStorage {
@@ -87,8 +88,10 @@ impl SledStorage {
             last: 0,
         };
         if fresh {
-            let mut cs = ConfState::default();
-            cs.voters = voters.to_vec();
+            let cs = ConfState {
+                voters: voters.to_vec(),
+                ..Default::default()
+            };
             store.snapshot_meta.set_conf_state(cs.clone());
             store.conf_state = cs;
             let mut batch = sled::Batch::default();
@@ -111,7 +114,9 @@ impl SledStorage {
         match self.tree.scan_prefix([ENTRY_PREFIX]).next_back() {
             Some(kv) => {
                 let (k, _) = kv?;
-                let idx: [u8; 8] = k[1..].try_into().map_err(|_| corrupt("entry key of the wrong length"))?;
+                let idx: [u8; 8] = k[1..]
+                    .try_into()
+                    .map_err(|_| corrupt("entry key of the wrong length"))?;
                 Ok(u64::from_be_bytes(idx))
             }
             None => Ok(self.snapshot_meta.index),
@@ -121,19 +126,23 @@ impl SledStorage {
     /// Walks the log once: every entry decodes, indexes are contiguous and terms never
     /// decrease, and the commit index is within the log.
     fn check_integrity(&self) -> Result<(), CoordinatorError> {
-        let mut expect = self.snapshot_meta.index + 1;
         let mut prev_term = self.snapshot_meta.term;
-        for kv in self.tree.scan_prefix([ENTRY_PREFIX]) {
+        for (expect, kv) in
+            (self.snapshot_meta.index + 1..).zip(self.tree.scan_prefix([ENTRY_PREFIX]))
+        {
             let (k, v) = kv?;
-            let e = Entry::parse_from_bytes(&v).map_err(|err| corrupt(format!("log entry {k:?}: {err}")))?;
+            let e = Entry::parse_from_bytes(&v)
+                .map_err(|err| corrupt(format!("log entry {k:?}: {err}")))?;
             if e.index != expect {
-                return Err(corrupt(format!("log has a gap: expected entry {expect}, found {}", e.index)));
+                return Err(corrupt(format!(
+                    "log has a gap: expected entry {expect}, found {}",
+                    e.index
+                )));
             }
             if e.term < prev_term {
                 return Err(corrupt(format!("term goes backwards at entry {}", e.index)));
             }
             prev_term = e.term;
-            expect += 1;
         }
         if self.hard_state.commit > self.last {
             return Err(corrupt(format!(
@@ -163,7 +172,9 @@ impl SledStorage {
 
     /// Appends entries, replacing any conflicting tail.
     pub fn append(&mut self, entries: &[Entry]) -> Result<(), CoordinatorError> {
-        let Some(first) = entries.first() else { return Ok(()) };
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
         let mut batch = sled::Batch::default();
         for idx in first.index..=self.last {
             batch.remove(&entry_key(idx)[..]);
@@ -264,7 +275,10 @@ fn store_err(e: CoordinatorError) -> raft::Error {
 
 impl raft::Storage for SledStorage {
     fn initial_state(&self) -> raft::Result<RaftState> {
-        Ok(RaftState { hard_state: self.hard_state.clone(), conf_state: self.conf_state.clone() })
+        Ok(RaftState {
+            hard_state: self.hard_state.clone(),
+            conf_state: self.conf_state.clone(),
+        })
     }
 
     fn entries(
@@ -285,7 +299,8 @@ impl raft::Storage for SledStorage {
         let mut size = 0u64;
         for kv in self.tree.range(&entry_key(low)[..]..&entry_key(high)[..]) {
             let (_, v) = kv.map_err(|e| store_err(e.into()))?;
-            let e = Entry::parse_from_bytes(&v).map_err(|err| store_err(corrupt(format!("log entry: {err}"))))?;
+            let e = Entry::parse_from_bytes(&v)
+                .map_err(|err| store_err(corrupt(format!("log entry: {err}"))))?;
             size += v.len() as u64;
             if !out.is_empty() && size > max {
                 break;
@@ -308,7 +323,11 @@ impl raft::Storage for SledStorage {
         if idx > self.last {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
-        match self.tree.get(entry_key(idx)).map_err(|e| store_err(e.into()))? {
+        match self
+            .tree
+            .get(entry_key(idx))
+            .map_err(|e| store_err(e.into()))?
+        {
             Some(v) => Entry::parse_from_bytes(&v)
                 .map(|e| e.term)
                 .map_err(|err| store_err(corrupt(format!("log entry {idx}: {err}")))),
@@ -342,11 +361,12 @@ mod tests {
     use raft::Storage;
 
     fn entry(index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = vec![index as u8].into();
-        e
+        Entry {
+            index,
+            term,
+            data: vec![index as u8].into(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -354,11 +374,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         {
             let mut s = SledStorage::open(dir.path(), &[1]).expect("open");
-            s.append(&[entry(1, 1), entry(2, 1), entry(3, 1)]).expect("append");
+            s.append(&[entry(1, 1), entry(2, 1), entry(3, 1)])
+                .expect("append");
             s.append(&[entry(3, 2), entry(4, 2)]).expect("append");
-            let mut hs = HardState::default();
-            hs.term = 2;
-            hs.commit = 4;
+            let hs = HardState {
+                term: 2,
+                commit: 4,
+                ..Default::default()
+            };
             s.set_hard_state(&hs).expect("hs");
             s.flush().expect("flush");
         }
@@ -366,19 +389,28 @@ mod tests {
         assert_eq!(s.initial_state().expect("state").conf_state.voters, vec![1]);
         assert_eq!(s.last_index().expect("last"), 4);
         assert_eq!(s.term(3).expect("term"), 2);
-        let got = s.entries(1, 5, None, GetEntriesContext::empty(false)).expect("entries");
-        assert_eq!(got.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(), vec![(1, 1), (2, 1), (3, 2), (4, 2)]);
+        let got = s
+            .entries(1, 5, None, GetEntriesContext::empty(false))
+            .expect("entries");
+        assert_eq!(
+            got.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(),
+            vec![(1, 1), (2, 1), (3, 2), (4, 2)]
+        );
     }
 
     #[test]
     fn compaction_keeps_terms_and_refuses_old_reads() {
         let dir = tempfile::tempdir().expect("tmp");
         let mut s = SledStorage::open(dir.path(), &[1]).expect("open");
-        s.append(&[entry(1, 1), entry(2, 1), entry(3, 2)]).expect("append");
+        s.append(&[entry(1, 1), entry(2, 1), entry(3, 2)])
+            .expect("append");
         s.compact(2).expect("compact");
         assert_eq!(s.first_index().expect("first"), 3);
         assert_eq!(s.term(2).expect("term"), 1);
-        assert!(matches!(s.entries(1, 3, None, GetEntriesContext::empty(false)), Err(raft::Error::Store(StorageError::Compacted))));
+        assert!(matches!(
+            s.entries(1, 3, None, GetEntriesContext::empty(false)),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
     }
 
     #[test]
@@ -387,10 +419,14 @@ mod tests {
         {
             let mut s = SledStorage::open(dir.path(), &[1]).expect("open");
             s.append(&[entry(1, 1), entry(2, 1)]).expect("append");
-            s.tree.insert(entry_key(2), &b"\xff\xff\xff garbage"[..]).expect("poke");
+            s.tree
+                .insert(entry_key(2), &b"\xff\xff\xff garbage"[..])
+                .expect("poke");
             s.flush().expect("flush");
         }
-        let err = SledStorage::open(dir.path(), &[1]).err().expect("must refuse");
+        let err = SledStorage::open(dir.path(), &[1])
+            .err()
+            .expect("must refuse");
         assert!(err.to_string().contains("corrupt storage"), "{err}");
     }
 }

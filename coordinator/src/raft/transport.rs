@@ -29,11 +29,17 @@ pub struct Transport {
 impl Transport {
     /// A transport for a group with no other members.
     pub fn none() -> Self {
-        Self { peers: HashMap::new() }
+        Self {
+            peers: HashMap::new(),
+        }
     }
 
     /// Starts one sender task per peer on the current tokio runtime.
-    pub fn start(self_id: u64, peers: Vec<(u64, SocketAddr)>, client: Arc<quinn::ClientConfig>) -> Self {
+    pub fn start(
+        self_id: u64,
+        peers: Vec<(u64, SocketAddr)>,
+        client: Arc<quinn::ClientConfig>,
+    ) -> Self {
         let mut map = HashMap::new();
         for (id, addr) in peers {
             if id == self_id {
@@ -60,7 +66,13 @@ impl Transport {
     }
 }
 
-async fn peer_loop(self_id: u64, peer: u64, addr: SocketAddr, client: Arc<quinn::ClientConfig>, mut rx: mpsc::Receiver<Message>) {
+async fn peer_loop(
+    self_id: u64,
+    peer: u64,
+    addr: SocketAddr,
+    client: Arc<quinn::ClientConfig>,
+    mut rx: mpsc::Receiver<Message>,
+) {
     let endpoint = match quic::client_endpoint(addr) {
         Ok(e) => e,
         Err(e) => {
@@ -88,7 +100,13 @@ async fn peer_loop(self_id: u64, peer: u64, addr: SocketAddr, client: Arc<quinn:
             }
         }
         if let Some(s) = stream.as_mut() {
-            if s.send(&Request::Raft { from: self_id, message: bytes }).await.is_err() {
+            if s.send(&Request::Raft {
+                from: self_id,
+                message: bytes,
+            })
+            .await
+            .is_err()
+            {
                 stream = None;
             }
         }

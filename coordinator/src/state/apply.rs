@@ -38,7 +38,14 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Outcome {
             );
             Outcome::Applied
         }
-        Command::NodeUp { id, name, address, capacity, labels, at_ms } => {
+        Command::NodeUp {
+            id,
+            name,
+            address,
+            capacity,
+            labels,
+            at_ms,
+        } => {
             let Some(node) = state.nodes.get_mut(id) else {
                 return Outcome::Rejected("unknown node");
             };
@@ -51,9 +58,15 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Outcome {
                 node.state_changed_at_ms = *at_ms;
             }
             node.state = NodeState::Ready;
-            Outcome::NodeUp { generation: node.generation }
+            Outcome::NodeUp {
+                generation: node.generation,
+            }
         }
-        Command::NodeDead { id, generation, at_ms } => {
+        Command::NodeDead {
+            id,
+            generation,
+            at_ms,
+        } => {
             let Some(node) = state.nodes.get_mut(id) else {
                 return Outcome::Ignored("unknown node");
             };
@@ -85,7 +98,11 @@ mod tests {
     use proptest::prelude::*;
 
     fn admit(id: &str) -> Command {
-        Command::AdmitNode { id: id.into(), name: format!("name-{id}"), at_ms: 1 }
+        Command::AdmitNode {
+            id: id.into(),
+            name: format!("name-{id}"),
+            at_ms: 1,
+        }
     }
     fn up(id: &str, at: u64) -> Command {
         Command::NodeUp {
@@ -98,35 +115,74 @@ mod tests {
         }
     }
     fn dead(id: &str, generation: u64) -> Command {
-        Command::NodeDead { id: id.into(), generation, at_ms: 9 }
+        Command::NodeDead {
+            id: id.into(),
+            generation,
+            at_ms: 9,
+        }
     }
 
     #[test]
     fn node_lifecycle_bumps_generation_and_fences_stale_deaths() {
         let mut s = ClusterState::default();
-        assert_eq!(apply(&mut s, &up("a", 2)), Outcome::Rejected("unknown node"));
+        assert_eq!(
+            apply(&mut s, &up("a", 2)),
+            Outcome::Rejected("unknown node")
+        );
         assert_eq!(apply(&mut s, &admit("a")), Outcome::Applied);
         assert_eq!(s.nodes["a"].state, NodeState::Joining);
-        assert_eq!(apply(&mut s, &up("a", 2)), Outcome::NodeUp { generation: 1 });
+        assert_eq!(
+            apply(&mut s, &up("a", 2)),
+            Outcome::NodeUp { generation: 1 }
+        );
         assert_eq!(apply(&mut s, &dead("a", 1)), Outcome::Applied);
         assert_eq!(s.nodes["a"].state, NodeState::Dead);
-        assert_eq!(apply(&mut s, &up("a", 3)), Outcome::NodeUp { generation: 2 });
+        assert_eq!(
+            apply(&mut s, &up("a", 3)),
+            Outcome::NodeUp { generation: 2 }
+        );
         // A death decided about the old incarnation must not kill the new one.
-        assert_eq!(apply(&mut s, &dead("a", 1)), Outcome::Ignored("stale generation"));
+        assert_eq!(
+            apply(&mut s, &dead("a", 1)),
+            Outcome::Ignored("stale generation")
+        );
         assert_eq!(s.nodes["a"].state, NodeState::Ready);
     }
 
     #[test]
     fn tokens_and_keys() {
         let mut s = ClusterState::default();
-        let t = TokenRecord { id: "abc123".into(), secret_hash: "h".into(), created_at_ms: 0, expires_at_ms: 10, description: String::new() };
-        assert_eq!(apply(&mut s, &Command::CreateToken(t.clone())), Outcome::Applied);
-        assert_eq!(apply(&mut s, &Command::CreateToken(t)), Outcome::Rejected("token id already exists"));
+        let t = TokenRecord {
+            id: "abc123".into(),
+            secret_hash: "h".into(),
+            created_at_ms: 0,
+            expires_at_ms: 10,
+            description: String::new(),
+        };
+        assert_eq!(
+            apply(&mut s, &Command::CreateToken(t.clone())),
+            Outcome::Applied
+        );
+        assert_eq!(
+            apply(&mut s, &Command::CreateToken(t)),
+            Outcome::Rejected("token id already exists")
+        );
         apply(&mut s, &Command::PruneTokens { now_ms: 10 });
         assert!(s.tokens.is_empty());
-        let k = ApiKeyRecord { hash: "k".into(), name: "admin".into(), scope: Scope::Admin, created_at_ms: 0 };
-        assert_eq!(apply(&mut s, &Command::AddApiKey(k.clone())), Outcome::Applied);
-        assert_eq!(apply(&mut s, &Command::AddApiKey(k)), Outcome::Ignored("key already exists"));
+        let k = ApiKeyRecord {
+            hash: "k".into(),
+            name: "admin".into(),
+            scope: Scope::Admin,
+            created_at_ms: 0,
+        };
+        assert_eq!(
+            apply(&mut s, &Command::AddApiKey(k.clone())),
+            Outcome::Applied
+        );
+        assert_eq!(
+            apply(&mut s, &Command::AddApiKey(k)),
+            Outcome::Ignored("key already exists")
+        );
     }
 
     fn arb_command() -> impl Strategy<Value = Command> {

@@ -88,15 +88,34 @@ impl ClusterState {
 #[derive(Archive, RkyvSerialize, RkyvDeserialize, Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     CreateToken(TokenRecord),
-    RevokeToken { id: String },
+    RevokeToken {
+        id: String,
+    },
     /// Drops tokens that expired before `now_ms`.
-    PruneTokens { now_ms: u64 },
+    PruneTokens {
+        now_ms: u64,
+    },
     /// A node proved a token and got a certificate for `id`.
-    AdmitNode { id: String, name: String, at_ms: u64 },
+    AdmitNode {
+        id: String,
+        name: String,
+        at_ms: u64,
+    },
     /// A node started a new incarnation.
-    NodeUp { id: String, name: String, address: String, capacity: Capacity, labels: Vec<Label>, at_ms: u64 },
+    NodeUp {
+        id: String,
+        name: String,
+        address: String,
+        capacity: Capacity,
+        labels: Vec<Label>,
+        at_ms: u64,
+    },
     /// The lease of incarnation `generation` ran out.
-    NodeDead { id: String, generation: u64, at_ms: u64 },
+    NodeDead {
+        id: String,
+        generation: u64,
+        at_ms: u64,
+    },
     AddApiKey(ApiKeyRecord),
     /// Appended by a new leader; changes nothing.
     Noop,
@@ -122,7 +141,9 @@ impl Command {
 pub enum Outcome {
     Applied,
     /// A node is `Ready` under this generation.
-    NodeUp { generation: u64 },
+    NodeUp {
+        generation: u64,
+    },
     /// The command no longer applies (e.g. a fenced, stale generation); nothing changed.
     Ignored(&'static str),
     /// The command is invalid against the current state; nothing changed.

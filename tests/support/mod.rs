@@ -1,0 +1,265 @@
+//! Helpers for tests that start real `shoal` processes on loopback.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_shoal");
+pub const API_KEY: &str = "sk-test-admin-key";
+
+/// A port free for both UDP (QUIC) and TCP (HTTP) right now.
+pub fn free_port() -> u16 {
+    loop {
+        let udp = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+        let port = udp.local_addr().expect("addr").port();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+pub fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// A child process killed (SIGKILL) when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn spawn(args: &[&str], log: &Path) -> Proc {
+    let out = std::fs::File::create(log).expect("log file");
+    let err = out.try_clone().expect("clone");
+    let child = Command::new(BIN)
+        .args(args)
+        .env("SHOAL_API_KEY", API_KEY)
+        .env("SHOAL_LOG", "info,raft=warn")
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .spawn()
+        .expect("spawn shoal");
+    Proc {
+        child,
+        log: log.to_path_buf(),
+    }
+}
+
+/// Runs `shoal ARGS` to completion.
+pub fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("SHOAL_API_KEY", API_KEY)
+        .output()
+        .expect("run shoal")
+}
+
+/// Polls `cond` every 100 ms until it holds or `within` passes; panics with `what`.
+pub fn wait_until(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out after {within:?} waiting for: {what}");
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into()
+}
+
+/// GET with the admin key; returns status and body text.
+pub fn get(url: &str, key: Option<&str>) -> Option<(u16, String)> {
+    let mut req = agent().get(url);
+    if let Some(k) = key {
+        req = req.header("Authorization", &format!("Bearer {k}"));
+    }
+    let mut resp = req.call().ok()?;
+    let status = resp.status().as_u16();
+    Some((status, resp.body_mut().read_to_string().unwrap_or_default()))
+}
+
+pub fn get_json(url: &str) -> Option<Value> {
+    match get(url, Some(API_KEY))? {
+        (200, body) => serde_json::from_str(&body).ok(),
+        _ => None,
+    }
+}
+
+/// A coordinator process with its addresses.
+pub struct Coord {
+    pub proc: Proc,
+    pub quic: SocketAddr,
+    pub http: SocketAddr,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Coord {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    /// Writes a one-member config with short leases and starts the coordinator.
+    pub fn start(dir: &Path, heartbeat_ms: u64, lease_ms: u64) -> Coord {
+        let (quic, http) = (addr(free_port()), addr(free_port()));
+        let config = dir.join("cluster.toml");
+        std::fs::create_dir_all(dir).expect("dir");
+        std::fs::write(
+            &config,
+            format!(
+                "[[coordinators]]\nid = 1\nquic = \"{quic}\"\nhttp = \"{http}\"\n\n[timing]\nheartbeat_ms = {heartbeat_ms}\nlease_ms = {lease_ms}\n"
+            ),
+        )
+        .expect("config");
+        let mut c = Coord {
+            proc: spawn(&["--help"], &dir.join("unused.log")),
+            quic,
+            http,
+            dir: dir.to_path_buf(),
+            config,
+        };
+        c.restart();
+        c
+    }
+
+    /// (Re)starts the process on the same data dir and waits until it is ready.
+    pub fn restart(&mut self) {
+        self.proc.kill();
+        let data = self.dir.join("data");
+        let args = [
+            "coordinator",
+            "--config",
+            self.config.to_str().expect("utf8"),
+            "--id",
+            "1",
+            "--data-dir",
+            data.to_str().expect("utf8"),
+        ];
+        self.proc = spawn(&args, &self.dir.join("coordinator.log"));
+        let url = self.url("/readyz");
+        let log = self.proc.log.clone();
+        wait_until(Duration::from_secs(30), "coordinator /readyz", || {
+            matches!(get(&url, None), Some((200, _)))
+                || std::fs::read_to_string(&log)
+                    .map(|l| l.contains("error:"))
+                    .unwrap_or(false)
+        });
+        assert!(
+            matches!(get(&url, None), Some((200, _))),
+            "coordinator failed: {}",
+            self.proc.log_text()
+        );
+    }
+
+    pub fn gateway(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    /// `shoal token create`, returning (token, ca hash).
+    pub fn token(&self, ttl: &str) -> (String, String) {
+        let out = run(&[
+            "token",
+            "create",
+            "--gateway",
+            &self.gateway(),
+            "--ttl",
+            ttl,
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "token create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_else(|| panic!("no {name} in: {text}"))
+        };
+        let (token, hash) = (field("token:"), field("ca-hash:"));
+        assert!(
+            text.contains(&format!(
+                "shoal join {} --token {token} --ca-hash {hash}",
+                self.quic
+            )),
+            "{text}"
+        );
+        (token, hash)
+    }
+
+    pub fn nodes(&self) -> Vec<Value> {
+        get_json(&self.url("/v1/nodes"))
+            .and_then(|v| v["nodes"].as_array().cloned())
+            .unwrap_or_default()
+    }
+
+    pub fn node(&self, name: &str) -> Option<Value> {
+        self.nodes().into_iter().find(|n| n["name"] == name)
+    }
+
+    pub fn metric(&self, series: &str) -> f64 {
+        let (_, text) = get(&self.url("/metrics"), None).expect("metrics");
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.trim().parse::<f64>().ok())
+            })
+            .unwrap_or(0.0)
+    }
+}
+
+/// Starts `shoal join` for a node named `name` with its own data dir.
+pub fn join(
+    coord: &Coord,
+    dir: &Path,
+    name: &str,
+    token: Option<(&str, &str)>,
+    extra: &[&str],
+) -> Proc {
+    let data = dir.join(name);
+    let listen = addr(free_port()).to_string();
+    let quic = coord.quic.to_string();
+    let mut args: Vec<&str> = vec![
+        "join",
+        &quic,
+        "--data-dir",
+        data.to_str().expect("utf8"),
+        "--listen",
+        &listen,
+        "--name",
+        name,
+    ];
+    if let Some((t, h)) = token {
+        args.extend(["--token", t, "--ca-hash", h]);
+    }
+    args.extend(extra);
+    spawn(&args, &dir.join(format!("{name}.log")))
+}
