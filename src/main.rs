@@ -10,10 +10,7 @@ fn main() -> ExitCode {
     let args = cli::Cli::parse();
     cli::init_tracing(&args);
     shoal_protocol::install_crypto_provider();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

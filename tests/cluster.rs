@@ -7,12 +7,7 @@ use std::time::Duration;
 use support::*;
 
 fn state_of(coord: &Coord, name: &str) -> Option<(String, u64)> {
-    coord.node(name).map(|n| {
-        (
-            n["state"].as_str().unwrap_or("").to_string(),
-            n["generation"].as_u64().unwrap_or(0),
-        )
-    })
+    coord.node(name).map(|n| (n["state"].as_str().unwrap_or("").to_string(), n["generation"].as_u64().unwrap_or(0)))
 }
 
 #[test]
@@ -22,13 +17,7 @@ fn nodes_join_report_capacity_die_on_sigkill_return_fenced_and_survive_a_coordin
     let mut coord = Coord::start(&tmp.path().join("c1"), 300, lease_ms);
     let (token, hash) = coord.token("1h");
 
-    let mut a = join(
-        &coord,
-        tmp.path(),
-        "alpha",
-        Some((&token, &hash)),
-        &["--accelerator", "npu:ascend910b:64GiB"],
-    );
+    let mut a = join(&coord, tmp.path(), "alpha", Some((&token, &hash)), &["--accelerator", "npu:ascend910b:64GiB"]);
     let _b = join(
         &coord,
         tmp.path(),
@@ -43,17 +32,8 @@ fn nodes_join_report_capacity_die_on_sigkill_return_fenced_and_survive_a_coordin
 
     // Capacity as the node reported it.
     let alpha = coord.node("alpha").expect("alpha listed");
-    assert!(
-        alpha["capacity"]["cpu_cores"].as_u64().unwrap_or(0) >= 1,
-        "{alpha}"
-    );
-    assert!(
-        alpha["capacity"]["memory_total_bytes"]
-            .as_u64()
-            .unwrap_or(0)
-            > 0,
-        "{alpha}"
-    );
+    assert!(alpha["capacity"]["cpu_cores"].as_u64().unwrap_or(0) >= 1, "{alpha}");
+    assert!(alpha["capacity"]["memory_total_bytes"].as_u64().unwrap_or(0) > 0, "{alpha}");
     let accel = &alpha["capacity"]["accelerators"][0];
     assert_eq!(accel["kind"], "npu");
     assert_eq!(accel["model"], "ascend910b");
@@ -62,86 +42,51 @@ fn nodes_join_report_capacity_die_on_sigkill_return_fenced_and_survive_a_coordin
     assert_eq!(beta["labels"]["zone"], "b");
     assert_eq!(beta["capacity"]["accelerators"][0]["vendor"], "nvidia");
     wait_until(Duration::from_secs(5), "a heartbeat with load", || {
-        coord
-            .node("alpha")
-            .map(|n| n["last_heartbeat_unix_ms"].as_u64().is_some())
-            .unwrap_or(false)
+        coord.node("alpha").map(|n| n["last_heartbeat_unix_ms"].as_u64().is_some()).unwrap_or(false)
     });
 
     // `shoal status` shows the same, as a table.
     let out = run(&["status", "--gateway", &coord.gateway()]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        text.contains("alpha") && text.contains("beta") && text.contains("leader"),
-        "{text}"
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("alpha") && text.contains("beta") && text.contains("leader"), "{text}");
     assert!(text.contains("npu ascend910b 64.0GiB"), "{text}");
 
     // SIGKILL alpha: dead once its lease runs out; beta stays ready.
     let (_, gen1) = state_of(&coord, "alpha").expect("alpha");
     a.kill();
     let killed = std::time::Instant::now();
-    wait_until(
-        Duration::from_secs(10),
-        "alpha dead after its lease",
-        || state_of(&coord, "alpha").map(|s| s.0) == Some("dead".into()),
-    );
-    assert!(
-        killed.elapsed() >= Duration::from_millis(lease_ms - 400),
-        "declared dead before its lease ran out"
-    );
+    wait_until(Duration::from_secs(10), "alpha dead after its lease", || {
+        state_of(&coord, "alpha").map(|s| s.0) == Some("dead".into())
+    });
+    assert!(killed.elapsed() >= Duration::from_millis(lease_ms - 400), "declared dead before its lease ran out");
     assert_eq!(state_of(&coord, "beta").map(|s| s.0), Some("ready".into()));
     assert!(coord.metric("shoal_cluster_nodes{state=\"dead\"}") >= 1.0);
 
     // Restarted without a token (it keeps its identity): ready under a new generation.
-    let _a2 = join(
-        &coord,
-        tmp.path(),
-        "alpha",
-        None,
-        &["--accelerator", "npu:ascend910b:64GiB"],
-    );
+    let _a2 = join(&coord, tmp.path(), "alpha", None, &["--accelerator", "npu:ascend910b:64GiB"]);
     wait_until(
         Duration::from_secs(15),
         "alpha ready again",
         || matches!(state_of(&coord, "alpha"), Some((s, g)) if s == "ready" && g > gen1),
     );
-    assert_eq!(
-        coord.nodes().len(),
-        2,
-        "no ghost node: the same identity came back"
-    );
+    assert_eq!(coord.nodes().len(), 2, "no ghost node: the same identity came back");
 
     // The coordinator, SIGKILLed and restarted from its data dir, still knows both nodes.
     let before = coord.nodes();
     coord.restart();
     let after = coord.nodes();
     let ids = |v: &[serde_json::Value]| {
-        let mut ids: Vec<String> = v
-            .iter()
-            .map(|n| n["id"].as_str().unwrap_or("").to_string())
-            .collect();
+        let mut ids: Vec<String> = v.iter().map(|n| n["id"].as_str().unwrap_or("").to_string()).collect();
         ids.sort();
         ids
     };
     assert_eq!(ids(&after), ids(&before), "registry recovered from disk");
     // …and the nodes reconnect on their own (with backoff) and are ready again.
-    wait_until(
-        Duration::from_secs(20),
-        "nodes reconnected after the coordinator restart",
-        || {
-            let n = coord.nodes();
-            n.len() == 2
-                && n.iter().all(|n| {
-                    n["state"] == "ready" && n["last_heartbeat_unix_ms"].as_u64().is_some()
-                })
-        },
-    );
+    wait_until(Duration::from_secs(20), "nodes reconnected after the coordinator restart", || {
+        let n = coord.nodes();
+        n.len() == 2 && n.iter().all(|n| n["state"] == "ready" && n["last_heartbeat_unix_ms"].as_u64().is_some())
+    });
 }
 
 #[test]
@@ -167,19 +112,14 @@ fn bad_joins_are_refused_with_one_clear_line_and_counted() {
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         assert!(!out.status.success(), "{name}: join should fail");
         let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-        assert_eq!(
-            lines.len(),
-            1,
-            "{name}: one error line expected in: {stderr}"
-        );
+        assert_eq!(lines.len(), 1, "{name}: one error line expected in: {stderr}");
         assert!(!dir.join("node.conf").exists(), "{name}: no identity saved");
         lines[0].to_string()
     };
 
     let wrong_secret = format!("{}.{}", &token[..6], "0000000000000000");
     assert!(try_join("wrong-token", &wrong_secret, &hash).contains("join token is not valid"));
-    assert!(try_join("unknown-token", "zzzzzz.0123456789abcdef", &hash)
-        .contains("join token is not valid"));
+    assert!(try_join("unknown-token", "zzzzzz.0123456789abcdef", &hash).contains("join token is not valid"));
 
     let (short, _) = coord.token("1s");
     std::thread::sleep(Duration::from_millis(1500)); // let the 1 s token expire
@@ -195,18 +135,12 @@ fn bad_joins_are_refused_with_one_clear_line_and_counted() {
     assert!(coord.metric("shoal_cluster_joins_refused_total{reason=\"invalid_token\"}") >= 2.0);
     assert!(coord.metric("shoal_cluster_joins_refused_total{reason=\"expired_token\"}") >= 1.0);
     let log = coord.proc.log_text();
-    assert!(
-        log.contains("refused a join"),
-        "the coordinator logs refusals"
-    );
+    assert!(log.contains("refused a join"), "the coordinator logs refusals");
 
     // The real token still works afterwards.
     let _ok = join(&coord, tmp.path(), "good", Some((&token, &hash)), &[]);
     wait_until(Duration::from_secs(15), "good node ready", || {
-        coord
-            .node("good")
-            .map(|n| n["state"] == "ready")
-            .unwrap_or(false)
+        coord.node("good").map(|n| n["state"] == "ready").unwrap_or(false)
     });
 }
 
@@ -215,29 +149,15 @@ fn the_gateway_requires_an_api_key_for_admin_endpoints_only() {
     let tmp = tempfile::tempdir().expect("tmp");
     let coord = Coord::start(&tmp.path().join("c"), 300, 1500);
     for open in ["/healthz", "/readyz", "/metrics"] {
-        assert_eq!(
-            get(&coord.url(open), None).map(|r| r.0),
-            Some(200),
-            "{open}"
-        );
+        assert_eq!(get(&coord.url(open), None).map(|r| r.0), Some(200), "{open}");
     }
     for admin in ["/v1/cluster", "/v1/nodes"] {
         let (status, body) = get(&coord.url(admin), None).expect("answer");
         assert_eq!(status, 401, "{admin}");
         let v: serde_json::Value = serde_json::from_str(&body).expect("json error");
-        assert!(
-            v["error"]["message"].as_str().is_some()
-                && v["error"]["type"] == "authentication_error",
-            "{body}"
-        );
-        assert_eq!(
-            get(&coord.url(admin), Some("sk-wrong")).map(|r| r.0),
-            Some(401)
-        );
-        assert_eq!(
-            get(&coord.url(admin), Some(API_KEY)).map(|r| r.0),
-            Some(200)
-        );
+        assert!(v["error"]["message"].as_str().is_some() && v["error"]["type"] == "authentication_error", "{body}");
+        assert_eq!(get(&coord.url(admin), Some("sk-wrong")).map(|r| r.0), Some(401));
+        assert_eq!(get(&coord.url(admin), Some(API_KEY)).map(|r| r.0), Some(200));
     }
     let cluster = get_json(&coord.url("/v1/cluster")).expect("cluster");
     assert_eq!(cluster["leader_id"], 1);
@@ -245,10 +165,7 @@ fn the_gateway_requires_an_api_key_for_admin_endpoints_only() {
     assert!(cluster["commit_index"].as_u64() >= Some(1));
     assert_eq!(cluster["applied_index"], cluster["commit_index"]);
     assert_eq!(cluster["members"][0]["quic"], coord.quic.to_string());
-    assert_eq!(
-        get(&coord.url("/v1/nodes/n-nope"), Some(API_KEY)).map(|r| r.0),
-        Some(404)
-    );
+    assert_eq!(get(&coord.url("/v1/nodes/n-nope"), Some(API_KEY)).map(|r| r.0), Some(404));
     let metrics = get(&coord.url("/metrics"), None).expect("metrics").1;
     for series in [
         "shoal_raft_term",
@@ -262,14 +179,7 @@ fn the_gateway_requires_an_api_key_for_admin_endpoints_only() {
         assert!(metrics.contains(series), "missing {series} in /metrics");
     }
     // Admin-only: a token needs the admin key.
-    let out = run(&[
-        "token",
-        "create",
-        "--gateway",
-        &coord.gateway(),
-        "--api-key",
-        "sk-wrong",
-    ]);
+    let out = run(&["token", "create", "--gateway", &coord.gateway(), "--api-key", "sk-wrong"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
 }

@@ -15,20 +15,13 @@ use support::*;
 async fn connect(coord: &Coord, hash: &str) -> quinn::Connection {
     let (cfg, _) = pinned_client_config(hash).expect("client config");
     let endpoint = quic::client_endpoint(coord.quic).expect("endpoint");
-    quic::connect(&endpoint, coord.quic, cfg, COORDINATOR_SERVER_NAME)
-        .await
-        .expect("connect")
+    quic::connect(&endpoint, coord.quic, cfg, COORDINATOR_SERVER_NAME).await.expect("connect")
 }
 
 /// Reads until the server ends or resets the stream.
 async fn expect_closed(stream: &mut ClientStream) {
-    let r = tokio::time::timeout(Duration::from_secs(5), stream.recv())
-        .await
-        .expect("server answers");
-    assert!(
-        r.is_err(),
-        "the server must close a stream that sent a bad frame, got {r:?}"
-    );
+    let r = tokio::time::timeout(Duration::from_secs(5), stream.recv()).await.expect("server answers");
+    assert!(r.is_err(), "the server must close a stream that sent a bad frame, got {r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,17 +29,12 @@ async fn garbage_and_oversized_frames_are_refused_counted_and_survived() {
     shoal_protocol::install_crypto_provider();
     let tmp = tempfile::tempdir().expect("tmp");
     let coord = tokio::task::block_in_place(|| Coord::start(&tmp.path().join("c"), 300, 1500));
-    let hash = get_json(&coord.url("/v1/cluster")).expect("cluster")["ca_hash"]
-        .as_str()
-        .expect("hash")
-        .to_string();
+    let hash = get_json(&coord.url("/v1/cluster")).expect("cluster")["ca_hash"].as_str().expect("hash").to_string();
 
     // Raw UDP garbage: not even QUIC.
     let udp = UdpSocket::bind("127.0.0.1:0").expect("udp");
     for i in 0..200u32 {
-        let junk: Vec<u8> = (0..1200u32)
-            .map(|j| (i.wrapping_mul(31) ^ j) as u8)
-            .collect();
+        let junk: Vec<u8> = (0..1200u32).map(|j| (i.wrapping_mul(31) ^ j) as u8).collect();
         udp.send_to(&junk, coord.quic).expect("send");
     }
 
@@ -73,9 +61,7 @@ async fn garbage_and_oversized_frames_are_refused_counted_and_survived() {
     expect_closed(&mut s).await;
 
     // Another protocol version is refused with a clear reason.
-    let mut s = ClientStream::open_with_version(&conn, 99)
-        .await
-        .expect("open");
+    let mut s = ClientStream::open_with_version(&conn, 99).await.expect("open");
     match s.recv().await {
         Err(ProtocolError::Refused(msg)) => assert!(msg.contains("version 99"), "{msg}"),
         other => panic!("expected a version refusal, got {other:?}"),
@@ -83,13 +69,7 @@ async fn garbage_and_oversized_frames_are_refused_counted_and_survived() {
 
     // Without a member certificate, nothing but a join is served.
     let mut s = ClientStream::open(&conn).await.expect("open");
-    match s
-        .call(&Request::Ping {
-            seq: 1,
-            payload: vec![1, 2, 3],
-        })
-        .await
-    {
+    match s.call(&Request::Ping { seq: 1, payload: vec![1, 2, 3] }).await {
         Ok(Response::Refused { message, .. }) => {
             assert!(message.contains("certificate"), "{message}")
         }
@@ -97,19 +77,14 @@ async fn garbage_and_oversized_frames_are_refused_counted_and_survived() {
     }
 
     // The connection and the process are still fine.
-    let mut s = ClientStream::open(&conn)
-        .await
-        .expect("the connection survives bad streams");
+    let mut s = ClientStream::open(&conn).await.expect("the connection survives bad streams");
     let join = shoal_protocol::JoinRequest {
         token_id: "zzzzzz".into(),
         token_secret: "x".into(),
         name: "n".into(),
         csr_der: vec![],
     };
-    assert!(matches!(
-        s.call(&Request::Join(join)).await,
-        Ok(Response::Refused { .. })
-    ));
+    assert!(matches!(s.call(&Request::Join(join)).await, Ok(Response::Refused { .. })));
 
     tokio::task::block_in_place(|| {
         assert_eq!(get(&coord.url("/healthz"), None).map(|r| r.0), Some(200));

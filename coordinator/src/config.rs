@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -22,6 +22,8 @@ pub const DEFAULT_LEASE_MS: u64 = 5_000;
 pub const DEFAULT_TICK_MS: u64 = 100;
 pub const DEFAULT_ELECTION_TICKS: usize = 10;
 pub const DEFAULT_HEARTBEAT_TICKS: usize = 1;
+/// Applied entries kept in the log before compaction.
+pub const DEFAULT_COMPACT_AFTER: u64 = 10_000;
 
 /// One coordinator of the raft group.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -30,6 +32,40 @@ pub struct MemberConfig {
     pub id: u64,
     pub quic: SocketAddr,
     pub http: SocketAddr,
+    /// Part of the group when it is first bootstrapped. A member with `initial = false`
+    /// starts empty and waits to be added (`shoal coordinator add`).
+    #[serde(default = "yes")]
+    pub initial: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Raft log handling.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftConfig {
+    /// Applied entries kept before the log is compacted into a snapshot.
+    pub compact_after: u64,
+    /// Fold proposals that arrive together into one append and one flush.
+    pub batch_proposals: bool,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        Self { compact_after: DEFAULT_COMPACT_AFTER, batch_proposals: true }
+    }
+}
+
+/// Where the cluster CA lives.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct PkiConfig {
+    /// A directory holding the CA shared by every coordinator (`ca.crt`, `ca.key`), relative
+    /// to the config file. Created by the first coordinator that finds it missing. Without
+    /// it each coordinator keeps its own CA in its data dir (fine for a group of one).
+    pub ca_dir: Option<PathBuf>,
 }
 
 /// Lease and raft timing.
@@ -74,24 +110,32 @@ pub struct ClusterConfig {
     pub coordinators: Vec<MemberConfig>,
     #[serde(default)]
     pub timing: TimingConfig,
+    #[serde(default)]
+    pub raft: RaftConfig,
+    #[serde(default)]
+    pub pki: PkiConfig,
 }
 
 impl ClusterConfig {
     /// A single-coordinator group (what `shoal up` runs).
     pub fn single(quic: SocketAddr, http: SocketAddr) -> Self {
         Self {
-            coordinators: vec![MemberConfig { id: 1, quic, http }],
+            coordinators: vec![MemberConfig { id: 1, quic, http, initial: true }],
             timing: TimingConfig::default(),
+            raft: RaftConfig::default(),
+            pki: PkiConfig::default(),
         }
     }
 
     pub fn load(path: &Path) -> Result<Self, CoordinatorError> {
-        let err = |message: String| CoordinatorError::Config {
-            path: path.display().to_string(),
-            message,
-        };
+        let err = |message: String| CoordinatorError::Config { path: path.display().to_string(), message };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-        let cfg: ClusterConfig = toml::from_str(&text).map_err(|e| err(e.message().to_string()))?;
+        let mut cfg: ClusterConfig = toml::from_str(&text).map_err(|e| err(e.message().to_string()))?;
+        if let Some(dir) = cfg.pki.ca_dir.as_mut() {
+            if dir.is_relative() {
+                *dir = path.parent().unwrap_or(Path::new(".")).join(&*dir);
+            }
+        }
         cfg.validate().map_err(err)
     }
 
@@ -114,6 +158,15 @@ impl ClusterConfig {
                     return Err(format!("address {a} is used twice"));
                 }
             }
+        }
+        if !self.coordinators.iter().any(|m| m.initial) {
+            return Err("no coordinator has initial = true; the group cannot bootstrap".into());
+        }
+        if self.coordinators.len() > 1 && self.pki.ca_dir.is_none() {
+            return Err("a group of several coordinators needs [pki] ca_dir (the CA they share)".into());
+        }
+        if self.raft.compact_after == 0 {
+            return Err("raft.compact_after must be positive".into());
         }
         let t = &self.timing;
         if t.heartbeat_ms == 0 || t.tick_ms == 0 {
@@ -138,8 +191,9 @@ impl ClusterConfig {
         self.coordinators.iter().find(|m| m.id == id)
     }
 
+    /// The voters the group is bootstrapped with.
     pub fn voter_ids(&self) -> Vec<u64> {
-        self.coordinators.iter().map(|m| m.id).collect()
+        self.coordinators.iter().filter(|m| m.initial).map(|m| m.id).collect()
     }
 }
 
@@ -165,27 +219,12 @@ mod tests {
     fn bad_configs_name_the_bad_value() {
         let a: SocketAddr = "127.0.0.1:1".parse().expect("addr");
         let b: SocketAddr = "127.0.0.1:2".parse().expect("addr");
-        let dup = ClusterConfig {
-            coordinators: vec![
-                MemberConfig {
-                    id: 1,
-                    quic: a,
-                    http: b,
-                },
-                MemberConfig {
-                    id: 1,
-                    quic: b,
-                    http: a,
-                },
-            ],
-            timing: TimingConfig::default(),
-        };
+        let mut dup = ClusterConfig::single(a, b);
+        dup.coordinators.push(MemberConfig { id: 1, quic: b, http: a, initial: true });
+        dup.pki.ca_dir = Some("ca".into());
         assert!(dup.validate().expect_err("duplicate id").contains("id 1"));
         let mut short = ClusterConfig::single(a, b);
         short.timing.lease_ms = 100;
-        assert!(short
-            .validate()
-            .expect_err("short lease")
-            .contains("lease_ms (100)"));
+        assert!(short.validate().expect_err("short lease").contains("lease_ms (100)"));
     }
 }

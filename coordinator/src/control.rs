@@ -4,7 +4,6 @@
 //! Trust: a join needs no client certificate (it proves a token instead); everything else
 //! needs a certificate from the cluster CA whose role and id match the request.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,23 +21,29 @@ use tracing::{info, info_span, warn, Instrument};
 use crate::clock::Clock;
 use crate::config::TimingConfig;
 use crate::lease::LeaseTable;
-use crate::raft::RaftHandle;
+use crate::raft::transport::{AddressBook, Faults};
+use crate::raft::{Proposal, RaftHandle};
 use crate::state::{Command, NodeState, Outcome};
+use crate::writer::Writer;
 
 /// How often the leader sweeps leases.
 const MIN_SWEEP: Duration = Duration::from_millis(100);
+/// The largest snapshot a follower accepts.
+const MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
 /// How often expired join tokens are pruned from the state.
 const TOKEN_PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// Shared by every stream handler.
 pub struct ControlPlane {
     pub raft: RaftHandle,
+    pub writer: Writer,
     pub ca: ClusterCa,
+    pub faults: Arc<Faults>,
     pub leases: Arc<Mutex<LeaseTable>>,
     pub timing: TimingConfig,
     pub clock: Clock,
     /// QUIC address of every coordinator, for redirects.
-    pub coordinators: HashMap<u64, SocketAddr>,
+    pub coordinators: AddressBook,
 }
 
 fn new_node_id() -> String {
@@ -60,17 +65,10 @@ impl ControlPlane {
             match first {
                 Request::Join(j) => self.join(&mut stream, j, remote).await,
                 Request::Register(r) => match peer {
-                    Some((MemberRole::Node, id)) if id == r.node_id => {
-                        self.session(stream, r).await
-                    }
+                    Some((MemberRole::Node, id)) if id == r.node_id => self.session(stream, r).await,
                     _ => {
                         warn!("registration without a matching node certificate");
-                        stream
-                            .refuse(
-                                RefusalCode::Unauthenticated,
-                                "registration needs this node's certificate",
-                            )
-                            .await
+                        stream.refuse(RefusalCode::Unauthenticated, "registration needs this node's certificate").await
                     }
                 },
                 Request::Raft { from, message } => match peer {
@@ -79,29 +77,34 @@ impl ControlPlane {
                     }
                     _ => {
                         stream
-                            .refuse(
-                                RefusalCode::Unauthenticated,
-                                "raft messages need a coordinator certificate",
-                            )
+                            .refuse(RefusalCode::Unauthenticated, "raft messages need a coordinator certificate")
                             .await
                     }
                 },
+                Request::RaftSnapshot { from, message, total_bytes } => match peer {
+                    Some((MemberRole::Coordinator, id)) if id == from.to_string() => {
+                        self.snapshot_stream(stream, from, message, total_bytes).await
+                    }
+                    _ => {
+                        let msg = "raft messages need a coordinator certificate";
+                        stream.refuse(RefusalCode::Unauthenticated, msg).await
+                    }
+                },
+                Request::Propose { proposal } => match peer {
+                    Some((MemberRole::Coordinator, _)) => self.forwarded(stream, proposal).await,
+                    _ => {
+                        let msg = "forwarded writes need a coordinator certificate";
+                        stream.refuse(RefusalCode::Unauthenticated, msg).await
+                    }
+                },
+                Request::Chunk { .. } => stream.refuse(RefusalCode::BadRequest, "a chunk without a header").await,
                 Request::Ping { seq, payload } => {
                     if peer.is_none() {
-                        return stream
-                            .refuse(
-                                RefusalCode::Unauthenticated,
-                                "ping needs a member certificate",
-                            )
-                            .await;
+                        return stream.refuse(RefusalCode::Unauthenticated, "ping needs a member certificate").await;
                     }
                     pong_loop(stream, seq, payload).await
                 }
-                Request::Heartbeat(_) => {
-                    stream
-                        .refuse(RefusalCode::BadRequest, "register before heartbeating")
-                        .await
-                }
+                Request::Heartbeat(_) => stream.refuse(RefusalCode::BadRequest, "register before heartbeating").await,
             }
         }
         .instrument(span)
@@ -110,7 +113,7 @@ impl ControlPlane {
 
     fn redirect_target(&self) -> Option<String> {
         let leader = self.raft.status().leader_id;
-        self.coordinators.get(&leader).map(|a| a.to_string())
+        self.coordinators.read().unwrap_or_else(|p| p.into_inner()).get(&leader).map(|a| a.to_string())
     }
 
     /// Answers a request that only the leader may serve. Returns false if redirected.
@@ -123,14 +126,7 @@ impl ControlPlane {
                 let _ = stream.send(&Response::Redirect { leader_address }).await;
                 stream.finish();
             }
-            None => {
-                stream
-                    .refuse(
-                        RefusalCode::Unavailable,
-                        "no raft leader at the moment; retry",
-                    )
-                    .await
-            }
+            None => stream.refuse(RefusalCode::Unavailable, "no raft leader at the moment; retry").await,
         }
         false
     }
@@ -143,25 +139,14 @@ impl ControlPlane {
         let check = {
             let state = self.raft.state().read().unwrap_or_else(|p| p.into_inner());
             match state.tokens.get(&j.token_id) {
-                Some(t)
-                    if constant_time_eq(
-                        hash_secret(&j.token_secret).as_bytes(),
-                        t.secret_hash.as_bytes(),
-                    ) =>
-                {
+                Some(t) if constant_time_eq(hash_secret(&j.token_secret).as_bytes(), t.secret_hash.as_bytes()) => {
                     if t.expires_at_ms <= now {
-                        Err((
-                            RefusalCode::ExpiredToken,
-                            format!("join token {} has expired", j.token_id),
-                        ))
+                        Err((RefusalCode::ExpiredToken, format!("join token {} has expired", j.token_id)))
                     } else {
                         Ok(())
                     }
                 }
-                _ => Err((
-                    RefusalCode::InvalidToken,
-                    "join token is not valid".to_string(),
-                )),
+                _ => Err((RefusalCode::InvalidToken, "join token is not valid".to_string())),
             }
         };
         if let Err((code, message)) = check {
@@ -177,30 +162,29 @@ impl ControlPlane {
                 return stream.refuse(RefusalCode::BadRequest, e.to_string()).await;
             }
         };
-        match self
-            .raft
-            .propose(Command::AdmitNode {
-                id: id.clone(),
-                name: j.name.clone(),
-                at_ms: now,
-            })
-            .await
-        {
+        let admit = Command::AdmitNode {
+            id: id.clone(),
+            name: j.name.clone(),
+            at_ms: now,
+            token_id: j.token_id.clone(),
+            secret_hash: hash_secret(&j.token_secret),
+        };
+        match self.writer.command(admit).await {
             Ok(Outcome::Applied) => {}
+            // The token was revoked or expired between the check and the commit.
+            Ok(Outcome::Rejected(why)) if why == "expired token" => {
+                let msg = format!("join token {} has expired", j.token_id);
+                return stream.refuse(RefusalCode::ExpiredToken, msg).await;
+            }
             Ok(other) => {
-                return stream
-                    .refuse(RefusalCode::BadRequest, format!("{other:?}"))
-                    .await
+                let msg = format!("join refused: {other:?}");
+                return stream.refuse(RefusalCode::InvalidToken, msg).await;
             }
             Err(e) => return stream.refuse(RefusalCode::Unavailable, e.to_string()).await,
         }
         metrics::counter!(m::JOINS).increment(1);
         info!(node = %id, name = %j.name, %remote, "node joined");
-        let resp = Response::Joined {
-            node_id: id,
-            cert_pem,
-            ca_pem: self.ca.material.cert_pem.clone(),
-        };
+        let resp = Response::Joined { node_id: id, cert_pem, ca_pem: self.ca.material.cert_pem.clone() };
         let _ = stream.send(&resp).await;
         stream.finish();
     }
@@ -219,16 +203,10 @@ impl ControlPlane {
             labels: r.labels,
             at_ms: self.clock.unix_ms(),
         };
-        let generation = match self.raft.propose(cmd).await {
+        let generation = match self.writer.command(cmd).await {
             Ok(Outcome::NodeUp { generation }) => generation,
-            Ok(Outcome::Rejected(why)) => {
-                return stream.refuse(RefusalCode::UnknownNode, why).await
-            }
-            Ok(other) => {
-                return stream
-                    .refuse(RefusalCode::BadRequest, format!("{other:?}"))
-                    .await
-            }
+            Ok(Outcome::Rejected(why)) => return stream.refuse(RefusalCode::UnknownNode, why).await,
+            Ok(other) => return stream.refuse(RefusalCode::BadRequest, format!("{other:?}")).await,
             Err(e) => return stream.refuse(RefusalCode::Unavailable, e.to_string()).await,
         };
         self.renew(&id, generation, None);
@@ -245,33 +223,22 @@ impl ControlPlane {
             let hb = match stream.recv().await {
                 Ok(Some(Request::Heartbeat(hb))) => hb,
                 Ok(Some(_)) => {
-                    return stream
-                        .refuse(
-                            RefusalCode::BadRequest,
-                            "only heartbeats on a control stream",
-                        )
-                        .await
+                    return stream.refuse(RefusalCode::BadRequest, "only heartbeats on a control stream").await
                 }
                 Ok(None) | Err(_) => return,
             };
             if hb.node_id != id {
-                return stream
-                    .refuse(RefusalCode::Unauthenticated, "heartbeat for another node")
-                    .await;
+                return stream.refuse(RefusalCode::Unauthenticated, "heartbeat for another node").await;
             }
             let current = {
                 let state = self.raft.state().read().unwrap_or_else(|p| p.into_inner());
                 state.nodes.get(&id).map(|n| (n.generation, n.state))
             };
             if current != Some((hb.generation, NodeState::Ready)) {
-                metrics::counter!(m::HEARTBEATS_REFUSED, "reason" => "stale_generation")
-                    .increment(1);
+                metrics::counter!(m::HEARTBEATS_REFUSED, "reason" => "stale_generation").increment(1);
                 info!(node = %id, generation = hb.generation, "refused a heartbeat from a fenced incarnation");
                 return stream
-                    .refuse(
-                        RefusalCode::StaleGeneration,
-                        "this incarnation is no longer current; register again",
-                    )
+                    .refuse(RefusalCode::StaleGeneration, "this incarnation is no longer current; register again")
                     .await;
             }
             if !self.raft.status().is_leader() {
@@ -280,14 +247,7 @@ impl ControlPlane {
             }
             self.renew(&id, hb.generation, Some(hb.load));
             metrics::counter!(m::HEARTBEATS).increment(1);
-            if stream
-                .send(&Response::HeartbeatAck {
-                    generation: hb.generation,
-                    seq: hb.seq,
-                })
-                .await
-                .is_err()
-            {
+            if stream.send(&Response::HeartbeatAck { generation: hb.generation, seq: hb.seq }).await.is_err() {
                 return;
             }
         }
@@ -295,44 +255,82 @@ impl ControlPlane {
 
     fn renew(&self, id: &str, generation: u64, load: Option<shoal_protocol::Load>) {
         let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
-        leases.renew(
-            id,
-            generation,
-            self.clock.now_ms(),
-            self.timing.lease_ms,
-            self.clock.unix_ms(),
-            load,
-        );
+        leases.renew(id, generation, self.clock.now_ms(), self.timing.lease_ms, self.clock.unix_ms(), load);
+    }
+
+    /// A write forwarded by a follower: committed here if this member leads.
+    async fn forwarded(&self, mut stream: ServerStream, bytes: Vec<u8>) {
+        let proposal: Proposal = match shoal_protocol::frame::decode(&bytes) {
+            Ok(p) => p,
+            Err(e) => return stream.refuse(RefusalCode::BadRequest, format!("bad proposal: {e}")).await,
+        };
+        match self.raft.propose(proposal).await {
+            Ok(outcome) => match shoal_protocol::frame::to_payload(&outcome) {
+                Ok(bytes) => {
+                    let _ = stream.send(&Response::Proposed { outcome: bytes.to_vec() }).await;
+                    stream.finish();
+                }
+                Err(e) => stream.refuse(RefusalCode::Unavailable, e.to_string()).await,
+            },
+            Err(crate::CoordinatorError::NotLeader { .. }) => {
+                stream.refuse(RefusalCode::NotLeader, "not the leader").await
+            }
+            Err(e) => stream.refuse(RefusalCode::Unavailable, e.to_string()).await,
+        }
+    }
+
+    /// A snapshot streamed in chunks by the leader; acknowledged once handed to raft.
+    async fn snapshot_stream(&self, mut stream: ServerStream, from: u64, head: Vec<u8>, total: u64) {
+        if total > MAX_SNAPSHOT_BYTES {
+            return stream
+                .refuse(RefusalCode::BadRequest, format!("snapshot of {total} bytes is over the limit"))
+                .await;
+        }
+        let mut msg = match raft::prelude::Message::parse_from_bytes(&head) {
+            Ok(m) if m.from == from => m,
+            _ => return stream.refuse(RefusalCode::BadRequest, "bad snapshot header").await,
+        };
+        let mut data = Vec::with_capacity(total as usize);
+        loop {
+            match stream.recv().await {
+                Ok(Some(Request::Chunk { data: chunk, last })) => {
+                    if data.len() + chunk.len() > total as usize {
+                        return stream.refuse(RefusalCode::BadRequest, "snapshot longer than announced").await;
+                    }
+                    data.extend_from_slice(&chunk);
+                    if last {
+                        break;
+                    }
+                }
+                Ok(Some(_)) => return stream.refuse(RefusalCode::BadRequest, "expected snapshot chunks").await,
+                Ok(None) | Err(_) => return,
+            }
+        }
+        if data.len() as u64 != total {
+            return stream.refuse(RefusalCode::BadRequest, "snapshot shorter than announced").await;
+        }
+        if self.faults.is_isolated() {
+            return;
+        }
+        msg.mut_snapshot().data = data.into();
+        self.raft.step(msg);
+        let _ = stream.send(&Response::RaftAck).await;
+        stream.finish();
     }
 
     async fn raft_stream(&self, mut stream: ServerStream, from: u64, first: Vec<u8>) {
         let mut next = Some(first);
         while let Some(bytes) = next.take() {
             match raft::prelude::Message::parse_from_bytes(&bytes) {
+                Ok(_) if self.faults.is_isolated() => {}
                 Ok(msg) if msg.from == from => self.raft.step(msg),
-                Ok(_) => {
-                    return stream
-                        .refuse(
-                            RefusalCode::Unauthenticated,
-                            "raft message from another member",
-                        )
-                        .await
-                }
-                Err(e) => {
-                    return stream
-                        .refuse(RefusalCode::BadRequest, format!("bad raft message: {e}"))
-                        .await
-                }
+                Ok(_) => return stream.refuse(RefusalCode::Unauthenticated, "raft message from another member").await,
+                Err(e) => return stream.refuse(RefusalCode::BadRequest, format!("bad raft message: {e}")).await,
             }
             next = match stream.recv().await {
                 Ok(Some(Request::Raft { from: f, message })) if f == from => Some(message),
                 Ok(Some(_)) => {
-                    return stream
-                        .refuse(
-                            RefusalCode::BadRequest,
-                            "only raft messages on a raft stream",
-                        )
-                        .await
+                    return stream.refuse(RefusalCode::BadRequest, "only raft messages on a raft stream").await
                 }
                 Ok(None) | Err(_) => return,
             };
@@ -366,23 +364,15 @@ impl ControlPlane {
             for (id, generation) in expired {
                 metrics::counter!(m::LEASES_EXPIRED).increment(1);
                 warn!(node = %id, generation, "lease expired; marking the node dead");
-                let cmd = Command::NodeDead {
-                    id: id.clone(),
-                    generation,
-                    at_ms: self.clock.unix_ms(),
-                };
-                if let Err(e) = self.raft.propose(cmd).await {
+                let cmd = Command::NodeDead { id: id.clone(), generation, at_ms: self.clock.unix_ms() };
+                if let Err(e) = self.writer.command(cmd).await {
                     warn!(node = %id, error = %e, "could not mark the node dead");
                 }
             }
             if now.saturating_sub(last_prune) >= TOKEN_PRUNE_EVERY.as_millis() as u64 {
                 last_prune = now;
-                let _ = self
-                    .raft
-                    .propose(Command::PruneTokens {
-                        now_ms: self.clock.unix_ms(),
-                    })
-                    .await;
+                let prune = Command::PruneTokens { now_ms: self.clock.unix_ms() };
+                let _ = self.writer.command(prune).await;
             }
         }
     }
@@ -396,11 +386,7 @@ async fn pong_loop(mut stream: ServerStream, seq: u64, payload: Vec<u8>) {
         }
         next = match stream.recv().await {
             Ok(Some(Request::Ping { seq, payload })) => Some((seq, payload)),
-            Ok(Some(_)) => {
-                return stream
-                    .refuse(RefusalCode::BadRequest, "only pings on a ping stream")
-                    .await
-            }
+            Ok(Some(_)) => return stream.refuse(RefusalCode::BadRequest, "only pings on a ping stream").await,
             Ok(None) | Err(_) => None,
         };
     }

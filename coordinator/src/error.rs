@@ -28,19 +28,15 @@ pub enum CoordinatorError {
     #[error("protocol: {0}")]
     Protocol(#[from] shoal_protocol::ProtocolError),
     #[error("io {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
+    #[error("the leader refused the forwarded write: {0}")]
+    Forward(String),
     #[error("metrics: {0}")]
     Metrics(String),
 }
 
 impl CoordinatorError {
     pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
-        CoordinatorError::Io {
-            path: path.as_ref().display().to_string(),
-            source,
-        }
+        CoordinatorError::Io { path: path.as_ref().display().to_string(), source }
     }
 }

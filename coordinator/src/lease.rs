@@ -27,15 +27,7 @@ pub struct LeaseTable {
 
 impl LeaseTable {
     /// Records a heartbeat (or a registration) of `generation`.
-    pub fn renew(
-        &mut self,
-        id: &str,
-        generation: u64,
-        now_ms: u64,
-        lease_ms: u64,
-        unix_ms: u64,
-        load: Option<Load>,
-    ) {
+    pub fn renew(&mut self, id: &str, generation: u64, now_ms: u64, lease_ms: u64, unix_ms: u64, load: Option<Load>) {
         let entry = self.leases.entry(id.to_string()).or_insert_with(|| Lease {
             generation,
             expires_at_ms: 0,
@@ -62,12 +54,7 @@ impl LeaseTable {
     /// Returns the `(id, generation)` of every ready node whose lease has run out. A ready
     /// node with no lease here (a new leader, or a restart) first gets a full lease, so a
     /// leader change never kills healthy nodes.
-    pub fn sweep(
-        &mut self,
-        state: &ClusterState,
-        now_ms: u64,
-        lease_ms: u64,
-    ) -> Vec<(String, u64)> {
+    pub fn sweep(&mut self, state: &ClusterState, now_ms: u64, lease_ms: u64) -> Vec<(String, u64)> {
         let mut expired = Vec::new();
         for node in state.nodes.values().filter(|n| n.state == NodeState::Ready) {
             match self.leases.get(&node.id) {
@@ -92,14 +79,22 @@ mod tests {
 
     fn ready_state() -> ClusterState {
         let mut s = ClusterState::default();
-        apply(
-            &mut s,
-            &Command::AdmitNode {
-                id: "a".into(),
-                name: "a".into(),
-                at_ms: 0,
-            },
-        );
+        let token = crate::state::TokenRecord {
+            id: "t".into(),
+            secret_hash: "h".into(),
+            created_at_ms: 0,
+            expires_at_ms: 10,
+            description: String::new(),
+        };
+        apply(&mut s, &Command::CreateToken(token));
+        let admit = Command::AdmitNode {
+            id: "a".into(),
+            name: "a".into(),
+            at_ms: 0,
+            token_id: "t".into(),
+            secret_hash: "h".into(),
+        };
+        apply(&mut s, &admit);
         apply(
             &mut s,
             &Command::NodeUp {
@@ -127,10 +122,7 @@ mod tests {
     fn a_new_leader_grants_grace_before_expiring() {
         let s = ready_state();
         let mut t = LeaseTable::default();
-        assert!(
-            t.sweep(&s, 10_000, 500).is_empty(),
-            "no lease yet: grace, not death"
-        );
+        assert!(t.sweep(&s, 10_000, 500).is_empty(), "no lease yet: grace, not death");
         assert!(t.sweep(&s, 10_499, 500).is_empty());
         assert_eq!(t.sweep(&s, 10_500, 500).len(), 1);
     }

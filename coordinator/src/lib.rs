@@ -16,6 +16,7 @@ pub mod raft;
 pub mod runtime;
 pub mod state;
 pub mod telemetry;
+pub mod writer;
 
 pub use error::CoordinatorError;
 pub use runtime::{Coordinator, CoordinatorOptions};

@@ -19,10 +19,7 @@ pub struct CoordinatorPki {
 }
 
 fn pki_err(path: &Path, message: impl std::fmt::Display) -> CoordinatorError {
-    CoordinatorError::Pki {
-        path: path.display().to_string(),
-        message: message.to_string(),
-    }
+    CoordinatorError::Pki { path: path.display().to_string(), message: message.to_string() }
 }
 
 /// Writes `contents` to `path` atomically with the given mode.
@@ -35,11 +32,9 @@ pub fn write_private(path: &Path, contents: &str, mode: u32) -> Result<(), Coord
         .mode(mode)
         .open(&tmp)
         .map_err(|e| CoordinatorError::io(&tmp, e))?;
-    f.write_all(contents.as_bytes())
-        .map_err(|e| CoordinatorError::io(&tmp, e))?;
+    f.write_all(contents.as_bytes()).map_err(|e| CoordinatorError::io(&tmp, e))?;
     f.sync_all().map_err(|e| CoordinatorError::io(&tmp, e))?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))
-        .map_err(|e| CoordinatorError::io(&tmp, e))?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode)).map_err(|e| CoordinatorError::io(&tmp, e))?;
     fs::rename(&tmp, path).map_err(|e| CoordinatorError::io(path, e))
 }
 
@@ -47,25 +42,57 @@ fn read(path: &Path) -> Result<String, CoordinatorError> {
     fs::read_to_string(path).map_err(|e| CoordinatorError::io(path, e))
 }
 
-/// Loads the PKI in `dir`, creating the CA and the member certificate on first start.
-pub fn load_or_create(dir: &Path, id: u64) -> Result<CoordinatorPki, CoordinatorError> {
+fn owner_only_dir(dir: &Path) -> Result<(), CoordinatorError> {
     fs::create_dir_all(dir).map_err(|e| CoordinatorError::io(dir, e))?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-        .map_err(|e| CoordinatorError::io(dir, e))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| CoordinatorError::io(dir, e))
+}
+
+/// Makes sure a CA exists in the shared `ca_dir`. Several coordinators may start at once:
+/// the CA is written to a private temporary directory and renamed into place, so exactly
+/// one of them creates it and the others load that one.
+fn ensure_shared_ca(ca_dir: &Path) -> Result<(), CoordinatorError> {
+    if ca_dir.join("ca.crt").exists() {
+        return Ok(());
+    }
+    let parent = ca_dir.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(parent).map_err(|e| CoordinatorError::io(parent, e))?;
+    let tmp = parent.join(format!(".shoal-ca-{}-{}", std::process::id(), rand::random::<u32>()));
+    owner_only_dir(&tmp)?;
+    let ca = ClusterCa::generate().map_err(|e| pki_err(&tmp, e))?;
+    write_private(&tmp.join("ca.key"), &ca.material.key_pem, 0o600)?;
+    write_private(&tmp.join("ca.crt"), &ca.material.cert_pem, 0o644)?;
+    match fs::rename(&tmp, ca_dir) {
+        Ok(()) => {
+            tracing::info!(path = %ca_dir.display(), "created the shared cluster CA");
+            Ok(())
+        }
+        Err(_) if ca_dir.join("ca.crt").exists() => {
+            let _ = fs::remove_dir_all(&tmp);
+            Ok(()) // another coordinator won the race
+        }
+        Err(e) => {
+            let _ = fs::remove_dir_all(&tmp);
+            Err(CoordinatorError::io(ca_dir, e))
+        }
+    }
+}
+
+/// Loads the PKI in `dir`, creating the CA (in `dir`, or in the shared `ca_dir`) and the
+/// member certificate on first start.
+pub fn load_or_create(dir: &Path, ca_dir: Option<&Path>, id: u64) -> Result<CoordinatorPki, CoordinatorError> {
+    owner_only_dir(dir)?;
+    if let Some(shared) = ca_dir {
+        ensure_shared_ca(shared)?;
+    }
+    let ca_home = ca_dir.unwrap_or(dir);
     let p = |name: &str| -> PathBuf { dir.join(name) };
-    let (ca_crt, ca_key) = (p("ca.crt"), p("ca.key"));
+    let (ca_crt, ca_key) = (ca_home.join("ca.crt"), ca_home.join("ca.key"));
     let ca = if ca_crt.exists() {
-        let mode = fs::metadata(&ca_key)
-            .map_err(|e| CoordinatorError::io(&ca_key, e))?
-            .permissions()
-            .mode();
+        let mode = fs::metadata(&ca_key).map_err(|e| CoordinatorError::io(&ca_key, e))?.permissions().mode();
         if mode & 0o077 != 0 {
             return Err(pki_err(
                 &ca_key,
-                format!(
-                    "mode {:o} lets others read the CA key; run chmod 600",
-                    mode & 0o777
-                ),
+                format!("mode {:o} lets others read the CA key; run chmod 600", mode & 0o777),
             ));
         }
         ClusterCa::from_pem(read(&ca_crt)?, read(&ca_key)?).map_err(|e| pki_err(&ca_crt, e))?
@@ -79,23 +106,14 @@ pub fn load_or_create(dir: &Path, id: u64) -> Result<CoordinatorPki, Coordinator
     let ca_hash = ca.hash().map_err(|e| pki_err(&ca_crt, e))?;
     let (crt, key) = (p("coordinator.crt"), p("coordinator.key"));
     let member = if crt.exists() {
-        KeyedCert {
-            cert_pem: read(&crt)?,
-            key_pem: read(&key)?,
-        }
+        KeyedCert { cert_pem: read(&crt)?, key_pem: read(&key)? }
     } else {
-        let m = ca
-            .issue_with_new_key(MemberRole::Coordinator, &id.to_string(), &[])
-            .map_err(|e| pki_err(&crt, e))?;
+        let m = ca.issue_with_new_key(MemberRole::Coordinator, &id.to_string(), &[]).map_err(|e| pki_err(&crt, e))?;
         write_private(&key, &m.key_pem, 0o600)?;
         write_private(&crt, &m.cert_pem, 0o644)?;
         m
     };
-    Ok(CoordinatorPki {
-        ca,
-        ca_hash,
-        member,
-    })
+    Ok(CoordinatorPki { ca, ca_hash, member })
 }
 
 #[cfg(test)]
@@ -105,23 +123,33 @@ mod tests {
     #[test]
     fn ca_key_is_owner_only_and_reloads_with_the_same_hash() {
         let dir = tempfile::tempdir().expect("tmp");
-        let a = load_or_create(dir.path(), 1).expect("create");
-        let mode = fs::metadata(dir.path().join("ca.key"))
-            .expect("meta")
-            .permissions()
-            .mode();
+        let a = load_or_create(dir.path(), None, 1).expect("create");
+        let mode = fs::metadata(dir.path().join("ca.key")).expect("meta").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        let b = load_or_create(dir.path(), 1).expect("reload");
+        let b = load_or_create(dir.path(), None, 1).expect("reload");
         assert_eq!(a.ca_hash, b.ca_hash);
+    }
+
+    #[test]
+    fn coordinators_sharing_a_ca_dir_share_one_ca() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let shared = dir.path().join("ca");
+        let handles: Vec<_> = (1..=3u64)
+            .map(|id| {
+                let (d, s) = (dir.path().join(format!("c{id}")), shared.clone());
+                std::thread::spawn(move || load_or_create(&d, Some(&s), id).map(|p| p.ca_hash))
+            })
+            .collect();
+        let hashes: Vec<String> = handles.into_iter().map(|h| h.join().expect("thread").expect("pki")).collect();
+        assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
     }
 
     #[test]
     fn a_world_readable_ca_key_is_refused() {
         let dir = tempfile::tempdir().expect("tmp");
-        load_or_create(dir.path(), 1).expect("create");
-        fs::set_permissions(dir.path().join("ca.key"), fs::Permissions::from_mode(0o644))
-            .expect("chmod");
-        let err = load_or_create(dir.path(), 1).err().expect("refused");
+        load_or_create(dir.path(), None, 1).expect("create");
+        fs::set_permissions(dir.path().join("ca.key"), fs::Permissions::from_mode(0o644)).expect("chmod");
+        let err = load_or_create(dir.path(), None, 1).err().expect("refused");
         assert!(err.to_string().contains("chmod 600"), "{err}");
     }
 }

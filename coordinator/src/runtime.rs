@@ -1,9 +1,9 @@
 //! Wires a coordinator together: PKI, raft storage and driver, the QUIC control plane,
 //! the lease sweeper and the HTTP gateway.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,19 +13,21 @@ use shoal_protocol::tls::Identity;
 use shoal_protocol::token::JoinToken;
 use tracing::{info, warn};
 
+/// How many times start-up retries registering the admin key (through elections).
+const BOOTSTRAP_ATTEMPTS: u32 = 300;
+
 use crate::clock::Clock;
 use crate::config::ClusterConfig;
 use crate::control::ControlPlane;
 use crate::gateway::{self, GatewayState};
 use crate::lease::LeaseTable;
+use crate::raft::core::CoreConfig;
 use crate::raft::storage::SledStorage;
-use crate::raft::transport::Transport;
-use crate::raft::RaftHandle;
+use crate::raft::transport::{AddressBook, Faults, Transport};
+use crate::raft::{DriverConfig, RaftHandle};
 use crate::state::{ApiKeyRecord, Command, Scope, TokenRecord};
+use crate::writer::Writer;
 use crate::{pki, telemetry, CoordinatorError};
-
-/// How long start-up waits for a leader before it gives up on bootstrap chores.
-const LEADER_WAIT: Duration = Duration::from_secs(15);
 
 /// What `shoal up` / `shoal coordinator` pass in.
 pub struct CoordinatorOptions {
@@ -34,16 +36,19 @@ pub struct CoordinatorOptions {
     pub data_dir: PathBuf,
     /// An admin API key to make sure exists.
     pub api_key: Option<String>,
+    /// Enables the test-only fault-injection endpoint.
+    pub fault_injection: bool,
 }
 
 /// A running coordinator.
 pub struct Coordinator {
     pub raft: RaftHandle,
+    pub writer: Writer,
     pub ca_hash: String,
     pub quic_addr: SocketAddr,
     pub http_addr: SocketAddr,
-    /// Set when this start generated the first admin key (print it once).
-    pub generated_api_key: Option<String>,
+    /// Resolves to the admin key this start generated, if the cluster had none.
+    api_key_bootstrap: Option<tokio::task::JoinHandle<Result<Option<String>, CoordinatorError>>>,
     endpoint: quinn::Endpoint,
 }
 
@@ -51,70 +56,74 @@ impl Coordinator {
     pub async fn start(opts: CoordinatorOptions) -> Result<Self, CoordinatorError> {
         shoal_protocol::install_crypto_provider();
         let prometheus = telemetry::install()?;
-        let member =
-            opts.config
-                .member(opts.id)
-                .cloned()
-                .ok_or_else(|| CoordinatorError::Config {
-                    path: "--id".into(),
-                    message: format!("coordinator {} is not listed in the config", opts.id),
-                })?;
-        let pki = pki::load_or_create(&opts.data_dir.join("pki"), opts.id)?;
-        let identity = Identity::from_pem(
-            &pki.member.cert_pem,
-            &pki.member.key_pem,
-            &pki.ca.material.cert_pem,
-        )?;
+        let member = opts.config.member(opts.id).cloned().ok_or_else(|| CoordinatorError::Config {
+            path: "--id".into(),
+            message: format!("coordinator {} is not listed in the config", opts.id),
+        })?;
+        let pki = pki::load_or_create(&opts.data_dir.join("pki"), opts.config.pki.ca_dir.as_deref(), opts.id)?;
+        let identity = Identity::from_pem(&pki.member.cert_pem, &pki.member.key_pem, &pki.ca.material.cert_pem)?;
 
-        let storage = SledStorage::open(&opts.data_dir.join("raft"), &opts.config.voter_ids())?;
-        let peers: Vec<(u64, SocketAddr)> = opts
-            .config
-            .coordinators
-            .iter()
-            .map(|m| (m.id, m.quic))
-            .collect();
-        let transport = if peers.len() > 1 {
-            Transport::start(opts.id, peers, Arc::new(identity.client_config()?))
-        } else {
-            Transport::none()
+        // A member that is not part of the bootstrap group starts empty and waits to be added.
+        let voters = if member.initial { opts.config.voter_ids() } else { Vec::new() };
+        let storage = SledStorage::open(&opts.data_dir.join("raft"), &voters)?;
+        let book: AddressBook =
+            Arc::new(std::sync::RwLock::new(opts.config.coordinators.iter().map(|m| (m.id, m.quic)).collect()));
+        if let Some(stored) = crate::raft::store::RaftStore::load_state(&storage)? {
+            let mut b = book.write().unwrap_or_else(|p| p.into_inner());
+            for c in stored.state.coordinators.values() {
+                if let Ok(addr) = c.quic.parse::<SocketAddr>() {
+                    b.insert(c.id, addr);
+                }
+            }
+        }
+        let client = Arc::new(identity.client_config()?);
+        let faults = Arc::new(Faults::default());
+        let (report_tx, report_rx) = tokio::sync::mpsc::channel(1024);
+        let transport = Transport::new(opts.id, book.clone(), client.clone(), report_tx, faults.clone());
+        let t = &opts.config.timing;
+        let driver = DriverConfig {
+            core: CoreConfig {
+                id: opts.id,
+                election_ticks: t.election_ticks,
+                heartbeat_ticks: t.heartbeat_ticks,
+                compact_after: opts.config.raft.compact_after,
+            },
+            tick: t.tick(),
+            batch_proposals: opts.config.raft.batch_proposals,
         };
-        let (raft, _thread) = RaftHandle::start(opts.id, &opts.config.timing, storage, transport)?;
+        let (raft, _thread) = RaftHandle::start(driver, storage, transport, report_rx)?;
+        let writer = Writer::new(raft.clone(), book.clone(), Some(client));
 
         let clock = Clock::default();
         let leases = Arc::new(Mutex::new(LeaseTable::default()));
         let control = Arc::new(ControlPlane {
             raft: raft.clone(),
+            writer: writer.clone(),
             ca: pki.ca.clone(),
+            faults: faults.clone(),
             leases: leases.clone(),
             timing: opts.config.timing.clone(),
             clock,
-            coordinators: opts
-                .config
-                .coordinators
-                .iter()
-                .map(|m| (m.id, m.quic))
-                .collect::<HashMap<_, _>>(),
+            coordinators: book.clone(),
         });
         let endpoint = quic::server_endpoint(member.quic, identity.server_config()?)?;
-        let quic_addr = endpoint
-            .local_addr()
-            .map_err(|e| CoordinatorError::io("quic endpoint", e))?;
+        let quic_addr = endpoint.local_addr().map_err(|e| CoordinatorError::io("quic endpoint", e))?;
         {
             let control = control.clone();
-            tokio::spawn(quic::serve(endpoint.clone(), move |conn, stream| {
-                control.clone().handle(conn, stream)
-            }));
+            tokio::spawn(quic::serve(endpoint.clone(), move |conn, stream| control.clone().handle(conn, stream)));
         }
         tokio::spawn(control.clone().run_sweeper());
 
         let listener = tokio::net::TcpListener::bind(member.http)
             .await
             .map_err(|e| CoordinatorError::io(format!("gateway {}", member.http), e))?;
-        let http_addr = listener
-            .local_addr()
-            .map_err(|e| CoordinatorError::io("gateway", e))?;
+        let http_addr = listener.local_addr().map_err(|e| CoordinatorError::io("gateway", e))?;
+        let bootstrapped = Arc::new(AtomicBool::new(!member.initial));
         let gw = Arc::new(GatewayState {
+            bootstrapped: bootstrapped.clone(),
             raft: raft.clone(),
+            writer: writer.clone(),
+            faults: opts.fault_injection.then(|| faults.clone()),
             leases,
             prometheus,
             config: opts.config.clone(),
@@ -129,66 +138,37 @@ impl Coordinator {
         });
         info!(id = opts.id, %quic_addr, %http_addr, ca_hash = %pki.ca_hash, "coordinator started");
 
-        let mut me = Self {
-            raft,
-            ca_hash: pki.ca_hash,
-            quic_addr,
-            http_addr,
-            generated_api_key: None,
-            endpoint,
-        };
-        me.bootstrap_api_key(opts.api_key).await?;
-        Ok(me)
+        let api_key_bootstrap = member
+            .initial
+            .then(|| tokio::spawn(bootstrap_api_key(raft.clone(), writer.clone(), opts.api_key, bootstrapped)));
+        Ok(Self { raft, writer, ca_hash: pki.ca_hash, quic_addr, http_addr, api_key_bootstrap, endpoint })
+    }
+
+    /// Waits for the admin-key bootstrap; returns the key if this start generated it
+    /// (print it once). Needs a raft leader, so it waits for one.
+    pub async fn generated_api_key(&mut self) -> Result<Option<String>, CoordinatorError> {
+        match self.api_key_bootstrap.take() {
+            None => Ok(None),
+            Some(task) => task.await.map_err(|e| CoordinatorError::Metrics(format!("bootstrap task: {e}")))?,
+        }
+    }
+
+    /// Takes the bootstrap task to await elsewhere.
+    pub fn take_api_key_bootstrap(
+        &mut self,
+    ) -> Option<tokio::task::JoinHandle<Result<Option<String>, CoordinatorError>>> {
+        self.api_key_bootstrap.take()
     }
 
     /// Waits until this replica knows a leader.
     pub async fn wait_for_leader(&self, within: Duration) -> bool {
         let mut rx = self.raft.watch_status();
-        let ok = tokio::time::timeout(within, rx.wait_for(|s| s.leader_id != 0))
-            .await
-            .is_ok();
+        let ok = tokio::time::timeout(within, rx.wait_for(|s| s.leader_id != 0)).await.is_ok();
         ok
     }
 
-    /// Makes sure an admin key exists: the one given, or a generated one when the cluster
-    /// has none yet.
-    async fn bootstrap_api_key(&mut self, given: Option<String>) -> Result<(), CoordinatorError> {
-        if !self.wait_for_leader(LEADER_WAIT).await {
-            warn!("no raft leader yet; skipping API key bootstrap");
-            return Ok(());
-        }
-        if !self.raft.status().is_leader() {
-            return Ok(());
-        }
-        let has_admin = {
-            let state = self.raft.state().read().unwrap_or_else(|p| p.into_inner());
-            state.api_keys.values().any(|k| k.scope == Scope::Admin)
-        };
-        let key = match given {
-            Some(k) => k,
-            None if has_admin => return Ok(()),
-            None => {
-                let k = format!("sk-shoal-{:032x}", rand::rng().random::<u128>());
-                self.generated_api_key = Some(k.clone());
-                k
-            }
-        };
-        let record = ApiKeyRecord {
-            hash: crate::gateway::hash_key(&key),
-            name: "admin".into(),
-            scope: Scope::Admin,
-            created_at_ms: crate::clock::unix_ms(),
-        };
-        self.raft.propose(Command::AddApiKey(record)).await?;
-        Ok(())
-    }
-
     /// Creates a join token directly (used by `shoal up` for its own node).
-    pub async fn create_join_token(
-        &self,
-        ttl: Duration,
-        description: &str,
-    ) -> Result<JoinToken, CoordinatorError> {
+    pub async fn create_join_token(&self, ttl: Duration, description: &str) -> Result<JoinToken, CoordinatorError> {
         let token = JoinToken::generate();
         let now = crate::clock::unix_ms();
         let record = TokenRecord {
@@ -198,13 +178,65 @@ impl Coordinator {
             expires_at_ms: now + ttl.as_millis() as u64,
             description: description.to_string(),
         };
-        self.raft.propose(Command::CreateToken(record)).await?;
+        self.writer.command(Command::CreateToken(record)).await?;
         Ok(token)
     }
 
     /// Stops accepting QUIC connections.
     pub fn close(&self) {
-        self.endpoint
-            .close(quinn::VarInt::from_u32(0), b"shutting down");
+        self.endpoint.close(quinn::VarInt::from_u32(0), b"shutting down");
     }
+}
+
+/// Makes sure an admin key exists: the one given, or a generated one when the cluster has
+/// none yet. Goes through the leader wherever it is.
+async fn bootstrap_api_key(
+    raft: RaftHandle,
+    writer: Writer,
+    given: Option<String>,
+    done: Arc<AtomicBool>,
+) -> Result<Option<String>, CoordinatorError> {
+    let mut attempt = 0;
+    loop {
+        match try_bootstrap_api_key(&raft, &writer, given.clone()).await {
+            Ok(key) => {
+                done.store(true, Ordering::Release);
+                return Ok(key);
+            }
+            Err(e) if attempt < BOOTSTRAP_ATTEMPTS => {
+                attempt += 1;
+                tracing::debug!(error = %e, attempt, "admin key bootstrap failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn try_bootstrap_api_key(
+    raft: &RaftHandle,
+    writer: &Writer,
+    given: Option<String>,
+) -> Result<Option<String>, CoordinatorError> {
+    let mut rx = raft.watch_status();
+    let _ = rx.wait_for(|s| s.leader_id != 0).await;
+    // Let this replica catch up before deciding whether a key exists.
+    raft.read_index().await?;
+    let has_admin = {
+        let state = raft.state().read().unwrap_or_else(|p| p.into_inner());
+        state.api_keys.values().any(|k| k.scope == Scope::Admin)
+    };
+    let (key, generated) = match given {
+        Some(k) => (k, false),
+        None if has_admin => return Ok(None),
+        None => (format!("sk-shoal-{:032x}", rand::rng().random::<u128>()), true),
+    };
+    let record = ApiKeyRecord {
+        hash: crate::gateway::hash_key(&key),
+        name: "admin".into(),
+        scope: Scope::Admin,
+        created_at_ms: crate::clock::unix_ms(),
+    };
+    writer.command(Command::AddApiKey(record)).await?;
+    Ok(generated.then_some(key))
 }

@@ -53,17 +53,9 @@ impl AgentState {
     }
 }
 
-async fn spawn_link(
-    myself: &ActorRef<AgentMsg>,
-    state: &mut AgentState,
-) -> Result<(), ActorProcessingErr> {
-    let (link, _) = Actor::spawn_linked(
-        None,
-        ControlLink,
-        (state.ctx.clone(), myself.clone()),
-        myself.get_cell(),
-    )
-    .await?;
+async fn spawn_link(myself: &ActorRef<AgentMsg>, state: &mut AgentState) -> Result<(), ActorProcessingErr> {
+    let (link, _) =
+        Actor::spawn_linked(None, ControlLink, (state.ctx.clone(), myself.clone()), myself.get_cell()).await?;
     state.link = Some(link);
     Ok(())
 }
@@ -79,10 +71,7 @@ impl Actor for NodeAgent {
         ctx: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut state = AgentState {
-            status: AgentStatus {
-                node_id: ctx.identity.node_id.clone(),
-                ..Default::default()
-            },
+            status: AgentStatus { node_id: ctx.identity.node_id.clone(), ..Default::default() },
             ctx,
             link: None,
             backoff: BACKOFF_MIN,
@@ -125,9 +114,7 @@ impl Actor for NodeAgent {
     ) -> Result<(), ActorProcessingErr> {
         let why = match &event {
             SupervisionEvent::ActorFailed(_, err) => err.to_string(),
-            SupervisionEvent::ActorTerminated(_, _, reason) => {
-                reason.clone().unwrap_or_else(|| "ended".into())
-            }
+            SupervisionEvent::ActorTerminated(_, _, reason) => reason.clone().unwrap_or_else(|| "ended".into()),
             _ => return Ok(()),
         };
         state.link = None;
@@ -186,11 +173,7 @@ impl Actor for ControlLink {
         }
     }
 
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
         state.task.abort();
         Ok(())
     }

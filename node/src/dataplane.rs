@@ -7,12 +7,7 @@ use shoal_protocol::{RefusalCode, Request, Response};
 /// Serves one data-plane stream.
 pub async fn handle(conn: quinn::Connection, mut stream: ServerStream) {
     if quic::peer_member(&conn).is_none() {
-        return stream
-            .refuse(
-                RefusalCode::Unauthenticated,
-                "data-plane streams need a member certificate",
-            )
-            .await;
+        return stream.refuse(RefusalCode::Unauthenticated, "data-plane streams need a member certificate").await;
     }
     loop {
         match stream.recv().await {

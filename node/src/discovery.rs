@@ -8,10 +8,7 @@ use crate::NodeError;
 /// Parses `kind:model:memory`, e.g. `npu:ascend910b:64GiB` or `gpu:nvidia/h100:80GB`.
 /// A `vendor/` prefix on the model names the vendor.
 pub fn parse_accelerator(spec: &str) -> Result<Accelerator, NodeError> {
-    let bad = |why: &str| NodeError::AcceleratorSpec {
-        spec: spec.to_string(),
-        why: why.to_string(),
-    };
+    let bad = |why: &str| NodeError::AcceleratorSpec { spec: spec.to_string(), why: why.to_string() };
     let parts: Vec<&str> = spec.split(':').collect();
     let [kind, model, memory] = parts.as_slice() else {
         return Err(bad("expected kind:model:memory"));
@@ -29,8 +26,7 @@ pub fn parse_accelerator(spec: &str) -> Result<Accelerator, NodeError> {
         Some((v, m)) => (v.to_string(), m.to_string()),
         None => (String::new(), model.to_string()),
     };
-    let bytes =
-        parse_bytes(memory).ok_or_else(|| bad("memory must look like 64GiB, 80GB or 512MiB"))?;
+    let bytes = parse_bytes(memory).ok_or_else(|| bad("memory must look like 64GiB, 80GB or 512MiB"))?;
     Ok(Accelerator {
         kind,
         vendor,
@@ -45,9 +41,7 @@ pub fn parse_accelerator(spec: &str) -> Result<Accelerator, NodeError> {
 /// Parses sizes like `64GiB`, `80GB`, `512MiB`, `1024`.
 pub fn parse_bytes(s: &str) -> Option<u64> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let value: f64 = num.parse().ok()?;
     let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
@@ -69,10 +63,7 @@ pub fn parse_bytes(s: &str) -> Option<u64> {
 /// Parses `key=value`.
 pub fn parse_label(s: &str) -> Result<Label, NodeError> {
     match s.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok(Label {
-            key: k.trim().into(),
-            value: v.trim().into(),
-        }),
+        Some((k, v)) if !k.trim().is_empty() => Ok(Label { key: k.trim().into(), value: v.trim().into() }),
         _ => Err(NodeError::LabelSpec(s.to_string())),
     }
 }
@@ -87,38 +78,24 @@ fn meminfo_field(text: &str, field: &str) -> Option<u64> {
 
 /// Discovers this machine's capacity, adding the declared accelerators.
 pub fn discover(declared: &[Accelerator]) -> Capacity {
-    let cpu_cores = std::thread::available_parallelism()
-        .map(|n| n.get() as u32)
-        .unwrap_or(1);
+    let cpu_cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let mut accelerators = crate::gpu::discover();
     accelerators.extend(declared.iter().cloned());
-    Capacity {
-        cpu_cores,
-        memory_total_bytes: meminfo_field(&meminfo, "MemTotal:").unwrap_or(0),
-        accelerators,
-    }
+    Capacity { cpu_cores, memory_total_bytes: meminfo_field(&meminfo, "MemTotal:").unwrap_or(0), accelerators }
 }
 
 /// Samples the current load (the parts the OS tells us; serving adds in-flight work).
 pub fn sample_load(capacity: &Capacity) -> Load {
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let one_min: f64 = loadavg
-        .split_whitespace()
-        .next()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
+    let one_min: f64 = loadavg.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
     Load {
         in_flight: 0,
         queue_depth: 0,
         cpu_load_milli: (one_min * 1000.0) as u32,
         memory_available_bytes: meminfo_field(&meminfo, "MemAvailable:").unwrap_or(0),
-        accelerator_free_bytes: capacity
-            .accelerators
-            .iter()
-            .map(|a| a.memory_free_bytes)
-            .collect(),
+        accelerator_free_bytes: capacity.accelerators.iter().map(|a| a.memory_free_bytes).collect(),
     }
 }
 
@@ -134,10 +111,7 @@ mod tests {
         assert_eq!(a.memory_total_bytes, 64 * 1024 * 1024 * 1024);
         assert!(!a.discovered);
         let g = parse_accelerator("gpu:nvidia/h100:80GB").expect("parses");
-        assert_eq!(
-            (g.vendor.as_str(), g.model.as_str(), g.memory_total_bytes),
-            ("nvidia", "h100", 80_000_000_000)
-        );
+        assert_eq!((g.vendor.as_str(), g.model.as_str(), g.memory_total_bytes), ("nvidia", "h100", 80_000_000_000));
     }
 
     #[test]

@@ -16,10 +16,7 @@ pub enum NodeError {
     #[error("the coordinator's CA does not match --ca-hash {expected} (it presented {presented}); is this the right cluster?")]
     CaMismatch { expected: String, presented: String },
     #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("identity in {path} is unreadable: {why}")]
     Identity { path: String, why: String },
     #[error("registration refused: {0}")]
@@ -32,9 +29,6 @@ pub enum NodeError {
 
 impl NodeError {
     pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
-        NodeError::Io {
-            path: path.as_ref().display().to_string(),
-            source,
-        }
+        NodeError::Io { path: path.as_ref().display().to_string(), source }
     }
 }

@@ -33,11 +33,7 @@ pub struct NodeIdentity {
 
 impl NodeIdentity {
     pub fn tls(&self) -> Result<Identity, NodeError> {
-        Ok(Identity::from_pem(
-            &self.cert_pem,
-            &self.key_pem,
-            &self.ca_pem,
-        )?)
+        Ok(Identity::from_pem(&self.cert_pem, &self.key_pem, &self.ca_pem)?)
     }
 
     /// Loads the identity saved in `dir`, if the node has joined before.
@@ -46,28 +42,14 @@ impl NodeIdentity {
         if !meta.exists() {
             return Ok(None);
         }
-        let read = |name: &str| {
-            fs::read_to_string(dir.join(name)).map_err(|e| NodeError::io(dir.join(name), e))
-        };
+        let read = |name: &str| fs::read_to_string(dir.join(name)).map_err(|e| NodeError::io(dir.join(name), e));
         let conf = read(META_FILE)?;
-        let node_id = conf
-            .lines()
-            .find_map(|l| l.strip_prefix("node_id="))
-            .map(str::to_string)
-            .ok_or_else(|| NodeError::Identity {
-                path: meta.display().to_string(),
-                why: "no node_id line".into(),
+        let node_id =
+            conf.lines().find_map(|l| l.strip_prefix("node_id=")).map(str::to_string).ok_or_else(|| {
+                NodeError::Identity { path: meta.display().to_string(), why: "no node_id line".into() }
             })?;
-        let id = Self {
-            node_id,
-            cert_pem: read(CERT_FILE)?,
-            key_pem: read(KEY_FILE)?,
-            ca_pem: read(CA_FILE)?,
-        };
-        id.tls().map_err(|e| NodeError::Identity {
-            path: dir.display().to_string(),
-            why: e.to_string(),
-        })?;
+        let id = Self { node_id, cert_pem: read(CERT_FILE)?, key_pem: read(KEY_FILE)?, ca_pem: read(CA_FILE)? };
+        id.tls().map_err(|e| NodeError::Identity { path: dir.display().to_string(), why: e.to_string() })?;
         Ok(Some(id))
     }
 
@@ -78,11 +60,7 @@ impl NodeIdentity {
         write_file(&dir.join(CERT_FILE), &self.cert_pem, 0o644)?;
         write_file(&dir.join(CA_FILE), &self.ca_pem, 0o644)?;
         // Written last: its presence means the rest is complete.
-        write_file(
-            &dir.join(META_FILE),
-            &format!("node_id={}\n", self.node_id),
-            0o644,
-        )
+        write_file(&dir.join(META_FILE), &format!("node_id={}\n", self.node_id), 0o644)
     }
 }
 
@@ -95,11 +73,9 @@ fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), NodeError> {
         .mode(mode)
         .open(&tmp)
         .map_err(|e| NodeError::io(&tmp, e))?;
-    f.write_all(contents.as_bytes())
-        .map_err(|e| NodeError::io(&tmp, e))?;
+    f.write_all(contents.as_bytes()).map_err(|e| NodeError::io(&tmp, e))?;
     f.sync_all().map_err(|e| NodeError::io(&tmp, e))?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))
-        .map_err(|e| NodeError::io(&tmp, e))?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode)).map_err(|e| NodeError::io(&tmp, e))?;
     fs::rename(&tmp, path).map_err(|e| NodeError::io(path, e))
 }
 
@@ -114,12 +90,7 @@ pub async fn resolve(addr: &str) -> Result<SocketAddr, NodeError> {
 
 /// Joins the cluster at `coordinator`: pins the CA by hash, proves the token, sends a CSR
 /// for a key made here, and returns the identity the coordinator issued.
-pub async fn join(
-    coordinator: &str,
-    token: &JoinToken,
-    ca_hash: &str,
-    name: &str,
-) -> Result<NodeIdentity, NodeError> {
+pub async fn join(coordinator: &str, token: &JoinToken, ca_hash: &str, name: &str) -> Result<NodeIdentity, NodeError> {
     let (csr_der, key_pem) = tls::new_csr(name)?;
     let mut target = coordinator.to_string();
     for _ in 0..=MAX_REDIRECTS {
@@ -130,10 +101,7 @@ pub async fn join(
             Ok(c) => c,
             Err(e) => {
                 return Err(match pin.mismatch() {
-                    Some(presented) => NodeError::CaMismatch {
-                        expected: ca_hash.to_string(),
-                        presented,
-                    },
+                    Some(presented) => NodeError::CaMismatch { expected: ca_hash.to_string(), presented },
                     None => e.into(),
                 })
             }
@@ -148,25 +116,13 @@ pub async fn join(
         let resp = stream.call(&Request::Join(req)).await;
         conn.close(0u32.into(), b"joined");
         match resp? {
-            Response::Joined {
-                node_id,
-                cert_pem,
-                ca_pem,
-            } => {
+            Response::Joined { node_id, cert_pem, ca_pem } => {
                 let got = tls::spki_sha256(&tls::pem_cert_der(&ca_pem)?)?;
                 if got != tls::parse_ca_hash(ca_hash)? {
-                    return Err(NodeError::CaMismatch {
-                        expected: ca_hash.to_string(),
-                        presented: got,
-                    });
+                    return Err(NodeError::CaMismatch { expected: ca_hash.to_string(), presented: got });
                 }
                 info!(node = %node_id, "joined the cluster");
-                return Ok(NodeIdentity {
-                    node_id,
-                    cert_pem,
-                    key_pem,
-                    ca_pem,
-                });
+                return Ok(NodeIdentity { node_id, cert_pem, key_pem, ca_pem });
             }
             Response::Refused { message, .. } => return Err(NodeError::JoinRefused(message)),
             Response::Redirect { leader_address } => target = leader_address,

@@ -74,9 +74,7 @@ impl Node {
         let tls = identity.tls()?;
         let capacity = discovery::discover(&opts.accelerators);
         let endpoint = quic::server_endpoint(opts.listen, tls.server_config()?)?;
-        let data_addr = endpoint
-            .local_addr()
-            .map_err(|e| NodeError::io("data-plane endpoint", e))?;
+        let data_addr = endpoint.local_addr().map_err(|e| NodeError::io("data-plane endpoint", e))?;
         tokio::spawn(quic::serve(endpoint.clone(), dataplane::handle));
         let ctx = Arc::new(session::SessionContext {
             client: tls.client_config()?,
@@ -87,20 +85,10 @@ impl Node {
             capacity: capacity.clone(),
             labels: opts.labels,
         });
-        let (agent, _) = Actor::spawn(
-            Some(format!("node-agent-{}", identity.node_id)),
-            agent::NodeAgent,
-            ctx,
-        )
-        .await
-        .map_err(|e| NodeError::Actor(e.to_string()))?;
-        Ok(Self {
-            node_id: identity.node_id,
-            data_addr,
-            capacity,
-            agent,
-            endpoint,
-        })
+        let (agent, _) = Actor::spawn(Some(format!("node-agent-{}", identity.node_id)), agent::NodeAgent, ctx)
+            .await
+            .map_err(|e| NodeError::Actor(e.to_string()))?;
+        Ok(Self { node_id: identity.node_id, data_addr, capacity, agent, endpoint })
     }
 
     pub async fn status(&self) -> Result<AgentStatus, NodeError> {

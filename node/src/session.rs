@@ -8,9 +8,7 @@ use std::time::Duration;
 use shoal_protocol::metric_names as m;
 use shoal_protocol::quic::{self, ClientStream};
 use shoal_protocol::tls::COORDINATOR_SERVER_NAME;
-use shoal_protocol::{
-    Capacity, Heartbeat, Label, ProtocolError, RefusalCode, RegisterRequest, Request, Response,
-};
+use shoal_protocol::{Capacity, Heartbeat, Label, ProtocolError, RefusalCode, RegisterRequest, Request, Response};
 use tracing::{debug, info};
 
 use crate::discovery;
@@ -29,16 +27,12 @@ pub struct SessionContext {
 }
 
 /// Runs one session to its end. `on_registered` is told the generation once registered.
-pub async fn run(
-    ctx: Arc<SessionContext>,
-    on_registered: impl Fn(u64) + Send,
-) -> Result<(), NodeError> {
+pub async fn run(ctx: Arc<SessionContext>, on_registered: impl Fn(u64) + Send) -> Result<(), NodeError> {
     let mut target = ctx.coordinator.clone();
     for _ in 0..=MAX_REDIRECTS {
         let addr = resolve(&target).await?;
         let endpoint = quic::client_endpoint(addr)?;
-        let conn =
-            quic::connect(&endpoint, addr, ctx.client.clone(), COORDINATOR_SERVER_NAME).await?;
+        let conn = quic::connect(&endpoint, addr, ctx.client.clone(), COORDINATOR_SERVER_NAME).await?;
         let mut stream = ClientStream::open(&conn).await?;
         let register = RegisterRequest {
             node_id: ctx.identity.node_id.clone(),
@@ -48,11 +42,7 @@ pub async fn run(
             labels: ctx.labels.clone(),
         };
         let (generation, interval, lease) = match stream.call(&Request::Register(register)).await? {
-            Response::Registered {
-                generation,
-                heartbeat_interval_ms,
-                lease_ms,
-            } => (
+            Response::Registered { generation, heartbeat_interval_ms, lease_ms } => (
                 generation,
                 Duration::from_millis(heartbeat_interval_ms as u64),
                 Duration::from_millis(lease_ms as u64),
@@ -63,12 +53,7 @@ pub async fn run(
                 continue;
             }
             Response::Refused { message, .. } => return Err(NodeError::Refused(message)),
-            _ => {
-                return Err(ProtocolError::Unexpected {
-                    expected: "registered",
-                }
-                .into())
-            }
+            _ => return Err(ProtocolError::Unexpected { expected: "registered" }.into()),
         };
         info!(node = %ctx.identity.node_id, generation, coordinator = %target, "registered");
         on_registered(generation);
@@ -98,29 +83,17 @@ async fn heartbeat_loop(
         };
         let resp = tokio::time::timeout(lease, stream.call(&Request::Heartbeat(hb)))
             .await
-            .map_err(|_| {
-                NodeError::Refused("heartbeat not acknowledged within the lease".into())
-            })??;
+            .map_err(|_| NodeError::Refused("heartbeat not acknowledged within the lease".into()))??;
         metrics::counter!(m::NODE_HEARTBEATS_SENT).increment(1);
         match resp {
             Response::HeartbeatAck { .. } => {}
-            Response::Refused {
-                code: RefusalCode::StaleGeneration,
-                message,
-            } => {
+            Response::Refused { code: RefusalCode::StaleGeneration, message } => {
                 info!(generation, "this incarnation was fenced; registering again");
                 return Err(NodeError::Refused(message));
             }
             Response::Refused { message, .. } => return Err(NodeError::Refused(message)),
-            Response::Redirect { leader_address } => {
-                return Err(NodeError::Redirect(leader_address))
-            }
-            _ => {
-                return Err(ProtocolError::Unexpected {
-                    expected: "heartbeat ack",
-                }
-                .into())
-            }
+            Response::Redirect { leader_address } => return Err(NodeError::Redirect(leader_address)),
+            _ => return Err(ProtocolError::Unexpected { expected: "heartbeat ack" }.into()),
         }
     }
 }

@@ -42,10 +42,7 @@ fn messages() -> Vec<(&'static str, Request)> {
                 name: "gpu-node-17".into(),
                 address: "10.0.0.17:7200".into(),
                 capacity: capacity(),
-                labels: vec![Label {
-                    key: "zone".into(),
-                    value: "a".into(),
-                }],
+                labels: vec![Label { key: "zone".into(), value: "a".into() }],
             }),
         ),
         (
@@ -63,27 +60,9 @@ fn messages() -> Vec<(&'static str, Request)> {
                 },
             }),
         ),
-        (
-            "ping_64B",
-            Request::Ping {
-                seq: 1,
-                payload: vec![7; 64],
-            },
-        ),
-        (
-            "ping_64KiB",
-            Request::Ping {
-                seq: 1,
-                payload: vec![7; 64 << 10],
-            },
-        ),
-        (
-            "raft_1KiB",
-            Request::Raft {
-                from: 1,
-                message: vec![9; 1024],
-            },
-        ),
+        ("ping_64B", Request::Ping { seq: 1, payload: vec![7; 64] }),
+        ("ping_64KiB", Request::Ping { seq: 1, payload: vec![7; 64 << 10] }),
+        ("raft_1KiB", Request::Raft { from: 1, message: vec![9; 1024] }),
     ]
 }
 
@@ -95,9 +74,7 @@ fn bench(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::from_parameter(name), &msg, |b, msg| {
             b.iter(|| {
                 let bytes = frame::encode(std::hint::black_box(msg)).expect("encode");
-                let (back, _) = frame::decode_frame::<Request>(&bytes, MAX_FRAME_BYTES)
-                    .expect("valid")
-                    .expect("whole");
+                let (back, _) = frame::decode_frame::<Request>(&bytes, MAX_FRAME_BYTES).expect("valid").expect("whole");
                 std::hint::black_box(back)
             })
         });

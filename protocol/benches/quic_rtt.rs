@@ -31,53 +31,27 @@ async fn echo(_conn: quinn::Connection, mut s: ServerStream) {
 async fn quic_pair() -> ClientStream {
     shoal_protocol::install_crypto_provider();
     let ca = ClusterCa::generate().expect("ca");
-    let server = ca
-        .issue_with_new_key(MemberRole::Coordinator, "1", &[])
-        .expect("server cert");
-    let client = ca
-        .issue_with_new_key(MemberRole::Node, "bench", &[])
-        .expect("client cert");
-    let s_id =
-        Identity::from_pem(&server.cert_pem, &server.key_pem, &ca.material.cert_pem).expect("id");
-    let c_id =
-        Identity::from_pem(&client.cert_pem, &client.key_pem, &ca.material.cert_pem).expect("id");
-    let endpoint = quic::server_endpoint(
-        "127.0.0.1:0".parse().expect("addr"),
-        s_id.server_config().expect("cfg"),
-    )
-    .expect("bind");
+    let server = ca.issue_with_new_key(MemberRole::Coordinator, "1", &[]).expect("server cert");
+    let client = ca.issue_with_new_key(MemberRole::Node, "bench", &[]).expect("client cert");
+    let s_id = Identity::from_pem(&server.cert_pem, &server.key_pem, &ca.material.cert_pem).expect("id");
+    let c_id = Identity::from_pem(&client.cert_pem, &client.key_pem, &ca.material.cert_pem).expect("id");
+    let endpoint =
+        quic::server_endpoint("127.0.0.1:0".parse().expect("addr"), s_id.server_config().expect("cfg")).expect("bind");
     let addr = endpoint.local_addr().expect("addr");
     tokio::spawn(quic::serve(endpoint, echo));
     let ce = quic::client_endpoint(addr).expect("client");
-    let conn = quic::connect(
-        &ce,
-        addr,
-        c_id.client_config().expect("cfg"),
-        COORDINATOR_SERVER_NAME,
-    )
-    .await
-    .expect("connect");
+    let conn =
+        quic::connect(&ce, addr, c_id.client_config().expect("cfg"), COORDINATOR_SERVER_NAME).await.expect("connect");
     // keep the client endpoint alive with the connection
     std::mem::forget(ce);
     let mut s = ClientStream::open(&conn).await.expect("open");
     std::mem::forget(conn);
-    s.call(&Request::Ping {
-        seq: 0,
-        payload: vec![],
-    })
-    .await
-    .expect("warm-up");
+    s.call(&Request::Ping { seq: 0, payload: vec![] }).await.expect("warm-up");
     s
 }
 
 async fn quic_call(s: &mut ClientStream, seq: u64) {
-    match s
-        .call(&Request::Ping {
-            seq,
-            payload: vec![1; PAYLOAD],
-        })
-        .await
-    {
+    match s.call(&Request::Ping { seq, payload: vec![1; PAYLOAD] }).await {
         Ok(Response::Pong { .. }) => {}
         other => panic!("unexpected {other:?}"),
     }
@@ -97,8 +71,7 @@ async fn tcp_pair() -> TcpStream {
             let len = frame::payload_len(header, MAX_FRAME_BYTES).expect("len");
             let mut buf = vec![0u8; len];
             sock.read_exact(&mut buf).await.expect("payload");
-            let Request::Ping { seq, payload } = frame::decode::<Request>(&buf).expect("valid")
-            else {
+            let Request::Ping { seq, payload } = frame::decode::<Request>(&buf).expect("valid") else {
                 return;
             };
             let out = frame::encode(&Response::Pong { seq, payload }).expect("encode");
@@ -111,11 +84,7 @@ async fn tcp_pair() -> TcpStream {
 }
 
 async fn tcp_call(s: &mut TcpStream, seq: u64) {
-    let out = frame::encode(&Request::Ping {
-        seq,
-        payload: vec![1; PAYLOAD],
-    })
-    .expect("encode");
+    let out = frame::encode(&Request::Ping { seq, payload: vec![1; PAYLOAD] }).expect("encode");
     s.write_all(&out).await.expect("write");
     let mut header = [0u8; 4];
     s.read_exact(&mut header).await.expect("header");

@@ -32,24 +32,14 @@ pub mod codes {
 pub type FrameBuf = AlignedVec<16>;
 
 /// Types that can be written to the wire.
-pub trait Encode:
-    for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>
-{
-}
-impl<T> Encode for T where
-    T: for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>
-{
-}
+pub trait Encode: for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>> {}
+impl<T> Encode for T where T: for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>> {}
 
 /// Serializes `msg` to its archived bytes (no length prefix).
 pub fn to_payload<T: Encode>(msg: &T) -> Result<AlignedVec, ProtocolError> {
-    let bytes = rkyv::to_bytes::<rancor::Error>(msg)
-        .map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+    let bytes = rkyv::to_bytes::<rancor::Error>(msg).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
     if bytes.len() > MAX_FRAME_BYTES {
-        return Err(ProtocolError::Oversized {
-            len: bytes.len(),
-            max: MAX_FRAME_BYTES,
-        });
+        return Err(ProtocolError::Oversized { len: bytes.len(), max: MAX_FRAME_BYTES });
     }
     Ok(bytes)
 }
@@ -79,19 +69,18 @@ pub fn payload_len(header: [u8; HEADER_BYTES], max: usize) -> Result<usize, Prot
 pub fn decode_aligned<T>(payload: &[u8]) -> Result<T, ProtocolError>
 where
     T: rkyv::Archive,
-    T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
-        + rkyv::Deserialize<T, HighDeserializer<rancor::Error>>,
+    T::Archived:
+        for<'a> CheckBytes<HighValidator<'a, rancor::Error>> + rkyv::Deserialize<T, HighDeserializer<rancor::Error>>,
 {
-    rkyv::from_bytes::<T, rancor::Error>(payload)
-        .map_err(|e| ProtocolError::Malformed(e.to_string()))
+    rkyv::from_bytes::<T, rancor::Error>(payload).map_err(|e| ProtocolError::Malformed(e.to_string()))
 }
 
 /// Validates and deserializes a payload from any byte slice (copies it to align it).
 pub fn decode<T>(payload: &[u8]) -> Result<T, ProtocolError>
 where
     T: rkyv::Archive,
-    T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
-        + rkyv::Deserialize<T, HighDeserializer<rancor::Error>>,
+    T::Archived:
+        for<'a> CheckBytes<HighValidator<'a, rancor::Error>> + rkyv::Deserialize<T, HighDeserializer<rancor::Error>>,
 {
     let mut buf = FrameBuf::with_capacity(payload.len());
     buf.extend_from_slice(payload);
@@ -103,8 +92,8 @@ where
 pub fn decode_frame<T>(bytes: &[u8], max: usize) -> Result<Option<(T, usize)>, ProtocolError>
 where
     T: rkyv::Archive,
-    T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
-        + rkyv::Deserialize<T, HighDeserializer<rancor::Error>>,
+    T::Archived:
+        for<'a> CheckBytes<HighValidator<'a, rancor::Error>> + rkyv::Deserialize<T, HighDeserializer<rancor::Error>>,
 {
     let Some(header) = bytes.get(..HEADER_BYTES) else {
         return Ok(None);

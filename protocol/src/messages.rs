@@ -15,18 +15,7 @@ pub struct Hello {
 }
 
 /// What kind of accelerator a device is.
-#[derive(
-    Archive,
-    RkyvSerialize,
-    RkyvDeserialize,
-    Serialize,
-    Deserialize,
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-)]
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum AcceleratorKind {
     Gpu,
@@ -35,9 +24,7 @@ pub enum AcceleratorKind {
 }
 
 /// One accelerator a node reports.
-#[derive(
-    Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize, Debug, Clone, PartialEq, Eq,
-)]
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Accelerator {
     pub kind: AcceleratorKind,
     pub vendor: String,
@@ -51,18 +38,7 @@ pub struct Accelerator {
 }
 
 /// What a node has.
-#[derive(
-    Archive,
-    RkyvSerialize,
-    RkyvDeserialize,
-    Serialize,
-    Deserialize,
-    Debug,
-    Clone,
-    Default,
-    PartialEq,
-    Eq,
-)]
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
 pub struct Capacity {
     pub cpu_cores: u32,
     pub memory_total_bytes: u64,
@@ -70,18 +46,7 @@ pub struct Capacity {
 }
 
 /// How busy a node is right now (soft state, never in the raft log).
-#[derive(
-    Archive,
-    RkyvSerialize,
-    RkyvDeserialize,
-    Serialize,
-    Deserialize,
-    Debug,
-    Clone,
-    Default,
-    PartialEq,
-    Eq,
-)]
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
 pub struct Load {
     pub in_flight: u32,
     pub queue_depth: u32,
@@ -94,17 +59,7 @@ pub struct Load {
 
 /// A key/value label on a node (e.g. `zone=a`).
 #[derive(
-    Archive,
-    RkyvSerialize,
-    RkyvDeserialize,
-    Serialize,
-    Deserialize,
-    Debug,
-    Clone,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
+    Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, PartialOrd, Ord,
 )]
 pub struct Label {
     pub key: String,
@@ -189,6 +144,21 @@ pub enum Request {
         from: u64,
         message: Vec<u8>,
     },
+    /// A raft snapshot message whose data (`total_bytes`) follows in `Chunk` frames.
+    RaftSnapshot {
+        from: u64,
+        message: Vec<u8>,
+        total_bytes: u64,
+    },
+    /// A piece of a larger payload announced by the previous frame.
+    Chunk {
+        data: Vec<u8>,
+        last: bool,
+    },
+    /// A follower forwarding a write to the leader (an encoded coordinator proposal).
+    Propose {
+        proposal: Vec<u8>,
+    },
 }
 
 impl Request {
@@ -200,6 +170,9 @@ impl Request {
             Request::Heartbeat(_) => "heartbeat",
             Request::Ping { .. } => "ping",
             Request::Raft { .. } => "raft",
+            Request::RaftSnapshot { .. } => "raft_snapshot",
+            Request::Chunk { .. } => "chunk",
+            Request::Propose { .. } => "propose",
         }
     }
 }
@@ -237,13 +210,14 @@ pub enum Response {
         payload: Vec<u8>,
     },
     RaftAck,
+    /// The outcome of a forwarded proposal (encoded by the coordinator).
+    Proposed {
+        outcome: Vec<u8>,
+    },
 }
 
 impl Response {
     pub fn refused(code: RefusalCode, message: impl Into<String>) -> Self {
-        Response::Refused {
-            code,
-            message: message.into(),
-        }
+        Response::Refused { code, message: message.into() }
     }
 }

@@ -22,16 +22,14 @@ use crate::{Hello, ProtocolError, RefusalCode, Request, Response, PROTOCOL_VERSI
 
 async fn write_frame<T: Encode>(send: &mut SendStream, msg: &T) -> Result<(), ProtocolError> {
     let bytes = frame::encode(msg)?;
-    send.write_all(&bytes)
-        .await
-        .map_err(|e| ProtocolError::Stream(e.to_string()))
+    send.write_all(&bytes).await.map_err(|e| ProtocolError::Stream(e.to_string()))
 }
 
 async fn read_frame<T>(recv: &mut RecvStream, max: usize) -> Result<Option<T>, ProtocolError>
 where
     T: rkyv::Archive,
-    T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
-        + rkyv::Deserialize<T, HighDeserializer<rancor::Error>>,
+    T::Archived:
+        for<'a> CheckBytes<HighValidator<'a, rancor::Error>> + rkyv::Deserialize<T, HighDeserializer<rancor::Error>>,
 {
     let mut header = [0u8; HEADER_BYTES];
     match recv.read_exact(&mut header).await {
@@ -67,41 +65,17 @@ impl ClientStream {
     /// Opens a stream on `conn` and sends `Hello`. The server's answer is read with the
     /// first response, so opening costs no extra round trip.
     pub async fn open(conn: &Connection) -> Result<Self, ProtocolError> {
-        let (mut send, recv) = conn
-            .open_bi()
-            .await
-            .map_err(|e| ProtocolError::Connect(e.to_string()))?;
-        let hello = Hello {
-            version: PROTOCOL_VERSION,
-            agent: format!("shoal/{}", env!("CARGO_PKG_VERSION")),
-        };
+        let (mut send, recv) = conn.open_bi().await.map_err(|e| ProtocolError::Connect(e.to_string()))?;
+        let hello = Hello { version: PROTOCOL_VERSION, agent: format!("shoal/{}", env!("CARGO_PKG_VERSION")) };
         write_frame(&mut send, &hello).await?;
-        Ok(Self {
-            send,
-            recv,
-            welcomed: false,
-        })
+        Ok(Self { send, recv, welcomed: false })
     }
 
     /// Opens a stream that announces a chosen protocol version (for tests of refusal).
     pub async fn open_with_version(conn: &Connection, version: u32) -> Result<Self, ProtocolError> {
-        let (mut send, recv) = conn
-            .open_bi()
-            .await
-            .map_err(|e| ProtocolError::Connect(e.to_string()))?;
-        write_frame(
-            &mut send,
-            &Hello {
-                version,
-                agent: "test".into(),
-            },
-        )
-        .await?;
-        Ok(Self {
-            send,
-            recv,
-            welcomed: false,
-        })
+        let (mut send, recv) = conn.open_bi().await.map_err(|e| ProtocolError::Connect(e.to_string()))?;
+        write_frame(&mut send, &Hello { version, agent: "test".into() }).await?;
+        Ok(Self { send, recv, welcomed: false })
     }
 
     pub async fn send(&mut self, req: &Request) -> Result<(), ProtocolError> {
@@ -114,16 +88,11 @@ impl ClientStream {
         if !self.welcomed {
             match self.next().await? {
                 Response::Welcome { .. } => self.welcomed = true,
-                Response::Refused {
-                    code: RefusalCode::VersionMismatch,
-                    message,
-                } => return Err(ProtocolError::Refused(message)),
-                Response::Refused { message, .. } => return Err(ProtocolError::Refused(message)),
-                _ => {
-                    return Err(ProtocolError::Unexpected {
-                        expected: "welcome",
-                    })
+                Response::Refused { code: RefusalCode::VersionMismatch, message } => {
+                    return Err(ProtocolError::Refused(message))
                 }
+                Response::Refused { message, .. } => return Err(ProtocolError::Refused(message)),
+                _ => return Err(ProtocolError::Unexpected { expected: "welcome" }),
             }
         }
         self.next().await
@@ -148,10 +117,7 @@ impl ClientStream {
 
     /// Writes raw bytes (for tests that send garbage).
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ProtocolError> {
-        self.send
-            .write_all(bytes)
-            .await
-            .map_err(|e| ProtocolError::Stream(e.to_string()))
+        self.send.write_all(bytes).await.map_err(|e| ProtocolError::Stream(e.to_string()))
     }
 
     pub fn finish(&mut self) {
@@ -178,10 +144,7 @@ impl ServerStream {
         };
         metrics::counter!(m::FRAMES_RECEIVED).increment(1);
         if hello.version != PROTOCOL_VERSION {
-            let err = ProtocolError::VersionMismatch {
-                ours: PROTOCOL_VERSION,
-                theirs: hello.version,
-            };
+            let err = ProtocolError::VersionMismatch { ours: PROTOCOL_VERSION, theirs: hello.version };
             let refusal = Response::refused(RefusalCode::VersionMismatch, err.to_string());
             let _ = write_frame(&mut send, &refusal).await;
             let _ = send.finish();
@@ -189,13 +152,7 @@ impl ServerStream {
             metrics::counter!(m::FRAMES_REFUSED, "reason" => "version").increment(1);
             return Err(err);
         }
-        write_frame(
-            &mut send,
-            &Response::Welcome {
-                version: PROTOCOL_VERSION,
-            },
-        )
-        .await?;
+        write_frame(&mut send, &Response::Welcome { version: PROTOCOL_VERSION }).await?;
         Ok(Self { send, recv })
     }
 
@@ -234,9 +191,7 @@ impl ServerStream {
 
 fn refuse_frame(send: &mut SendStream, recv: &mut RecvStream, e: &ProtocolError) {
     match e {
-        ProtocolError::Oversized { .. }
-        | ProtocolError::Truncated
-        | ProtocolError::Malformed(_) => {
+        ProtocolError::Oversized { .. } | ProtocolError::Truncated | ProtocolError::Malformed(_) => {
             metrics::counter!(m::FRAMES_REFUSED, "reason" => e.reason()).increment(1);
             warn!(error = %e, "refused a frame; closing the stream");
             close_with(send, recv, e.stream_code());
@@ -246,23 +201,15 @@ fn refuse_frame(send: &mut SendStream, recv: &mut RecvStream, e: &ProtocolError)
 }
 
 /// Binds a server endpoint.
-pub fn server_endpoint(
-    addr: SocketAddr,
-    config: quinn::ServerConfig,
-) -> Result<Endpoint, ProtocolError> {
-    Endpoint::server(config, addr)
-        .map_err(|e| ProtocolError::Connect(format!("cannot listen on {addr}: {e}")))
+pub fn server_endpoint(addr: SocketAddr, config: quinn::ServerConfig) -> Result<Endpoint, ProtocolError> {
+    Endpoint::server(config, addr).map_err(|e| ProtocolError::Connect(format!("cannot listen on {addr}: {e}")))
 }
 
 /// Binds a client endpoint on an ephemeral port of the right address family.
 pub fn client_endpoint(for_peer: SocketAddr) -> Result<Endpoint, ProtocolError> {
-    let bind: SocketAddr = if for_peer.is_ipv6() {
-        "[::]:0"
-    } else {
-        "0.0.0.0:0"
-    }
-    .parse()
-    .map_err(|_| ProtocolError::Connect("bad bind address".into()))?;
+    let bind: SocketAddr = if for_peer.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
+        .parse()
+        .map_err(|_| ProtocolError::Connect("bad bind address".into()))?;
     Endpoint::client(bind).map_err(|e| ProtocolError::Connect(e.to_string()))
 }
 
@@ -273,12 +220,9 @@ pub async fn connect(
     config: quinn::ClientConfig,
     server_name: &str,
 ) -> Result<Connection, ProtocolError> {
-    let connecting = endpoint
-        .connect_with(config, addr, server_name)
-        .map_err(|e| ProtocolError::Connect(format!("{addr}: {e}")))?;
-    connecting
-        .await
-        .map_err(|e| ProtocolError::Connect(format!("{addr}: {e}")))
+    let connecting =
+        endpoint.connect_with(config, addr, server_name).map_err(|e| ProtocolError::Connect(format!("{addr}: {e}")))?;
+    connecting.await.map_err(|e| ProtocolError::Connect(format!("{addr}: {e}")))
 }
 
 /// The verified cluster identity of the peer of `conn`, if it presented a certificate.

@@ -10,16 +10,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{
-    CertificateDer, CertificateSigningRequestDer, PrivateKeyDer, ServerName, UnixTime,
-};
+use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use sha2::{Digest, Sha256};
@@ -99,11 +97,7 @@ fn validity(params: &mut CertificateParams, days: i64) {
     params.not_after = now + time::Duration::days(days);
 }
 
-fn member_params(
-    role: MemberRole,
-    id: &str,
-    extra_sans: &[String],
-) -> Result<CertificateParams, ProtocolError> {
+fn member_params(role: MemberRole, id: &str, extra_sans: &[String]) -> Result<CertificateParams, ProtocolError> {
     let mut sans = vec![role.server_name().to_string(), "localhost".to_string()];
     sans.extend(extra_sans.iter().cloned());
     let mut params = CertificateParams::new(sans).map_err(cert_err)?;
@@ -111,14 +105,8 @@ fn member_params(
     dn.push(DnType::OrganizationName, "shoal");
     dn.push(DnType::CommonName, role.common_name(id));
     params.distinguished_name = dn;
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     validity(&mut params, MEMBER_VALIDITY_DAYS);
     Ok(params)
 }
@@ -133,25 +121,15 @@ impl ClusterCa {
         dn.push(DnType::CommonName, "shoal cluster CA");
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         validity(&mut params, CA_VALIDITY_DAYS);
         let cert = params.self_signed(&key).map_err(cert_err)?;
-        Ok(Self {
-            material: KeyedCert {
-                cert_pem: cert.pem(),
-                key_pem: key.serialize_pem(),
-            },
-        })
+        Ok(Self { material: KeyedCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() } })
     }
 
     pub fn from_pem(cert_pem: String, key_pem: String) -> Result<Self, ProtocolError> {
-        let ca = Self {
-            material: KeyedCert { cert_pem, key_pem },
-        };
+        let ca = Self { material: KeyedCert { cert_pem, key_pem } };
         ca.issuer()?;
         Ok(ca)
     }
@@ -174,31 +152,16 @@ impl ClusterCa {
         extra_sans: &[String],
     ) -> Result<KeyedCert, ProtocolError> {
         let key = KeyPair::generate().map_err(cert_err)?;
-        let cert = member_params(role, id, extra_sans)?
-            .signed_by(&key, &self.issuer()?)
-            .map_err(cert_err)?;
-        Ok(KeyedCert {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        let cert = member_params(role, id, extra_sans)?.signed_by(&key, &self.issuer()?).map_err(cert_err)?;
+        Ok(KeyedCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
 
     /// Signs a member's CSR. Only the CSR's public key is used: the subject, names and
     /// usages are the CA's choice, never the requester's.
-    pub fn sign_csr(
-        &self,
-        csr_der: &[u8],
-        role: MemberRole,
-        id: &str,
-    ) -> Result<String, ProtocolError> {
-        let csr =
-            CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
-                .map_err(|e| {
-                    ProtocolError::Certificate(format!("bad certificate signing request: {e}"))
-                })?;
-        let cert = member_params(role, id, &[])?
-            .signed_by(&csr.public_key, &self.issuer()?)
-            .map_err(cert_err)?;
+    pub fn sign_csr(&self, csr_der: &[u8], role: MemberRole, id: &str) -> Result<String, ProtocolError> {
+        let csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
+            .map_err(|e| ProtocolError::Certificate(format!("bad certificate signing request: {e}")))?;
+        let cert = member_params(role, id, &[])?.signed_by(&csr.public_key, &self.issuer()?).map_err(cert_err)?;
         Ok(cert.pem())
     }
 }
@@ -216,34 +179,23 @@ pub fn new_csr(name: &str) -> Result<(Vec<u8>, String), ProtocolError> {
 
 /// Parses the first certificate of a PEM string.
 pub fn pem_cert_der(pem: &str) -> Result<CertificateDer<'static>, ProtocolError> {
-    CertificateDer::from_pem_slice(pem.as_bytes())
-        .map_err(|e| cert_err(format!("not a PEM certificate: {e}")))
+    CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| cert_err(format!("not a PEM certificate: {e}")))
 }
 
 fn pem_key_der(pem: &str) -> Result<PrivateKeyDer<'static>, ProtocolError> {
-    PrivateKeyDer::from_pem_slice(pem.as_bytes())
-        .map_err(|e| cert_err(format!("not a PEM private key: {e}")))
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| cert_err(format!("not a PEM private key: {e}")))
 }
 
 /// `sha256:<hex>` of a certificate's SubjectPublicKeyInfo.
 pub fn spki_sha256(cert_der: &[u8]) -> Result<String, ProtocolError> {
     let (_, cert) = x509_parser::parse_x509_certificate(cert_der).map_err(cert_err)?;
-    Ok(format!(
-        "sha256:{}",
-        hex::encode(Sha256::digest(cert.tbs_certificate.subject_pki.raw))
-    ))
+    Ok(format!("sha256:{}", hex::encode(Sha256::digest(cert.tbs_certificate.subject_pki.raw))))
 }
 
 /// The subject common name of a certificate.
 pub fn common_name(cert_der: &[u8]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
-    let cn = cert
-        .subject()
-        .iter_common_name()
-        .next()?
-        .as_str()
-        .ok()?
-        .to_string();
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
     Some(cn)
 }
 
@@ -254,9 +206,7 @@ pub fn parse_ca_hash(s: &str) -> Result<String, ProtocolError> {
         .strip_prefix("sha256:")
         .ok_or_else(|| ProtocolError::Certificate("CA hash must start with 'sha256:'".into()))?;
     if hex_part.len() != 64 || !hex_part.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(ProtocolError::Certificate(
-            "CA hash must be 'sha256:' and 64 hex digits".into(),
-        ));
+        return Err(ProtocolError::Certificate("CA hash must be 'sha256:' and 64 hex digits".into()));
     }
     Ok(format!("sha256:{}", hex_part.to_ascii_lowercase()))
 }
@@ -272,11 +222,7 @@ impl Identity {
     pub fn from_pem(cert_pem: &str, key_pem: &str, ca_pem: &str) -> Result<Self, ProtocolError> {
         let cert = pem_cert_der(cert_pem)?;
         let ca = pem_cert_der(ca_pem)?;
-        Ok(Self {
-            chain: vec![cert, ca.clone()],
-            key: pem_key_der(key_pem)?,
-            ca,
-        })
+        Ok(Self { chain: vec![cert, ca.clone()], key: pem_key_der(key_pem)?, ca })
     }
 
     fn roots(&self) -> Result<Arc<RootCertStore>, ProtocolError> {
@@ -290,11 +236,10 @@ impl Identity {
     /// client certificate is only allowed to join (the caller checks).
     pub fn server_config(&self) -> Result<quinn::ServerConfig, ProtocolError> {
         let provider = provider();
-        let client_verifier =
-            WebPkiClientVerifier::builder_with_provider(self.roots()?, provider.clone())
-                .allow_unauthenticated()
-                .build()
-                .map_err(tls_err)?;
+        let client_verifier = WebPkiClientVerifier::builder_with_provider(self.roots()?, provider.clone())
+            .allow_unauthenticated()
+            .build()
+            .map_err(tls_err)?;
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(tls_err)?
@@ -354,15 +299,9 @@ impl PinReport {
 /// A client configuration for joining: no client certificate; the server's chain must
 /// contain a CA whose SPKI hash is `ca_hash`, and the server certificate must verify
 /// under that CA.
-pub fn pinned_client_config(
-    ca_hash: &str,
-) -> Result<(quinn::ClientConfig, PinReport), ProtocolError> {
+pub fn pinned_client_config(ca_hash: &str) -> Result<(quinn::ClientConfig, PinReport), ProtocolError> {
     let report = PinReport::default();
-    let verifier = PinnedCaVerifier {
-        hash: parse_ca_hash(ca_hash)?,
-        provider: provider(),
-        report: report.clone(),
-    };
+    let verifier = PinnedCaVerifier { hash: parse_ca_hash(ca_hash)?, provider: provider(), report: report.clone() };
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_err)?
@@ -389,27 +328,19 @@ impl ServerCertVerifier for PinnedCaVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let ca = intermediates
-            .iter()
-            .find(|c| spki_sha256(c).map(|h| h == self.hash).unwrap_or(false));
+        let ca = intermediates.iter().find(|c| spki_sha256(c).map(|h| h == self.hash).unwrap_or(false));
         let Some(ca) = ca else {
-            let presented = intermediates
-                .last()
-                .and_then(|c| spki_sha256(c).ok())
-                .unwrap_or_else(|| "none".into());
+            let presented = intermediates.last().and_then(|c| spki_sha256(c).ok()).unwrap_or_else(|| "none".into());
             if let Ok(mut g) = self.report.0.lock() {
                 *g = Some(presented);
             }
-            return Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::UnknownIssuer,
-            ));
+            return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer));
         };
         let mut roots = RootCertStore::empty();
         roots.add(ca.clone().into_owned())?;
-        let inner =
-            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-                .build()
-                .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
         inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
     }
 
@@ -419,12 +350,7 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -433,18 +359,11 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -466,8 +385,7 @@ mod tests {
         let ca = ClusterCa::generate().expect("ca");
         let h = ca.hash().expect("hash");
         assert_eq!(parse_ca_hash(&h).expect("parses"), h);
-        let again = ClusterCa::from_pem(ca.material.cert_pem.clone(), ca.material.key_pem.clone())
-            .expect("reload");
+        let again = ClusterCa::from_pem(ca.material.cert_pem.clone(), ca.material.key_pem.clone()).expect("reload");
         assert_eq!(again.hash().expect("hash"), h);
         assert_ne!(ClusterCa::generate().expect("ca").hash().expect("hash"), h);
     }
@@ -481,10 +399,7 @@ mod tests {
     #[test]
     fn role_names_round_trip() {
         let cn = MemberRole::Node.common_name("abc");
-        assert_eq!(
-            MemberRole::parse_common_name(&cn),
-            Some((MemberRole::Node, "abc".into()))
-        );
+        assert_eq!(MemberRole::parse_common_name(&cn), Some((MemberRole::Node, "abc".into())));
         assert_eq!(MemberRole::parse_common_name("root:abc"), None);
     }
 }

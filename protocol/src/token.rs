@@ -31,36 +31,24 @@ impl std::fmt::Display for JoinToken {
 
 fn random_string(len: usize) -> String {
     let mut rng = rand::rng();
-    (0..len)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect()
+    (0..len).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
 }
 
 impl JoinToken {
     pub fn generate() -> Self {
-        Self {
-            id: random_string(ID_LEN),
-            secret: random_string(SECRET_LEN),
-        }
+        Self { id: random_string(ID_LEN), secret: random_string(SECRET_LEN) }
     }
 
     pub fn parse(s: &str) -> Result<Self, ProtocolError> {
-        let (id, secret) = s
-            .trim()
-            .split_once('.')
-            .ok_or_else(|| ProtocolError::BadToken("expected <id>.<secret>".into()))?;
-        let ok = |part: &str, len: usize| {
-            part.len() == len && part.bytes().all(|b| ALPHABET.contains(&b))
-        };
+        let (id, secret) =
+            s.trim().split_once('.').ok_or_else(|| ProtocolError::BadToken("expected <id>.<secret>".into()))?;
+        let ok = |part: &str, len: usize| part.len() == len && part.bytes().all(|b| ALPHABET.contains(&b));
         if !ok(id, ID_LEN) || !ok(secret, SECRET_LEN) {
             return Err(ProtocolError::BadToken(format!(
                 "expected {ID_LEN} and {SECRET_LEN} characters of [a-z0-9] around a dot"
             )));
         }
-        Ok(Self {
-            id: id.to_string(),
-            secret: secret.to_string(),
-        })
+        Ok(Self { id: id.to_string(), secret: secret.to_string() })
     }
 
     pub fn secret_hash(&self) -> String {
@@ -93,14 +81,9 @@ mod tests {
 
     #[test]
     fn bad_tokens_are_refused() {
-        for bad in [
-            "",
-            "abc",
-            "abcdef.",
-            "ABCDEF.0123456789abcdef",
-            "abcdef.0123456789abcde",
-            "abcdef-0123456789abcdef",
-        ] {
+        for bad in
+            ["", "abc", "abcdef.", "ABCDEF.0123456789abcdef", "abcdef.0123456789abcde", "abcdef-0123456789abcdef"]
+        {
             assert!(JoinToken::parse(bad).is_err(), "{bad} should be refused");
         }
     }

@@ -11,59 +11,35 @@ fn arb_string() -> impl Strategy<Value = String> {
 
 fn arb_accel() -> impl Strategy<Value = Accelerator> {
     (
-        prop_oneof![
-            Just(AcceleratorKind::Gpu),
-            Just(AcceleratorKind::Npu),
-            Just(AcceleratorKind::Cpu)
-        ],
+        prop_oneof![Just(AcceleratorKind::Gpu), Just(AcceleratorKind::Npu), Just(AcceleratorKind::Cpu)],
         arb_string(),
         arb_string(),
         any::<u64>(),
         any::<u64>(),
         any::<bool>(),
     )
-        .prop_map(
-            |(kind, vendor, model, total, free, discovered)| Accelerator {
-                kind,
-                vendor,
-                model,
-                memory_total_bytes: total,
-                memory_free_bytes: free,
-                compute_capability: "9.0".into(),
-                discovered,
-            },
-        )
+        .prop_map(|(kind, vendor, model, total, free, discovered)| Accelerator {
+            kind,
+            vendor,
+            model,
+            memory_total_bytes: total,
+            memory_free_bytes: free,
+            compute_capability: "9.0".into(),
+            discovered,
+        })
 }
 
 fn arb_capacity() -> impl Strategy<Value = Capacity> {
-    (
-        any::<u32>(),
-        any::<u64>(),
-        prop::collection::vec(arb_accel(), 0..4),
+    (any::<u32>(), any::<u64>(), prop::collection::vec(arb_accel(), 0..4)).prop_map(
+        |(cpu_cores, memory_total_bytes, accelerators)| Capacity { cpu_cores, memory_total_bytes, accelerators },
     )
-        .prop_map(|(cpu_cores, memory_total_bytes, accelerators)| Capacity {
-            cpu_cores,
-            memory_total_bytes,
-            accelerators,
-        })
 }
 
 fn arb_request() -> impl Strategy<Value = Request> {
     prop_oneof![
-        (
-            arb_string(),
-            arb_string(),
-            arb_string(),
-            prop::collection::vec(any::<u8>(), 0..256)
-        )
-            .prop_map(|(a, b, c, d)| {
-                Request::Join(JoinRequest {
-                    token_id: a,
-                    token_secret: b,
-                    name: c,
-                    csr_der: d,
-                })
-            }),
+        (arb_string(), arb_string(), arb_string(), prop::collection::vec(any::<u8>(), 0..256)).prop_map(
+            |(a, b, c, d)| { Request::Join(JoinRequest { token_id: a, token_secret: b, name: c, csr_der: d }) }
+        ),
         (
             arb_string(),
             arb_string(),
@@ -71,39 +47,27 @@ fn arb_request() -> impl Strategy<Value = Request> {
             arb_capacity(),
             prop::collection::vec((arb_string(), arb_string()), 0..4)
         )
-            .prop_map(
-                |(node_id, name, address, capacity, labels)| Request::Register(RegisterRequest {
-                    node_id,
-                    name,
-                    address,
-                    capacity,
-                    labels: labels
-                        .into_iter()
-                        .map(|(key, value)| Label { key, value })
-                        .collect(),
-                })
-            ),
-        (
-            arb_string(),
-            any::<u64>(),
-            any::<u64>(),
-            any::<u32>(),
-            prop::collection::vec(any::<u64>(), 0..4)
-        )
-            .prop_map(|(node_id, generation, seq, q, free)| Request::Heartbeat(
-                Heartbeat {
-                    node_id,
-                    generation,
-                    seq,
-                    load: Load {
-                        in_flight: q,
-                        queue_depth: q / 2,
-                        cpu_load_milli: 5,
-                        memory_available_bytes: 7,
-                        accelerator_free_bytes: free
-                    },
-                }
-            )),
+            .prop_map(|(node_id, name, address, capacity, labels)| Request::Register(RegisterRequest {
+                node_id,
+                name,
+                address,
+                capacity,
+                labels: labels.into_iter().map(|(key, value)| Label { key, value }).collect(),
+            })),
+        (arb_string(), any::<u64>(), any::<u64>(), any::<u32>(), prop::collection::vec(any::<u64>(), 0..4)).prop_map(
+            |(node_id, generation, seq, q, free)| Request::Heartbeat(Heartbeat {
+                node_id,
+                generation,
+                seq,
+                load: Load {
+                    in_flight: q,
+                    queue_depth: q / 2,
+                    cpu_load_milli: 5,
+                    memory_available_bytes: 7,
+                    accelerator_free_bytes: free
+                },
+            })
+        ),
         (any::<u64>(), prop::collection::vec(any::<u8>(), 0..512))
             .prop_map(|(seq, payload)| Request::Ping { seq, payload }),
         (any::<u64>(), prop::collection::vec(any::<u8>(), 0..512))
@@ -150,36 +114,21 @@ proptest! {
 #[test]
 fn oversized_headers_are_refused_before_reading() {
     let header = ((MAX_FRAME_BYTES + 1) as u32).to_le_bytes();
-    assert!(matches!(
-        frame::payload_len(header, MAX_FRAME_BYTES),
-        Err(ProtocolError::Oversized { .. })
-    ));
+    assert!(matches!(frame::payload_len(header, MAX_FRAME_BYTES), Err(ProtocolError::Oversized { .. })));
     let mut bytes = header.to_vec();
     bytes.extend([0u8; 16]);
-    assert!(matches!(
-        frame::decode_frame::<Request>(&bytes, MAX_FRAME_BYTES),
-        Err(ProtocolError::Oversized { .. })
-    ));
+    assert!(matches!(frame::decode_frame::<Request>(&bytes, MAX_FRAME_BYTES), Err(ProtocolError::Oversized { .. })));
 }
 
 #[test]
 fn an_empty_frame_is_malformed() {
-    assert!(matches!(
-        frame::payload_len([0; HEADER_BYTES], MAX_FRAME_BYTES),
-        Err(ProtocolError::Malformed(_))
-    ));
+    assert!(matches!(frame::payload_len([0; HEADER_BYTES], MAX_FRAME_BYTES), Err(ProtocolError::Malformed(_))));
 }
 
 #[test]
 fn a_message_over_the_limit_is_not_sent() {
-    let big = Request::Ping {
-        seq: 0,
-        payload: vec![0; MAX_FRAME_BYTES + 1],
-    };
-    assert!(matches!(
-        frame::encode(&big),
-        Err(ProtocolError::Oversized { .. })
-    ));
+    let big = Request::Ping { seq: 0, payload: vec![0; MAX_FRAME_BYTES + 1] };
+    assert!(matches!(frame::encode(&big), Err(ProtocolError::Oversized { .. })));
 }
 
 #[test]

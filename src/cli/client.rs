@@ -33,19 +33,24 @@ impl GatewayArgs {
     }
 
     fn key(&self) -> anyhow::Result<&str> {
-        self.api_key
-            .as_deref()
-            .ok_or_else(|| anyhow!("no API key: pass --api-key or set SHOAL_API_KEY"))
+        self.api_key.as_deref().ok_or_else(|| anyhow!("no API key: pass --api-key or set SHOAL_API_KEY"))
     }
 
     /// GET a JSON document.
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
         let (url, key) = (self.url(path), self.key()?.to_string());
         tokio::task::spawn_blocking(move || {
-            let resp = Self::agent()
-                .get(&url)
-                .header("Authorization", &format!("Bearer {key}"))
-                .call();
+            let resp = Self::agent().get(&url).header("Authorization", &format!("Bearer {key}")).call();
+            finish(&url, resp)
+        })
+        .await?
+    }
+
+    /// DELETE, read a JSON answer.
+    pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        let (url, key) = (self.url(path), self.key()?.to_string());
+        tokio::task::spawn_blocking(move || {
+            let resp = Self::agent().delete(&url).header("Authorization", &format!("Bearer {key}")).call();
             finish(&url, resp)
         })
         .await?
@@ -55,30 +60,20 @@ impl GatewayArgs {
     pub async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         let (url, key) = (self.url(path), self.key()?.to_string());
         tokio::task::spawn_blocking(move || {
-            let resp = Self::agent()
-                .post(&url)
-                .header("Authorization", &format!("Bearer {key}"))
-                .send_json(body);
+            let resp = Self::agent().post(&url).header("Authorization", &format!("Bearer {key}")).send_json(body);
             finish(&url, resp)
         })
         .await?
     }
 }
 
-fn finish(
-    url: &str,
-    resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-) -> anyhow::Result<Value> {
+fn finish(url: &str, resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> anyhow::Result<Value> {
     let mut resp = resp.with_context(|| format!("cannot reach the gateway at {url}"))?;
     let status = resp.status();
-    let body: Value = resp
-        .body_mut()
-        .read_json()
-        .with_context(|| format!("{url} answered {status} without a JSON body"))?;
+    let body: Value =
+        resp.body_mut().read_json().with_context(|| format!("{url} answered {status} without a JSON body"))?;
     if !status.is_success() {
-        let msg = body["error"]["message"]
-            .as_str()
-            .unwrap_or("no error message");
+        let msg = body["error"]["message"].as_str().unwrap_or("no error message");
         return Err(anyhow!("{url} answered {status}: {msg}"));
     }
     Ok(body)

@@ -1,18 +1,28 @@
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::Context;
-use clap::Args;
+use anyhow::{anyhow, Context};
+use clap::{Args, Subcommand};
+use serde_json::json;
 use shoal_coordinator::config::ClusterConfig;
 use shoal_coordinator::{Coordinator, CoordinatorOptions};
 
+use super::client::GatewayArgs;
+
+/// Environment switch for the test-only fault-injection endpoint.
+const FAULT_INJECTION_ENV: &str = "SHOAL_FAULT_INJECTION";
+
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct CoordinatorArgs {
+    #[command(subcommand)]
+    pub command: Option<MemberCommand>,
     /// The raft group's config: every member's id, QUIC and HTTP address (see cluster-configs/).
     #[arg(long)]
-    pub config: PathBuf,
+    pub config: Option<PathBuf>,
     /// This member's id in the config.
     #[arg(long)]
-    pub id: u64,
+    pub id: Option<u64>,
     /// Where raft's log, the state and the PKI live.
     #[arg(long, default_value = "./shoal-data")]
     pub data_dir: PathBuf,
@@ -21,23 +31,70 @@ pub struct CoordinatorArgs {
     pub api_key: Option<String>,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum MemberCommand {
+    /// Add a coordinator (already running, started with an empty data dir) as a voter.
+    Add {
+        /// The new member's id.
+        id: u64,
+        /// Its QUIC address.
+        #[arg(long)]
+        quic: SocketAddr,
+        /// Its gateway address.
+        #[arg(long)]
+        http: SocketAddr,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Remove a coordinator from the raft group.
+    Remove {
+        /// The member's id.
+        id: u64,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+}
+
 pub async fn run(a: CoordinatorArgs) -> anyhow::Result<()> {
-    let config = ClusterConfig::load(&a.config)?;
-    let coord = Coordinator::start(CoordinatorOptions {
+    match a.command {
+        Some(MemberCommand::Add { id, quic, http, gateway }) => {
+            let r = gateway.post("/v1/coordinators", json!({ "id": id, "quic": quic, "http": http })).await?;
+            println!("coordinator {id} added; voters now {}", r["voters"]);
+            Ok(())
+        }
+        Some(MemberCommand::Remove { id, gateway }) => {
+            let r = gateway.delete(&format!("/v1/coordinators/{id}")).await?;
+            println!("coordinator {id} removed; voters now {}", r["voters"]);
+            Ok(())
+        }
+        None => serve(a).await,
+    }
+}
+
+async fn serve(a: CoordinatorArgs) -> anyhow::Result<()> {
+    let path = a.config.ok_or_else(|| anyhow!("--config is required to run a coordinator"))?;
+    let id = a.id.ok_or_else(|| anyhow!("--id is required to run a coordinator"))?;
+    let config = ClusterConfig::load(&path)?;
+    let fault_injection = std::env::var(FAULT_INJECTION_ENV).is_ok_and(|v| v == "1");
+    let mut coord = Coordinator::start(CoordinatorOptions {
         config,
-        id: a.id,
+        id,
         data_dir: a.data_dir,
         api_key: a.api_key,
+        fault_injection,
     })
     .await
     .context("coordinator failed to start")?;
-    println!(
-        "coordinator {} serving: QUIC {} · gateway http://{}",
-        a.id, coord.quic_addr, coord.http_addr
-    );
+    println!("coordinator {id} serving: QUIC {} · gateway http://{}", coord.quic_addr, coord.http_addr);
     println!("CA hash: {}", coord.ca_hash);
-    if let Some(key) = &coord.generated_api_key {
-        println!("admin API key (shown once, keep it): {key}");
+    if let Some(task) = coord.take_api_key_bootstrap() {
+        tokio::spawn(async move {
+            match task.await {
+                Ok(Ok(Some(key))) => println!("admin API key (shown once, keep it): {key}"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "could not bootstrap the admin API key"),
+                _ => {}
+            }
+        });
     }
     super::shutdown_signal().await;
     coord.close();

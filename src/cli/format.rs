@@ -25,9 +25,7 @@ pub fn parse_duration_secs(s: &str) -> Result<u64, String> {
         Some('d') => (&s[..s.len() - 1], 86400),
         _ => (s, 1),
     };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration like 90s, 30m, 24h or 7d"))?;
+    let n: u64 = num.parse().map_err(|_| format!("'{s}' is not a duration like 90s, 30m, 24h or 7d"))?;
     if n == 0 {
         return Err("a duration must be positive".into());
     }
@@ -45,11 +43,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         }
     }
     let line = |cells: Vec<String>| -> String {
-        let parts: Vec<String> = cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
-            .collect();
+        let parts: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
         parts.join("  ").trim_end().to_string()
     };
     let mut out = line(header.iter().map(|h| h.to_string()).collect());

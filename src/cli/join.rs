@@ -25,33 +25,12 @@ pub struct NodeArgs {
 }
 
 impl NodeArgs {
-    pub fn options(
-        &self,
-        data_dir: PathBuf,
-        coordinator: String,
-        listen: SocketAddr,
-    ) -> anyhow::Result<NodeOptions> {
-        let accelerators = self
-            .accelerators
-            .iter()
-            .map(|s| discovery::parse_accelerator(s))
-            .collect::<Result<Vec<_>, _>>()?;
-        let labels = self
-            .labels
-            .iter()
-            .map(|s| discovery::parse_label(s))
-            .collect::<Result<Vec<_>, _>>()?;
+    pub fn options(&self, data_dir: PathBuf, coordinator: String, listen: SocketAddr) -> anyhow::Result<NodeOptions> {
+        let accelerators =
+            self.accelerators.iter().map(|s| discovery::parse_accelerator(s)).collect::<Result<Vec<_>, _>>()?;
+        let labels = self.labels.iter().map(|s| discovery::parse_label(s)).collect::<Result<Vec<_>, _>>()?;
         let name = self.name.clone().unwrap_or_else(hostname);
-        Ok(NodeOptions {
-            data_dir,
-            coordinator,
-            token: None,
-            ca_hash: None,
-            name,
-            listen,
-            accelerators,
-            labels,
-        })
+        Ok(NodeOptions { data_dir, coordinator, token: None, ca_hash: None, name, listen, accelerators, labels })
     }
 }
 
@@ -101,35 +80,15 @@ pub fn describe(node: &Node) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    format!(
-        "{} CPU cores, {} RAM, {}",
-        c.cpu_cores,
-        format::bytes(c.memory_total_bytes),
-        accels
-    )
+    format!("{} CPU cores, {} RAM, {}", c.cpu_cores, format::bytes(c.memory_total_bytes), accels)
 }
 
 pub async fn run(a: JoinArgs) -> anyhow::Result<()> {
     let mut opts = a.node.options(a.data_dir, a.coordinator, a.listen)?;
-    opts.token = a
-        .token
-        .as_deref()
-        .map(JoinToken::parse)
-        .transpose()
-        .context("--token")?;
-    opts.ca_hash = a
-        .ca_hash
-        .as_deref()
-        .map(parse_ca_hash)
-        .transpose()
-        .context("--ca-hash")?;
+    opts.token = a.token.as_deref().map(JoinToken::parse).transpose().context("--token")?;
+    opts.ca_hash = a.ca_hash.as_deref().map(parse_ca_hash).transpose().context("--ca-hash")?;
     let node = Node::start(opts).await?;
-    println!(
-        "node {} joined: {} · data plane {}",
-        node.node_id,
-        describe(&node),
-        node.data_addr
-    );
+    println!("node {} joined: {} · data plane {}", node.node_id, describe(&node), node.data_addr);
     super::shutdown_signal().await;
     node.stop();
     Ok(())

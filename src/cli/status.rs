@@ -14,10 +14,7 @@ pub struct StatusArgs {
 }
 
 fn accel_summary(n: &Value) -> String {
-    let accels = n["capacity"]["accelerators"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let accels = n["capacity"]["accelerators"].as_array().cloned().unwrap_or_default();
     if accels.is_empty() {
         return "-".into();
     }
@@ -41,9 +38,7 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
     if a.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(
-                &serde_json::json!({"cluster": cluster, "nodes": nodes["nodes"]})
-            )?
+            serde_json::to_string_pretty(&serde_json::json!({"cluster": cluster, "nodes": nodes["nodes"]}))?
         );
         return Ok(());
     }
@@ -101,20 +96,7 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
     println!("NODES ({})", list.len());
     print!(
         "{}",
-        table(
-            &[
-                "ID",
-                "NAME",
-                "STATE",
-                "GEN",
-                "CPUS",
-                "RAM",
-                "ACCELERATORS",
-                "LOAD",
-                "LAST HEARTBEAT"
-            ],
-            &rows
-        )
+        table(&["ID", "NAME", "STATE", "GEN", "CPUS", "RAM", "ACCELERATORS", "LOAD", "LAST HEARTBEAT"], &rows)
     );
     println!();
     println!("DEPLOYMENTS\nnone (model serving is not part of this build yet)");

@@ -42,45 +42,35 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
     cfg.timing.heartbeat_ms = a.heartbeat_ms;
     cfg.timing.lease_ms = a.lease_ms;
     let cfg = cfg.validate().map_err(anyhow::Error::msg)?;
-    let coord = Coordinator::start(CoordinatorOptions {
+    let mut coord = Coordinator::start(CoordinatorOptions {
         config: cfg,
         id: 1,
         data_dir: a.data_dir.join("coordinator"),
         api_key: a.api_key,
+        fault_injection: false,
     })
     .await
     .context("coordinator failed to start")?;
 
     // The embedded node joins through the same path as any other: a token over QUIC.
     let node_dir = a.data_dir.join("node");
-    let mut opts = a
-        .node
-        .options(node_dir.clone(), coord.quic_addr.to_string(), a.node_listen)?;
+    let mut opts = a.node.options(node_dir.clone(), coord.quic_addr.to_string(), a.node_listen)?;
     if NodeIdentity::load(&node_dir)?.is_none() {
-        opts.token = Some(
-            coord
-                .create_join_token(Duration::from_secs(300), "shoal up: embedded node")
-                .await?,
-        );
+        opts.token = Some(coord.create_join_token(Duration::from_secs(300), "shoal up: embedded node").await?);
         opts.ca_hash = Some(coord.ca_hash.clone());
     }
-    let node = Node::start(opts)
-        .await
-        .context("the embedded node failed to start")?;
+    let node = Node::start(opts).await.context("the embedded node failed to start")?;
 
     println!("Shoal is up.");
     println!("  gateway      http://{}", coord.http_addr);
     println!("  coordinator  {} (QUIC)", coord.quic_addr);
     println!("  CA hash      {}", coord.ca_hash);
     println!("  node         {} ({})", node.node_id, describe(&node));
-    match &coord.generated_api_key {
+    match coord.generated_api_key().await? {
         Some(key) => println!("  admin key    {key}  (shown once; keep it)"),
         None => println!("  admin key    the one given with --api-key / SHOAL_API_KEY, or printed at first start"),
     }
-    println!(
-        "Join more machines with: shoal token create --gateway http://{} --api-key KEY",
-        coord.http_addr
-    );
+    println!("Join more machines with: shoal token create --gateway http://{} --api-key KEY", coord.http_addr);
     super::shutdown_signal().await;
     node.stop();
     coord.close();

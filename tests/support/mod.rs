@@ -59,19 +59,12 @@ pub fn spawn(args: &[&str], log: &Path) -> Proc {
         .stderr(Stdio::from(err))
         .spawn()
         .expect("spawn shoal");
-    Proc {
-        child,
-        log: log.to_path_buf(),
-    }
+    Proc { child, log: log.to_path_buf() }
 }
 
 /// Runs `shoal ARGS` to completion.
 pub fn run(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("SHOAL_API_KEY", API_KEY)
-        .output()
-        .expect("run shoal")
+    Command::new(BIN).args(args).env("SHOAL_API_KEY", API_KEY).output().expect("run shoal")
 }
 
 /// Polls `cond` every 100 ms until it holds or `within` passes; panics with `what`.
@@ -138,13 +131,8 @@ impl Coord {
             ),
         )
         .expect("config");
-        let mut c = Coord {
-            proc: spawn(&["--help"], &dir.join("unused.log")),
-            quic,
-            http,
-            dir: dir.to_path_buf(),
-            config,
-        };
+        let mut c =
+            Coord { proc: spawn(&["--help"], &dir.join("unused.log")), quic, http, dir: dir.to_path_buf(), config };
         c.restart();
         c
     }
@@ -167,15 +155,9 @@ impl Coord {
         let log = self.proc.log.clone();
         wait_until(Duration::from_secs(30), "coordinator /readyz", || {
             matches!(get(&url, None), Some((200, _)))
-                || std::fs::read_to_string(&log)
-                    .map(|l| l.contains("error:"))
-                    .unwrap_or(false)
+                || std::fs::read_to_string(&log).map(|l| l.contains("error:")).unwrap_or(false)
         });
-        assert!(
-            matches!(get(&url, None), Some((200, _))),
-            "coordinator failed: {}",
-            self.proc.log_text()
-        );
+        assert!(matches!(get(&url, None), Some((200, _))), "coordinator failed: {}", self.proc.log_text());
     }
 
     pub fn gateway(&self) -> String {
@@ -184,20 +166,9 @@ impl Coord {
 
     /// `shoal token create`, returning (token, ca hash).
     pub fn token(&self, ttl: &str) -> (String, String) {
-        let out = run(&[
-            "token",
-            "create",
-            "--gateway",
-            &self.gateway(),
-            "--ttl",
-            ttl,
-        ]);
+        let out = run(&["token", "create", "--gateway", &self.gateway(), "--ttl", ttl]);
         let text = String::from_utf8_lossy(&out.stdout).to_string();
-        assert!(
-            out.status.success(),
-            "token create failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "token create failed: {}", String::from_utf8_lossy(&out.stderr));
         let field = |name: &str| {
             text.lines()
                 .find_map(|l| l.strip_prefix(name))
@@ -205,20 +176,12 @@ impl Coord {
                 .unwrap_or_else(|| panic!("no {name} in: {text}"))
         };
         let (token, hash) = (field("token:"), field("ca-hash:"));
-        assert!(
-            text.contains(&format!(
-                "shoal join {} --token {token} --ca-hash {hash}",
-                self.quic
-            )),
-            "{text}"
-        );
+        assert!(text.contains(&format!("shoal join {} --token {token} --ca-hash {hash}", self.quic)), "{text}");
         (token, hash)
     }
 
     pub fn nodes(&self) -> Vec<Value> {
-        get_json(&self.url("/v1/nodes"))
-            .and_then(|v| v["nodes"].as_array().cloned())
-            .unwrap_or_default()
+        get_json(&self.url("/v1/nodes")).and_then(|v| v["nodes"].as_array().cloned()).unwrap_or_default()
     }
 
     pub fn node(&self, name: &str) -> Option<Value> {
@@ -228,35 +191,18 @@ impl Coord {
     pub fn metric(&self, series: &str) -> f64 {
         let (_, text) = get(&self.url("/metrics"), None).expect("metrics");
         text.lines()
-            .find_map(|l| {
-                l.strip_prefix(series)
-                    .and_then(|rest| rest.trim().parse::<f64>().ok())
-            })
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse::<f64>().ok()))
             .unwrap_or(0.0)
     }
 }
 
 /// Starts `shoal join` for a node named `name` with its own data dir.
-pub fn join(
-    coord: &Coord,
-    dir: &Path,
-    name: &str,
-    token: Option<(&str, &str)>,
-    extra: &[&str],
-) -> Proc {
+pub fn join(coord: &Coord, dir: &Path, name: &str, token: Option<(&str, &str)>, extra: &[&str]) -> Proc {
     let data = dir.join(name);
     let listen = addr(free_port()).to_string();
     let quic = coord.quic.to_string();
-    let mut args: Vec<&str> = vec![
-        "join",
-        &quic,
-        "--data-dir",
-        data.to_str().expect("utf8"),
-        "--listen",
-        &listen,
-        "--name",
-        name,
-    ];
+    let mut args: Vec<&str> =
+        vec!["join", &quic, "--data-dir", data.to_str().expect("utf8"), "--listen", &listen, "--name", name];
     if let Some((t, h)) = token {
         args.extend(["--token", t, "--ca-hash", h]);
     }

@@ -20,16 +20,10 @@ pub fn require(headers: &HeaderMap, gw: &GatewayState, needed: Scope) -> Result<
         Err(err)
     };
     let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
-        return refuse(
-            "missing",
-            ApiError::unauthorized("missing Authorization: Bearer <api key>"),
-        );
+        return refuse("missing", ApiError::unauthorized("missing Authorization: Bearer <api key>"));
     };
     let Some(key) = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")) else {
-        return refuse(
-            "malformed",
-            ApiError::unauthorized("Authorization must be 'Bearer <api key>'"),
-        );
+        return refuse("malformed", ApiError::unauthorized("Authorization must be 'Bearer <api key>'"));
     };
     let hash = hash_key(key.trim());
     let scope = {
@@ -38,10 +32,7 @@ pub fn require(headers: &HeaderMap, gw: &GatewayState, needed: Scope) -> Result<
     };
     match (scope, needed) {
         (None, _) => refuse("unknown", ApiError::unauthorized("invalid API key")),
-        (Some(Scope::User), Scope::Admin) => refuse(
-            "scope",
-            ApiError::forbidden("this API key is not an admin key"),
-        ),
+        (Some(Scope::User), Scope::Admin) => refuse("scope", ApiError::forbidden("this API key is not an admin key")),
         _ => Ok(()),
     }
 }

@@ -13,70 +13,32 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(
-        status: StatusCode,
-        kind: &'static str,
-        code: &'static str,
-        message: impl Into<String>,
-    ) -> Self {
-        Self {
-            status,
-            kind,
-            code,
-            message: message.into(),
-        }
+    pub fn new(status: StatusCode, kind: &'static str, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, kind, code, message: message.into() }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "bad_request",
-            message,
-        )
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", "bad_request", message)
     }
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            "authentication_error",
-            "invalid_api_key",
-            message,
-        )
+        Self::new(StatusCode::UNAUTHORIZED, "authentication_error", "invalid_api_key", message)
     }
     pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::FORBIDDEN,
-            "permission_error",
-            "forbidden",
-            message,
-        )
+        Self::new(StatusCode::FORBIDDEN, "permission_error", "forbidden", message)
     }
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "invalid_request_error",
-            "not_found",
-            message,
-        )
+        Self::new(StatusCode::NOT_FOUND, "invalid_request_error", "not_found", message)
     }
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server_error",
-            "unavailable",
-            message,
-        )
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "unavailable", message)
     }
 }
 
 impl From<crate::CoordinatorError> for ApiError {
     fn from(e: crate::CoordinatorError) -> Self {
         match e {
-            crate::CoordinatorError::Busy => Self::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "server_error",
-                "busy",
-                e.to_string(),
-            ),
+            crate::CoordinatorError::Busy => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "server_error", "busy", e.to_string())
+            }
             _ => Self::unavailable(e.to_string()),
         }
     }
@@ -84,8 +46,7 @@ impl From<crate::CoordinatorError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body =
-            json!({"error": {"message": self.message, "type": self.kind, "code": self.code}});
+        let body = json!({"error": {"message": self.message, "type": self.kind, "code": self.code}});
         (self.status, Json(body)).into_response()
     }
 }

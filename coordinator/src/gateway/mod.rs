@@ -8,14 +8,16 @@ mod routes;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::clock::Clock;
 use crate::config::ClusterConfig;
 use crate::lease::LeaseTable;
+use crate::raft::transport::Faults;
 use crate::raft::RaftHandle;
+use crate::writer::Writer;
 
 pub use auth::hash_key;
 pub use error::ApiError;
@@ -26,6 +28,11 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// What the handlers share.
 pub struct GatewayState {
     pub raft: RaftHandle,
+    pub writer: Writer,
+    /// Set when test-only fault injection is enabled (`SHOAL_FAULT_INJECTION=1`).
+    pub faults: Option<Arc<Faults>>,
+    /// Set once the admin API key bootstrap is done (readiness waits for it).
+    pub bootstrapped: Arc<std::sync::atomic::AtomicBool>,
     pub leases: Arc<Mutex<LeaseTable>>,
     pub prometheus: PrometheusHandle,
     pub config: ClusterConfig,
@@ -42,7 +49,10 @@ pub fn router(state: Arc<GatewayState>) -> Router {
         .route("/v1/cluster", get(routes::cluster))
         .route("/v1/nodes", get(routes::nodes))
         .route("/v1/nodes/{id}", get(routes::node))
-        .route("/v1/tokens", post(routes::create_token))
+        .route("/v1/tokens", post(routes::create_token).get(routes::list_tokens))
+        .route("/v1/coordinators", post(routes::add_coordinator))
+        .route("/v1/coordinators/{id}", delete(routes::remove_coordinator))
+        .route("/v1/debug/faults", post(routes::set_faults))
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

@@ -1,6 +1,6 @@
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
@@ -11,7 +11,8 @@ use shoal_protocol::token::JoinToken;
 
 use super::auth::require;
 use super::{ApiError, GatewayState};
-use crate::state::{Command, NodeRecord, Outcome, Scope, TokenRecord};
+use crate::raft::Proposal;
+use crate::state::{Command, CoordinatorRecord, NodeRecord, Outcome, Scope, TokenRecord};
 use crate::telemetry;
 
 /// The longest a join token may live.
@@ -19,6 +20,28 @@ pub const MAX_TOKEN_TTL_SECONDS: u64 = 365 * 24 * 3600;
 pub const DEFAULT_TOKEN_TTL_SECONDS: u64 = 24 * 3600;
 
 type Gw = State<Arc<GatewayState>>;
+
+/// `?consistent=true` asks for a linearizable read (raft ReadIndex) instead of this
+/// member's local replica.
+#[derive(Debug, Deserialize, Default)]
+pub struct ReadOpts {
+    #[serde(default)]
+    pub consistent: bool,
+}
+
+async fn consistent(gw: &GatewayState, opts: &ReadOpts) -> Result<(), ApiError> {
+    if opts.consistent {
+        gw.raft.read_index().await.map_err(|e| ApiError::unavailable(format!("consistent read failed: {e}")))?;
+    }
+    Ok(())
+}
+
+fn outcome_ok(outcome: Outcome) -> Result<(), ApiError> {
+    match outcome {
+        Outcome::Applied | Outcome::NodeUp { .. } => Ok(()),
+        Outcome::Ignored(why) | Outcome::Rejected(why) => Err(ApiError::bad_request(why)),
+    }
+}
 
 fn count(route: &'static str) {
     metrics::counter!(m::HTTP_REQUESTS, "route" => route).increment(1);
@@ -34,16 +57,13 @@ pub async fn readyz(State(gw): Gw) -> impl IntoResponse {
     count("readyz");
     let s = gw.raft.status();
     if s.leader_id == 0 {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no raft leader\n".to_string(),
-        );
+        return (StatusCode::SERVICE_UNAVAILABLE, "no raft leader\n".to_string());
+    }
+    if !gw.bootstrapped.load(std::sync::atomic::Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "bootstrapping the admin API key\n".to_string());
     }
     if s.applied < s.commit {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("applying: {} of {}\n", s.applied, s.commit),
-        );
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("applying: {} of {}\n", s.applied, s.commit));
     }
     (StatusCode::OK, "ready\n".to_string())
 }
@@ -54,30 +74,32 @@ pub async fn metrics(State(gw): Gw) -> impl IntoResponse {
         let state = gw.raft.state().read().unwrap_or_else(|p| p.into_inner());
         telemetry::refresh(&gw.raft.status(), &state);
     }
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        gw.prometheus.render(),
-    )
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], gw.prometheus.render())
 }
 
-pub async fn cluster(State(gw): Gw, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+pub async fn cluster(State(gw): Gw, headers: HeaderMap, Query(opts): Query<ReadOpts>) -> Result<Json<Value>, ApiError> {
     count("cluster");
     require(&headers, &gw, Scope::User)?;
+    consistent(&gw, &opts).await?;
     let s = gw.raft.status();
-    let members: Vec<Value> = gw
-        .config
-        .coordinators
+    let mut known: std::collections::BTreeMap<u64, (String, String)> =
+        gw.config.coordinators.iter().map(|c| (c.id, (c.quic.to_string(), c.http.to_string()))).collect();
+    {
+        let state = gw.raft.state().read().unwrap_or_else(|p| p.into_inner());
+        for c in state.coordinators.values() {
+            known.insert(c.id, (c.quic.clone(), c.http.clone()));
+        }
+    }
+    let members: Vec<Value> = known
         .iter()
-        .map(|c| {
+        .map(|(id, (quic, http))| {
             json!({
-                "id": c.id,
-                "quic": c.quic.to_string(),
-                "http": c.http.to_string(),
-                "voter": s.voters.contains(&c.id),
-                "leader": s.leader_id == c.id,
+                "id": id,
+                "quic": quic,
+                "http": http,
+                "voter": s.voters.contains(id),
+                "learner": s.learners.contains(id),
+                "leader": s.leader_id == *id,
             })
         })
         .collect();
@@ -99,15 +121,10 @@ pub async fn cluster(State(gw): Gw, headers: HeaderMap) -> Result<Json<Value>, A
 
 fn node_json(gw: &GatewayState, n: &NodeRecord) -> Value {
     let leases = gw.leases.lock().unwrap_or_else(|p| p.into_inner());
-    let lease = leases
-        .get(&n.id)
-        .filter(|l| l.generation == n.generation && l.last_heartbeat_unix_ms > 0);
+    let lease = leases.get(&n.id).filter(|l| l.generation == n.generation && l.last_heartbeat_unix_ms > 0);
     let now = gw.clock.unix_ms();
-    let labels: serde_json::Map<String, Value> = n
-        .labels
-        .iter()
-        .map(|l| (l.key.clone(), Value::String(l.value.clone())))
-        .collect();
+    let labels: serde_json::Map<String, Value> =
+        n.labels.iter().map(|l| (l.key.clone(), Value::String(l.value.clone()))).collect();
     json!({
         "id": n.id,
         "name": n.name,
@@ -124,9 +141,10 @@ fn node_json(gw: &GatewayState, n: &NodeRecord) -> Value {
     })
 }
 
-pub async fn nodes(State(gw): Gw, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+pub async fn nodes(State(gw): Gw, headers: HeaderMap, Query(opts): Query<ReadOpts>) -> Result<Json<Value>, ApiError> {
     count("nodes");
     require(&headers, &gw, Scope::User)?;
+    consistent(&gw, &opts).await?;
     let records: Vec<NodeRecord> = {
         let state = gw.raft.state().read().unwrap_or_else(|p| p.into_inner());
         state.nodes.values().cloned().collect()
@@ -135,11 +153,7 @@ pub async fn nodes(State(gw): Gw, headers: HeaderMap) -> Result<Json<Value>, Api
     Ok(Json(json!({ "nodes": nodes })))
 }
 
-pub async fn node(
-    State(gw): Gw,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+pub async fn node(State(gw): Gw, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     count("node");
     require(&headers, &gw, Scope::User)?;
     let record = {
@@ -183,20 +197,9 @@ pub async fn create_token(
         description: req.description.unwrap_or_default(),
     };
     let expires_at_ms = record.expires_at_ms;
-    match gw.raft.propose(Command::CreateToken(record)).await? {
-        Outcome::Applied => {}
-        other => {
-            return Err(ApiError::unavailable(format!(
-                "token not created: {other:?}"
-            )))
-        }
-    }
+    outcome_ok(gw.writer.command(Command::CreateToken(record)).await?)?;
     tracing::info!(token_id = %token.id, ttl, "admin created a join token");
-    let addr = gw
-        .config
-        .member(gw.self_id)
-        .map(|m| m.quic.to_string())
-        .unwrap_or_default();
+    let addr = gw.config.member(gw.self_id).map(|m| m.quic.to_string()).unwrap_or_default();
     Ok(Json(json!({
         "token": token.to_string(),
         "token_id": token.id,
@@ -205,6 +208,90 @@ pub async fn create_token(
         "coordinator": addr,
         "join_command": format!("shoal join {addr} --token {token} --ca-hash {}", gw.ca_hash),
     })))
+}
+
+/// Lists join tokens (ids and expiry, never secrets), like `kubeadm token list`.
+pub async fn list_tokens(
+    State(gw): Gw,
+    headers: HeaderMap,
+    Query(opts): Query<ReadOpts>,
+) -> Result<Json<Value>, ApiError> {
+    count("list_tokens");
+    require(&headers, &gw, Scope::Admin)?;
+    consistent(&gw, &opts).await?;
+    let state = gw.raft.state().read().unwrap_or_else(|p| p.into_inner());
+    let tokens: Vec<Value> = state
+        .tokens
+        .values()
+        .map(|t| json!({"id": t.id, "created_at_ms": t.created_at_ms, "expires_at_ms": t.expires_at_ms, "description": t.description}))
+        .collect();
+    Ok(Json(json!({ "tokens": tokens })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddCoordinator {
+    pub id: u64,
+    pub quic: std::net::SocketAddr,
+    pub http: std::net::SocketAddr,
+}
+
+/// Adds a coordinator to the raft group (it must already be running with an empty data dir).
+pub async fn add_coordinator(
+    State(gw): Gw,
+    headers: HeaderMap,
+    body: Json<AddCoordinator>,
+) -> Result<Json<Value>, ApiError> {
+    count("add_coordinator");
+    require(&headers, &gw, Scope::Admin)?;
+    let Json(req) = body;
+    if req.id == 0 {
+        return Err(ApiError::bad_request("coordinator id 0 is reserved"));
+    }
+    if gw.raft.status().voters.contains(&req.id) {
+        return Err(ApiError::bad_request(format!("coordinator {} is already a voter", req.id)));
+    }
+    let member = CoordinatorRecord { id: req.id, quic: req.quic.to_string(), http: req.http.to_string() };
+    outcome_ok(gw.writer.submit(Proposal::AddMember(member)).await?)?;
+    tracing::info!(id = req.id, "admin added a coordinator");
+    Ok(Json(json!({ "added": req.id, "voters": gw.raft.status().voters })))
+}
+
+/// Removes a coordinator from the raft group.
+pub async fn remove_coordinator(
+    State(gw): Gw,
+    headers: HeaderMap,
+    Path(id): Path<u64>,
+) -> Result<Json<Value>, ApiError> {
+    count("remove_coordinator");
+    require(&headers, &gw, Scope::Admin)?;
+    let s = gw.raft.status();
+    if !s.voters.contains(&id) && !s.learners.contains(&id) {
+        return Err(ApiError::not_found(format!("coordinator {id} is not a member")));
+    }
+    if s.voters.len() == 1 && s.voters.contains(&id) {
+        return Err(ApiError::bad_request("cannot remove the last voter"));
+    }
+    outcome_ok(gw.writer.submit(Proposal::RemoveMember { id }).await?)?;
+    tracing::info!(id, "admin removed a coordinator");
+    Ok(Json(json!({ "removed": id, "voters": gw.raft.status().voters })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultRequest {
+    pub isolated: bool,
+}
+
+/// Test-only: cut this member off from its raft peers (enabled by SHOAL_FAULT_INJECTION=1).
+pub async fn set_faults(State(gw): Gw, headers: HeaderMap, body: Json<FaultRequest>) -> Result<Json<Value>, ApiError> {
+    require(&headers, &gw, Scope::Admin)?;
+    let Some(faults) = &gw.faults else {
+        return Err(ApiError::not_found("fault injection is not enabled on this coordinator"));
+    };
+    faults.isolated.store(body.isolated, std::sync::atomic::Ordering::Relaxed);
+    tracing::warn!(isolated = body.isolated, "fault injection changed");
+    Ok(Json(json!({ "isolated": body.isolated })))
 }
 
 pub async fn not_found() -> ApiError {

@@ -11,6 +11,7 @@ use protobuf::Message as PbMessage;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 
+use super::store::RaftStore;
 use crate::state::ClusterState;
 use crate::CoordinatorError;
 
@@ -61,15 +62,14 @@ pub struct SledStorage {
 fn get_pb<M: PbMessage>(tree: &sled::Tree, key: &[u8]) -> Result<Option<M>, CoordinatorError> {
     match tree.get(key)? {
         None => Ok(None),
-        Some(v) => M::parse_from_bytes(&v)
-            .map(Some)
-            .map_err(|e| corrupt(format!("{}: {e}", String::from_utf8_lossy(key)))),
+        Some(v) => {
+            M::parse_from_bytes(&v).map(Some).map_err(|e| corrupt(format!("{}: {e}", String::from_utf8_lossy(key))))
+        }
     }
 }
 
 fn pb_bytes<M: PbMessage>(m: &M) -> Result<Vec<u8>, CoordinatorError> {
-    m.write_to_bytes()
-        .map_err(|e| CoordinatorError::Raft(raft::Error::CodecError(e)))
+    m.write_to_bytes().map_err(|e| CoordinatorError::Raft(raft::Error::CodecError(e)))
 }
 
 impl SledStorage {
@@ -88,10 +88,7 @@ impl SledStorage {
             last: 0,
         };
         if fresh {
-            let cs = ConfState {
-                voters: voters.to_vec(),
-                ..Default::default()
-            };
+            let cs = ConfState { voters: voters.to_vec(), ..Default::default() };
             store.snapshot_meta.set_conf_state(cs.clone());
             store.conf_state = cs;
             let mut batch = sled::Batch::default();
@@ -114,9 +111,7 @@ impl SledStorage {
         match self.tree.scan_prefix([ENTRY_PREFIX]).next_back() {
             Some(kv) => {
                 let (k, _) = kv?;
-                let idx: [u8; 8] = k[1..]
-                    .try_into()
-                    .map_err(|_| corrupt("entry key of the wrong length"))?;
+                let idx: [u8; 8] = k[1..].try_into().map_err(|_| corrupt("entry key of the wrong length"))?;
                 Ok(u64::from_be_bytes(idx))
             }
             None => Ok(self.snapshot_meta.index),
@@ -127,17 +122,11 @@ impl SledStorage {
     /// decrease, and the commit index is within the log.
     fn check_integrity(&self) -> Result<(), CoordinatorError> {
         let mut prev_term = self.snapshot_meta.term;
-        for (expect, kv) in
-            (self.snapshot_meta.index + 1..).zip(self.tree.scan_prefix([ENTRY_PREFIX]))
-        {
+        for (expect, kv) in (self.snapshot_meta.index + 1..).zip(self.tree.scan_prefix([ENTRY_PREFIX])) {
             let (k, v) = kv?;
-            let e = Entry::parse_from_bytes(&v)
-                .map_err(|err| corrupt(format!("log entry {k:?}: {err}")))?;
+            let e = Entry::parse_from_bytes(&v).map_err(|err| corrupt(format!("log entry {k:?}: {err}")))?;
             if e.index != expect {
-                return Err(corrupt(format!(
-                    "log has a gap: expected entry {expect}, found {}",
-                    e.index
-                )));
+                return Err(corrupt(format!("log has a gap: expected entry {expect}, found {}", e.index)));
             }
             if e.term < prev_term {
                 return Err(corrupt(format!("term goes backwards at entry {}", e.index)));
@@ -152,26 +141,24 @@ impl SledStorage {
         }
         Ok(())
     }
+}
 
-    pub fn flush(&self) -> Result<(), CoordinatorError> {
+impl RaftStore for SledStorage {
+    fn flush(&mut self) -> Result<(), CoordinatorError> {
         self.db.flush()?;
         Ok(())
     }
 
-    pub fn hard_state(&self) -> &HardState {
-        &self.hard_state
-    }
-
-    pub fn first(&self) -> u64 {
+    fn first(&self) -> u64 {
         self.snapshot_meta.index + 1
     }
 
-    pub fn last(&self) -> u64 {
+    fn last(&self) -> u64 {
         self.last
     }
 
     /// Appends entries, replacing any conflicting tail.
-    pub fn append(&mut self, entries: &[Entry]) -> Result<(), CoordinatorError> {
+    fn append(&mut self, entries: &[Entry]) -> Result<(), CoordinatorError> {
         let Some(first) = entries.first() else {
             return Ok(());
         };
@@ -187,44 +174,44 @@ impl SledStorage {
         Ok(())
     }
 
-    pub fn set_hard_state(&mut self, hs: &HardState) -> Result<(), CoordinatorError> {
+    fn set_hard_state(&mut self, hs: &HardState) -> Result<(), CoordinatorError> {
         self.tree.insert(KEY_HARD_STATE, pb_bytes(hs)?)?;
         self.hard_state = hs.clone();
         Ok(())
     }
 
-    pub fn set_commit(&mut self, commit: u64) -> Result<(), CoordinatorError> {
+    fn set_commit(&mut self, commit: u64) -> Result<(), CoordinatorError> {
         let mut hs = self.hard_state.clone();
         hs.commit = commit;
         self.set_hard_state(&hs)
     }
 
-    pub fn set_conf_state(&mut self, cs: &ConfState) -> Result<(), CoordinatorError> {
+    fn set_conf_state(&mut self, cs: &ConfState) -> Result<(), CoordinatorError> {
         self.tree.insert(KEY_CONF_STATE, pb_bytes(cs)?)?;
         self.conf_state = cs.clone();
         Ok(())
     }
 
-    pub fn conf_state(&self) -> &ConfState {
+    fn conf_state(&self) -> &ConfState {
         &self.conf_state
     }
 
     /// The stored state machine, if any has been saved.
-    pub fn load_state(&self) -> Result<Option<StoredState>, CoordinatorError> {
+    fn load_state(&self) -> Result<Option<StoredState>, CoordinatorError> {
         match self.tree.get(KEY_STATE_MACHINE)? {
             None => Ok(None),
             Some(v) => StoredState::decode(&v).map(Some),
         }
     }
 
-    pub fn save_state(&mut self, stored: &StoredState) -> Result<(), CoordinatorError> {
+    fn save_state(&mut self, stored: &StoredState) -> Result<(), CoordinatorError> {
         self.tree.insert(KEY_STATE_MACHINE, stored.encode()?)?;
         Ok(())
     }
 
     /// Installs a snapshot received from the leader: state machine, conf state and log
     /// position change in one atomic batch, so a crash leaves either the old or the new.
-    pub fn apply_snapshot(&mut self, snap: &Snapshot) -> Result<StoredState, CoordinatorError> {
+    fn apply_snapshot(&mut self, snap: &Snapshot) -> Result<StoredState, CoordinatorError> {
         let meta = snap.get_metadata().clone();
         let stored = StoredState::decode(&snap.data)?;
         let mut batch = sled::Batch::default();
@@ -249,7 +236,7 @@ impl SledStorage {
 
     /// Drops log entries up to `index` (which must be applied), keeping the state machine
     /// saved at or after it as the snapshot that replaces them.
-    pub fn compact(&mut self, index: u64) -> Result<(), CoordinatorError> {
+    fn compact(&mut self, index: u64) -> Result<(), CoordinatorError> {
         if index <= self.snapshot_meta.index || index > self.last {
             return Ok(());
         }
@@ -275,10 +262,7 @@ fn store_err(e: CoordinatorError) -> raft::Error {
 
 impl raft::Storage for SledStorage {
     fn initial_state(&self) -> raft::Result<RaftState> {
-        Ok(RaftState {
-            hard_state: self.hard_state.clone(),
-            conf_state: self.conf_state.clone(),
-        })
+        Ok(RaftState { hard_state: self.hard_state.clone(), conf_state: self.conf_state.clone() })
     }
 
     fn entries(
@@ -299,8 +283,7 @@ impl raft::Storage for SledStorage {
         let mut size = 0u64;
         for kv in self.tree.range(&entry_key(low)[..]..&entry_key(high)[..]) {
             let (_, v) = kv.map_err(|e| store_err(e.into()))?;
-            let e = Entry::parse_from_bytes(&v)
-                .map_err(|err| store_err(corrupt(format!("log entry: {err}"))))?;
+            let e = Entry::parse_from_bytes(&v).map_err(|err| store_err(corrupt(format!("log entry: {err}"))))?;
             size += v.len() as u64;
             if !out.is_empty() && size > max {
                 break;
@@ -323,11 +306,7 @@ impl raft::Storage for SledStorage {
         if idx > self.last {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
-        match self
-            .tree
-            .get(entry_key(idx))
-            .map_err(|e| store_err(e.into()))?
-        {
+        match self.tree.get(entry_key(idx)).map_err(|e| store_err(e.into()))? {
             Some(v) => Entry::parse_from_bytes(&v)
                 .map(|e| e.term)
                 .map_err(|err| store_err(corrupt(format!("log entry {idx}: {err}")))),
@@ -361,12 +340,7 @@ mod tests {
     use raft::Storage;
 
     fn entry(index: u64, term: u64) -> Entry {
-        Entry {
-            index,
-            term,
-            data: vec![index as u8].into(),
-            ..Default::default()
-        }
+        Entry { index, term, data: vec![index as u8].into(), ..Default::default() }
     }
 
     #[test]
@@ -374,14 +348,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         {
             let mut s = SledStorage::open(dir.path(), &[1]).expect("open");
-            s.append(&[entry(1, 1), entry(2, 1), entry(3, 1)])
-                .expect("append");
+            s.append(&[entry(1, 1), entry(2, 1), entry(3, 1)]).expect("append");
             s.append(&[entry(3, 2), entry(4, 2)]).expect("append");
-            let hs = HardState {
-                term: 2,
-                commit: 4,
-                ..Default::default()
-            };
+            let hs = HardState { term: 2, commit: 4, ..Default::default() };
             s.set_hard_state(&hs).expect("hs");
             s.flush().expect("flush");
         }
@@ -389,21 +358,15 @@ mod tests {
         assert_eq!(s.initial_state().expect("state").conf_state.voters, vec![1]);
         assert_eq!(s.last_index().expect("last"), 4);
         assert_eq!(s.term(3).expect("term"), 2);
-        let got = s
-            .entries(1, 5, None, GetEntriesContext::empty(false))
-            .expect("entries");
-        assert_eq!(
-            got.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(),
-            vec![(1, 1), (2, 1), (3, 2), (4, 2)]
-        );
+        let got = s.entries(1, 5, None, GetEntriesContext::empty(false)).expect("entries");
+        assert_eq!(got.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(), vec![(1, 1), (2, 1), (3, 2), (4, 2)]);
     }
 
     #[test]
     fn compaction_keeps_terms_and_refuses_old_reads() {
         let dir = tempfile::tempdir().expect("tmp");
         let mut s = SledStorage::open(dir.path(), &[1]).expect("open");
-        s.append(&[entry(1, 1), entry(2, 1), entry(3, 2)])
-            .expect("append");
+        s.append(&[entry(1, 1), entry(2, 1), entry(3, 2)]).expect("append");
         s.compact(2).expect("compact");
         assert_eq!(s.first_index().expect("first"), 3);
         assert_eq!(s.term(2).expect("term"), 1);
@@ -419,14 +382,10 @@ mod tests {
         {
             let mut s = SledStorage::open(dir.path(), &[1]).expect("open");
             s.append(&[entry(1, 1), entry(2, 1)]).expect("append");
-            s.tree
-                .insert(entry_key(2), &b"\xff\xff\xff garbage"[..])
-                .expect("poke");
+            s.tree.insert(entry_key(2), &b"\xff\xff\xff garbage"[..]).expect("poke");
             s.flush().expect("flush");
         }
-        let err = SledStorage::open(dir.path(), &[1])
-            .err()
-            .expect("must refuse");
+        let err = SledStorage::open(dir.path(), &[1]).err().expect("must refuse");
         assert!(err.to_string().contains("corrupt storage"), "{err}");
     }
 }

@@ -1,68 +1,152 @@
 //! Sends raft messages to peer coordinators over QUIC (mutual TLS).
 //!
-//! One bounded queue and one task per peer; the task keeps a connection and a one-way
-//! stream of `Request::Raft` frames. A full queue or a broken link drops messages: raft
-//! retransmits, and a peer that is down is simply unreachable.
+//! One bounded queue and one task per peer, started the first time a message is sent to
+//! it; the task keeps a connection and a one-way stream of `Raft` frames. Snapshots go on
+//! a stream of their own, in chunks, and the receiver acknowledges them. A full queue or a
+//! broken link drops messages (raft retransmits) and reports the peer unreachable.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use protobuf::Message as PbMessage;
-use raft::prelude::Message;
+use raft::prelude::{ConfState, Message, MessageType};
+use shoal_protocol::metric_names as m;
 use shoal_protocol::quic::{self, ClientStream};
 use shoal_protocol::tls::COORDINATOR_SERVER_NAME;
-use shoal_protocol::Request;
+use shoal_protocol::{Request, Response};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use crate::state::ClusterState;
+
 /// Messages queued per peer before new ones are dropped.
 pub const PEER_QUEUE: usize = 1024;
-const RECONNECT_DELAY: Duration = Duration::from_millis(200);
+/// Bytes per snapshot chunk frame.
+pub const SNAPSHOT_CHUNK: usize = 1024 * 1024;
+const RECONNECT_DELAY: Duration = Duration::from_millis(100);
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the transport tells the raft driver.
+#[derive(Debug)]
+pub enum Report {
+    Unreachable(u64),
+    Snapshot { to: u64, ok: bool },
+}
+
+/// Test-only fault injection, switched at runtime (see `docs/guarantees.md`).
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// Drop every raft message to and from this member.
+    pub isolated: AtomicBool,
+}
+
+impl Faults {
+    pub fn is_isolated(&self) -> bool {
+        self.isolated.load(Ordering::Relaxed)
+    }
+}
+
+/// Where each coordinator listens, shared with whoever learns about new members.
+pub type AddressBook = Arc<RwLock<HashMap<u64, SocketAddr>>>;
 
 /// The raft driver's outbox.
 pub struct Transport {
+    self_id: u64,
     peers: HashMap<u64, mpsc::Sender<Message>>,
+    book: AddressBook,
+    client: Option<Arc<quinn::ClientConfig>>,
+    runtime: Option<tokio::runtime::Handle>,
+    reports: Option<mpsc::Sender<Report>>,
+    faults: Arc<Faults>,
 }
 
 impl Transport {
-    /// A transport for a group with no other members.
+    /// A transport that sends nothing (a group of one that never grows, or tests).
     pub fn none() -> Self {
         Self {
+            self_id: 0,
             peers: HashMap::new(),
+            book: Default::default(),
+            client: None,
+            runtime: None,
+            reports: None,
+            faults: Default::default(),
         }
     }
 
-    /// Starts one sender task per peer on the current tokio runtime.
-    pub fn start(
+    /// A transport whose peer tasks run on the current tokio runtime.
+    pub fn new(
         self_id: u64,
-        peers: Vec<(u64, SocketAddr)>,
+        book: AddressBook,
         client: Arc<quinn::ClientConfig>,
+        reports: mpsc::Sender<Report>,
+        faults: Arc<Faults>,
     ) -> Self {
-        let mut map = HashMap::new();
-        for (id, addr) in peers {
-            if id == self_id {
-                continue;
-            }
-            let (tx, rx) = mpsc::channel(PEER_QUEUE);
-            tokio::spawn(peer_loop(self_id, id, addr, client.clone(), rx));
-            map.insert(id, tx);
+        Self {
+            self_id,
+            peers: HashMap::new(),
+            book,
+            client: Some(client),
+            runtime: tokio::runtime::Handle::try_current().ok(),
+            reports: Some(reports),
+            faults,
         }
-        Self { peers: map }
+    }
+
+    /// Records the addresses of members that joined at runtime.
+    pub fn learn(&mut self, state: &ClusterState, cs: &ConfState) {
+        let mut book = self.book.write().unwrap_or_else(|p| p.into_inner());
+        for id in cs.voters.iter().chain(cs.learners.iter()) {
+            if let Some(addr) = state.coordinators.get(id).and_then(|c| c.quic.parse().ok()) {
+                book.insert(*id, addr);
+            }
+        }
+    }
+
+    fn report(&self, r: Report) {
+        if let Some(tx) = &self.reports {
+            let _ = tx.try_send(r);
+        }
     }
 
     pub fn send(&mut self, msgs: Vec<Message>) {
+        if self.faults.is_isolated() {
+            return;
+        }
         for msg in msgs {
-            match self.peers.get(&msg.to) {
-                Some(tx) => {
-                    if tx.try_send(msg).is_err() {
-                        debug!("raft peer queue full; dropped a message");
+            let to = msg.to;
+            if !self.peers.contains_key(&to) && !self.start_peer(to) {
+                debug!(to, "raft message for a member with no known address");
+                self.report(Report::Unreachable(to));
+                continue;
+            }
+            if let Some(tx) = self.peers.get(&to) {
+                let is_snapshot = msg.get_msg_type() == MessageType::MsgSnapshot;
+                if tx.try_send(msg).is_err() {
+                    debug!(to, "raft peer queue full; dropped a message");
+                    if is_snapshot {
+                        self.report(Report::Snapshot { to, ok: false });
                     }
+                    self.report(Report::Unreachable(to));
                 }
-                None => warn!(to = msg.to, "raft message for an unknown peer"),
             }
         }
+    }
+
+    fn start_peer(&mut self, to: u64) -> bool {
+        let addr = self.book.read().unwrap_or_else(|p| p.into_inner()).get(&to).copied();
+        let (Some(addr), Some(client), Some(rt), Some(reports)) =
+            (addr, self.client.clone(), self.runtime.clone(), self.reports.clone())
+        else {
+            return false;
+        };
+        let (tx, rx) = mpsc::channel(PEER_QUEUE);
+        rt.spawn(peer_loop(self.self_id, to, addr, client, rx, reports, self.faults.clone()));
+        self.peers.insert(to, tx);
+        true
     }
 }
 
@@ -72,6 +156,8 @@ async fn peer_loop(
     addr: SocketAddr,
     client: Arc<quinn::ClientConfig>,
     mut rx: mpsc::Receiver<Message>,
+    reports: mpsc::Sender<Report>,
+    faults: Arc<Faults>,
 ) {
     let endpoint = match quic::client_endpoint(addr) {
         Ok(e) => e,
@@ -80,8 +166,36 @@ async fn peer_loop(
             return;
         }
     };
+    let mut conn: Option<quinn::Connection> = None;
     let mut stream: Option<ClientStream> = None;
     while let Some(msg) = rx.recv().await {
+        if faults.is_isolated() {
+            continue;
+        }
+        if conn.as_ref().is_none_or(|c| c.close_reason().is_some()) {
+            stream = None;
+            conn = match quic::connect(&endpoint, addr, (*client).clone(), COORDINATOR_SERVER_NAME).await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    debug!(peer, error = %e, "raft peer unreachable");
+                    let _ = reports.try_send(Report::Unreachable(peer));
+                    if msg.get_msg_type() == MessageType::MsgSnapshot {
+                        let _ = reports.try_send(Report::Snapshot { to: peer, ok: false });
+                    }
+                    tokio::time::sleep(RECONNECT_DELAY).await;
+                    continue;
+                }
+            };
+        }
+        let Some(c) = conn.clone() else { continue };
+        if msg.get_msg_type() == MessageType::MsgSnapshot {
+            let ok = tokio::time::timeout(SNAPSHOT_TIMEOUT, send_snapshot(&c, self_id, msg)).await.unwrap_or(false);
+            if ok {
+                metrics::counter!(m::RAFT_SNAPSHOTS_SENT).increment(1);
+            }
+            let _ = reports.try_send(Report::Snapshot { to: peer, ok });
+            continue;
+        }
         let bytes = match msg.write_to_bytes() {
             Ok(b) => b,
             Err(e) => {
@@ -90,25 +204,36 @@ async fn peer_loop(
             }
         };
         if stream.is_none() {
-            match quic::connect(&endpoint, addr, (*client).clone(), COORDINATOR_SERVER_NAME).await {
-                Ok(conn) => stream = ClientStream::open(&conn).await.ok(),
-                Err(e) => {
-                    debug!(peer, error = %e, "raft peer unreachable");
-                    tokio::time::sleep(RECONNECT_DELAY).await;
-                    continue;
-                }
-            }
+            stream = ClientStream::open(&c).await.ok();
         }
-        if let Some(s) = stream.as_mut() {
-            if s.send(&Request::Raft {
-                from: self_id,
-                message: bytes,
-            })
-            .await
-            .is_err()
-            {
-                stream = None;
-            }
+        let sent = match stream.as_mut() {
+            Some(s) => s.send(&Request::Raft { from: self_id, message: bytes }).await.is_ok(),
+            None => false,
+        };
+        if !sent {
+            stream = None;
+            conn = None;
+            let _ = reports.try_send(Report::Unreachable(peer));
         }
     }
+}
+
+/// Streams a snapshot: the message without its data, then the data in chunks; waits for
+/// the receiver's acknowledgement.
+async fn send_snapshot(conn: &quinn::Connection, self_id: u64, mut msg: Message) -> bool {
+    let data = std::mem::take(&mut msg.mut_snapshot().data);
+    let Ok(head) = msg.write_to_bytes() else { return false };
+    let Ok(mut s) = ClientStream::open(conn).await else { return false };
+    let begin = Request::RaftSnapshot { from: self_id, message: head, total_bytes: data.len() as u64 };
+    if s.send(&begin).await.is_err() {
+        return false;
+    }
+    let chunks: Vec<&[u8]> = if data.is_empty() { vec![&[][..]] } else { data.chunks(SNAPSHOT_CHUNK).collect() };
+    let n = chunks.len();
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        if s.send(&Request::Chunk { data: chunk.to_vec(), last: i + 1 == n }).await.is_err() {
+            return false;
+        }
+    }
+    matches!(s.recv().await, Ok(Response::RaftAck))
 }

@@ -5,22 +5,30 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Outcome {
     match cmd {
         Command::CreateToken(t) => {
             if state.tokens.contains_key(&t.id) {
-                return Outcome::Rejected("token id already exists");
+                return Outcome::rejected("token id already exists");
             }
             state.tokens.insert(t.id.clone(), t.clone());
             Outcome::Applied
         }
         Command::RevokeToken { id } => match state.tokens.remove(id) {
             Some(_) => Outcome::Applied,
-            None => Outcome::Ignored("no such token"),
+            None => Outcome::ignored("no such token"),
         },
         Command::PruneTokens { now_ms } => {
             state.tokens.retain(|_, t| t.expires_at_ms > *now_ms);
             Outcome::Applied
         }
-        Command::AdmitNode { id, name, at_ms } => {
+        Command::AdmitNode { id, name, at_ms, token_id, secret_hash } => {
+            match state.tokens.get(token_id) {
+                Some(t) if t.secret_hash == *secret_hash => {
+                    if t.expires_at_ms <= *at_ms {
+                        return Outcome::rejected("expired token");
+                    }
+                }
+                _ => return Outcome::rejected("invalid token"),
+            }
             if state.nodes.contains_key(id) {
-                return Outcome::Rejected("node id already exists");
+                return Outcome::rejected("node id already exists");
             }
             state.nodes.insert(
                 id.clone(),
@@ -38,16 +46,9 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Outcome {
             );
             Outcome::Applied
         }
-        Command::NodeUp {
-            id,
-            name,
-            address,
-            capacity,
-            labels,
-            at_ms,
-        } => {
+        Command::NodeUp { id, name, address, capacity, labels, at_ms } => {
             let Some(node) = state.nodes.get_mut(id) else {
-                return Outcome::Rejected("unknown node");
+                return Outcome::rejected("unknown node");
             };
             node.generation += 1;
             node.name = name.clone();
@@ -58,23 +59,17 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Outcome {
                 node.state_changed_at_ms = *at_ms;
             }
             node.state = NodeState::Ready;
-            Outcome::NodeUp {
-                generation: node.generation,
-            }
+            Outcome::NodeUp { generation: node.generation }
         }
-        Command::NodeDead {
-            id,
-            generation,
-            at_ms,
-        } => {
+        Command::NodeDead { id, generation, at_ms } => {
             let Some(node) = state.nodes.get_mut(id) else {
-                return Outcome::Ignored("unknown node");
+                return Outcome::ignored("unknown node");
             };
             if node.generation != *generation {
-                return Outcome::Ignored("stale generation");
+                return Outcome::ignored("stale generation");
             }
             if node.state != NodeState::Ready {
-                return Outcome::Ignored("not ready");
+                return Outcome::ignored("not ready");
             }
             node.state = NodeState::Dead;
             node.state_changed_at_ms = *at_ms;
@@ -82,7 +77,7 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Outcome {
         }
         Command::AddApiKey(k) => {
             if state.api_keys.contains_key(&k.hash) {
-                return Outcome::Ignored("key already exists");
+                return Outcome::ignored("key already exists");
             }
             state.api_keys.insert(k.hash.clone(), k.clone());
             Outcome::Applied
@@ -97,11 +92,27 @@ mod tests {
     use crate::state::{ApiKeyRecord, Scope, TokenRecord};
     use proptest::prelude::*;
 
+    fn token() -> TokenRecord {
+        TokenRecord {
+            id: "tok".into(),
+            secret_hash: "h".into(),
+            created_at_ms: 0,
+            expires_at_ms: 100,
+            description: String::new(),
+        }
+    }
+    fn with_token() -> ClusterState {
+        let mut s = ClusterState::default();
+        apply(&mut s, &Command::CreateToken(token()));
+        s
+    }
     fn admit(id: &str) -> Command {
         Command::AdmitNode {
             id: id.into(),
             name: format!("name-{id}"),
             at_ms: 1,
+            token_id: "tok".into(),
+            secret_hash: "h".into(),
         }
     }
     fn up(id: &str, at: u64) -> Command {
@@ -115,38 +126,53 @@ mod tests {
         }
     }
     fn dead(id: &str, generation: u64) -> Command {
-        Command::NodeDead {
-            id: id.into(),
-            generation,
-            at_ms: 9,
-        }
+        Command::NodeDead { id: id.into(), generation, at_ms: 9 }
     }
 
     #[test]
     fn node_lifecycle_bumps_generation_and_fences_stale_deaths() {
-        let mut s = ClusterState::default();
-        assert_eq!(
-            apply(&mut s, &up("a", 2)),
-            Outcome::Rejected("unknown node")
-        );
+        let mut s = with_token();
+        assert_eq!(apply(&mut s, &up("a", 2)), Outcome::rejected("unknown node"));
         assert_eq!(apply(&mut s, &admit("a")), Outcome::Applied);
         assert_eq!(s.nodes["a"].state, NodeState::Joining);
-        assert_eq!(
-            apply(&mut s, &up("a", 2)),
-            Outcome::NodeUp { generation: 1 }
-        );
+        assert_eq!(apply(&mut s, &up("a", 2)), Outcome::NodeUp { generation: 1 });
         assert_eq!(apply(&mut s, &dead("a", 1)), Outcome::Applied);
         assert_eq!(s.nodes["a"].state, NodeState::Dead);
-        assert_eq!(
-            apply(&mut s, &up("a", 3)),
-            Outcome::NodeUp { generation: 2 }
-        );
+        assert_eq!(apply(&mut s, &up("a", 3)), Outcome::NodeUp { generation: 2 });
         // A death decided about the old incarnation must not kill the new one.
-        assert_eq!(
-            apply(&mut s, &dead("a", 1)),
-            Outcome::Ignored("stale generation")
-        );
+        assert_eq!(apply(&mut s, &dead("a", 1)), Outcome::ignored("stale generation"));
         assert_eq!(s.nodes["a"].state, NodeState::Ready);
+    }
+
+    #[test]
+    fn admission_checks_the_token_at_apply_time() {
+        let mut s = with_token();
+        let bad = Command::AdmitNode {
+            id: "x".into(),
+            name: "x".into(),
+            at_ms: 1,
+            token_id: "tok".into(),
+            secret_hash: "nope".into(),
+        };
+        assert_eq!(apply(&mut s, &bad), Outcome::rejected("invalid token"));
+        let late = Command::AdmitNode {
+            id: "x".into(),
+            name: "x".into(),
+            at_ms: 100,
+            token_id: "tok".into(),
+            secret_hash: "h".into(),
+        };
+        assert_eq!(apply(&mut s, &late), Outcome::rejected("expired token"));
+        let unknown = Command::AdmitNode {
+            id: "x".into(),
+            name: "x".into(),
+            at_ms: 1,
+            token_id: "zzz".into(),
+            secret_hash: "h".into(),
+        };
+        assert_eq!(apply(&mut s, &unknown), Outcome::rejected("invalid token"));
+        assert!(s.nodes.is_empty());
+        assert_eq!(apply(&mut s, &admit("x")), Outcome::Applied);
     }
 
     #[test]
@@ -159,30 +185,13 @@ mod tests {
             expires_at_ms: 10,
             description: String::new(),
         };
-        assert_eq!(
-            apply(&mut s, &Command::CreateToken(t.clone())),
-            Outcome::Applied
-        );
-        assert_eq!(
-            apply(&mut s, &Command::CreateToken(t)),
-            Outcome::Rejected("token id already exists")
-        );
+        assert_eq!(apply(&mut s, &Command::CreateToken(t.clone())), Outcome::Applied);
+        assert_eq!(apply(&mut s, &Command::CreateToken(t)), Outcome::rejected("token id already exists"));
         apply(&mut s, &Command::PruneTokens { now_ms: 10 });
         assert!(s.tokens.is_empty());
-        let k = ApiKeyRecord {
-            hash: "k".into(),
-            name: "admin".into(),
-            scope: Scope::Admin,
-            created_at_ms: 0,
-        };
-        assert_eq!(
-            apply(&mut s, &Command::AddApiKey(k.clone())),
-            Outcome::Applied
-        );
-        assert_eq!(
-            apply(&mut s, &Command::AddApiKey(k)),
-            Outcome::Ignored("key already exists")
-        );
+        let k = ApiKeyRecord { hash: "k".into(), name: "admin".into(), scope: Scope::Admin, created_at_ms: 0 };
+        assert_eq!(apply(&mut s, &Command::AddApiKey(k.clone())), Outcome::Applied);
+        assert_eq!(apply(&mut s, &Command::AddApiKey(k)), Outcome::ignored("key already exists"));
     }
 
     fn arb_command() -> impl Strategy<Value = Command> {
@@ -201,8 +210,8 @@ mod tests {
         /// is only ever dead under the generation it was last registered with.
         #[test]
         fn apply_is_deterministic_and_generations_are_monotonic(cmds in prop::collection::vec(arb_command(), 0..60)) {
-            let mut a = ClusterState::default();
-            let mut b = ClusterState::default();
+            let mut a = with_token();
+            let mut b = with_token();
             let mut last_gen = std::collections::BTreeMap::new();
             for c in &cmds {
                 let oa = apply(&mut a, c);
@@ -220,7 +229,7 @@ mod tests {
         /// A state survives the rkyv round trip used for snapshots.
         #[test]
         fn state_round_trips_through_rkyv(cmds in prop::collection::vec(arb_command(), 0..40)) {
-            let mut s = ClusterState::default();
+            let mut s = with_token();
             for c in &cmds { apply(&mut s, c); }
             let bytes = shoal_protocol::frame::to_payload(&s).expect("encode");
             let back: ClusterState = shoal_protocol::frame::decode(&bytes).expect("decode");

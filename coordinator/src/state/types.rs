@@ -70,9 +70,19 @@ pub struct ApiKeyRecord {
     pub created_at_ms: u64,
 }
 
+/// A coordinator of the raft group and where it listens.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct CoordinatorRecord {
+    pub id: u64,
+    pub quic: String,
+    pub http: String,
+}
+
 /// The whole replicated state.
 #[derive(Archive, RkyvSerialize, RkyvDeserialize, Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClusterState {
+    /// Coordinators added at runtime (the bootstrap members are in the config file).
+    pub coordinators: BTreeMap<u64, CoordinatorRecord>,
     pub nodes: BTreeMap<String, NodeRecord>,
     pub tokens: BTreeMap<String, TokenRecord>,
     pub api_keys: BTreeMap<String, ApiKeyRecord>,
@@ -95,11 +105,14 @@ pub enum Command {
     PruneTokens {
         now_ms: u64,
     },
-    /// A node proved a token and got a certificate for `id`.
+    /// A node proved token `token_id` (whose secret hashes to `secret_hash`) and got a
+    /// certificate for `id`. Applied only if the token is still valid at `at_ms`.
     AdmitNode {
         id: String,
         name: String,
         at_ms: u64,
+        token_id: String,
+        secret_hash: String,
     },
     /// A node started a new incarnation.
     NodeUp {
@@ -137,7 +150,7 @@ impl Command {
 }
 
 /// What applying a command did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Applied,
     /// A node is `Ready` under this generation.
@@ -145,7 +158,16 @@ pub enum Outcome {
         generation: u64,
     },
     /// The command no longer applies (e.g. a fenced, stale generation); nothing changed.
-    Ignored(&'static str),
+    Ignored(String),
     /// The command is invalid against the current state; nothing changed.
-    Rejected(&'static str),
+    Rejected(String),
+}
+
+impl Outcome {
+    pub fn ignored(why: &str) -> Self {
+        Outcome::Ignored(why.to_string())
+    }
+    pub fn rejected(why: &str) -> Self {
+        Outcome::Rejected(why.to_string())
+    }
 }

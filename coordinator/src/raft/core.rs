@@ -1,0 +1,358 @@
+//! The raft core: raft-rs's `RawNode` plus the state machine, with no threads, sockets or
+//! clocks. The caller ticks it, steps messages, proposes, and runs [`RaftCore::on_ready`],
+//! which persists (and flushes) before anything that depends on it is sent, applies
+//! committed entries with [`crate::state::apply`], and reports what happened.
+//!
+//! The tokio driver ([`super::driver`]) and the deterministic simulation tests both run
+//! exactly this code.
+
+use std::sync::{Arc, RwLock};
+
+use protobuf::Message as PbMessage;
+use raft::prelude::{
+    ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message, Snapshot,
+};
+use raft::{RawNode, SnapshotStatus, StateRole};
+use shoal_protocol::metric_names as m;
+use tracing::{info, warn};
+
+use super::driver::RaftStatus;
+use super::logger;
+use super::storage::StoredState;
+use super::store::RaftStore;
+use crate::state::{apply, ClusterState, Command, CoordinatorRecord, Outcome};
+use crate::CoordinatorError;
+
+const MAX_MSG_BYTES: u64 = 1024 * 1024;
+const MAX_INFLIGHT: usize = 256;
+
+/// Raft parameters of one member.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    pub id: u64,
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    /// Applied entries kept in the log before it is compacted into a snapshot.
+    pub compact_after: u64,
+}
+
+/// What one pass of the Ready loop did.
+#[derive(Debug, Default)]
+pub struct ReadyOutput {
+    /// Outcomes of proposals made on this member, by proposal sequence number.
+    pub applied: Vec<(u64, Outcome)>,
+    /// Completed ReadIndex requests: (request context, index to wait for).
+    pub reads: Vec<(Vec<u8>, u64)>,
+    /// Every entry applied in this pass: (index, term, hash of its data).
+    pub applied_log: Vec<(u64, u64, u64)>,
+    /// The new membership, if it changed.
+    pub membership: Option<ConfState>,
+    /// The index of a snapshot installed in this pass.
+    pub snapshot_installed: Option<u64>,
+}
+
+pub struct RaftCore<S: RaftStore> {
+    node: RawNode<S>,
+    id: u64,
+    state: Arc<RwLock<ClusterState>>,
+    applied: u64,
+    next_seq: u64,
+    compact_after: u64,
+}
+
+fn proposal_context(node: u64, seq: u64) -> Vec<u8> {
+    let mut c = Vec::with_capacity(16);
+    c.extend_from_slice(&node.to_be_bytes());
+    c.extend_from_slice(&seq.to_be_bytes());
+    c
+}
+
+fn parse_context(c: &[u8]) -> Option<(u64, u64)> {
+    let node = u64::from_be_bytes(c.get(..8)?.try_into().ok()?);
+    let seq = u64::from_be_bytes(c.get(8..16)?.try_into().ok()?);
+    Some((node, seq))
+}
+
+/// FNV-1a, for comparing entries cheaply in tests.
+pub fn data_hash(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
+impl<S: RaftStore> RaftCore<S> {
+    pub fn new(cfg: &CoreConfig, store: S) -> Result<Self, CoordinatorError> {
+        let stored = store.load_state()?.unwrap_or_default();
+        let rcfg = raft::Config {
+            id: cfg.id,
+            election_tick: cfg.election_ticks,
+            heartbeat_tick: cfg.heartbeat_ticks,
+            applied: stored.applied,
+            max_size_per_msg: MAX_MSG_BYTES,
+            max_inflight_msgs: MAX_INFLIGHT,
+            check_quorum: true,
+            pre_vote: true,
+            ..Default::default()
+        };
+        rcfg.validate()?;
+        let node = RawNode::new(&rcfg, store, &logger::logger())?;
+        Ok(Self {
+            node,
+            id: cfg.id,
+            state: Arc::new(RwLock::new(stored.state)),
+            applied: stored.applied,
+            next_seq: 1,
+            compact_after: cfg.compact_after.max(1),
+        })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The applied state, shared with readers.
+    pub fn state(&self) -> &Arc<RwLock<ClusterState>> {
+        &self.state
+    }
+
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.node.raft.state == StateRole::Leader
+    }
+
+    pub fn leader_id(&self) -> u64 {
+        self.node.raft.leader_id
+    }
+
+    pub fn term(&self) -> u64 {
+        self.node.raft.term
+    }
+
+    pub fn store(&self) -> &S {
+        self.node.store()
+    }
+
+    /// How far member `id`'s log matches ours (leader only).
+    pub fn matched(&self, id: u64) -> Option<u64> {
+        self.node.raft.prs().get(id).map(|p| p.matched)
+    }
+
+    pub fn campaign(&mut self) -> Result<(), CoordinatorError> {
+        Ok(self.node.campaign()?)
+    }
+
+    pub fn tick(&mut self) {
+        self.node.tick();
+    }
+
+    pub fn step(&mut self, msg: Message) -> Result<(), CoordinatorError> {
+        Ok(self.node.step(msg)?)
+    }
+
+    pub fn report_unreachable(&mut self, id: u64) {
+        self.node.report_unreachable(id);
+    }
+
+    pub fn report_snapshot(&mut self, id: u64, ok: bool) {
+        let status = if ok { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
+        self.node.report_snapshot(id, status);
+    }
+
+    fn not_leader(&self) -> CoordinatorError {
+        let leader = self.node.raft.leader_id;
+        CoordinatorError::NotLeader { leader: (leader != 0).then_some(leader) }
+    }
+
+    /// Proposes a command; returns its sequence number, reported back by `on_ready` once applied.
+    pub fn propose(&mut self, cmd: &Command) -> Result<u64, CoordinatorError> {
+        if !self.is_leader() {
+            return Err(self.not_leader());
+        }
+        let data = shoal_protocol::frame::to_payload(cmd)?.to_vec();
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.node.propose(proposal_context(self.id, seq), data)?;
+        Ok(seq)
+    }
+
+    /// Proposes a membership change. `member` is recorded with an added coordinator.
+    pub fn propose_conf_change(
+        &mut self,
+        mut cc: ConfChangeV2,
+        member: Option<&CoordinatorRecord>,
+    ) -> Result<u64, CoordinatorError> {
+        if !self.is_leader() {
+            return Err(self.not_leader());
+        }
+        if let Some(m) = member {
+            cc.context = shoal_protocol::frame::to_payload(m)?.to_vec().into();
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.node.propose_conf_change(proposal_context(self.id, seq), cc)?;
+        Ok(seq)
+    }
+
+    /// Starts a linearizable read; `on_ready` reports `(ctx, index)` when the leader has
+    /// confirmed `index` with a quorum.
+    pub fn read_index(&mut self, ctx: Vec<u8>) {
+        self.node.read_index(ctx);
+    }
+
+    /// Runs one pass of the Ready loop. `send` is called with messages as soon as they may
+    /// leave: the leader's appends before its own persist, everything else after the flush.
+    pub fn on_ready(&mut self, send: &mut dyn FnMut(Vec<Message>)) -> Result<ReadyOutput, CoordinatorError> {
+        let mut out = ReadyOutput::default();
+        if !self.node.has_ready() {
+            return Ok(out);
+        }
+        let mut ready = self.node.ready();
+        if !ready.messages().is_empty() {
+            send(ready.take_messages());
+        }
+        if *ready.snapshot() != Snapshot::default() {
+            let stored = self.node.mut_store().apply_snapshot(ready.snapshot())?;
+            info!(index = stored.applied, "installed a snapshot from the leader");
+            metrics::counter!(m::RAFT_SNAPSHOTS_INSTALLED).increment(1);
+            self.applied = stored.applied;
+            out.snapshot_installed = Some(stored.applied);
+            out.membership = Some(self.node.store().conf_state().clone());
+            match self.state.write() {
+                Ok(mut g) => *g = stored.state,
+                Err(p) => *p.into_inner() = stored.state,
+            }
+        }
+        for rs in ready.take_read_states() {
+            out.reads.push((rs.request_ctx, rs.index));
+        }
+        self.apply_entries(ready.take_committed_entries(), &mut out)?;
+        if !ready.entries().is_empty() {
+            self.node.mut_store().append(ready.entries())?;
+        }
+        if let Some(hs) = ready.hs() {
+            self.node.mut_store().set_hard_state(hs)?;
+        }
+        // Persist before anything that depends on it leaves this process.
+        self.node.mut_store().flush()?;
+        if !ready.persisted_messages().is_empty() {
+            send(ready.take_persisted_messages());
+        }
+        let mut light = self.node.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.node.mut_store().set_commit(commit)?;
+        }
+        send(light.take_messages());
+        self.apply_entries(light.take_committed_entries(), &mut out)?;
+        self.node.advance_apply();
+        Ok(out)
+    }
+
+    fn apply_entries(&mut self, entries: Vec<Entry>, out: &mut ReadyOutput) -> Result<(), CoordinatorError> {
+        let Some(last) = entries.last().map(|e| e.index) else { return Ok(()) };
+        let state_arc = self.state.clone();
+        let mut state = state_arc.write().unwrap_or_else(|p| p.into_inner());
+        for e in &entries {
+            if e.index <= self.applied {
+                continue;
+            }
+            out.applied_log.push((e.index, e.term, data_hash(&e.data)));
+            let outcome = match e.get_entry_type() {
+                EntryType::EntryNormal => {
+                    if e.data.is_empty() {
+                        continue; // a new leader's empty entry
+                    }
+                    metrics::counter!(m::RAFT_APPLIED_ENTRIES).increment(1);
+                    match shoal_protocol::frame::decode::<Command>(&e.data) {
+                        Ok(cmd) => apply(&mut state, &cmd),
+                        Err(err) => {
+                            warn!(index = e.index, error = %err, "skipping an undecodable command");
+                            Outcome::rejected("undecodable command")
+                        }
+                    }
+                }
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    let cc = if e.get_entry_type() == EntryType::EntryConfChange {
+                        v1_to_v2(ConfChange::parse_from_bytes(&e.data).map_err(raft::Error::CodecError)?)
+                    } else {
+                        ConfChangeV2::parse_from_bytes(&e.data).map_err(raft::Error::CodecError)?
+                    };
+                    let cs = self.node.apply_conf_change(&cc)?;
+                    self.node.mut_store().set_conf_state(&cs)?;
+                    record_members(&mut state, &cc);
+                    info!(voters = ?cs.voters, learners = ?cs.learners, "membership changed");
+                    out.membership = Some(cs);
+                    Outcome::Applied
+                }
+            };
+            if let Some((node, seq)) = parse_context(&e.context) {
+                if node == self.id {
+                    out.applied.push((seq, outcome));
+                }
+            }
+        }
+        self.applied = last.max(self.applied);
+        let stored = StoredState { applied: self.applied, state: state.clone() };
+        drop(state);
+        let store = self.node.mut_store();
+        store.save_state(&stored)?;
+        store.flush()?;
+        if self.applied.saturating_sub(store.first()) >= self.compact_after {
+            store.compact(self.applied)?;
+            store.flush()?;
+        }
+        Ok(())
+    }
+
+    /// A snapshot of what the rest of the coordinator may see.
+    pub fn status(&self) -> RaftStatus {
+        let raft = &self.node.raft;
+        let store = self.node.store();
+        let cs = store.conf_state();
+        RaftStatus {
+            id: self.id,
+            leader_id: raft.leader_id,
+            term: raft.term,
+            commit: raft.raft_log.committed,
+            applied: self.applied,
+            role: match raft.state {
+                StateRole::Leader => "leader",
+                StateRole::Follower => "follower",
+                StateRole::Candidate => "candidate",
+                StateRole::PreCandidate => "pre-candidate",
+            },
+            voters: cs.voters.clone(),
+            learners: cs.learners.clone(),
+            first_index: store.first(),
+            last_index: store.last_index().unwrap_or(0),
+        }
+    }
+}
+
+/// Keeps the replicated coordinator address book in step with membership.
+fn record_members(state: &mut ClusterState, cc: &ConfChangeV2) {
+    let member = shoal_protocol::frame::decode::<CoordinatorRecord>(&cc.context).ok();
+    for change in cc.get_changes() {
+        match change.get_change_type() {
+            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                if let Some(m) = member.as_ref().filter(|m| m.id == change.node_id) {
+                    state.coordinators.insert(m.id, m.clone());
+                }
+            }
+            ConfChangeType::RemoveNode => {
+                state.coordinators.remove(&change.node_id);
+            }
+        }
+    }
+}
+
+/// A legacy single change as a v2 change.
+fn v1_to_v2(v1: ConfChange) -> ConfChangeV2 {
+    let mut single = ConfChangeSingle::default();
+    single.set_change_type(v1.get_change_type());
+    single.node_id = v1.node_id;
+    let mut cc = ConfChangeV2::default();
+    cc.set_changes(vec![single].into());
+    cc.context = v1.context;
+    cc
+}

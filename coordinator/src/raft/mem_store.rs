@@ -1,0 +1,189 @@
+//! An in-memory [`RaftStore`] for deterministic simulation. Writes land in a working copy;
+//! `flush` makes them durable. A simulated crash throws the working copy away and restarts
+//! from the durable one, exactly what a process crash does to unflushed sled writes.
+
+use std::sync::{Arc, Mutex};
+
+use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, RaftState, StorageError};
+
+use super::storage::StoredState;
+use super::store::RaftStore;
+use crate::CoordinatorError;
+
+/// Everything a store holds.
+#[derive(Clone, Default)]
+pub struct MemData {
+    entries: Vec<Entry>,
+    hard_state: HardState,
+    conf_state: ConfState,
+    snapshot_meta: SnapshotMetadata,
+    state: Option<StoredState>,
+}
+
+/// What survives a crash.
+pub type Durable = Arc<Mutex<MemData>>;
+
+pub struct MemStore {
+    cur: MemData,
+    durable: Durable,
+}
+
+impl MemStore {
+    /// A fresh store bootstrapped with `voters` (empty for a member added later).
+    pub fn new(voters: &[u64]) -> Self {
+        let cs = ConfState { voters: voters.to_vec(), ..Default::default() };
+        let mut data = MemData { conf_state: cs.clone(), ..Default::default() };
+        data.snapshot_meta.set_conf_state(cs);
+        Self { durable: Arc::new(Mutex::new(data.clone())), cur: data }
+    }
+
+    /// The handle a harness keeps to restart this store after a crash.
+    pub fn durable(&self) -> Durable {
+        self.durable.clone()
+    }
+
+    /// A store as it is after a crash: only what was flushed.
+    pub fn recover(durable: &Durable) -> Self {
+        let data = durable.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        Self { cur: data, durable: durable.clone() }
+    }
+
+    fn offset(&self) -> u64 {
+        self.cur.snapshot_meta.index + 1
+    }
+}
+
+impl raft::Storage for MemStore {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState { hard_state: self.cur.hard_state.clone(), conf_state: self.cur.conf_state.clone() })
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low < self.offset() {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > self.last() + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let (lo, hi) = ((low - self.offset()) as usize, (high - self.offset()) as usize);
+        let mut out: Vec<Entry> = self.cur.entries[lo..hi].to_vec();
+        raft::util::limit_size(&mut out, max_size.into());
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.cur.snapshot_meta.index {
+            return Ok(self.cur.snapshot_meta.term);
+        }
+        if idx < self.offset() {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if idx > self.last() {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        Ok(self.cur.entries[(idx - self.offset()) as usize].term)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.offset())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last())
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let stored = self.cur.state.clone().unwrap_or_default();
+        let mut snap = Snapshot::default();
+        let meta = snap.mut_metadata();
+        meta.index = stored.applied;
+        meta.term = self.term(stored.applied).unwrap_or(self.cur.hard_state.term);
+        meta.set_conf_state(self.cur.conf_state.clone());
+        snap.data = stored.encode().map_err(|e| raft::Error::Store(StorageError::Other(Box::new(e))))?.into();
+        Ok(snap)
+    }
+}
+
+impl RaftStore for MemStore {
+    fn append(&mut self, entries: &[Entry]) -> Result<(), CoordinatorError> {
+        let Some(first) = entries.first() else { return Ok(()) };
+        let keep = first.index.saturating_sub(self.offset()) as usize;
+        self.cur.entries.truncate(keep);
+        self.cur.entries.extend_from_slice(entries);
+        Ok(())
+    }
+
+    fn set_hard_state(&mut self, hs: &HardState) -> Result<(), CoordinatorError> {
+        self.cur.hard_state = hs.clone();
+        Ok(())
+    }
+
+    fn set_commit(&mut self, commit: u64) -> Result<(), CoordinatorError> {
+        self.cur.hard_state.commit = commit;
+        Ok(())
+    }
+
+    fn set_conf_state(&mut self, cs: &ConfState) -> Result<(), CoordinatorError> {
+        self.cur.conf_state = cs.clone();
+        Ok(())
+    }
+
+    fn apply_snapshot(&mut self, snap: &Snapshot) -> Result<StoredState, CoordinatorError> {
+        let meta = snap.get_metadata().clone();
+        let stored = StoredState::decode(&snap.data)?;
+        self.cur.entries.clear();
+        self.cur.hard_state.commit = self.cur.hard_state.commit.max(meta.index);
+        self.cur.hard_state.term = self.cur.hard_state.term.max(meta.term);
+        self.cur.conf_state = meta.get_conf_state().clone();
+        self.cur.snapshot_meta = meta;
+        self.cur.state = Some(stored.clone());
+        Ok(stored)
+    }
+
+    fn save_state(&mut self, stored: &StoredState) -> Result<(), CoordinatorError> {
+        self.cur.state = Some(stored.clone());
+        Ok(())
+    }
+
+    fn load_state(&self) -> Result<Option<StoredState>, CoordinatorError> {
+        Ok(self.cur.state.clone())
+    }
+
+    fn compact(&mut self, index: u64) -> Result<(), CoordinatorError> {
+        if index <= self.cur.snapshot_meta.index || index > self.last() {
+            return Ok(());
+        }
+        let term = raft::Storage::term(self, index)?;
+        let drop = (index + 1 - self.offset()) as usize;
+        self.cur.entries.drain(..drop);
+        self.cur.snapshot_meta.index = index;
+        self.cur.snapshot_meta.term = term;
+        let cs = self.cur.conf_state.clone();
+        self.cur.snapshot_meta.set_conf_state(cs);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), CoordinatorError> {
+        *self.durable.lock().unwrap_or_else(|p| p.into_inner()) = self.cur.clone();
+        Ok(())
+    }
+
+    fn first(&self) -> u64 {
+        self.offset()
+    }
+
+    fn last(&self) -> u64 {
+        self.cur.snapshot_meta.index + self.cur.entries.len() as u64
+    }
+
+    fn conf_state(&self) -> &ConfState {
+        &self.cur.conf_state
+    }
+}

@@ -1,0 +1,117 @@
+//! The one way the rest of the coordinator writes: propose on the leader, or forward the
+//! proposal to the leader over QUIC when this member follows. During an election it waits
+//! (bounded) for a leader instead of failing at once.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_protocol::metric_names as m;
+use shoal_protocol::quic::{self, ClientStream};
+use shoal_protocol::tls::COORDINATOR_SERVER_NAME;
+use shoal_protocol::{Request, Response};
+use tokio::sync::Mutex;
+
+use crate::raft::transport::AddressBook;
+use crate::raft::{Proposal, RaftHandle};
+use crate::state::{Command, Outcome};
+use crate::CoordinatorError;
+
+/// How long a write waits for a leader to exist.
+pub const LEADER_WAIT: Duration = Duration::from_secs(5);
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(8);
+
+#[derive(Clone)]
+pub struct Writer {
+    raft: RaftHandle,
+    book: AddressBook,
+    client: Option<Arc<quinn::ClientConfig>>,
+    conns: Arc<Mutex<HashMap<u64, quinn::Connection>>>,
+}
+
+impl Writer {
+    pub fn new(raft: RaftHandle, book: AddressBook, client: Option<Arc<quinn::ClientConfig>>) -> Self {
+        Self { raft, book, client, conns: Default::default() }
+    }
+
+    pub fn raft(&self) -> &RaftHandle {
+        &self.raft
+    }
+
+    /// Commits a command through the current leader.
+    pub async fn command(&self, cmd: Command) -> Result<Outcome, CoordinatorError> {
+        self.submit(Proposal::Command(cmd)).await
+    }
+
+    /// Commits a proposal through the current leader, wherever it is.
+    pub async fn submit(&self, proposal: Proposal) -> Result<Outcome, CoordinatorError> {
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        loop {
+            let status = self.raft.status();
+            let result = if status.is_leader() {
+                self.raft.propose(proposal.clone()).await
+            } else if status.leader_id != 0 {
+                self.forward(status.leader_id, &proposal).await
+            } else {
+                Err(CoordinatorError::NotLeader { leader: None })
+            };
+            match result {
+                Err(CoordinatorError::NotLeader { .. }) if tokio::time::Instant::now() < deadline => {
+                    let mut rx = self.raft.watch_status();
+                    let before = status.leader_id;
+                    let _ =
+                        tokio::time::timeout_at(deadline, rx.wait_for(|s| s.leader_id != 0 && s.leader_id != before))
+                            .await;
+                    if self.raft.status().leader_id == 0 {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn connection(&self, leader: u64) -> Result<quinn::Connection, CoordinatorError> {
+        let mut conns = self.conns.lock().await;
+        if let Some(c) = conns.get(&leader).filter(|c| c.close_reason().is_none()) {
+            return Ok(c.clone());
+        }
+        let addr: SocketAddr = self
+            .book
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&leader)
+            .copied()
+            .ok_or(CoordinatorError::NotLeader { leader: Some(leader) })?;
+        let client = self.client.clone().ok_or(CoordinatorError::NotLeader { leader: Some(leader) })?;
+        let endpoint = quic::client_endpoint(addr)?;
+        let conn = quic::connect(&endpoint, addr, (*client).clone(), COORDINATOR_SERVER_NAME).await?;
+        conns.insert(leader, conn.clone());
+        Ok(conn)
+    }
+
+    async fn forward(&self, leader: u64, proposal: &Proposal) -> Result<Outcome, CoordinatorError> {
+        metrics::counter!(m::RAFT_FORWARDED).increment(1);
+        let bytes = shoal_protocol::frame::to_payload(proposal)?.to_vec();
+        let call = async {
+            let conn = self.connection(leader).await?;
+            let mut s = ClientStream::open(&conn).await?;
+            s.call(&Request::Propose { proposal: bytes }).await.map_err(CoordinatorError::from)
+        };
+        match tokio::time::timeout(FORWARD_TIMEOUT, call).await {
+            Err(_) => Err(CoordinatorError::ProposalTimeout),
+            Ok(Err(CoordinatorError::Protocol(_))) => {
+                self.conns.lock().await.remove(&leader);
+                Err(CoordinatorError::NotLeader { leader: None })
+            }
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(Response::Proposed { outcome })) => Ok(shoal_protocol::frame::decode(&outcome)?),
+            Ok(Ok(Response::Refused { code: shoal_protocol::RefusalCode::NotLeader, .. })) => {
+                Err(CoordinatorError::NotLeader { leader: None })
+            }
+            Ok(Ok(Response::Refused { message, .. })) => Err(CoordinatorError::Forward(message)),
+            Ok(Ok(_)) => Err(CoordinatorError::Forward("unexpected answer from the leader".into())),
+        }
+    }
+}
