@@ -79,7 +79,7 @@ impl Coordinator {
         let client = Arc::new(identity.client_config()?);
         let faults = Arc::new(Faults::default());
         let (report_tx, report_rx) = tokio::sync::mpsc::channel(1024);
-        let transport = Transport::new(opts.id, book.clone(), client.clone(), report_tx, faults.clone());
+        let transport = Transport::new(opts.id, book.clone(), client.clone(), report_tx.clone(), faults.clone());
         let t = &opts.config.timing;
         let driver = DriverConfig {
             core: CoreConfig {
@@ -105,8 +105,10 @@ impl Coordinator {
             timing: opts.config.timing.clone(),
             clock,
             coordinators: book.clone(),
+            reports: report_tx,
+            raft_conns: Default::default(),
         });
-        let endpoint = quic::server_endpoint(member.quic, identity.server_config()?)?;
+        let endpoint = quic::server_endpoint_keyed(member.quic, identity.server_config()?, &identity.reset_secret())?;
         let quic_addr = endpoint.local_addr().map_err(|e| CoordinatorError::io("quic endpoint", e))?;
         {
             let control = control.clone();

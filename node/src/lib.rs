@@ -73,7 +73,7 @@ impl Node {
         };
         let tls = identity.tls()?;
         let capacity = discovery::discover(&opts.accelerators);
-        let endpoint = quic::server_endpoint(opts.listen, tls.server_config()?)?;
+        let endpoint = quic::server_endpoint_keyed(opts.listen, tls.server_config()?, &tls.reset_secret())?;
         let data_addr = endpoint.local_addr().map_err(|e| NodeError::io("data-plane endpoint", e))?;
         tokio::spawn(quic::serve(endpoint.clone(), dataplane::handle));
         let ctx = Arc::new(session::SessionContext {

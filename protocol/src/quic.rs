@@ -205,6 +205,23 @@ pub fn server_endpoint(addr: SocketAddr, config: quinn::ServerConfig) -> Result<
     Endpoint::server(config, addr).map_err(|e| ProtocolError::Connect(format!("cannot listen on {addr}: {e}")))
 }
 
+/// Binds a server endpoint whose stateless-reset key is derived from `reset_secret` (use
+/// something stable and private to this member, such as [`crate::tls::Identity::reset_secret`]).
+/// A restarted process then resets its peers' connections to its previous incarnation at
+/// once, instead of leaving them to time out.
+pub fn server_endpoint_keyed(
+    addr: SocketAddr,
+    config: quinn::ServerConfig,
+    reset_secret: &[u8],
+) -> Result<Endpoint, ProtocolError> {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_secret);
+    let endpoint_config = quinn::EndpointConfig::new(std::sync::Arc::new(key));
+    let socket =
+        std::net::UdpSocket::bind(addr).map_err(|e| ProtocolError::Connect(format!("cannot listen on {addr}: {e}")))?;
+    Endpoint::new(endpoint_config, Some(config), socket, std::sync::Arc::new(quinn::TokioRuntime))
+        .map_err(|e| ProtocolError::Connect(format!("cannot listen on {addr}: {e}")))
+}
+
 /// Binds a client endpoint on an ephemeral port of the right address family.
 pub fn client_endpoint(for_peer: SocketAddr) -> Result<Endpoint, ProtocolError> {
     let bind: SocketAddr = if for_peer.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }

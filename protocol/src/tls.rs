@@ -31,8 +31,8 @@ pub const NODE_SERVER_NAME: &str = "shoal-node";
 
 const CA_VALIDITY_DAYS: i64 = 3650;
 const MEMBER_VALIDITY_DAYS: i64 = 365;
-const KEEP_ALIVE: Duration = Duration::from_secs(2);
-const IDLE_TIMEOUT_MS: u32 = 10_000;
+const KEEP_ALIVE: Duration = Duration::from_secs(1);
+const IDLE_TIMEOUT_MS: u32 = 5_000;
 const MAX_BIDI_STREAMS: u32 = 1024;
 
 fn cert_err(e: impl std::fmt::Display) -> ProtocolError {
@@ -223,6 +223,14 @@ impl Identity {
         let cert = pem_cert_der(cert_pem)?;
         let ca = pem_cert_der(ca_pem)?;
         Ok(Self { chain: vec![cert, ca.clone()], key: pem_key_der(key_pem)?, ca })
+    }
+
+    /// A secret derived from this member's private key, stable across restarts.
+    pub fn reset_secret(&self) -> Vec<u8> {
+        let mut h = Sha256::new();
+        h.update(b"shoal stateless reset v1");
+        h.update(self.key.secret_der());
+        h.finalize().to_vec()
     }
 
     fn roots(&self) -> Result<Arc<RootCertStore>, ProtocolError> {

@@ -22,6 +22,8 @@ use std::sync::{Arc, RwLock};
 pub const INBOX_CAPACITY: usize = 4096;
 /// How long a proposer or reader waits.
 pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one ReadIndex attempt waits before it is asked again.
+const READ_ATTEMPT: Duration = Duration::from_millis(1000);
 
 /// What the rest of the coordinator can see of raft.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -98,7 +100,25 @@ impl RaftHandle {
     /// as confirmed by the leader with a quorum (raft ReadIndex). Works on any member.
     pub async fn read_index(&self) -> Result<(), CoordinatorError> {
         metrics::counter!(m::RAFT_READ_INDEX).increment(1);
-        self.call(|reply| Input::Read { reply }).await
+        let deadline = tokio::time::Instant::now() + PROPOSE_TIMEOUT;
+        loop {
+            // raft drops a read on a member that knows no leader: wait for one first.
+            let mut rx = self.status.clone();
+            tokio::time::timeout_at(deadline, rx.wait_for(|s| s.leader_id != 0))
+                .await
+                .map_err(|_| CoordinatorError::NotLeader { leader: None })?
+                .map_err(|_| CoordinatorError::Stopped)?;
+            let (reply, answer) = oneshot::channel();
+            self.tx.try_send(Input::Read { reply }).map_err(|_| CoordinatorError::Busy)?;
+            let attempt = (tokio::time::Instant::now() + READ_ATTEMPT).min(deadline);
+            match tokio::time::timeout_at(attempt, answer).await {
+                Ok(Ok(r)) => return r,
+                Ok(Err(_)) => return Err(CoordinatorError::Stopped),
+                // The request may have been dropped by a leader change: ask again.
+                Err(_) if tokio::time::Instant::now() < deadline => continue,
+                Err(_) => return Err(CoordinatorError::ProposalTimeout),
+            }
+        }
     }
 
     /// Hands a raft message from a peer to the driver. Dropped when the inbox is full
@@ -194,6 +214,7 @@ impl Driver {
                 _ = ticker.tick() => self.core.tick(),
                 Some(report) = reports.recv() => match report {
                     Report::Unreachable(id) => self.core.report_unreachable(id),
+                    Report::PeerReconnected(id) => self.transport.reset_peer(id),
                     Report::Snapshot { to, ok } => self.core.report_snapshot(to, ok),
                 },
                 input = rx.recv() => match input {

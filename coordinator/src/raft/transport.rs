@@ -33,7 +33,13 @@ const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub enum Report {
     Unreachable(u64),
-    Snapshot { to: u64, ok: bool },
+    /// A peer reached us on a new connection (it restarted, or reconnected): our own
+    /// connection to it may be stale, so start a fresh one.
+    PeerReconnected(u64),
+    Snapshot {
+        to: u64,
+        ok: bool,
+    },
 }
 
 /// Test-only fault injection, switched at runtime (see `docs/guarantees.md`).
@@ -104,6 +110,11 @@ impl Transport {
                 book.insert(*id, addr);
             }
         }
+    }
+
+    /// Forgets the link to `id`; the next message opens a new connection.
+    pub fn reset_peer(&mut self, id: u64) {
+        self.peers.remove(&id);
     }
 
     fn report(&self, r: Report) {
