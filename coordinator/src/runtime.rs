@@ -87,6 +87,8 @@ impl Coordinator {
                 election_ticks: t.election_ticks,
                 heartbeat_ticks: t.heartbeat_ticks,
                 compact_after: opts.config.raft.compact_after,
+                election_range: None,
+                incarnation: rand::random(),
             },
             tick: t.tick(),
             batch_proposals: opts.config.raft.batch_proposals,

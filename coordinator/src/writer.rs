@@ -21,6 +21,7 @@ use crate::CoordinatorError;
 /// How long a write waits for a leader to exist.
 pub const LEADER_WAIT: Duration = Duration::from_secs(5);
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(8);
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
 #[derive(Clone)]
 pub struct Writer {
@@ -86,7 +87,11 @@ impl Writer {
             .ok_or(CoordinatorError::NotLeader { leader: Some(leader) })?;
         let client = self.client.clone().ok_or(CoordinatorError::NotLeader { leader: Some(leader) })?;
         let endpoint = quic::client_endpoint(addr)?;
-        let conn = quic::connect(&endpoint, addr, (*client).clone(), COORDINATOR_SERVER_NAME).await?;
+        let connect = quic::connect(&endpoint, addr, (*client).clone(), COORDINATOR_SERVER_NAME);
+        // A leader that just died does not answer: do not wait out QUIC's idle timeout.
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+            .await
+            .map_err(|_| CoordinatorError::NotLeader { leader: None })??;
         conns.insert(leader, conn.clone());
         Ok(conn)
     }

@@ -1,3 +1,4 @@
+mod bench;
 mod client;
 mod coordinator;
 mod format;
@@ -32,6 +33,11 @@ pub enum Command {
     Join(join::JoinArgs),
     /// Show the cluster at a glance: coordinators, nodes.
     Status(status::StatusArgs),
+    /// Run benchmarks and print their figures.
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
+    },
 }
 
 pub fn init_tracing(cli: &Cli) {
@@ -54,6 +60,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token { command } => token::run(command).await,
         Command::Join(a) => join::run(a).await,
         Command::Status(a) => status::run(a).await,
+        Command::Bench { command } => bench::run(command).await,
     }
 }
 

@@ -34,6 +34,12 @@ pub struct CoreConfig {
     pub heartbeat_ticks: usize,
     /// Applied entries kept in the log before it is compacted into a snapshot.
     pub compact_after: u64,
+    /// Overrides the randomised election timeout range `[min, max)` in ticks (raft-rs
+    /// draws from a thread-local RNG; deterministic simulation pins it per member).
+    pub election_range: Option<(usize, usize)>,
+    /// Distinguishes this run of the member from earlier ones: proposal contexts carry it,
+    /// so an entry proposed before a restart is never mistaken for a new proposal.
+    pub incarnation: u64,
 }
 
 /// What one pass of the Ready loop did.
@@ -54,23 +60,24 @@ pub struct ReadyOutput {
 pub struct RaftCore<S: RaftStore> {
     node: RawNode<S>,
     id: u64,
+    incarnation: u64,
     state: Arc<RwLock<ClusterState>>,
     applied: u64,
     next_seq: u64,
     compact_after: u64,
 }
 
-fn proposal_context(node: u64, seq: u64) -> Vec<u8> {
-    let mut c = Vec::with_capacity(16);
+fn proposal_context(node: u64, incarnation: u64, seq: u64) -> Vec<u8> {
+    let mut c = Vec::with_capacity(24);
     c.extend_from_slice(&node.to_be_bytes());
+    c.extend_from_slice(&incarnation.to_be_bytes());
     c.extend_from_slice(&seq.to_be_bytes());
     c
 }
 
-fn parse_context(c: &[u8]) -> Option<(u64, u64)> {
-    let node = u64::from_be_bytes(c.get(..8)?.try_into().ok()?);
-    let seq = u64::from_be_bytes(c.get(8..16)?.try_into().ok()?);
-    Some((node, seq))
+fn parse_context(c: &[u8]) -> Option<(u64, u64, u64)> {
+    let word = |i: usize| Some(u64::from_be_bytes(c.get(i * 8..i * 8 + 8)?.try_into().ok()?));
+    Some((word(0)?, word(1)?, word(2)?))
 }
 
 /// FNV-1a, for comparing entries cheaply in tests.
@@ -79,8 +86,16 @@ pub fn data_hash(data: &[u8]) -> u64 {
 }
 
 impl<S: RaftStore> RaftCore<S> {
-    pub fn new(cfg: &CoreConfig, store: S) -> Result<Self, CoordinatorError> {
+    pub fn new(cfg: &CoreConfig, mut store: S) -> Result<Self, CoordinatorError> {
         let stored = store.load_state()?.unwrap_or_default();
+        // An entry is applied only once committed, so a saved applied index above the saved
+        // commit index (a store written before commits were persisted first) is safe to lift.
+        let commit = store.initial_state()?.hard_state.commit;
+        if stored.applied > commit {
+            warn!(applied = stored.applied, commit, "commit index behind the applied index; lifting it");
+            store.set_commit(stored.applied)?;
+            store.flush()?;
+        }
         let rcfg = raft::Config {
             id: cfg.id,
             election_tick: cfg.election_ticks,
@@ -90,6 +105,8 @@ impl<S: RaftStore> RaftCore<S> {
             max_inflight_msgs: MAX_INFLIGHT,
             check_quorum: true,
             pre_vote: true,
+            min_election_tick: cfg.election_range.map(|r| r.0).unwrap_or(0),
+            max_election_tick: cfg.election_range.map(|r| r.1).unwrap_or(0),
             ..Default::default()
         };
         rcfg.validate()?;
@@ -97,6 +114,7 @@ impl<S: RaftStore> RaftCore<S> {
         Ok(Self {
             node,
             id: cfg.id,
+            incarnation: cfg.incarnation,
             state: Arc::new(RwLock::new(stored.state)),
             applied: stored.applied,
             next_seq: 1,
@@ -131,6 +149,10 @@ impl<S: RaftStore> RaftCore<S> {
 
     pub fn store(&self) -> &S {
         self.node.store()
+    }
+
+    pub fn store_mut(&mut self) -> &mut S {
+        self.node.mut_store()
     }
 
     /// How far member `id`'s log matches ours (leader only).
@@ -172,7 +194,7 @@ impl<S: RaftStore> RaftCore<S> {
         let data = shoal_protocol::frame::to_payload(cmd)?.to_vec();
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.node.propose(proposal_context(self.id, seq), data)?;
+        self.node.propose(proposal_context(self.id, self.incarnation, seq), data)?;
         Ok(seq)
     }
 
@@ -190,7 +212,7 @@ impl<S: RaftStore> RaftCore<S> {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.node.propose_conf_change(proposal_context(self.id, seq), cc)?;
+        self.node.propose_conf_change(proposal_context(self.id, self.incarnation, seq), cc)?;
         Ok(seq)
     }
 
@@ -226,18 +248,19 @@ impl<S: RaftStore> RaftCore<S> {
         for rs in ready.take_read_states() {
             out.reads.push((rs.request_ctx, rs.index));
         }
-        self.apply_entries(ready.take_committed_entries(), &mut out)?;
         if !ready.entries().is_empty() {
             self.node.mut_store().append(ready.entries())?;
         }
         if let Some(hs) = ready.hs() {
             self.node.mut_store().set_hard_state(hs)?;
         }
-        // Persist before anything that depends on it leaves this process.
+        // Persist before anything that depends on it leaves this process, and before the
+        // applied index that follows from the commit index can be saved.
         self.node.mut_store().flush()?;
         if !ready.persisted_messages().is_empty() {
             send(ready.take_persisted_messages());
         }
+        self.apply_entries(ready.take_committed_entries(), &mut out)?;
         let mut light = self.node.advance(ready);
         if let Some(commit) = light.commit_index() {
             self.node.mut_store().set_commit(commit)?;
@@ -285,8 +308,8 @@ impl<S: RaftStore> RaftCore<S> {
                     Outcome::Applied
                 }
             };
-            if let Some((node, seq)) = parse_context(&e.context) {
-                if node == self.id {
+            if let Some((node, incarnation, seq)) = parse_context(&e.context) {
+                if node == self.id && incarnation == self.incarnation {
                     out.applied.push((seq, outcome));
                 }
             }

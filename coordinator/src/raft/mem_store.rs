@@ -27,15 +27,18 @@ pub type Durable = Arc<Mutex<MemData>>;
 pub struct MemStore {
     cur: MemData,
     durable: Durable,
+    /// Flushes left before the simulated process dies in the middle of a flush.
+    flushes_left: Option<u32>,
 }
 
 impl MemStore {
     /// A fresh store bootstrapped with `voters` (empty for a member added later).
     pub fn new(voters: &[u64]) -> Self {
-        let cs = ConfState { voters: voters.to_vec(), ..Default::default() };
-        let mut data = MemData { conf_state: cs.clone(), ..Default::default() };
-        data.snapshot_meta.set_conf_state(cs);
-        Self { durable: Arc::new(Mutex::new(data.clone())), cur: data }
+        let (snapshot_meta, hard_state, conf_state) = super::storage::bootstrap(voters);
+        let state = (!voters.is_empty())
+            .then(|| StoredState { applied: super::storage::BOOTSTRAP_INDEX, state: Default::default() });
+        let data = MemData { entries: Vec::new(), hard_state, conf_state, snapshot_meta, state };
+        Self { durable: Arc::new(Mutex::new(data.clone())), cur: data, flushes_left: None }
     }
 
     /// The handle a harness keeps to restart this store after a crash.
@@ -46,7 +49,18 @@ impl MemStore {
     /// A store as it is after a crash: only what was flushed.
     pub fn recover(durable: &Durable) -> Self {
         let data = durable.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        Self { cur: data, durable: durable.clone() }
+        Self { cur: data, durable: durable.clone(), flushes_left: None }
+    }
+
+    /// Lets `n` more flushes succeed, then fails the next one as a process killed right
+    /// before it would have completed: nothing written since the last flush survives.
+    pub fn crash_after_flushes(&mut self, n: u32) {
+        self.flushes_left = Some(n);
+    }
+
+    /// Disarms [`MemStore::crash_after_flushes`].
+    pub fn cancel_crash(&mut self) {
+        self.flushes_left = None;
     }
 
     fn offset(&self) -> u64 {
@@ -171,6 +185,11 @@ impl RaftStore for MemStore {
     }
 
     fn flush(&mut self) -> Result<(), CoordinatorError> {
+        match self.flushes_left {
+            Some(0) => return Err(CoordinatorError::Stopped),
+            Some(n) => self.flushes_left = Some(n - 1),
+            None => {}
+        }
         *self.durable.lock().unwrap_or_else(|p| p.into_inner()) = self.cur.clone();
         Ok(())
     }

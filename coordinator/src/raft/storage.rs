@@ -28,6 +28,28 @@ fn entry_key(index: u64) -> [u8; 9] {
     k
 }
 
+/// The log position of the bootstrap snapshot. The initial membership is not in the log,
+/// so every bootstrap member starts from the same virtual snapshot at this index (term 1),
+/// and a member added later, whose log is empty, is sent a snapshot carrying the
+/// membership instead of entries it could not interpret.
+pub const BOOTSTRAP_INDEX: u64 = 1;
+
+/// Snapshot metadata, hard state and conf state of a fresh store. A member added later
+/// (`voters` empty) starts with nothing and waits for the leader.
+pub fn bootstrap(voters: &[u64]) -> (SnapshotMetadata, HardState, ConfState) {
+    let cs = ConfState { voters: voters.to_vec(), ..Default::default() };
+    let mut meta = SnapshotMetadata::default();
+    let mut hs = HardState::default();
+    if !voters.is_empty() {
+        meta.index = BOOTSTRAP_INDEX;
+        meta.term = 1;
+        meta.set_conf_state(cs.clone());
+        hs.term = 1;
+        hs.commit = BOOTSTRAP_INDEX;
+    }
+    (meta, hs, cs)
+}
+
 fn corrupt(what: impl std::fmt::Display) -> CoordinatorError {
     CoordinatorError::CorruptStorage(what.to_string())
 }
@@ -88,13 +110,18 @@ impl SledStorage {
             last: 0,
         };
         if fresh {
-            let cs = ConfState { voters: voters.to_vec(), ..Default::default() };
-            store.snapshot_meta.set_conf_state(cs.clone());
+            let (meta, hs, cs) = bootstrap(voters);
+            store.snapshot_meta = meta;
+            store.hard_state = hs;
             store.conf_state = cs;
             let mut batch = sled::Batch::default();
             batch.insert(KEY_CONF_STATE, pb_bytes(&store.conf_state)?);
             batch.insert(KEY_SNAPSHOT_META, pb_bytes(&store.snapshot_meta)?);
             batch.insert(KEY_HARD_STATE, pb_bytes(&store.hard_state)?);
+            if !voters.is_empty() {
+                let stored = StoredState { applied: BOOTSTRAP_INDEX, state: ClusterState::default() };
+                batch.insert(KEY_STATE_MACHINE, stored.encode()?);
+            }
             store.tree.apply_batch(batch)?;
             store.flush()?;
         } else {
@@ -348,28 +375,28 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         {
             let mut s = SledStorage::open(dir.path(), &[1]).expect("open");
-            s.append(&[entry(1, 1), entry(2, 1), entry(3, 1)]).expect("append");
-            s.append(&[entry(3, 2), entry(4, 2)]).expect("append");
-            let hs = HardState { term: 2, commit: 4, ..Default::default() };
+            s.append(&[entry(2, 1), entry(3, 1), entry(4, 1)]).expect("append");
+            s.append(&[entry(4, 2), entry(5, 2)]).expect("append");
+            let hs = HardState { term: 2, commit: 5, ..Default::default() };
             s.set_hard_state(&hs).expect("hs");
             s.flush().expect("flush");
         }
         let s = SledStorage::open(dir.path(), &[9]).expect("reopen");
         assert_eq!(s.initial_state().expect("state").conf_state.voters, vec![1]);
-        assert_eq!(s.last_index().expect("last"), 4);
-        assert_eq!(s.term(3).expect("term"), 2);
-        let got = s.entries(1, 5, None, GetEntriesContext::empty(false)).expect("entries");
-        assert_eq!(got.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(), vec![(1, 1), (2, 1), (3, 2), (4, 2)]);
+        assert_eq!(s.last_index().expect("last"), 5);
+        assert_eq!(s.term(4).expect("term"), 2);
+        let got = s.entries(2, 6, None, GetEntriesContext::empty(false)).expect("entries");
+        assert_eq!(got.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(), vec![(2, 1), (3, 1), (4, 2), (5, 2)]);
     }
 
     #[test]
     fn compaction_keeps_terms_and_refuses_old_reads() {
         let dir = tempfile::tempdir().expect("tmp");
         let mut s = SledStorage::open(dir.path(), &[1]).expect("open");
-        s.append(&[entry(1, 1), entry(2, 1), entry(3, 2)]).expect("append");
-        s.compact(2).expect("compact");
-        assert_eq!(s.first_index().expect("first"), 3);
-        assert_eq!(s.term(2).expect("term"), 1);
+        s.append(&[entry(2, 1), entry(3, 1), entry(4, 2)]).expect("append");
+        s.compact(3).expect("compact");
+        assert_eq!(s.first_index().expect("first"), 4);
+        assert_eq!(s.term(3).expect("term"), 1);
         assert!(matches!(
             s.entries(1, 3, None, GetEntriesContext::empty(false)),
             Err(raft::Error::Store(StorageError::Compacted))
@@ -381,8 +408,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         {
             let mut s = SledStorage::open(dir.path(), &[1]).expect("open");
-            s.append(&[entry(1, 1), entry(2, 1)]).expect("append");
-            s.tree.insert(entry_key(2), &b"\xff\xff\xff garbage"[..]).expect("poke");
+            s.append(&[entry(2, 1), entry(3, 1)]).expect("append");
+            s.tree.insert(entry_key(3), &b"\xff\xff\xff garbage"[..]).expect("poke");
             s.flush().expect("flush");
         }
         let err = SledStorage::open(dir.path(), &[1]).err().expect("must refuse");

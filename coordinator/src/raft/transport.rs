@@ -27,6 +27,7 @@ pub const PEER_QUEUE: usize = 1024;
 /// Bytes per snapshot chunk frame.
 pub const SNAPSHOT_CHUNK: usize = 1024 * 1024;
 const RECONNECT_DELAY: Duration = Duration::from_millis(100);
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What the transport tells the raft driver.
@@ -185,7 +186,11 @@ async fn peer_loop(
         }
         if conn.as_ref().is_none_or(|c| c.close_reason().is_some()) {
             stream = None;
-            conn = match quic::connect(&endpoint, addr, (*client).clone(), COORDINATOR_SERVER_NAME).await {
+            let connect = quic::connect(&endpoint, addr, (*client).clone(), COORDINATOR_SERVER_NAME);
+            let connected = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+                .await
+                .unwrap_or_else(|_| Err(shoal_protocol::ProtocolError::Connect("timed out".into())));
+            conn = match connected {
                 Ok(c) => Some(c),
                 Err(e) => {
                     debug!(peer, error = %e, "raft peer unreachable");

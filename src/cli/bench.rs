@@ -1,0 +1,264 @@
+//! `shoal bench raft`: commit throughput and latency of a real raft group of coordinator
+//! processes on loopback (3 and 5 voters, with and without proposal batching), and
+//! leader-failover time after SIGKILL.
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+const KEY: &str = "sk-bench";
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Raft commit throughput/latency and leader failover on loopback.
+    Raft(RaftBench),
+}
+
+#[derive(Debug, Args)]
+pub struct RaftBench {
+    /// Writes per configuration.
+    #[arg(long, default_value_t = 2000)]
+    pub writes: usize,
+    /// Concurrent writers.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Leader kills for the failover measurement (0 to skip).
+    #[arg(long, default_value_t = 20)]
+    pub kills: usize,
+    /// Where the groups' data dirs go (a temporary directory by default).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Raft(a) => tokio::task::spawn_blocking(move || raft(a)).await?,
+    }
+}
+
+fn free_port() -> u16 {
+    loop {
+        let Ok(udp) = UdpSocket::bind("127.0.0.1:0") else { continue };
+        let Ok(a) = udp.local_addr() else { continue };
+        if TcpListener::bind(("127.0.0.1", a.port())).is_ok() {
+            return a.port();
+        }
+    }
+}
+
+struct Group {
+    dir: PathBuf,
+    config: PathBuf,
+    members: Vec<(u64, SocketAddr, Option<Child>)>,
+}
+
+impl Group {
+    fn new(dir: &Path, voters: u64, batch: bool) -> anyhow::Result<Group> {
+        std::fs::create_dir_all(dir)?;
+        let mut cfg = String::new();
+        let mut members = Vec::new();
+        for id in 1..=voters {
+            let (quic, http) = (free_port(), free_port());
+            cfg +=
+                &format!("[[coordinators]]\nid = {id}\nquic = \"127.0.0.1:{quic}\"\nhttp = \"127.0.0.1:{http}\"\n\n");
+            members.push((id, SocketAddr::from(([127, 0, 0, 1], http)), None));
+        }
+        cfg += &format!("[pki]\nca_dir = \"ca\"\n\n[raft]\nbatch_proposals = {batch}\n");
+        let config = dir.join("group.toml");
+        std::fs::write(&config, cfg)?;
+        let mut g = Group { dir: dir.to_path_buf(), config, members };
+        for id in 1..=voters {
+            g.start(id)?;
+        }
+        Ok(g)
+    }
+
+    fn start(&mut self, id: u64) -> anyhow::Result<()> {
+        let exe = std::env::current_exe()?;
+        let log = std::fs::File::create(self.dir.join(format!("c{id}.log")))?;
+        let child = Command::new(exe)
+            .args(["coordinator", "--config"])
+            .arg(&self.config)
+            .args(["--id", &id.to_string(), "--data-dir"])
+            .arg(self.dir.join(format!("c{id}")))
+            .env("SHOAL_API_KEY", KEY)
+            .env("SHOAL_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .context("spawning a coordinator")?;
+        if let Some(m) = self.members.iter_mut().find(|m| m.0 == id) {
+            m.2 = Some(child);
+        }
+        Ok(())
+    }
+
+    fn kill(&mut self, id: u64) {
+        if let Some(m) = self.members.iter_mut().find(|m| m.0 == id) {
+            if let Some(mut c) = m.2.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+
+    fn http(&self, id: u64) -> SocketAddr {
+        self.members.iter().find(|m| m.0 == id).map(|m| m.1).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    fn live(&self) -> Vec<u64> {
+        self.members.iter().filter(|m| m.2.is_some()).map(|m| m.0).collect()
+    }
+
+    /// The leader all live members agree on, waiting up to `within`.
+    fn leader(&self, within: Duration) -> anyhow::Result<u64> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            let views: Vec<u64> = self
+                .live()
+                .iter()
+                .filter_map(|id| get(self.http(*id), "/v1/cluster"))
+                .filter_map(|c| c["leader_id"].as_u64())
+                .collect();
+            let ready = self.live().iter().all(|id| get(self.http(*id), "/v1/tokens").is_some());
+            if ready && views.len() == self.live().len() && views.windows(2).all(|w| w[0] == w[1]) {
+                return Ok(views[0]);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(anyhow!("no leader within {within:?} (logs in {})", self.dir.display()))
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        for id in self.live() {
+            self.kill(id);
+        }
+    }
+}
+
+fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(timeout)).build().into()
+}
+
+fn get(addr: SocketAddr, path: &str) -> Option<Value> {
+    let mut r = agent(Duration::from_secs(2))
+        .get(&format!("http://{addr}{path}"))
+        .header("Authorization", &format!("Bearer {KEY}"))
+        .call()
+        .ok()?;
+    if r.status() != 200 {
+        return None;
+    }
+    r.body_mut().read_json().ok()
+}
+
+fn write(agent: &ureq::Agent, addr: SocketAddr) -> bool {
+    agent
+        .post(&format!("http://{addr}/v1/tokens"))
+        .header("Authorization", &format!("Bearer {KEY}"))
+        .send_json(json!({"ttl_seconds": 600}))
+        .map(|r| r.status() == 200)
+        .unwrap_or(false)
+}
+
+fn pct(sorted: &[Duration], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1000.0
+}
+
+fn throughput(g: &Group, writes: usize, concurrency: usize) -> anyhow::Result<(f64, f64, f64)> {
+    let leader = g.http(g.leader(Duration::from_secs(30))?);
+    let next = Arc::new(AtomicUsize::new(0));
+    let lat = Arc::new(Mutex::new(Vec::with_capacity(writes)));
+    let start = Instant::now();
+    let threads: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (next, lat) = (next.clone(), lat.clone());
+            std::thread::spawn(move || {
+                let a = agent(Duration::from_secs(10));
+                while next.fetch_add(1, Ordering::Relaxed) < writes {
+                    let t = Instant::now();
+                    if write(&a, leader) {
+                        lat.lock().map(|mut l| l.push(t.elapsed())).ok();
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        let _ = t.join();
+    }
+    let elapsed = start.elapsed();
+    let mut l = lat.lock().map_err(|_| anyhow!("poisoned"))?.clone();
+    l.sort();
+    Ok((l.len() as f64 / elapsed.as_secs_f64(), pct(&l, 0.5), pct(&l, 0.99)))
+}
+
+fn raft(a: RaftBench) -> anyhow::Result<()> {
+    let base = match a.dir {
+        Some(d) => d,
+        None => std::env::temp_dir().join(format!("shoal-bench-{}", std::process::id())),
+    };
+    println!("raft commits through the gateway (POST /v1/tokens → leader → raft → fsync on a quorum),");
+    println!("{} writes per row, {} concurrent writers, coordinators on loopback:", a.writes, a.concurrency);
+    println!("{:<8} {:<10} {:>10} {:>10} {:>10}", "voters", "batching", "writes/s", "p50 ms", "p99 ms");
+    for voters in [3u64, 5] {
+        for batch in [true, false] {
+            let g = Group::new(&base.join(format!("v{voters}-{batch}")), voters, batch)?;
+            let (rate, p50, p99) = throughput(&g, a.writes, a.concurrency)?;
+            println!("{voters:<8} {:<10} {rate:>10.0} {p50:>10.2} {p99:>10.2}", if batch { "on" } else { "off" });
+        }
+    }
+    // Single-writer latency: one write at a time.
+    let g = Group::new(&base.join("latency"), 3, true)?;
+    let (rate, p50, p99) = throughput(&g, a.writes / 4, 1)?;
+    println!("{:<8} {:<10} {rate:>10.0} {p50:>10.2} {p99:>10.2}   (one writer)", 3, "on");
+    drop(g);
+
+    if a.kills > 0 {
+        let mut g = Group::new(&base.join("failover"), 3, true)?;
+        let mut times = Vec::new();
+        let quick = agent(Duration::from_millis(1500));
+        for _ in 0..a.kills {
+            let leader = g.leader(Duration::from_secs(30))?;
+            g.kill(leader);
+            let t0 = Instant::now();
+            let survivors: Vec<SocketAddr> = g.live().iter().map(|id| g.http(*id)).collect();
+            let mut i = 0;
+            loop {
+                if write(&quick, survivors[i % survivors.len()]) {
+                    break;
+                }
+                i += 1;
+                if t0.elapsed() > Duration::from_secs(60) {
+                    return Err(anyhow!("no write acknowledged within 60 s of a leader kill"));
+                }
+            }
+            times.push(t0.elapsed());
+            g.start(leader)?;
+            g.leader(Duration::from_secs(30))?;
+        }
+        times.sort();
+        println!();
+        println!(
+            "leader failover after SIGKILL ({} kills, 3 voters): time until a write is acknowledged again: p50 {:.0} ms, max {:.0} ms",
+            times.len(),
+            pct(&times, 0.5),
+            pct(&times, 1.0)
+        );
+        println!("timeouts: raft tick 100 ms, leader heartbeat 1 tick, election timeout randomised in 10-20 ticks (etcd defaults: 100 ms heartbeat, 1000 ms election)");
+    }
+    let _ = std::fs::remove_dir_all(&base);
+    Ok(())
+}

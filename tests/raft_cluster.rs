@@ -1,0 +1,362 @@
+//! A raft group of real coordinator processes on loopback: leaders killed with SIGKILL,
+//! a leader isolated from its peers, a follower restarted from disk and caught up by
+//! snapshot, members added and removed, all while a client keeps writing.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::*;
+
+struct Member {
+    id: u64,
+    quic: std::net::SocketAddr,
+    http: std::net::SocketAddr,
+    proc: Option<Proc>,
+}
+
+struct Group {
+    dir: PathBuf,
+    config: PathBuf,
+    members: Vec<Member>,
+}
+
+fn post(url: &str, body: Value) -> Option<(u16, Value)> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(8)))
+        .build()
+        .into();
+    let mut resp = agent.post(url).header("Authorization", &format!("Bearer {API_KEY}")).send_json(body).ok()?;
+    let status = resp.status().as_u16();
+    Some((status, resp.body_mut().read_json().unwrap_or(Value::Null)))
+}
+
+impl Group {
+    /// Writes a config for `n` members (the last `extra` not part of the bootstrap group).
+    fn new(dir: &Path, n: u64, extra: u64) -> Group {
+        let members: Vec<Member> = (1..=n + extra)
+            .map(|id| Member { id, quic: addr(free_port()), http: addr(free_port()), proc: None })
+            .collect();
+        let mut cfg = String::new();
+        for m in &members {
+            cfg += &format!(
+                "[[coordinators]]\nid = {}\nquic = \"{}\"\nhttp = \"{}\"\ninitial = {}\n\n",
+                m.id,
+                m.quic,
+                m.http,
+                m.id <= n
+            );
+        }
+        cfg +=
+            "[pki]\nca_dir = \"ca\"\n\n[timing]\nheartbeat_ms = 300\nlease_ms = 1500\n\n[raft]\ncompact_after = 40\n";
+        std::fs::create_dir_all(dir).expect("dir");
+        let config = dir.join("group.toml");
+        std::fs::write(&config, cfg).expect("config");
+        Group { dir: dir.to_path_buf(), config, members }
+    }
+
+    fn member(&self, id: u64) -> &Member {
+        self.members.iter().find(|m| m.id == id).expect("member")
+    }
+
+    fn start(&mut self, id: u64) {
+        let data = self.dir.join(format!("c{id}"));
+        let log = self.dir.join(format!("c{id}.log"));
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log");
+        let child = std::process::Command::new(BIN)
+            .args(["coordinator", "--config", self.config.to_str().expect("utf8"), "--id", &id.to_string()])
+            .args(["--data-dir", data.to_str().expect("utf8")])
+            .env("SHOAL_API_KEY", API_KEY)
+            .env("SHOAL_FAULT_INJECTION", "1")
+            .env("SHOAL_LOG", "info,raft=info")
+            .stdout(std::process::Stdio::from(out.try_clone().expect("clone")))
+            .stderr(std::process::Stdio::from(out))
+            .spawn()
+            .expect("spawn");
+        let m = self.members.iter_mut().find(|m| m.id == id).expect("member");
+        m.proc = Some(Proc { child, log });
+    }
+
+    fn kill(&mut self, id: u64) {
+        let m = self.members.iter_mut().find(|m| m.id == id).expect("member");
+        if let Some(mut p) = m.proc.take() {
+            p.kill();
+        }
+    }
+
+    fn live(&self) -> Vec<u64> {
+        self.members.iter().filter(|m| m.proc.is_some()).map(|m| m.id).collect()
+    }
+
+    fn url(&self, id: u64, path: &str) -> String {
+        format!("http://{}{}", self.member(id).http, path)
+    }
+
+    fn cluster(&self, id: u64) -> Option<Value> {
+        get_json(&self.url(id, "/v1/cluster"))
+    }
+
+    /// The leader every live member agrees on, if they do.
+    fn agreed_leader(&self) -> Option<u64> {
+        let views: Vec<(u64, u64)> = self
+            .live()
+            .iter()
+            .filter_map(|id| self.cluster(*id))
+            .filter_map(|c| Some((c["leader_id"].as_u64()?, c["term"].as_u64()?)))
+            .collect();
+        (views.len() == self.live().len() && views.windows(2).all(|w| w[0] == w[1])).then(|| views[0].0)
+    }
+
+    fn wait_leader(&self, within: Duration, not: Option<u64>) -> u64 {
+        let deadline = Instant::now() + within;
+        loop {
+            let leader = self.agreed_leader().unwrap_or(0);
+            if leader != 0 && Some(leader) != not {
+                return leader;
+            }
+            if Instant::now() > deadline {
+                let views: Vec<String> = self
+                    .live()
+                    .iter()
+                    .map(|id| match self.cluster(*id) {
+                        Some(c) => format!("{id}: leader {} term {} role {}", c["leader_id"], c["term"], c["role"]),
+                        None => format!("{id}: no answer"),
+                    })
+                    .collect();
+                panic!("no agreed leader after {within:?} (logs in {}): {views:?}", self.dir.display());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn tokens(&self, id: u64) -> Option<BTreeSet<String>> {
+        let v = get_json(&self.url(id, "/v1/tokens?consistent=true"))?;
+        Some(v["tokens"].as_array()?.iter().filter_map(|t| t["id"].as_str().map(str::to_string)).collect())
+    }
+
+    /// Every acknowledged write is on every live member.
+    fn assert_no_ack_lost(&self, acked: &Mutex<Vec<String>>, within: Duration) {
+        let want: BTreeSet<String> = acked.lock().expect("acked").iter().cloned().collect();
+        for id in self.live() {
+            let mut missing = want.len();
+            wait_until(within, &format!("member {id} holds every acknowledged write"), || {
+                missing = self.tokens(id).map(|have| want.difference(&have).count()).unwrap_or(want.len());
+                missing == 0
+            });
+        }
+    }
+}
+
+fn sorted(v: &[Value]) -> Vec<u64> {
+    let mut ids: Vec<u64> = v.iter().filter_map(|x| x.as_u64()).collect();
+    ids.sort();
+    ids
+}
+
+/// A client writing (creating tokens) through random live members; records acknowledgements.
+fn writer(urls: Vec<String>, stop: Arc<AtomicBool>, acked: Arc<Mutex<Vec<String>>>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut i = 0usize;
+        while !stop.load(Ordering::Relaxed) {
+            i += 1;
+            let url = &urls[i % urls.len()];
+            if let Some((200, body)) = post(url, json!({"ttl_seconds": 3600})) {
+                if let Some(id) = body["token_id"].as_str() {
+                    acked.lock().expect("acked").push(id.to_string());
+                }
+            } else {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    })
+}
+
+#[test]
+fn three_coordinators_survive_leader_kills_isolation_and_a_follower_restart() {
+    let tmp = tempfile::Builder::new().prefix("shoal-raft-").disable_cleanup(true).tempdir().expect("tmp");
+    let mut g = Group::new(tmp.path(), 3, 0);
+    for id in 1..=3 {
+        g.start(id);
+    }
+    let leader = g.wait_leader(Duration::from_secs(20), None);
+    for id in 1..=3 {
+        let url = g.url(id, "/readyz");
+        wait_until(Duration::from_secs(20), "readyz", || matches!(get(&url, None), Some((200, _))));
+    }
+    // Every member shows the same leader and term.
+    let views: Vec<Value> = (1..=3).filter_map(|id| g.cluster(id)).collect();
+    assert!(views.iter().all(|v| v["leader_id"] == leader && v["term"] == views[0]["term"]), "{views:?}");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let urls: Vec<String> = (1..=3).map(|id| g.url(id, "/v1/tokens")).collect();
+    let client = writer(urls, stop.clone(), acked.clone());
+    let acks = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let base = acked.lock().expect("acked").len();
+        while acked.lock().expect("acked").len() < base + n {
+            assert!(Instant::now() < deadline, "writes stopped being acknowledged");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    acks(10);
+
+    // The leader, killed with SIGKILL three times in a row.
+    for round in 0..3 {
+        let old = g.wait_leader(Duration::from_secs(20), None);
+        let killed_at = Instant::now();
+        g.kill(old);
+        let new = g.wait_leader(Duration::from_secs(15), Some(old));
+        acks(5);
+        eprintln!(
+            "round {round}: leader {old} killed, {new} leads; writes flowing again after {:?}",
+            killed_at.elapsed()
+        );
+        g.start(old);
+        g.wait_leader(Duration::from_secs(20), None);
+        g.assert_no_ack_lost(&acked, Duration::from_secs(30));
+    }
+
+    // The leader isolated from its peers: the minority cannot commit, the majority goes on.
+    let isolated = g.wait_leader(Duration::from_secs(20), None);
+    let (status, _) = post(&g.url(isolated, "/v1/debug/faults"), json!({"isolated": true})).expect("faults");
+    assert_eq!(status, 200);
+    let new = {
+        let others: Vec<u64> = g.live().into_iter().filter(|id| *id != isolated).collect();
+        let mut leader = 0;
+        wait_until(Duration::from_secs(15), "the majority elects a new leader", || {
+            leader = others
+                .iter()
+                .filter_map(|id| g.cluster(*id))
+                .filter_map(|c| c["leader_id"].as_u64())
+                .find(|l| *l != isolated && *l != 0)
+                .unwrap_or(0);
+            leader != 0
+        });
+        leader
+    };
+    acks(5);
+    let (status, body) = post(&g.url(isolated, "/v1/tokens"), json!({"ttl_seconds": 60})).expect("answer");
+    assert_ne!(status, 200, "an isolated member must not acknowledge a write: {body}");
+    let (status, _) = post(&g.url(isolated, "/v1/debug/faults"), json!({"isolated": false})).expect("faults");
+    assert_eq!(status, 200);
+    eprintln!("isolated {isolated}; {new} led the majority");
+    g.wait_leader(Duration::from_secs(20), None);
+    g.assert_no_ack_lost(&acked, Duration::from_secs(30));
+
+    // A follower stopped while the log moves past compaction, then restarted from disk:
+    // it catches up from a snapshot.
+    let leader = g.wait_leader(Duration::from_secs(20), None);
+    let follower = g.live().into_iter().find(|id| *id != leader).expect("a follower");
+    g.kill(follower);
+    acks(60);
+    g.start(follower);
+    g.wait_leader(Duration::from_secs(20), None);
+    g.assert_no_ack_lost(&acked, Duration::from_secs(30));
+    let (_, metrics) = get(&g.url(follower, "/metrics"), None).expect("metrics");
+    let installed = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("shoal_raft_snapshots_installed_total").map(|v| v.trim().parse::<f64>().unwrap_or(0.0))
+        })
+        .unwrap_or(0.0);
+    assert!(installed >= 1.0, "the restarted follower should have caught up from a snapshot");
+
+    stop.store(true, Ordering::Relaxed);
+    client.join().expect("client");
+    // All members agree on the whole state.
+    let sets: Vec<BTreeSet<String>> = g.live().iter().map(|id| g.tokens(*id).expect("tokens")).collect();
+    assert!(sets.windows(2).all(|w| w[0] == w[1]), "members disagree");
+    assert!(sets[0].len() >= acked.lock().expect("acked").len());
+}
+
+#[test]
+fn coordinators_are_added_and_removed_while_serving() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut g = Group::new(tmp.path(), 3, 1);
+    for id in 1..=4 {
+        g.start(id);
+    }
+    let mut leader = 0;
+    wait_until(Duration::from_secs(20), "a leader among the first three", || {
+        leader = g.cluster(1).and_then(|c| c["leader_id"].as_u64()).unwrap_or(0);
+        leader != 0
+    });
+    for _ in 0..5 {
+        assert_eq!(post(&g.url(1, "/v1/tokens"), json!({})).map(|r| r.0), Some(200));
+    }
+    // A node pointed at a follower is redirected to the leader, joins and registers.
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let (_, tok) = post(&g.url(follower, "/v1/tokens"), json!({})).expect("token");
+    let (token, hash) = (tok["token"].as_str().expect("token"), tok["ca_hash"].as_str().expect("hash"));
+    let node_dir = g.dir.join("node");
+    let quic = g.member(follower).quic.to_string();
+    let listen = addr(free_port()).to_string();
+    let node_log = g.dir.join("node.log");
+    let _node = spawn(
+        &[
+            "join",
+            &quic,
+            "--token",
+            token,
+            "--ca-hash",
+            hash,
+            "--data-dir",
+            node_dir.to_str().expect("utf8"),
+            "--listen",
+            &listen,
+            "--name",
+            "via-follower",
+        ],
+        &node_log,
+    );
+    wait_until(Duration::from_secs(20), "the node joined through a follower is ready", || {
+        get_json(&g.url(follower, "/v1/nodes?consistent=true"))
+            .and_then(|v| v["nodes"].as_array().cloned())
+            .is_some_and(|n| n.iter().any(|n| n["name"] == "via-follower" && n["state"] == "ready"))
+    });
+    let gw = format!("http://{}", g.member(2).http);
+    let m4 = g.member(4);
+    let out = run(&[
+        "coordinator",
+        "add",
+        "4",
+        "--quic",
+        &m4.quic.to_string(),
+        "--http",
+        &m4.http.to_string(),
+        "--gateway",
+        &gw,
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_until(Duration::from_secs(20), "member 4 is a voter and has the data", || {
+        let voters = g.cluster(4).map(|c| c["voters"].clone());
+        voters.as_ref().and_then(|v| v.as_array()).map(|v| sorted(v)) == Some(vec![1, 2, 3, 4])
+            && g.tokens(4).is_some_and(|t| t.len() >= 5)
+    });
+    let status = run(&["status", "--gateway", &gw]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains(&m4.quic.to_string()), "{text}");
+
+    let out = run(&["coordinator", "remove", "2", "--gateway", &format!("http://{}", g.member(1).http)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_until(Duration::from_secs(20), "member 2 removed", || {
+        g.cluster(1).and_then(|c| c["voters"].as_array().map(|v| sorted(v))) == Some(vec![1, 3, 4])
+    });
+    g.kill(2);
+    // Still serving writes with 3 of the 4 voters left.
+    for _ in 0..3 {
+        let url = g.url(4, "/v1/tokens");
+        let mut ok = false;
+        wait_until(Duration::from_secs(15), "a write after the removal", || {
+            ok = post(&url, json!({})).map(|r| r.0) == Some(200);
+            ok
+        });
+    }
+}
