@@ -183,3 +183,32 @@ fn the_gateway_requires_an_api_key_for_admin_endpoints_only() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
 }
+
+#[test]
+fn corrupt_coordinator_storage_is_refused_with_a_clear_error() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut coord = Coord::start(&tmp.path().join("c"), 300, 1500);
+    coord.token("1h"); // something committed
+    coord.proc.kill();
+    let db = coord.dir.join("data/raft/raft.sled/db");
+    let mut bytes = std::fs::read(&db).expect("db file");
+    for i in (64..bytes.len().min(8192)).step_by(5) {
+        bytes[i] ^= 0xa5;
+    }
+    std::fs::write(&db, bytes).expect("corrupt");
+    let data = coord.dir.join("data");
+    let out = run(&[
+        "coordinator",
+        "--config",
+        coord.config.to_str().expect("utf8"),
+        "--id",
+        "1",
+        "--data-dir",
+        data.to_str().expect("utf8"),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a corrupt store must not be served");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("corrupt storage") || errors[0].contains("storage:"), "{stderr}");
+}

@@ -40,6 +40,12 @@ fn register_zeroes() {
     metrics::counter!(m::HEARTBEATS).increment(0);
     metrics::counter!(m::LEASES_EXPIRED).increment(0);
     metrics::counter!(m::JOINS).increment(0);
+    metrics::counter!(m::RAFT_LEADER_CHANGES).increment(0);
+    metrics::counter!(m::RAFT_APPLIED_ENTRIES).increment(0);
+    metrics::counter!(m::RAFT_SNAPSHOTS_SENT).increment(0);
+    metrics::counter!(m::RAFT_SNAPSHOTS_INSTALLED).increment(0);
+    metrics::counter!(m::RAFT_READ_INDEX).increment(0);
+    metrics::counter!(m::RAFT_FORWARDED).increment(0);
 }
 
 /// Sets the gauges that are read off the current state rather than counted.

@@ -5,7 +5,7 @@
 //! applied state machine (with its applied index). Every write path is followed by an
 //! explicit flush in the driver before anything that depends on it is sent or acknowledged.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use protobuf::Message as PbMessage;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
@@ -79,6 +79,36 @@ pub struct SledStorage {
     snapshot_meta: SnapshotMetadata,
     /// Index of the last entry (or of the snapshot when the log is empty).
     last: u64,
+    /// A file outside sled recording a commit index known to be durable, so that a
+    /// database that comes back emptier than it was (corrupted and "recovered" by
+    /// truncation, or replaced) is refused instead of served.
+    manifest: PathBuf,
+    manifest_commit: u64,
+}
+
+/// The manifest is rewritten once the commit index has moved this far past it.
+const MANIFEST_EVERY: u64 = 64;
+
+fn read_manifest(path: &Path) -> Result<Option<u64>, CoordinatorError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => text
+            .lines()
+            .find_map(|l| l.strip_prefix("durable_commit="))
+            .and_then(|v| v.trim().parse().ok())
+            .map(Some)
+            .ok_or_else(|| corrupt(format!("{} is unreadable", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(CoordinatorError::io(path, e)),
+    }
+}
+
+fn write_manifest(path: &Path, commit: u64) -> Result<(), CoordinatorError> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(|e| CoordinatorError::io(&tmp, e))?;
+    f.write_all(format!("durable_commit={commit}\n").as_bytes()).map_err(|e| CoordinatorError::io(&tmp, e))?;
+    f.sync_all().map_err(|e| CoordinatorError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| CoordinatorError::io(path, e))
 }
 
 fn get_pb<M: PbMessage>(tree: &sled::Tree, key: &[u8]) -> Result<Option<M>, CoordinatorError> {
@@ -101,6 +131,16 @@ impl SledStorage {
         let db = sled::Config::new().path(dir.join("raft.sled")).open()?;
         let tree = db.open_tree("raft")?;
         let fresh = tree.get(KEY_CONF_STATE)?.is_none();
+        let manifest = dir.join("raft.manifest");
+        let manifest_commit = read_manifest(&manifest)?;
+        if fresh && manifest_commit.is_some() {
+            return Err(corrupt(format!(
+                "{} holds no raft state but {} says it had committed up to index {}: the database was lost or damaged",
+                dir.join("raft.sled").display(),
+                manifest.display(),
+                manifest_commit.unwrap_or(0)
+            )));
+        }
         let mut store = Self {
             db,
             tree,
@@ -108,6 +148,8 @@ impl SledStorage {
             conf_state: ConfState::default(),
             snapshot_meta: SnapshotMetadata::default(),
             last: 0,
+            manifest,
+            manifest_commit: manifest_commit.unwrap_or(0),
         };
         if fresh {
             let (meta, hs, cs) = bootstrap(voters);
@@ -131,6 +173,14 @@ impl SledStorage {
         }
         store.last = store.scan_last()?;
         store.check_integrity()?;
+        if store.hard_state.commit < store.manifest_commit {
+            return Err(corrupt(format!(
+                "the database's commit index {} is behind the {} it had reached: it was truncated or damaged",
+                store.hard_state.commit, store.manifest_commit
+            )));
+        }
+        write_manifest(&store.manifest, store.hard_state.commit)?;
+        store.manifest_commit = store.hard_state.commit;
         Ok(store)
     }
 
@@ -173,6 +223,10 @@ impl SledStorage {
 impl RaftStore for SledStorage {
     fn flush(&mut self) -> Result<(), CoordinatorError> {
         self.db.flush()?;
+        if self.hard_state.commit >= self.manifest_commit + MANIFEST_EVERY {
+            write_manifest(&self.manifest, self.hard_state.commit)?;
+            self.manifest_commit = self.hard_state.commit;
+        }
         Ok(())
     }
 
@@ -401,6 +455,20 @@ mod tests {
             s.entries(1, 3, None, GetEntriesContext::empty(false)),
             Err(raft::Error::Store(StorageError::Compacted))
         ));
+    }
+
+    #[test]
+    fn a_database_that_comes_back_empty_is_refused() {
+        let dir = tempfile::tempdir().expect("tmp");
+        {
+            let mut s = SledStorage::open(dir.path(), &[1]).expect("open");
+            s.append(&(2..=100).map(|i| entry(i, 1)).collect::<Vec<_>>()).expect("append");
+            s.set_commit(100).expect("commit");
+            s.flush().expect("flush");
+        }
+        std::fs::remove_dir_all(dir.path().join("raft.sled")).expect("lose the database");
+        let err = SledStorage::open(dir.path(), &[1]).err().expect("must refuse");
+        assert!(err.to_string().contains("was lost or damaged"), "{err}");
     }
 
     #[test]
