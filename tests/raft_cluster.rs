@@ -179,7 +179,11 @@ fn writer(urls: Vec<String>, stop: Arc<AtomicBool>, acked: Arc<Mutex<Vec<String>
 
 #[test]
 fn three_coordinators_survive_leader_kills_isolation_and_a_follower_restart() {
-    let tmp = tempfile::Builder::new().prefix("shoal-raft-").disable_cleanup(true).tempdir().expect("tmp");
+    let tmp = tempfile::Builder::new()
+        .prefix("shoal-raft-")
+        .disable_cleanup(std::env::var("SHOAL_KEEP_TEST_DIRS").is_ok())
+        .tempdir()
+        .expect("tmp");
     let mut g = Group::new(tmp.path(), 3, 0);
     for id in 1..=3 {
         g.start(id);

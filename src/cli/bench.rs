@@ -35,6 +35,10 @@ pub struct RaftBench {
     /// Where the groups' data dirs go (a temporary directory by default).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// An etcd binary to run the same workload against in the same run (3 members on
+    /// loopback, etcd's default timeouts). Skipped when it does not exist.
+    #[arg(long, default_value = "/usr/bin/etcd")]
+    pub etcd: PathBuf,
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -177,19 +181,28 @@ fn pct(sorted: &[Duration], q: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1000.0
 }
 
-fn throughput(g: &Group, writes: usize, concurrency: usize) -> anyhow::Result<(f64, f64, f64)> {
-    let leader = g.http(g.leader(Duration::from_secs(30))?);
+/// Runs `writes` operations from `concurrency` threads; returns (ops/s, p50 ms, p99 ms)
+/// over the acknowledged ones.
+fn drive<F>(writes: usize, concurrency: usize, op: F) -> anyhow::Result<(f64, f64, f64)>
+where
+    F: Fn(&ureq::Agent, usize) -> bool + Send + Sync + 'static,
+{
+    let op = Arc::new(op);
     let next = Arc::new(AtomicUsize::new(0));
     let lat = Arc::new(Mutex::new(Vec::with_capacity(writes)));
     let start = Instant::now();
     let threads: Vec<_> = (0..concurrency)
         .map(|_| {
-            let (next, lat) = (next.clone(), lat.clone());
+            let (next, lat, op) = (next.clone(), lat.clone(), op.clone());
             std::thread::spawn(move || {
                 let a = agent(Duration::from_secs(10));
-                while next.fetch_add(1, Ordering::Relaxed) < writes {
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= writes {
+                        break;
+                    }
                     let t = Instant::now();
-                    if write(&a, leader) {
+                    if op(&a, n) {
                         lat.lock().map(|mut l| l.push(t.elapsed())).ok();
                     }
                 }
@@ -203,6 +216,168 @@ fn throughput(g: &Group, writes: usize, concurrency: usize) -> anyhow::Result<(f
     let mut l = lat.lock().map_err(|_| anyhow!("poisoned"))?.clone();
     l.sort();
     Ok((l.len() as f64 / elapsed.as_secs_f64(), pct(&l, 0.5), pct(&l, 0.99)))
+}
+
+fn throughput(g: &Group, writes: usize, concurrency: usize) -> anyhow::Result<(f64, f64, f64)> {
+    let leader = g.http(g.leader(Duration::from_secs(30))?);
+    drive(writes, concurrency, move |a, _| write(a, leader))
+}
+
+/// Writes round-robin to `targets` until one is acknowledged; returns how long it took.
+/// Each attempt may wait (both systems hold a write during an election), so the figure is
+/// not quantised by a client timeout.
+fn time_to_ack(targets: &[SocketAddr], op: impl Fn(&ureq::Agent, SocketAddr) -> bool) -> anyhow::Result<Duration> {
+    let quick = agent(Duration::from_secs(10));
+    let t0 = Instant::now();
+    let mut i = 0;
+    while !op(&quick, targets[i % targets.len()]) {
+        i += 1;
+        if t0.elapsed() > Duration::from_secs(60) {
+            return Err(anyhow!("no write acknowledged within 60 s of a leader kill"));
+        }
+    }
+    Ok(t0.elapsed())
+}
+
+/// A 3-member etcd cluster on loopback with its default timeouts (100 ms heartbeat,
+/// 1000 ms election), for comparison.
+struct Etcd {
+    dir: PathBuf,
+    bin: PathBuf,
+    members: Vec<(String, u16, u16, Option<Child>)>,
+}
+
+impl Etcd {
+    fn start_all(bin: &Path, dir: &Path) -> anyhow::Result<Etcd> {
+        let members: Vec<(String, u16, u16, Option<Child>)> =
+            (1..=3).map(|i| (format!("e{i}"), free_port(), free_port(), None)).collect();
+        std::fs::create_dir_all(dir)?;
+        let mut e = Etcd { dir: dir.to_path_buf(), bin: bin.to_path_buf(), members };
+        for i in 0..3 {
+            e.start(i)?;
+        }
+        Ok(e)
+    }
+
+    fn start(&mut self, i: usize) -> anyhow::Result<()> {
+        let cluster: Vec<String> =
+            self.members.iter().map(|(n, _, peer, _)| format!("{n}=http://127.0.0.1:{peer}")).collect();
+        let (name, client, peer) = (self.members[i].0.clone(), self.members[i].1, self.members[i].2);
+        let data = self.dir.join(&name);
+        let state = if data.exists() { "existing" } else { "new" };
+        let log = std::fs::File::create(self.dir.join(format!("{name}.log")))?;
+        let child = Command::new(&self.bin)
+            .args(["--name", &name, "--data-dir"])
+            .arg(&data)
+            .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
+            .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args(["--initial-cluster", &cluster.join(","), "--initial-cluster-state", state])
+            .args(["--initial-cluster-token", "shoal-bench"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .context("spawning etcd")?;
+        self.members[i].3 = Some(child);
+        Ok(())
+    }
+
+    fn client(&self, i: usize) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.members[i].1))
+    }
+
+    fn live(&self) -> Vec<usize> {
+        (0..self.members.len()).filter(|i| self.members[*i].3.is_some()).collect()
+    }
+
+    /// The index of the member that leads, as all live members report it.
+    fn leader(&self, within: Duration) -> anyhow::Result<usize> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            let mut views = Vec::new();
+            let mut me = Vec::new();
+            for i in self.live() {
+                let r = agent(Duration::from_secs(1))
+                    .post(&format!("http://{}/v3/maintenance/status", self.client(i)))
+                    .send_json(json!({}));
+                if let Ok(mut r) = r {
+                    if let Ok(v) = r.body_mut().read_json::<Value>() {
+                        views.push(v["leader"].as_str().unwrap_or("").to_string());
+                        me.push((i, v["header"]["member_id"].as_str().unwrap_or("").to_string()));
+                    }
+                }
+            }
+            if views.len() == self.live().len() && !views[0].is_empty() && views.windows(2).all(|w| w[0] == w[1]) {
+                if let Some((i, _)) = me.iter().find(|(_, id)| *id == views[0]) {
+                    return Ok(*i);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(anyhow!("etcd elected no leader within {within:?}"))
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].3.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
+
+fn etcd_put(agent: &ureq::Agent, addr: SocketAddr, n: usize) -> bool {
+    let key = format!("bench/{n}");
+    let enc = |s: &str| base64_encode(s.as_bytes());
+    agent
+        .post(&format!("http://{addr}/v3/kv/put"))
+        .send_json(json!({"key": enc(&key), "value": enc("0123456789abcdef0123456789abcdef")}))
+        .map(|r| r.status() == 200)
+        .unwrap_or(false)
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn etcd_throughput(e: &Etcd, writes: usize, concurrency: usize) -> anyhow::Result<(f64, f64, f64)> {
+    let leader = e.client(e.leader(Duration::from_secs(30))?);
+    drive(writes, concurrency, move |a, n| etcd_put(a, leader, n))
+}
+
+fn etcd_failover(e: &mut Etcd, kills: usize) -> anyhow::Result<Vec<Duration>> {
+    let mut times = Vec::new();
+    for k in 0..kills {
+        let leader = e.leader(Duration::from_secs(30))?;
+        e.kill(leader);
+        let survivors: Vec<SocketAddr> = e.live().iter().map(|i| e.client(*i)).collect();
+        times.push(time_to_ack(&survivors, |a, addr| etcd_put(a, addr, 1_000_000 + k))?);
+        e.start(leader)?;
+        e.leader(Duration::from_secs(30))?;
+    }
+    times.sort();
+    Ok(times)
 }
 
 fn raft(a: RaftBench) -> anyhow::Result<()> {
@@ -225,27 +400,28 @@ fn raft(a: RaftBench) -> anyhow::Result<()> {
     let (rate, p50, p99) = throughput(&g, a.writes / 4, 1)?;
     println!("{:<8} {:<10} {rate:>10.0} {p50:>10.2} {p99:>10.2}   (one writer)", 3, "on");
     drop(g);
+    let etcd = if a.etcd.exists() { Some(Etcd::start_all(&a.etcd, &base.join("etcd"))?) } else { None };
+    match &etcd {
+        Some(e) => {
+            let (rate, p50, p99) = etcd_throughput(e, a.writes, a.concurrency)?;
+            println!(
+                "{:<8} {:<10} {rate:>10.0} {p50:>10.2} {p99:>10.2}   (etcd, PUT /v3/kv/put via its HTTP gateway)",
+                3, "etcd"
+            );
+            let (rate, p50, p99) = etcd_throughput(e, a.writes / 4, 1)?;
+            println!("{:<8} {:<10} {rate:>10.0} {p50:>10.2} {p99:>10.2}   (etcd, one writer)", 3, "etcd");
+        }
+        None => println!("(no etcd at {}: comparison skipped)", a.etcd.display()),
+    }
 
     if a.kills > 0 {
         let mut g = Group::new(&base.join("failover"), 3, true)?;
         let mut times = Vec::new();
-        let quick = agent(Duration::from_millis(1500));
         for _ in 0..a.kills {
             let leader = g.leader(Duration::from_secs(30))?;
             g.kill(leader);
-            let t0 = Instant::now();
             let survivors: Vec<SocketAddr> = g.live().iter().map(|id| g.http(*id)).collect();
-            let mut i = 0;
-            loop {
-                if write(&quick, survivors[i % survivors.len()]) {
-                    break;
-                }
-                i += 1;
-                if t0.elapsed() > Duration::from_secs(60) {
-                    return Err(anyhow!("no write acknowledged within 60 s of a leader kill"));
-                }
-            }
-            times.push(t0.elapsed());
+            times.push(time_to_ack(&survivors, write)?);
             g.start(leader)?;
             g.leader(Duration::from_secs(30))?;
         }
@@ -257,6 +433,15 @@ fn raft(a: RaftBench) -> anyhow::Result<()> {
             pct(&times, 0.5),
             pct(&times, 1.0)
         );
+        if let Some(mut e) = etcd {
+            let t = etcd_failover(&mut e, a.kills)?;
+            println!(
+                "etcd, same measurement ({} kills, 3 members, default 100 ms heartbeat / 1000 ms election): p50 {:.0} ms, max {:.0} ms",
+                t.len(),
+                pct(&t, 0.5),
+                pct(&t, 1.0)
+            );
+        }
         println!("timeouts: raft tick 100 ms, leader heartbeat 1 tick, election timeout randomised in 10-20 ticks (etcd defaults: 100 ms heartbeat, 1000 ms election)");
     }
     let _ = std::fs::remove_dir_all(&base);
