@@ -104,7 +104,20 @@ impl Writer {
             let mut s = ClientStream::open(&conn).await?;
             s.call(&Request::Propose { proposal: bytes }).await.map_err(CoordinatorError::from)
         };
-        match tokio::time::timeout(FORWARD_TIMEOUT, call).await {
+        // If this member stops seeing `leader` as the leader (it died, or an election is
+        // under way), stop waiting on it: the caller retries with the new leader.
+        let mut status = self.raft.watch_status();
+        let deposed = async move {
+            let _ = status.wait_for(|s| s.leader_id != leader).await;
+        };
+        let answer = tokio::select! {
+            answer = tokio::time::timeout(FORWARD_TIMEOUT, call) => answer,
+            _ = deposed => {
+                self.conns.lock().await.remove(&leader);
+                return Err(CoordinatorError::NotLeader { leader: None });
+            }
+        };
+        match answer {
             Err(_) => Err(CoordinatorError::ProposalTimeout),
             Ok(Err(CoordinatorError::Protocol(_))) => {
                 self.conns.lock().await.remove(&leader);
