@@ -196,16 +196,8 @@ fn corrupt_coordinator_storage_is_refused_with_a_clear_error() {
         bytes[i] ^= 0xa5;
     }
     std::fs::write(&db, bytes).expect("corrupt");
-    let data = coord.dir.join("data");
-    let out = run(&[
-        "coordinator",
-        "--config",
-        coord.config.to_str().expect("utf8"),
-        "--id",
-        "1",
-        "--data-dir",
-        data.to_str().expect("utf8"),
-    ]);
+    let args = coord.args();
+    let out = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a corrupt store must not be served");
     let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();

@@ -299,27 +299,8 @@ fn coordinators_are_added_and_removed_while_serving() {
     let follower = (1..=3).find(|id| *id != leader).expect("a follower");
     let (_, tok) = post(&g.url(follower, "/v1/tokens"), json!({})).expect("token");
     let (token, hash) = (tok["token"].as_str().expect("token"), tok["ca_hash"].as_str().expect("hash"));
-    let node_dir = g.dir.join("node");
     let quic = g.member(follower).quic.to_string();
-    let listen = addr(free_port()).to_string();
-    let node_log = g.dir.join("node.log");
-    let _node = spawn(
-        &[
-            "join",
-            &quic,
-            "--token",
-            token,
-            "--ca-hash",
-            hash,
-            "--data-dir",
-            node_dir.to_str().expect("utf8"),
-            "--listen",
-            &listen,
-            "--name",
-            "via-follower",
-        ],
-        &node_log,
-    );
+    let _node = join_at(&quic, &g.dir, "via-follower", Some((token, hash)), &[]);
     wait_until(Duration::from_secs(20), "the node joined through a follower is ready", || {
         get_json(&g.url(follower, "/v1/nodes?consistent=true"))
             .and_then(|v| v["nodes"].as_array().cloned())

@@ -137,11 +137,10 @@ impl Coord {
         c
     }
 
-    /// (Re)starts the process on the same data dir and waits until it is ready.
-    pub fn restart(&mut self) {
-        self.proc.kill();
+    /// The `shoal coordinator …` arguments for this coordinator's config and data dir.
+    pub fn args(&self) -> Vec<String> {
         let data = self.dir.join("data");
-        let args = [
+        [
             "coordinator",
             "--config",
             self.config.to_str().expect("utf8"),
@@ -149,7 +148,16 @@ impl Coord {
             "1",
             "--data-dir",
             data.to_str().expect("utf8"),
-        ];
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    /// (Re)starts the process on the same data dir and waits until it is ready.
+    pub fn restart(&mut self) {
+        self.proc.kill();
+        let args = self.args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.proc = spawn(&args, &self.dir.join("coordinator.log"));
         let url = self.url("/readyz");
         let log = self.proc.log.clone();
@@ -196,13 +204,17 @@ impl Coord {
     }
 }
 
-/// Starts `shoal join` for a node named `name` with its own data dir.
+/// Starts `shoal join` for a node named `name` with its own data dir under `dir`.
 pub fn join(coord: &Coord, dir: &Path, name: &str, token: Option<(&str, &str)>, extra: &[&str]) -> Proc {
+    join_at(&coord.quic.to_string(), dir, name, token, extra)
+}
+
+/// Starts `shoal join` against the coordinator at `quic`.
+pub fn join_at(quic: &str, dir: &Path, name: &str, token: Option<(&str, &str)>, extra: &[&str]) -> Proc {
     let data = dir.join(name);
     let listen = addr(free_port()).to_string();
-    let quic = coord.quic.to_string();
     let mut args: Vec<&str> =
-        vec!["join", &quic, "--data-dir", data.to_str().expect("utf8"), "--listen", &listen, "--name", name];
+        vec!["join", quic, "--data-dir", data.to_str().expect("utf8"), "--listen", &listen, "--name", name];
     if let Some((t, h)) = token {
         args.extend(["--token", t, "--ca-hash", h]);
     }

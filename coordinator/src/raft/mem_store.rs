@@ -114,14 +114,7 @@ impl raft::Storage for MemStore {
     }
 
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        let stored = self.cur.state.clone().unwrap_or_default();
-        let mut snap = Snapshot::default();
-        let meta = snap.mut_metadata();
-        meta.index = stored.applied;
-        meta.term = self.term(stored.applied).unwrap_or(self.cur.hard_state.term);
-        meta.set_conf_state(self.cur.conf_state.clone());
-        snap.data = stored.encode().map_err(|e| raft::Error::Store(StorageError::Other(Box::new(e))))?.into();
-        Ok(snap)
+        super::store::snapshot_of(self)
     }
 }
 

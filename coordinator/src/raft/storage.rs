@@ -404,14 +404,7 @@ impl raft::Storage for SledStorage {
     }
 
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        let stored = self.load_state().map_err(store_err)?.unwrap_or_default();
-        let mut snap = Snapshot::default();
-        let meta = snap.mut_metadata();
-        meta.index = stored.applied;
-        meta.term = self.term(stored.applied).unwrap_or(self.hard_state.term);
-        meta.set_conf_state(self.conf_state.clone());
-        snap.data = stored.encode().map_err(store_err)?.into();
-        Ok(snap)
+        super::store::snapshot_of(self)
     }
 }
 

@@ -3,6 +3,7 @@
 //! (the real one) and [`super::mem_store::MemStore`] (for deterministic simulation).
 
 use raft::prelude::{ConfState, Entry, HardState, Snapshot};
+use raft::StorageError;
 
 use super::storage::StoredState;
 use crate::CoordinatorError;
@@ -24,4 +25,21 @@ pub trait RaftStore: raft::Storage {
     fn first(&self) -> u64;
     fn last(&self) -> u64;
     fn conf_state(&self) -> &ConfState;
+}
+
+/// The snapshot both stores serve: the saved state machine at its applied index, with the
+/// current membership.
+pub fn snapshot_of<S: RaftStore>(store: &S) -> raft::Result<Snapshot> {
+    let other = |e: CoordinatorError| raft::Error::Store(StorageError::Other(Box::new(e)));
+    let stored = store.load_state().map_err(other)?.unwrap_or_default();
+    let mut snap = Snapshot::default();
+    let meta = snap.mut_metadata();
+    meta.index = stored.applied;
+    meta.term = match store.term(stored.applied) {
+        Ok(t) => t,
+        Err(_) => store.initial_state()?.hard_state.term,
+    };
+    meta.set_conf_state(store.conf_state().clone());
+    snap.data = stored.encode().map_err(other)?.into();
+    Ok(snap)
 }
