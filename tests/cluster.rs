@@ -178,6 +178,20 @@ fn the_gateway_requires_an_api_key_for_admin_endpoints_only() {
     ] {
         assert!(metrics.contains(series), "missing {series} in /metrics");
     }
+    // Malformed and out-of-range bodies answer 400 in the OpenAI error shape; still serving.
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    for body in [r#"{"ttl_seconds": "x""#, r#"{"ttl_seconds": 0}"#, r#"{"nope": 1}"#] {
+        let mut resp = agent
+            .post(&coord.url("/v1/tokens"))
+            .header("Authorization", &format!("Bearer {API_KEY}"))
+            .header("Content-Type", "application/json")
+            .send(body)
+            .expect("answer");
+        assert_eq!(resp.status().as_u16(), 400, "{body}");
+        let v: serde_json::Value = resp.body_mut().read_json().expect("json error");
+        assert_eq!(v["error"]["type"], "invalid_request_error", "{body}: {v}");
+    }
+    assert_eq!(get(&coord.url("/healthz"), None).map(|r| r.0), Some(200));
     // Admin-only: a token needs the admin key.
     let out = run(&["token", "create", "--gateway", &coord.gateway(), "--api-key", "sk-wrong"]);
     assert!(!out.status.success());

@@ -50,3 +50,34 @@ impl IntoResponse for ApiError {
         (self.status, Json(body)).into_response()
     }
 }
+
+/// A JSON request body whose rejections (malformed JSON, wrong types, missing content type,
+/// too large) answer in the OpenAI error shape instead of axum's plain text.
+pub struct Body<T>(pub T);
+
+impl<S, T> axum::extract::FromRequest<S> for Body<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(rejection) => {
+                let status = rejection.status();
+                let message = rejection.body_text();
+                Err(match status {
+                    StatusCode::PAYLOAD_TOO_LARGE => {
+                        ApiError::new(status, "invalid_request_error", "body_too_large", message)
+                    }
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                        ApiError::new(status, "invalid_request_error", "unsupported_media_type", message)
+                    }
+                    _ => ApiError::bad_request(message),
+                })
+            }
+        }
+    }
+}

@@ -20,7 +20,7 @@ use crate::raft::RaftHandle;
 use crate::writer::Writer;
 
 pub use auth::hash_key;
-pub use error::ApiError;
+pub use error::{ApiError, Body};
 
 /// Largest request body the gateway reads.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;

@@ -10,7 +10,7 @@ use shoal_protocol::metric_names as m;
 use shoal_protocol::token::JoinToken;
 
 use super::auth::require;
-use super::{ApiError, GatewayState};
+use super::{ApiError, Body, GatewayState};
 use crate::raft::Proposal;
 use crate::state::{Command, CoordinatorRecord, NodeRecord, Outcome, Scope, TokenRecord};
 use crate::telemetry;
@@ -176,11 +176,10 @@ pub struct TokenRequest {
 pub async fn create_token(
     State(gw): Gw,
     headers: HeaderMap,
-    body: Option<Json<TokenRequest>>,
+    Body(req): Body<TokenRequest>,
 ) -> Result<Json<Value>, ApiError> {
     count("create_token");
     require(&headers, &gw, Scope::Admin)?;
-    let req = body.map(|Json(b)| b).unwrap_or_default();
     let ttl = req.ttl_seconds.unwrap_or(DEFAULT_TOKEN_TTL_SECONDS);
     if ttl == 0 || ttl > MAX_TOKEN_TTL_SECONDS {
         return Err(ApiError::bad_request(format!(
@@ -240,11 +239,10 @@ pub struct AddCoordinator {
 pub async fn add_coordinator(
     State(gw): Gw,
     headers: HeaderMap,
-    body: Json<AddCoordinator>,
+    Body(req): Body<AddCoordinator>,
 ) -> Result<Json<Value>, ApiError> {
     count("add_coordinator");
     require(&headers, &gw, Scope::Admin)?;
-    let Json(req) = body;
     if req.id == 0 {
         return Err(ApiError::bad_request("coordinator id 0 is reserved"));
     }
@@ -284,7 +282,11 @@ pub struct FaultRequest {
 }
 
 /// Test-only: cut this member off from its raft peers (enabled by SHOAL_FAULT_INJECTION=1).
-pub async fn set_faults(State(gw): Gw, headers: HeaderMap, body: Json<FaultRequest>) -> Result<Json<Value>, ApiError> {
+pub async fn set_faults(
+    State(gw): Gw,
+    headers: HeaderMap,
+    Body(body): Body<FaultRequest>,
+) -> Result<Json<Value>, ApiError> {
     require(&headers, &gw, Scope::Admin)?;
     let Some(faults) = &gw.faults else {
         return Err(ApiError::not_found("fault injection is not enabled on this coordinator"));
