@@ -11,6 +11,7 @@ use std::time::Duration;
 use protobuf::Message as PbMessage;
 use quinn::Connection;
 use rand::Rng;
+use shoal_protocol::artifact::ArtifactStore;
 use shoal_protocol::metric_names as m;
 use shoal_protocol::quic::{self, ServerStream};
 use shoal_protocol::tls::{ClusterCa, MemberRole};
@@ -18,6 +19,7 @@ use shoal_protocol::token::{constant_time_eq, hash_secret};
 use shoal_protocol::{JoinRequest, RefusalCode, RegisterRequest, Request, Response};
 use tracing::{info, info_span, warn, Instrument};
 
+use crate::assign;
 use crate::clock::Clock;
 use crate::config::TimingConfig;
 use crate::lease::LeaseTable;
@@ -30,6 +32,8 @@ use crate::writer::Writer;
 const MIN_SWEEP: Duration = Duration::from_millis(100);
 /// The largest snapshot a follower accepts.
 const MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
+/// How often the leader compares deployments with placements.
+const RECONCILE_EVERY: Duration = Duration::from_millis(250);
 /// How often expired join tokens are pruned from the state.
 const TOKEN_PRUNE_EVERY: Duration = Duration::from_secs(60);
 
@@ -48,6 +52,10 @@ pub struct ControlPlane {
     pub reports: tokio::sync::mpsc::Sender<crate::raft::transport::Report>,
     /// The connection each raft peer last reached us on.
     pub raft_conns: Mutex<std::collections::HashMap<u64, usize>>,
+    /// Model files registered through this coordinator, served to nodes by hash.
+    pub artifacts: ArtifactStore,
+    /// Outstanding work per placement as nodes report it (soft state, for the router).
+    pub replica_load: Arc<Mutex<std::collections::HashMap<String, u32>>>,
 }
 
 fn new_node_id() -> String {
@@ -110,6 +118,16 @@ impl ControlPlane {
                     pong_loop(stream, seq, payload).await
                 }
                 Request::Heartbeat(_) => stream.refuse(RefusalCode::BadRequest, "register before heartbeating").await,
+                Request::FetchArtifact { sha256, offset } => {
+                    if peer.is_none() {
+                        let msg = "artifacts are served to cluster members only";
+                        return stream.refuse(RefusalCode::Unauthenticated, msg).await;
+                    }
+                    self.artifacts.serve(&mut stream, &sha256, offset).await
+                }
+                Request::Generate(_) | Request::Embed { .. } => {
+                    stream.refuse(RefusalCode::BadRequest, "models run on nodes; send this to a node").await
+                }
             }
         }
         .instrument(span)
@@ -252,7 +270,28 @@ impl ControlPlane {
             }
             self.renew(&id, hb.generation, Some(hb.load));
             metrics::counter!(m::HEARTBEATS).increment(1);
-            if stream.send(&Response::HeartbeatAck { generation: hb.generation, seq: hb.seq }).await.is_err() {
+            {
+                let mut load = self.replica_load.lock().unwrap_or_else(|p| p.into_inner());
+                for r in &hb.replicas {
+                    load.insert(r.placement_id.clone(), r.outstanding);
+                }
+            }
+            let changes = {
+                let state = self.raft.state().read().unwrap_or_else(|p| p.into_inner());
+                assign::status_changes(&state, &id, hb.generation, &hb.replicas, self.clock.unix_ms())
+            };
+            for change in changes {
+                if let Err(e) = self.writer.command(change).await {
+                    warn!(node = %id, error = %e, "could not record a replica's status");
+                }
+            }
+            let assignments = {
+                let state = self.raft.state().read().unwrap_or_else(|p| p.into_inner());
+                let book = self.coordinators.read().unwrap_or_else(|p| p.into_inner());
+                assign::assignments_for(&state, &id, hb.generation, |c| book.get(&c).map(|a| a.to_string()))
+            };
+            let ack = Response::HeartbeatAck { generation: hb.generation, seq: hb.seq, assignments };
+            if stream.send(&ack).await.is_err() {
                 return;
             }
         }
@@ -385,6 +424,42 @@ impl ControlPlane {
                 last_prune = now;
                 let prune = Command::PruneTokens { now_ms: self.clock.unix_ms() };
                 let _ = self.writer.command(prune).await;
+            }
+        }
+    }
+}
+
+impl ControlPlane {
+    /// The leader's reconciliation loop: runs the scheduler against the replicated state and
+    /// commits what it decides (placements made and removed).
+    pub async fn run_reconciler(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(RECONCILE_EVERY);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if !self.raft.status().is_leader() {
+                continue;
+            }
+            let commands = {
+                let state = self.raft.state().read().unwrap_or_else(|p| p.into_inner());
+                for d in state.deployments.values() {
+                    let ready = state
+                        .placements_of(&d.name)
+                        .filter(|p| p.phase == Some(shoal_protocol::ReplicaPhase::Ready))
+                        .count();
+                    metrics::gauge!(m::DEPLOYMENT_REPLICAS, "deployment" => d.name.clone()).set(ready as f64);
+                }
+                crate::scheduler::plan(&state, self.clock.unix_ms())
+            };
+            for cmd in commands {
+                let kind = cmd.kind();
+                match self.writer.command(cmd).await {
+                    Ok(outcome) => tracing::debug!(kind, ?outcome, "reconciled"),
+                    Err(e) => {
+                        warn!(kind, error = %e, "reconciliation step failed");
+                        break;
+                    }
+                }
             }
         }
     }

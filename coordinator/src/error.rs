@@ -31,6 +31,8 @@ pub enum CoordinatorError {
     Io { path: String, source: std::io::Error },
     #[error("the leader refused the forwarded write: {0}")]
     Forward(String),
+    #[error("{0}")]
+    Model(String),
     #[error("metrics: {0}")]
     Metrics(String),
 }

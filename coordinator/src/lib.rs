@@ -5,6 +5,7 @@
 //! What it must not do: run models or hold request data; the state machine ([`state`])
 //! and lease decisions ([`lease`]) stay free of I/O and clocks.
 
+pub mod assign;
 pub mod clock;
 pub mod config;
 pub mod control;
@@ -13,7 +14,10 @@ pub mod gateway;
 pub mod lease;
 pub mod pki;
 pub mod raft;
+pub mod registry;
+pub mod router;
 pub mod runtime;
+pub mod scheduler;
 pub mod state;
 pub mod telemetry;
 pub mod writer;

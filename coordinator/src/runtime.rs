@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
+use shoal_protocol::artifact::ArtifactStore;
 use shoal_protocol::quic;
 use shoal_protocol::tls::Identity;
 use shoal_protocol::token::JoinToken;
@@ -50,6 +51,9 @@ pub struct Coordinator {
     /// Resolves to the admin key this start generated, if the cluster had none.
     api_key_bootstrap: Option<tokio::task::JoinHandle<Result<Option<String>, CoordinatorError>>>,
     endpoint: quinn::Endpoint,
+    id: u64,
+    artifacts: ArtifactStore,
+    downloads: PathBuf,
 }
 
 impl Coordinator {
@@ -97,6 +101,11 @@ impl Coordinator {
         let writer = Writer::new(raft.clone(), book.clone(), Some(client));
 
         let clock = Clock::default();
+        let artifacts = ArtifactStore::open(opts.data_dir.join("artifacts"))
+            .map_err(|e| CoordinatorError::io(opts.data_dir.join("artifacts"), e))?;
+        let replica_load = Arc::new(Mutex::new(std::collections::HashMap::new()));
+        let router =
+            Arc::new(crate::router::Router::new(raft.clone(), identity.client_config()?, replica_load.clone())?);
         let leases = Arc::new(Mutex::new(LeaseTable::default()));
         let control = Arc::new(ControlPlane {
             raft: raft.clone(),
@@ -109,6 +118,8 @@ impl Coordinator {
             coordinators: book.clone(),
             reports: report_tx,
             raft_conns: Default::default(),
+            artifacts: artifacts.clone(),
+            replica_load: replica_load.clone(),
         });
         let endpoint = quic::server_endpoint_keyed(member.quic, identity.server_config()?, &identity.reset_secret())?;
         let quic_addr = endpoint.local_addr().map_err(|e| CoordinatorError::io("quic endpoint", e))?;
@@ -117,6 +128,7 @@ impl Coordinator {
             tokio::spawn(quic::serve(endpoint.clone(), move |conn, stream| control.clone().handle(conn, stream)));
         }
         tokio::spawn(control.clone().run_sweeper());
+        tokio::spawn(control.clone().run_reconciler());
 
         let listener = tokio::net::TcpListener::bind(member.http)
             .await
@@ -134,6 +146,9 @@ impl Coordinator {
             self_id: opts.id,
             ca_hash: pki.ca_hash.clone(),
             clock,
+            router,
+            artifacts: artifacts.clone(),
+            downloads: opts.data_dir.join("downloads"),
         });
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, gateway::router(gw)).await {
@@ -145,7 +160,18 @@ impl Coordinator {
         let api_key_bootstrap = member
             .initial
             .then(|| tokio::spawn(bootstrap_api_key(raft.clone(), writer.clone(), opts.api_key, bootstrapped)));
-        Ok(Self { raft, writer, ca_hash: pki.ca_hash, quic_addr, http_addr, api_key_bootstrap, endpoint })
+        Ok(Self {
+            raft,
+            writer,
+            ca_hash: pki.ca_hash,
+            quic_addr,
+            http_addr,
+            api_key_bootstrap,
+            endpoint,
+            id: opts.id,
+            artifacts,
+            downloads: opts.data_dir.join("downloads"),
+        })
     }
 
     /// Waits for the admin-key bootstrap; returns the key if this start generated it
@@ -184,6 +210,11 @@ impl Coordinator {
         };
         self.writer.command(Command::CreateToken(record)).await?;
         Ok(token)
+    }
+
+    /// Registers (if `source` is given) and deploys a model, as `POST /v1/deployments` does.
+    pub async fn deploy(&self, req: crate::registry::DeployRequest) -> Result<(String, u32), CoordinatorError> {
+        crate::registry::deploy(&self.writer, &self.artifacts, &self.downloads, self.id, req).await
     }
 
     /// Stops accepting QUIC connections.

@@ -13,6 +13,10 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
 
+/// Whole requests and first tokens of text generation take longer than control-plane calls.
+const GENERATION_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
+
 /// Installs the process-wide recorder once and returns its handle.
 pub fn install() -> Result<PrometheusHandle, CoordinatorError> {
     if let Some(h) = HANDLE.get() {
@@ -20,6 +24,16 @@ pub fn install() -> Result<PrometheusHandle, CoordinatorError> {
     }
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), LATENCY_BUCKETS)
+        .map_err(|e| CoordinatorError::Metrics(e.to_string()))?
+        .set_buckets_for_metric(Matcher::Full(m::REQUEST_SECONDS.into()), GENERATION_BUCKETS)
+        .map_err(|e| CoordinatorError::Metrics(e.to_string()))?
+        .set_buckets_for_metric(Matcher::Full(m::TTFT_SECONDS.into()), GENERATION_BUCKETS)
+        .map_err(|e| CoordinatorError::Metrics(e.to_string()))?
+        .set_buckets_for_metric(Matcher::Full(m::NODE_MODEL_LOAD_SECONDS.into()), GENERATION_BUCKETS)
+        .map_err(|e| CoordinatorError::Metrics(e.to_string()))?
+        .set_buckets_for_metric(Matcher::Full(m::NODE_BATCH_SIZE.into()), BATCH_BUCKETS)
+        .map_err(|e| CoordinatorError::Metrics(e.to_string()))?
+        .set_buckets_for_metric(Matcher::Full(m::NODE_EMBED_BATCH_SIZE.into()), BATCH_BUCKETS)
         .map_err(|e| CoordinatorError::Metrics(e.to_string()))?
         .install_recorder()
         .map_err(|e| CoordinatorError::Metrics(e.to_string()))?;

@@ -1,11 +1,18 @@
-//! The node's own QUIC endpoint (mutual TLS under the cluster CA). Today it answers pings
-//! from cluster members; model and index actors serve their streams here.
+//! The node's own QUIC endpoint (mutual TLS under the cluster CA): pings, generation and
+//! embedding requests for the replicas here, and model files for peers that fetch them.
 
+use std::sync::Arc;
+
+use shoal_engine::{ChatMessage, SamplingParams};
 use shoal_protocol::quic::{self, ServerStream};
-use shoal_protocol::{RefusalCode, Request, Response};
+use shoal_protocol::{Finish, GenerateRequest, Prompt, RefusalCode, Request, Response};
+use tracing::debug;
+
+use crate::models::llm::{AdmitError, SeqEvent};
+use crate::models::{Engine, ModelHost};
 
 /// Serves one data-plane stream.
-pub async fn handle(conn: quinn::Connection, mut stream: ServerStream) {
+pub async fn handle(host: Arc<ModelHost>, conn: quinn::Connection, mut stream: ServerStream) {
     if quic::peer_member(&conn).is_none() {
         return stream.refuse(RefusalCode::Unauthenticated, "data-plane streams need a member certificate").await;
     }
@@ -16,11 +23,100 @@ pub async fn handle(conn: quinn::Connection, mut stream: ServerStream) {
                     return;
                 }
             }
+            Ok(Some(Request::Generate(req))) => return generate(&host, stream, req).await,
+            Ok(Some(Request::Embed { placement_id, inputs })) => {
+                embed(&host, &mut stream, &placement_id, inputs).await;
+            }
+            Ok(Some(Request::FetchArtifact { sha256, offset })) => {
+                return host.store.serve(&mut stream, &sha256, offset).await
+            }
             Ok(Some(other)) => {
                 let msg = format!("a node does not serve '{}' requests", other.kind());
                 return stream.refuse(RefusalCode::BadRequest, msg).await;
             }
             Ok(None) | Err(_) => return stream.finish(),
+        }
+    }
+}
+
+async fn embed(host: &ModelHost, stream: &mut ServerStream, placement: &str, inputs: Vec<String>) {
+    let Some(Engine::Embed(h)) = host.engine(placement) else {
+        return stream.refuse(RefusalCode::NotFound, format!("no ready embedding replica {placement} here")).await;
+    };
+    match h.embed(inputs).await {
+        Ok((vectors, tokens)) => {
+            let _ = stream.send(&Response::Embedded { vectors, tokens: tokens as u32 }).await;
+        }
+        Err(None) => stream.refuse(RefusalCode::Overloaded, format!("replica {placement} is at capacity")).await,
+        Err(Some(e)) => stream.refuse(RefusalCode::BadRequest, e).await,
+    }
+}
+
+async fn generate(host: &ModelHost, mut stream: ServerStream, req: GenerateRequest) {
+    let Some(Engine::Generate(h)) = host.engine(&req.placement_id) else {
+        let msg = format!("no ready generation replica {} here", req.placement_id);
+        return stream.refuse(RefusalCode::NotFound, msg).await;
+    };
+    let text = match &req.prompt {
+        Prompt::Chat(turns) => {
+            let msgs: Vec<ChatMessage> = turns.iter().map(|t| ChatMessage::new(&t.role, &t.content)).collect();
+            match h.llm.render_chat(&msgs) {
+                Ok(t) => t,
+                Err(e) => return stream.refuse(RefusalCode::BadRequest, e.to_string()).await,
+            }
+        }
+        Prompt::Text(t) => t.clone(),
+    };
+    let prompt = match h.llm.encode(&text) {
+        Ok(p) if !p.is_empty() => p,
+        Ok(_) => return stream.refuse(RefusalCode::BadRequest, "the prompt is empty").await,
+        Err(e) => return stream.refuse(RefusalCode::BadRequest, e.to_string()).await,
+    };
+    let ctx = h.llm.context_length();
+    if prompt.len() + req.resume.len() >= ctx {
+        let msg = format!("the prompt is {} tokens; this model's context is {ctx} tokens", prompt.len());
+        return stream.refuse(RefusalCode::BadRequest, msg).await;
+    }
+    let s = &req.sampling;
+    let params = SamplingParams {
+        max_tokens: s.max_tokens as usize,
+        temperature: s.temperature,
+        top_p: s.top_p,
+        top_k: s.top_k as usize,
+        seed: s.seed,
+        presence_penalty: s.presence_penalty,
+        frequency_penalty: s.frequency_penalty,
+        stop: s.stop.clone(),
+    };
+    let prompt_tokens = prompt.len() as u32;
+    let (mut events, _guard) = match h.submit(prompt, req.resume.clone(), params) {
+        Ok(x) => x,
+        Err(AdmitError::Overloaded(msg)) => return stream.refuse(RefusalCode::Overloaded, msg).await,
+        Err(AdmitError::Stopped) => return stream.refuse(RefusalCode::NotFound, "the replica is stopping").await,
+    };
+    if stream.send(&Response::GenerationStarted { prompt_tokens }).await.is_err() {
+        return;
+    }
+    // `_guard` cancels the sequence on the engine if this task ends early (client gone).
+    while let Some(ev) = events.recv().await {
+        let frame = match ev {
+            SeqEvent::Token { token, text } => Response::Generated { tokens: vec![token], text },
+            SeqEvent::Finished { stop, prompt_tokens, completion_tokens } => {
+                let finish = if stop { Finish::Stop } else { Finish::Length };
+                let done = Response::GenerationDone {
+                    finish,
+                    prompt_tokens: prompt_tokens as u32,
+                    completion_tokens: completion_tokens as u32,
+                };
+                let _ = stream.send(&done).await;
+                stream.finish();
+                return;
+            }
+            SeqEvent::Failed(msg) => return stream.refuse(RefusalCode::BadRequest, msg).await,
+        };
+        if stream.send(&frame).await.is_err() {
+            debug!(placement = %req.placement_id, "client went away; cancelling the sequence");
+            return;
         }
     }
 }

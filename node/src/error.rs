@@ -23,6 +23,10 @@ pub enum NodeError {
     Refused(String),
     #[error("the coordinator redirected us to the leader at {0}")]
     Redirect(String),
+    #[error("model: {0}")]
+    Engine(#[from] shoal_engine::EngineError),
+    #[error("{0}")]
+    Artifact(String),
     #[error("actor: {0}")]
     Actor(String),
 }

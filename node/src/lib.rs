@@ -10,6 +10,7 @@ pub mod discovery;
 pub mod error;
 pub mod gpu;
 pub mod identity;
+pub mod models;
 pub mod session;
 
 use std::net::SocketAddr;
@@ -47,6 +48,7 @@ pub struct Node {
     pub data_addr: SocketAddr,
     pub capacity: Capacity,
     pub agent: ActorRef<AgentMsg>,
+    pub host: Arc<models::ModelHost>,
     endpoint: quinn::Endpoint,
 }
 
@@ -75,7 +77,13 @@ impl Node {
         let capacity = discovery::discover(&opts.accelerators);
         let endpoint = quic::server_endpoint_keyed(opts.listen, tls.server_config()?, &tls.reset_secret())?;
         let data_addr = endpoint.local_addr().map_err(|e| NodeError::io("data-plane endpoint", e))?;
-        tokio::spawn(quic::serve(endpoint.clone(), dataplane::handle));
+        let host = models::ModelHost::new(&opts.data_dir, tls.client_config()?)?;
+        {
+            let host = host.clone();
+            tokio::spawn(quic::serve(endpoint.clone(), move |conn, stream| {
+                dataplane::handle(host.clone(), conn, stream)
+            }));
+        }
         let ctx = Arc::new(session::SessionContext {
             client: tls.client_config()?,
             identity: identity.clone(),
@@ -84,11 +92,12 @@ impl Node {
             data_address: data_addr.to_string(),
             capacity: capacity.clone(),
             labels: opts.labels,
+            host: host.clone(),
         });
         let (agent, _) = Actor::spawn(Some(format!("node-agent-{}", identity.node_id)), agent::NodeAgent, ctx)
             .await
             .map_err(|e| NodeError::Actor(e.to_string()))?;
-        Ok(Self { node_id: identity.node_id, data_addr, capacity, agent, endpoint })
+        Ok(Self { node_id: identity.node_id, data_addr, capacity, agent, host, endpoint })
     }
 
     pub async fn status(&self) -> Result<AgentStatus, NodeError> {

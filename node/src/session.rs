@@ -24,6 +24,8 @@ pub struct SessionContext {
     pub data_address: String,
     pub capacity: Capacity,
     pub labels: Vec<Label>,
+    /// The replicas this node runs.
+    pub host: Arc<crate::models::ModelHost>,
 }
 
 /// Runs one session to its end. `on_registered` is told the generation once registered.
@@ -79,14 +81,19 @@ async fn heartbeat_loop(
             node_id: ctx.identity.node_id.clone(),
             generation,
             seq,
-            load: discovery::sample_load(&ctx.capacity),
+            load: {
+                let mut load = discovery::sample_load(&ctx.capacity);
+                load.in_flight = ctx.host.in_flight();
+                load
+            },
+            replicas: ctx.host.reports(),
         };
         let resp = tokio::time::timeout(lease, stream.call(&Request::Heartbeat(hb)))
             .await
             .map_err(|_| NodeError::Refused("heartbeat not acknowledged within the lease".into()))??;
         metrics::counter!(m::NODE_HEARTBEATS_SENT).increment(1);
         match resp {
-            Response::HeartbeatAck { .. } => {}
+            Response::HeartbeatAck { assignments, .. } => ctx.host.reconcile(assignments),
             Response::Refused { code: RefusalCode::StaleGeneration, message } => {
                 info!(generation, "this incarnation was fenced; registering again");
                 return Err(NodeError::Refused(message));

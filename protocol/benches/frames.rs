@@ -58,6 +58,7 @@ fn messages() -> Vec<(&'static str, Request)> {
                     memory_available_bytes: 200 << 30,
                     accelerator_free_bytes: vec![100 << 30; 8],
                 },
+                replicas: Vec::new(),
             }),
         ),
         ("ping_64B", Request::Ping { seq: 1, payload: vec![7; 64] }),

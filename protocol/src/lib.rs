@@ -6,16 +6,20 @@
 //! What it must not do: decide anything about the cluster. Message types and the codec are
 //! pure (no clock, no sockets); only [`quic`] touches tokio and quinn.
 
+pub mod artifact;
 pub mod error;
 pub mod frame;
 pub mod messages;
 pub mod metric_names;
+pub mod pool;
 pub mod quic;
+pub mod serving;
 pub mod tls;
 pub mod token;
 
 pub use error::ProtocolError;
 pub use messages::*;
+pub use serving::*;
 
 /// The protocol version carried in every stream's `Hello`. A peer with another version is
 /// refused with [`RefusalCode::VersionMismatch`].

@@ -6,6 +6,8 @@
 use rkyv::{Archive, Deserialize as RkyvDeserialize, Serialize as RkyvSerialize};
 use serde::{Deserialize, Serialize};
 
+use crate::serving::{Assignment, Finish, GenerateRequest, ReplicaReport};
+
 /// The first frame on every stream.
 #[derive(Archive, RkyvSerialize, RkyvDeserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
@@ -78,6 +80,10 @@ pub enum RefusalCode {
     NotLeader,
     BadRequest,
     Unavailable,
+    /// The replica's queue is full; retry later or elsewhere.
+    Overloaded,
+    /// No such replica, model or artifact here.
+    NotFound,
 }
 
 impl RefusalCode {
@@ -93,6 +99,8 @@ impl RefusalCode {
             RefusalCode::NotLeader => "not_leader",
             RefusalCode::BadRequest => "bad_request",
             RefusalCode::Unavailable => "unavailable",
+            RefusalCode::Overloaded => "overloaded",
+            RefusalCode::NotFound => "not_found",
         }
     }
 }
@@ -126,10 +134,12 @@ pub struct Heartbeat {
     pub generation: u64,
     pub seq: u64,
     pub load: Load,
+    /// The state of every replica this node runs or is loading.
+    pub replicas: Vec<ReplicaReport>,
 }
 
 /// Client → server.
-#[derive(Archive, RkyvSerialize, RkyvDeserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Debug, Clone, PartialEq)]
 pub enum Request {
     Join(JoinRequest),
     Register(RegisterRequest),
@@ -159,6 +169,18 @@ pub enum Request {
     Propose {
         proposal: Vec<u8>,
     },
+    /// Generate text on a replica; answered by `Generated` frames until `GenerationDone`.
+    Generate(GenerateRequest),
+    /// Embed texts on a replica; answered by `Embedded`.
+    Embed {
+        placement_id: String,
+        inputs: Vec<String>,
+    },
+    /// Send the artifact with this SHA-256 from byte `offset`: `Artifact` then `ArtifactChunk`s.
+    FetchArtifact {
+        sha256: String,
+        offset: u64,
+    },
 }
 
 impl Request {
@@ -173,12 +195,15 @@ impl Request {
             Request::RaftSnapshot { .. } => "raft_snapshot",
             Request::Chunk { .. } => "chunk",
             Request::Propose { .. } => "propose",
+            Request::Generate(_) => "generate",
+            Request::Embed { .. } => "embed",
+            Request::FetchArtifact { .. } => "fetch_artifact",
         }
     }
 }
 
 /// Server → client.
-#[derive(Archive, RkyvSerialize, RkyvDeserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Debug, Clone, PartialEq)]
 pub enum Response {
     Welcome {
         version: u32,
@@ -200,6 +225,8 @@ pub enum Response {
     HeartbeatAck {
         generation: u64,
         seq: u64,
+        /// Every replica the coordinator wants this node to run.
+        assignments: Vec<Assignment>,
     },
     /// This coordinator is not the leader; talk to the one at `leader_address`.
     Redirect {
@@ -213,6 +240,32 @@ pub enum Response {
     /// The outcome of a forwarded proposal (encoded by the coordinator).
     Proposed {
         outcome: Vec<u8>,
+    },
+    /// The prompt was accepted: its length in tokens.
+    GenerationStarted {
+        prompt_tokens: u32,
+    },
+    /// New tokens and the text they add (may be empty while bytes are held back).
+    Generated {
+        tokens: Vec<u32>,
+        text: String,
+    },
+    GenerationDone {
+        finish: Finish,
+        prompt_tokens: u32,
+        completion_tokens: u32,
+    },
+    Embedded {
+        vectors: Vec<Vec<f32>>,
+        tokens: u32,
+    },
+    /// The artifact follows from `offset`; `size` is its whole length.
+    Artifact {
+        size: u64,
+    },
+    ArtifactChunk {
+        data: Vec<u8>,
+        last: bool,
     },
 }
 

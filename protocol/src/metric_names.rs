@@ -34,3 +34,24 @@ pub const HTTP_AUTH_REFUSED: &str = "shoal_gateway_auth_refused_total";
 
 pub const NODE_HEARTBEATS_SENT: &str = "shoal_node_heartbeats_sent_total";
 pub const NODE_RECONNECTS: &str = "shoal_node_reconnects_total";
+
+pub const MODELS_REGISTERED: &str = "shoal_models_registered_total";
+pub const DEPLOYMENT_REPLICAS: &str = "shoal_deployment_replicas";
+pub const REQUEST_SECONDS: &str = "shoal_gateway_request_duration_seconds";
+pub const TTFT_SECONDS: &str = "shoal_gateway_time_to_first_token_seconds";
+pub const GATEWAY_TOKENS: &str = "shoal_gateway_tokens_generated_total";
+pub const ROUTER_RETRIES: &str = "shoal_router_retries_total";
+pub const ROUTER_NO_REPLICA: &str = "shoal_router_no_replica_total";
+pub const ROUTER_OUTSTANDING: &str = "shoal_router_outstanding_requests";
+
+pub const NODE_TOKENS: &str = "shoal_node_tokens_generated_total";
+pub const NODE_BATCH_SIZE: &str = "shoal_node_batch_size";
+pub const NODE_QUEUE_DEPTH: &str = "shoal_node_queue_depth";
+pub const NODE_KV_TOKENS: &str = "shoal_node_kv_cache_tokens";
+pub const NODE_MODEL_LOAD_SECONDS: &str = "shoal_node_model_load_duration_seconds";
+pub const NODE_REQUESTS_REJECTED: &str = "shoal_node_requests_rejected_total";
+pub const NODE_EMBED_BATCH_SIZE: &str = "shoal_node_embedding_batch_size";
+pub const NODE_DECODE_STEP_SECONDS: &str = "shoal_node_decode_step_duration_seconds";
+pub const ARTIFACT_BYTES_SENT: &str = "shoal_artifact_bytes_sent_total";
+pub const ARTIFACT_BYTES_RECEIVED: &str = "shoal_artifact_bytes_received_total";
+pub const ARTIFACT_FETCH_FAILURES: &str = "shoal_artifact_fetch_failures_total";

@@ -66,6 +66,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
                     memory_available_bytes: 7,
                     accelerator_free_bytes: free
                 },
+                replicas: Vec::new(),
             })
         ),
         (any::<u64>(), prop::collection::vec(any::<u8>(), 0..512))

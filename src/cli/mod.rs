@@ -1,6 +1,8 @@
 mod bench;
+mod chat;
 mod client;
 mod coordinator;
+mod deploy;
 mod format;
 mod join;
 mod status;
@@ -31,8 +33,12 @@ pub enum Command {
     },
     /// Start a node on this machine and join it to a cluster.
     Join(join::JoinArgs),
-    /// Show the cluster at a glance: coordinators, nodes.
+    /// Show the cluster at a glance: coordinators, nodes, deployments.
     Status(status::StatusArgs),
+    /// Register a model version and deploy it (or change an existing deployment).
+    Deploy(deploy::DeployArgs),
+    /// Chat with a deployed model from the terminal (streaming).
+    Chat(chat::ChatArgs),
     /// Run benchmarks and print their figures.
     Bench {
         #[command(subcommand)]
@@ -60,6 +66,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token { command } => token::run(command).await,
         Command::Join(a) => join::run(a).await,
         Command::Status(a) => status::run(a).await,
+        Command::Deploy(a) => deploy::run(a).await,
+        Command::Chat(a) => chat::run(a).await,
         Command::Bench { command } => bench::run(command).await,
     }
 }

@@ -32,14 +32,44 @@ fn accel_summary(n: &Value) -> String {
         .join(", ")
 }
 
+/// The DEPLOYMENTS section: one row per replica.
+pub fn deployments_table(deployments: &Value) -> String {
+    let list = deployments["data"].as_array().cloned().unwrap_or_default();
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for d in &list {
+        let name = d["name"].as_str().unwrap_or("").to_string();
+        let model = format!("{} v{}", d["model"].as_str().unwrap_or(""), d["version"]);
+        let want = format!("{}/{}", d["ready_replicas"], d["replicas"]);
+        let placements = d["placements"].as_array().cloned().unwrap_or_default();
+        if placements.is_empty() {
+            let pending = d["pending"].as_str().unwrap_or("");
+            rows.push(vec![name, model, want, "-".into(), "pending".into(), pending.into()]);
+            continue;
+        }
+        for p in placements {
+            let node = format!("{} ({})", p["node"].as_str().unwrap_or(""), p["node_name"].as_str().unwrap_or(""));
+            rows.push(vec![
+                name.clone(),
+                model.clone(),
+                want.clone(),
+                node,
+                p["state"].as_str().unwrap_or("").into(),
+                p["message"].as_str().unwrap_or("").into(),
+            ]);
+        }
+    }
+    let mut out = format!("DEPLOYMENTS ({})\n", list.len());
+    out.push_str(&table(&["NAME", "MODEL", "READY", "NODE", "STATE", "MESSAGE"], &rows));
+    out
+}
+
 pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
     let cluster = a.gateway.get("/v1/cluster").await?;
     let nodes = a.gateway.get("/v1/nodes").await?;
+    let deployments = a.gateway.get("/v1/deployments").await?;
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"cluster": cluster, "nodes": nodes["nodes"]}))?
-        );
+        let all = serde_json::json!({"cluster": cluster, "nodes": nodes["nodes"], "deployments": deployments["data"]});
+        println!("{}", serde_json::to_string_pretty(&all)?);
         return Ok(());
     }
     let members = cluster["members"].as_array().cloned().unwrap_or_default();
@@ -99,6 +129,6 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
         table(&["ID", "NAME", "STATE", "GEN", "CPUS", "RAM", "ACCELERATORS", "LOAD", "LAST HEARTBEAT"], &rows)
     );
     println!();
-    println!("DEPLOYMENTS\nnone (model serving is not part of this build yet)");
+    print!("{}", deployments_table(&deployments));
     Ok(())
 }

@@ -9,6 +9,33 @@ use shoal_coordinator::{Coordinator, CoordinatorOptions};
 use shoal_node::{Node, NodeIdentity};
 
 use super::join::{describe, NodeArgs};
+use shoal_coordinator::registry::{discover_models, DeployRequest};
+
+/// Deploys each model in `dir` with one replica; reports failures and goes on.
+async fn deploy_models(coord: &Coordinator, dir: &std::path::Path) {
+    let found = match discover_models(dir) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            println!("  models       none ({} does not exist; ./scripts/fetch-models.sh fills it)", dir.display());
+            return;
+        }
+        Err(e) => {
+            println!("  models       cannot read {}: {e}", dir.display());
+            return;
+        }
+    };
+    if found.is_empty() {
+        println!("  models       none found in {}", dir.display());
+    }
+    for (name, source) in found {
+        let req =
+            DeployRequest { name: name.clone(), model: None, source: Some(source.clone()), replicas: 1, sha256: None };
+        match coord.deploy(req).await {
+            Ok((_, version)) => println!("  model        {name} v{version} deployed from {source}"),
+            Err(e) => println!("  model        {name}: not deployed: {e}"),
+        }
+    }
+}
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
@@ -33,6 +60,9 @@ pub struct UpArgs {
     /// How long a silent node keeps its lease, in milliseconds.
     #[arg(long, default_value_t = config::DEFAULT_LEASE_MS)]
     pub lease_ms: u64,
+    /// Deploy every model found here (GGUF files, safetensors folders); a missing folder deploys nothing.
+    #[arg(long, default_value = "./models")]
+    pub models: PathBuf,
     #[command(flatten)]
     pub node: NodeArgs,
 }
@@ -70,6 +100,7 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
         Some(key) => println!("  admin key    {key}  (shown once; keep it)"),
         None => println!("  admin key    the one given with --api-key / SHOAL_API_KEY, or printed at first start"),
     }
+    deploy_models(&coord, &a.models).await;
     println!("Join more machines with: shoal token create --gateway http://{} --api-key KEY", coord.http_addr);
     super::shutdown_signal().await;
     node.stop();

@@ -2,7 +2,9 @@
 //! Errors use the OpenAI error shape.
 
 pub mod auth;
+pub mod deployments;
 mod error;
+pub mod openai;
 mod routes;
 
 use std::sync::{Arc, Mutex};
@@ -39,6 +41,11 @@ pub struct GatewayState {
     pub self_id: u64,
     pub ca_hash: String,
     pub clock: Clock,
+    pub router: Arc<crate::router::Router>,
+    /// Model files registered through this coordinator.
+    pub artifacts: shoal_protocol::artifact::ArtifactStore,
+    /// Where `hf://` sources are downloaded.
+    pub downloads: std::path::PathBuf,
 }
 
 pub fn router(state: Arc<GatewayState>) -> Router {
@@ -53,6 +60,12 @@ pub fn router(state: Arc<GatewayState>) -> Router {
         .route("/v1/coordinators", post(routes::add_coordinator))
         .route("/v1/coordinators/{id}", delete(routes::remove_coordinator))
         .route("/v1/debug/faults", post(routes::set_faults))
+        .route("/v1/models", get(openai::list_models))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/embeddings", post(openai::embeddings))
+        .route("/v1/deployments", post(deployments::create).get(deployments::list))
+        .route("/v1/deployments/{name}", get(deployments::get_one).delete(deployments::delete))
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

@@ -38,7 +38,7 @@ async fn consistent(gw: &GatewayState, opts: &ReadOpts) -> Result<(), ApiError> 
 
 fn outcome_ok(outcome: Outcome) -> Result<(), ApiError> {
     match outcome {
-        Outcome::Applied | Outcome::NodeUp { .. } => Ok(()),
+        Outcome::Applied | Outcome::NodeUp { .. } | Outcome::ModelVersion { .. } | Outcome::Placed { .. } => Ok(()),
         Outcome::Ignored(why) | Outcome::Rejected(why) => Err(ApiError::bad_request(why)),
     }
 }

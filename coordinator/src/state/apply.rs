@@ -1,4 +1,4 @@
-use super::{ClusterState, Command, NodeRecord, NodeState, Outcome};
+use super::{ClusterState, Command, Deployment, ModelRecord, NodeRecord, NodeState, Outcome, Placement};
 
 /// Applies one command. Pure and deterministic: same state and command, same result.
 pub fn apply(state: &mut ClusterState, cmd: &Command) -> Outcome {
@@ -59,7 +59,10 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Outcome {
                 node.state_changed_at_ms = *at_ms;
             }
             node.state = NodeState::Ready;
-            Outcome::NodeUp { generation: node.generation }
+            let generation = node.generation;
+            // A new incarnation starts with no replicas: the old process's are gone.
+            state.placements.retain(|_, p| p.node != *id || p.node_generation == generation);
+            Outcome::NodeUp { generation }
         }
         Command::NodeDead { id, generation, at_ms } => {
             let Some(node) = state.nodes.get_mut(id) else {
@@ -73,6 +76,8 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Outcome {
             }
             node.state = NodeState::Dead;
             node.state_changed_at_ms = *at_ms;
+            // Its replicas died with it; the scheduler places them elsewhere.
+            state.placements.retain(|_, p| p.node != *id);
             Outcome::Applied
         }
         Command::AddApiKey(k) => {
@@ -80,6 +85,98 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Outcome {
                 return Outcome::ignored("key already exists");
             }
             state.api_keys.insert(k.hash.clone(), k.clone());
+            Outcome::Applied
+        }
+        Command::RegisterModel { name, version } => {
+            let model = state
+                .models
+                .entry(name.clone())
+                .or_insert_with(|| ModelRecord { name: name.clone(), versions: vec![] });
+            if let Some(v) = model.versions.iter().find(|v| v.sha256 == version.sha256) {
+                return Outcome::ModelVersion { version: v.version, existed: true };
+            }
+            let mut v = version.clone();
+            v.version = model.versions.last().map(|l| l.version + 1).unwrap_or(1);
+            let number = v.version;
+            model.versions.push(v);
+            Outcome::ModelVersion { version: number, existed: false }
+        }
+        Command::Deploy { name, model, version, replicas, at_ms } => {
+            let Some(record) = state.models.get(model) else {
+                return Outcome::Rejected(format!("model '{model}' is not registered"));
+            };
+            let chosen = if *version == 0 { record.latest() } else { record.version(*version) };
+            let Some(chosen) = chosen else {
+                return Outcome::Rejected(format!("model '{model}' has no version {version}"));
+            };
+            let number = chosen.version;
+            match state.deployments.get_mut(name) {
+                Some(d) => {
+                    d.model = model.clone();
+                    d.version = number;
+                    d.replicas = *replicas;
+                    d.updated_at_ms = *at_ms;
+                }
+                None => {
+                    let d = Deployment {
+                        name: name.clone(),
+                        model: model.clone(),
+                        version: number,
+                        replicas: *replicas,
+                        created_at_ms: *at_ms,
+                        updated_at_ms: *at_ms,
+                    };
+                    state.deployments.insert(name.clone(), d);
+                }
+            }
+            Outcome::ModelVersion { version: number, existed: true }
+        }
+        Command::DeleteDeployment { name } => {
+            if state.deployments.remove(name).is_none() {
+                return Outcome::Rejected(format!("no deployment named '{name}'"));
+            }
+            state.placements.retain(|_, p| p.deployment != *name);
+            Outcome::Applied
+        }
+        Command::Place { deployment, node, node_generation, at_ms } => {
+            let Some(d) = state.deployments.get(deployment) else {
+                return Outcome::ignored("no such deployment");
+            };
+            match state.nodes.get(node) {
+                Some(n) if n.state == NodeState::Ready && n.generation == *node_generation => {}
+                _ => return Outcome::ignored("node incarnation is not ready"),
+            }
+            state.next_placement += 1;
+            let id = format!("{}-{}", deployment, state.next_placement);
+            let p = Placement {
+                id: id.clone(),
+                deployment: deployment.clone(),
+                model: d.model.clone(),
+                version: d.version,
+                node: node.clone(),
+                node_generation: *node_generation,
+                phase: None,
+                message: String::new(),
+                placed_at_ms: *at_ms,
+                changed_at_ms: *at_ms,
+            };
+            state.placements.insert(id.clone(), p);
+            Outcome::Placed { id }
+        }
+        Command::Unplace { id } => match state.placements.remove(id) {
+            Some(_) => Outcome::Applied,
+            None => Outcome::ignored("no such placement"),
+        },
+        Command::ReplicaStatus { id, node, node_generation, phase, message, at_ms } => {
+            let Some(p) = state.placements.get_mut(id) else {
+                return Outcome::ignored("no such placement");
+            };
+            if p.node != *node || p.node_generation != *node_generation {
+                return Outcome::ignored("stale generation");
+            }
+            p.phase = Some(*phase);
+            p.message = message.clone();
+            p.changed_at_ms = *at_ms;
             Outcome::Applied
         }
         Command::Noop => Outcome::Applied,

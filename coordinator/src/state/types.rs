@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 
 use rkyv::{Archive, Deserialize as RkyvDeserialize, Serialize as RkyvSerialize};
 use serde::Serialize;
-use shoal_protocol::{Capacity, Label};
+use shoal_protocol::{ArtifactRef, Capacity, EngineKind, Label, ReplicaPhase};
 
 /// Where a node is in its life.
 #[derive(Archive, RkyvSerialize, RkyvDeserialize, Serialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +78,99 @@ pub struct CoordinatorRecord {
     pub http: String,
 }
 
+/// How a model's weights are stored.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightFormat {
+    Gguf,
+    Safetensors,
+}
+
+/// One registered version of a model: facts read from its files at registration.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct ModelVersion {
+    pub version: u32,
+    /// Where it was registered from (`file://…`, `hf://…`).
+    pub source: String,
+    /// The main weights file's SHA-256 (GGUF), or the SHA-256 of the folder's manifest.
+    pub sha256: String,
+    /// Bytes of all its files.
+    pub size: u64,
+    pub format: WeightFormat,
+    pub architecture: String,
+    /// "chat", "completion", "embedding".
+    pub capabilities: Vec<String>,
+    pub context_length: u32,
+    pub layers: u32,
+    pub hidden_size: u32,
+    /// Bytes of tensor data: what a replica needs in memory, roughly.
+    pub weight_bytes: u64,
+    pub files: Vec<ArtifactRef>,
+    /// The coordinator whose artifact store holds the files.
+    pub stored_by: u64,
+    pub registered_at_ms: u64,
+}
+
+impl ModelVersion {
+    pub fn kind(&self) -> EngineKind {
+        if self.capabilities.iter().any(|c| c == "embedding") {
+            EngineKind::Embed
+        } else {
+            EngineKind::Generate
+        }
+    }
+}
+
+/// A model and its versions (oldest first).
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct ModelRecord {
+    pub name: String,
+    pub versions: Vec<ModelVersion>,
+}
+
+impl ModelRecord {
+    pub fn version(&self, v: u32) -> Option<&ModelVersion> {
+        self.versions.iter().find(|m| m.version == v)
+    }
+    pub fn latest(&self) -> Option<&ModelVersion> {
+        self.versions.last()
+    }
+}
+
+/// What the operator asked for: `replicas` copies of a model version, served under `name`.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct Deployment {
+    pub name: String,
+    pub model: String,
+    pub version: u32,
+    pub replicas: u32,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+}
+
+/// One replica of a deployment, placed on one node incarnation.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub id: String,
+    pub deployment: String,
+    pub model: String,
+    pub version: u32,
+    pub node: String,
+    /// The node incarnation this placement belongs to; a new incarnation starts empty.
+    pub node_generation: u64,
+    /// `None` until the node reports on it.
+    pub phase: Option<ReplicaPhase>,
+    pub message: String,
+    pub placed_at_ms: u64,
+    pub changed_at_ms: u64,
+}
+
+impl Placement {
+    pub fn phase_str(&self) -> &'static str {
+        self.phase.map(|p| p.as_str()).unwrap_or("assigned")
+    }
+}
+
 /// The whole replicated state.
 #[derive(Archive, RkyvSerialize, RkyvDeserialize, Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClusterState {
@@ -86,11 +179,26 @@ pub struct ClusterState {
     pub nodes: BTreeMap<String, NodeRecord>,
     pub tokens: BTreeMap<String, TokenRecord>,
     pub api_keys: BTreeMap<String, ApiKeyRecord>,
+    pub models: BTreeMap<String, ModelRecord>,
+    pub deployments: BTreeMap<String, Deployment>,
+    pub placements: BTreeMap<String, Placement>,
+    /// Makes placement ids unique.
+    pub next_placement: u64,
 }
 
 impl ClusterState {
     pub fn count_nodes(&self, state: NodeState) -> usize {
         self.nodes.values().filter(|n| n.state == state).count()
+    }
+
+    pub fn placements_of<'a>(&'a self, deployment: &'a str) -> impl Iterator<Item = &'a Placement> + 'a {
+        self.placements.values().filter(move |p| p.deployment == deployment)
+    }
+
+    /// The model version a deployment serves.
+    pub fn deployed_version(&self, deployment: &str) -> Option<&ModelVersion> {
+        let d = self.deployments.get(deployment)?;
+        self.models.get(&d.model)?.version(d.version)
     }
 }
 
@@ -130,6 +238,42 @@ pub enum Command {
         at_ms: u64,
     },
     AddApiKey(ApiKeyRecord),
+    /// Adds a version to a model (creating the model). A version whose content (`sha256`)
+    /// the model already has is not added again: the outcome names the existing one.
+    RegisterModel {
+        name: String,
+        version: ModelVersion,
+    },
+    /// Creates or changes a deployment of `model` at `version` (0 = the latest).
+    Deploy {
+        name: String,
+        model: String,
+        version: u32,
+        replicas: u32,
+        at_ms: u64,
+    },
+    DeleteDeployment {
+        name: String,
+    },
+    /// Places one replica of `deployment` on incarnation `node_generation` of `node`.
+    Place {
+        deployment: String,
+        node: String,
+        node_generation: u64,
+        at_ms: u64,
+    },
+    Unplace {
+        id: String,
+    },
+    /// A node reported a replica's phase.
+    ReplicaStatus {
+        id: String,
+        node: String,
+        node_generation: u64,
+        phase: ReplicaPhase,
+        message: String,
+        at_ms: u64,
+    },
     /// Appended by a new leader; changes nothing.
     Noop,
 }
@@ -144,6 +288,12 @@ impl Command {
             Command::NodeUp { .. } => "node_up",
             Command::NodeDead { .. } => "node_dead",
             Command::AddApiKey(_) => "add_api_key",
+            Command::RegisterModel { .. } => "register_model",
+            Command::Deploy { .. } => "deploy",
+            Command::DeleteDeployment { .. } => "delete_deployment",
+            Command::Place { .. } => "place",
+            Command::Unplace { .. } => "unplace",
+            Command::ReplicaStatus { .. } => "replica_status",
             Command::Noop => "noop",
         }
     }
@@ -156,6 +306,15 @@ pub enum Outcome {
     /// A node is `Ready` under this generation.
     NodeUp {
         generation: u64,
+    },
+    /// A model version is registered (new or already known).
+    ModelVersion {
+        version: u32,
+        existed: bool,
+    },
+    /// A placement was made with this id.
+    Placed {
+        id: String,
     },
     /// The command no longer applies (e.g. a fenced, stale generation); nothing changed.
     Ignored(String),

@@ -1,0 +1,77 @@
+//! Pure translation between the replicated placements and a node's view of them: the
+//! assignments sent with heartbeat acks, and the commands a node's replica reports imply.
+
+use shoal_protocol::{ArtifactSource, Assignment, ReplicaReport};
+
+use crate::state::{ClusterState, Command, NodeState};
+
+/// What node `id` (incarnation `generation`) should run. `coordinator_address` maps a
+/// coordinator id to its QUIC address (for artifact sources).
+pub fn assignments_for(
+    state: &ClusterState,
+    id: &str,
+    generation: u64,
+    coordinator_address: impl Fn(u64) -> Option<String>,
+) -> Vec<Assignment> {
+    let mut out = Vec::new();
+    for p in state.placements.values().filter(|p| p.node == id && p.node_generation == generation) {
+        let Some(version) = state.models.get(&p.model).and_then(|m| m.version(p.version)) else { continue };
+        // Peers that already serve this version hold its files; the registering coordinator always does.
+        let mut sources: Vec<ArtifactSource> = state
+            .placements
+            .values()
+            .filter(|q| {
+                q.model == p.model
+                    && q.version == p.version
+                    && q.node != id
+                    && q.phase == Some(shoal_protocol::ReplicaPhase::Ready)
+            })
+            .filter_map(|q| state.nodes.get(&q.node))
+            .filter(|n| n.state == NodeState::Ready)
+            .map(|n| ArtifactSource { address: n.address.clone(), coordinator: false })
+            .collect();
+        sources.dedup();
+        if let Some(addr) = coordinator_address(version.stored_by) {
+            sources.push(ArtifactSource { address: addr, coordinator: true });
+        }
+        out.push(Assignment {
+            placement_id: p.id.clone(),
+            deployment: p.deployment.clone(),
+            model: p.model.clone(),
+            version: p.version,
+            version_sha256: version.sha256.clone(),
+            kind: version.kind(),
+            files: version.files.clone(),
+            sources,
+        });
+    }
+    out
+}
+
+/// `ReplicaStatus` commands for reports that differ from the committed placements.
+pub fn status_changes(
+    state: &ClusterState,
+    node: &str,
+    generation: u64,
+    reports: &[ReplicaReport],
+    at_ms: u64,
+) -> Vec<Command> {
+    reports
+        .iter()
+        .filter(|r| {
+            state.placements.get(&r.placement_id).is_some_and(|p| {
+                p.node == node
+                    && p.node_generation == generation
+                    && (p.phase != Some(r.phase) || p.message != r.message)
+            })
+        })
+        .map(|r| Command::ReplicaStatus {
+            id: r.placement_id.clone(),
+            node: node.to_string(),
+            node_generation: generation,
+            phase: r.phase,
+            message: r.message.clone(),
+            at_ms,
+        })
+        .collect()
+}

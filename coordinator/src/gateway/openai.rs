@@ -1,0 +1,527 @@
+//! The OpenAI-compatible endpoints: `/v1/models`, `/v1/chat/completions`,
+//! `/v1/completions` (both streaming as server-sent events or not) and `/v1/embeddings`.
+//! Request and response shapes follow OpenAI's API so the official SDKs work unchanged.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use shoal_protocol::metric_names as m;
+use shoal_protocol::{ChatTurn, Finish, Prompt, SamplingSettings};
+use tokio::sync::mpsc;
+
+use super::auth::require;
+use super::{ApiError, Body, GatewayState};
+use crate::router::{GenEvent, RouteError};
+use crate::state::Scope;
+
+type Gw = State<Arc<GatewayState>>;
+
+/// The most tokens one request may ask for.
+pub const MAX_TOKENS_LIMIT: u32 = 32_768;
+/// The most inputs one embeddings request may carry.
+pub const MAX_EMBED_INPUTS: usize = 2048;
+
+impl From<RouteError> for ApiError {
+    fn from(e: RouteError) -> Self {
+        match e {
+            RouteError::UnknownModel(msg) => {
+                ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", "model_not_found", msg)
+            }
+            RouteError::WrongKind(msg) | RouteError::BadRequest(msg) => ApiError::bad_request(msg),
+            RouteError::NoReplica(msg) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "no_replica", msg)
+            }
+            RouteError::Overloaded(msg) => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "server_error", "overloaded", msg)
+            }
+        }
+    }
+}
+
+fn unix_secs() -> u64 {
+    crate::clock::unix_ms() / 1000
+}
+
+fn request_id(prefix: &str) -> String {
+    format!("{prefix}-{:024x}", rand::random::<u128>() & ((1u128 << 96) - 1))
+}
+
+pub async fn list_models(State(gw): Gw, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    require(&headers, &gw, Scope::User)?;
+    let state = gw.raft.state().read().unwrap_or_else(|p| p.into_inner());
+    let data: Vec<Value> = state
+        .deployments
+        .values()
+        .map(|d| {
+            let v = state.deployed_version(&d.name);
+            let ready =
+                state.placements_of(&d.name).filter(|p| p.phase == Some(shoal_protocol::ReplicaPhase::Ready)).count();
+            json!({
+                "id": d.name,
+                "object": "model",
+                "created": d.created_at_ms / 1000,
+                "owned_by": "shoal",
+                "capabilities": v.map(|v| v.capabilities.clone()).unwrap_or_default(),
+                "context_length": v.map(|v| v.context_length).unwrap_or(0),
+                "ready_replicas": ready,
+            })
+        })
+        .collect();
+    Ok(Json(json!({"object": "list", "data": data})))
+}
+
+/// `stop` may be a string or a list of strings.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum StopField {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+/// Sampling fields shared by chat and completions.
+#[derive(Debug, Deserialize)]
+pub struct SamplingFields {
+    max_tokens: Option<i64>,
+    max_completion_tokens: Option<i64>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<i64>,
+    seed: Option<i64>,
+    presence_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
+    stop: Option<StopField>,
+    n: Option<u32>,
+}
+
+impl SamplingFields {
+    fn settings(&self) -> Result<SamplingSettings, ApiError> {
+        let max = self.max_completion_tokens.or(self.max_tokens).unwrap_or(256);
+        if max < 1 || max > MAX_TOKENS_LIMIT as i64 {
+            return Err(ApiError::bad_request(format!(
+                "max_tokens must be between 1 and {MAX_TOKENS_LIMIT}, got {max}"
+            )));
+        }
+        let temperature = self.temperature.unwrap_or(1.0);
+        if !(0.0..=2.0).contains(&temperature) {
+            return Err(ApiError::bad_request(format!("temperature must be between 0 and 2, got {temperature}")));
+        }
+        let top_p = self.top_p.unwrap_or(1.0);
+        if !(top_p > 0.0 && top_p <= 1.0) {
+            return Err(ApiError::bad_request(format!("top_p must be in (0, 1], got {top_p}")));
+        }
+        let top_k = self.top_k.unwrap_or(0);
+        if top_k < 0 {
+            return Err(ApiError::bad_request(format!("top_k must not be negative, got {top_k}")));
+        }
+        for (name, v) in [("presence_penalty", self.presence_penalty), ("frequency_penalty", self.frequency_penalty)] {
+            if let Some(v) = v {
+                if !(-2.0..=2.0).contains(&v) {
+                    return Err(ApiError::bad_request(format!("{name} must be between -2 and 2, got {v}")));
+                }
+            }
+        }
+        if self.n.unwrap_or(1) != 1 {
+            return Err(ApiError::bad_request("only n = 1 is supported"));
+        }
+        let stop = match &self.stop {
+            None => vec![],
+            Some(StopField::One(s)) => vec![s.clone()],
+            Some(StopField::Many(v)) => v.clone(),
+        };
+        if stop.len() > 4 || stop.iter().any(|s| s.is_empty()) {
+            return Err(ApiError::bad_request("stop takes up to 4 non-empty sequences"));
+        }
+        Ok(SamplingSettings {
+            max_tokens: max as u32,
+            temperature,
+            top_p,
+            top_k: top_k.min(u32::MAX as i64) as u32,
+            seed: self.seed.map(|s| s as u64),
+            presence_penalty: self.presence_penalty.unwrap_or(0.0),
+            frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
+            stop,
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChatRequest {
+    model: String,
+    messages: Vec<ChatMessageIn>,
+    #[serde(default)]
+    stream: bool,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+    #[serde(flatten)]
+    sampling: SamplingFields,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChatMessageIn {
+    role: String,
+    #[serde(default)]
+    content: Option<Value>,
+}
+
+/// A message's text: a string, or the text parts of a list of content parts.
+fn message_text(content: &Option<Value>) -> Result<String, ApiError> {
+    match content {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Array(parts)) => {
+            let mut out = String::new();
+            for p in parts {
+                match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
+                    (Some("text"), Some(t)) => out.push_str(t),
+                    _ => return Err(ApiError::bad_request("only text content parts are supported")),
+                }
+            }
+            Ok(out)
+        }
+        Some(_) => Err(ApiError::bad_request("message content must be a string or a list of content parts")),
+    }
+}
+
+pub async fn chat_completions(
+    State(gw): Gw,
+    headers: HeaderMap,
+    Body(req): Body<ChatRequest>,
+) -> Result<Response, ApiError> {
+    require(&headers, &gw, Scope::User)?;
+    if req.messages.is_empty() {
+        return Err(ApiError::bad_request("messages must not be empty"));
+    }
+    let mut turns = Vec::with_capacity(req.messages.len());
+    for m in &req.messages {
+        if !["system", "user", "assistant", "developer", "tool"].contains(&m.role.as_str()) {
+            return Err(ApiError::bad_request(format!("unknown message role '{}'", m.role)));
+        }
+        let role = if m.role == "developer" { "system".to_string() } else { m.role.clone() };
+        turns.push(ChatTurn { role, content: message_text(&m.content)? });
+    }
+    let sampling = req.sampling.settings()?;
+    let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    let kind = Kind::Chat;
+    generate(gw, req.model, Prompt::Chat(turns), sampling, req.stream, include_usage, kind).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum PromptField {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CompletionRequest {
+    model: String,
+    prompt: PromptField,
+    #[serde(default)]
+    stream: bool,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+    #[serde(flatten)]
+    sampling: SamplingFields,
+}
+
+pub async fn completions(
+    State(gw): Gw,
+    headers: HeaderMap,
+    Body(req): Body<CompletionRequest>,
+) -> Result<Response, ApiError> {
+    require(&headers, &gw, Scope::User)?;
+    let prompt = match req.prompt {
+        PromptField::One(s) => s,
+        PromptField::Many(mut v) if v.len() == 1 => v.remove(0),
+        PromptField::Many(_) => return Err(ApiError::bad_request("exactly one prompt per request is supported")),
+    };
+    if prompt.is_empty() {
+        return Err(ApiError::bad_request("prompt must not be empty"));
+    }
+    let sampling = req.sampling.settings()?;
+    let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    generate(gw, req.model, Prompt::Text(prompt), sampling, req.stream, include_usage, Kind::Completion).await
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Chat,
+    Completion,
+}
+
+impl Kind {
+    fn object(self, streaming: bool) -> &'static str {
+        match (self, streaming) {
+            (Kind::Chat, false) => "chat.completion",
+            (Kind::Chat, true) => "chat.completion.chunk",
+            (Kind::Completion, _) => "text_completion",
+        }
+    }
+    fn id_prefix(self) -> &'static str {
+        match self {
+            Kind::Chat => "chatcmpl",
+            Kind::Completion => "cmpl",
+        }
+    }
+}
+
+fn usage(prompt: u32, completion: u32) -> Value {
+    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
+}
+
+async fn generate(
+    gw: Arc<GatewayState>,
+    model: String,
+    prompt: Prompt,
+    sampling: SamplingSettings,
+    stream: bool,
+    include_usage: bool,
+    kind: Kind,
+) -> Result<Response, ApiError> {
+    gw.router.check_generate(&model)?;
+    let started = Instant::now();
+    let rx = gw.router.generate(model.clone(), prompt, sampling);
+    let id = request_id(kind.id_prefix());
+    if stream {
+        Ok(stream_response(rx, id, model, kind, include_usage, started).into_response())
+    } else {
+        collect_response(rx, id, model, kind, started).await
+    }
+}
+
+fn observe(model: &str, started: Instant, outcome: &'static str) {
+    metrics::histogram!(m::REQUEST_SECONDS, "model" => model.to_string(), "outcome" => outcome)
+        .record(started.elapsed().as_secs_f64());
+}
+
+async fn collect_response(
+    mut rx: mpsc::Receiver<GenEvent>,
+    id: String,
+    model: String,
+    kind: Kind,
+    started: Instant,
+) -> Result<Response, ApiError> {
+    let mut text = String::new();
+    let mut first = true;
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            GenEvent::Started { .. } => {}
+            GenEvent::Delta { text: t, tokens } => {
+                if first {
+                    first = false;
+                    metrics::histogram!(m::TTFT_SECONDS, "model" => model.clone())
+                        .record(started.elapsed().as_secs_f64());
+                }
+                metrics::counter!(m::GATEWAY_TOKENS, "model" => model.clone()).increment(tokens as u64);
+                text.push_str(&t);
+            }
+            GenEvent::Done { finish, prompt_tokens, completion_tokens } => {
+                observe(&model, started, "ok");
+                let choice = match kind {
+                    Kind::Chat => json!({
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "logprobs": null,
+                        "finish_reason": finish.as_str(),
+                    }),
+                    Kind::Completion => json!({
+                        "index": 0, "text": text, "logprobs": null, "finish_reason": finish.as_str(),
+                    }),
+                };
+                let body = json!({
+                    "id": id,
+                    "object": kind.object(false),
+                    "created": unix_secs(),
+                    "model": model,
+                    "choices": [choice],
+                    "usage": usage(prompt_tokens, completion_tokens),
+                });
+                return Ok(Json(body).into_response());
+            }
+            GenEvent::Failed(e) => {
+                observe(&model, started, "error");
+                return Err(e.into());
+            }
+        }
+    }
+    observe(&model, started, "error");
+    Err(ApiError::unavailable("the generation ended without an answer"))
+}
+
+fn chunk(id: &str, model: &str, kind: Kind, text: Option<&str>, finish: Option<Finish>, role: bool) -> Value {
+    let finish = finish.map(|f| f.as_str());
+    let choice = match kind {
+        Kind::Chat => {
+            let mut delta = serde_json::Map::new();
+            if role {
+                delta.insert("role".into(), json!("assistant"));
+            }
+            if let Some(t) = text {
+                delta.insert("content".into(), json!(t));
+            }
+            json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish})
+        }
+        Kind::Completion => json!({"index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish}),
+    };
+    json!({"id": id, "object": kind.object(true), "created": unix_secs(), "model": model, "choices": [choice]})
+}
+
+fn stream_response(
+    rx: mpsc::Receiver<GenEvent>,
+    id: String,
+    model: String,
+    kind: Kind,
+    include_usage: bool,
+    started: Instant,
+) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
+    struct S {
+        rx: mpsc::Receiver<GenEvent>,
+        pending: std::collections::VecDeque<Event>,
+        done: bool,
+        first: bool,
+    }
+    let init = S { rx, pending: Default::default(), done: false, first: true };
+    let stream = futures_util::stream::unfold(init, move |mut s| {
+        let (id, model) = (id.clone(), model.clone());
+        async move {
+            loop {
+                if let Some(ev) = s.pending.pop_front() {
+                    return Some((Ok(ev), s));
+                }
+                if s.done {
+                    return None;
+                }
+                let data = |v: Value| Event::default().data(v.to_string());
+                match s.rx.recv().await {
+                    Some(GenEvent::Started { .. }) => {
+                        if kind == Kind::Chat {
+                            s.pending.push_back(data(chunk(&id, &model, kind, Some(""), None, true)));
+                        }
+                    }
+                    Some(GenEvent::Delta { text, tokens }) => {
+                        if s.first {
+                            s.first = false;
+                            metrics::histogram!(m::TTFT_SECONDS, "model" => model.clone())
+                                .record(started.elapsed().as_secs_f64());
+                        }
+                        metrics::counter!(m::GATEWAY_TOKENS, "model" => model.clone()).increment(tokens as u64);
+                        if !text.is_empty() {
+                            s.pending.push_back(data(chunk(&id, &model, kind, Some(&text), None, false)));
+                        }
+                    }
+                    Some(GenEvent::Done { finish, prompt_tokens, completion_tokens }) => {
+                        observe(&model, started, "ok");
+                        let text = if kind == Kind::Chat { None } else { Some("") };
+                        s.pending.push_back(data(chunk(&id, &model, kind, text, Some(finish), false)));
+                        if include_usage {
+                            let u = json!({
+                                "id": id, "object": kind.object(true), "created": unix_secs(), "model": model,
+                                "choices": [], "usage": usage(prompt_tokens, completion_tokens),
+                            });
+                            s.pending.push_back(data(u));
+                        }
+                        s.pending.push_back(Event::default().data("[DONE]"));
+                        s.done = true;
+                    }
+                    Some(GenEvent::Failed(e)) => {
+                        observe(&model, started, "error");
+                        let err: ApiError = e.into();
+                        let body = json!({"error": {"message": err.message, "type": err.kind, "code": err.code}});
+                        s.pending.push_back(data(body));
+                        s.pending.push_back(Event::default().data("[DONE]"));
+                        s.done = true;
+                    }
+                    None => return None,
+                }
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum EmbedInput {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EmbeddingRequest {
+    model: String,
+    input: Value,
+    #[serde(default)]
+    encoding_format: Option<String>,
+    #[serde(default)]
+    dimensions: Option<u32>,
+}
+
+pub async fn embeddings(
+    State(gw): Gw,
+    headers: HeaderMap,
+    Body(req): Body<EmbeddingRequest>,
+) -> Result<Json<Value>, ApiError> {
+    require(&headers, &gw, Scope::User)?;
+    let inputs: Vec<String> = match serde_json::from_value::<EmbedInput>(req.input) {
+        Ok(EmbedInput::One(s)) => vec![s],
+        Ok(EmbedInput::Many(v)) => v,
+        Err(_) => return Err(ApiError::bad_request("input must be a string or a list of strings")),
+    };
+    if inputs.is_empty() || inputs.len() > MAX_EMBED_INPUTS {
+        return Err(ApiError::bad_request(format!("input must hold 1 to {MAX_EMBED_INPUTS} strings")));
+    }
+    if inputs.iter().any(|s| s.is_empty()) {
+        return Err(ApiError::bad_request("input strings must not be empty"));
+    }
+    let base64 = match req.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => return Err(ApiError::bad_request(format!("unknown encoding_format '{other}'"))),
+    };
+    if req.dimensions.is_some() {
+        return Err(ApiError::bad_request("this model does not support choosing dimensions"));
+    }
+    let started = Instant::now();
+    let (vectors, tokens) = match gw.router.embed(&req.model, inputs).await {
+        Ok(v) => v,
+        Err(e) => {
+            observe(&req.model, started, "error");
+            return Err(e.into());
+        }
+    };
+    observe(&req.model, started, "ok");
+    let data: Vec<Value> = vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let embedding = if base64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    Ok(Json(json!({
+        "object": "list",
+        "data": data,
+        "model": req.model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    })))
+}

@@ -1,0 +1,228 @@
+//! Model registration: resolve a source, read the model's facts from its files, store the
+//! files by hash in this coordinator's artifact store, and describe the version for the
+//! replicated registry. Nothing is committed when any step fails.
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use shoal_engine::{Capability, ModelFormat};
+use shoal_protocol::artifact::ArtifactStore;
+use shoal_protocol::ArtifactRef;
+use tracing::info;
+
+use crate::state::{ModelVersion, WeightFormat};
+use crate::CoordinatorError;
+
+/// Names of models and deployments: what fits in a URL path and a metric label.
+pub fn check_name(kind: &str, name: &str) -> Result<(), CoordinatorError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(CoordinatorError::Model(format!(
+            "{kind} name '{name}' must be 1-64 characters of letters, digits, '-', '_' or '.'"
+        )))
+    }
+}
+
+/// Reads and stores a model version from `source`. `expected_sha256`, when given, must
+/// match the version's hash. Blocking (hashes whole files): call from a blocking thread.
+pub fn prepare_version(
+    source: &str,
+    expected_sha256: Option<&str>,
+    store: &ArtifactStore,
+    download_dir: &Path,
+    coordinator_id: u64,
+    now_ms: u64,
+) -> Result<ModelVersion, CoordinatorError> {
+    let path: PathBuf = shoal_engine::resolve_source(source, download_dir).map_err(model_err)?;
+    let info = shoal_engine::inspect(&path).map_err(model_err)?;
+    let mut files = Vec::new();
+    for name in &info.files {
+        let file = if path.is_dir() { path.join(name) } else { path.clone() };
+        let (sha256, size) = store.put_file(&file).map_err(|e| CoordinatorError::io(&file, e))?;
+        files.push(ArtifactRef { name: name.clone(), sha256, size });
+    }
+    let sha256 = match (info.format, files.as_slice()) {
+        (ModelFormat::Gguf, [only]) => only.sha256.clone(),
+        _ => manifest_hash(&files),
+    };
+    if let Some(expected) = expected_sha256 {
+        let expected = expected.trim().trim_start_matches("sha256:").to_ascii_lowercase();
+        if expected != sha256 {
+            return Err(CoordinatorError::Model(format!(
+                "{source} has sha256 {sha256}, not the expected {expected}; nothing was registered"
+            )));
+        }
+    }
+    let capabilities = info
+        .capabilities
+        .iter()
+        .map(|c| match c {
+            Capability::Chat => "chat",
+            Capability::Completion => "completion",
+            Capability::Embedding => "embedding",
+        })
+        .map(String::from)
+        .collect();
+    let version = ModelVersion {
+        version: 0,
+        source: source.to_string(),
+        sha256,
+        size: files.iter().map(|f| f.size).sum(),
+        format: match info.format {
+            ModelFormat::Gguf => WeightFormat::Gguf,
+            ModelFormat::Safetensors => WeightFormat::Safetensors,
+        },
+        architecture: info.architecture.clone(),
+        capabilities,
+        context_length: info.context_length,
+        layers: info.layers,
+        hidden_size: info.hidden_size,
+        weight_bytes: info.weight_bytes,
+        files,
+        stored_by: coordinator_id,
+        registered_at_ms: now_ms,
+    };
+    info!(source, sha256 = %version.sha256, architecture = %version.architecture, "model files stored");
+    Ok(version)
+}
+
+/// The hash of a multi-file model: SHA-256 over its sorted `name sha256` lines.
+pub fn manifest_hash(files: &[ArtifactRef]) -> String {
+    let mut lines: Vec<String> = files.iter().map(|f| format!("{} {}\n", f.name, f.sha256)).collect();
+    lines.sort();
+    hex::encode(Sha256::digest(lines.concat().as_bytes()))
+}
+
+fn model_err(e: shoal_engine::EngineError) -> CoordinatorError {
+    CoordinatorError::Model(e.to_string())
+}
+
+/// Lists the models in a folder: `*.gguf` files (at the top or one folder down) and
+/// folders holding `config.json` with safetensors. Returns `(name, file:// source)`.
+pub fn discover_models(dir: &Path) -> std::io::Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    entries.sort();
+    for entry in entries {
+        let stem = entry.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_ascii_lowercase();
+        if entry.is_file() && entry.extension().is_some_and(|e| e == "gguf") {
+            out.push((stem, source_uri(&entry)));
+        } else if entry.is_dir() {
+            let name = entry.file_name().and_then(|s| s.to_str()).unwrap_or_default().to_ascii_lowercase();
+            if entry.join("config.json").is_file() {
+                out.push((name, source_uri(&entry)));
+                continue;
+            }
+            let mut ggufs: Vec<PathBuf> = std::fs::read_dir(&entry)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
+                .collect();
+            ggufs.sort();
+            if let Some(first) = ggufs.first() {
+                out.push((name, source_uri(first)));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn source_uri(path: &Path) -> String {
+    let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    format!("file://{}", abs.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        assert!(check_name("model", "smollm2-135m.q4").is_ok());
+        for bad in ["", ".hidden", "a/b", "a b", &"x".repeat(65)] {
+            assert!(check_name("model", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn manifest_hash_ignores_order() {
+        let a = ArtifactRef { name: "a".into(), sha256: "1".into(), size: 1 };
+        let b = ArtifactRef { name: "b".into(), sha256: "2".into(), size: 1 };
+        assert_eq!(manifest_hash(&[a.clone(), b.clone()]), manifest_hash(&[b, a]));
+    }
+}
+
+/// What `shoal deploy` / `POST /v1/deployments` ask for.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct DeployRequest {
+    pub name: String,
+    /// The registered model to serve; defaults to `name`.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Registers a new version from here first (`file://…`, `hf://…`).
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default = "one")]
+    pub replicas: u32,
+    /// The SHA-256 the source must have.
+    #[serde(default)]
+    pub sha256: Option<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// The most replicas one deployment may ask for.
+pub const MAX_REPLICAS: u32 = 256;
+
+/// Registers (when a source is given) and deploys. Changes nothing if any step fails
+/// before the commit.
+pub async fn deploy(
+    writer: &crate::writer::Writer,
+    store: &ArtifactStore,
+    downloads: &Path,
+    coordinator_id: u64,
+    req: DeployRequest,
+) -> Result<(String, u32), CoordinatorError> {
+    use crate::state::{Command, Outcome};
+    check_name("deployment", &req.name)?;
+    let model = req.model.clone().unwrap_or_else(|| req.name.clone());
+    check_name("model", &model)?;
+    if req.replicas > MAX_REPLICAS {
+        return Err(CoordinatorError::Model(format!("replicas must be at most {MAX_REPLICAS}")));
+    }
+    let mut version = 0;
+    if let Some(source) = req.source.clone() {
+        let (store, downloads, sha) = (store.clone(), downloads.to_path_buf(), req.sha256.clone());
+        let now = crate::clock::unix_ms();
+        let prepared = tokio::task::spawn_blocking(move || {
+            prepare_version(&source, sha.as_deref(), &store, &downloads, coordinator_id, now)
+        })
+        .await
+        .map_err(|e| CoordinatorError::Model(format!("registration task failed: {e}")))??;
+        match writer.command(Command::RegisterModel { name: model.clone(), version: prepared }).await? {
+            Outcome::ModelVersion { version: v, existed } => {
+                metrics::counter!(shoal_protocol::metric_names::MODELS_REGISTERED).increment(u64::from(!existed));
+                version = v;
+            }
+            other => return Err(CoordinatorError::Model(format!("registration refused: {other:?}"))),
+        }
+    }
+    let cmd = Command::Deploy {
+        name: req.name.clone(),
+        model: model.clone(),
+        version,
+        replicas: req.replicas,
+        at_ms: crate::clock::unix_ms(),
+    };
+    match writer.command(cmd).await? {
+        Outcome::ModelVersion { version, .. } => Ok((model, version)),
+        Outcome::Rejected(why) | Outcome::Ignored(why) => Err(CoordinatorError::Model(why)),
+        other => Err(CoordinatorError::Model(format!("deployment refused: {other:?}"))),
+    }
+}

@@ -1,0 +1,336 @@
+//! The request router: picks a replica of a deployment by load (power of two choices over
+//! outstanding work counted here and reported by nodes), talks to it over QUIC, retries a
+//! replica that fails before its first token on another, and resumes a stream cut
+//! mid-generation on another replica by replaying the prompt plus the tokens already sent.
+//! Routing reads this coordinator's local replica of the state, so it keeps working while
+//! the raft group elects a leader.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::Rng;
+use shoal_protocol::metric_names as m;
+use shoal_protocol::pool::Pool;
+use shoal_protocol::tls::NODE_SERVER_NAME;
+use shoal_protocol::{
+    EngineKind, Finish, GenerateRequest, Prompt, RefusalCode, ReplicaPhase, Request, Response, SamplingSettings,
+};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::raft::RaftHandle;
+use crate::state::NodeState;
+
+/// How many replicas one request may try.
+const MAX_ATTEMPTS: usize = 4;
+/// The longest a replica may stay silent before it is given up on.
+const REPLICA_SILENCE: Duration = Duration::from_secs(30);
+
+/// Why a request could not be served.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RouteError {
+    /// No deployment by that name.
+    UnknownModel(String),
+    /// The deployment cannot do this (e.g. chat on an embedding model).
+    WrongKind(String),
+    /// No replica is ready, or all failed.
+    NoReplica(String),
+    /// Every replica tried was full.
+    Overloaded(String),
+    /// The replica refused the input.
+    BadRequest(String),
+}
+
+impl std::fmt::Display for RouteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RouteError::UnknownModel(s)
+            | RouteError::WrongKind(s)
+            | RouteError::NoReplica(s)
+            | RouteError::Overloaded(s)
+            | RouteError::BadRequest(s) => f.write_str(s),
+        }
+    }
+}
+
+/// One replica the router can send to.
+#[derive(Debug, Clone)]
+struct Target {
+    placement: String,
+    address: SocketAddr,
+}
+
+/// What a generation produces, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GenEvent {
+    Started { prompt_tokens: u32 },
+    Delta { text: String, tokens: u32 },
+    Done { finish: Finish, prompt_tokens: u32, completion_tokens: u32 },
+    Failed(RouteError),
+}
+
+pub struct Router {
+    raft: RaftHandle,
+    pool: Pool,
+    /// Requests this coordinator has in flight per placement.
+    outstanding: Mutex<HashMap<String, u32>>,
+    /// Outstanding work per placement as nodes report it (filled on the leader).
+    reported: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+/// Counts a request against a placement while it lives.
+struct InFlight<'a> {
+    router: &'a Router,
+    placement: String,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut o = self.router.outstanding.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = o.get_mut(&self.placement) {
+            *n = n.saturating_sub(1);
+        }
+        metrics::gauge!(m::ROUTER_OUTSTANDING).decrement(1.0);
+    }
+}
+
+impl Router {
+    pub fn new(
+        raft: RaftHandle,
+        client: quinn::ClientConfig,
+        reported: Arc<Mutex<HashMap<String, u32>>>,
+    ) -> Result<Self, shoal_protocol::ProtocolError> {
+        Ok(Self { raft, pool: Pool::new(client)?, outstanding: Mutex::new(HashMap::new()), reported })
+    }
+
+    /// Ready replicas of `deployment` on ready nodes, checking the deployment serves `kind`.
+    fn targets(&self, deployment: &str, kind: EngineKind) -> Result<Vec<Target>, RouteError> {
+        let state = self.raft.state().read().unwrap_or_else(|p| p.into_inner());
+        let Some(version) = state.deployed_version(deployment) else {
+            return Err(RouteError::UnknownModel(format!("the model '{deployment}' does not exist")));
+        };
+        if version.kind() != kind {
+            let what = match kind {
+                EngineKind::Embed => "embeddings",
+                EngineKind::Generate => "text generation",
+            };
+            return Err(RouteError::WrongKind(format!("the model '{deployment}' does not serve {what}")));
+        }
+        let targets: Vec<Target> = state
+            .placements_of(deployment)
+            .filter(|p| p.phase == Some(ReplicaPhase::Ready))
+            .filter_map(|p| {
+                let node = state.nodes.get(&p.node)?;
+                if node.state != NodeState::Ready || node.generation != p.node_generation {
+                    return None;
+                }
+                Some(Target { placement: p.id.clone(), address: node.address.parse().ok()? })
+            })
+            .collect();
+        if targets.is_empty() {
+            let why = crate::scheduler::shortfall(&state, deployment);
+            let detail = if why.is_empty() { "its replicas are still loading".to_string() } else { why };
+            return Err(RouteError::NoReplica(format!("no replica of '{deployment}' is ready: {detail}")));
+        }
+        Ok(targets)
+    }
+
+    fn load_of(&self, placement: &str) -> u32 {
+        let local = self.outstanding.lock().unwrap_or_else(|p| p.into_inner()).get(placement).copied().unwrap_or(0);
+        let reported = self.reported.lock().unwrap_or_else(|p| p.into_inner()).get(placement).copied().unwrap_or(0);
+        local.max(reported)
+    }
+
+    /// Power of two choices among targets not yet tried.
+    fn pick(&self, targets: &[Target], tried: &[String]) -> Option<Target> {
+        let fresh: Vec<&Target> = targets.iter().filter(|t| !tried.contains(&t.placement)).collect();
+        let chosen = match fresh.len() {
+            0 => return None,
+            1 => fresh[0],
+            n => {
+                let mut rng = rand::rng();
+                let a = rng.random_range(0..n);
+                let mut b = rng.random_range(0..n - 1);
+                if b >= a {
+                    b += 1;
+                }
+                if self.load_of(&fresh[b].placement) < self.load_of(&fresh[a].placement) {
+                    fresh[b]
+                } else {
+                    fresh[a]
+                }
+            }
+        };
+        Some(chosen.clone())
+    }
+
+    fn begin(&self, placement: &str) -> InFlight<'_> {
+        *self.outstanding.lock().unwrap_or_else(|p| p.into_inner()).entry(placement.to_string()).or_insert(0) += 1;
+        metrics::gauge!(m::ROUTER_OUTSTANDING).increment(1.0);
+        InFlight { router: self, placement: placement.to_string() }
+    }
+
+    /// Embeds `inputs` on one replica of `deployment`, trying others if one fails.
+    pub async fn embed(&self, deployment: &str, inputs: Vec<String>) -> Result<(Vec<Vec<f32>>, u32), RouteError> {
+        let mut tried = Vec::new();
+        let mut last = RouteError::NoReplica(format!("no replica of '{deployment}' answered"));
+        for _ in 0..MAX_ATTEMPTS {
+            let targets = self.targets(deployment, EngineKind::Embed)?;
+            let Some(t) = self.pick(&targets, &tried) else { break };
+            tried.push(t.placement.clone());
+            let _guard = self.begin(&t.placement);
+            let req = Request::Embed { placement_id: t.placement.clone(), inputs: inputs.clone() };
+            let result = async {
+                let mut s = self.pool.open(t.address, NODE_SERVER_NAME).await?;
+                tokio::time::timeout(REPLICA_SILENCE, s.call(&req))
+                    .await
+                    .map_err(|_| shoal_protocol::ProtocolError::Stream("replica timed out".into()))?
+            }
+            .await;
+            match result {
+                Ok(Response::Embedded { vectors, tokens }) => return Ok((vectors, tokens)),
+                Ok(Response::Refused { code: RefusalCode::BadRequest, message }) => {
+                    return Err(RouteError::BadRequest(message))
+                }
+                Ok(Response::Refused { code: RefusalCode::Overloaded, message }) => {
+                    last = RouteError::Overloaded(message)
+                }
+                Ok(other) => last = RouteError::NoReplica(format!("replica answered {other:?}")),
+                Err(e) => {
+                    self.pool.forget(t.address, NODE_SERVER_NAME);
+                    last = RouteError::NoReplica(format!("replica {} failed: {e}", t.placement));
+                }
+            }
+            metrics::counter!(m::ROUTER_RETRIES, "kind" => "embed").increment(1);
+            debug!(placement = %t.placement, error = %last, "embedding attempt failed");
+        }
+        if matches!(last, RouteError::NoReplica(_)) {
+            metrics::counter!(m::ROUTER_NO_REPLICA).increment(1);
+        }
+        Err(last)
+    }
+
+    /// Checks a generation request can be routed at all (unknown model, wrong kind, no replica).
+    pub fn check_generate(&self, deployment: &str) -> Result<(), RouteError> {
+        self.targets(deployment, EngineKind::Generate).map(|_| ())
+    }
+
+    /// Starts a generation; its events arrive on the returned channel. Dropping the
+    /// receiver cancels the generation on the node.
+    pub fn generate(
+        self: &Arc<Self>,
+        deployment: String,
+        prompt: Prompt,
+        sampling: SamplingSettings,
+    ) -> mpsc::Receiver<GenEvent> {
+        let (tx, rx) = mpsc::channel(64);
+        let router = self.clone();
+        tokio::spawn(async move {
+            let result = router.run_generation(&deployment, prompt, sampling, &tx).await;
+            if let Err(e) = result {
+                if matches!(e, RouteError::NoReplica(_)) {
+                    metrics::counter!(m::ROUTER_NO_REPLICA).increment(1);
+                }
+                let _ = tx.send(GenEvent::Failed(e)).await;
+            }
+        });
+        rx
+    }
+
+    async fn run_generation(
+        &self,
+        deployment: &str,
+        prompt: Prompt,
+        sampling: SamplingSettings,
+        tx: &mpsc::Sender<GenEvent>,
+    ) -> Result<(), RouteError> {
+        let mut tried: Vec<String> = Vec::new();
+        let mut produced: Vec<u32> = Vec::new();
+        let mut started = false;
+        let mut last = RouteError::NoReplica(format!("no replica of '{deployment}' answered"));
+        for attempt in 0..MAX_ATTEMPTS {
+            let targets = self.targets(deployment, EngineKind::Generate)?;
+            let Some(t) = self.pick(&targets, &tried) else { break };
+            tried.push(t.placement.clone());
+            if attempt > 0 {
+                metrics::counter!(m::ROUTER_RETRIES, "kind" => "generate").increment(1);
+                debug!(placement = %t.placement, resumed_tokens = produced.len(), "retrying on another replica");
+            }
+            let _guard = self.begin(&t.placement);
+            let mut stream = match self.pool.open(t.address, NODE_SERVER_NAME).await {
+                Ok(s) => s,
+                Err(e) => {
+                    self.pool.forget(t.address, NODE_SERVER_NAME);
+                    last = RouteError::NoReplica(format!("replica {} unreachable: {e}", t.placement));
+                    continue;
+                }
+            };
+            let req = Request::Generate(GenerateRequest {
+                placement_id: t.placement.clone(),
+                prompt: prompt.clone(),
+                resume: produced.clone(),
+                sampling: sampling.clone(),
+            });
+            if let Err(e) = stream.send(&req).await {
+                self.pool.forget(t.address, NODE_SERVER_NAME);
+                last = RouteError::NoReplica(format!("replica {} failed: {e}", t.placement));
+                continue;
+            }
+            loop {
+                let frame = match tokio::time::timeout(REPLICA_SILENCE, stream.recv()).await {
+                    Ok(Ok(f)) => f,
+                    Ok(Err(e)) => {
+                        warn!(placement = %t.placement, error = %e, tokens = produced.len(), "replica stream broke");
+                        self.pool.forget(t.address, NODE_SERVER_NAME);
+                        last = RouteError::NoReplica(format!("replica {} failed: {e}", t.placement));
+                        break;
+                    }
+                    Err(_) => {
+                        self.pool.forget(t.address, NODE_SERVER_NAME);
+                        last = RouteError::NoReplica(format!("replica {} went silent", t.placement));
+                        break;
+                    }
+                };
+                match frame {
+                    Response::GenerationStarted { prompt_tokens } => {
+                        if !started {
+                            started = true;
+                            if tx.send(GenEvent::Started { prompt_tokens }).await.is_err() {
+                                return Ok(());
+                            }
+                        }
+                    }
+                    Response::Generated { tokens, text } => {
+                        let n = tokens.len() as u32;
+                        produced.extend(tokens);
+                        if tx.send(GenEvent::Delta { text, tokens: n }).await.is_err() {
+                            return Ok(()); // the client went away: dropping the stream cancels on the node
+                        }
+                    }
+                    Response::GenerationDone { finish, prompt_tokens, completion_tokens } => {
+                        let _ = tx.send(GenEvent::Done { finish, prompt_tokens, completion_tokens }).await;
+                        return Ok(());
+                    }
+                    Response::Refused { code: RefusalCode::BadRequest, message } => {
+                        return Err(RouteError::BadRequest(message))
+                    }
+                    Response::Refused { code: RefusalCode::Overloaded, message } => {
+                        last = RouteError::Overloaded(message);
+                        break;
+                    }
+                    Response::Refused { message, .. } => {
+                        last = RouteError::NoReplica(format!("replica {} refused: {message}", t.placement));
+                        break;
+                    }
+                    other => {
+                        last = RouteError::NoReplica(format!("replica {} answered {other:?}", t.placement));
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+}

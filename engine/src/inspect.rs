@@ -1,0 +1,286 @@
+//! Read a model's facts from its files without loading the weights.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::Path;
+
+use candle_core::quantized::gguf_file;
+use serde::{Deserialize, Serialize};
+
+use crate::error::EngineError;
+
+/// The on-disk format of a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelFormat {
+    Gguf,
+    Safetensors,
+}
+
+/// What a model can be used for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Capability {
+    Chat,
+    Completion,
+    Embedding,
+}
+
+/// Facts about a model, read from its files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub format: ModelFormat,
+    /// "llama", "qwen2", "bert".
+    pub architecture: String,
+    pub capabilities: Vec<Capability>,
+    pub context_length: u32,
+    pub layers: u32,
+    pub hidden_size: u32,
+    pub vocab_size: u32,
+    /// Bytes of tensor data (to estimate the memory needed).
+    pub weight_bytes: u64,
+    /// File names, relative to the model path, that make up the model.
+    pub files: Vec<String>,
+}
+
+/// Architectures of GGUF models this engine can run.
+pub(crate) const GGUF_ARCHITECTURES: &[&str] = &["llama", "qwen2"];
+
+/// Inspect a model: `path` is a `.gguf` file or a folder with `config.json`, `*.safetensors` and
+/// `tokenizer.json`.
+pub fn inspect(path: &Path) -> Result<ModelInfo, EngineError> {
+    let meta = std::fs::metadata(path).map_err(|e| EngineError::model(path, format!("cannot read: {e}")))?;
+    if meta.is_dir() {
+        inspect_folder(path)
+    } else {
+        let mut file = File::open(path).map_err(|e| EngineError::model(path, format!("cannot open: {e}")))?;
+        let mut magic = [0u8; 4];
+        let n = read_up_to(&mut file, &mut magic).map_err(|e| EngineError::model(path, format!("cannot read: {e}")))?;
+        if n == 4 && &magic == b"GGUF" {
+            let (info, _) = inspect_gguf(path)?;
+            Ok(info)
+        } else if path.extension().is_some_and(|e| e == "safetensors") {
+            Err(EngineError::model(
+                path,
+                "a safetensors model must be given as its folder (config.json, tokenizer.json, *.safetensors)",
+            ))
+        } else {
+            Err(EngineError::model(path, "unknown model format: not a GGUF file (bad magic) and not a model folder"))
+        }
+    }
+}
+
+fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = file.read(&mut buf[filled..])?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    Ok(filled)
+}
+
+/// Read a GGUF file's header; checks that all tensor data lies inside the file.
+pub(crate) fn read_gguf_content(path: &Path) -> Result<gguf_file::Content, EngineError> {
+    let file = File::open(path).map_err(|e| EngineError::model(path, format!("cannot open: {e}")))?;
+    let file_len = file.metadata().map_err(|e| EngineError::model(path, format!("cannot read: {e}")))?.len();
+    let mut reader = BufReader::new(file);
+    let content = gguf_file::Content::read(&mut reader)
+        .map_err(|e| EngineError::model(path, format!("corrupt GGUF header: {}", one_line(&e.to_string()))))?;
+    for (name, ti) in &content.tensor_infos {
+        let bytes = tensor_bytes(ti);
+        let tensor_end = content.tensor_data_offset.saturating_add(ti.offset).saturating_add(bytes);
+        if tensor_end > file_len {
+            return Err(EngineError::model(
+                path,
+                format!(
+                    "truncated GGUF file: tensor {name} ends at byte {tensor_end} but the file has only {file_len} bytes"
+                ),
+            ));
+        }
+    }
+    Ok(content)
+}
+
+fn tensor_bytes(ti: &gguf_file::TensorInfo) -> u64 {
+    let elems = ti.shape.elem_count() as u64;
+    let block = ti.ggml_dtype.block_size() as u64;
+    elems / block.max(1) * ti.ggml_dtype.type_size() as u64
+}
+
+fn one_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").trim().to_string()
+}
+
+pub(crate) fn md_u32(content: &gguf_file::Content, key: &str) -> Option<u32> {
+    content.metadata.get(key).and_then(|v| v.to_u32().ok().or_else(|| v.to_u64().ok().map(|x| x as u32)))
+}
+
+pub(crate) fn md_str<'a>(content: &'a gguf_file::Content, key: &str) -> Option<&'a String> {
+    content.metadata.get(key).and_then(|v| v.to_string().ok())
+}
+
+/// Inspect a GGUF file; also returns the parsed header for loaders.
+pub(crate) fn inspect_gguf(path: &Path) -> Result<(ModelInfo, gguf_file::Content), EngineError> {
+    let content = read_gguf_content(path)?;
+    let arch = md_str(&content, "general.architecture")
+        .cloned()
+        .ok_or_else(|| EngineError::model(path, "GGUF metadata has no general.architecture"))?;
+    if !GGUF_ARCHITECTURES.contains(&arch.as_str()) {
+        return Err(EngineError::model(
+            path,
+            format!("unsupported architecture {arch:?} (supported: {})", GGUF_ARCHITECTURES.join(", ")),
+        ));
+    }
+    let need = |key: &str| -> Result<u32, EngineError> {
+        md_u32(&content, &format!("{arch}.{key}"))
+            .ok_or_else(|| EngineError::model(path, format!("GGUF metadata has no {arch}.{key}")))
+    };
+    let layers = need("block_count")?;
+    let hidden_size = need("embedding_length")?;
+    let context_length = need("context_length")?;
+    let vocab_size = match md_u32(&content, &format!("{arch}.vocab_size")) {
+        Some(v) => v,
+        None => match content.metadata.get("tokenizer.ggml.tokens").and_then(|v| v.to_vec().ok()) {
+            Some(tokens) => tokens.len() as u32,
+            None => return Err(EngineError::model(path, "GGUF metadata has no vocabulary size")),
+        },
+    };
+    let capabilities = if md_str(&content, "tokenizer.chat_template").is_some() {
+        vec![Capability::Chat, Capability::Completion]
+    } else {
+        vec![Capability::Completion]
+    };
+    let weight_bytes = content.tensor_infos.values().map(tensor_bytes).sum();
+    let file_name = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let info = ModelInfo {
+        format: ModelFormat::Gguf,
+        architecture: arch,
+        capabilities,
+        context_length,
+        layers,
+        hidden_size,
+        vocab_size,
+        weight_bytes,
+        files: vec![file_name],
+    };
+    Ok((info, content))
+}
+
+#[derive(Deserialize)]
+struct SafetensorsEntry {
+    data_offsets: Option<(u64, u64)>,
+}
+
+/// Size of the tensor data in a safetensors file, checking the header and that the data is all present.
+fn safetensors_weight_bytes(path: &Path) -> Result<u64, EngineError> {
+    let mut file = File::open(path).map_err(|e| EngineError::model(path, format!("cannot open: {e}")))?;
+    let file_len = file.metadata().map_err(|e| EngineError::model(path, format!("cannot read: {e}")))?.len();
+    let mut len_bytes = [0u8; 8];
+    if read_up_to(&mut file, &mut len_bytes).map_err(|e| EngineError::model(path, format!("cannot read: {e}")))? != 8 {
+        return Err(EngineError::model(path, "not a safetensors file: shorter than its 8-byte header length"));
+    }
+    let header_len = u64::from_le_bytes(len_bytes);
+    if header_len > 100_000_000 || 8 + header_len > file_len {
+        return Err(EngineError::model(
+            path,
+            format!("corrupt safetensors file: header length {header_len} does not fit in {file_len} bytes"),
+        ));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact(&mut header).map_err(|e| EngineError::model(path, format!("cannot read header: {e}")))?;
+    let entries: HashMap<String, serde_json::Value> = serde_json::from_slice(&header)
+        .map_err(|e| EngineError::model(path, format!("corrupt safetensors header: {e}")))?;
+    let mut end = 0u64;
+    for (name, value) in entries {
+        if name == "__metadata__" {
+            continue;
+        }
+        let entry: SafetensorsEntry = serde_json::from_value(value)
+            .map_err(|e| EngineError::model(path, format!("corrupt safetensors entry {name}: {e}")))?;
+        if let Some((_, stop)) = entry.data_offsets {
+            end = end.max(stop);
+        }
+    }
+    let available = file_len - 8 - header_len;
+    if end > available {
+        return Err(EngineError::model(
+            path,
+            format!("truncated safetensors file: tensor data needs {end} bytes but only {available} are present"),
+        ));
+    }
+    Ok(end)
+}
+
+#[derive(Deserialize)]
+struct HfConfig {
+    model_type: Option<String>,
+    #[serde(default)]
+    architectures: Vec<String>,
+    hidden_size: Option<u32>,
+    num_hidden_layers: Option<u32>,
+    max_position_embeddings: Option<u32>,
+    vocab_size: Option<u32>,
+}
+
+/// Architectures of safetensors models this engine can run.
+const FOLDER_ARCHITECTURES: &[&str] = &["bert"];
+
+fn inspect_folder(dir: &Path) -> Result<ModelInfo, EngineError> {
+    let config_path = dir.join("config.json");
+    if !config_path.is_file() {
+        return Err(EngineError::model(dir, "unknown model format: folder has no config.json"));
+    }
+    let mut weights: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|e| EngineError::model(dir, format!("cannot list: {e}")))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".safetensors"))
+        .collect();
+    weights.sort();
+    if weights.is_empty() {
+        return Err(EngineError::model(dir, "unknown model format: folder has no *.safetensors file"));
+    }
+    if !dir.join("tokenizer.json").is_file() {
+        return Err(EngineError::model(dir, "model folder has no tokenizer.json"));
+    }
+    let text = std::fs::read_to_string(&config_path)
+        .map_err(|e| EngineError::model(&config_path, format!("cannot read: {e}")))?;
+    let config: HfConfig =
+        serde_json::from_str(&text).map_err(|e| EngineError::model(&config_path, format!("invalid JSON: {e}")))?;
+    let arch = config
+        .model_type
+        .clone()
+        .or_else(|| {
+            config.architectures.iter().find(|a| a.to_lowercase().starts_with("bert")).map(|_| "bert".to_string())
+        })
+        .ok_or_else(|| EngineError::model(&config_path, "no model_type"))?;
+    if !FOLDER_ARCHITECTURES.contains(&arch.as_str()) {
+        return Err(EngineError::model(
+            &config_path,
+            format!("unsupported architecture {arch:?} (supported: {})", FOLDER_ARCHITECTURES.join(", ")),
+        ));
+    }
+    let field = |v: Option<u32>, name: &str| v.ok_or_else(|| EngineError::model(&config_path, format!("no {name}")));
+    let mut weight_bytes = 0;
+    for w in &weights {
+        weight_bytes += safetensors_weight_bytes(&dir.join(w))?;
+    }
+    let mut files = weights;
+    files.push("tokenizer.json".to_string());
+    files.push("config.json".to_string());
+    Ok(ModelInfo {
+        format: ModelFormat::Safetensors,
+        architecture: arch,
+        capabilities: vec![Capability::Embedding],
+        context_length: field(config.max_position_embeddings, "max_position_embeddings")?,
+        layers: field(config.num_hidden_layers, "num_hidden_layers")?,
+        hidden_size: field(config.hidden_size, "hidden_size")?,
+        vocab_size: field(config.vocab_size, "vocab_size")?,
+        weight_bytes,
+        files,
+    })
+}

@@ -1,0 +1,20 @@
+//! Shoal model engines: GGUF llama-family text generation (own forward with per-sequence KV caches, batched
+//! decoding and layer-range stages) and BERT-family sentence embeddings.
+
+mod embed;
+mod error;
+mod generate;
+mod inspect;
+mod llama;
+mod q8;
+mod sampling;
+mod source;
+mod tokenizer;
+
+pub use embed::{Embedder, Embeddings};
+pub use error::EngineError;
+pub use generate::{Batcher, Event, FinishReason};
+pub use inspect::{inspect, Capability, ModelFormat, ModelInfo};
+pub use llama::{ChatMessage, HiddenStates, KvCache, Llm, LlmOptions, StageInput, StageOutput};
+pub use sampling::SamplingParams;
+pub use source::{resolve_source, resolve_source_with_endpoint, HfUri};

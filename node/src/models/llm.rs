@@ -1,0 +1,225 @@
+//! The text-generation engine of one replica: a dedicated thread owns the model and its
+//! [`Batcher`] and runs the decode loop. New sequences wait in a bounded queue and join the
+//! running batch at the next token boundary; each leaves when it finishes or is cancelled.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use shoal_engine::{Batcher, Event, Llm, SamplingParams};
+use shoal_protocol::metric_names as m;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::NodeError;
+
+/// Sequences decoded together at most.
+pub const MAX_BATCH: usize = 16;
+/// Sequences that may wait for a place in the batch; beyond this requests are refused.
+pub const MAX_QUEUED: usize = 64;
+
+/// What a sequence's owner hears.
+#[derive(Debug)]
+pub enum SeqEvent {
+    Token { token: u32, text: String },
+    Finished { stop: bool, prompt_tokens: usize, completion_tokens: usize },
+    Failed(String),
+}
+
+enum Cmd {
+    Admit {
+        id: u64,
+        prompt: Vec<u32>,
+        resume: Vec<u32>,
+        params: SamplingParams,
+        events: mpsc::UnboundedSender<SeqEvent>,
+    },
+    Cancel(u64),
+    Stop,
+}
+
+/// A handle to a running generation engine; cheap to clone.
+#[derive(Clone)]
+pub struct LlmHandle {
+    pub llm: Arc<Llm>,
+    tx: std_mpsc::Sender<Cmd>,
+    outstanding: Arc<AtomicUsize>,
+    next_id: Arc<AtomicUsize>,
+    model: Arc<str>,
+}
+
+/// Refusal reasons for a new sequence.
+#[derive(Debug)]
+pub enum AdmitError {
+    Overloaded(String),
+    Stopped,
+}
+
+/// Cancels its sequence when dropped (the client went away).
+pub struct SeqGuard {
+    id: u64,
+    tx: std_mpsc::Sender<Cmd>,
+}
+
+impl Drop for SeqGuard {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Cmd::Cancel(self.id));
+    }
+}
+
+impl LlmHandle {
+    /// Starts the decode thread for a loaded model.
+    pub fn start(llm: Arc<Llm>, model: &str) -> Result<Self, NodeError> {
+        let (tx, rx) = std_mpsc::channel();
+        let outstanding = Arc::new(AtomicUsize::new(0));
+        let model: Arc<str> = Arc::from(model);
+        let loop_llm = llm.clone();
+        let loop_out = outstanding.clone();
+        let loop_model = model.clone();
+        std::thread::Builder::new()
+            .name(format!("decode-{model}"))
+            .spawn(move || decode_loop(loop_llm, rx, loop_out, loop_model))
+            .map_err(|e| NodeError::io("decode thread", e))?;
+        Ok(Self { llm, tx, outstanding, next_id: Arc::new(AtomicUsize::new(1)), model })
+    }
+
+    /// Sequences running or queued.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::Relaxed)
+    }
+
+    /// Queues a sequence. Refused at once when the queue is full.
+    pub fn submit(
+        &self,
+        prompt: Vec<u32>,
+        resume: Vec<u32>,
+        params: SamplingParams,
+    ) -> Result<(mpsc::UnboundedReceiver<SeqEvent>, SeqGuard), AdmitError> {
+        let now = self.outstanding.fetch_add(1, Ordering::AcqRel);
+        if now >= MAX_BATCH + MAX_QUEUED {
+            self.outstanding.fetch_sub(1, Ordering::AcqRel);
+            metrics::counter!(m::NODE_REQUESTS_REJECTED, "reason" => "queue_full").increment(1);
+            return Err(AdmitError::Overloaded(format!(
+                "'{}' has {now} sequences running or queued (limit {})",
+                self.model,
+                MAX_BATCH + MAX_QUEUED
+            )));
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) as u64;
+        let (events, rx) = mpsc::unbounded_channel();
+        if self.tx.send(Cmd::Admit { id, prompt, resume, params, events }).is_err() {
+            self.outstanding.fetch_sub(1, Ordering::AcqRel);
+            return Err(AdmitError::Stopped);
+        }
+        Ok((rx, SeqGuard { id, tx: self.tx.clone() }))
+    }
+
+    /// Ends the decode thread (when the replica is removed).
+    pub fn stop(&self) {
+        let _ = self.tx.send(Cmd::Stop);
+    }
+}
+
+struct Waiting {
+    id: u64,
+    prompt: Vec<u32>,
+    resume: Vec<u32>,
+    params: SamplingParams,
+}
+
+fn decode_loop(llm: Arc<Llm>, rx: std_mpsc::Receiver<Cmd>, outstanding: Arc<AtomicUsize>, model: Arc<str>) {
+    let mut batcher = Batcher::new(llm, MAX_BATCH);
+    let mut queue: VecDeque<Waiting> = VecDeque::new();
+    let mut owners: HashMap<u64, mpsc::UnboundedSender<SeqEvent>> = HashMap::new();
+    let label = model.to_string();
+    let finish = |owners: &mut HashMap<u64, mpsc::UnboundedSender<SeqEvent>>, id: u64, ev: Option<SeqEvent>| {
+        if let Some(tx) = owners.remove(&id) {
+            if let Some(ev) = ev {
+                let _ = tx.send(ev);
+            }
+            outstanding.fetch_sub(1, Ordering::AcqRel);
+        }
+    };
+    loop {
+        // Wait for work when idle; otherwise take what arrived without blocking.
+        let mut cmds = Vec::new();
+        if batcher.is_idle() && queue.is_empty() {
+            match rx.recv() {
+                Ok(c) => cmds.push(c),
+                Err(_) => return,
+            }
+        }
+        while let Ok(c) = rx.try_recv() {
+            cmds.push(c);
+        }
+        for c in cmds {
+            match c {
+                Cmd::Admit { id, prompt, resume, params, events } => {
+                    owners.insert(id, events);
+                    queue.push_back(Waiting { id, prompt, resume, params });
+                }
+                Cmd::Cancel(id) => {
+                    if owners.contains_key(&id) {
+                        debug!(id, "sequence cancelled");
+                        batcher.cancel(id);
+                        queue.retain(|w| w.id != id);
+                        finish(&mut owners, id, None);
+                    }
+                }
+                Cmd::Stop => {
+                    for (_, tx) in owners.drain() {
+                        let _ = tx.send(SeqEvent::Failed("the replica is stopping".into()));
+                    }
+                    return;
+                }
+            }
+        }
+        // Sequences join at this token boundary while the batch has room.
+        while batcher.running() < MAX_BATCH {
+            let Some(w) = queue.pop_front() else { break };
+            if let Err(e) = batcher.admit(w.id, w.prompt, w.resume, w.params) {
+                finish(&mut owners, w.id, Some(SeqEvent::Failed(e.to_string())));
+            }
+        }
+        metrics::gauge!(m::NODE_QUEUE_DEPTH, "model" => label.clone()).set(queue.len() as f64);
+        if batcher.is_idle() {
+            continue;
+        }
+        metrics::histogram!(m::NODE_BATCH_SIZE, "model" => label.clone()).record(batcher.running() as f64);
+        let started = Instant::now();
+        let events = match batcher.step() {
+            Ok(ev) => ev,
+            Err(e) => {
+                warn!(error = %e, "decode step failed; failing the batch");
+                let ids: Vec<u64> = owners.keys().copied().collect();
+                for id in ids {
+                    batcher.cancel(id);
+                    finish(&mut owners, id, Some(SeqEvent::Failed(format!("decode failed: {e}"))));
+                }
+                continue;
+            }
+        };
+        metrics::histogram!(m::NODE_DECODE_STEP_SECONDS, "model" => label.clone())
+            .record(started.elapsed().as_secs_f64());
+        metrics::gauge!(m::NODE_KV_TOKENS, "model" => label.clone()).set(batcher.kv_tokens() as f64);
+        for ev in events {
+            match ev {
+                Event::Token { id, token, text } => {
+                    metrics::counter!(m::NODE_TOKENS, "model" => label.clone()).increment(1);
+                    let gone = owners.get(&id).is_none_or(|tx| tx.send(SeqEvent::Token { token, text }).is_err());
+                    if gone {
+                        batcher.cancel(id);
+                        finish(&mut owners, id, None);
+                    }
+                }
+                Event::Finished { id, reason, prompt_tokens, completion_tokens } => {
+                    let stop = reason == shoal_engine::FinishReason::Stop;
+                    finish(&mut owners, id, Some(SeqEvent::Finished { stop, prompt_tokens, completion_tokens }));
+                }
+                Event::Failed { id, message } => finish(&mut owners, id, Some(SeqEvent::Failed(message))),
+            }
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Wire types for serving models: what the coordinator assigns to nodes, what nodes report
+//! about their replicas, generation and embedding requests, and artifact transfer.
+
+use rkyv::{Archive, Deserialize as RkyvDeserialize, Serialize as RkyvSerialize};
+use serde::{Deserialize, Serialize};
+
+/// The largest piece of an artifact in one frame.
+pub const ARTIFACT_CHUNK_BYTES: usize = 1 << 20;
+
+/// What a model replica does.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// Text generation (chat and completions).
+    Generate,
+    /// Sentence embeddings.
+    Embed,
+}
+
+/// One file of a model version, addressed by its content.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactRef {
+    /// The name the engine expects (e.g. `model.safetensors`).
+    pub name: String,
+    /// Lower-case hex SHA-256 of the content.
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// A replica the coordinator wants a node to run.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    pub placement_id: String,
+    pub deployment: String,
+    pub model: String,
+    pub version: u32,
+    /// Identifies the model version's content (a file's hash, or the hash of a folder's manifest).
+    pub version_sha256: String,
+    pub kind: EngineKind,
+    pub files: Vec<ArtifactRef>,
+    /// QUIC addresses that hold the files (peers first, then the coordinator that registered it).
+    pub sources: Vec<ArtifactSource>,
+}
+
+/// Where an artifact can be fetched.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactSource {
+    pub address: String,
+    /// true for a coordinator, false for a node.
+    pub coordinator: bool,
+}
+
+/// Where a replica is in its life on the node.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicaPhase {
+    /// Fetching artifacts or loading weights.
+    Loading,
+    Ready,
+    Failed,
+}
+
+impl ReplicaPhase {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ReplicaPhase::Loading => "loading",
+            ReplicaPhase::Ready => "ready",
+            ReplicaPhase::Failed => "failed",
+        }
+    }
+}
+
+/// A node's report about one of its replicas (sent with every heartbeat).
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaReport {
+    pub placement_id: String,
+    pub phase: ReplicaPhase,
+    /// Why it failed, or what it is doing.
+    pub message: String,
+    /// Sequences running or queued.
+    pub outstanding: u32,
+}
+
+/// One message of a chat.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ChatTurn {
+    pub role: String,
+    pub content: String,
+}
+
+/// What to generate from.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Prompt {
+    /// Rendered through the model's chat template.
+    Chat(Vec<ChatTurn>),
+    /// Used as is.
+    Text(String),
+}
+
+/// Sampling settings (OpenAI semantics).
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Debug, Clone, PartialEq)]
+pub struct SamplingSettings {
+    pub max_tokens: u32,
+    pub temperature: f32,
+    pub top_p: f32,
+    /// 0 = off.
+    pub top_k: u32,
+    pub seed: Option<u64>,
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    pub stop: Vec<String>,
+}
+
+/// A generation request to a replica.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Debug, Clone, PartialEq)]
+pub struct GenerateRequest {
+    pub placement_id: String,
+    pub prompt: Prompt,
+    /// Tokens another replica already produced for this request: prefilled, never re-sent.
+    pub resume: Vec<u32>,
+    pub sampling: SamplingSettings,
+}
+
+/// Why a generation ended.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Finish {
+    Stop,
+    Length,
+}
+
+impl Finish {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Finish::Stop => "stop",
+            Finish::Length => "length",
+        }
+    }
+}
