@@ -1,15 +1,28 @@
 #!/usr/bin/env bash
 # The test command: formatting, lints, then every test (unit, property, and whole-system
-# tests that start real `shoal` processes on loopback). Installs nothing but what cargo fetches.
+# tests that start real `shoal` processes on loopback and serve the real models).
+# Fetches the models (./scripts/fetch-models.sh, sha256-verified) and the official `openai`
+# Python package the serving tests drive the gateway with.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 command -v cargo >/dev/null || { echo "error: cargo not found; install Rust from https://rustup.rs" >&2; exit 1; }
+command -v python3 >/dev/null || { echo "error: python3 not found (the model fetch and SDK tests need it)" >&2; exit 1; }
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+echo "== models"
+./scripts/fetch-models.sh ./models
+echo "== openai SDK"
+if ! python3 -c "import openai" 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check openai 2>/dev/null \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages openai
+fi
+python3 -c "import openai; print('openai', openai.__version__)"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
+export SHOAL_MODELS_DIR="$PWD/models"
 cargo test --workspace --locked

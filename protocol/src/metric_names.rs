@@ -49,6 +49,7 @@ pub const NODE_BATCH_SIZE: &str = "shoal_node_batch_size";
 pub const NODE_QUEUE_DEPTH: &str = "shoal_node_queue_depth";
 pub const NODE_KV_TOKENS: &str = "shoal_node_kv_cache_tokens";
 pub const NODE_MODEL_LOAD_SECONDS: &str = "shoal_node_model_load_duration_seconds";
+pub const NODE_SEQUENCES_CANCELLED: &str = "shoal_node_sequences_cancelled_total";
 pub const NODE_REQUESTS_REJECTED: &str = "shoal_node_requests_rejected_total";
 pub const NODE_EMBED_BATCH_SIZE: &str = "shoal_node_embedding_batch_size";
 pub const NODE_DECODE_STEP_SECONDS: &str = "shoal_node_decode_step_duration_seconds";

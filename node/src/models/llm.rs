@@ -163,6 +163,7 @@ fn decode_loop(llm: Arc<Llm>, rx: std_mpsc::Receiver<Cmd>, outstanding: Arc<Atom
                 Cmd::Cancel(id) => {
                     if owners.contains_key(&id) {
                         debug!(id, "sequence cancelled");
+                        metrics::counter!(m::NODE_SEQUENCES_CANCELLED, "model" => label.clone()).increment(1);
                         batcher.cancel(id);
                         queue.retain(|w| w.id != id);
                         finish(&mut owners, id, None);
@@ -184,6 +185,7 @@ fn decode_loop(llm: Arc<Llm>, rx: std_mpsc::Receiver<Cmd>, outstanding: Arc<Atom
             }
         }
         metrics::gauge!(m::NODE_QUEUE_DEPTH, "model" => label.clone()).set(queue.len() as f64);
+        metrics::gauge!(m::NODE_KV_TOKENS, "model" => label.clone()).set(batcher.kv_tokens() as f64);
         if batcher.is_idle() {
             continue;
         }
@@ -209,7 +211,8 @@ fn decode_loop(llm: Arc<Llm>, rx: std_mpsc::Receiver<Cmd>, outstanding: Arc<Atom
                 Event::Token { id, token, text } => {
                     metrics::counter!(m::NODE_TOKENS, "model" => label.clone()).increment(1);
                     let gone = owners.get(&id).is_none_or(|tx| tx.send(SeqEvent::Token { token, text }).is_err());
-                    if gone {
+                    if gone && owners.contains_key(&id) {
+                        metrics::counter!(m::NODE_SEQUENCES_CANCELLED, "model" => label.clone()).increment(1);
                         batcher.cancel(id);
                         finish(&mut owners, id, None);
                     }

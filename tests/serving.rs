@@ -1,0 +1,353 @@
+//! Serving real models through real processes: `shoal up --models`, the official `openai`
+//! Python package against its gateway, bad input, registration errors, client disconnects,
+//! and replicas failing over when a node is killed mid-burst.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::*;
+
+const CHAT: &str = "smollm2-135m-instruct";
+const EMBED: &str = "all-minilm-l6-v2";
+
+/// The real model files (`./scripts/fetch-models.sh` puts them there).
+fn models_dir() -> PathBuf {
+    let dir = std::env::var_os("SHOAL_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models"));
+    assert!(
+        dir.join("smollm2-135m-instruct").is_dir() && dir.join("all-minilm-l6-v2").is_dir(),
+        "model files missing in {}: run ./scripts/fetch-models.sh",
+        dir.display()
+    );
+    dir
+}
+
+fn gguf() -> PathBuf {
+    models_dir().join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(timeout)).build().into()
+}
+
+/// POSTs a raw body with the admin key (or `key`); returns status and parsed JSON.
+fn post_raw(url: &str, body: &str, key: Option<&str>) -> (u16, Value) {
+    let mut req = agent(Duration::from_secs(120)).post(url).header("Content-Type", "application/json");
+    if let Some(k) = key {
+        req = req.header("Authorization", &format!("Bearer {k}"));
+    }
+    let mut resp = req.send(body).expect("request");
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+/// POSTs a `len`-byte body announced with `Expect: 100-continue`, as curl does for large
+/// bodies, so a server that refuses on the headers is heard before the body is sent.
+fn post_oversized(gateway: &str, path: &str, len: usize) -> u16 {
+    let host = gateway.trim_start_matches("http://");
+    let mut conn = TcpStream::connect(host).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    write!(
+        conn,
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\nContent-Length: {len}\r\nExpect: 100-continue\r\n\r\n"
+    )
+    .expect("headers");
+    let mut buf = [0u8; 1024];
+    let n = conn.read(&mut buf).expect("read");
+    let mut head = String::from_utf8_lossy(&buf[..n]).to_string();
+    if head.starts_with("HTTP/1.1 100") {
+        let _ = conn.write_all(&vec![b'a'; len]);
+        let n = conn.read(&mut buf).unwrap_or(0);
+        head = String::from_utf8_lossy(&buf[..n]).to_string();
+    }
+    head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+fn post(url: &str, body: Value) -> (u16, Value) {
+    post_raw(url, &body.to_string(), Some(API_KEY))
+}
+
+fn ready_replicas(gateway: &str, name: &str) -> u64 {
+    get_json(&format!("{gateway}/v1/deployments/{name}")).and_then(|d| d["ready_replicas"].as_u64()).unwrap_or(0)
+}
+
+/// One streamed chat answer read off a raw SSE response: (text, error event if any).
+fn stream_chat(gateway: &str, prompt: &str, max_tokens: u32) -> (String, Option<String>) {
+    let body = json!({
+        "model": CHAT, "messages": [{"role": "user", "content": prompt}],
+        "temperature": 0, "max_tokens": max_tokens, "stream": true,
+    });
+    let resp = agent(Duration::from_secs(180))
+        .post(&format!("{gateway}/v1/chat/completions"))
+        .header("Authorization", &format!("Bearer {API_KEY}"))
+        .send_json(body)
+        .expect("stream request");
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut text = String::new();
+    let mut done = false;
+    for line in BufReader::new(resp.into_body().into_reader()).lines() {
+        let line = line.expect("sse line");
+        let Some(data) = line.strip_prefix("data: ") else { continue };
+        if data == "[DONE]" {
+            done = true;
+            break;
+        }
+        let v: Value = serde_json::from_str(data).expect("event json");
+        if let Some(e) = v["error"]["message"].as_str() {
+            return (text, Some(e.to_string()));
+        }
+        text.push_str(v["choices"][0]["delta"]["content"].as_str().unwrap_or(""));
+    }
+    (text, (!done).then(|| "the stream ended without [DONE]".to_string()))
+}
+
+fn chat_once(gateway: &str, prompt: &str, max_tokens: u32) -> String {
+    let body = json!({
+        "model": CHAT, "messages": [{"role": "user", "content": prompt}], "temperature": 0, "max_tokens": max_tokens,
+    });
+    let (status, v) = post(&format!("{gateway}/v1/chat/completions"), body);
+    assert_eq!(status, 200, "{v}");
+    v["choices"][0]["message"]["content"].as_str().expect("content").to_string()
+}
+
+fn metric_sum(gateway: &str, name: &str) -> f64 {
+    let (_, text) = get(&format!("{gateway}/metrics"), None).expect("metrics");
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+struct Up {
+    proc: Proc,
+    gateway: String,
+    _dir: tempfile::TempDir,
+}
+
+fn shoal_up() -> Up {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (http, quic, node) = (addr(free_port()), addr(free_port()), addr(free_port()));
+    let models = models_dir();
+    let data = dir.path().join("data");
+    let args = [
+        "up",
+        "--data-dir",
+        data.to_str().expect("utf8"),
+        "--http",
+        &http.to_string(),
+        "--listen",
+        &quic.to_string(),
+        "--node-listen",
+        &node.to_string(),
+        "--models",
+        models.to_str().expect("utf8"),
+    ];
+    let proc = spawn(&args, &dir.path().join("up.log"));
+    let gateway = format!("http://{http}");
+    wait_until(Duration::from_secs(240), "both models ready", || {
+        ready_replicas(&gateway, CHAT) == 1 && ready_replicas(&gateway, EMBED) == 1
+    });
+    Up { proc, gateway, _dir: dir }
+}
+
+#[test]
+fn openai_sdk_bad_input_and_registration_against_shoal_up() {
+    let up = shoal_up();
+    let gw = up.gateway.clone();
+    let log = up.proc.log_text();
+    assert!(log.contains(&format!("{CHAT} v1 deployed")), "{log}");
+
+    // The official SDK, as an application developer would use it.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/openai_client.py");
+    let out = Command::new("python3").arg(&script).args([&gw, API_KEY, CHAT, EMBED]).output().expect("python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "openai SDK checks failed:\n{stdout}\n{}\n(install the SDK with: python3 -m pip install openai)",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("all openai SDK checks passed"), "{stdout}");
+
+    // Bad input answers the right 4xx in OpenAI's shape, and the server keeps serving.
+    let chat_url = format!("{gw}/v1/chat/completions");
+    let cases: Vec<(&str, String, Option<&str>, u16)> = vec![
+        ("malformed JSON", "{\"model\": ".into(), Some(API_KEY), 400),
+        (
+            "unknown model",
+            json!({"model": "nope", "messages": [{"role": "user", "content": "hi"}]}).to_string(),
+            Some(API_KEY),
+            404,
+        ),
+        (
+            "negative max_tokens",
+            json!({"model": CHAT, "messages": [{"role": "user", "content": "hi"}], "max_tokens": -1}).to_string(),
+            Some(API_KEY),
+            400,
+        ),
+        ("empty messages", json!({"model": CHAT, "messages": []}).to_string(), Some(API_KEY), 400),
+        (
+            "temperature out of range",
+            json!({"model": CHAT, "messages": [{"role": "user", "content": "hi"}], "temperature": 9}).to_string(),
+            Some(API_KEY),
+            400,
+        ),
+        ("missing key", json!({"model": CHAT, "messages": [{"role": "user", "content": "hi"}]}).to_string(), None, 401),
+    ];
+    for (what, body, key, want) in cases {
+        let (status, v) = post_raw(&chat_url, &body, key);
+        assert_eq!(status, want, "{what}: {v}");
+        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: {v}");
+    }
+    assert_eq!(post_oversized(&gw, "/v1/chat/completions", 2 << 20), 413, "an oversized body");
+    let (status, v) = post(&format!("{gw}/v1/embeddings"), json!({"model": EMBED, "input": []}));
+    assert_eq!(status, 400, "{v}");
+    // A prompt longer than the context is refused by the replica with a clear message.
+    let long = "word ".repeat(9000);
+    let (status, v) = post(&chat_url, json!({"model": CHAT, "messages": [{"role": "user", "content": long}]}));
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap_or("").contains("context"), "{v}");
+    assert!(chat_once(&gw, "What is the capital of France? Answer briefly.", 24).contains("Paris"));
+
+    // Registration: corrupt, truncated, unknown-format or mismatching files change nothing.
+    let before = get_json(&format!("{gw}/v1/deployments")).expect("deployments");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let bytes = std::fs::read(gguf()).expect("gguf");
+    let truncated = tmp.path().join("truncated.gguf");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).expect("write");
+    let garbage = tmp.path().join("garbage.gguf");
+    std::fs::write(&garbage, (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect::<Vec<u8>>())
+        .expect("w");
+    let empty_dir = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty_dir).expect("dir");
+    let bad_sources = [
+        (format!("file://{}", truncated.display()), None),
+        (format!("file://{}", garbage.display()), None),
+        (format!("file://{}", empty_dir.display()), None),
+        (format!("file://{}", tmp.path().join("missing.gguf").display()), None),
+        ("ftp://example.com/model.gguf".to_string(), None),
+        (format!("file://{}", gguf().display()), Some("0".repeat(64))),
+    ];
+    for (source, sha) in bad_sources {
+        let (status, v) = post(
+            &format!("{gw}/v1/deployments"),
+            json!({"name": "bad-model", "source": source, "replicas": 1, "sha256": sha}),
+        );
+        assert_eq!(status, 400, "{source}: {v}");
+        let msg = v["error"]["message"].as_str().unwrap_or("");
+        assert!(!msg.is_empty(), "{source}: {v}");
+    }
+    let after = get_json(&format!("{gw}/v1/deployments")).expect("deployments");
+    assert_eq!(before["data"].as_array().map(Vec::len), after["data"].as_array().map(Vec::len));
+
+    // `shoal status` lists both deployments with their replica on the embedded node.
+    let out = run(&["status", "--gateway", &gw]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("DEPLOYMENTS (2)") && text.contains(CHAT) && text.contains("ready"), "{text}");
+
+    // A client that disconnects mid-stream cancels its sequence on the node.
+    let cancelled = metric_sum(&gw, "shoal_node_sequences_cancelled_total");
+    let host = gw.trim_start_matches("http://");
+    let mut conn = TcpStream::connect(host).expect("connect");
+    let body = json!({
+        "model": CHAT, "messages": [{"role": "user", "content": "Tell me a very long story."}],
+        "max_tokens": 4000, "stream": true, "temperature": 0.8,
+    })
+    .to_string();
+    write!(
+        conn,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut buf = [0u8; 4096];
+    let mut seen = String::new();
+    while seen.matches("data: ").count() < 5 {
+        let n = conn.read(&mut buf).expect("read");
+        assert!(n > 0, "stream ended early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    drop(conn);
+    wait_until(Duration::from_secs(30), "the node cancels the abandoned sequence", || {
+        metric_sum(&gw, "shoal_node_sequences_cancelled_total") > cancelled
+    });
+    wait_until(Duration::from_secs(30), "the KV cache is freed", || {
+        metric_sum(&gw, "shoal_node_kv_cache_tokens") == 0.0
+    });
+    assert!(get(&format!("{gw}/healthz"), None).is_some_and(|(s, _)| s == 200));
+}
+
+#[test]
+fn replicas_on_two_nodes_survive_a_node_killed_mid_burst() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let coord = Coord::start(&dir.path().join("coord"), 200, 1500);
+    let (token, hash) = coord.token("1h");
+    let mut a = join(&coord, dir.path(), "node-a", Some((&token, &hash)), &[]);
+    let _b = join(&coord, dir.path(), "node-b", Some((&token, &hash)), &[]);
+    wait_until(Duration::from_secs(30), "two nodes ready", || {
+        coord.nodes().iter().filter(|n| n["state"] == "ready").count() == 2
+    });
+    let gw = coord.gateway();
+    let out = run(&[
+        "deploy",
+        CHAT,
+        "--source",
+        gguf().to_str().expect("utf8"),
+        "--replicas",
+        "2",
+        "--wait-ready",
+        "2",
+        "--timeout",
+        "240",
+        "--gateway",
+        &gw,
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "deploy failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("2 replicas ready"), "{text}");
+    let d = get_json(&format!("{gw}/v1/deployments/{CHAT}")).expect("deployment");
+    let mut nodes: Vec<String> = d["placements"]
+        .as_array()
+        .expect("placements")
+        .iter()
+        .map(|p| p["node_name"].as_str().unwrap_or("").into())
+        .collect();
+    nodes.sort();
+    assert_eq!(nodes, vec!["node-a", "node-b"], "one replica per node: {d}");
+    // The second node fetched the model over the mesh; both agree on the greedy answer.
+    let prompts =
+        ["Write a short poem about the sea.", "Explain why the sky is blue.", "List three fruits and their colours."];
+    let reference: Vec<String> = prompts.iter().map(|p| chat_once(&gw, p, 64)).collect();
+
+    let gw2 = gw.clone();
+    let burst: Vec<_> = (0..8)
+        .map(|i| {
+            let gw = gw2.clone();
+            let prompt = prompts[i % prompts.len()].to_string();
+            std::thread::spawn(move || (i, stream_chat(&gw, &prompt, 64)))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    a.kill(); // SIGKILL in the middle of the burst
+    for h in burst {
+        let (i, (text, err)) = h.join().expect("thread");
+        assert_eq!(err, None, "request {i} failed after {text:?}");
+        assert_eq!(text, reference[i % prompts.len()], "request {i}: the stream lost or repeated tokens");
+    }
+    // The dead node's replica is gone from the deployment; the other keeps serving.
+    wait_until(Duration::from_secs(30), "node-a's replica removed", || {
+        get_json(&format!("{gw}/v1/deployments/{CHAT}"))
+            .and_then(|d| d["placements"].as_array().cloned())
+            .is_some_and(|p| p.len() == 1 && p[0]["node_name"] == "node-b")
+    });
+    assert!(chat_once(&gw, "What is the capital of France? Answer briefly.", 24).contains("Paris"));
+    assert!(metric_sum(&gw, "shoal_router_retries_total") >= 1.0, "the burst was retried on the other replica");
+}
