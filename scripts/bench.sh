@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the benchmarks: frame codec per message kind, the QUIC round trip beside
-# plain TCP in the same run, and raft commits/failover of real coordinator processes.
+# plain TCP in the same run, raft commits/failover of real coordinator processes, and
+# model serving (decode, embeddings, gateway overhead) beside the tools users would pick.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo bench --locked -p shoal-protocol --bench frames -- --warm-up-time 1 --measurement-time 3
@@ -11,3 +12,9 @@ if [ ! -x /usr/bin/etcd ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]
 fi
 cargo build --release --locked
 ./target/release/shoal bench raft
+# Model serving beside llama.cpp, sentence-transformers and Ray Serve (installed into
+# .bench-venv by scripts/compare/setup.sh; the comparisons are skipped if that fails).
+./scripts/fetch-models.sh ./models
+./scripts/compare/setup.sh ./.bench-venv || echo "comparison tools not installed; their columns stay empty"
+cargo bench --locked -p shoal-engine --bench engine
+./target/release/shoal bench serve --models ./models

@@ -38,6 +38,9 @@ pub fn prepare_version(
     coordinator_id: u64,
     now_ms: u64,
 ) -> Result<ModelVersion, CoordinatorError> {
+    if source == ECHO_SOURCE {
+        return Ok(echo_version(coordinator_id, now_ms));
+    }
     let path: PathBuf = shoal_engine::resolve_source(source, download_dir).map_err(model_err)?;
     let info = shoal_engine::inspect(&path).map_err(model_err)?;
     let mut files = Vec::new();
@@ -89,6 +92,28 @@ pub fn prepare_version(
     };
     info!(source, sha256 = %version.sha256, architecture = %version.architecture, "model files stored");
     Ok(version)
+}
+
+/// The source of the built-in no-op model.
+pub const ECHO_SOURCE: &str = "builtin://echo";
+
+fn echo_version(coordinator_id: u64, now_ms: u64) -> ModelVersion {
+    ModelVersion {
+        version: 0,
+        source: ECHO_SOURCE.into(),
+        sha256: hex::encode(Sha256::digest(ECHO_SOURCE.as_bytes())),
+        size: 0,
+        format: WeightFormat::Builtin,
+        architecture: "echo".into(),
+        capabilities: vec!["chat".into(), "completion".into(), "echo".into()],
+        context_length: 1 << 20,
+        layers: 0,
+        hidden_size: 0,
+        weight_bytes: 0,
+        files: vec![],
+        stored_by: coordinator_id,
+        registered_at_ms: now_ms,
+    }
 }
 
 /// The hash of a multi-file model: SHA-256 over its sorted `name sha256` lines.

@@ -111,10 +111,10 @@ impl Router {
         let Some(version) = state.deployed_version(deployment) else {
             return Err(RouteError::UnknownModel(format!("the model '{deployment}' does not exist")));
         };
-        if version.kind() != kind {
+        if !version.kind().serves(kind) {
             let what = match kind {
                 EngineKind::Embed => "embeddings",
-                EngineKind::Generate => "text generation",
+                EngineKind::Generate | EngineKind::Echo => "text generation",
             };
             return Err(RouteError::WrongKind(format!("the model '{deployment}' does not serve {what}")));
         }

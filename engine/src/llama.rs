@@ -8,13 +8,14 @@ use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 
-use candle_core::quantized::{gguf_file, QMatMul, QStorage, QTensor};
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{Device, Module, Tensor};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::EngineError;
 use crate::inspect::{inspect_gguf, md_str, ModelInfo};
+use crate::q4::Q4Matrix;
 use crate::q8::Q8Matrix;
 use crate::tokenizer::GgufTokenizer;
 
@@ -36,9 +37,10 @@ impl ChatMessage {
 pub struct LlmOptions {
     /// Only this contiguous range of transformer layers (a pipeline stage); `None` = all layers.
     pub layers: Option<Range<usize>>,
-    /// Re-quantise all weight matrices at load to the engine's own 8-bit format, whose batched kernel reads each
-    /// weight once per step for all sequences (much faster on CPU than candle's Q4_1/Q5 kernels). `false` keeps
-    /// the file's own quantisation and runs candle's kernels.
+    /// Run all weight matrices on the engine's own batched kernels, which read each weight once per step for all
+    /// sequences (much faster on CPU than candle's kernels): Q4_0/Q4_1 weights keep their 4-bit values, all
+    /// others are re-quantised at load to the engine's 8-bit format. `false` runs candle's kernels on the file's
+    /// own quantisation.
     pub requantize: bool,
 }
 
@@ -134,9 +136,11 @@ struct Config {
     context_length: usize,
 }
 
-/// A weight matrix: our own 8-bit batched kernel, or candle's quantized matmul in the file's own format.
+/// A weight matrix: our own batched kernels (4-bit for Q4_0/Q4_1 files, 8-bit for everything else), or candle's
+/// quantized matmul in the file's own format.
 #[derive(Clone)]
 enum Linear {
+    Q4(Arc<Q4Matrix>),
     Q8(Arc<Q8Matrix>),
     Candle(QMatMul),
 }
@@ -145,6 +149,7 @@ impl Linear {
     /// `x @ w^T` for `rows` rows of `x`.
     fn forward(&self, x: Vec<f32>, rows: usize) -> Result<Vec<f32>, EngineError> {
         match self {
+            Linear::Q4(q) => Ok(q.matmul(&x, rows)),
             Linear::Q8(q) => Ok(q.matmul(&x, rows)),
             Linear::Candle(w) => {
                 let k = x.len() / rows.max(1);
@@ -156,6 +161,7 @@ impl Linear {
 
     fn rows(&self) -> Result<usize, EngineError> {
         match self {
+            Linear::Q4(q) => Ok(q.rows()),
             Linear::Q8(q) => Ok(q.rows()),
             Linear::Candle(QMatMul::QTensor(t)) => Ok(t.shape().dims2()?.0),
             Linear::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => Ok(t.dims2()?.0),
@@ -165,6 +171,13 @@ impl Linear {
     /// Rows `ids` of the matrix (embedding lookup).
     fn embedding(&self, ids: Vec<u32>) -> Result<Vec<f32>, EngineError> {
         match self {
+            Linear::Q4(q) => {
+                let mut out = Vec::new();
+                for id in ids {
+                    q.row(id as usize, &mut out);
+                }
+                Ok(out)
+            }
             Linear::Q8(q) => {
                 let mut out = Vec::new();
                 for id in ids {
@@ -259,6 +272,19 @@ impl Loader<'_> {
                 return Err(EngineError::model(self.path, format!("tensors {names:?} have different input sizes")));
             }
             rows += n;
+        }
+        if self.requantize && same_dtype && matches!(dtype, GgmlDType::Q4_0 | GgmlDType::Q4_1) {
+            // 4-bit files keep their values: the 4-bit kernel reads half the bytes of the 8-bit one.
+            let mut bytes = Vec::new();
+            for p in &parts {
+                bytes.extend_from_slice(&p.data()?);
+            }
+            let q = match dtype {
+                GgmlDType::Q4_1 => Q4Matrix::from_q4_1(&bytes, rows, k),
+                _ => Q4Matrix::from_q4_0(&bytes, rows, k),
+            };
+            let q = q.ok_or_else(|| EngineError::model(self.path, format!("cannot read {names:?} as 4-bit")))?;
+            return Ok(Linear::Q4(Arc::new(q)));
         }
         if (self.requantize || !same_dtype) && k.is_multiple_of(crate::q8::BLOCK) {
             let mut dense = Vec::with_capacity(rows * k);

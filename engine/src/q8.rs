@@ -8,8 +8,10 @@ use rayon::prelude::*;
 
 /// Values per quantisation block.
 pub(crate) const BLOCK: usize = 32;
-/// Output columns per parallel task.
-const COLS_PER_TASK: usize = 64;
+/// Below this many weight bytes times input rows a matmul runs on the calling thread (dispatch costs more).
+const PARALLEL_MIN_WORK: usize = 1 << 16;
+/// Parallel tasks per thread (a few, so that a thread slowed by other load does not hold up the rest).
+const TASKS_PER_THREAD: usize = 4;
 
 /// A `[n, k]` matrix stored as signed 8-bit values with one f32 scale per 32 values of a row.
 pub(crate) struct Q8Matrix {
@@ -32,6 +34,44 @@ fn quantize_into(x: &[f32], qs: &mut [i8], scales: &mut [f32]) {
         }
         *d = scale;
     }
+}
+
+/// Quantise `m` rows of `x` (`[m, k]`) to 8 bits per 32-value block: returns the values and per-block scales.
+pub(crate) fn quantize_rows(x: &[f32], m: usize, k: usize) -> (Vec<i8>, Vec<f32>) {
+    let blocks = k / BLOCK;
+    let mut xq = vec![0i8; m * k];
+    let mut xs = vec![0f32; m * blocks];
+    for r in 0..m {
+        quantize_into(&x[r * k..(r + 1) * k], &mut xq[r * k..(r + 1) * k], &mut xs[r * blocks..(r + 1) * blocks]);
+    }
+    (xq, xs)
+}
+
+/// Run `kernel(first_column, out)` over column ranges of an `[m, n]` result, in parallel when the work
+/// (`row_bytes` of weights per column) is big enough; `out` is column-major `[columns][m]`. Returns `[m, n]`.
+pub(crate) fn for_each_column_task(
+    n: usize,
+    m: usize,
+    row_bytes: usize,
+    kernel: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let mut tmp = vec![0f32; n * m];
+    if n * m * row_bytes < PARALLEL_MIN_WORK || rayon::current_num_threads() == 1 {
+        kernel(0, &mut tmp);
+    } else {
+        let cols = n.div_ceil(rayon::current_num_threads() * TASKS_PER_THREAD).max(1);
+        tmp.par_chunks_mut(cols * m).enumerate().for_each(|(task, out)| kernel(task * cols, out));
+    }
+    if m == 1 {
+        return tmp;
+    }
+    let mut out = vec![0f32; m * n];
+    for (j, col) in tmp.chunks_exact(m).enumerate() {
+        for (r, &v) in col.iter().enumerate() {
+            out[r * n + j] = v;
+        }
+    }
+    out
 }
 
 impl Q8Matrix {
@@ -64,20 +104,11 @@ impl Q8Matrix {
 
     /// `x @ self^T` for `m` rows of `x` (`[m, k]`); returns `[m, n]`.
     pub(crate) fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
-        let (n, k) = (self.n, self.k);
-        let blocks = k / BLOCK;
-        let mut xq = vec![0i8; m * k];
-        let mut xs = vec![0f32; m * blocks];
-        for r in 0..m {
-            quantize_into(&x[r * k..(r + 1) * k], &mut xq[r * k..(r + 1) * k], &mut xs[r * blocks..(r + 1) * blocks]);
-        }
-        // Column-major result: each task owns a contiguous run of columns.
-        let mut tmp = vec![0f32; n * m];
+        let (xq, xs) = quantize_rows(x, m, self.k);
         let arch = Arch::new();
         #[cfg(target_arch = "x86_64")]
         let v3 = pulp::x86::V3::try_new();
-        let kernel = |(task, out): (usize, &mut [f32])| {
-            let col0 = task * COLS_PER_TASK;
+        for_each_column_task(self.n, m, self.k, |col0, out| {
             let kernel = Kernel { w: self, xq: &xq, xs: &xs, m, col0, out };
             #[cfg(target_arch = "x86_64")]
             if let Some(v3) = v3 {
@@ -85,22 +116,7 @@ impl Q8Matrix {
                 return;
             }
             arch.dispatch(kernel);
-        };
-        if n * m * k < 1 << 16 {
-            tmp.chunks_mut(COLS_PER_TASK * m).enumerate().for_each(kernel);
-        } else {
-            tmp.par_chunks_mut(COLS_PER_TASK * m).enumerate().for_each(kernel);
-        }
-        if m == 1 {
-            return tmp;
-        }
-        let mut out = vec![0f32; m * n];
-        for (j, col) in tmp.chunks_exact(m).enumerate() {
-            for (r, &v) in col.iter().enumerate() {
-                out[r * n + j] = v;
-            }
-        }
-        out
+        })
     }
 }
 

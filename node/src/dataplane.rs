@@ -52,8 +52,35 @@ async fn embed(host: &ModelHost, stream: &mut ServerStream, placement: &str, inp
     }
 }
 
-async fn generate(host: &ModelHost, mut stream: ServerStream, req: GenerateRequest) {
-    let Some(Engine::Generate(h)) = host.engine(&req.placement_id) else {
+/// The no-op model: the prompt's last message comes back as one token.
+async fn echo(mut stream: ServerStream, req: GenerateRequest) {
+    let text = match req.prompt {
+        Prompt::Chat(turns) => turns.last().map(|t| t.content.clone()).unwrap_or_default(),
+        Prompt::Text(t) => t,
+    };
+    let frames = [
+        Response::GenerationStarted { prompt_tokens: 1 },
+        Response::Generated { tokens: vec![0], text },
+        Response::GenerationDone { finish: Finish::Stop, prompt_tokens: 1, completion_tokens: 1 },
+    ];
+    for f in &frames {
+        if stream.send(f).await.is_err() {
+            return;
+        }
+    }
+    stream.finish();
+}
+
+async fn generate(host: &ModelHost, stream: ServerStream, req: GenerateRequest) {
+    let engine = host.engine(&req.placement_id);
+    if let Some(Engine::Echo) = engine {
+        return echo(stream, req).await;
+    }
+    generate_llm(engine, stream, req).await
+}
+
+async fn generate_llm(engine: Option<Engine>, mut stream: ServerStream, req: GenerateRequest) {
+    let Some(Engine::Generate(h)) = engine else {
         let msg = format!("no ready generation replica {} here", req.placement_id);
         return stream.refuse(RefusalCode::NotFound, msg).await;
     };

@@ -15,6 +15,16 @@ pub enum EngineKind {
     Generate,
     /// Sentence embeddings.
     Embed,
+    /// The built-in no-op model (`builtin://echo`): answers with the prompt's last message.
+    /// For smoke tests of the mesh and for measuring what routing adds to a request.
+    Echo,
+}
+
+impl EngineKind {
+    /// Whether a replica of this kind can answer requests for `wanted`.
+    pub fn serves(self, wanted: EngineKind) -> bool {
+        self == wanted || (self == EngineKind::Echo && wanted == EngineKind::Generate)
+    }
 }
 
 /// One file of a model version, addressed by its content.

@@ -19,6 +19,9 @@ const KEY: &str = "sk-bench";
 pub enum BenchCommand {
     /// Raft commit throughput/latency and leader failover on loopback.
     Raft(RaftBench),
+    /// Model serving through a real `shoal up`: decode tok/s (1 and N streams), embeddings/s and
+    /// gateway overhead, beside llama.cpp, sentence-transformers and Ray Serve in the same run.
+    Serve(super::bench_serve::ServeBench),
 }
 
 #[derive(Debug, Args)]
@@ -47,10 +50,11 @@ pub struct RaftBench {
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Raft(a) => tokio::task::spawn_blocking(move || raft(a)).await?,
+        BenchCommand::Serve(a) => tokio::task::spawn_blocking(move || super::bench_serve::run(a)).await?,
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     loop {
         let Ok(udp) = UdpSocket::bind("127.0.0.1:0") else { continue };
         let Ok(a) = udp.local_addr() else { continue };

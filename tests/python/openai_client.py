@@ -77,7 +77,7 @@ def cos(a, b):
     return sum(x * y for x, y in zip(a, b))
 
 
-# Reference values from sentence-transformers (all-MiniLM-L6-v2, recorded in docs/models.md).
+# Reference values from sentence-transformers (all-MiniLM-L6-v2, recorded in docs/serving.md).
 near, far = cos(vecs[0], vecs[1]), cos(vecs[0], vecs[2])
 check(near > far, f"related sentences are closer ({near:.4f} > {far:.4f})")
 check(abs(near - 0.7553) < 1e-3, f"cos(food, bread) matches sentence-transformers 0.7553 ({near:.4f})")

@@ -84,6 +84,8 @@ pub struct CoordinatorRecord {
 pub enum WeightFormat {
     Gguf,
     Safetensors,
+    /// Built into Shoal; no files (`builtin://echo`).
+    Builtin,
 }
 
 /// One registered version of a model: facts read from its files at registration.
@@ -115,6 +117,8 @@ impl ModelVersion {
     pub fn kind(&self) -> EngineKind {
         if self.capabilities.iter().any(|c| c == "embedding") {
             EngineKind::Embed
+        } else if self.capabilities.iter().any(|c| c == "echo") {
+            EngineKind::Echo
         } else {
             EngineKind::Generate
         }

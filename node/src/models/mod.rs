@@ -28,6 +28,8 @@ pub use llm::LlmHandle;
 pub enum Engine {
     Generate(LlmHandle),
     Embed(EmbedHandle),
+    /// The built-in no-op model.
+    Echo,
 }
 
 impl Engine {
@@ -35,6 +37,7 @@ impl Engine {
         match self {
             Engine::Generate(h) => h.outstanding(),
             Engine::Embed(h) => h.outstanding(),
+            Engine::Echo => 0,
         }
     }
     fn stop(&self) {
@@ -204,6 +207,7 @@ impl Actor for ModelReplica {
                 let e = tokio::task::spawn_blocking(move || Embedder::load(&dir)).await??;
                 Engine::Embed(EmbedHandle::start(Arc::new(e), &model))
             }
+            EngineKind::Echo => Engine::Echo,
         };
         info!(placement = %id, model = %a.model, "replica ready");
         host.set_phase(&id, ReplicaPhase::Ready, "", Some(engine));

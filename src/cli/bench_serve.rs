@@ -1,0 +1,450 @@
+//! `shoal bench serve`: what serving costs and delivers, measured through a real `shoal up`
+//! (coordinator + node in a child process, gateway over HTTP, replicas over QUIC), each
+//! figure printed beside what the tool a user would otherwise pick does in the same run:
+//! llama.cpp (decode), sentence-transformers (embeddings) and Ray Serve (a no-op model),
+//! through the scripts in `scripts/compare/` when their venv is installed.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use clap::Args;
+use serde_json::{json, Value};
+
+const KEY: &str = "sk-bench";
+const CHAT: &str = "smollm2-135m-instruct";
+const EMBED: &str = "all-minilm-l6-v2";
+const STORY: &str = "Write a long story about a dragon who learns to fly.";
+
+#[derive(Debug, Args)]
+pub struct ServeBench {
+    /// The folder with the models (`./scripts/fetch-models.sh` fills it).
+    #[arg(long, default_value = "./models")]
+    pub models: PathBuf,
+    /// Tokens to generate per stream.
+    #[arg(long, default_value_t = 128)]
+    pub tokens: u32,
+    /// Concurrent streams for the aggregate decode rate.
+    #[arg(long, default_value_t = 8)]
+    pub streams: usize,
+    /// Requests for the gateway-overhead measurement.
+    #[arg(long, default_value_t = 2000)]
+    pub requests: usize,
+    /// Concurrent clients for the gateway throughput measurement.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Repeats of each embedding batch.
+    #[arg(long, default_value_t = 5)]
+    pub repeat: usize,
+    /// Threads the comparison tools may use (Shoal uses every core of this machine).
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// The virtual environment made by `scripts/compare/setup.sh`; comparisons are skipped without it.
+    #[arg(long, default_value = "./.bench-venv")]
+    pub venv: PathBuf,
+}
+
+struct Up {
+    child: Child,
+    gateway: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(600)))
+        .build()
+        .into()
+}
+
+fn post(agent: &ureq::Agent, url: &str, body: &Value) -> anyhow::Result<Value> {
+    let mut resp = agent.post(url).header("Authorization", &format!("Bearer {KEY}")).send_json(body)?;
+    let status = resp.status();
+    let v: Value = resp.body_mut().read_json()?;
+    if !status.is_success() {
+        bail!("{url} answered {status}: {v}");
+    }
+    Ok(v)
+}
+
+fn get(url: &str) -> Option<Value> {
+    let mut resp = agent().get(url).header("Authorization", &format!("Bearer {KEY}")).call().ok()?;
+    resp.status().is_success().then(|| resp.body_mut().read_json().ok()).flatten()
+}
+
+fn start_up(models: &Path) -> anyhow::Result<Up> {
+    let dir = tempfile::tempdir()?;
+    let port = |_: u8| super::bench::free_port();
+    let (http, quic, node) = (port(0), port(1), port(2));
+    let log = std::fs::File::create(dir.path().join("up.log"))?;
+    let child = Command::new(std::env::current_exe()?)
+        .args(["up", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--http", &format!("127.0.0.1:{http}"), "--listen", &format!("127.0.0.1:{quic}")])
+        .args(["--node-listen", &format!("127.0.0.1:{node}"), "--models"])
+        .arg(models)
+        .env("SHOAL_API_KEY", KEY)
+        .env("SHOAL_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .context("starting shoal up")?;
+    let up = Up { child, gateway: format!("http://127.0.0.1:{http}"), _dir: dir };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while get(&format!("{}/v1/deployments", up.gateway)).is_none() {
+        if Instant::now() > deadline {
+            bail!("shoal up did not start");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    post(
+        &agent(),
+        &format!("{}/v1/deployments", up.gateway),
+        &json!({"name": "echo", "source": "builtin://echo", "replicas": 1}),
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let ready = |n: &str| {
+            get(&format!("{}/v1/deployments/{n}", up.gateway)).and_then(|d| d["ready_replicas"].as_u64()).unwrap_or(0)
+                >= 1
+        };
+        if ready(CHAT) && ready(EMBED) && ready("echo") {
+            return Ok(up);
+        }
+        if Instant::now() > deadline {
+            bail!("the models did not become ready within 300 s");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// One streamed generation: (completion tokens, seconds to first token, seconds first→last token, seconds total).
+fn stream_once(gateway: &str, max_tokens: u32) -> anyhow::Result<(u64, f64, f64, f64)> {
+    let body = json!({
+        "model": CHAT, "messages": [{"role": "user", "content": STORY}], "temperature": 0,
+        "max_tokens": max_tokens, "stream": true, "stream_options": {"include_usage": true},
+    });
+    let started = Instant::now();
+    let resp = agent()
+        .post(&format!("{gateway}/v1/chat/completions"))
+        .header("Authorization", &format!("Bearer {KEY}"))
+        .send_json(body)?;
+    let (mut first, mut last, mut tokens) = (None, started, 0u64);
+    for line in BufReader::new(resp.into_body().into_reader()).lines() {
+        let line = line?;
+        let Some(data) = line.strip_prefix("data: ") else { continue };
+        if data == "[DONE]" {
+            break;
+        }
+        let v: Value = serde_json::from_str(data)?;
+        if v["choices"][0]["delta"]["content"].as_str().is_some_and(|t| !t.is_empty()) {
+            let now = Instant::now();
+            first.get_or_insert(now);
+            last = now;
+        }
+        if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
+            tokens = n;
+        }
+    }
+    let first = first.ok_or_else(|| anyhow!("no tokens were streamed"))?;
+    Ok((tokens, (first - started).as_secs_f64(), (last - first).as_secs_f64(), started.elapsed().as_secs_f64()))
+}
+
+/// Runs a comparison script in the venv; its last stdout line is JSON.
+fn compare(venv: &Path, script: &str, args: &[String]) -> Result<Value, String> {
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        return Err(format!("not run: no {} (./scripts/compare/setup.sh makes it)", python.display()));
+    }
+    let out = Command::new(&python)
+        .arg(Path::new("scripts/compare").join(script))
+        .args(args)
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("{script}: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(format!("{script} failed: {}", err.lines().last().unwrap_or("")));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().rev().find(|l| l.trim_start().starts_with('{')).unwrap_or("");
+    serde_json::from_str(last).map_err(|e| format!("{script} printed no JSON: {e}"))
+}
+
+fn sentences(kind: &str) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string("scripts/compare/sentences.json")
+        .context("reading scripts/compare/sentences.json (run from the repository root)")?;
+    let v: Value = serde_json::from_str(&text)?;
+    Ok(v[kind]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|s| s.as_str().map(String::from))
+        .collect())
+}
+
+struct Row {
+    what: String,
+    shoal: String,
+    other: String,
+    note: String,
+}
+
+fn row(what: impl Into<String>, shoal: impl Into<String>, other: impl Into<String>, note: impl Into<String>) -> Row {
+    Row { what: what.into(), shoal: shoal.into(), other: other.into(), note: note.into() }
+}
+
+fn ratio(a: f64, b: Option<f64>) -> String {
+    match b {
+        Some(b) if b > 0.0 => format!("{:.2}×", a / b),
+        _ => String::new(),
+    }
+}
+
+pub fn run(a: ServeBench) -> anyhow::Result<()> {
+    let gguf = a.models.join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let minilm = a.models.join("all-minilm-l6-v2");
+    if !gguf.is_file() || !minilm.is_dir() {
+        bail!("models missing in {}: run ./scripts/fetch-models.sh", a.models.display());
+    }
+    let mut rows = Vec::new();
+    eprintln!("starting shoal up with the models and the built-in echo model…");
+    let up = start_up(&a.models)?;
+    let gw = up.gateway.clone();
+
+    // Gateway overhead on the no-op model: HTTP → gateway → router → QUIC → node → back.
+    eprintln!("gateway overhead: {} sequential requests, then {} concurrent clients…", a.requests, a.concurrency);
+    let echo_body = json!({"model": "echo", "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1});
+    let url = format!("{gw}/v1/chat/completions");
+    let ag = agent();
+    for _ in 0..100 {
+        post(&ag, &url, &echo_body)?;
+    }
+    let mut lat = Vec::with_capacity(a.requests);
+    let t0 = Instant::now();
+    for _ in 0..a.requests {
+        let s = Instant::now();
+        post(&ag, &url, &echo_body)?;
+        lat.push(s.elapsed().as_secs_f64() * 1e3);
+    }
+    let seq_rps = a.requests as f64 / t0.elapsed().as_secs_f64();
+    lat.sort_by(f64::total_cmp);
+    let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
+    let t0 = Instant::now();
+    let per = a.requests / a.concurrency.max(1);
+    let handles: Vec<_> = (0..a.concurrency)
+        .map(|_| {
+            let (url, body) = (url.clone(), echo_body.clone());
+            std::thread::spawn(move || -> anyhow::Result<()> {
+                let ag = agent();
+                for _ in 0..per {
+                    post(&ag, &url, &body)?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().map_err(|_| anyhow!("client thread panicked"))??;
+    }
+    let conc_rps = (per * a.concurrency) as f64 / t0.elapsed().as_secs_f64();
+
+    // The same engine in-process (embedding one short sentence) against through the gateway.
+    let embedder = shoal_engine::Embedder::load(&minilm)?;
+    let one = vec!["A man is eating food.".to_string()];
+    for _ in 0..20 {
+        embedder.embed(&one)?;
+    }
+    let mut inproc = Vec::new();
+    let mut via = Vec::new();
+    let eurl = format!("{gw}/v1/embeddings");
+    let ebody = json!({"model": EMBED, "input": one, "encoding_format": "float"});
+    for _ in 0..300 {
+        let s = Instant::now();
+        embedder.embed(&one)?;
+        inproc.push(s.elapsed().as_secs_f64() * 1e3);
+        let s = Instant::now();
+        post(&ag, &eurl, &ebody)?;
+        via.push(s.elapsed().as_secs_f64() * 1e3);
+    }
+    inproc.sort_by(f64::total_cmp);
+    via.sort_by(f64::total_cmp);
+
+    // Decode through the gateway.
+    eprintln!("decode: 1 stream, then {} concurrent streams of {} tokens…", a.streams, a.tokens);
+    stream_once(&gw, 16)?; // warm
+    let (n1, ttft1, decode1, _) = stream_once(&gw, a.tokens)?;
+    let single = (n1.saturating_sub(1)) as f64 / decode1.max(1e-9);
+    let t0 = Instant::now();
+    let handles: Vec<_> = (0..a.streams)
+        .map(|_| {
+            let (gw, tokens) = (gw.clone(), a.tokens);
+            std::thread::spawn(move || stream_once(&gw, tokens))
+        })
+        .collect();
+    let mut total_tokens = 0u64;
+    for h in handles {
+        total_tokens += h.join().map_err(|_| anyhow!("stream thread panicked"))??.0;
+    }
+    let aggregate = total_tokens as f64 / t0.elapsed().as_secs_f64();
+
+    // Embeddings through the gateway, 32 per request.
+    let mut embed_rates = Vec::new();
+    for kind in ["short", "long"] {
+        let texts = sentences(kind)?;
+        let body = json!({"model": EMBED, "input": texts, "encoding_format": "float"});
+        post(&ag, &eurl, &body)?;
+        let t0 = Instant::now();
+        for _ in 0..a.repeat {
+            post(&ag, &eurl, &body)?;
+        }
+        embed_rates.push((kind, texts.len() as f64 * a.repeat as f64 / t0.elapsed().as_secs_f64()));
+    }
+    drop(up); // free the cores for the comparisons
+
+    eprintln!("comparisons (llama.cpp, sentence-transformers, Ray Serve)…");
+    let t = a.threads.to_string();
+    let gguf_s = gguf.display().to_string();
+    let lc1 = compare(
+        &a.venv,
+        "llamacpp_decode.py",
+        &[
+            "--model".into(),
+            gguf_s.clone(),
+            "--threads".into(),
+            t.clone(),
+            "--tokens".into(),
+            a.tokens.to_string(),
+            "--streams".into(),
+            "1".into(),
+        ],
+    );
+    let lcn = compare(
+        &a.venv,
+        "llamacpp_decode.py",
+        &[
+            "--model".into(),
+            gguf_s,
+            "--threads".into(),
+            t.clone(),
+            "--tokens".into(),
+            a.tokens.to_string(),
+            "--streams".into(),
+            a.streams.to_string(),
+        ],
+    );
+    let lc_rate = |r: &Result<Value, String>, key: &str| r.as_ref().ok().and_then(|v| v[key].as_f64());
+    let describe = |r: &Result<Value, String>| match r {
+        Ok(v) => format!("{} {}", v["tool"].as_str().unwrap_or(""), v["version"].as_str().unwrap_or("")),
+        Err(e) => e.clone(),
+    };
+    let lc_single = lc_rate(&lc1, "decode_tok_s");
+    let lc_multi = lc_rate(&lcn, "aggregate_tok_s").or(lc_rate(&lcn, "decode_tok_s"));
+    rows.push(row(
+        "decode tok/s, 1 stream (gateway, greedy)",
+        format!("{single:.1}"),
+        lc_single.map(|x| format!("{x:.1}")).unwrap_or_else(|| describe(&lc1)),
+        format!("{} vs llama.cpp; TTFT {:.0} ms", ratio(single, lc_single), ttft1 * 1e3),
+    ));
+    rows.push(row(
+        format!("decode tok/s, {} streams aggregate", a.streams),
+        format!("{aggregate:.1}"),
+        lc_multi.map(|x| format!("{x:.1}")).unwrap_or_else(|| describe(&lcn)),
+        format!(
+            "{} of Shoal's 1 stream; {} vs llama.cpp{}",
+            ratio(aggregate, Some(single)),
+            ratio(aggregate, lc_multi),
+            lcn.as_ref().ok().and_then(|v| v["method"].as_str()).map(|m| format!(" ({m})")).unwrap_or_default()
+        ),
+    ));
+    for (kind, rate) in &embed_rates {
+        let st = compare(
+            &a.venv,
+            "st_embed.py",
+            &[
+                "--model".into(),
+                minilm.display().to_string(),
+                "--batch".into(),
+                "32".into(),
+                "--kind".into(),
+                kind.to_string(),
+                "--repeat".into(),
+                a.repeat.to_string(),
+                "--threads".into(),
+                t.clone(),
+            ],
+        );
+        let other = st.as_ref().ok().and_then(|v| v["sentences_per_s"].as_f64());
+        rows.push(row(
+            format!("embeddings/s, 32 {kind} sentences (gateway)"),
+            format!("{rate:.1}"),
+            other.map(|x| format!("{x:.1}")).unwrap_or_else(|| describe(&st)),
+            format!("{} vs sentence-transformers", ratio(*rate, other)),
+        ));
+    }
+    let ray = compare(
+        &a.venv,
+        "ray_noop.py",
+        &["--requests".into(), a.requests.to_string(), "--concurrency".into(), a.concurrency.to_string()],
+    );
+    let ray_rps = ray.as_ref().ok().and_then(|v| v["rps"].as_f64());
+    rows.push(row(
+        "no-op model, sequential: p50 / p99 ms",
+        format!("{p50:.3} / {p99:.3}"),
+        "",
+        format!("{seq_rps:.0} req/s; gateway → QUIC → node → back"),
+    ));
+    rows.push(row(
+        format!("no-op model, {} clients: req/s", a.concurrency),
+        format!("{conc_rps:.0}"),
+        ray_rps.map(|x| format!("{x:.0}")).unwrap_or_else(|| describe(&ray)),
+        format!(
+            "{} vs Ray Serve{}",
+            ratio(conc_rps, ray_rps),
+            ray.as_ref()
+                .ok()
+                .map(|v| format!(
+                    " (p50 {:.2} ms, p99 {:.2} ms)",
+                    v["p50_ms"].as_f64().unwrap_or(0.0),
+                    v["p99_ms"].as_f64().unwrap_or(0.0)
+                ))
+                .unwrap_or_default()
+        ),
+    ));
+    let (i50, v50) = (percentile(&inproc, 0.5), percentile(&via, 0.5));
+    rows.push(row(
+        "embed 1 sentence p50 ms: gateway vs in-process",
+        format!("{v50:.3}"),
+        format!("{i50:.3}"),
+        format!("added p50 {:.3} ms, p99 {:.3} ms", v50 - i50, percentile(&via, 0.99) - percentile(&inproc, 0.99)),
+    ));
+
+    println!(
+        "shoal bench serve — one run, this machine ({} cores)",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    );
+    let w = rows.iter().map(|r| r.what.len()).max().unwrap_or(10);
+    println!("{:w$}  {:>14}  {:>28}  NOTE", "MEASURE", "SHOAL", "COMPARISON");
+    for r in rows {
+        println!("{:w$}  {:>14}  {:>28}  {}", r.what, r.shoal, r.other, r.note);
+    }
+    Ok(())
+}
