@@ -345,3 +345,76 @@ fn coordinators_are_added_and_removed_while_serving() {
         });
     }
 }
+
+/// Routing reads each coordinator's local replica of the state, and a node that reconnects
+/// to a new leader keeps its replicas: requests through a follower's gateway keep being
+/// answered while the leader is killed and a new one elected.
+#[test]
+fn requests_keep_flowing_through_a_leader_election() {
+    let tmp = tempfile::Builder::new().prefix("shoal-route-").tempdir().expect("tmp");
+    let mut g = Group::new(tmp.path(), 3, 0);
+    for id in 1..=3 {
+        g.start(id);
+    }
+    let leader = g.wait_leader(Duration::from_secs(20), None);
+    for id in 1..=3 {
+        let url = g.url(id, "/readyz");
+        wait_until(Duration::from_secs(20), "readyz", || matches!(get(&url, None), Some((200, _))));
+    }
+    let gw = format!("http://{}", g.member(leader).http);
+    let out = run(&["token", "create", "--gateway", &gw, "--ttl", "1h"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let field = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string());
+    let (token, hash) = (field("token:").expect("token"), field("ca-hash:").expect("hash"));
+    // The node knows one coordinator address (a follower's) and is redirected to the leader.
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let quic = g.member(follower).quic.to_string();
+    let _node = join_at(&quic, tmp.path(), "node-1", Some((&token, &hash)), &[]);
+    let (status, v) =
+        post(&g.url(leader, "/v1/deployments"), json!({"name": "echo", "source": "builtin://echo"})).expect("deploy");
+    assert_eq!(status, 201, "{v}");
+    let ready = |id: u64| {
+        get_json(&g.url(id, "/v1/deployments/echo")).and_then(|d| d["ready_replicas"].as_u64()).unwrap_or(0) == 1
+    };
+    wait_until(Duration::from_secs(30), "the echo replica ready", || ready(follower));
+    let placement = get_json(&g.url(follower, "/v1/deployments/echo")).expect("d")["placements"][0]["id"].clone();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let results = Arc::new(Mutex::new(Vec::new()));
+    let client = {
+        let (stop, results) = (stop.clone(), results.clone());
+        let url = g.url(follower, "/v1/chat/completions");
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let body = json!({"model": "echo", "messages": [{"role": "user", "content": format!("ping {i}")}]});
+                let answer = post(&url, body);
+                let ok =
+                    matches!(&answer, Some((200, v)) if v["choices"][0]["message"]["content"] == format!("ping {i}"));
+                results.lock().expect("results").push((ok, format!("{answer:?}")));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    g.kill(leader);
+    let new_leader = g.wait_leader(Duration::from_secs(20), Some(leader));
+    // Let the node find the new leader and re-register while requests continue.
+    wait_until(Duration::from_secs(20), "the node re-registered with the new leader", || {
+        get_json(&g.url(new_leader, "/v1/nodes"))
+            .and_then(|v| v["nodes"].as_array().cloned())
+            .is_some_and(|n| n.iter().any(|n| n["generation"].as_u64().unwrap_or(0) >= 2 && n["state"] == "ready"))
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    client.join().expect("client");
+    let results = results.lock().expect("results");
+    let failed: Vec<&String> = results.iter().filter(|(ok, _)| !ok).map(|(_, a)| a).collect();
+    assert!(results.len() > 50, "only {} requests were made", results.len());
+    assert!(failed.is_empty(), "{} of {} requests failed, first: {:?}", failed.len(), results.len(), failed.first());
+    // The replica was kept across the re-registration (same placement, not reloaded).
+    let after = get_json(&g.url(new_leader, "/v1/deployments/echo")).expect("d");
+    assert_eq!(after["placements"][0]["id"], placement, "{after}");
+    assert_eq!(after["ready_replicas"], 1, "{after}");
+}

@@ -224,6 +224,7 @@ impl ControlPlane {
             address: r.address,
             capacity: r.capacity,
             labels: r.labels,
+            incarnation: r.incarnation,
             at_ms: self.clock.unix_ms(),
         };
         let generation = match self.writer.command(cmd).await {

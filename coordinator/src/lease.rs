@@ -103,6 +103,7 @@ mod tests {
                 address: String::new(),
                 capacity: Default::default(),
                 labels: vec![],
+                incarnation: 1,
                 at_ms: 0,
             },
         );

@@ -140,6 +140,7 @@ mod tests {
             labels: vec![],
             state: NodeState::Ready,
             generation: 1,
+            incarnation: 1,
             joined_at_ms: 0,
             state_changed_at_ms: 0,
         }
@@ -265,6 +266,29 @@ mod tests {
         assert_eq!(apply(&mut s, &deploy), Outcome::ModelVersion { version: 2, existed: true });
         converge(&mut s);
         assert!(s.placements_of("d").all(|p| p.version == 2));
+        assert_eq!(s.placements_of("d").count(), 1);
+    }
+
+    #[test]
+    fn a_reconnect_of_the_same_process_keeps_its_replicas_and_a_restart_drops_them() {
+        let mut s = cluster(&[("a", 8)], 1, 1 << 30);
+        converge(&mut s);
+        let id = s.placements_of("d").next().expect("placed").id.clone();
+        let up = |incarnation| Command::NodeUp {
+            id: "a".into(),
+            name: "a".into(),
+            address: "127.0.0.1:1".into(),
+            capacity: s.nodes["a"].capacity.clone(),
+            labels: vec![],
+            incarnation,
+            at_ms: 9,
+        };
+        let (same, other) = (up(1), up(2));
+        assert_eq!(apply(&mut s, &same), Outcome::NodeUp { generation: 2 });
+        assert_eq!(s.placements[&id].node_generation, 2, "kept under the new generation");
+        assert_eq!(apply(&mut s, &other), Outcome::NodeUp { generation: 3 });
+        assert!(s.placements.is_empty(), "a restarted process has no replicas");
+        converge(&mut s);
         assert_eq!(s.placements_of("d").count(), 1);
     }
 

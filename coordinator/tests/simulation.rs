@@ -100,6 +100,7 @@ fn command(op: &Op) -> Option<Command> {
             address: String::new(),
             capacity: Default::default(),
             labels: vec![],
+            incarnation: 0,
             at_ms: 0,
         }),
         Op::Dead(k, g) => Some(Command::NodeDead { id: k.to_string(), generation: *g, at_ms: 0 }),

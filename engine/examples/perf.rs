@@ -1,4 +1,5 @@
-//! Quick decode timing: `cargo run --example perf -p shoal-engine [streams] [steps]`.
+//! Quick decode timing: `cargo run --example perf -p shoal-engine [streams] [steps]`. Besides the mean it prints
+//! the median and fastest step and the process CPU time per step, which are steadier on a busy machine.
 
 use std::time::Instant;
 
@@ -20,8 +21,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     llm.forward_stage(&mut refs, StageInput::Tokens(vec![prompt.clone(); streams]))?;
     println!("prefill {} x {} tokens: {:.1} ms", streams, prompt.len(), t.elapsed().as_secs_f64() * 1e3);
     let t = Instant::now();
+    let cpu0 = cpu_seconds();
+    let mut step_ms = Vec::with_capacity(steps);
     let mut feed = vec![vec![1u32]; streams];
     for _ in 0..steps {
+        let ts = Instant::now();
         let out = llm.forward_stage(&mut refs, StageInput::Tokens(feed.clone()))?;
         if let StageOutput::Logits(l) = out {
             feed = l
@@ -34,12 +38,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 })
                 .collect();
         }
+        step_ms.push(ts.elapsed().as_secs_f64() * 1e3);
     }
     let s = t.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
+    step_ms.sort_by(f64::total_cmp);
     println!(
         "streams {streams}: {:.1} ms/step, {:.1} tok/s aggregate",
         s * 1e3 / steps as f64,
         (streams * steps) as f64 / s
     );
+    let median = step_ms[steps / 2];
+    println!(
+        "streams {streams}: median {median:.1} ms/step ({:.1} tok/s), fastest {:.1} ms, cpu {:.1} ms/step",
+        streams as f64 * 1e3 / median,
+        step_ms[0],
+        cpu * 1e3 / steps as f64
+    );
     Ok(())
+}
+
+/// User + system CPU time of this process so far (Linux; 0 elsewhere).
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15 (clock ticks of 10 ms).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) / 100.0
 }

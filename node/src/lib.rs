@@ -93,6 +93,7 @@ impl Node {
             capacity: capacity.clone(),
             labels: opts.labels,
             host: host.clone(),
+            incarnation: rand::random::<u64>() | 1,
         });
         let (agent, _) = Actor::spawn(Some(format!("node-agent-{}", identity.node_id)), agent::NodeAgent, ctx)
             .await

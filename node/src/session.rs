@@ -24,6 +24,8 @@ pub struct SessionContext {
     pub data_address: String,
     pub capacity: Capacity,
     pub labels: Vec<Label>,
+    /// Random per process start (see `RegisterRequest::incarnation`).
+    pub incarnation: u64,
     /// The replicas this node runs.
     pub host: Arc<crate::models::ModelHost>,
 }
@@ -42,6 +44,7 @@ pub async fn run(ctx: Arc<SessionContext>, on_registered: impl Fn(u64) + Send) -
             address: ctx.data_address.clone(),
             capacity: ctx.capacity.clone(),
             labels: ctx.labels.clone(),
+            incarnation: ctx.incarnation,
         };
         let (generation, interval, lease) = match stream.call(&Request::Register(register)).await? {
             Response::Registered { generation, heartbeat_interval_ms, lease_ms } => (

@@ -43,6 +43,7 @@ fn messages() -> Vec<(&'static str, Request)> {
                 address: "10.0.0.17:7200".into(),
                 capacity: capacity(),
                 labels: vec![Label { key: "zone".into(), value: "a".into() }],
+                incarnation: 7,
             }),
         ),
         (

@@ -125,6 +125,9 @@ pub struct RegisterRequest {
     pub address: String,
     pub capacity: Capacity,
     pub labels: Vec<Label>,
+    /// Random per node process: a reconnect of the same process (e.g. after a coordinator
+    /// leader change) keeps its replicas; a restarted process starts empty.
+    pub incarnation: u64,
 }
 
 /// The periodic liveness and load report of one node incarnation.

@@ -53,6 +53,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
                 address,
                 capacity,
                 labels: labels.into_iter().map(|(key, value)| Label { key, value }).collect(),
+                incarnation: 7,
             })),
         (arb_string(), any::<u64>(), any::<u64>(), any::<u32>(), prop::collection::vec(any::<u64>(), 0..4)).prop_map(
             |(node_id, generation, seq, q, free)| Request::Heartbeat(Heartbeat {

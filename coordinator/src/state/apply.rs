@@ -40,13 +40,14 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Outcome {
                     labels: Vec::new(),
                     state: NodeState::Joining,
                     generation: 0,
+                    incarnation: 0,
                     joined_at_ms: *at_ms,
                     state_changed_at_ms: *at_ms,
                 },
             );
             Outcome::Applied
         }
-        Command::NodeUp { id, name, address, capacity, labels, at_ms } => {
+        Command::NodeUp { id, name, address, capacity, labels, incarnation, at_ms } => {
             let Some(node) = state.nodes.get_mut(id) else {
                 return Outcome::rejected("unknown node");
             };
@@ -60,8 +61,17 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Outcome {
             }
             node.state = NodeState::Ready;
             let generation = node.generation;
-            // A new incarnation starts with no replicas: the old process's are gone.
-            state.placements.retain(|_, p| p.node != *id || p.node_generation == generation);
+            let same_process = *incarnation != 0 && node.incarnation == *incarnation;
+            node.incarnation = *incarnation;
+            if same_process {
+                // The same process reconnected: its replicas are still loaded; keep them.
+                for p in state.placements.values_mut().filter(|p| p.node == *id) {
+                    p.node_generation = generation;
+                }
+            } else {
+                // A new process starts with no replicas: the old one's are gone.
+                state.placements.retain(|_, p| p.node != *id);
+            }
             Outcome::NodeUp { generation }
         }
         Command::NodeDead { id, generation, at_ms } => {
@@ -219,6 +229,7 @@ mod tests {
             address: "127.0.0.1:1".into(),
             capacity: Default::default(),
             labels: vec![],
+            incarnation: at,
             at_ms: at,
         }
     }

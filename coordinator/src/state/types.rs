@@ -39,6 +39,8 @@ pub struct NodeRecord {
     pub state: NodeState,
     /// Incremented on every registration; fences everything addressed to older ones.
     pub generation: u64,
+    /// The node process behind the current generation (see `Command::NodeUp`).
+    pub incarnation: u64,
     pub joined_at_ms: u64,
     pub state_changed_at_ms: u64,
 }
@@ -233,6 +235,10 @@ pub enum Command {
         address: String,
         capacity: Capacity,
         labels: Vec<Label>,
+        /// Random per node process. The same process registering again (it reconnected,
+        /// e.g. to a new leader) keeps its replicas under the new generation; another
+        /// process (a restart) starts with none.
+        incarnation: u64,
         at_ms: u64,
     },
     /// The lease of incarnation `generation` ran out.
