@@ -6,6 +6,7 @@ mod error;
 mod generate;
 mod inspect;
 mod llama;
+mod matmul;
 mod q4;
 mod q8;
 mod sampling;

@@ -15,8 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::EngineError;
 use crate::inspect::{inspect_gguf, md_str, ModelInfo};
-use crate::q4::Q4Matrix;
-use crate::q8::Q8Matrix;
+use crate::matmul::vectorized;
+use crate::q4::{q4_from_q4_0, q4_from_q4_1, Q4Matrix};
+use crate::q8::{q8_from_f32, Q8Matrix};
 use crate::tokenizer::GgufTokenizer;
 
 /// One chat message.
@@ -280,18 +281,18 @@ impl Loader<'_> {
                 bytes.extend_from_slice(&p.data()?);
             }
             let q = match dtype {
-                GgmlDType::Q4_1 => Q4Matrix::from_q4_1(&bytes, rows, k),
-                _ => Q4Matrix::from_q4_0(&bytes, rows, k),
+                GgmlDType::Q4_1 => q4_from_q4_1(&bytes, rows, k),
+                _ => q4_from_q4_0(&bytes, rows, k),
             };
             let q = q.ok_or_else(|| EngineError::model(self.path, format!("cannot read {names:?} as 4-bit")))?;
             return Ok(Linear::Q4(Arc::new(q)));
         }
-        if (self.requantize || !same_dtype) && k.is_multiple_of(crate::q8::BLOCK) {
+        if (self.requantize || !same_dtype) && k.is_multiple_of(crate::matmul::BLOCK) {
             let mut dense = Vec::with_capacity(rows * k);
             for p in &parts {
                 dense.extend(p.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?);
             }
-            let q = Q8Matrix::from_f32(&dense, rows, k)
+            let q = q8_from_f32(&dense, rows, k)
                 .ok_or_else(|| EngineError::model(self.path, format!("cannot quantise {names:?}")))?;
             return Ok(Linear::Q8(Arc::new(q)));
         }
@@ -502,6 +503,12 @@ impl Llm {
     /// sequences of `input` correspond by index). The first stage takes tokens, the others hidden states; the
     /// last stage returns the logits of each sequence's last new token, the others hidden states.
     pub fn forward_stage(&self, caches: &mut [&mut KvCache], input: StageInput) -> Result<StageOutput, EngineError> {
+        // Run the whole pass on a pool thread: its many parallel matmuls then fork from inside the pool (cheap
+        // work stealing) instead of each waking the pool from outside and putting this thread to sleep.
+        rayon::scope(|_| self.forward_in_pool(caches, input))
+    }
+
+    fn forward_in_pool(&self, caches: &mut [&mut KvCache], input: StageInput) -> Result<StageOutput, EngineError> {
         let cfg = &self.cfg;
         let (mut x, counts) = match input {
             StageInput::Tokens(seqs) => {
@@ -660,7 +667,7 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
 }
 
 /// Dot product written so that it vectorises (8 independent accumulators).
-#[inline]
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let ca = a.chunks_exact(8);
@@ -719,6 +726,63 @@ impl RopeTable {
     }
 }
 
+/// One query head against the cached positions of its key/value head.
+struct HeadAttention<'a> {
+    q: &'a [f32],
+    /// Cached rows `[position][kv_dim]` up to the query's own position.
+    keys: &'a [f32],
+    values: &'a [f32],
+    kv_dim: usize,
+    /// Where the key/value head starts in a cached row.
+    offset: usize,
+    scale: f32,
+}
+
+impl HeadAttention<'_> {
+    /// `o = softmax(q . k * scale) . v`; `scores` is scratch space.
+    #[inline(always)]
+    fn run(&self, scores: &mut Vec<f32>, o: &mut [f32]) {
+        let hd = self.q.len();
+        let (from, to) = (self.offset, self.offset + hd);
+        scores.clear();
+        let mut max = f32::NEG_INFINITY;
+        for k in self.keys.chunks_exact(self.kv_dim).map(|row| &row[from..to]) {
+            let s = dot(self.q, k) * self.scale;
+            max = max.max(s);
+            scores.push(s);
+        }
+        let mut sum = 0.0;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        let inv = 1.0 / sum;
+        o.fill(0.0);
+        for (&w, v) in scores.iter().zip(self.values.chunks_exact(self.kv_dim).map(|row| &row[from..to])) {
+            let w = w * inv;
+            for (a, b) in o.iter_mut().zip(v) {
+                *a += w * b;
+            }
+        }
+    }
+}
+
+/// `HeadAttention::run` as an operation for `vectorized`.
+struct Attend<'a, 'b> {
+    head: HeadAttention<'a>,
+    scores: &'b mut Vec<f32>,
+    o: &'b mut [f32],
+}
+
+impl pulp::NullaryFnOnce for Attend<'_, '_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn call(self) {
+        self.head.run(self.scores, self.o)
+    }
+}
+
 /// Causal attention of every (row, head) against its own sequence's cache (which already holds the new rows).
 fn attention(cfg: &Config, qkv: &[f32], kv: &[(&[f32], &[f32])], row_seq: &[usize], row_pos: &[usize]) -> Vec<f32> {
     let (nh, nkv, hd) = (cfg.n_head, cfg.n_kv_head, cfg.head_dim);
@@ -730,31 +794,17 @@ fn attention(cfg: &Config, qkv: &[f32], kv: &[(&[f32], &[f32])], row_seq: &[usiz
     let mut out = vec![0f32; row_seq.len() * q_dim];
     let task = |scores: &mut Vec<f32>, idx: usize, o: &mut [f32]| {
         let (r, h) = (idx / nh, idx % nh);
-        let q = &qkv[r * qkv_dim + h * hd..r * qkv_dim + (h + 1) * hd];
         let (keys, values) = kv[row_seq[r]];
-        let g = h / group;
-        let len = row_pos[r] + 1;
-        scores.clear();
-        let mut max = f32::NEG_INFINITY;
-        for j in 0..len {
-            let s = dot(q, &keys[j * kv_dim + g * hd..j * kv_dim + (g + 1) * hd]) * scale;
-            max = max.max(s);
-            scores.push(s);
-        }
-        let mut sum = 0.0;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
-        let inv = 1.0 / sum;
-        o.fill(0.0);
-        for (j, &w) in scores.iter().enumerate() {
-            let w = w * inv;
-            let v = &values[j * kv_dim + g * hd..j * kv_dim + (g + 1) * hd];
-            for (a, b) in o.iter_mut().zip(v) {
-                *a += w * b;
-            }
-        }
+        let len = (row_pos[r] + 1) * kv_dim;
+        let head = HeadAttention {
+            q: &qkv[r * qkv_dim + h * hd..r * qkv_dim + (h + 1) * hd],
+            keys: &keys[..len],
+            values: &values[..len],
+            kv_dim,
+            offset: h / group * hd,
+            scale,
+        };
+        vectorized(Attend { head, scores, o })
     };
     let work: usize = row_pos.iter().map(|p| p + 1).sum::<usize>() * nh * hd;
     if work < 200_000 {

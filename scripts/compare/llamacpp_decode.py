@@ -75,6 +75,7 @@ def run_high_level(llm, llama_cpp, T, bias):
     t_last = None
     n_chunks = 0
     finish = None
+    text = []
     for chunk in llm.create_chat_completion(
         messages=[{"role": "user", "content": PROMPT}],
         max_tokens=T, temperature=0.0, top_k=1, top_p=1.0, min_p=0.0,
@@ -89,6 +90,7 @@ def run_high_level(llm, llama_cpp, T, bias):
                 t_first = now
             t_last = now
             n_chunks += 1
+            text.append(ch["delta"]["content"])
     t_end = time.perf_counter()
     perf = llama_cpp.llama_perf_context(ctx)
     if finish != "length":
@@ -99,6 +101,7 @@ def run_high_level(llm, llama_cpp, T, bias):
         "total_s": t_last - t0,
         "call_s": t_end - t0,
         "chunks": n_chunks,
+        "text": "".join(text),
         "engine_p_ms": perf.t_p_eval_ms, "engine_n_p": perf.n_p_eval,
         "engine_e_ms": perf.t_eval_ms, "engine_n_e": perf.n_eval,
     }
@@ -232,7 +235,7 @@ def main():
             runs.append(r)
             log(f"run: ttft {r['ttft_s'] * 1000:.1f} ms, decode {(T - 1) / r['decode_s']:.1f} tok/s, "
                 f"engine decode {r['engine_n_e'] / (r['engine_e_ms'] / 1000):.1f} tok/s, chunks {r['chunks']}")
-        # served one after another: stream k waits for the k-1 before it
+        log(f"text starts: {runs[-1]['text'][:100]!r}")
         agg = 1
     else:
         method = f"low-level llama_batch: {S} seq_ids per llama_decode, unified KV"

@@ -32,6 +32,9 @@ def main():
     ap.add_argument("--kind", choices=["short", "long"], default="short")
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--load", choices=["auto", "modules"], default="auto",
+                    help="auto: load the folder (modules.json) and fall back to building "
+                         "Transformer+mean Pooling+Normalize by hand; modules: always by hand")
     a = ap.parse_args()
     if not os.path.isdir(a.model):
         fail(f"model folder not found: {a.model}")
@@ -42,7 +45,7 @@ def main():
     try:
         import torch
         import sentence_transformers
-        from sentence_transformers import SentenceTransformer, models
+        from sentence_transformers import SentenceTransformer
     except Exception as e:  # noqa: BLE001
         fail(f"import failed ({e!r}); run scripts/compare/setup.sh")
     import sentences
@@ -56,14 +59,21 @@ def main():
     t0 = time.perf_counter()
     how = "folder"
     try:
+        if a.load == "modules":
+            raise RuntimeError("--load modules")
         if not os.path.exists(os.path.join(a.model, "modules.json")):
             raise FileNotFoundError("no modules.json")
         model = SentenceTransformer(a.model, device="cpu", local_files_only=True)
     except Exception as e:  # noqa: BLE001
         log(f"loading folder as a SentenceTransformer failed ({e!r}); building modules by hand")
         how = "modules"
-        tr = models.Transformer(a.model)
-        dim = tr.get_word_embedding_dimension()
+        try:  # sentence-transformers >= 6 moved the module classes
+            from sentence_transformers.sentence_transformer import modules as models
+        except ImportError:
+            from sentence_transformers import models
+        tr = models.Transformer(a.model, max_seq_length=256)  # as sentence_bert_config.json
+        dim = (tr.get_embedding_dimension() if hasattr(tr, "get_embedding_dimension")
+               else tr.get_word_embedding_dimension())
         model = SentenceTransformer(modules=[tr, models.Pooling(dim, "mean"), models.Normalize()],
                                     device="cpu")
     model.eval()

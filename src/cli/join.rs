@@ -58,6 +58,10 @@ pub struct JoinArgs {
     /// The node's data-plane QUIC address.
     #[arg(long, default_value = "127.0.0.1:7200")]
     pub listen: SocketAddr,
+    /// Serve this node's Prometheus metrics (replicas, batching, KV cache, artifacts) on
+    /// http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
     #[command(flatten)]
     pub node: NodeArgs,
 }
@@ -87,8 +91,17 @@ pub async fn run(a: JoinArgs) -> anyhow::Result<()> {
     let mut opts = a.node.options(a.data_dir, a.coordinator, a.listen)?;
     opts.token = a.token.as_deref().map(JoinToken::parse).transpose().context("--token")?;
     opts.ca_hash = a.ca_hash.as_deref().map(parse_ca_hash).transpose().context("--ca-hash")?;
+    if let Some(addr) = a.metrics {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .with_context(|| format!("serving metrics on {addr}"))?;
+    }
     let node = Node::start(opts).await?;
     println!("node {} joined: {} · data plane {}", node.node_id, describe(&node), node.data_addr);
+    if let Some(addr) = a.metrics {
+        println!("metrics on http://{addr}/metrics");
+    }
     super::shutdown_signal().await;
     node.stop();
     Ok(())
