@@ -209,6 +209,24 @@ fn openai_sdk_bad_input_and_registration_against_shoal_up() {
     assert_eq!(post_oversized(&gw, "/v1/chat/completions", 2 << 20), 413, "an oversized body");
     let (status, v) = post(&format!("{gw}/v1/embeddings"), json!({"model": EMBED, "input": []}));
     assert_eq!(status, 400, "{v}");
+    // A deployment with no replica answers 503 with the reason.
+    let (status, v) =
+        post(&format!("{gw}/v1/deployments"), json!({"name": "idle", "source": "builtin://echo", "replicas": 0}));
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = post(&chat_url, json!({"model": "idle", "messages": [{"role": "user", "content": "hi"}]}));
+    assert_eq!(status, 503, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap_or("").contains("no replica"), "{v}");
+    let (status, _) = post(&format!("{gw}/v1/deployments"), json!({"name": "idle", "replicas": 1}));
+    assert_eq!(status, 201);
+    wait_until(Duration::from_secs(20), "the scaled-up echo replica", || ready_replicas(&gw, "idle") == 1);
+    let (status, v) = post(&chat_url, json!({"model": "idle", "messages": [{"role": "user", "content": "hi"}]}));
+    assert_eq!((status, v["choices"][0]["message"]["content"].as_str()), (200, Some("hi")), "{v}");
+    let deleted = agent(Duration::from_secs(10))
+        .delete(&format!("{gw}/v1/deployments/idle"))
+        .header("Authorization", &format!("Bearer {API_KEY}"))
+        .call()
+        .expect("delete");
+    assert_eq!(deleted.status().as_u16(), 200);
     // A prompt longer than the context is refused by the replica with a clear message.
     let long = "word ".repeat(9000);
     let (status, v) = post(&chat_url, json!({"model": CHAT, "messages": [{"role": "user", "content": long}]}));

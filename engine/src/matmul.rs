@@ -211,42 +211,52 @@ impl<B: WeightBlock> WithSimd for Kernel<'_, B> {
 #[inline(always)]
 fn kernel_v3<B: WeightBlock>(v: pulp::x86::V3, kernel: Kernel<'_, B>) {
     let Kernel { w, groups, m, col0, out } = kernel;
+    let (mut s8, mut s4, mut s2, mut s1) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (c, col_out) in out.chunks_exact_mut(m).enumerate() {
         let wrow = w.row_blocks(col0 + c);
         // The rows of a group share each loaded weight block; every row's arithmetic is the same as alone.
         for g in groups {
             let o = &mut col_out[g.row0..g.row0 + g.rows];
             match g.rows {
-                8 => o.copy_from_slice(&column_v3::<B, 8>(v, wrow, g)),
-                4 => o.copy_from_slice(&column_v3::<B, 4>(v, wrow, g)),
-                2 => o.copy_from_slice(&column_v3::<B, 2>(v, wrow, g)),
-                _ => o.copy_from_slice(&column_v3::<B, 1>(v, wrow, g)),
+                8 => o.copy_from_slice(&column_v3::<B, 8>(v, wrow, g, &mut s8)),
+                4 => o.copy_from_slice(&column_v3::<B, 4>(v, wrow, g, &mut s4)),
+                2 => o.copy_from_slice(&column_v3::<B, 2>(v, wrow, g, &mut s2)),
+                _ => o.copy_from_slice(&column_v3::<B, 1>(v, wrow, g, &mut s1)),
             }
         }
     }
 }
 
-/// Dot products of one weight row with the `R` input rows of a group.
+/// Dot products of one weight row with the `R` input rows of a group; `scales` is scratch space.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn column_v3<B: WeightBlock, const R: usize>(v: pulp::x86::V3, wrow: &[B], g: &XGroup) -> [f32; R] {
+fn column_v3<B: WeightBlock, const R: usize>(
+    v: pulp::x86::V3,
+    wrow: &[B],
+    g: &XGroup,
+    scales: &mut Vec<[f32; R]>,
+) -> [f32; R] {
     use core::arch::x86_64::__m256;
     let (q, _) = g.q.as_chunks::<R>();
     let (d, _) = g.d.as_chunks::<R>();
     let (s, _) = g.s.as_chunks::<R>();
-    let mut acc: [__m256; R] = [v.avx._mm256_setzero_ps(); R];
+    // First the per-block scales of all rows and the offset terms (short loops over R that become vector
+    // operations), so that the dot-product loop only loads them.
+    scales.clear();
     let mut macc = [0f32; R];
-    for (((wb, q), d), s) in wrow.iter().zip(q).zip(d).zip(s) {
-        let loaded = wb.load_v3(v);
+    for ((wb, d), s) in wrow.iter().zip(d).zip(s) {
         let dw = wb.scale();
-        // All rows' block scales at once (these small loops become single vector operations).
-        let scale: [f32; R] = core::array::from_fn(|i| dw * d[i]);
+        scales.push(core::array::from_fn(|i| dw * d[i]));
         if B::OFFSET {
             let mw = wb.offset();
             for i in 0..R {
                 macc[i] += mw * s[i];
             }
         }
+    }
+    let mut acc: [__m256; R] = [v.avx._mm256_setzero_ps(); R];
+    for ((wb, q), scale) in wrow.iter().zip(q).zip(scales.iter()) {
+        let loaded = wb.load_v3(v);
         for i in 0..R {
             let dot = B::dot_v3(v, loaded, pulp::cast(q[i]));
             acc[i] = v.fma._mm256_fmadd_ps(v.avx._mm256_cvtepi32_ps(dot), v.avx._mm256_set1_ps(scale[i]), acc[i]);

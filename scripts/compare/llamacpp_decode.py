@@ -275,6 +275,7 @@ def main():
         "engine_decode_tok_s": round(m["engine_n_e"] / (m["engine_e_ms"] / 1000), 2) if m["engine_e_ms"] else None,
         "engine_prefill_tok_s": round(m["engine_n_p"] / (m["engine_p_ms"] / 1000), 2) if m["engine_p_ms"] else None,
         "repeat": a.repeat,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "decode_tok_s_runs": [round(agg * (T - 1) / r["decode_s"], 2) for r in runs],
     }
     if S > 1:

@@ -117,6 +117,7 @@ def main():
         "cos_food_bread": round(cos_bread, 4),
         "cos_food_baby": round(cos_baby, 4),
         "load": how,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
     print(json.dumps(res), flush=True)
 
