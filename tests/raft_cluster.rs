@@ -366,9 +366,10 @@ fn requests_keep_flowing_through_a_leader_election() {
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let field = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string());
     let (token, hash) = (field("token:").expect("token"), field("ca-hash:").expect("hash"));
-    // The node knows one coordinator address (a follower's) and is redirected to the leader.
+    // The node is given the leader's address only; it learns the others at registration and
+    // fails over to them when the leader dies.
     let follower = (1..=3).find(|id| *id != leader).expect("a follower");
-    let quic = g.member(follower).quic.to_string();
+    let quic = g.member(leader).quic.to_string();
     let _node = join_at(&quic, tmp.path(), "node-1", Some((&token, &hash)), &[]);
     let (status, v) =
         post(&g.url(leader, "/v1/deployments"), json!({"name": "echo", "source": "builtin://echo"})).expect("deploy");

@@ -239,6 +239,10 @@ impl ControlPlane {
             generation,
             heartbeat_interval_ms: self.timing.heartbeat_ms as u32,
             lease_ms: self.timing.lease_ms as u32,
+            coordinators: {
+                let book = self.coordinators.read().unwrap_or_else(|p| p.into_inner());
+                book.values().map(|a| a.to_string()).collect()
+            },
         };
         if stream.send(&registered).await.is_err() {
             return;

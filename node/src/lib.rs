@@ -94,6 +94,8 @@ impl Node {
             labels: opts.labels,
             host: host.clone(),
             incarnation: rand::random::<u64>() | 1,
+            known_coordinators: Default::default(),
+            suspect: Default::default(),
         });
         let (agent, _) = Actor::spawn(Some(format!("node-agent-{}", identity.node_id)), agent::NodeAgent, ctx)
             .await

@@ -24,19 +24,63 @@ pub struct SessionContext {
     pub data_address: String,
     pub capacity: Capacity,
     pub labels: Vec<Label>,
+    /// The coordinator the last session broke on.
+    pub suspect: std::sync::Mutex<Option<String>>,
+    /// Every coordinator's QUIC address, as the cluster last told us.
+    pub known_coordinators: std::sync::Mutex<Vec<String>>,
     /// Random per process start (see `RegisterRequest::incarnation`).
     pub incarnation: u64,
     /// The replicas this node runs.
     pub host: Arc<crate::models::ModelHost>,
 }
 
+/// How long connecting to a coordinator may take before the next one is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Runs one session to its end. `on_registered` is told the generation once registered.
-pub async fn run(ctx: Arc<SessionContext>, on_registered: impl Fn(u64) + Send) -> Result<(), NodeError> {
-    let mut target = ctx.coordinator.clone();
+/// Tries the configured coordinator first, then every other coordinator the cluster named.
+pub async fn run(ctx: Arc<SessionContext>, on_registered: impl Fn(u64) + Send + Sync) -> Result<(), NodeError> {
+    let mut candidates = vec![ctx.coordinator.clone()];
+    for c in ctx.known_coordinators.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        if !candidates.contains(c) {
+            candidates.push(c.clone());
+        }
+    }
+    // The coordinator the last session broke on goes last: it is probably down.
+    if let Some(s) = ctx.suspect.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(i) = candidates.iter().position(|c| *c == s) {
+            let c = candidates.remove(i);
+            candidates.push(c);
+        }
+    }
+    let mut last = None;
+    for target in candidates {
+        match run_with(&ctx, target.clone(), &on_registered).await {
+            Err(e @ (NodeError::Protocol(ProtocolError::Connect(_)) | NodeError::Address(_))) => {
+                debug!(coordinator = %target, error = %e, "coordinator unreachable; trying the next");
+                last = Some(e);
+            }
+            other => return other,
+        }
+    }
+    Err(last.unwrap_or_else(|| NodeError::Refused("no coordinator to connect to".into())))
+}
+
+async fn run_with(
+    ctx: &SessionContext,
+    first: String,
+    on_registered: &(impl Fn(u64) + Send + Sync),
+) -> Result<(), NodeError> {
+    let mut target = first;
     for _ in 0..=MAX_REDIRECTS {
         let addr = resolve(&target).await?;
         let endpoint = quic::client_endpoint(addr)?;
-        let conn = quic::connect(&endpoint, addr, ctx.client.clone(), COORDINATOR_SERVER_NAME).await?;
+        let conn = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            quic::connect(&endpoint, addr, ctx.client.clone(), COORDINATOR_SERVER_NAME),
+        )
+        .await
+        .map_err(|_| ProtocolError::Connect(format!("{addr}: no answer within {CONNECT_TIMEOUT:?}")))??;
         let mut stream = ClientStream::open(&conn).await?;
         let register = RegisterRequest {
             node_id: ctx.identity.node_id.clone(),
@@ -47,11 +91,14 @@ pub async fn run(ctx: Arc<SessionContext>, on_registered: impl Fn(u64) + Send) -
             incarnation: ctx.incarnation,
         };
         let (generation, interval, lease) = match stream.call(&Request::Register(register)).await? {
-            Response::Registered { generation, heartbeat_interval_ms, lease_ms } => (
-                generation,
-                Duration::from_millis(heartbeat_interval_ms as u64),
-                Duration::from_millis(lease_ms as u64),
-            ),
+            Response::Registered { generation, heartbeat_interval_ms, lease_ms, coordinators } => {
+                *ctx.known_coordinators.lock().unwrap_or_else(|p| p.into_inner()) = coordinators;
+                (
+                    generation,
+                    Duration::from_millis(heartbeat_interval_ms as u64),
+                    Duration::from_millis(lease_ms as u64),
+                )
+            }
             Response::Redirect { leader_address } => {
                 debug!(leader = %leader_address, "redirected to the leader");
                 target = leader_address;
@@ -62,7 +109,11 @@ pub async fn run(ctx: Arc<SessionContext>, on_registered: impl Fn(u64) + Send) -
         };
         info!(node = %ctx.identity.node_id, generation, coordinator = %target, "registered");
         on_registered(generation);
-        return heartbeat_loop(&ctx, stream, generation, interval, lease).await;
+        let result = heartbeat_loop(ctx, stream, generation, interval, lease).await;
+        if result.is_err() {
+            *ctx.suspect.lock().unwrap_or_else(|p| p.into_inner()) = Some(target);
+        }
+        return result;
     }
     Err(NodeError::Refused("too many redirects".into()))
 }
@@ -91,9 +142,11 @@ async fn heartbeat_loop(
             },
             replicas: ctx.host.reports(),
         };
-        let resp = tokio::time::timeout(lease, stream.call(&Request::Heartbeat(hb)))
+        // Give up on a silent coordinator well before the lease runs out, to re-register elsewhere in time.
+        let patience = (lease / 2).max(interval);
+        let resp = tokio::time::timeout(patience, stream.call(&Request::Heartbeat(hb)))
             .await
-            .map_err(|_| NodeError::Refused("heartbeat not acknowledged within the lease".into()))??;
+            .map_err(|_| NodeError::Refused("heartbeat not acknowledged in time".into()))??;
         metrics::counter!(m::NODE_HEARTBEATS_SENT).increment(1);
         match resp {
             Response::HeartbeatAck { assignments, .. } => ctx.host.reconcile(assignments),

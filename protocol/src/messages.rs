@@ -224,6 +224,8 @@ pub enum Response {
         generation: u64,
         heartbeat_interval_ms: u32,
         lease_ms: u32,
+        /// The QUIC addresses of every coordinator, for the node to fail over to.
+        coordinators: Vec<String>,
     },
     HeartbeatAck {
         generation: u64,
