@@ -125,7 +125,17 @@ fn node_json(gw: &GatewayState, n: &NodeRecord) -> Value {
     let now = gw.clock.unix_ms();
     let labels: serde_json::Map<String, Value> =
         n.labels.iter().map(|l| (l.key.clone(), Value::String(l.value.clone()))).collect();
+    let replicas: Vec<Value> = {
+        let state = gw.raft.state().read().unwrap_or_else(|p| p.into_inner());
+        state
+            .placements
+            .values()
+            .filter(|p| p.node == n.id)
+            .map(|p| json!({"id": p.id, "deployment": p.deployment, "model": p.model, "version": p.version, "state": p.phase_str()}))
+            .collect()
+    };
     json!({
+        "replicas": replicas,
         "id": n.id,
         "name": n.name,
         "state": n.state,
