@@ -17,7 +17,7 @@ use crate::error::EngineError;
 use crate::inspect::{inspect_gguf, md_str, ModelInfo};
 use crate::matmul::vectorized;
 use crate::q4::{q4_from_q4_0, q4_from_q4_1, Q4Matrix};
-use crate::q8::{q8_from_f32, Q8Matrix};
+use crate::q8::{q8_from_f32, q8_from_q8_0, Q8Matrix};
 use crate::tokenizer::GgufTokenizer;
 
 /// One chat message.
@@ -39,9 +39,9 @@ pub struct LlmOptions {
     /// Only this contiguous range of transformer layers (a pipeline stage); `None` = all layers.
     pub layers: Option<Range<usize>>,
     /// Run all weight matrices on the engine's own batched kernels, which read each weight once per step for all
-    /// sequences (much faster on CPU than candle's kernels): Q4_0/Q4_1 weights keep their 4-bit values, all
-    /// others are re-quantised at load to the engine's 8-bit format. `false` runs candle's kernels on the file's
-    /// own quantisation.
+    /// sequences (much faster on CPU than candle's kernels): Q4_0/Q4_1 and Q8_0 weights keep their values, all
+    /// others are re-quantised at load to the engine's 8-bit format (Q8_0). `false` runs candle's kernels on the
+    /// file's own quantisation.
     pub requantize: bool,
 }
 
@@ -286,6 +286,15 @@ impl Loader<'_> {
             };
             let q = q.ok_or_else(|| EngineError::model(self.path, format!("cannot read {names:?} as 4-bit")))?;
             return Ok(Linear::Q4(Arc::new(q)));
+        }
+        if self.requantize && same_dtype && dtype == GgmlDType::Q8_0 {
+            let mut bytes = Vec::new();
+            for p in &parts {
+                bytes.extend_from_slice(&p.data()?);
+            }
+            let q = q8_from_q8_0(&bytes, rows, k)
+                .ok_or_else(|| EngineError::model(self.path, format!("cannot read {names:?} as Q8_0")))?;
+            return Ok(Linear::Q8(Arc::new(q)));
         }
         if (self.requantize || !same_dtype) && k.is_multiple_of(crate::matmul::BLOCK) {
             let mut dense = Vec::with_capacity(rows * k);

@@ -68,7 +68,7 @@ fn quantize_groups(x: &[f32], m: usize, k: usize) -> Vec<XGroup> {
 }
 
 /// Symmetric 8-bit quantisation of one block: values in -127..=127 and the scale.
-pub(crate) fn quantize_block(xb: &[f32]) -> ([i8; BLOCK], f32) {
+fn quantize_block(xb: &[f32]) -> ([i8; BLOCK], f32) {
     let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
     let scale = amax / 127.0;
     let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
@@ -134,11 +134,16 @@ impl<B: WeightBlock> BlockMatrix<B> {
 
     /// `x @ self^T` for `m` rows of `x` (`[m, k]`); returns `[m, n]`.
     pub(crate) fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+        self.matmul_with(x, m, true)
+    }
+
+    /// `matmul`, on the explicit AVX2 kernel when `simd` and the CPU allow, else on the portable one.
+    fn matmul_with(&self, x: &[f32], m: usize, simd: bool) -> Vec<f32> {
         let (n, k) = (self.n, self.k);
         let groups = quantize_groups(x, m, k);
         let arch = Arch::new();
         #[cfg(target_arch = "x86_64")]
-        let v3 = pulp::x86::V3::try_new();
+        let v3 = pulp::x86::V3::try_new().filter(|_| simd);
         let work = n * m * (k / BLOCK) * B::BYTES;
         let kernel = |col0: usize, out: &mut [f32]| {
             let kernel = Kernel { w: self, groups: &groups, m, col0, out };
@@ -147,7 +152,11 @@ impl<B: WeightBlock> BlockMatrix<B> {
                 v3.vectorize(move || kernel_v3(v3, kernel));
                 return;
             }
-            arch.dispatch(kernel);
+            if simd {
+                arch.dispatch(kernel);
+            } else {
+                pulp::Scalar::new().vectorize(kernel);
+            }
         };
         // Column-major result: each task owns a contiguous run of columns.
         let mut tmp = vec![0f32; n * m];
@@ -240,10 +249,25 @@ fn column_v3<B: WeightBlock, const R: usize>(
     let (q, _) = g.q.as_chunks::<R>();
     let (d, _) = g.d.as_chunks::<R>();
     let (s, _) = g.s.as_chunks::<R>();
-    // First the per-block scales of all rows and the offset terms (short loops over R that become vector
-    // operations), so that the dot-product loop only loads them.
-    scales.clear();
     let mut macc = [0f32; R];
+    if R == 1 {
+        // One row: everything in one pass (the scale goes from a register straight to the broadcast).
+        let mut acc = v.avx._mm256_setzero_ps();
+        for (((wb, q), d), s) in wrow.iter().zip(q).zip(d).zip(s) {
+            let dot = B::dot_v3(v, wb.load_v3(v), pulp::cast(q[0]));
+            let scale = v.avx._mm256_set1_ps(wb.scale() * d[0]);
+            acc = v.fma._mm256_fmadd_ps(v.avx._mm256_cvtepi32_ps(dot), scale, acc);
+            if B::OFFSET {
+                macc[0] += wb.offset() * s[0];
+            }
+        }
+        let l: [f32; 8] = pulp::cast(acc);
+        return [(((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]))) + macc[0]; R];
+    }
+    // Several rows: first the per-block scales of all rows and the offset terms (short loops over R that
+    // become vector operations), so that the dot-product loop only loads them (computing them in the loop
+    // costs a stalled store-to-load round trip per row).
+    scales.clear();
     for ((wb, d), s) in wrow.iter().zip(d).zip(s) {
         let dw = wb.scale();
         scales.push(core::array::from_fn(|i| dw * d[i]));
@@ -268,4 +292,37 @@ fn column_v3<B: WeightBlock, const R: usize>(
         out[i] = (((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]))) + macc[i];
     }
     out
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Checks a matrix against its dequantised values: close to the exact product, the same for a row alone
+    /// as in a batch (for every batch size up to `x`'s rows), and the portable kernel close to the SIMD one.
+    pub(crate) fn check_matmul<B: WeightBlock>(q: &BlockMatrix<B>, x: &[f32]) {
+        let (n, k) = (q.n, q.k);
+        let m = x.len() / k;
+        let mut dense = Vec::new();
+        for j in 0..n {
+            q.row(j, &mut dense);
+        }
+        let y = q.matmul(x, m);
+        let portable = q.matmul_with(x, m, false);
+        for r in 0..m {
+            for j in 0..n {
+                let exact: f32 = (0..k).map(|i| x[r * k + i] * dense[j * k + i]).sum();
+                let got = y[r * n + j];
+                assert!((got - exact).abs() < 0.05 * (1.0 + exact.abs()), "{r},{j}: {got} vs {exact}");
+                assert!((portable[r * n + j] - got).abs() < 1e-3 * (1.0 + got.abs()), "{r},{j}");
+            }
+        }
+        for rows in 1..m {
+            let part = q.matmul(&x[..rows * k], rows);
+            assert_eq!(part, y[..rows * n].to_vec(), "batch of {rows}");
+        }
+        for r in 0..m {
+            assert_eq!(q.matmul(&x[r * k..(r + 1) * k], 1), y[r * n..(r + 1) * n].to_vec(), "row {r} alone");
+        }
+    }
 }

@@ -1,14 +1,16 @@
-//! The engine's 8-bit weight format: per 32 values a f32 scale `d` and signed 8-bit `q` (value = `d * q`),
-//! quantised at load from any weight type (see `matmul` for the kernel).
+//! The engine's 8-bit weight format, GGML's Q8_0: per 32 values a half-precision scale `d` and signed 8-bit
+//! `q` (value = `d * q`). Q8_0 tensors are taken unchanged, other weight types are quantised at load (see
+//! `matmul` for the kernel).
 
 use rayon::prelude::*;
 
-use crate::matmul::{quantize_block, BlockMatrix, WeightBlock, BLOCK};
+use crate::half::{f16_to_f32, f32_to_f16};
+use crate::matmul::{BlockMatrix, WeightBlock, BLOCK};
 
-/// 32 weights: value = `d * q`, `q` in -127..=127.
+/// 32 weights: value = `d * q` (`d` in half precision).
 #[derive(Clone, Copy)]
 pub(crate) struct Q8Block {
-    d: f32,
+    d: u16,
     q: [i8; BLOCK],
 }
 
@@ -22,20 +24,40 @@ pub(crate) fn q8_from_f32(w: &[f32], n: usize, k: usize) -> Option<Q8Matrix> {
     let blocks = w
         .par_chunks_exact(BLOCK)
         .map(|xb| {
-            let (q, d) = quantize_block(xb);
+            // As GGML does: round the scale to half precision first, then quantise with it.
+            let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = f32_to_f16(amax / 127.0);
+            let scale = f16_to_f32(d);
+            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            let mut q = [0i8; BLOCK];
+            for (q, &v) in q.iter_mut().zip(xb) {
+                *q = (v * inv).round().clamp(-127.0, 127.0) as i8;
+            }
             Q8Block { d, q }
         })
         .collect();
     BlockMatrix::new(n, k, blocks)
 }
 
+/// From GGML Q8_0 blocks (34 bytes each: f16 `d`, 32 signed bytes) of a `[n, k]` matrix.
+pub(crate) fn q8_from_q8_0(data: &[u8], n: usize, k: usize) -> Option<Q8Matrix> {
+    if !k.is_multiple_of(BLOCK) || data.len() != n * k / BLOCK * 34 {
+        return None;
+    }
+    let blocks = data
+        .chunks_exact(34)
+        .map(|b| Q8Block { d: u16::from_le_bytes([b[0], b[1]]), q: core::array::from_fn(|i| b[2 + i] as i8) })
+        .collect();
+    BlockMatrix::new(n, k, blocks)
+}
+
 impl WeightBlock for Q8Block {
     const OFFSET: bool = false;
-    const BYTES: usize = 36;
+    const BYTES: usize = 34;
 
     #[inline(always)]
     fn scale(&self) -> f32 {
-        self.d
+        f16_to_f32(self.d)
     }
 
     #[inline(always)]
@@ -49,7 +71,8 @@ impl WeightBlock for Q8Block {
     }
 
     fn dequantize(&self, out: &mut Vec<f32>) {
-        out.extend(self.q.iter().map(|&v| v as f32 * self.d));
+        let d = self.scale();
+        out.extend(self.q.iter().map(|&v| v as f32 * d));
     }
 
     /// `(|q|, q)`.
@@ -64,7 +87,7 @@ impl WeightBlock for Q8Block {
     }
 
     /// llama.cpp's sign trick: `maddubs` wants one unsigned operand, so multiply `|q|` by `x` with `q`'s sign
-    /// (at most 2 * 127 * 127 per 16-bit lane: no saturation).
+    /// (at most 2 * 128 * 127 per 16-bit lane: no saturation; `|-128|` wraps to -128, read as unsigned 128).
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     fn dot_v3(v: pulp::x86::V3, (abs, w): Self::Loaded, x: core::arch::x86_64::__m256i) -> core::arch::x86_64::__m256i {
@@ -79,21 +102,28 @@ mod tests {
 
     #[test]
     fn matmul_matches_dense_and_is_batch_invariant() {
-        let (n, k, m) = (100, 96, 5);
+        let (n, k, m) = (100, 96, 13);
         let w: Vec<f32> = (0..n * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
         let x: Vec<f32> = (0..m * k).map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0).collect();
         let q = q8_from_f32(&w, n, k).expect("quantize");
-        let y = q.matmul(&x, m);
-        for r in 0..m {
-            for j in 0..n {
-                let exact: f32 = (0..k).map(|i| x[r * k + i] * w[j * k + i]).sum();
-                assert!((y[r * n + j] - exact).abs() < 0.05 * (1.0 + exact.abs()), "{r},{j}");
-            }
-            let alone = q.matmul(&x[r * k..(r + 1) * k], 1);
-            assert_eq!(alone, y[r * n..(r + 1) * n].to_vec());
-        }
         let mut row = Vec::new();
         q.row(3, &mut row);
         assert!(row.iter().zip(&w[3 * k..4 * k]).all(|(a, b)| (a - b).abs() < 0.01));
+        crate::matmul::tests::check_matmul(&q, &x);
+    }
+
+    #[test]
+    fn q8_0_blocks_are_taken_unchanged() {
+        let mut data = Vec::new();
+        for b in 0..4u8 {
+            data.extend(f32_to_f16(0.5 + b as f32).to_le_bytes());
+            data.extend((0..32).map(|i| (i as i8 - 16 - b as i8) as u8));
+        }
+        let q = q8_from_q8_0(&data, 2, 64).expect("q8_0");
+        let mut row = Vec::new();
+        q.row(1, &mut row);
+        assert_eq!(row[0], -18.0 * 2.5);
+        assert_eq!(row[63], 12.0 * 3.5);
+        assert!(q8_from_q8_0(&data[1..], 2, 64).is_none());
     }
 }

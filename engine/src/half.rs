@@ -1,0 +1,60 @@
+//! IEEE half-precision conversions for the weight scales (GGML stores them as f16; keeping them so halves the
+//! bytes the scales take, and decoding is bound by memory traffic).
+
+/// Decode a half-precision value (exact for every finite value; GGML scales are never inf/NaN): move sign,
+/// exponent and mantissa to their f32 places, then rebias the exponent (and normalise subnormals) by
+/// multiplying with 2^112.
+#[inline(always)]
+pub(crate) fn f16_to_f32(h: u16) -> f32 {
+    let h = h as u32;
+    f32::from_bits(((h & 0x7fff) << 13) | ((h & 0x8000) << 16)) * f32::from_bits(0x7780_0000)
+}
+
+/// Round to the nearest half-precision value (ties to even; overflow gives infinity, NaN a quiet NaN).
+pub(crate) fn f32_to_f16(v: f32) -> u16 {
+    let bits = v.to_bits();
+    let sign = ((bits >> 16) & 0x8000) as u16;
+    let x = bits & 0x7fff_ffff;
+    let h = if x >= 0x4780_0000 {
+        // At least 65536 (rounds to infinity) or inf/NaN.
+        if x > 0x7f80_0000 {
+            0x7e00
+        } else {
+            0x7c00
+        }
+    } else if x < 0x3880_0000 {
+        // Below 2^-14: a subnormal or zero result. Adding 0.5 aligns the 10 mantissa bits at the bottom of the
+        // f32 mantissa, rounding to nearest even on the way.
+        let magic = f32::from_bits(126 << 23);
+        (f32::from_bits(x) + magic).to_bits().wrapping_sub(126 << 23) as u16
+    } else {
+        // Rebias the exponent and round the 13 dropped mantissa bits to nearest even.
+        let odd = (x >> 13) & 1;
+        ((x - (112 << 23) + 0xfff + odd) >> 13) as u16
+    };
+    sign | h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_rounding() {
+        assert_eq!(f16_to_f32(0x3c00), 1.0);
+        assert_eq!(f16_to_f32(0xc000), -2.0);
+        assert_eq!(f16_to_f32(0x0001), 2f32.powi(-24));
+        assert_eq!(f16_to_f32(0x7bff), 65504.0);
+        assert_eq!(f16_to_f32(0x0000), 0.0);
+        assert_eq!(f16_to_f32(0x8000).to_bits(), (-0.0f32).to_bits());
+        for h in (0..0x7c00).chain(0x8000..0xfc00) {
+            assert_eq!(f32_to_f16(f16_to_f32(h)), h, "{h:#x}");
+        }
+        // Ties to even, and the nearest value otherwise.
+        assert_eq!(f32_to_f16(1.0 + 2f32.powi(-11)), 0x3c00);
+        assert_eq!(f32_to_f16(1.0 + 3.0 * 2f32.powi(-11)), 0x3c02);
+        assert_eq!(f32_to_f16(0.1), 0x2e66);
+        assert_eq!(f32_to_f16(1e6), 0x7c00);
+        assert_eq!(f32_to_f16(1e-9), 0);
+    }
+}
