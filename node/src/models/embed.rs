@@ -11,8 +11,10 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Texts embedded together at most.
 pub const MAX_BATCH_INPUTS: usize = 64;
-/// How long the first request of a batch waits for company.
-pub const MAX_WAIT: Duration = Duration::from_millis(2);
+/// How long the first request of a batch waits for company once others are already queued
+/// behind it. A lone request on an idle replica does not wait: under load, requests that
+/// arrive while a batch runs form the next batch.
+pub const MAX_WAIT: Duration = Duration::from_micros(500);
 /// Requests that may wait; beyond this they are refused.
 pub const MAX_QUEUED: usize = 256;
 
@@ -60,7 +62,18 @@ async fn batch_loop(embedder: Arc<Embedder>, mut rx: mpsc::Receiver<Job>, model:
         let mut jobs = vec![first];
         let mut n = jobs[0].inputs.len();
         let deadline = tokio::time::Instant::now() + MAX_WAIT;
+        let busy = !rx.is_empty();
         while n < MAX_BATCH_INPUTS {
+            if !busy {
+                match rx.try_recv() {
+                    Ok(job) => {
+                        n += job.inputs.len();
+                        jobs.push(job);
+                        continue;
+                    }
+                    Err(_) => break,
+                }
+            }
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(Some(job)) => {
                     n += job.inputs.len();
