@@ -140,6 +140,7 @@ async fn generate_llm(engine: Option<Engine>, mut stream: ServerStream, req: Gen
                 return;
             }
             SeqEvent::Failed(msg) => return stream.refuse(RefusalCode::BadRequest, msg).await,
+            SeqEvent::Unavailable(msg) => return stream.refuse(RefusalCode::Unavailable, msg).await,
         };
         if stream.send(&frame).await.is_err() {
             debug!(placement = %req.placement_id, "client went away; cancelling the sequence");

@@ -23,9 +23,19 @@ pub const MAX_QUEUED: usize = 64;
 /// What a sequence's owner hears.
 #[derive(Debug)]
 pub enum SeqEvent {
-    Token { token: u32, text: String },
-    Finished { stop: bool, prompt_tokens: usize, completion_tokens: usize },
+    Token {
+        token: u32,
+        text: String,
+    },
+    Finished {
+        stop: bool,
+        prompt_tokens: usize,
+        completion_tokens: usize,
+    },
+    /// The request itself cannot be served (e.g. longer than the context).
     Failed(String),
+    /// This replica cannot go on (stopping, or a failed step); another replica may.
+    Unavailable(String),
 }
 
 enum Cmd {
@@ -171,7 +181,7 @@ fn decode_loop(llm: Arc<Llm>, rx: std_mpsc::Receiver<Cmd>, outstanding: Arc<Atom
                 }
                 Cmd::Stop => {
                     for (_, tx) in owners.drain() {
-                        let _ = tx.send(SeqEvent::Failed("the replica is stopping".into()));
+                        let _ = tx.send(SeqEvent::Unavailable("the replica is stopping".into()));
                     }
                     return;
                 }
@@ -198,7 +208,7 @@ fn decode_loop(llm: Arc<Llm>, rx: std_mpsc::Receiver<Cmd>, outstanding: Arc<Atom
                 let ids: Vec<u64> = owners.keys().copied().collect();
                 for id in ids {
                     batcher.cancel(id);
-                    finish(&mut owners, id, Some(SeqEvent::Failed(format!("decode failed: {e}"))));
+                    finish(&mut owners, id, Some(SeqEvent::Unavailable(format!("decode failed: {e}"))));
                 }
                 continue;
             }
