@@ -83,6 +83,19 @@ impl Group {
         m.proc = Some(Proc { child, log });
     }
 
+    /// Starts members 1..=n, waits for an agreed leader and every member's readiness.
+    fn start_all_ready(&mut self, n: u64) -> u64 {
+        for id in 1..=n {
+            self.start(id);
+        }
+        let leader = self.wait_leader(Duration::from_secs(20), None);
+        for id in 1..=n {
+            let url = self.url(id, "/readyz");
+            wait_until(Duration::from_secs(20), "readyz", || matches!(get(&url, None), Some((200, _))));
+        }
+        leader
+    }
+
     fn kill(&mut self, id: u64) {
         let m = self.members.iter_mut().find(|m| m.id == id).expect("member");
         if let Some(mut p) = m.proc.take() {
@@ -185,14 +198,7 @@ fn three_coordinators_survive_leader_kills_isolation_and_a_follower_restart() {
         .tempdir()
         .expect("tmp");
     let mut g = Group::new(tmp.path(), 3, 0);
-    for id in 1..=3 {
-        g.start(id);
-    }
-    let leader = g.wait_leader(Duration::from_secs(20), None);
-    for id in 1..=3 {
-        let url = g.url(id, "/readyz");
-        wait_until(Duration::from_secs(20), "readyz", || matches!(get(&url, None), Some((200, _))));
-    }
+    let leader = g.start_all_ready(3);
     // Every member shows the same leader and term.
     let views: Vec<Value> = (1..=3).filter_map(|id| g.cluster(id)).collect();
     assert!(views.iter().all(|v| v["leader_id"] == leader && v["term"] == views[0]["term"]), "{views:?}");
@@ -353,14 +359,7 @@ fn coordinators_are_added_and_removed_while_serving() {
 fn requests_keep_flowing_through_a_leader_election() {
     let tmp = tempfile::Builder::new().prefix("shoal-route-").tempdir().expect("tmp");
     let mut g = Group::new(tmp.path(), 3, 0);
-    for id in 1..=3 {
-        g.start(id);
-    }
-    let leader = g.wait_leader(Duration::from_secs(20), None);
-    for id in 1..=3 {
-        let url = g.url(id, "/readyz");
-        wait_until(Duration::from_secs(20), "readyz", || matches!(get(&url, None), Some((200, _))));
-    }
+    let leader = g.start_all_ready(3);
     let gw = format!("http://{}", g.member(leader).http);
     let out = run(&["token", "create", "--gateway", &gw, "--ttl", "1h"]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
