@@ -18,3 +18,4 @@ cargo build --release --locked
 ./scripts/compare/setup.sh ./.bench-venv || echo "comparison tools not installed; their columns stay empty"
 cargo bench --locked -p shoal-engine --bench engine
 ./target/release/shoal bench serve --models ./models
+./target/release/shoal bench pipeline --models ./models

@@ -4,50 +4,17 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use support::*;
 
 const CHAT: &str = "smollm2-135m-instruct";
 const EMBED: &str = "all-minilm-l6-v2";
-
-/// The real model files (`./scripts/fetch-models.sh` puts them there).
-fn models_dir() -> PathBuf {
-    let dir = std::env::var_os("SHOAL_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models"));
-    assert!(
-        dir.join("smollm2-135m-instruct").is_dir() && dir.join("all-minilm-l6-v2").is_dir(),
-        "model files missing in {}: run ./scripts/fetch-models.sh",
-        dir.display()
-    );
-    dir
-}
-
-fn gguf() -> PathBuf {
-    models_dir().join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
-}
-
-fn agent(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(timeout)).build().into()
-}
-
-/// POSTs a raw body with the admin key (or `key`); returns status and parsed JSON.
-fn post_raw(url: &str, body: &str, key: Option<&str>) -> (u16, Value) {
-    let mut req = agent(Duration::from_secs(120)).post(url).header("Content-Type", "application/json");
-    if let Some(k) = key {
-        req = req.header("Authorization", &format!("Bearer {k}"));
-    }
-    let mut resp = req.send(body).expect("request");
-    let status = resp.status().as_u16();
-    let text = resp.body_mut().read_to_string().unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-}
 
 /// POSTs a `len`-byte body announced with `Expect: 100-continue`, as curl does for large
 /// bodies, so a server that refuses on the headers is heard before the body is sent.
@@ -71,61 +38,11 @@ fn post_oversized(gateway: &str, path: &str, len: usize) -> u16 {
     head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
-fn post(url: &str, body: Value) -> (u16, Value) {
-    post_raw(url, &body.to_string(), Some(API_KEY))
-}
-
 fn ready_replicas(gateway: &str, name: &str) -> u64 {
     get_json(&format!("{gateway}/v1/deployments/{name}")).and_then(|d| d["ready_replicas"].as_u64()).unwrap_or(0)
 }
 
 /// One streamed chat answer read off a raw SSE response: (text, error event if any).
-fn stream_chat(gateway: &str, prompt: &str, max_tokens: u32) -> (String, Option<String>) {
-    let body = json!({
-        "model": CHAT, "messages": [{"role": "user", "content": prompt}],
-        "temperature": 0, "max_tokens": max_tokens, "stream": true,
-    });
-    let resp = agent(Duration::from_secs(180))
-        .post(&format!("{gateway}/v1/chat/completions"))
-        .header("Authorization", &format!("Bearer {API_KEY}"))
-        .send_json(body)
-        .expect("stream request");
-    assert_eq!(resp.status().as_u16(), 200);
-    let mut text = String::new();
-    let mut done = false;
-    for line in BufReader::new(resp.into_body().into_reader()).lines() {
-        let line = line.expect("sse line");
-        let Some(data) = line.strip_prefix("data: ") else { continue };
-        if data == "[DONE]" {
-            done = true;
-            break;
-        }
-        let v: Value = serde_json::from_str(data).expect("event json");
-        if let Some(e) = v["error"]["message"].as_str() {
-            return (text, Some(e.to_string()));
-        }
-        text.push_str(v["choices"][0]["delta"]["content"].as_str().unwrap_or(""));
-    }
-    (text, (!done).then(|| "the stream ended without [DONE]".to_string()))
-}
-
-fn chat_once(gateway: &str, prompt: &str, max_tokens: u32) -> String {
-    let body = json!({
-        "model": CHAT, "messages": [{"role": "user", "content": prompt}], "temperature": 0, "max_tokens": max_tokens,
-    });
-    let (status, v) = post(&format!("{gateway}/v1/chat/completions"), body);
-    assert_eq!(status, 200, "{v}");
-    v["choices"][0]["message"]["content"].as_str().expect("content").to_string()
-}
-
-fn metric_sum(gateway: &str, name: &str) -> f64 {
-    let (_, text) = get(&format!("{gateway}/metrics"), None).expect("metrics");
-    text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
-        .sum()
-}
-
 struct Up {
     proc: Proc,
     gateway: String,
@@ -232,7 +149,7 @@ fn openai_sdk_bad_input_and_registration_against_shoal_up() {
     let (status, v) = post(&chat_url, json!({"model": CHAT, "messages": [{"role": "user", "content": long}]}));
     assert_eq!(status, 400, "{v}");
     assert!(v["error"]["message"].as_str().unwrap_or("").contains("context"), "{v}");
-    assert!(chat_once(&gw, "What is the capital of France? Answer briefly.", 24).contains("Paris"));
+    assert!(chat_once(&gw, CHAT, "What is the capital of France? Answer briefly.", 24).contains("Paris"));
 
     // Registration: corrupt, truncated, unknown-format or mismatching files change nothing.
     let before = get_json(&format!("{gw}/v1/deployments")).expect("deployments");
@@ -343,14 +260,14 @@ fn replicas_on_two_nodes_survive_a_node_killed_mid_burst() {
     // The second node fetched the model over the mesh; both agree on the greedy answer.
     let prompts =
         ["Write a short poem about the sea.", "Explain why the sky is blue.", "List three fruits and their colours."];
-    let reference: Vec<String> = prompts.iter().map(|p| chat_once(&gw, p, 64)).collect();
+    let reference: Vec<String> = prompts.iter().map(|p| chat_once(&gw, CHAT, p, 64)).collect();
 
     let gw2 = gw.clone();
     let burst: Vec<_> = (0..8)
         .map(|i| {
             let gw = gw2.clone();
             let prompt = prompts[i % prompts.len()].to_string();
-            std::thread::spawn(move || (i, stream_chat(&gw, &prompt, 64)))
+            std::thread::spawn(move || (i, stream_chat(&gw, CHAT, &prompt, 64)))
         })
         .collect();
     std::thread::sleep(Duration::from_millis(1500));
@@ -366,6 +283,6 @@ fn replicas_on_two_nodes_survive_a_node_killed_mid_burst() {
             .and_then(|d| d["placements"].as_array().cloned())
             .is_some_and(|p| p.len() == 1 && p[0]["node_name"] == "node-b")
     });
-    assert!(chat_once(&gw, "What is the capital of France? Answer briefly.", 24).contains("Paris"));
+    assert!(chat_once(&gw, CHAT, "What is the capital of France? Answer briefly.", 24).contains("Paris"));
     assert!(metric_sum(&gw, "shoal_router_retries_total") >= 1.0, "the burst was retried on the other replica");
 }

@@ -1,9 +1,31 @@
 //! Pure translation between the replicated placements and a node's view of them: the
 //! assignments sent with heartbeat acks, and the commands a node's replica reports imply.
 
-use shoal_protocol::{ArtifactSource, Assignment, ReplicaReport};
+use shoal_protocol::{ArtifactSource, Assignment, ReplicaReport, StageHop, StageRole};
 
-use crate::state::{ClusterState, Command, NodeState};
+use crate::state::{ClusterState, Command, NodeState, Placement};
+
+/// A stage placement's role in its chain, with where its activations go next: the
+/// placement of the same deployment and version with the same chain and the next index
+/// (`None` for the last stage, or while that stage is not placed).
+pub fn stage_role(state: &ClusterState, p: &Placement) -> Option<StageRole> {
+    let s = p.stage?;
+    let next = state
+        .placements_of(&p.deployment)
+        .find(|q| q.version == p.version && q.stage.is_some_and(|t| t.chain == s.chain && t.index == s.index + 1))
+        .and_then(|q| {
+            let node = state.nodes.get(&q.node)?;
+            Some(StageHop { placement_id: q.id.clone(), node: node.id.clone(), address: node.address.clone() })
+        });
+    Some(StageRole {
+        chain: s.chain,
+        index: s.index,
+        count: s.count,
+        layer_start: s.layer_start,
+        layer_end: s.layer_end,
+        next,
+    })
+}
 
 /// What node `id` (incarnation `generation`) should run. `coordinator_address` maps a
 /// coordinator id to its QUIC address (for artifact sources).
@@ -43,6 +65,7 @@ pub fn assignments_for(
             kind: version.kind(),
             files: version.files.clone(),
             sources,
+            stage: stage_role(state, p),
         });
     }
     out

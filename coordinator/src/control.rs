@@ -125,7 +125,10 @@ impl ControlPlane {
                     }
                     self.artifacts.serve(&mut stream, &sha256, offset).await
                 }
-                Request::Generate(_) | Request::Embed { .. } => {
+                Request::Generate(_)
+                | Request::Embed { .. }
+                | Request::StageForward(_)
+                | Request::StageRelease { .. } => {
                     stream.refuse(RefusalCode::BadRequest, "models run on nodes; send this to a node").await
                 }
             }
@@ -448,10 +451,7 @@ impl ControlPlane {
             let commands = {
                 let state = self.raft.state().read().unwrap_or_else(|p| p.into_inner());
                 for d in state.deployments.values() {
-                    let ready = state
-                        .placements_of(&d.name)
-                        .filter(|p| p.phase == Some(shoal_protocol::ReplicaPhase::Ready))
-                        .count();
+                    let ready = state.entry_points(&d.name).len();
                     metrics::gauge!(m::DEPLOYMENT_REPLICAS, "deployment" => d.name.clone()).set(ready as f64);
                 }
                 crate::scheduler::plan(&state, self.clock.unix_ms())

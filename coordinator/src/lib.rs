@@ -13,6 +13,7 @@ pub mod error;
 pub mod gateway;
 pub mod lease;
 pub mod pki;
+pub mod planner;
 pub mod raft;
 pub mod registry;
 pub mod router;

@@ -191,8 +191,13 @@ pub struct DeployRequest {
     /// Registers a new version from here first (`file://…`, `hf://…`).
     #[serde(default)]
     pub source: Option<String>,
+    /// Copies of the model (chains of stages when it is split).
     #[serde(default = "one")]
     pub replicas: u32,
+    /// Stages each copy's layers are split across: 0 (the default) = only when no single
+    /// node has the memory for the whole model, 1 = never, K >= 2 = always K.
+    #[serde(default)]
+    pub shards: u32,
     /// The SHA-256 the source must have.
     #[serde(default)]
     pub sha256: Option<String>,
@@ -221,6 +226,9 @@ pub async fn deploy(
     if req.replicas > MAX_REPLICAS {
         return Err(CoordinatorError::Model(format!("replicas must be at most {MAX_REPLICAS}")));
     }
+    if req.shards > crate::planner::MAX_SHARDS {
+        return Err(CoordinatorError::Model(format!("shards must be at most {}", crate::planner::MAX_SHARDS)));
+    }
     let mut version = 0;
     if let Some(source) = req.source.clone() {
         let (store, downloads, sha) = (store.clone(), downloads.to_path_buf(), req.sha256.clone());
@@ -243,8 +251,10 @@ pub async fn deploy(
         model: model.clone(),
         version,
         replicas: req.replicas,
+        shards: req.shards,
         at_ms: crate::clock::unix_ms(),
     };
+    // The state machine checks `shards` against the version it resolves (layers, kind).
     match writer.command(cmd).await? {
         Outcome::ModelVersion { version, .. } => Ok((model, version)),
         Outcome::Rejected(why) | Outcome::Ignored(why) => Err(CoordinatorError::Model(why)),

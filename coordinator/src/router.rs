@@ -14,14 +14,27 @@ use rand::Rng;
 use shoal_protocol::metric_names as m;
 use shoal_protocol::pool::Pool;
 use shoal_protocol::tls::NODE_SERVER_NAME;
-use shoal_protocol::{
-    EngineKind, Finish, GenerateRequest, Prompt, RefusalCode, ReplicaPhase, Request, Response, SamplingSettings,
-};
+use shoal_protocol::{EngineKind, Finish, GenerateRequest, Prompt, RefusalCode, Request, Response, SamplingSettings};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::raft::RaftHandle;
-use crate::state::NodeState;
+use crate::state::ClusterState;
+
+/// How far each chain of a split deployment is from serving, e.g. "chain 0 has 1 of 2
+/// stages ready" (empty when the deployment has no chains).
+pub fn chain_progress(state: &ClusterState, deployment: &str) -> String {
+    state
+        .chains_of(deployment)
+        .iter()
+        .map(|((_, chain), stages)| {
+            let count = stages.iter().filter_map(|p| p.stage).map(|s| s.count).max().unwrap_or(0);
+            let ready = stages.iter().filter(|p| state.is_serving(p)).count();
+            format!("chain {chain} has {ready} of {count} stages ready")
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
 
 /// How many replicas one request may try.
 const MAX_ATTEMPTS: usize = 4;
@@ -118,20 +131,23 @@ impl Router {
             };
             return Err(RouteError::WrongKind(format!("the model '{deployment}' does not serve {what}")));
         }
+        // Unsplit replicas, and the heads of chains whose every stage is serving.
         let targets: Vec<Target> = state
-            .placements_of(deployment)
-            .filter(|p| p.phase == Some(ReplicaPhase::Ready))
+            .entry_points(deployment)
+            .into_iter()
             .filter_map(|p| {
                 let node = state.nodes.get(&p.node)?;
-                if node.state != NodeState::Ready || node.generation != p.node_generation {
-                    return None;
-                }
                 Some(Target { placement: p.id.clone(), address: node.address.parse().ok()? })
             })
             .collect();
         if targets.is_empty() {
+            let chains = chain_progress(&state, deployment);
             let why = crate::scheduler::shortfall(&state, deployment);
-            let detail = if why.is_empty() { "its replicas are still loading".to_string() } else { why };
+            let detail = match (chains.is_empty(), why.is_empty()) {
+                (false, _) => chains,
+                (true, false) => why,
+                (true, true) => "its replicas are still loading".to_string(),
+            };
             return Err(RouteError::NoReplica(format!("no replica of '{deployment}' is ready: {detail}")));
         }
         Ok(targets)

@@ -60,12 +60,38 @@ struct Sequence {
 pub struct Batcher {
     llm: Arc<Llm>,
     max_batch: usize,
+    /// Rows (tokens) one forward pass may take; longer prompts are prefilled in chunks.
+    max_rows: usize,
     seqs: Vec<Sequence>,
+}
+
+/// One sequence's rows in a forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepRows {
+    pub id: u64,
+    /// Position of the first row.
+    pub start: usize,
+    pub rows: usize,
+    /// Whether a token is sampled after these rows (false in the middle of a chunked prompt).
+    pub sample: bool,
+}
+
+/// A forward pass over this model's layers for the sequences in `rows` (in order).
+#[derive(Debug)]
+pub struct ForwardStep {
+    pub rows: Vec<StepRows>,
+    pub output: StageOutput,
 }
 
 impl Batcher {
     pub fn new(llm: Arc<Llm>, max_batch: usize) -> Batcher {
-        Batcher { llm, max_batch: max_batch.max(1), seqs: Vec::new() }
+        Batcher { llm, max_batch: max_batch.max(1), max_rows: usize::MAX, seqs: Vec::new() }
+    }
+
+    /// Limits the rows of one forward pass (chunked prefill; decoding sequences go first).
+    pub fn with_max_rows(mut self, max_rows: usize) -> Batcher {
+        self.max_rows = max_rows.max(1);
+        self
     }
 
     pub fn llm(&self) -> &Arc<Llm> {
@@ -148,6 +174,11 @@ impl Batcher {
         self.seqs.len()
     }
 
+    /// The ids of the sequences in the batch.
+    pub fn ids(&self) -> Vec<u64> {
+        self.seqs.iter().map(|s| s.id).collect()
+    }
+
     /// Tokens held in all KV caches.
     pub fn kv_tokens(&self) -> usize {
         self.seqs.iter().map(|s| s.cache.len()).sum()
@@ -160,6 +191,29 @@ impl Batcher {
     /// Prefill newly admitted sequences and run one decode step for all running ones (one forward pass over all
     /// of them); returns the events.
     pub fn step(&mut self) -> Result<Vec<Event>, EngineError> {
+        let (mut events, step) = self.forward();
+        let Some(step) = step else { return Ok(events) };
+        let StageOutput::Logits(logits) = step.output else {
+            return Err(EngineError::InvalidRequest("the batcher needs a model with all layers".into()));
+        };
+        let mut tokens = Vec::new();
+        for (r, mut logits) in step.rows.iter().zip(logits) {
+            if !r.sample {
+                continue;
+            }
+            if let Some(seq) = self.seqs.iter_mut().find(|s| s.id == r.id) {
+                tokens.push((r.id, seq.sampler.sample(&mut logits, &seq.params)));
+            }
+        }
+        events.extend(self.accept(&tokens));
+        Ok(events)
+    }
+
+    /// First half of a step: finishes sequences that must end, then runs this model's layers over every
+    /// sequence's next rows (at most the row budget; decoding sequences first). With a model that holds every
+    /// layer the output is logits, otherwise hidden states for the next stage. A failed pass fails the batch
+    /// (the events say so) and returns no step.
+    pub fn forward(&mut self) -> (Vec<Event>, Option<ForwardStep>) {
         let mut events = Vec::new();
         self.seqs.retain(|s| match s.finish_now {
             Some(reason) => {
@@ -173,29 +227,54 @@ impl Batcher {
             }
             None => true,
         });
-        if self.seqs.is_empty() {
-            return Ok(events);
-        }
-        let input = StageInput::Tokens(self.seqs.iter_mut().map(|s| std::mem::take(&mut s.feed)).collect());
-        let mut caches: Vec<&mut KvCache> = self.seqs.iter_mut().map(|s| &mut s.cache).collect();
-        let logits = match self.llm.forward_stage(&mut caches, input) {
-            Ok(StageOutput::Logits(l)) => l,
-            Ok(StageOutput::Hidden(_)) => {
-                return Err(EngineError::InvalidRequest("the batcher needs a model with all layers".into()))
+        // Rows per sequence: sequences that decode one token go first, then prompts take what is left.
+        let mut take = vec![0usize; self.seqs.len()];
+        let mut budget = self.max_rows;
+        for decoding in [true, false] {
+            for (i, s) in self.seqs.iter().enumerate() {
+                if s.feed.is_empty() || (s.feed.len() == 1) != decoding {
+                    continue;
+                }
+                take[i] = s.feed.len().min(budget);
+                budget -= take[i];
             }
+        }
+        let mut rows = Vec::new();
+        let mut feeds = Vec::new();
+        let mut caches: Vec<&mut KvCache> = Vec::new();
+        for (s, &n) in self.seqs.iter_mut().zip(&take) {
+            if n == 0 {
+                continue;
+            }
+            let rest = s.feed.split_off(n);
+            feeds.push(std::mem::replace(&mut s.feed, rest));
+            rows.push(StepRows { id: s.id, start: s.cache.len(), rows: n, sample: s.feed.is_empty() });
+            caches.push(&mut s.cache);
+        }
+        if rows.is_empty() {
+            return (events, None);
+        }
+        match self.llm.forward_stage(&mut caches, StageInput::Tokens(feeds)) {
+            Ok(output) => (events, Some(ForwardStep { rows, output })),
             Err(e) => {
                 tracing::error!(error = %e, "forward failed; failing the batch");
                 let message = e.to_string();
                 events.extend(self.seqs.drain(..).map(|s| Event::Failed { id: s.id, message: message.clone() }));
-                return Ok(events);
+                (events, None)
             }
-        };
+        }
+    }
+
+    /// Second half of a step: the tokens sampled for sequences (by this batcher or by the last stage of a split
+    /// model). Tokens of sequences no longer here (cancelled meanwhile) are ignored.
+    pub fn accept(&mut self, tokens: &[(u64, u32)]) -> Vec<Event> {
+        let mut events = Vec::new();
         let ctx = self.llm.context_length();
         let llm = Arc::clone(&self.llm);
         let eos = llm.eos_tokens();
-        let mut done = Vec::new();
-        for (i, (seq, mut logits)) in self.seqs.iter_mut().zip(logits).enumerate() {
-            let token = seq.sampler.sample(&mut logits, &seq.params);
+        for &(id, token) in tokens {
+            let Some(i) = self.seqs.iter().position(|s| s.id == id) else { continue };
+            let seq = &mut self.seqs[i];
             seq.sampler.observe(token);
             seq.completion_tokens += 1;
             let mut reason = None;
@@ -236,14 +315,11 @@ impl Batcher {
                         prompt_tokens: seq.prompt_tokens,
                         completion_tokens: seq.completion_tokens,
                     });
-                    done.push(i);
+                    self.seqs.remove(i);
                 }
                 None => seq.feed.push(token),
             }
         }
-        for i in done.into_iter().rev() {
-            self.seqs.remove(i);
-        }
-        Ok(events)
+        events
     }
 }

@@ -126,6 +126,31 @@ impl Sampler {
     }
 }
 
+/// Samples one sequence where the logits are made (the last stage of a split model): its
+/// settings, RNG and penalty history.
+pub struct SequenceSampler {
+    sampler: Sampler,
+    params: SamplingParams,
+}
+
+impl SequenceSampler {
+    /// `history` = tokens generated for this request before (they count for penalties).
+    pub fn new(params: SamplingParams, history: &[u32]) -> Self {
+        let mut sampler = Sampler::new(params.seed);
+        for &t in history {
+            sampler.observe(t);
+        }
+        SequenceSampler { sampler, params }
+    }
+
+    /// Picks the next token and records it.
+    pub fn sample(&mut self, logits: &mut [f32]) -> u32 {
+        let t = self.sampler.sample(logits, &self.params);
+        self.sampler.observe(t);
+        t
+    }
+}
+
 /// Index of the largest value (the first on ties).
 pub(crate) fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;

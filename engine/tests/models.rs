@@ -157,6 +157,32 @@ fn batched_decoding_equals_decoding_alone() {
 }
 
 #[test]
+fn chunked_prefill_gives_the_same_tokens() {
+    // A row budget smaller than the prompts: prompts are prefilled over several passes while
+    // the others decode, and every sequence still gets exactly its tokens.
+    let prompts = four_prompts();
+    let alone: Vec<Outcome> = prompts.iter().map(|p| generate_alone(p, &[], SamplingParams::greedy(12))).collect();
+    let mut b = Batcher::new(llm(), 8).with_max_rows(7);
+    for (i, p) in prompts.iter().enumerate() {
+        assert!(p.len() > 7, "prompt {i} must need several chunks");
+        b.admit(i as u64, p.clone(), vec![], SamplingParams::greedy(12)).expect("admit");
+    }
+    let (_, first) = b.forward();
+    let first = first.expect("a step");
+    assert_eq!(first.rows.iter().map(|r| r.rows).sum::<usize>(), 7, "{:?}", first.rows);
+    assert!(!first.rows[0].sample, "the first chunk of a prompt samples nothing");
+    let mut b = Batcher::new(llm(), 8).with_max_rows(7);
+    for (i, p) in prompts.iter().enumerate() {
+        b.admit(i as u64, p.clone(), vec![], SamplingParams::greedy(12)).expect("admit");
+    }
+    let mut out = HashMap::new();
+    run_to_end(&mut b, &mut out);
+    for (i, a) in alone.iter().enumerate() {
+        assert_eq!(&out[&(i as u64)], a, "sequence {i}");
+    }
+}
+
+#[test]
 fn sequence_admitted_while_others_run_joins_and_finishes() {
     let prompts = four_prompts();
     let a_alone = generate_alone(&prompts[1], &[], SamplingParams::greedy(20));

@@ -3,13 +3,17 @@
 
 use std::sync::Arc;
 
-use shoal_engine::{ChatMessage, SamplingParams};
+use shoal_engine::ChatMessage;
 use shoal_protocol::quic::{self, ServerStream};
-use shoal_protocol::{Finish, GenerateRequest, Prompt, RefusalCode, Request, Response};
+use std::time::{Duration, Instant};
+
+use shoal_protocol::{Finish, GenerateRequest, Prompt, RefusalCode, Request, Response, StageForward, StageResult};
 use tracing::debug;
 
 use crate::models::llm::{AdmitError, SeqEvent};
-use crate::models::{Engine, ModelHost};
+use crate::models::pipeline::{forward_onward, onward, remaining_budget};
+use crate::models::stage::StageOut;
+use crate::models::{sampling_params, Engine, ModelHost};
 
 /// Serves one data-plane stream.
 pub async fn handle(host: Arc<ModelHost>, conn: quinn::Connection, mut stream: ServerStream) {
@@ -30,6 +34,10 @@ pub async fn handle(host: Arc<ModelHost>, conn: quinn::Connection, mut stream: S
             Ok(Some(Request::FetchArtifact { sha256, offset })) => {
                 return host.store.serve(&mut stream, &sha256, offset).await
             }
+            Ok(Some(Request::StageForward(frame))) => return stage_forward(&host, stream, frame).await,
+            Ok(Some(Request::StageRelease { placement_id, sequences })) => {
+                return stage_release(&host, stream, placement_id, sequences).await
+            }
             Ok(Some(other)) => {
                 let msg = format!("a node does not serve '{}' requests", other.kind());
                 return stream.refuse(RefusalCode::BadRequest, msg).await;
@@ -37,6 +45,62 @@ pub async fn handle(host: Arc<ModelHost>, conn: quinn::Connection, mut stream: S
             Ok(None) | Err(_) => return stream.finish(),
         }
     }
+}
+
+/// Runs this stage's layers over a frame, then relays the activations to the next stage and
+/// its answer back (or answers with the sampled tokens on the last stage).
+async fn stage_forward(host: &ModelHost, mut stream: ServerStream, frame: StageForward) {
+    let received = Instant::now();
+    let Some(Engine::Stage(h)) = host.engine(&frame.placement_id) else {
+        let msg = format!("no ready stage {} on this node (it moved or is still loading)", frame.placement_id);
+        return stream.refuse(RefusalCode::NotFound, msg).await;
+    };
+    let budget = Duration::from_millis(frame.budget_ms as u64);
+    match h.forward(frame).await {
+        Err(msg) => stream.refuse(RefusalCode::Unavailable, msg).await,
+        Ok(StageOut::Tokens { tokens, compute_us }) => {
+            let _ = stream.send(&Response::StageDone(StageResult { tokens, compute_us, hops_us: 0 })).await;
+            stream.finish();
+        }
+        Ok(StageOut::Hidden { sequences, hidden, compute_us }) => {
+            let Some(hop) = h.link.next() else {
+                let msg = format!("stage {} has no next stage placed yet", h.index);
+                return stream.refuse(RefusalCode::Unavailable, msg).await;
+            };
+            let budget = remaining_budget(budget, received);
+            let next = StageForward {
+                placement_id: hop.placement_id.clone(),
+                sequences,
+                hidden,
+                budget_ms: budget.as_millis().min(u32::MAX as u128) as u32,
+            };
+            let labels = [("model", h.model.clone()), ("stage", h.index.to_string())];
+            match forward_onward(&h.link, &hop, next, budget, &labels).await {
+                Ok(r) => {
+                    let done =
+                        StageResult { tokens: r.tokens, compute_us: r.compute_us + compute_us, hops_us: r.hops_us };
+                    let _ = stream.send(&Response::StageDone(done)).await;
+                    stream.finish();
+                }
+                Err(msg) => stream.refuse(RefusalCode::Unavailable, msg).await,
+            }
+        }
+    }
+}
+
+/// Forgets sequences here and on the stages after this one.
+async fn stage_release(host: &ModelHost, mut stream: ServerStream, placement: String, sequences: Vec<u64>) {
+    if let Some(Engine::Stage(h)) = host.engine(&placement) {
+        h.release(sequences.clone());
+        if let Some(hop) = h.link.next() {
+            let req = Request::StageRelease { placement_id: hop.placement_id.clone(), sequences };
+            if let Err(e) = onward(&h.link.pool, &hop, &req, h.link.timeout).await {
+                debug!(error = %e, "releasing sequences further down failed; they expire there");
+            }
+        }
+    }
+    let _ = stream.send(&Response::StageReleased).await;
+    stream.finish();
 }
 
 async fn embed(host: &ModelHost, stream: &mut ServerStream, placement: &str, inputs: Vec<String>) {
@@ -104,17 +168,7 @@ async fn generate_llm(engine: Option<Engine>, mut stream: ServerStream, req: Gen
         let msg = format!("the prompt is {} tokens; this model's context is {ctx} tokens", prompt.len());
         return stream.refuse(RefusalCode::BadRequest, msg).await;
     }
-    let s = &req.sampling;
-    let params = SamplingParams {
-        max_tokens: s.max_tokens as usize,
-        temperature: s.temperature,
-        top_p: s.top_p,
-        top_k: s.top_k as usize,
-        seed: s.seed,
-        presence_penalty: s.presence_penalty,
-        frequency_penalty: s.frequency_penalty,
-        stop: s.stop.clone(),
-    };
+    let params = sampling_params(&req.sampling);
     let prompt_tokens = prompt.len() as u32;
     let (mut events, _guard) = match h.submit(prompt, req.resume.clone(), params) {
         Ok(x) => x,

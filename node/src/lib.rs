@@ -40,6 +40,8 @@ pub struct NodeOptions {
     pub listen: SocketAddr,
     pub accelerators: Vec<Accelerator>,
     pub labels: Vec<Label>,
+    /// How long one step of a split model may take from this node's stage to the end of its chain.
+    pub stage_timeout: std::time::Duration,
 }
 
 /// A running node.
@@ -77,7 +79,7 @@ impl Node {
         let capacity = discovery::discover(&opts.accelerators);
         let endpoint = quic::server_endpoint_keyed(opts.listen, tls.server_config()?, &tls.reset_secret())?;
         let data_addr = endpoint.local_addr().map_err(|e| NodeError::io("data-plane endpoint", e))?;
-        let host = models::ModelHost::new(&opts.data_dir, tls.client_config()?)?;
+        let host = models::ModelHost::new(&opts.data_dir, tls.client_config()?, opts.stage_timeout)?;
         {
             let host = host.clone();
             tokio::spawn(quic::serve(endpoint.clone(), move |conn, stream| {

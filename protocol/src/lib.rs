@@ -11,6 +11,7 @@ pub mod error;
 pub mod frame;
 pub mod messages;
 pub mod metric_names;
+pub mod pipeline;
 pub mod pool;
 pub mod quic;
 pub mod serving;
@@ -19,6 +20,7 @@ pub mod token;
 
 pub use error::ProtocolError;
 pub use messages::*;
+pub use pipeline::*;
 pub use serving::*;
 
 /// The protocol version carried in every stream's `Hello`. A peer with another version is

@@ -6,6 +6,7 @@
 use rkyv::{Archive, Deserialize as RkyvDeserialize, Serialize as RkyvSerialize};
 use serde::{Deserialize, Serialize};
 
+use crate::pipeline::{StageForward, StageResult};
 use crate::serving::{Assignment, Finish, GenerateRequest, ReplicaReport};
 
 /// The first frame on every stream.
@@ -184,6 +185,15 @@ pub enum Request {
         sha256: String,
         offset: u64,
     },
+    /// Activations for the next stage of a split model; answered by `StageDone` once the
+    /// last stage has sampled (each stage relays the request onwards and the answer back).
+    StageForward(StageForward),
+    /// Forget these sequences (finished or cancelled) on stage `placement_id` and every
+    /// stage after it; answered by `StageReleased`.
+    StageRelease {
+        placement_id: String,
+        sequences: Vec<u64>,
+    },
 }
 
 impl Request {
@@ -201,6 +211,8 @@ impl Request {
             Request::Generate(_) => "generate",
             Request::Embed { .. } => "embed",
             Request::FetchArtifact { .. } => "fetch_artifact",
+            Request::StageForward(_) => "stage_forward",
+            Request::StageRelease { .. } => "stage_release",
         }
     }
 }
@@ -272,6 +284,8 @@ pub enum Response {
         data: Vec<u8>,
         last: bool,
     },
+    StageDone(StageResult),
+    StageReleased,
 }
 
 impl Response {

@@ -56,3 +56,18 @@ pub const NODE_DECODE_STEP_SECONDS: &str = "shoal_node_decode_step_duration_seco
 pub const ARTIFACT_BYTES_SENT: &str = "shoal_artifact_bytes_sent_total";
 pub const ARTIFACT_BYTES_RECEIVED: &str = "shoal_artifact_bytes_received_total";
 pub const ARTIFACT_FETCH_FAILURES: &str = "shoal_artifact_fetch_failures_total";
+
+/// Compute time of one forward pass of a pipeline stage (`stage` = its index in the chain).
+pub const STAGE_FORWARD_SECONDS: &str = "shoal_node_stage_forward_duration_seconds";
+/// Transport time of one hop to the next stage (round trip minus the compute behind it).
+pub const STAGE_HOP_SECONDS: &str = "shoal_node_stage_hop_duration_seconds";
+/// Activation bytes sent to the next stage.
+pub const STAGE_ACTIVATION_BYTES: &str = "shoal_node_stage_activation_bytes_total";
+/// Rows (tokens) whose activations were sent to the next stage.
+pub const STAGE_ACTIVATION_ROWS: &str = "shoal_node_stage_activation_rows_total";
+/// Sequences a stage holds state for.
+pub const STAGE_SEQUENCES: &str = "shoal_node_stage_sequences";
+/// Tokens in a non-head stage's KV caches.
+pub const STAGE_KV_TOKENS: &str = "shoal_node_stage_kv_cache_tokens";
+/// Steps of a stage that failed (timeouts, lost peers, lost state), by reason.
+pub const STAGE_FAILURES: &str = "shoal_node_stage_failures_total";

@@ -50,6 +50,9 @@ pub struct Assignment {
     pub files: Vec<ArtifactRef>,
     /// QUIC addresses that hold the files (peers first, then the coordinator that registered it).
     pub sources: Vec<ArtifactSource>,
+    /// Set when the model is split across nodes: which layers this replica runs and where
+    /// its activations go.
+    pub stage: Option<crate::pipeline::StageRole>,
 }
 
 /// Where an artifact can be fetched.

@@ -22,6 +22,9 @@ pub enum BenchCommand {
     /// Model serving through a real `shoal up`: decode tok/s (1 and N streams), embeddings/s and
     /// gateway overhead, beside llama.cpp, sentence-transformers and Ray Serve in the same run.
     Serve(super::bench_serve::ServeBench),
+    /// Decode through a model split across 1, 2 and 3 nodes (pipeline stages) on this machine:
+    /// tokens/s alone and concurrent, activation bytes and transport time per hop.
+    Pipeline(super::bench_pipeline::PipelineBench),
 }
 
 #[derive(Debug, Args)]
@@ -51,6 +54,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Raft(a) => tokio::task::spawn_blocking(move || raft(a)).await?,
         BenchCommand::Serve(a) => tokio::task::spawn_blocking(move || super::bench_serve::run(a)).await?,
+        BenchCommand::Pipeline(a) => tokio::task::spawn_blocking(move || super::bench_pipeline::run(a)).await?,
     }
 }
 

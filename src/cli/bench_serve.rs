@@ -46,10 +46,12 @@ pub struct ServeBench {
     pub venv: PathBuf,
 }
 
-struct Up {
+pub(super) struct Up {
     child: Child,
-    gateway: String,
-    _dir: tempfile::TempDir,
+    pub(super) gateway: String,
+    /// The coordinator's QUIC address (for nodes to join).
+    pub(super) quic: String,
+    pub(super) dir: tempfile::TempDir,
 }
 
 impl Drop for Up {
@@ -59,7 +61,7 @@ impl Drop for Up {
     }
 }
 
-fn agent() -> ureq::Agent {
+pub(super) fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(600)))
@@ -67,7 +69,7 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-fn post(agent: &ureq::Agent, url: &str, body: &Value) -> anyhow::Result<Value> {
+pub(super) fn post(agent: &ureq::Agent, url: &str, body: &Value) -> anyhow::Result<Value> {
     let mut resp = agent.post(url).header("Authorization", &format!("Bearer {KEY}")).send_json(body)?;
     let status = resp.status();
     let v: Value = resp.body_mut().read_json()?;
@@ -77,12 +79,12 @@ fn post(agent: &ureq::Agent, url: &str, body: &Value) -> anyhow::Result<Value> {
     Ok(v)
 }
 
-fn get(url: &str) -> Option<Value> {
+pub(super) fn get(url: &str) -> Option<Value> {
     let mut resp = agent().get(url).header("Authorization", &format!("Bearer {KEY}")).call().ok()?;
     resp.status().is_success().then(|| resp.body_mut().read_json().ok()).flatten()
 }
 
-fn start_up(models: &Path) -> anyhow::Result<Up> {
+pub(super) fn start_up(models: &Path) -> anyhow::Result<Up> {
     let dir = tempfile::tempdir()?;
     let port = |_: u8| super::bench::free_port();
     let (http, quic, node) = (port(0), port(1), port(2));
@@ -99,7 +101,7 @@ fn start_up(models: &Path) -> anyhow::Result<Up> {
         .stderr(Stdio::from(log))
         .spawn()
         .context("starting shoal up")?;
-    let up = Up { child, gateway: format!("http://127.0.0.1:{http}"), _dir: dir };
+    let up = Up { child, gateway: format!("http://127.0.0.1:{http}"), quic: format!("127.0.0.1:{quic}"), dir };
     let deadline = Instant::now() + Duration::from_secs(60);
     while get(&format!("{}/v1/deployments", up.gateway)).is_none() {
         if Instant::now() > deadline {
@@ -128,7 +130,7 @@ fn start_up(models: &Path) -> anyhow::Result<Up> {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(super) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -136,9 +138,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// One streamed generation: (completion tokens, seconds to first token, first token, last token).
-fn stream_once(gateway: &str, max_tokens: u32) -> anyhow::Result<(u64, f64, Instant, Instant)> {
+pub(super) fn stream_once(gateway: &str, model: &str, max_tokens: u32) -> anyhow::Result<(u64, f64, Instant, Instant)> {
     let body = json!({
-        "model": CHAT, "messages": [{"role": "user", "content": STORY}], "temperature": 0,
+        "model": model, "messages": [{"role": "user", "content": STORY}], "temperature": 0,
         "max_tokens": max_tokens, "stream": true, "stream_options": {"include_usage": true},
     });
     let started = Instant::now();
@@ -165,6 +167,46 @@ fn stream_once(gateway: &str, max_tokens: u32) -> anyhow::Result<(u64, f64, Inst
     }
     let first = first.ok_or_else(|| anyhow!("no tokens were streamed"))?;
     Ok((tokens, (first - started).as_secs_f64(), first, last))
+}
+
+/// Decode rates of one model through the gateway.
+pub(super) struct Decode {
+    /// Tokens/s of one stream, decode only (after its first token).
+    pub single: f64,
+    /// Seconds to the first token of that stream.
+    pub ttft: f64,
+    /// Tokens/s of `streams` concurrent streams, decode only.
+    pub aggregate: f64,
+    /// Tokens/s of the concurrent streams counting prefill (all tokens over the wall time).
+    pub end_to_end: f64,
+}
+
+/// One warm-up stream, one measured stream, then `streams` concurrent ones.
+pub(super) fn decode(gw: &str, model: &str, tokens: u32, streams: usize) -> anyhow::Result<Decode> {
+    stream_once(gw, model, 16)?; // warm
+    let (n1, ttft, first1, last1) = stream_once(gw, model, tokens)?;
+    let single = (n1.saturating_sub(1)) as f64 / (last1 - first1).as_secs_f64().max(1e-9);
+    // Like llama.cpp's figure, the aggregate counts decode only: tokens after each stream's
+    // first, over the time from the first stream's first token to the last stream's last.
+    let t0 = Instant::now();
+    let handles: Vec<_> = (0..streams)
+        .map(|_| {
+            let (gw, model) = (gw.to_string(), model.to_string());
+            std::thread::spawn(move || stream_once(&gw, &model, tokens))
+        })
+        .collect();
+    let (mut decoded, mut total_tokens) = (0u64, 0u64);
+    let (mut earliest, mut latest) = (None::<Instant>, t0);
+    for h in handles {
+        let (n, _, first, last) = h.join().map_err(|_| anyhow!("stream thread panicked"))??;
+        decoded += n.saturating_sub(1);
+        total_tokens += n;
+        earliest = Some(earliest.map_or(first, |e: Instant| e.min(first)));
+        latest = latest.max(last);
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let aggregate = decoded as f64 / (latest - earliest.unwrap_or(t0)).as_secs_f64().max(1e-9);
+    Ok(Decode { single, ttft, aggregate, end_to_end: total_tokens as f64 / wall })
 }
 
 /// Runs a comparison script in the venv; its last stdout line is JSON.
@@ -298,30 +340,7 @@ pub fn run(a: ServeBench) -> anyhow::Result<()> {
 
     // Decode through the gateway.
     eprintln!("decode: 1 stream, then {} concurrent streams of {} tokens…", a.streams, a.tokens);
-    stream_once(&gw, 16)?; // warm
-    let (n1, ttft1, first1, last1) = stream_once(&gw, a.tokens)?;
-    let single = (n1.saturating_sub(1)) as f64 / (last1 - first1).as_secs_f64().max(1e-9);
-    // Like llama.cpp's figure, the aggregate counts decode only: tokens after each stream's
-    // first, over the time from the first stream's first token to the last stream's last.
-    let t0 = Instant::now();
-    let handles: Vec<_> = (0..a.streams)
-        .map(|_| {
-            let (gw, tokens) = (gw.clone(), a.tokens);
-            std::thread::spawn(move || stream_once(&gw, tokens))
-        })
-        .collect();
-    let (mut decoded, mut total_tokens) = (0u64, 0u64);
-    let (mut earliest, mut latest) = (None::<Instant>, t0);
-    for h in handles {
-        let (n, _, first, last) = h.join().map_err(|_| anyhow!("stream thread panicked"))??;
-        decoded += n.saturating_sub(1);
-        total_tokens += n;
-        earliest = Some(earliest.map_or(first, |e: Instant| e.min(first)));
-        latest = latest.max(last);
-    }
-    let wall = t0.elapsed().as_secs_f64();
-    let aggregate = decoded as f64 / (latest - earliest.unwrap_or(t0)).as_secs_f64().max(1e-9);
-    let end_to_end = total_tokens as f64 / wall;
+    let Decode { single, ttft: ttft1, aggregate, end_to_end } = decode(&gw, CHAT, a.tokens, a.streams)?;
 
     // Embeddings through the gateway, 32 per request.
     let mut embed_rates = Vec::new();

@@ -18,9 +18,13 @@ pub struct DeployArgs {
     /// The registered model to serve (defaults to NAME).
     #[arg(long)]
     pub model: Option<String>,
-    /// How many replicas to run (one per node).
+    /// How many replicas to run (one per node; for a split model, chains of stages).
     #[arg(long, default_value_t = 1)]
     pub replicas: u32,
+    /// Split the model's layers across K nodes (pipeline stages); 0 = only when no single
+    /// node has the memory for it.
+    #[arg(long, default_value_t = 0, value_name = "K")]
+    pub shards: u32,
     /// Refuse the source unless its SHA-256 is this.
     #[arg(long)]
     pub sha256: Option<String>,
@@ -45,11 +49,13 @@ pub async fn run(a: DeployArgs) -> anyhow::Result<()> {
         }
     });
     let body = json!({
-        "name": a.name, "model": a.model, "source": source, "replicas": a.replicas, "sha256": a.sha256,
+        "name": a.name, "model": a.model, "source": source, "replicas": a.replicas, "shards": a.shards,
+        "sha256": a.sha256,
     });
     let d = a.gateway.post("/v1/deployments", body).await?;
+    let shards = if a.shards >= 2 { format!(", each split into {} shards", a.shards) } else { String::new() };
     println!(
-        "deployed {} → {} v{} ({} replicas, sha256 {})",
+        "deployed {} → {} v{} ({} replicas{shards}, sha256 {})",
         a.name,
         d["model"].as_str().unwrap_or(""),
         d["version"],

@@ -22,6 +22,10 @@ pub struct NodeArgs {
     /// The node's name (defaults to the host name).
     #[arg(long)]
     pub name: Option<String>,
+    /// For a model split across nodes: how long one step may take from this node's stage to
+    /// the end of its chain before the requests in it fail (seconds).
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    pub stage_timeout: f64,
 }
 
 impl NodeArgs {
@@ -30,7 +34,20 @@ impl NodeArgs {
             self.accelerators.iter().map(|s| discovery::parse_accelerator(s)).collect::<Result<Vec<_>, _>>()?;
         let labels = self.labels.iter().map(|s| discovery::parse_label(s)).collect::<Result<Vec<_>, _>>()?;
         let name = self.name.clone().unwrap_or_else(hostname);
-        Ok(NodeOptions { data_dir, coordinator, token: None, ca_hash: None, name, listen, accelerators, labels })
+        if !(self.stage_timeout.is_finite() && self.stage_timeout > 0.0) {
+            anyhow::bail!("--stage-timeout must be a positive number of seconds");
+        }
+        Ok(NodeOptions {
+            data_dir,
+            coordinator,
+            token: None,
+            ca_hash: None,
+            name,
+            listen,
+            accelerators,
+            labels,
+            stage_timeout: std::time::Duration::from_secs_f64(self.stage_timeout),
+        })
     }
 }
 

@@ -1,4 +1,5 @@
 mod bench;
+mod bench_pipeline;
 mod bench_serve;
 mod chat;
 mod client;

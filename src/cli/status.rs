@@ -32,7 +32,24 @@ fn accel_summary(n: &Value) -> String {
         .join(", ")
 }
 
-/// The DEPLOYMENTS section: one row per replica.
+/// A placement's node, with the layers it runs when the model is split:
+/// `node-a (name) [layers 0-15, stage 1/2]` (layers as a half-open range).
+fn node_cell(p: &Value) -> String {
+    let node = format!("{} ({})", p["node"].as_str().unwrap_or(""), p["node_name"].as_str().unwrap_or(""));
+    let stage = &p["stage"];
+    if stage.is_null() {
+        return node;
+    }
+    format!(
+        "{node} [layers {}-{}, stage {}/{}]",
+        stage["layers"][0],
+        stage["layers"][1],
+        stage["index"].as_u64().unwrap_or(0) + 1,
+        stage["count"]
+    )
+}
+
+/// The DEPLOYMENTS section: one row per replica (per stage of a split model).
 pub fn deployments_table(deployments: &Value) -> String {
     let list = deployments["data"].as_array().cloned().unwrap_or_default();
     let mut rows: Vec<Vec<String>> = Vec::new();
@@ -47,12 +64,11 @@ pub fn deployments_table(deployments: &Value) -> String {
             continue;
         }
         for p in placements {
-            let node = format!("{} ({})", p["node"].as_str().unwrap_or(""), p["node_name"].as_str().unwrap_or(""));
             rows.push(vec![
                 name.clone(),
                 model.clone(),
                 want.clone(),
-                node,
+                node_cell(&p),
                 p["state"].as_str().unwrap_or("").into(),
                 p["message"].as_str().unwrap_or("").into(),
             ]);
@@ -131,4 +147,31 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
     println!();
     print!("{}", deployments_table(&deployments));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn deployments_show_the_layers_each_stage_runs() {
+        let stage =
+            |index: u32, start: u32, end: u32| json!({"chain": 0, "index": index, "count": 2, "layers": [start, end]});
+        let all = json!({"data": [{
+            "name": "big", "model": "m", "version": 1, "replicas": 1, "ready_replicas": 0, "shards": 2,
+            "placements": [
+                {"node": "n1", "node_name": "a", "state": "ready", "message": "", "stage": stage(0, 0, 15)},
+                {"node": "n2", "node_name": "b", "state": "loading", "message": "", "stage": stage(1, 15, 30)},
+            ],
+        }, {
+            "name": "small", "model": "s", "version": 2, "replicas": 1, "ready_replicas": 1, "shards": 0,
+            "placements": [{"node": "n3", "node_name": "c", "state": "ready", "message": "", "stage": null}],
+        }]});
+        let text = deployments_table(&all);
+        assert!(text.contains("DEPLOYMENTS (2)"), "{text}");
+        assert!(text.contains("n1 (a) [layers 0-15, stage 1/2]"), "{text}");
+        assert!(text.contains("n2 (b) [layers 15-30, stage 2/2]"), "{text}");
+        assert!(text.lines().any(|l| l.contains("n3 (c)") && !l.contains("layers")), "{text}");
+    }
 }

@@ -28,8 +28,14 @@ async fn deploy_models(coord: &Coordinator, dir: &std::path::Path) {
         println!("  models       none found in {}", dir.display());
     }
     for (name, source) in found {
-        let req =
-            DeployRequest { name: name.clone(), model: None, source: Some(source.clone()), replicas: 1, sha256: None };
+        let req = DeployRequest {
+            name: name.clone(),
+            model: None,
+            source: Some(source.clone()),
+            replicas: 1,
+            shards: 0,
+            sha256: None,
+        };
         match coord.deploy(req).await {
             Ok((_, version)) => println!("  model        {name} v{version} deployed from {source}"),
             Err(e) => println!("  model        {name}: not deployed: {e}"),

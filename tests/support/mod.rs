@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use std::io::{BufRead, BufReader};
+
+use serde_json::{json, Value};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_shoal");
 pub const API_KEY: &str = "sk-test-admin-key";
@@ -79,17 +81,9 @@ pub fn wait_until(within: Duration, what: &str, mut cond: impl FnMut() -> bool) 
     panic!("timed out after {within:?} waiting for: {what}");
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(5)))
-        .build()
-        .into()
-}
-
 /// GET with the admin key; returns status and body text.
 pub fn get(url: &str, key: Option<&str>) -> Option<(u16, String)> {
-    let mut req = agent().get(url);
+    let mut req = agent(Duration::from_secs(5)).get(url);
     if let Some(k) = key {
         req = req.header("Authorization", &format!("Bearer {k}"));
     }
@@ -220,4 +214,89 @@ pub fn join_at(quic: &str, dir: &Path, name: &str, token: Option<(&str, &str)>, 
     }
     args.extend(extra);
     spawn(&args, &dir.join(format!("{name}.log")))
+}
+
+// ---- HTTP and model helpers shared by the serving tests ----
+
+/// The real model files (`./scripts/fetch-models.sh` puts them there).
+pub fn models_dir() -> PathBuf {
+    let dir = std::env::var_os("SHOAL_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models"));
+    assert!(
+        dir.join("smollm2-135m-instruct").is_dir() && dir.join("all-minilm-l6-v2").is_dir(),
+        "model files missing in {}: run ./scripts/fetch-models.sh",
+        dir.display()
+    );
+    dir
+}
+
+pub fn gguf() -> PathBuf {
+    models_dir().join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+pub fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(timeout)).build().into()
+}
+
+/// POSTs a raw body with the admin key (or `key`); returns status and parsed JSON.
+pub fn post_raw(url: &str, body: &str, key: Option<&str>) -> (u16, Value) {
+    let mut req = agent(Duration::from_secs(120)).post(url).header("Content-Type", "application/json");
+    if let Some(k) = key {
+        req = req.header("Authorization", &format!("Bearer {k}"));
+    }
+    let mut resp = req.send(body).expect("request");
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+pub fn post(url: &str, body: Value) -> (u16, Value) {
+    post_raw(url, &body.to_string(), Some(API_KEY))
+}
+
+pub fn stream_chat(gateway: &str, model: &str, prompt: &str, max_tokens: u32) -> (String, Option<String>) {
+    let body = json!({
+        "model": model, "messages": [{"role": "user", "content": prompt}],
+        "temperature": 0, "max_tokens": max_tokens, "stream": true,
+    });
+    let resp = agent(Duration::from_secs(180))
+        .post(&format!("{gateway}/v1/chat/completions"))
+        .header("Authorization", &format!("Bearer {API_KEY}"))
+        .send_json(body)
+        .expect("stream request");
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut text = String::new();
+    let mut done = false;
+    for line in BufReader::new(resp.into_body().into_reader()).lines() {
+        let line = line.expect("sse line");
+        let Some(data) = line.strip_prefix("data: ") else { continue };
+        if data == "[DONE]" {
+            done = true;
+            break;
+        }
+        let v: Value = serde_json::from_str(data).expect("event json");
+        if let Some(e) = v["error"]["message"].as_str() {
+            return (text, Some(e.to_string()));
+        }
+        text.push_str(v["choices"][0]["delta"]["content"].as_str().unwrap_or(""));
+    }
+    (text, (!done).then(|| "the stream ended without [DONE]".to_string()))
+}
+
+pub fn chat_once(gateway: &str, model: &str, prompt: &str, max_tokens: u32) -> String {
+    let body = json!({
+        "model": model, "messages": [{"role": "user", "content": prompt}], "temperature": 0, "max_tokens": max_tokens,
+    });
+    let (status, v) = post(&format!("{gateway}/v1/chat/completions"), body);
+    assert_eq!(status, 200, "{v}");
+    v["choices"][0]["message"]["content"].as_str().expect("content").to_string()
+}
+
+pub fn metric_sum(gateway: &str, name: &str) -> f64 {
+    let (_, text) = get(&format!("{gateway}/metrics"), None).expect("metrics");
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
 }

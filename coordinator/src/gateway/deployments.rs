@@ -23,7 +23,9 @@ fn model_error(e: CoordinatorError) -> ApiError {
     }
 }
 
-/// A deployment with its replicas, as `GET /v1/deployments` shows it.
+/// A deployment with its replicas, as `GET /v1/deployments` shows it. A placement of a
+/// split model carries its `stage`; `ready_replicas` counts the unsplit replicas and the
+/// chains of stages that can take requests.
 pub fn describe(state: &ClusterState, name: &str) -> Option<Value> {
     let d = state.deployments.get(name)?;
     let v = state.deployed_version(name);
@@ -31,6 +33,14 @@ pub fn describe(state: &ClusterState, name: &str) -> Option<Value> {
         .placements_of(name)
         .map(|p| {
             let node = state.nodes.get(&p.node);
+            let stage = p.stage.map(|s| {
+                json!({
+                    "chain": s.chain,
+                    "index": s.index,
+                    "count": s.count,
+                    "layers": [s.layer_start, s.layer_end],
+                })
+            });
             json!({
                 "id": p.id,
                 "node": p.node,
@@ -39,22 +49,24 @@ pub fn describe(state: &ClusterState, name: &str) -> Option<Value> {
                 "state": p.phase_str(),
                 "message": p.message,
                 "version": p.version,
+                "stage": stage,
             })
         })
         .collect();
-    let ready = replicas.iter().filter(|r| r["state"] == "ready").count();
     Some(json!({
         "name": d.name,
         "model": d.model,
         "version": d.version,
         "replicas": d.replicas,
-        "ready_replicas": ready,
+        "shards": d.shards,
+        "ready_replicas": state.entry_points(name).len(),
         "sha256": v.map(|v| v.sha256.clone()),
         "source": v.map(|v| v.source.clone()),
         "format": v.map(|v| v.format),
         "architecture": v.map(|v| v.architecture.clone()),
         "capabilities": v.map(|v| v.capabilities.clone()),
         "context_length": v.map(|v| v.context_length),
+        "layers": v.map(|v| v.layers),
         "size_bytes": v.map(|v| v.size),
         "placements": replicas,
         "pending": crate::scheduler::shortfall(state, name),

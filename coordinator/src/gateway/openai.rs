@@ -63,8 +63,7 @@ pub async fn list_models(State(gw): Gw, headers: HeaderMap) -> Result<Json<Value
         .values()
         .map(|d| {
             let v = state.deployed_version(&d.name);
-            let ready =
-                state.placements_of(&d.name).filter(|p| p.phase == Some(shoal_protocol::ReplicaPhase::Ready)).count();
+            let ready = state.entry_points(&d.name).len();
             json!({
                 "id": d.name,
                 "object": "model",

@@ -1,4 +1,23 @@
-use super::{ClusterState, Command, Deployment, ModelRecord, NodeRecord, NodeState, Outcome, Placement};
+use super::{
+    ClusterState, Command, Deployment, ModelRecord, NodeRecord, NodeState, Outcome, Placement, PlacementStage,
+};
+
+/// Whether `stage` is a stage of a model with `layers` layers (`None`: the version is unknown).
+fn check_stage(stage: &PlacementStage, layers: Option<u32>) -> Result<(), String> {
+    let Some(layers) = layers else {
+        return Err("the deployment's model version is not registered".into());
+    };
+    let PlacementStage { chain, index, count, layer_start, layer_end } = *stage;
+    if count < 2 || index >= count {
+        return Err(format!("stage {index} of {count} (chain {chain}) is not a stage of a split model"));
+    }
+    if layer_start >= layer_end || layer_end > layers {
+        return Err(format!(
+            "layers {layer_start}..{layer_end} of stage {index} (chain {chain}) are not a range within the model's {layers} layers"
+        ));
+    }
+    Ok(())
+}
 
 /// Applies one command. Pure and deterministic: same state and command, same result.
 pub fn apply(state: &mut ClusterState, cmd: &Command) -> Outcome {
@@ -111,7 +130,7 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Outcome {
             model.versions.push(v);
             Outcome::ModelVersion { version: number, existed: false }
         }
-        Command::Deploy { name, model, version, replicas, at_ms } => {
+        Command::Deploy { name, model, version, replicas, shards, at_ms } => {
             let Some(record) = state.models.get(model) else {
                 return Outcome::Rejected(format!("model '{model}' is not registered"));
             };
@@ -119,12 +138,16 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Outcome {
             let Some(chosen) = chosen else {
                 return Outcome::Rejected(format!("model '{model}' has no version {version}"));
             };
+            if let Err(why) = crate::planner::check_shards(chosen, *shards) {
+                return Outcome::Rejected(why);
+            }
             let number = chosen.version;
             match state.deployments.get_mut(name) {
                 Some(d) => {
                     d.model = model.clone();
                     d.version = number;
                     d.replicas = *replicas;
+                    d.shards = *shards;
                     d.updated_at_ms = *at_ms;
                 }
                 None => {
@@ -133,6 +156,7 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Outcome {
                         model: model.clone(),
                         version: number,
                         replicas: *replicas,
+                        shards: *shards,
                         created_at_ms: *at_ms,
                         updated_at_ms: *at_ms,
                     };
@@ -148,13 +172,19 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Outcome {
             state.placements.retain(|_, p| p.deployment != *name);
             Outcome::Applied
         }
-        Command::Place { deployment, node, node_generation, at_ms } => {
+        Command::Place { deployment, node, node_generation, at_ms, stage } => {
             let Some(d) = state.deployments.get(deployment) else {
                 return Outcome::ignored("no such deployment");
             };
             match state.nodes.get(node) {
                 Some(n) if n.state == NodeState::Ready && n.generation == *node_generation => {}
                 _ => return Outcome::ignored("node incarnation is not ready"),
+            }
+            if let Some(stage) = stage {
+                let layers = state.models.get(&d.model).and_then(|m| m.version(d.version)).map(|v| v.layers);
+                if let Err(why) = check_stage(stage, layers) {
+                    return Outcome::Rejected(why);
+                }
             }
             state.next_placement += 1;
             let id = format!("{}-{}", deployment, state.next_placement);
@@ -169,6 +199,7 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Outcome {
                 message: String::new(),
                 placed_at_ms: *at_ms,
                 changed_at_ms: *at_ms,
+                stage: *stage,
             };
             state.placements.insert(id.clone(), p);
             Outcome::Placed { id }
@@ -300,6 +331,74 @@ mod tests {
         let k = ApiKeyRecord { hash: "k".into(), name: "admin".into(), scope: Scope::Admin, created_at_ms: 0 };
         assert_eq!(apply(&mut s, &Command::AddApiKey(k.clone())), Outcome::Applied);
         assert_eq!(apply(&mut s, &Command::AddApiKey(k)), Outcome::ignored("key already exists"));
+    }
+
+    fn deployed(layers: u32, capabilities: &[&str]) -> ClusterState {
+        let mut s = ClusterState::default();
+        let version = crate::state::ModelVersion {
+            version: 0,
+            source: "file:///m.gguf".into(),
+            sha256: "ab".into(),
+            size: 1,
+            format: crate::state::WeightFormat::Gguf,
+            architecture: "llama".into(),
+            capabilities: capabilities.iter().map(|c| c.to_string()).collect(),
+            context_length: 2048,
+            layers,
+            hidden_size: 8,
+            weight_bytes: 1,
+            files: vec![],
+            stored_by: 1,
+            registered_at_ms: 0,
+        };
+        apply(&mut s, &Command::RegisterModel { name: "m".into(), version });
+        s
+    }
+
+    fn deploy(shards: u32) -> Command {
+        Command::Deploy { name: "d".into(), model: "m".into(), version: 0, replicas: 1, shards, at_ms: 3 }
+    }
+
+    #[test]
+    fn deploy_checks_and_updates_shards() {
+        let mut s = deployed(30, &["chat"]);
+        assert_eq!(apply(&mut s, &deploy(2)), Outcome::ModelVersion { version: 1, existed: true });
+        assert_eq!(s.deployments["d"].shards, 2);
+        assert_eq!(apply(&mut s, &deploy(0)), Outcome::ModelVersion { version: 1, existed: true });
+        assert_eq!(s.deployments["d"].shards, 0);
+        assert!(matches!(apply(&mut s, &deploy(31)), Outcome::Rejected(why) if why.contains("30 layers")));
+        assert_eq!(s.deployments["d"].shards, 0, "a rejected change changes nothing");
+        let mut e = deployed(12, &["embedding"]);
+        assert_eq!(apply(&mut e, &deploy(1)), Outcome::ModelVersion { version: 1, existed: true });
+        assert_eq!(
+            apply(&mut e, &deploy(2)),
+            Outcome::rejected("only text-generation models can be split into shards")
+        );
+    }
+
+    #[test]
+    fn place_checks_the_stage() {
+        let mut s = deployed(30, &["chat"]);
+        apply(&mut s, &deploy(2));
+        apply(&mut s, &Command::CreateToken(token()));
+        apply(&mut s, &admit("a"));
+        assert_eq!(apply(&mut s, &up("a", 2)), Outcome::NodeUp { generation: 1 });
+        let place = |index, count, layer_start, layer_end| Command::Place {
+            deployment: "d".into(),
+            node: "a".into(),
+            node_generation: 1,
+            at_ms: 4,
+            stage: Some(PlacementStage { chain: 0, index, count, layer_start, layer_end }),
+        };
+        assert!(matches!(apply(&mut s, &place(2, 2, 0, 15)), Outcome::Rejected(why) if why.contains("stage 2 of 2")));
+        assert!(matches!(apply(&mut s, &place(0, 2, 15, 15)), Outcome::Rejected(why) if why.contains("30 layers")));
+        assert!(matches!(apply(&mut s, &place(1, 2, 15, 31)), Outcome::Rejected(why) if why.contains("30 layers")));
+        assert!(s.placements.is_empty());
+        let Outcome::Placed { id } = apply(&mut s, &place(1, 2, 15, 30)) else { panic!("not placed") };
+        assert_eq!(
+            s.placements[&id].stage,
+            Some(PlacementStage { chain: 0, index: 1, count: 2, layer_start: 15, layer_end: 30 })
+        );
     }
 
     fn arb_command() -> impl Strategy<Value = Command> {

@@ -149,12 +149,28 @@ pub struct Deployment {
     pub name: String,
     pub model: String,
     pub version: u32,
+    /// Copies of the model: unsplit replicas, or chains of stages when the model is split.
     pub replicas: u32,
+    /// How many stages (nodes) each copy's layers are split across: 0 = split only when no
+    /// single ready node has the memory for the whole model, 1 = never, K >= 2 = always K.
+    pub shards: u32,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
 }
 
-/// One replica of a deployment, placed on one node incarnation.
+/// A placement's part of a split model: stage `index` of the `count` stages of chain `chain`
+/// (one chain = one complete copy of the model), running layers `[layer_start, layer_end)`.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlacementStage {
+    pub chain: u32,
+    /// Position in the chain, 0 = the head (where requests enter).
+    pub index: u32,
+    pub count: u32,
+    pub layer_start: u32,
+    pub layer_end: u32,
+}
+
+/// One replica of a deployment, or one stage of a replica, placed on one node incarnation.
 #[derive(Archive, RkyvSerialize, RkyvDeserialize, Serialize, Debug, Clone, PartialEq, Eq)]
 pub struct Placement {
     pub id: String,
@@ -169,6 +185,8 @@ pub struct Placement {
     pub message: String,
     pub placed_at_ms: u64,
     pub changed_at_ms: u64,
+    /// `None` for a replica holding the whole model.
+    pub stage: Option<PlacementStage>,
 }
 
 impl Placement {
@@ -205,6 +223,58 @@ impl ClusterState {
     pub fn deployed_version(&self, deployment: &str) -> Option<&ModelVersion> {
         let d = self.deployments.get(deployment)?;
         self.models.get(&d.model)?.version(d.version)
+    }
+
+    /// The model version a placement runs.
+    pub fn version_of(&self, p: &Placement) -> Option<&ModelVersion> {
+        self.models.get(&p.model)?.version(p.version)
+    }
+
+    /// Whether a placement is `Ready` on a ready node, under the node's current generation.
+    pub fn is_serving(&self, p: &Placement) -> bool {
+        p.phase == Some(ReplicaPhase::Ready)
+            && self.nodes.get(&p.node).is_some_and(|n| n.state == NodeState::Ready && n.generation == p.node_generation)
+    }
+
+    /// The stage placements of a deployment by `(version, chain)`, each chain's stages by index.
+    pub fn chains_of(&self, deployment: &str) -> BTreeMap<(u32, u32), Vec<&Placement>> {
+        let mut chains: BTreeMap<(u32, u32), Vec<&Placement>> = BTreeMap::new();
+        for p in self.placements.values().filter(|p| p.deployment == deployment) {
+            if let Some(s) = &p.stage {
+                chains.entry((p.version, s.chain)).or_default().push(p);
+            }
+        }
+        for stages in chains.values_mut() {
+            stages.sort_by_key(|p| p.stage.map(|s| s.index));
+        }
+        chains
+    }
+
+    /// Whether a chain's stages (as [`ClusterState::chains_of`] lists them) are all there
+    /// and all serving: stages `0..count` once each.
+    pub fn chain_is_serving(&self, stages: &[&Placement]) -> bool {
+        let Some(count) = stages.first().and_then(|p| p.stage).map(|s| s.count) else { return false };
+        stages.len() == count as usize
+            && stages
+                .iter()
+                .enumerate()
+                .all(|(i, p)| p.stage.is_some_and(|s| s.index as usize == i && s.count == count) && self.is_serving(p))
+    }
+
+    /// Where requests for a deployment can enter: its serving unsplit replicas and the heads
+    /// of its chains whose every stage is serving.
+    pub fn entry_points(&self, deployment: &str) -> Vec<&Placement> {
+        let mut out: Vec<&Placement> = self
+            .placements
+            .values()
+            .filter(|p| p.deployment == deployment && p.stage.is_none() && self.is_serving(p))
+            .collect();
+        for stages in self.chains_of(deployment).values() {
+            if self.chain_is_serving(stages) {
+                out.extend(stages.first().copied());
+            }
+        }
+        out
     }
 }
 
@@ -254,23 +324,27 @@ pub enum Command {
         name: String,
         version: ModelVersion,
     },
-    /// Creates or changes a deployment of `model` at `version` (0 = the latest).
+    /// Creates or changes a deployment of `model` at `version` (0 = the latest), split into
+    /// `shards` stages per copy (see [`Deployment::shards`]).
     Deploy {
         name: String,
         model: String,
         version: u32,
         replicas: u32,
+        shards: u32,
         at_ms: u64,
     },
     DeleteDeployment {
         name: String,
     },
-    /// Places one replica of `deployment` on incarnation `node_generation` of `node`.
+    /// Places one replica of `deployment` (or one stage of one, with `stage`) on incarnation
+    /// `node_generation` of `node`.
     Place {
         deployment: String,
         node: String,
         node_generation: u64,
         at_ms: u64,
+        stage: Option<PlacementStage>,
     },
     Unplace {
         id: String,

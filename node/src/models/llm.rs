@@ -38,7 +38,7 @@ pub enum SeqEvent {
     Unavailable(String),
 }
 
-enum Cmd {
+pub(crate) enum Cmd {
     Admit {
         id: u64,
         prompt: Vec<u32>,
@@ -48,6 +48,12 @@ enum Cmd {
     },
     Cancel(u64),
     Stop,
+    /// A split model's head: the tokens sampled for micro-batch `group` at the end of the
+    /// chain, or why its step failed.
+    StageDone {
+        group: usize,
+        result: Result<Vec<(u64, u32)>, String>,
+    },
 }
 
 /// A handle to a running generation engine; cheap to clone.
@@ -93,6 +99,22 @@ impl LlmHandle {
             .spawn(move || decode_loop(loop_llm, rx, loop_out, loop_model))
             .map_err(|e| NodeError::io("decode thread", e))?;
         Ok(Self { llm, tx, outstanding, next_id: Arc::new(AtomicUsize::new(1)), model })
+    }
+
+    /// Starts the decode thread of a split model's head (the stage with layer 0): its tokens
+    /// come back from the last stage over `link`.
+    pub fn start_head(llm: Arc<Llm>, model: &str, link: super::pipeline::Link) -> Result<Self, NodeError> {
+        let (tx, rx) = std_mpsc::channel();
+        let outstanding = Arc::new(AtomicUsize::new(0));
+        let model: Arc<str> = Arc::from(model);
+        let (loop_llm, loop_out, loop_model, loop_tx) = (llm.clone(), outstanding.clone(), model.clone(), tx.clone());
+        std::thread::Builder::new()
+            .name(format!("head-{model}"))
+            .spawn(move || super::pipeline::head_loop(loop_llm, rx, loop_tx, loop_out, loop_model, link))
+            .map_err(|e| NodeError::io("decode thread", e))?;
+        // Sequence ids must not repeat on the stages after a restart of this process.
+        let first = (rand::random::<u32>() as usize) << 16 | 1;
+        Ok(Self { llm, tx, outstanding, next_id: Arc::new(AtomicUsize::new(first)), model })
     }
 
     /// Sequences running or queued.
@@ -179,6 +201,7 @@ fn decode_loop(llm: Arc<Llm>, rx: std_mpsc::Receiver<Cmd>, outstanding: Arc<Atom
                         finish(&mut owners, id, None);
                     }
                 }
+                Cmd::StageDone { .. } => {}
                 Cmd::Stop => {
                     for (_, tx) in owners.drain() {
                         let _ = tx.send(SeqEvent::Unavailable("the replica is stopping".into()));

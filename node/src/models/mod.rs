@@ -6,28 +6,48 @@
 pub mod artifacts;
 pub mod embed;
 pub mod llm;
+pub mod pipeline;
+pub mod stage;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use shoal_engine::{Embedder, Llm, LlmOptions};
+use shoal_engine::{Embedder, Llm, LlmOptions, SamplingParams};
 use shoal_protocol::artifact::ArtifactStore;
 use shoal_protocol::metric_names as m;
 use shoal_protocol::pool::Pool;
-use shoal_protocol::{Assignment, EngineKind, ReplicaPhase, ReplicaReport};
+use shoal_protocol::{Assignment, EngineKind, ReplicaPhase, ReplicaReport, SamplingSettings};
 use tracing::{info, warn};
 
 pub use embed::EmbedHandle;
 pub use llm::LlmHandle;
+pub use pipeline::NextHop;
+pub use stage::StageHandle;
+
+/// The engine's sampling settings for the wire's.
+pub fn sampling_params(s: &SamplingSettings) -> SamplingParams {
+    SamplingParams {
+        max_tokens: s.max_tokens as usize,
+        temperature: s.temperature,
+        top_p: s.top_p,
+        top_k: s.top_k as usize,
+        seed: s.seed,
+        presence_penalty: s.presence_penalty,
+        frequency_penalty: s.frequency_penalty,
+        stop: s.stop.clone(),
+    }
+}
 
 /// A loaded engine.
 #[derive(Clone)]
 pub enum Engine {
     Generate(LlmHandle),
     Embed(EmbedHandle),
+    /// A stage of a split model after the head (the head is a `Generate`).
+    Stage(StageHandle),
     /// The built-in no-op model.
     Echo,
 }
@@ -37,12 +57,15 @@ impl Engine {
         match self {
             Engine::Generate(h) => h.outstanding(),
             Engine::Embed(h) => h.outstanding(),
+            Engine::Stage(h) => h.outstanding(),
             Engine::Echo => 0,
         }
     }
     fn stop(&self) {
-        if let Engine::Generate(h) = self {
-            h.stop();
+        match self {
+            Engine::Generate(h) => h.stop(),
+            Engine::Stage(h) => h.stop(),
+            Engine::Embed(_) | Engine::Echo => {}
         }
     }
 }
@@ -53,22 +76,36 @@ struct Slot {
     message: String,
     engine: Option<Engine>,
     actor: Option<ActorRef<()>>,
+    /// The next stage, for a stage of a split model (updated when it is re-placed).
+    next: NextHop,
 }
 
 /// Every replica on this node.
 pub struct ModelHost {
     pub store: ArtifactStore,
     models_dir: PathBuf,
-    pool: Pool,
+    pool: Arc<Pool>,
     slots: Mutex<HashMap<String, Slot>>,
+    /// How long one step of a split model may take from a stage to the end of its chain.
+    pub stage_timeout: Duration,
 }
 
 impl ModelHost {
-    pub fn new(data_dir: &std::path::Path, client: quinn::ClientConfig) -> Result<Arc<Self>, crate::NodeError> {
+    pub fn new(
+        data_dir: &std::path::Path,
+        client: quinn::ClientConfig,
+        stage_timeout: Duration,
+    ) -> Result<Arc<Self>, crate::NodeError> {
         let store = ArtifactStore::open(data_dir.join("artifacts"))
             .map_err(|e| crate::NodeError::io(data_dir.join("artifacts").display().to_string(), e))?;
-        let pool = Pool::new(client).map_err(crate::NodeError::from)?;
-        Ok(Arc::new(Self { store, models_dir: data_dir.join("models"), pool, slots: Mutex::new(HashMap::new()) }))
+        let pool = Arc::new(Pool::new(client).map_err(crate::NodeError::from)?);
+        Ok(Arc::new(Self {
+            store,
+            models_dir: data_dir.join("models"),
+            pool,
+            slots: Mutex::new(HashMap::new()),
+            stage_timeout,
+        }))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
@@ -93,11 +130,18 @@ impl ModelHost {
             }
         }
         for a in assignments {
-            if slots.contains_key(&a.placement_id) {
+            if let Some(slot) = slots.get_mut(&a.placement_id) {
+                let next = a.stage.as_ref().and_then(|s| s.next.clone());
+                let mut current = slot.next.lock().unwrap_or_else(|p| p.into_inner());
+                if *current != next {
+                    info!(placement = %a.placement_id, next = ?next, "the next stage moved");
+                    *current = next;
+                }
                 continue;
             }
             info!(placement = %a.placement_id, model = %a.model, version = a.version, "replica assigned; loading");
             let id = a.placement_id.clone();
+            let next: NextHop = Arc::new(Mutex::new(a.stage.as_ref().and_then(|s| s.next.clone())));
             slots.insert(
                 id.clone(),
                 Slot {
@@ -106,12 +150,13 @@ impl ModelHost {
                     message: "fetching model files".into(),
                     engine: None,
                     actor: None,
+                    next: next.clone(),
                 },
             );
             let host = self.clone();
             tokio::spawn(async move {
                 let started = Instant::now();
-                let result = Actor::spawn(None, ModelReplica, (host.clone(), a)).await;
+                let result = Actor::spawn(None, ModelReplica, (host.clone(), a, next)).await;
                 let mut slots = host.lock();
                 match result {
                     Ok((actor, _)) => match slots.get_mut(&id) {
@@ -186,28 +231,48 @@ pub struct ReplicaState {
 impl Actor for ModelReplica {
     type Msg = ();
     type State = ReplicaState;
-    type Arguments = (Arc<ModelHost>, Assignment);
+    type Arguments = (Arc<ModelHost>, Assignment, NextHop);
 
     async fn pre_start(
         &self,
         _myself: ActorRef<Self::Msg>,
-        (host, a): Self::Arguments,
+        (host, a, next): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let id = a.placement_id.clone();
         let dir = artifacts::materialize(&host, &a).await?;
         host.set_phase(&id, ReplicaPhase::Loading, "loading weights", None);
         let model = a.model.clone();
-        let engine = match a.kind {
-            EngineKind::Generate => {
+        let engine = match (a.kind, &a.stage) {
+            (EngineKind::Generate, None) => {
                 let path = dir.join(a.files.first().map(|f| f.name.clone()).unwrap_or_default());
                 let llm = tokio::task::spawn_blocking(move || Llm::load(&path, &LlmOptions::default())).await??;
                 Engine::Generate(LlmHandle::start(Arc::new(llm), &model)?)
             }
-            EngineKind::Embed => {
+            (EngineKind::Generate, Some(stage)) => {
+                let path = dir.join(a.files.first().map(|f| f.name.clone()).unwrap_or_default());
+                let opts = LlmOptions {
+                    layers: Some(stage.layer_start as usize..stage.layer_end as usize),
+                    ..Default::default()
+                };
+                let llm = Arc::new(tokio::task::spawn_blocking(move || Llm::load(&path, &opts)).await??);
+                let link = pipeline::Link {
+                    pool: host.pool.clone(),
+                    next,
+                    timeout: host.stage_timeout,
+                    stages: stage.count,
+                    runtime: tokio::runtime::Handle::current(),
+                };
+                if stage.index == 0 {
+                    Engine::Generate(LlmHandle::start_head(llm, &model, link)?)
+                } else {
+                    Engine::Stage(StageHandle::start(llm, &model, stage.index, link)?)
+                }
+            }
+            (EngineKind::Embed, _) => {
                 let e = tokio::task::spawn_blocking(move || Embedder::load(&dir)).await??;
                 Engine::Embed(EmbedHandle::start(Arc::new(e), &model))
             }
-            EngineKind::Echo => Engine::Echo,
+            (EngineKind::Echo, _) => Engine::Echo,
         };
         info!(placement = %id, model = %a.model, "replica ready");
         host.set_phase(&id, ReplicaPhase::Ready, "", Some(engine));
