@@ -267,7 +267,12 @@ impl Router {
         let mut started = false;
         let mut last = RouteError::NoReplica(format!("no replica of '{deployment}' answered"));
         for attempt in 0..MAX_ATTEMPTS {
-            let targets = self.targets(deployment, EngineKind::Generate)?;
+            // On a retry, the failed replica's reason says more than "nothing is ready now".
+            let targets = match self.targets(deployment, EngineKind::Generate) {
+                Ok(t) => t,
+                Err(_) if attempt > 0 => break,
+                Err(e) => return Err(e),
+            };
             let Some(t) = self.pick(&targets, &tried) else { break };
             tried.push(t.placement.clone());
             if attempt > 0 {

@@ -6,14 +6,14 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::json;
 
-use super::bench_serve::{agent, decode, get, post, start_up, Decode};
+use super::bench_serve::{agent, decode, get, post, shoal_command, start_up, Decode};
 
 const CHAT: &str = "smollm2-135m-instruct";
 
@@ -28,6 +28,10 @@ pub struct PipelineBench {
     /// Concurrent streams for the aggregate decode rate.
     #[arg(long, default_value_t = 8)]
     pub streams: usize,
+    /// Pin each node process to one CPU core (node i to core i mod cores), so that the nodes
+    /// compute side by side like separate machines instead of sharing every core.
+    #[arg(long)]
+    pub pin: bool,
 }
 
 struct Joined(Vec<Child>);
@@ -72,7 +76,9 @@ pub fn run(a: PipelineBench) -> anyhow::Result<()> {
     }
     let gguf = std::fs::canonicalize(&gguf)?;
     eprintln!("starting shoal up and joining two more nodes…");
-    let up = start_up(&a.models)?;
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let core = |i: usize| a.pin.then_some(i % cores);
+    let up = start_up(&a.models, core(0))?;
     let gw = up.gateway.clone();
     let ag = agent();
     let t = post(&ag, &format!("{gw}/v1/tokens"), &json!({"ttl_seconds": 3600}))?;
@@ -82,7 +88,7 @@ pub fn run(a: PipelineBench) -> anyhow::Result<()> {
     for i in 0..2 {
         let (listen, m) = (super::bench::free_port(), super::bench::free_port());
         let log = std::fs::File::create(up.dir.path().join(format!("node{i}.log")))?;
-        let child = Command::new(std::env::current_exe()?)
+        let child = shoal_command(core(i + 1))?
             .args(["join", &up.quic, "--token", token, "--ca-hash", hash, "--data-dir"])
             .arg(up.dir.path().join(format!("node{i}")))
             .args(["--listen", &format!("127.0.0.1:{listen}"), "--metrics", &format!("127.0.0.1:{m}")])
@@ -180,6 +186,10 @@ pub fn run(a: PipelineBench) -> anyhow::Result<()> {
         "TTFT: {}",
         results.iter().map(|(l, d, _)| format!("{l} {:.0} ms", d.ttft * 1e3)).collect::<Vec<_>>().join(", ")
     );
-    println!("(all stages share this machine's cores; on separate machines each stage has its own)");
+    if a.pin {
+        println!("(node i pinned to core i mod {cores}: the shoal up node and the 3rd node share core 0)");
+    } else {
+        println!("(all nodes share this machine's {cores} cores; on separate machines each stage has its own)");
+    }
     Ok(())
 }

@@ -84,12 +84,26 @@ pub(super) fn get(url: &str) -> Option<Value> {
     resp.status().is_success().then(|| resp.body_mut().read_json().ok()).flatten()
 }
 
-pub(super) fn start_up(models: &Path) -> anyhow::Result<Up> {
+/// A command running this executable, pinned to one CPU core with `taskset` when `core` is set
+/// (to stand for a machine of its own).
+pub(super) fn shoal_command(core: Option<usize>) -> anyhow::Result<Command> {
+    let exe = std::env::current_exe()?;
+    Ok(match core {
+        Some(c) => {
+            let mut cmd = Command::new("taskset");
+            cmd.args(["-c", &c.to_string()]).arg(exe);
+            cmd
+        }
+        None => Command::new(exe),
+    })
+}
+
+pub(super) fn start_up(models: &Path, core: Option<usize>) -> anyhow::Result<Up> {
     let dir = tempfile::tempdir()?;
     let port = |_: u8| super::bench::free_port();
     let (http, quic, node) = (port(0), port(1), port(2));
     let log = std::fs::File::create(dir.path().join("up.log"))?;
-    let child = Command::new(std::env::current_exe()?)
+    let child = shoal_command(core)?
         .args(["up", "--data-dir"])
         .arg(dir.path().join("data"))
         .args(["--http", &format!("127.0.0.1:{http}"), "--listen", &format!("127.0.0.1:{quic}")])
@@ -269,7 +283,7 @@ pub fn run(a: ServeBench) -> anyhow::Result<()> {
     }
     let mut rows = Vec::new();
     eprintln!("starting shoal up with the models and the built-in echo model…");
-    let up = start_up(&a.models)?;
+    let up = start_up(&a.models, None)?;
     let gw = up.gateway.clone();
 
     // Gateway overhead on the no-op model: HTTP → gateway → router → QUIC → node → back.

@@ -220,3 +220,81 @@ impl Worker {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_engine::LlmOptions;
+    use shoal_protocol::{SamplingSettings, SequenceStart, TensorDtype};
+
+    fn last_stage() -> Worker {
+        let dir = std::env::var_os("SHOAL_MODELS_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models"));
+        let gguf = dir.join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+        let llm = Llm::load(&gguf, &LlmOptions { layers: Some(20..30), ..Default::default() })
+            .expect("load the last 10 layers of SmolLM2 (./scripts/fetch-models.sh)");
+        Worker {
+            llm: Arc::new(llm),
+            seqs: HashMap::new(),
+            count: Arc::new(AtomicUsize::new(0)),
+            model: "m".into(),
+            stage: "2".into(),
+        }
+    }
+
+    fn begin() -> Option<SequenceStart> {
+        let sampling = SamplingSettings {
+            max_tokens: 8,
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+            seed: None,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            stop: vec![],
+        };
+        Some(SequenceStart { sampling, history: vec![] })
+    }
+
+    fn frame(seq: u64, start: u32, rows: u32, begin: Option<SequenceStart>, hidden: usize) -> StageForward {
+        let values: Vec<f32> = (0..rows as usize * hidden).map(|i| ((i % 7) as f32 - 3.0) * 0.01).collect();
+        StageForward {
+            placement_id: "p".into(),
+            sequences: vec![StageRows { sequence: seq, start, rows, sample: true, begin }],
+            hidden: TensorFrame::from_f32(rows as usize, hidden, &values),
+            budget_ms: 1000,
+        }
+    }
+
+    #[test]
+    fn frames_are_checked_and_positions_must_follow_the_cache() {
+        let mut w = last_stage();
+        let h = w.llm.hidden_size();
+        // A good first frame: the last stage samples one token and keeps the sequence.
+        match w.forward(frame(1, 0, 3, begin(), h)) {
+            Ok(StageOut::Tokens { tokens, .. }) => assert_eq!(tokens.len(), 1),
+            _ => panic!("the last stage must sample"),
+        }
+        assert_eq!(w.seqs[&1].cache.len(), 3);
+        // The next row continues at position 3.
+        assert!(matches!(w.forward(frame(1, 3, 1, None, h)), Ok(StageOut::Tokens { .. })));
+        let err = |r: Result<StageOut, String>| r.err().unwrap_or_default();
+        assert!(err(w.forward(frame(1, 2, 1, None, h))).contains("at position 4"), "a gap or a replay is refused");
+        assert!(err(w.forward(frame(9, 5, 1, None, h))).contains("holds no state"));
+        assert!(err(w.forward(frame(2, 0, 1, None, h))).contains("sampling settings"));
+        assert!(err(w.forward(frame(3, 0, 2, begin(), h + 1))).contains("columns"));
+        let mut f = frame(3, 0, 2, begin(), h);
+        f.sequences[0].rows = 3;
+        assert!(err(w.forward(f)).contains("rows"));
+        let mut f = frame(3, 0, 2, begin(), h);
+        f.hidden.data.truncate(10);
+        assert!(err(w.forward(f)).contains("bytes"));
+        let mut f = frame(3, 0, 1, begin(), h);
+        f.hidden.dtype = TensorDtype::Bf16;
+        assert!(err(w.forward(f)).contains("bytes"));
+        // Refused frames changed nothing.
+        assert_eq!(w.seqs.len(), 1);
+        assert_eq!(w.seqs[&1].cache.len(), 4);
+    }
+}
