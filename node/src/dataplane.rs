@@ -56,13 +56,17 @@ async fn stage_forward(host: &ModelHost, mut stream: ServerStream, frame: StageF
         return stream.refuse(RefusalCode::NotFound, msg).await;
     };
     let budget = Duration::from_millis(frame.budget_ms as u64);
-    match h.forward(frame).await {
+    let result = h.forward(frame).await;
+    // Time spent here (waiting behind other frames and computing): the hop before this stage
+    // is measured as the round trip less this and what follows.
+    let here_us = received.elapsed().as_micros() as u64;
+    match result {
         Err(msg) => stream.refuse(RefusalCode::Unavailable, msg).await,
-        Ok(StageOut::Tokens { tokens, compute_us }) => {
-            let _ = stream.send(&Response::StageDone(StageResult { tokens, compute_us, hops_us: 0 })).await;
+        Ok(StageOut::Tokens { tokens }) => {
+            let _ = stream.send(&Response::StageDone(StageResult { tokens, compute_us: here_us, hops_us: 0 })).await;
             stream.finish();
         }
-        Ok(StageOut::Hidden { sequences, hidden, compute_us }) => {
+        Ok(StageOut::Hidden { sequences, hidden }) => {
             let Some(hop) = h.link.next() else {
                 let msg = format!("stage {} has no next stage placed yet", h.index);
                 return stream.refuse(RefusalCode::Unavailable, msg).await;
@@ -77,8 +81,7 @@ async fn stage_forward(host: &ModelHost, mut stream: ServerStream, frame: StageF
             let labels = [("model", h.model.clone()), ("stage", h.index.to_string())];
             match forward_onward(&h.link, &hop, next, budget, &labels).await {
                 Ok(r) => {
-                    let done =
-                        StageResult { tokens: r.tokens, compute_us: r.compute_us + compute_us, hops_us: r.hops_us };
+                    let done = StageResult { tokens: r.tokens, compute_us: r.compute_us + here_us, hops_us: r.hops_us };
                     let _ = stream.send(&Response::StageDone(done)).await;
                     stream.finish();
                 }

@@ -173,7 +173,7 @@ pub struct StageForward {
 pub struct StageResult {
     /// `(sequence, token)` for every sequence with `sample`.
     pub tokens: Vec<(u64, u32)>,
-    /// Compute time of the stages after the sender, summed (µs).
+    /// Time the frame spent at the stages after the sender (queued and computing), summed (µs).
     pub compute_us: u64,
     /// Transport time of the hops after the sender, summed (µs).
     pub hops_us: u64,

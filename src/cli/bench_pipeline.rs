@@ -13,7 +13,9 @@ use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::json;
 
-use super::bench_serve::{agent, decode, get, post, shoal_command, start_up, Decode};
+use super::bench_serve::{
+    agent, concurrent_streams, get, post, shoal_command, single_stream, start_up, stream_once, Decode,
+};
 
 const CHAT: &str = "smollm2-135m-instruct";
 
@@ -57,6 +59,40 @@ fn by_stage(page: &str, name: &str, into: &mut BTreeMap<String, f64>) {
         }
         let stage = series.split("stage=\"").nth(1).and_then(|r| r.split('"').next()).unwrap_or("?").to_string();
         *into.entry(stage).or_insert(0.0) += value;
+    }
+}
+
+fn sum_by_stage(pages: &[String], metric: &str) -> BTreeMap<String, f64> {
+    let mut m = BTreeMap::new();
+    for p in pages {
+        by_stage(p, metric, &mut m);
+    }
+    m
+}
+
+/// Activation bytes per token and mean transport time of each hop between two snapshots.
+fn hop_notes(before: &[String], after: &[String]) -> String {
+    let delta = |metric: &str| {
+        let (b, a) = (sum_by_stage(before, metric), sum_by_stage(after, metric));
+        a.into_iter().map(|(k, v)| (k.clone(), v - b.get(&k).copied().unwrap_or(0.0))).collect::<BTreeMap<_, _>>()
+    };
+    let (bytes, rows) =
+        (delta("shoal_node_stage_activation_bytes_total"), delta("shoal_node_stage_activation_rows_total"));
+    let (hop_sum, hop_n) =
+        (delta("shoal_node_stage_hop_duration_seconds_sum"), delta("shoal_node_stage_hop_duration_seconds_count"));
+    let mut notes = Vec::new();
+    for (stage, n) in &hop_n {
+        if *n > 0.0 {
+            let b = bytes.get(stage).copied().unwrap_or(0.0) / rows.get(stage).copied().unwrap_or(1.0).max(1.0);
+            let ms = hop_sum.get(stage).copied().unwrap_or(0.0) / n * 1e3;
+            let next = stage.parse::<u32>().unwrap_or(0) + 1;
+            notes.push(format!("{stage}→{next}: {b:.0} B/token, {ms:.3} ms"));
+        }
+    }
+    if notes.is_empty() {
+        "-".into()
+    } else {
+        notes.join("; ")
     }
 }
 
@@ -128,63 +164,36 @@ pub fn run(a: PipelineBench) -> anyhow::Result<()> {
         }
     }
 
-    let mut results: Vec<(&str, Decode, String)> = Vec::new();
+    let mut results: Vec<(&str, Decode, String, String)> = Vec::new();
     for (name, label) in [(CHAT, "1 stage"), ("split2", "2 stages"), ("split3", "3 stages")] {
         eprintln!("{label}: 1 stream, then {} concurrent streams of {} tokens…", a.streams, a.tokens);
+        stream_once(&gw, name, 16)?; // warm
         let before = metrics_pages(&metrics);
-        let d = decode(&gw, name, a.tokens, a.streams)?;
+        let (single, ttft) = single_stream(&gw, name, a.tokens)?;
+        let middle = metrics_pages(&metrics);
+        let (aggregate, end_to_end) = concurrent_streams(&gw, name, a.tokens, a.streams)?;
         let after = metrics_pages(&metrics);
-        let hop = |pages: &[String], metric: &str| {
-            let mut m = BTreeMap::new();
-            for p in pages {
-                by_stage(p, metric, &mut m);
-            }
-            m
-        };
-        let delta = |metric: &str| {
-            let (b, a) = (hop(&before, metric), hop(&after, metric));
-            a.into_iter().map(|(k, v)| (k.clone(), v - b.get(&k).copied().unwrap_or(0.0))).collect::<BTreeMap<_, _>>()
-        };
-        let (bytes, rows) =
-            (delta("shoal_node_stage_activation_bytes_total"), delta("shoal_node_stage_activation_rows_total"));
-        let (hop_sum, hop_n) =
-            (delta("shoal_node_stage_hop_duration_seconds_sum"), delta("shoal_node_stage_hop_duration_seconds_count"));
-        let mut notes = Vec::new();
-        for (stage, n) in &hop_n {
-            if *n > 0.0 {
-                let b = bytes.get(stage).copied().unwrap_or(0.0) / rows.get(stage).copied().unwrap_or(1.0).max(1.0);
-                let ms = hop_sum.get(stage).copied().unwrap_or(0.0) / n * 1e3;
-                notes
-                    .push(format!("hop {stage}→{}: {b:.0} B/token, {ms:.3} ms", stage.parse::<u32>().unwrap_or(0) + 1));
-            }
-        }
-        results.push((label, d, notes.join("; ")));
+        let d = Decode { single, ttft, aggregate, end_to_end };
+        results.push((label, d, hop_notes(&before, &middle), hop_notes(&middle, &after)));
     }
-
     let base = results[0].1.single;
     let base_agg = results[0].1.aggregate;
-    println!(
-        "{:<10} {:>14} {:>10} {:>22} {:>10}  per hop (mean over the run)",
-        "",
-        "1 stream tok/s",
-        "vs 1",
-        format!("{} streams tok/s", a.streams),
-        "vs 1"
-    );
-    for (label, d, notes) in &results {
+    println!("decode tokens/s through the gateway; hops: activation bytes per token and mean transport time");
+    for (label, d, single_hops, multi_hops) in &results {
         println!(
-            "{:<10} {:>14.1} {:>9.2}× {:>22.1} {:>9.2}×  {}",
-            label,
+            "{label:<9} 1 stream {:>6.1} tok/s ({:.2}× 1 stage)   {} streams {:>6.1} tok/s ({:.2}× 1 stage)",
             d.single,
             d.single / base.max(1e-9),
+            a.streams,
             d.aggregate,
             d.aggregate / base_agg.max(1e-9),
-            if notes.is_empty() { "-" } else { notes }
         );
+        println!("          hops alone: {single_hops}");
+        println!("          hops with {} streams: {multi_hops}", a.streams);
     }
     println!(
         "TTFT: {}",
-        results.iter().map(|(l, d, _)| format!("{l} {:.0} ms", d.ttft * 1e3)).collect::<Vec<_>>().join(", ")
+        results.iter().map(|(l, d, _, _)| format!("{l} {:.0} ms", d.ttft * 1e3)).collect::<Vec<_>>().join(", ")
     );
     if a.pin {
         println!("(node i pinned to core i mod {cores}: the shoal up node and the 3rd node share core 0)");

@@ -198,8 +198,19 @@ pub(super) struct Decode {
 /// One warm-up stream, one measured stream, then `streams` concurrent ones.
 pub(super) fn decode(gw: &str, model: &str, tokens: u32, streams: usize) -> anyhow::Result<Decode> {
     stream_once(gw, model, 16)?; // warm
+    let (single, ttft) = single_stream(gw, model, tokens)?;
+    let (aggregate, end_to_end) = concurrent_streams(gw, model, tokens, streams)?;
+    Ok(Decode { single, ttft, aggregate, end_to_end })
+}
+
+/// Decode tokens/s of one stream (after its first token) and its time to first token.
+pub(super) fn single_stream(gw: &str, model: &str, tokens: u32) -> anyhow::Result<(f64, f64)> {
     let (n1, ttft, first1, last1) = stream_once(gw, model, tokens)?;
-    let single = (n1.saturating_sub(1)) as f64 / (last1 - first1).as_secs_f64().max(1e-9);
+    Ok(((n1.saturating_sub(1)) as f64 / (last1 - first1).as_secs_f64().max(1e-9), ttft))
+}
+
+/// Aggregate tokens/s of `streams` concurrent streams: decode only, and counting prefill.
+pub(super) fn concurrent_streams(gw: &str, model: &str, tokens: u32, streams: usize) -> anyhow::Result<(f64, f64)> {
     // Like llama.cpp's figure, the aggregate counts decode only: tokens after each stream's
     // first, over the time from the first stream's first token to the last stream's last.
     let t0 = Instant::now();
@@ -220,7 +231,7 @@ pub(super) fn decode(gw: &str, model: &str, tokens: u32, streams: usize) -> anyh
     }
     let wall = t0.elapsed().as_secs_f64();
     let aggregate = decoded as f64 / (latest - earliest.unwrap_or(t0)).as_secs_f64().max(1e-9);
-    Ok(Decode { single, ttft, aggregate, end_to_end: total_tokens as f64 / wall })
+    Ok((aggregate, total_tokens as f64 / wall))
 }
 
 /// Runs a comparison script in the venv; its last stdout line is JSON.

@@ -23,9 +23,9 @@ pub const SEQUENCE_IDLE_EXPIRY: Duration = Duration::from_secs(120);
 /// What a stage's forward pass produced.
 pub enum StageOut {
     /// Activations for the next stage.
-    Hidden { sequences: Vec<StageRows>, hidden: TensorFrame, compute_us: u64 },
+    Hidden { sequences: Vec<StageRows>, hidden: TensorFrame },
     /// The last stage's sampled tokens.
-    Tokens { tokens: Vec<(u64, u32)>, compute_us: u64 },
+    Tokens { tokens: Vec<(u64, u32)> },
 }
 
 enum Job {
@@ -188,7 +188,6 @@ impl Worker {
         let input = HiddenStates { data: frame.hidden.to_f32(), counts, hidden };
         let mut caches: Vec<&mut KvCache> = taken.iter_mut().map(|(_, s)| &mut s.cache).collect();
         let output = self.llm.forward_stage(&mut caches, StageInput::Hidden(input));
-        let compute_us = started.elapsed().as_micros() as u64;
         let labels = [("model", self.model.clone()), ("stage", self.stage.clone())];
         metrics::histogram!(m::STAGE_FORWARD_SECONDS, &labels).record(started.elapsed().as_secs_f64());
         let output = match output {
@@ -200,7 +199,6 @@ impl Worker {
             StageOutput::Hidden(h) => StageOut::Hidden {
                 hidden: TensorFrame::from_f32(rows, hidden, &h.data),
                 sequences: frame.sequences.clone(),
-                compute_us,
             },
             StageOutput::Logits(logits) => {
                 let mut tokens = Vec::new();
@@ -209,7 +207,7 @@ impl Worker {
                         tokens.push((r.sequence, s.sample(&mut l)));
                     }
                 }
-                StageOut::Tokens { tokens, compute_us }
+                StageOut::Tokens { tokens }
             }
         };
         for (id, mut s) in taken {
