@@ -8,8 +8,6 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -98,30 +96,6 @@ fn stages(gw: &str, name: &str) -> Vec<(String, u64, Vec<u64>)> {
 fn signal(proc: &Proc, sig: &str) {
     let status = Command::new("kill").args([sig, &proc.child.id().to_string()]).status().expect("kill");
     assert!(status.success(), "kill {sig}");
-}
-
-/// Sends a streaming chat request and reads a few events, then hangs up.
-fn abandon_stream(gw: &str, model: &str) {
-    let host = gw.trim_start_matches("http://");
-    let mut conn = TcpStream::connect(host).expect("connect");
-    let body = json!({
-        "model": model, "messages": [{"role": "user", "content": "Tell me a very long story."}],
-        "max_tokens": 1000, "stream": true, "temperature": 0.8,
-    })
-    .to_string();
-    write!(
-        conn,
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("send");
-    let mut buf = [0u8; 4096];
-    let mut seen = String::new();
-    while seen.matches("data: ").count() < 5 {
-        let n = conn.read(&mut buf).expect("read");
-        assert!(n > 0, "stream ended early: {seen}");
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
 }
 
 #[test]

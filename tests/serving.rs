@@ -190,27 +190,7 @@ fn openai_sdk_bad_input_and_registration_against_shoal_up() {
 
     // A client that disconnects mid-stream cancels its sequence on the node.
     let cancelled = metric_sum(&gw, "shoal_node_sequences_cancelled_total");
-    let host = gw.trim_start_matches("http://");
-    let mut conn = TcpStream::connect(host).expect("connect");
-    let body = json!({
-        "model": CHAT, "messages": [{"role": "user", "content": "Tell me a very long story."}],
-        "max_tokens": 4000, "stream": true, "temperature": 0.8,
-    })
-    .to_string();
-    write!(
-        conn,
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("send");
-    let mut buf = [0u8; 4096];
-    let mut seen = String::new();
-    while seen.matches("data: ").count() < 5 {
-        let n = conn.read(&mut buf).expect("read");
-        assert!(n > 0, "stream ended early: {seen}");
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
-    drop(conn);
+    abandon_stream(&gw, CHAT);
     wait_until(Duration::from_secs(30), "the node cancels the abandoned sequence", || {
         metric_sum(&gw, "shoal_node_sequences_cancelled_total") > cancelled
     });

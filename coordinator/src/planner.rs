@@ -165,13 +165,14 @@ fn and_list(items: impl Iterator<Item = String>) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::state::WeightFormat;
 
     const MIB: u64 = 1 << 20;
 
-    fn version(weight_bytes: u64, layers: u32) -> ModelVersion {
+    /// A GGUF chat model with these weights and layers (for the planner's and scheduler's tests).
+    pub(crate) fn version(weight_bytes: u64, layers: u32) -> ModelVersion {
         ModelVersion {
             version: 1,
             source: "file:///m.gguf".into(),

@@ -440,26 +440,11 @@ pub fn shortfall(state: &ClusterState, deployment: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{apply, Deployment, ModelRecord, Outcome, WeightFormat};
+    use crate::state::{apply, Deployment, ModelRecord, Outcome};
     use shoal_protocol::{Accelerator, AcceleratorKind, Capacity};
 
     fn version(weight_bytes: u64) -> ModelVersion {
-        ModelVersion {
-            version: 1,
-            source: "file:///m.gguf".into(),
-            sha256: "ab".into(),
-            size: weight_bytes,
-            format: WeightFormat::Gguf,
-            architecture: "llama".into(),
-            capabilities: vec!["chat".into(), "completion".into()],
-            context_length: 2048,
-            layers: 30,
-            hidden_size: 576,
-            weight_bytes,
-            files: vec![],
-            stored_by: 1,
-            registered_at_ms: 0,
-        }
+        crate::planner::tests::version(weight_bytes, 30)
     }
 
     fn node(id: &str, mem_gib: u64) -> NodeRecord {

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 
 use serde_json::{json, Value};
 
@@ -299,4 +300,28 @@ pub fn metric_sum(gateway: &str, name: &str) -> f64 {
         .filter(|l| l.starts_with(name) && !l.starts_with('#'))
         .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
         .sum()
+}
+
+/// Sends a streaming chat request and reads a few events, then hangs up.
+pub fn abandon_stream(gw: &str, model: &str) {
+    let host = gw.trim_start_matches("http://");
+    let mut conn = TcpStream::connect(host).expect("connect");
+    let body = json!({
+        "model": model, "messages": [{"role": "user", "content": "Tell me a very long story."}],
+        "max_tokens": 1000, "stream": true, "temperature": 0.8,
+    })
+    .to_string();
+    write!(
+        conn,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut buf = [0u8; 4096];
+    let mut seen = String::new();
+    while seen.matches("data: ").count() < 5 {
+        let n = conn.read(&mut buf).expect("read");
+        assert!(n > 0, "stream ended early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
 }
