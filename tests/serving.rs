@@ -188,6 +188,44 @@ fn openai_sdk_bad_input_and_registration_against_shoal_up() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("DEPLOYMENTS (2)") && text.contains(CHAT) && text.contains("ready"), "{text}");
 
+    // Knowledge bases: bound to the embedding deployment; bad requests are refused whole.
+    let kb = |args: &[&str]| {
+        let mut all = vec!["kb"];
+        all.extend(args);
+        all.extend(["--gateway", gw.as_str()]);
+        let out = run(&all);
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    };
+    let (ok, text) = kb(&["create", "docs", "--embedding", EMBED, "--shards", "2"]);
+    assert!(ok && text.contains("384 dimensions") && text.contains("builtin"), "{text}");
+    let (ok, text) = kb(&["create", "docs", "--embedding", EMBED]);
+    assert!(!ok && text.contains("409") && text.contains("already exists"), "{text}");
+    let (ok, text) = kb(&["create", "chatty", "--embedding", CHAT]);
+    assert!(!ok && text.contains("not an embedding model"), "{text}");
+    let (ok, text) = kb(&["create", "nowhere", "--embedding", "no-such-model"]);
+    assert!(!ok && text.contains("no deployment named"), "{text}");
+    let (status, v) =
+        post(&format!("{gw}/v1/knowledge-bases"), json!({"name": "x", "embedding_model": EMBED, "colour": 1}));
+    assert_eq!(status, 400, "{v}");
+    // One node: each shard gets the one copy it can have.
+    wait_until(Duration::from_secs(10), "index shards placed", || {
+        get_json(&format!("{gw}/v1/knowledge-bases/docs")).is_some_and(|k| {
+            k["shards"]
+                .as_array()
+                .is_some_and(|s| s.len() == 2 && s.iter().all(|s| s["copies"].as_array().map_or(0, Vec::len) == 1))
+        })
+    });
+    let (ok, text) = kb(&["list"]);
+    assert!(ok && text.contains("KNOWLEDGE BASES (1)") && text.contains("docs") && text.contains(EMBED), "{text}");
+    let (ok, text) = kb(&["delete", "docs"]);
+    assert!(ok, "{text}");
+    assert!(get_json(&format!("{gw}/v1/knowledge-bases/docs")).is_none());
+    let (ok, text) = kb(&["delete", "docs"]);
+    assert!(!ok && text.contains("404"), "{text}");
+
     // A client that disconnects mid-stream cancels its sequence on the node.
     let cancelled = metric_sum(&gw, "shoal_node_sequences_cancelled_total");
     abandon_stream(&gw, CHAT);

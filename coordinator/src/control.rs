@@ -454,7 +454,10 @@ impl ControlPlane {
                     let ready = state.entry_points(&d.name).len();
                     metrics::gauge!(m::DEPLOYMENT_REPLICAS, "deployment" => d.name.clone()).set(ready as f64);
                 }
-                crate::scheduler::plan(&state, self.clock.unix_ms())
+                let now = self.clock.unix_ms();
+                let mut commands = crate::scheduler::plan(&state, now);
+                commands.extend(crate::knowledge::plan(&state, now));
+                commands
             };
             for cmd in commands {
                 let kind = cmd.kind();

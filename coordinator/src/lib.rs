@@ -11,6 +11,7 @@ pub mod config;
 pub mod control;
 pub mod error;
 pub mod gateway;
+pub mod knowledge;
 pub mod lease;
 pub mod pki;
 pub mod planner;

@@ -7,6 +7,7 @@ mod coordinator;
 mod deploy;
 mod format;
 mod join;
+mod kb;
 mod status;
 mod token;
 mod up;
@@ -41,6 +42,11 @@ pub enum Command {
     Deploy(deploy::DeployArgs),
     /// Chat with a deployed model from the terminal (streaming).
     Chat(chat::ChatArgs),
+    /// Manage knowledge bases (documents for retrieval-augmented chat).
+    Kb {
+        #[command(subcommand)]
+        command: kb::KbCommand,
+    },
     /// Run benchmarks and print their figures.
     Bench {
         #[command(subcommand)]
@@ -70,6 +76,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(a) => status::run(a).await,
         Command::Deploy(a) => deploy::run(a).await,
         Command::Chat(a) => chat::run(a).await,
+        Command::Kb { command } => kb::run(command).await,
         Command::Bench { command } => bench::run(command).await,
     }
 }

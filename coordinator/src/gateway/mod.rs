@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod deployments;
 mod error;
+pub mod knowledge;
 pub mod openai;
 mod routes;
 
@@ -66,6 +67,8 @@ pub fn router(state: Arc<GatewayState>) -> Router {
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/deployments", post(deployments::create).get(deployments::list))
         .route("/v1/deployments/{name}", get(deployments::get_one).delete(deployments::delete))
+        .route("/v1/knowledge-bases", post(knowledge::create).get(knowledge::list))
+        .route("/v1/knowledge-bases/{name}", get(knowledge::get_one).delete(knowledge::delete))
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

@@ -1,5 +1,6 @@
 use super::{
-    ClusterState, Command, Deployment, ModelRecord, NodeRecord, NodeState, Outcome, Placement, PlacementStage,
+    ClusterState, Command, Deployment, IndexShardPlacement, ModelRecord, NodeRecord, NodeState, Outcome, Placement,
+    PlacementStage,
 };
 
 /// Whether `stage` is a stage of a model with `layers` layers (`None`: the version is unknown).
@@ -91,6 +92,10 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Outcome {
                 // A new process starts with no replicas: the old one's are gone.
                 state.placements.retain(|_, p| p.node != *id);
             }
+            // Index shards live on the node's disk and are reloaded by a new process too.
+            for p in state.index_shards.values_mut().filter(|p| p.node == *id) {
+                p.node_generation = generation;
+            }
             Outcome::NodeUp { generation }
         }
         Command::NodeDead { id, generation, at_ms } => {
@@ -105,8 +110,9 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Outcome {
             }
             node.state = NodeState::Dead;
             node.state_changed_at_ms = *at_ms;
-            // Its replicas died with it; the scheduler places them elsewhere.
+            // Its replicas and index shards died with it; they are placed elsewhere.
             state.placements.retain(|_, p| p.node != *id);
+            state.index_shards.retain(|_, p| p.node != *id);
             Outcome::Applied
         }
         Command::AddApiKey(k) => {
@@ -220,6 +226,72 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Outcome {
             p.changed_at_ms = *at_ms;
             Outcome::Applied
         }
+        Command::CreateKnowledgeBase(kb) => {
+            if state.knowledge_bases.contains_key(&kb.name) {
+                return Outcome::rejected("a knowledge base with this name exists");
+            }
+            if !kb.documents.is_empty() || kb.shards == 0 || kb.replicas == 0 {
+                return Outcome::rejected("a new knowledge base has no documents and at least one shard and copy");
+            }
+            state.knowledge_bases.insert(kb.name.clone(), kb.clone());
+            Outcome::Applied
+        }
+        Command::DeleteKnowledgeBase { name } => match state.knowledge_bases.remove(name) {
+            Some(_) => {
+                state.index_shards.retain(|_, p| p.kb != *name);
+                Outcome::Applied
+            }
+            None => Outcome::rejected("no such knowledge base"),
+        },
+        Command::PutDocument { kb, document } => match state.knowledge_bases.get_mut(kb) {
+            Some(k) => {
+                k.documents.insert(document.id.clone(), document.clone());
+                Outcome::Applied
+            }
+            None => Outcome::rejected("no such knowledge base"),
+        },
+        Command::DeleteDocument { kb, id } => match state.knowledge_bases.get_mut(kb) {
+            Some(k) => match k.documents.remove(id) {
+                Some(_) => Outcome::Applied,
+                None => Outcome::rejected("no such document"),
+            },
+            None => Outcome::rejected("no such knowledge base"),
+        },
+        Command::PlaceIndexShard { kb, shard, node, node_generation, at_ms } => {
+            let Some(k) = state.knowledge_bases.get(kb) else {
+                return Outcome::rejected("no such knowledge base");
+            };
+            if *shard >= k.shards {
+                return Outcome::rejected("no such shard");
+            }
+            match state.nodes.get(node) {
+                Some(n) if n.state == NodeState::Ready && n.generation == *node_generation => {}
+                _ => return Outcome::ignored("the node is not ready under that generation"),
+            }
+            if state.index_shards.values().any(|p| p.kb == *kb && p.shard == *shard && p.node == *node) {
+                return Outcome::ignored("the node already holds that shard");
+            }
+            state.next_placement += 1;
+            let id = format!("{kb}-s{shard}-{}", state.next_placement);
+            state.index_shards.insert(
+                id.clone(),
+                IndexShardPlacement {
+                    id: id.clone(),
+                    kb: kb.clone(),
+                    shard: *shard,
+                    node: node.clone(),
+                    node_generation: *node_generation,
+                    phase: None,
+                    message: String::new(),
+                    placed_at_ms: *at_ms,
+                },
+            );
+            Outcome::Placed { id }
+        }
+        Command::UnplaceIndexShard { id } => match state.index_shards.remove(id) {
+            Some(_) => Outcome::Applied,
+            None => Outcome::ignored("no such index shard"),
+        },
         Command::Noop => Outcome::Applied,
     }
 }

@@ -5,7 +5,9 @@
 //! reaches the same state.
 
 mod apply;
+mod knowledge;
 mod types;
 
 pub use apply::apply;
+pub use knowledge::*;
 pub use types::*;

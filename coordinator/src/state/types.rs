@@ -208,6 +208,9 @@ pub struct ClusterState {
     pub placements: BTreeMap<String, Placement>,
     /// Makes placement ids unique.
     pub next_placement: u64,
+    pub knowledge_bases: BTreeMap<String, super::KnowledgeBase>,
+    /// Copies of the built-in knowledge bases' index shards.
+    pub index_shards: BTreeMap<String, super::IndexShardPlacement>,
 }
 
 impl ClusterState {
@@ -358,6 +361,31 @@ pub enum Command {
         message: String,
         at_ms: u64,
     },
+    /// Creates a knowledge base (its `documents` must be empty).
+    CreateKnowledgeBase(super::KnowledgeBase),
+    DeleteKnowledgeBase {
+        name: String,
+    },
+    /// Adds or replaces a document's catalog entry.
+    PutDocument {
+        kb: String,
+        document: super::KbDocument,
+    },
+    DeleteDocument {
+        kb: String,
+        id: String,
+    },
+    /// Places a copy of shard `shard` of `kb` on incarnation `node_generation` of `node`.
+    PlaceIndexShard {
+        kb: String,
+        shard: u32,
+        node: String,
+        node_generation: u64,
+        at_ms: u64,
+    },
+    UnplaceIndexShard {
+        id: String,
+    },
     /// Appended by a new leader; changes nothing.
     Noop,
 }
@@ -378,6 +406,12 @@ impl Command {
             Command::Place { .. } => "place",
             Command::Unplace { .. } => "unplace",
             Command::ReplicaStatus { .. } => "replica_status",
+            Command::CreateKnowledgeBase(_) => "create_knowledge_base",
+            Command::DeleteKnowledgeBase { .. } => "delete_knowledge_base",
+            Command::PutDocument { .. } => "put_document",
+            Command::DeleteDocument { .. } => "delete_document",
+            Command::PlaceIndexShard { .. } => "place_index_shard",
+            Command::UnplaceIndexShard { .. } => "unplace_index_shard",
             Command::Noop => "noop",
         }
     }

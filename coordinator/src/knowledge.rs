@@ -1,0 +1,283 @@
+//! Knowledge bases: checking a new base against the deployed models, and the pure plan that
+//! keeps `replicas` copies of every index shard of the built-in bases on distinct ready nodes.
+
+use std::collections::BTreeMap;
+
+use shoal_protocol::EngineKind;
+
+use crate::state::{ClusterState, Command, IndexBackend, KnowledgeBase, NodeState};
+
+/// The most index shards one knowledge base may have.
+pub const MAX_SHARDS: u32 = 64;
+/// The most copies of one shard.
+pub const MAX_REPLICAS: u32 = 5;
+
+/// What an operator asks for when creating a knowledge base.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KnowledgeBaseRequest {
+    pub name: String,
+    /// The embedding deployment (e.g. `all-minilm-l6-v2`).
+    pub embedding_model: String,
+    #[serde(default = "one")]
+    pub shards: u32,
+    #[serde(default = "two")]
+    pub replicas: u32,
+    #[serde(default = "chunk_tokens")]
+    pub chunk_tokens: u32,
+    #[serde(default = "chunk_overlap")]
+    pub chunk_overlap: u32,
+    /// `postgres://…` to keep the index in PostgreSQL with pgvector instead of the nodes.
+    #[serde(default)]
+    pub postgres_url: Option<String>,
+    #[serde(default)]
+    pub description: String,
+}
+
+fn one() -> u32 {
+    1
+}
+fn two() -> u32 {
+    2
+}
+fn chunk_tokens() -> u32 {
+    256
+}
+fn chunk_overlap() -> u32 {
+    32
+}
+
+/// Checks a request against the state and turns it into the base to create.
+pub fn check_request(state: &ClusterState, req: KnowledgeBaseRequest, at_ms: u64) -> Result<KnowledgeBase, String> {
+    let name = req.name.trim();
+    let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if name.is_empty() || name.len() > 64 || !name.chars().all(valid) {
+        return Err(format!("knowledge base name '{name}' must be 1-64 characters of a-z, A-Z, 0-9, '-', '_', '.'"));
+    }
+    if state.knowledge_bases.contains_key(name) {
+        return Err(format!("a knowledge base named '{name}' already exists"));
+    }
+    let Some(version) = state.deployed_version(&req.embedding_model) else {
+        return Err(format!("no deployment named '{}' (deploy an embedding model first)", req.embedding_model));
+    };
+    if version.kind() != EngineKind::Embed {
+        return Err(format!("'{}' is not an embedding model", req.embedding_model));
+    }
+    if req.shards == 0 || req.shards > MAX_SHARDS {
+        return Err(format!("shards must be between 1 and {MAX_SHARDS}"));
+    }
+    if req.replicas == 0 || req.replicas > MAX_REPLICAS {
+        return Err(format!("replicas must be between 1 and {MAX_REPLICAS}"));
+    }
+    if !(16..=8192).contains(&req.chunk_tokens) || req.chunk_overlap >= req.chunk_tokens {
+        return Err("chunk_tokens must be 16-8192 and chunk_overlap smaller than chunk_tokens".into());
+    }
+    let backend = match req.postgres_url {
+        None => IndexBackend::Builtin,
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            IndexBackend::Postgres { url }
+        }
+        Some(url) => return Err(format!("postgres_url '{}' must start with postgres://", redact(&url))),
+    };
+    Ok(KnowledgeBase {
+        name: name.to_string(),
+        embedding: req.embedding_model,
+        dimension: version.hidden_size,
+        backend,
+        shards: req.shards,
+        replicas: req.replicas,
+        chunk_tokens: req.chunk_tokens,
+        chunk_overlap: req.chunk_overlap,
+        description: req.description,
+        created_at_ms: at_ms,
+        documents: BTreeMap::new(),
+    })
+}
+
+/// A connection URL without its password, for showing.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}://{user}:***@{}", &url[..s], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Commands that bring the index-shard copies closer to what the built-in bases need:
+/// `replicas` copies of each shard on distinct ready nodes (the least loaded first), copies
+/// of deleted bases or on nodes no longer ready removed. Deterministic.
+pub fn plan(state: &ClusterState, at_ms: u64) -> Vec<Command> {
+    let mut out = Vec::new();
+    let ready: Vec<(&str, u64)> =
+        state.nodes.values().filter(|n| n.state == NodeState::Ready).map(|n| (n.id.as_str(), n.generation)).collect();
+    // Copies per node, to spread shards.
+    let mut load: BTreeMap<&str, usize> = ready.iter().map(|(id, _)| (*id, 0)).collect();
+    for p in state.index_shards.values() {
+        let live = ready.iter().any(|(id, g)| *id == p.node && *g == p.node_generation);
+        let wanted =
+            state.knowledge_bases.get(&p.kb).is_some_and(|k| k.backend == IndexBackend::Builtin && p.shard < k.shards);
+        if !live || !wanted {
+            out.push(Command::UnplaceIndexShard { id: p.id.clone() });
+        } else if let Some(l) = load.get_mut(p.node.as_str()) {
+            *l += 1;
+        }
+    }
+    for kb in state.knowledge_bases.values().filter(|k| k.backend == IndexBackend::Builtin) {
+        for shard in 0..kb.shards {
+            let holders: Vec<&str> = state
+                .index_shards
+                .values()
+                .filter(|p| p.kb == kb.name && p.shard == shard)
+                .filter(|p| ready.iter().any(|(id, g)| *id == p.node && *g == p.node_generation))
+                .map(|p| p.node.as_str())
+                .collect();
+            let missing = (kb.replicas as usize).saturating_sub(holders.len());
+            let mut candidates: Vec<(&str, u64)> =
+                ready.iter().copied().filter(|(id, _)| !holders.contains(id)).collect();
+            candidates.sort_by_key(|(id, _)| (load.get(id).copied().unwrap_or(0), *id));
+            for (id, generation) in candidates.into_iter().take(missing) {
+                out.push(Command::PlaceIndexShard {
+                    kb: kb.name.clone(),
+                    shard,
+                    node: id.to_string(),
+                    node_generation: generation,
+                    at_ms,
+                });
+                *load.entry(id).or_insert(0) += 1;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{apply, Deployment, ModelRecord, NodeRecord, Outcome, WeightFormat};
+    use shoal_protocol::Capacity;
+
+    fn state(nodes: &[&str]) -> ClusterState {
+        let mut s = ClusterState::default();
+        for id in nodes {
+            s.nodes.insert(
+                id.to_string(),
+                NodeRecord {
+                    id: id.to_string(),
+                    name: id.to_string(),
+                    address: "127.0.0.1:1".into(),
+                    capacity: Capacity { cpu_cores: 2, memory_total_bytes: 8 << 30, accelerators: vec![] },
+                    labels: vec![],
+                    state: NodeState::Ready,
+                    generation: 1,
+                    incarnation: 1,
+                    joined_at_ms: 0,
+                    state_changed_at_ms: 0,
+                },
+            );
+        }
+        let mut v = crate::planner::tests::version(90 << 20, 6);
+        v.format = WeightFormat::Safetensors;
+        v.architecture = "bert".into();
+        v.capabilities = vec!["embedding".into()];
+        v.hidden_size = 384;
+        s.models.insert("e".into(), ModelRecord { name: "e".into(), versions: vec![v] });
+        s.deployments.insert(
+            "e".into(),
+            Deployment {
+                name: "e".into(),
+                model: "e".into(),
+                version: 1,
+                replicas: 1,
+                shards: 0,
+                created_at_ms: 0,
+                updated_at_ms: 0,
+            },
+        );
+        s
+    }
+
+    fn request(name: &str, shards: u32) -> KnowledgeBaseRequest {
+        serde_json::from_value(serde_json::json!({"name": name, "embedding_model": "e", "shards": shards}))
+            .expect("request")
+    }
+
+    fn converge(s: &mut ClusterState) {
+        for _ in 0..10 {
+            let cmds = plan(s, 5);
+            if cmds.is_empty() {
+                return;
+            }
+            for c in cmds {
+                apply(s, &c);
+            }
+        }
+        panic!("the index-shard plan did not converge");
+    }
+
+    fn holders(s: &ClusterState, shard: u32) -> Vec<String> {
+        let mut v: Vec<String> = s.index_shards.values().filter(|p| p.shard == shard).map(|p| p.node.clone()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn requests_are_checked_against_the_deployed_models() {
+        let s = state(&["a"]);
+        let kb = check_request(&s, request("docs", 2), 1).expect("valid");
+        assert_eq!((kb.dimension, kb.shards, kb.replicas, kb.chunk_tokens), (384, 2, 2, 256));
+        let err = |r: Result<KnowledgeBase, String>| r.err().unwrap_or_default();
+        let mut bad = request("docs", 1);
+        bad.embedding_model = "nope".into();
+        assert!(err(check_request(&s, bad, 1)).contains("no deployment named 'nope'"));
+        assert!(err(check_request(&s, request("docs", 0), 1)).contains("shards"));
+        assert!(err(check_request(&s, request("no spaces", 1), 1)).contains("name"));
+        let mut bad = request("docs", 1);
+        bad.chunk_overlap = 300;
+        assert!(err(check_request(&s, bad, 1)).contains("chunk_overlap"));
+        let mut bad = request("docs", 1);
+        bad.postgres_url = Some("mysql://x".into());
+        assert!(err(check_request(&s, bad, 1)).contains("postgres://"));
+        let mut s = s;
+        let kb = check_request(&s, request("docs", 1), 1).expect("valid");
+        apply(&mut s, &Command::CreateKnowledgeBase(kb));
+        assert!(err(check_request(&s, request("docs", 1), 1)).contains("already exists"));
+    }
+
+    #[test]
+    fn two_copies_of_every_shard_on_distinct_nodes_and_a_lost_copy_moves() {
+        let mut s = state(&["a", "b", "c"]);
+        let kb = check_request(&s, request("docs", 2), 1).expect("valid");
+        assert_eq!(apply(&mut s, &Command::CreateKnowledgeBase(kb)), Outcome::Applied);
+        converge(&mut s);
+        for shard in 0..2 {
+            assert_eq!(holders(&s, shard).len(), 2, "shard {shard}: {:?}", holders(&s, shard));
+        }
+        assert_eq!(s.index_shards.len(), 4);
+        let lost = holders(&s, 0)[0].clone();
+        let gen = s.nodes[&lost].generation;
+        apply(&mut s, &Command::NodeDead { id: lost.clone(), generation: gen, at_ms: 9 });
+        converge(&mut s);
+        for shard in 0..2 {
+            let h = holders(&s, shard);
+            assert_eq!(h.len(), 2, "shard {shard} has two copies again: {h:?}");
+            assert!(!h.contains(&lost));
+        }
+        apply(&mut s, &Command::DeleteKnowledgeBase { name: "docs".into() });
+        assert!(s.index_shards.is_empty());
+    }
+
+    #[test]
+    fn postgres_bases_have_no_shards_and_urls_are_redacted() {
+        let mut s = state(&["a", "b"]);
+        let mut req = request("pg", 1);
+        req.postgres_url = Some("postgres://shoal:secret@127.0.0.1:5432/kb".into());
+        let kb = check_request(&s, req, 1).expect("valid");
+        apply(&mut s, &Command::CreateKnowledgeBase(kb));
+        converge(&mut s);
+        assert!(s.index_shards.is_empty());
+        assert_eq!(redact("postgres://shoal:secret@127.0.0.1:5432/kb"), "postgres://shoal:***@127.0.0.1:5432/kb");
+    }
+}
