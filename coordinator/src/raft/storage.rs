@@ -124,11 +124,27 @@ fn pb_bytes<M: PbMessage>(m: &M) -> Result<Vec<u8>, CoordinatorError> {
     m.write_to_bytes().map_err(|e| CoordinatorError::Raft(raft::Error::CodecError(e)))
 }
 
+/// Opens the sled database, waiting up to 2 s for its file lock: a store closed a moment ago
+/// in this process releases the lock only when sled's background flusher lets go of it.
+fn open_db(path: &Path) -> Result<sled::Db, CoordinatorError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match sled::Config::new().path(path).open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 impl SledStorage {
     /// Opens (or creates) the storage in `dir`. A fresh store is bootstrapped with `voters`.
     pub fn open(dir: &Path, voters: &[u64]) -> Result<Self, CoordinatorError> {
         std::fs::create_dir_all(dir).map_err(|e| CoordinatorError::io(dir, e))?;
-        let db = sled::Config::new().path(dir.join("raft.sled")).open()?;
+        let db = open_db(&dir.join("raft.sled"))?;
         let tree = db.open_tree("raft")?;
         let fresh = tree.get(KEY_CONF_STATE)?.is_none();
         let manifest = dir.join("raft.manifest");
