@@ -156,27 +156,12 @@ pub fn plan(state: &ClusterState, at_ms: u64) -> Vec<Command> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{apply, Deployment, ModelRecord, NodeRecord, Outcome, WeightFormat};
-    use shoal_protocol::Capacity;
+    use crate::state::{apply, Deployment, ModelRecord, Outcome, WeightFormat};
 
     fn state(nodes: &[&str]) -> ClusterState {
         let mut s = ClusterState::default();
         for id in nodes {
-            s.nodes.insert(
-                id.to_string(),
-                NodeRecord {
-                    id: id.to_string(),
-                    name: id.to_string(),
-                    address: "127.0.0.1:1".into(),
-                    capacity: Capacity { cpu_cores: 2, memory_total_bytes: 8 << 30, accelerators: vec![] },
-                    labels: vec![],
-                    state: NodeState::Ready,
-                    generation: 1,
-                    incarnation: 1,
-                    joined_at_ms: 0,
-                    state_changed_at_ms: 0,
-                },
-            );
+            s.nodes.insert(id.to_string(), crate::scheduler::tests::node(id, 8));
         }
         let mut v = crate::planner::tests::version(90 << 20, 6);
         v.format = WeightFormat::Safetensors;

@@ -438,7 +438,7 @@ pub fn shortfall(state: &ClusterState, deployment: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::state::{apply, Deployment, ModelRecord, Outcome};
     use shoal_protocol::{Accelerator, AcceleratorKind, Capacity};
@@ -447,7 +447,8 @@ mod tests {
         crate::planner::tests::version(weight_bytes, 30)
     }
 
-    fn node(id: &str, mem_gib: u64) -> NodeRecord {
+    /// A ready node (generation 1) with `mem_gib` GiB of RAM and no accelerators.
+    pub(crate) fn node(id: &str, mem_gib: u64) -> NodeRecord {
         NodeRecord {
             id: id.into(),
             name: id.into(),

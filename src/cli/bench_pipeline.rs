@@ -5,7 +5,6 @@
 //! hop adds (from the nodes' metrics).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,22 +13,15 @@ use clap::Args;
 use serde_json::json;
 
 use super::bench_serve::{
-    agent, concurrent_streams, get, post, shoal_command, single_stream, start_up, stream_once, Decode,
+    agent, concurrent_streams, get, post, shoal_command, single_stream, start_up, stream_once, Decode, DecodeArgs,
 };
 
 const CHAT: &str = "smollm2-135m-instruct";
 
 #[derive(Debug, Args)]
 pub struct PipelineBench {
-    /// The folder with the models (`./scripts/fetch-models.sh` fills it).
-    #[arg(long, default_value = "./models")]
-    pub models: PathBuf,
-    /// Tokens to generate per stream.
-    #[arg(long, default_value_t = 128)]
-    pub tokens: u32,
-    /// Concurrent streams for the aggregate decode rate.
-    #[arg(long, default_value_t = 8)]
-    pub streams: usize,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
     /// Pin each node process to one CPU core (node i to core i mod cores), so that the nodes
     /// compute side by side like separate machines instead of sharing every core.
     #[arg(long)]
@@ -106,7 +98,7 @@ fn metrics_pages(urls: &[String]) -> Vec<String> {
 }
 
 pub fn run(a: PipelineBench) -> anyhow::Result<()> {
-    let gguf = a.models.join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let gguf = a.decode.models.join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
     if !gguf.is_file() {
         bail!("{} is missing: run ./scripts/fetch-models.sh", gguf.display());
     }
@@ -114,7 +106,7 @@ pub fn run(a: PipelineBench) -> anyhow::Result<()> {
     eprintln!("starting shoal up and joining two more nodes…");
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let core = |i: usize| a.pin.then_some(i % cores);
-    let up = start_up(&a.models, core(0))?;
+    let up = start_up(&a.decode.models, core(0))?;
     let gw = up.gateway.clone();
     let ag = agent();
     let t = post(&ag, &format!("{gw}/v1/tokens"), &json!({"ttl_seconds": 3600}))?;
@@ -166,12 +158,12 @@ pub fn run(a: PipelineBench) -> anyhow::Result<()> {
 
     let mut results: Vec<(&str, Decode, String, String)> = Vec::new();
     for (name, label) in [(CHAT, "1 stage"), ("split2", "2 stages"), ("split3", "3 stages")] {
-        eprintln!("{label}: 1 stream, then {} concurrent streams of {} tokens…", a.streams, a.tokens);
+        eprintln!("{label}: 1 stream, then {} concurrent streams of {} tokens…", a.decode.streams, a.decode.tokens);
         stream_once(&gw, name, 16)?; // warm
         let before = metrics_pages(&metrics);
-        let (single, ttft) = single_stream(&gw, name, a.tokens)?;
+        let (single, ttft) = single_stream(&gw, name, a.decode.tokens)?;
         let middle = metrics_pages(&metrics);
-        let (aggregate, end_to_end) = concurrent_streams(&gw, name, a.tokens, a.streams)?;
+        let (aggregate, end_to_end) = concurrent_streams(&gw, name, a.decode.tokens, a.decode.streams)?;
         let after = metrics_pages(&metrics);
         let d = Decode { single, ttft, aggregate, end_to_end };
         results.push((label, d, hop_notes(&before, &middle), hop_notes(&middle, &after)));
@@ -184,12 +176,12 @@ pub fn run(a: PipelineBench) -> anyhow::Result<()> {
             "{label:<9} 1 stream {:>6.1} tok/s ({:.2}× 1 stage)   {} streams {:>6.1} tok/s ({:.2}× 1 stage)",
             d.single,
             d.single / base.max(1e-9),
-            a.streams,
+            a.decode.streams,
             d.aggregate,
             d.aggregate / base_agg.max(1e-9),
         );
         println!("          hops alone: {single_hops}");
-        println!("          hops with {} streams: {multi_hops}", a.streams);
+        println!("          hops with {} streams: {multi_hops}", a.decode.streams);
     }
     println!(
         "TTFT: {}",

@@ -18,8 +18,9 @@ const CHAT: &str = "smollm2-135m-instruct";
 const EMBED: &str = "all-minilm-l6-v2";
 const STORY: &str = "Write a long story about a dragon who learns to fly.";
 
+/// What every decode benchmark takes.
 #[derive(Debug, Args)]
-pub struct ServeBench {
+pub struct DecodeArgs {
     /// The folder with the models (`./scripts/fetch-models.sh` fills it).
     #[arg(long, default_value = "./models")]
     pub models: PathBuf,
@@ -29,6 +30,12 @@ pub struct ServeBench {
     /// Concurrent streams for the aggregate decode rate.
     #[arg(long, default_value_t = 8)]
     pub streams: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeBench {
+    #[command(flatten)]
+    pub decode: DecodeArgs,
     /// Requests for the gateway-overhead measurement.
     #[arg(long, default_value_t = 2000)]
     pub requests: usize,
@@ -287,14 +294,14 @@ fn ratio(a: f64, b: Option<f64>) -> String {
 }
 
 pub fn run(a: ServeBench) -> anyhow::Result<()> {
-    let gguf = a.models.join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-    let minilm = a.models.join("all-minilm-l6-v2");
+    let gguf = a.decode.models.join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let minilm = a.decode.models.join("all-minilm-l6-v2");
     if !gguf.is_file() || !minilm.is_dir() {
-        bail!("models missing in {}: run ./scripts/fetch-models.sh", a.models.display());
+        bail!("models missing in {}: run ./scripts/fetch-models.sh", a.decode.models.display());
     }
     let mut rows = Vec::new();
     eprintln!("starting shoal up with the models and the built-in echo model…");
-    let up = start_up(&a.models, None)?;
+    let up = start_up(&a.decode.models, None)?;
     let gw = up.gateway.clone();
 
     // Gateway overhead on the no-op model: HTTP → gateway → router → QUIC → node → back.
@@ -364,8 +371,8 @@ pub fn run(a: ServeBench) -> anyhow::Result<()> {
     via.sort_by(f64::total_cmp);
 
     // Decode through the gateway.
-    eprintln!("decode: 1 stream, then {} concurrent streams of {} tokens…", a.streams, a.tokens);
-    let Decode { single, ttft: ttft1, aggregate, end_to_end } = decode(&gw, CHAT, a.tokens, a.streams)?;
+    eprintln!("decode: 1 stream, then {} concurrent streams of {} tokens…", a.decode.streams, a.decode.tokens);
+    let Decode { single, ttft: ttft1, aggregate, end_to_end } = decode(&gw, CHAT, a.decode.tokens, a.decode.streams)?;
 
     // Embeddings through the gateway, 32 per request.
     let mut embed_rates = Vec::new();
@@ -393,7 +400,7 @@ pub fn run(a: ServeBench) -> anyhow::Result<()> {
             "--threads".into(),
             t.clone(),
             "--tokens".into(),
-            a.tokens.to_string(),
+            a.decode.tokens.to_string(),
             "--streams".into(),
             "1".into(),
         ],
@@ -407,9 +414,9 @@ pub fn run(a: ServeBench) -> anyhow::Result<()> {
             "--threads".into(),
             t.clone(),
             "--tokens".into(),
-            a.tokens.to_string(),
+            a.decode.tokens.to_string(),
             "--streams".into(),
-            a.streams.to_string(),
+            a.decode.streams.to_string(),
         ],
     );
     let lc_rate = |r: &Result<Value, String>, key: &str| r.as_ref().ok().and_then(|v| v[key].as_f64());
@@ -426,7 +433,7 @@ pub fn run(a: ServeBench) -> anyhow::Result<()> {
         format!("{} vs llama.cpp; TTFT {:.0} ms", ratio(single, lc_single), ttft1 * 1e3),
     ));
     rows.push(row(
-        format!("decode tok/s, {} streams aggregate", a.streams),
+        format!("decode tok/s, {} streams aggregate", a.decode.streams),
         format!("{aggregate:.1}"),
         lc_multi.map(|x| format!("{x:.1}")).unwrap_or_else(|| describe(&lcn)),
         format!(

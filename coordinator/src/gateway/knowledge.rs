@@ -69,11 +69,7 @@ pub async fn create(
     let name = req.name.trim().to_string();
     let kb = {
         let state = gw.raft.state().read().unwrap_or_else(|p| p.into_inner());
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        check_request(&state, req, now).map_err(|e| {
+        check_request(&state, req, gw.clock.unix_ms()).map_err(|e| {
             if e.contains("already exists") {
                 ApiError::conflict(e)
             } else {
