@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The test command: formatting, lints, then every test (unit, property, and whole-system
 # tests that start real `shoal` processes on loopback and serve the real models).
-# Fetches the models (./scripts/fetch-models.sh, sha256-verified) and the official `openai`
-# Python package the serving tests drive the gateway with.
+# Fetches the models (./scripts/fetch-models.sh, sha256-verified), the official `openai`
+# Python package the serving tests drive the gateway with, and a PostgreSQL server with
+# pgvector (./scripts/fetch-pgserver.sh, sha256-verified; started by the tests themselves, as
+# an unprivileged user when run as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +20,8 @@ if ! python3 -c "import openai" 2>/dev/null; then
     || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages openai
 fi
 python3 -c "import openai; print('openai', openai.__version__)"
+echo "== PostgreSQL + pgvector (for the knowledge-base PostgreSQL backend tests)"
+./scripts/fetch-pgserver.sh ./pgserver
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -1,7 +1,7 @@
 //! Pure translation between the replicated placements and a node's view of them: the
 //! assignments sent with heartbeat acks, and the commands a node's replica reports imply.
 
-use shoal_protocol::{ArtifactSource, Assignment, ReplicaReport, StageHop, StageRole};
+use shoal_protocol::{ArtifactSource, Assignment, IndexPeer, IndexShardAssignment, ReplicaReport, StageHop, StageRole};
 
 use crate::state::{ClusterState, Command, NodeState, Placement};
 
@@ -71,7 +71,38 @@ pub fn assignments_for(
     out
 }
 
-/// `ReplicaStatus` commands for reports that differ from the committed placements.
+/// The index-shard copies node `id` (incarnation `generation`) should hold, each with the
+/// other ready copies of its shard to rebuild from.
+pub fn index_assignments_for(state: &ClusterState, id: &str, generation: u64) -> Vec<IndexShardAssignment> {
+    state
+        .index_shards
+        .values()
+        .filter(|p| p.node == id && p.node_generation == generation)
+        .filter_map(|p| {
+            let kb = state.knowledge_bases.get(&p.kb)?;
+            let peers = state
+                .index_shards
+                .values()
+                .filter(|q| q.kb == p.kb && q.shard == p.shard && q.id != p.id && q.node != id)
+                .filter(|q| q.phase == Some(shoal_protocol::ReplicaPhase::Ready))
+                .filter_map(|q| {
+                    let n = state.nodes.get(&q.node).filter(|n| n.state == NodeState::Ready)?;
+                    Some(IndexPeer { id: q.id.clone(), node: n.id.clone(), address: n.address.clone() })
+                })
+                .collect();
+            Some(IndexShardAssignment {
+                id: p.id.clone(),
+                kb: p.kb.clone(),
+                shard: p.shard,
+                dimension: kb.dimension,
+                peers,
+            })
+        })
+        .collect()
+}
+
+/// `ReplicaStatus` commands for reports that differ from the committed placements (model
+/// replicas and index-shard copies).
 pub fn status_changes(
     state: &ClusterState,
     node: &str,
@@ -82,11 +113,17 @@ pub fn status_changes(
     reports
         .iter()
         .filter(|r| {
-            state.placements.get(&r.placement_id).is_some_and(|p| {
+            let model = state.placements.get(&r.placement_id).is_some_and(|p| {
                 p.node == node
                     && p.node_generation == generation
                     && (p.phase != Some(r.phase) || p.message != r.message)
-            })
+            });
+            let index = state.index_shards.get(&r.placement_id).is_some_and(|p| {
+                p.node == node
+                    && p.node_generation == generation
+                    && (p.phase != Some(r.phase) || p.message != r.message)
+            });
+            model || index
         })
         .map(|r| Command::ReplicaStatus {
             id: r.placement_id.clone(),

@@ -127,6 +127,11 @@ impl ControlPlane {
                 }
                 Request::Generate(_)
                 | Request::Embed { .. }
+                | Request::EmbedDocument { .. }
+                | Request::IndexUpsert { .. }
+                | Request::IndexDelete { .. }
+                | Request::IndexSearch { .. }
+                | Request::IndexExport { .. }
                 | Request::StageForward(_)
                 | Request::StageRelease { .. } => {
                     stream.refuse(RefusalCode::BadRequest, "models run on nodes; send this to a node").await
@@ -293,12 +298,15 @@ impl ControlPlane {
                     warn!(node = %id, error = %e, "could not record a replica's status");
                 }
             }
-            let assignments = {
+            let (assignments, index_shards) = {
                 let state = self.raft.state().read().unwrap_or_else(|p| p.into_inner());
                 let book = self.coordinators.read().unwrap_or_else(|p| p.into_inner());
-                assign::assignments_for(&state, &id, hb.generation, |c| book.get(&c).map(|a| a.to_string()))
+                (
+                    assign::assignments_for(&state, &id, hb.generation, |c| book.get(&c).map(|a| a.to_string())),
+                    assign::index_assignments_for(&state, &id, hb.generation),
+                )
             };
-            let ack = Response::HeartbeatAck { generation: hb.generation, seq: hb.seq, assignments };
+            let ack = Response::HeartbeatAck { generation: hb.generation, seq: hb.seq, assignments, index_shards };
             if stream.send(&ack).await.is_err() {
                 return;
             }
@@ -454,6 +462,7 @@ impl ControlPlane {
                     let ready = state.entry_points(&d.name).len();
                     metrics::gauge!(m::DEPLOYMENT_REPLICAS, "deployment" => d.name.clone()).set(ready as f64);
                 }
+                crate::retrieval::Retrieval::publish_gauges(&state);
                 let now = self.clock.unix_ms();
                 let mut commands = crate::scheduler::plan(&state, now);
                 commands.extend(crate::knowledge::plan(&state, now));

@@ -119,7 +119,18 @@ pub fn plan(state: &ClusterState, at_ms: u64) -> Vec<Command> {
         let live = ready.iter().any(|(id, g)| *id == p.node && *g == p.node_generation);
         let wanted =
             state.knowledge_bases.get(&p.kb).is_some_and(|k| k.backend == IndexBackend::Builtin && p.shard < k.shards);
-        if !live || !wanted {
+        // A failed copy (it could not open its files, or copy from a peer) is replaced by a
+        // fresh one that rebuilds from a ready copy, when there is one to rebuild from (a
+        // failed only copy stays, so its files are never removed).
+        let failed = p.phase == Some(shoal_protocol::ReplicaPhase::Failed)
+            && state.index_shards.values().any(|q| {
+                q.kb == p.kb
+                    && q.shard == p.shard
+                    && q.id != p.id
+                    && q.phase == Some(shoal_protocol::ReplicaPhase::Ready)
+                    && ready.iter().any(|(id, g)| *id == q.node && *g == q.node_generation)
+            });
+        if !live || !wanted || failed {
             out.push(Command::UnplaceIndexShard { id: p.id.clone() });
         } else if let Some(l) = load.get_mut(p.node.as_str()) {
             *l += 1;

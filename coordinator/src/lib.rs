@@ -17,6 +17,7 @@ pub mod pki;
 pub mod planner;
 pub mod raft;
 pub mod registry;
+pub mod retrieval;
 pub mod router;
 pub mod runtime;
 pub mod scheduler;

@@ -190,6 +190,55 @@ impl Router {
 
     /// Embeds `inputs` on one replica of `deployment`, trying others if one fails.
     pub async fn embed(&self, deployment: &str, inputs: Vec<String>) -> Result<(Vec<Vec<f32>>, u32), RouteError> {
+        self.embed_within(deployment, inputs, REPLICA_SILENCE).await
+    }
+
+    /// Like [`Router::embed`], moving to another replica when one is silent for `patience`
+    /// (short for a search's query, so a replica on a node that just died costs little).
+    pub async fn embed_within(
+        &self,
+        deployment: &str,
+        inputs: Vec<String>,
+        patience: Duration,
+    ) -> Result<(Vec<Vec<f32>>, u32), RouteError> {
+        let make = |placement_id: String| Request::Embed { placement_id, inputs: inputs.clone() };
+        match self.embedding_call(deployment, make, patience).await? {
+            Response::Embedded { vectors, tokens } => Ok((vectors, tokens)),
+            other => Err(RouteError::NoReplica(format!("replica answered {other:?}"))),
+        }
+    }
+
+    /// Chunks a document's `text` with `deployment`'s tokenizer and embeds every chunk, on
+    /// one replica (others tried if it fails). Large documents take a while on a CPU, hence
+    /// the long `patience`.
+    pub async fn embed_document(
+        &self,
+        deployment: &str,
+        text: String,
+        max_tokens: u32,
+        overlap_tokens: u32,
+        patience: Duration,
+    ) -> Result<(Vec<shoal_protocol::IndexChunk>, u32), RouteError> {
+        let make = |placement_id: String| Request::EmbedDocument {
+            placement_id,
+            text: text.clone(),
+            max_tokens,
+            overlap_tokens,
+        };
+        match self.embedding_call(deployment, make, patience).await? {
+            Response::EmbeddedChunks { chunks, tokens } => Ok((chunks, tokens)),
+            other => Err(RouteError::NoReplica(format!("replica answered {other:?}"))),
+        }
+    }
+
+    /// Sends the request `make` builds for a placement to one embedding replica of
+    /// `deployment`, trying others when one fails, is full or does not answer in `patience`.
+    async fn embedding_call(
+        &self,
+        deployment: &str,
+        make: impl Fn(String) -> Request,
+        patience: Duration,
+    ) -> Result<Response, RouteError> {
         let mut tried = Vec::new();
         let mut last = RouteError::NoReplica(format!("no replica of '{deployment}' answered"));
         for _ in 0..MAX_ATTEMPTS {
@@ -197,23 +246,25 @@ impl Router {
             let Some(t) = self.pick(&targets, &tried) else { break };
             tried.push(t.placement.clone());
             let _guard = self.begin(&t.placement);
-            let req = Request::Embed { placement_id: t.placement.clone(), inputs: inputs.clone() };
+            let req = make(t.placement.clone());
             let result = async {
                 let mut s = self.pool.open(t.address, NODE_SERVER_NAME).await?;
-                tokio::time::timeout(REPLICA_SILENCE, s.call(&req))
+                tokio::time::timeout(patience, s.call(&req))
                     .await
                     .map_err(|_| shoal_protocol::ProtocolError::Stream("replica timed out".into()))?
             }
             .await;
             match result {
-                Ok(Response::Embedded { vectors, tokens }) => return Ok((vectors, tokens)),
                 Ok(Response::Refused { code: RefusalCode::BadRequest, message }) => {
                     return Err(RouteError::BadRequest(message))
                 }
                 Ok(Response::Refused { code: RefusalCode::Overloaded, message }) => {
                     last = RouteError::Overloaded(message)
                 }
-                Ok(other) => last = RouteError::NoReplica(format!("replica answered {other:?}")),
+                Ok(Response::Refused { message, .. }) => {
+                    last = RouteError::NoReplica(format!("replica {} refused: {message}", t.placement))
+                }
+                Ok(answer) => return Ok(answer),
                 Err(e) => {
                     self.pool.forget(t.address, NODE_SERVER_NAME);
                     last = RouteError::NoReplica(format!("replica {} failed: {e}", t.placement));

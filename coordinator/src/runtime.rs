@@ -146,6 +146,13 @@ impl Coordinator {
             self_id: opts.id,
             ca_hash: pki.ca_hash.clone(),
             clock,
+            retrieval: Arc::new(crate::retrieval::Retrieval::new(
+                raft.clone(),
+                writer.clone(),
+                router.clone(),
+                identity.client_config()?,
+                clock,
+            )?),
             router,
             artifacts: artifacts.clone(),
             downloads: opts.data_dir.join("downloads"),

@@ -21,7 +21,11 @@ pub struct Embedder {
     info: ModelInfo,
     model: BertModel,
     tokenizer: Tokenizer,
+    /// The same tokenizer without padding or truncation, for counting.
+    counter: Tokenizer,
     dims: usize,
+    /// Longest input in tokens (special tokens included); longer texts are truncated.
+    max_length: usize,
 }
 
 /// Embeddings of a batch of texts: unit vectors, and the number of tokens of each text.
@@ -54,6 +58,9 @@ impl Embedder {
         let tok_path = dir.join("tokenizer.json");
         let mut tokenizer = Tokenizer::from_file(&tok_path)
             .map_err(|e| EngineError::model(&tok_path, format!("cannot load tokenizer: {e}")))?;
+        let mut counter = tokenizer.clone();
+        counter.with_padding(None);
+        counter.with_truncation(None).map_err(|e| EngineError::Tokenizer(format!("truncation: {e}")))?;
         let mut padding = tokenizer.get_padding().cloned().unwrap_or_default();
         padding.strategy = PaddingStrategy::BatchLongest;
         padding.pad_id = config.pad_token_id as u32;
@@ -63,7 +70,7 @@ impl Embedder {
             .with_truncation(Some(TruncationParams { max_length, ..Default::default() }))
             .map_err(|e| EngineError::Tokenizer(format!("truncation: {e}")))?;
         tracing::info!(model = %dir.display(), ms = started.elapsed().as_millis() as u64, "loaded embedding model");
-        Ok(Embedder { dims: config.hidden_size, info, model, tokenizer })
+        Ok(Embedder { dims: config.hidden_size, info, model, tokenizer, counter, max_length })
     }
 
     pub fn info(&self) -> &ModelInfo {
@@ -75,9 +82,14 @@ impl Embedder {
         self.dims
     }
 
-    /// Tokens the model sees for `text` (special tokens included, after truncation).
+    /// The longest input embedded whole, in tokens counted as [`Embedder::count_tokens`] does.
+    pub fn max_input_tokens(&self) -> usize {
+        self.max_length
+    }
+
+    /// Tokens of `text` (special tokens included, before any truncation).
     pub fn count_tokens(&self, text: &str) -> Result<usize, EngineError> {
-        let enc = self.tokenizer.encode(text, true).map_err(|e| EngineError::Tokenizer(format!("encode: {e}")))?;
+        let enc = self.counter.encode(text, true).map_err(|e| EngineError::Tokenizer(format!("encode: {e}")))?;
         Ok(enc.get_ids().len())
     }
 

@@ -350,7 +350,10 @@ fn embeddings_match_sentence_transformers() {
     assert_eq!(out.tokens[0], e.count_tokens(&texts[0]).expect("count"));
     assert_eq!(out.tokens[0], 8, "[CLS] a man is eating food . [SEP]");
     let long = "word ".repeat(1000);
-    assert_eq!(e.count_tokens(&long).expect("count"), 256, "truncated like sentence-transformers");
+    assert_eq!(e.count_tokens(&long).expect("count"), 1002, "counted whole: [CLS] 1000 words [SEP]");
+    let truncated = e.embed(&[long]).expect("embed long");
+    assert_eq!(truncated.tokens[0], e.max_input_tokens(), "embedded truncated like sentence-transformers");
+    assert_eq!(e.max_input_tokens(), 256);
 }
 
 #[test]

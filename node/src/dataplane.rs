@@ -7,9 +7,14 @@ use shoal_engine::ChatMessage;
 use shoal_protocol::quic::{self, ServerStream};
 use std::time::{Duration, Instant};
 
-use shoal_protocol::{Finish, GenerateRequest, Prompt, RefusalCode, Request, Response, StageForward, StageResult};
+use shoal_protocol::{
+    Finish, GenerateRequest, IndexChunk, Prompt, RefusalCode, Request, Response, StageForward, StageResult,
+    MAX_DOCUMENT_CHUNK_BYTES,
+};
+use shoal_recall::{chunk_text, ChunkConfig};
 use tracing::debug;
 
+use crate::index::IndexRefusal;
 use crate::models::llm::{AdmitError, SeqEvent};
 use crate::models::pipeline::{forward_onward, onward, remaining_budget};
 use crate::models::stage::StageOut;
@@ -38,6 +43,30 @@ pub async fn handle(host: Arc<ModelHost>, conn: quinn::Connection, mut stream: S
             Ok(Some(Request::StageRelease { placement_id, sequences })) => {
                 return stage_release(&host, stream, placement_id, sequences).await
             }
+            Ok(Some(Request::EmbedDocument { placement_id, text, max_tokens, overlap_tokens })) => {
+                embed_document(&host, &mut stream, &placement_id, text, max_tokens, overlap_tokens).await;
+            }
+            Ok(Some(Request::IndexUpsert { shard_id, document, chunks })) => {
+                let r = host.index.upsert(&shard_id, document, chunks).await;
+                answer(
+                    &mut stream,
+                    r.map(|(chunks, unchanged)| Response::IndexWritten { chunks, unchanged, existed: true }),
+                )
+                .await;
+            }
+            Ok(Some(Request::IndexDelete { shard_id, doc_id })) => {
+                let r = host.index.delete(&shard_id, doc_id).await;
+                answer(
+                    &mut stream,
+                    r.map(|existed| Response::IndexWritten { chunks: 0, unchanged: !existed, existed }),
+                )
+                .await;
+            }
+            Ok(Some(Request::IndexSearch { shard_id, query })) => {
+                let r = host.index.search(&shard_id, query).await;
+                answer(&mut stream, r.map(|hits| Response::IndexHits { hits })).await;
+            }
+            Ok(Some(Request::IndexExport { shard_id })) => return export(&host, stream, &shard_id).await,
             Ok(Some(other)) => {
                 let msg = format!("a node does not serve '{}' requests", other.kind());
                 return stream.refuse(RefusalCode::BadRequest, msg).await;
@@ -117,6 +146,96 @@ async fn embed(host: &ModelHost, stream: &mut ServerStream, placement: &str, inp
         Err(None) => stream.refuse(RefusalCode::Overloaded, format!("replica {placement} is at capacity")).await,
         Err(Some(e)) => stream.refuse(RefusalCode::BadRequest, e).await,
     }
+}
+
+/// Sends an index operation's answer, or its refusal.
+async fn answer(stream: &mut ServerStream, result: Result<Response, IndexRefusal>) {
+    match result {
+        Ok(r) => {
+            let _ = stream.send(&r).await;
+        }
+        Err(IndexRefusal::NotFound(m)) => stream.refuse(RefusalCode::NotFound, m).await,
+        Err(IndexRefusal::Unavailable(m)) => stream.refuse(RefusalCode::Unavailable, m).await,
+        Err(IndexRefusal::BadRequest(m)) => stream.refuse(RefusalCode::BadRequest, m).await,
+    }
+}
+
+/// Streams an index-shard copy's documents to a peer rebuilding its own copy.
+async fn export(host: &ModelHost, mut stream: ServerStream, shard_id: &str) {
+    let frames = match host.index.export(shard_id).await {
+        Ok(f) => f,
+        Err(e) => return answer(&mut stream, Err(e)).await,
+    };
+    let n = frames.len();
+    for (i, documents) in frames.into_iter().enumerate() {
+        if stream.send(&Response::IndexExported { documents, last: i + 1 == n }).await.is_err() {
+            return;
+        }
+    }
+    stream.finish();
+}
+
+/// Chunks a document's text with the embedding model's tokenizer and embeds every chunk.
+async fn embed_document(
+    host: &ModelHost,
+    stream: &mut ServerStream,
+    placement: &str,
+    text: String,
+    max_tokens: u32,
+    overlap_tokens: u32,
+) {
+    let Some(Engine::Embed(h)) = host.engine(placement) else {
+        return stream.refuse(RefusalCode::NotFound, format!("no ready embedding replica {placement} here")).await;
+    };
+    // Chunks never exceed what the model embeds whole.
+    let max_tokens = (max_tokens as usize).min(h.embedder.max_input_tokens());
+    let config = ChunkConfig { max_tokens, overlap_tokens: (overlap_tokens as usize).min(max_tokens / 2) };
+    let embedder = h.embedder.clone();
+    let chunked = tokio::task::spawn_blocking(move || {
+        let count = |s: &str| embedder.count_tokens(s).unwrap_or(usize::MAX);
+        chunk_text(&text, &config, &count)
+    })
+    .await;
+    let chunks = match chunked {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return stream.refuse(RefusalCode::BadRequest, e.to_string()).await,
+        Err(e) => return stream.refuse(RefusalCode::Unavailable, format!("chunking panicked: {e}")).await,
+    };
+    let dims = h.embedder.dims();
+    let bytes: usize = chunks.iter().map(|c| c.text.len() + dims * 4 + 32).sum();
+    if bytes > MAX_DOCUMENT_CHUNK_BYTES {
+        let msg = format!(
+            "the document makes {} chunks taking {} MiB with their vectors; at most {} MiB per document: split it",
+            chunks.len(),
+            bytes >> 20,
+            MAX_DOCUMENT_CHUNK_BYTES >> 20
+        );
+        return stream.refuse(RefusalCode::BadRequest, msg).await;
+    }
+    let mut out = Vec::with_capacity(chunks.len());
+    let mut tokens = 0usize;
+    for batch in chunks.chunks(crate::models::embed::MAX_BATCH_INPUTS) {
+        let texts: Vec<String> = batch.iter().map(|c| c.text.clone()).collect();
+        match h.embed(texts).await {
+            Ok((vectors, t)) => {
+                tokens += t;
+                for (c, v) in batch.iter().zip(vectors) {
+                    out.push(IndexChunk {
+                        text: c.text.clone(),
+                        start: c.start as u64,
+                        end: c.end as u64,
+                        tokens: c.tokens as u32,
+                        vector: v,
+                    });
+                }
+            }
+            Err(None) => {
+                return stream.refuse(RefusalCode::Overloaded, format!("replica {placement} is at capacity")).await
+            }
+            Err(Some(e)) => return stream.refuse(RefusalCode::BadRequest, e).await,
+        }
+    }
+    let _ = stream.send(&Response::EmbeddedChunks { chunks: out, tokens: tokens as u32 }).await;
 }
 
 /// The no-op model: the prompt's last message comes back as one token.

@@ -10,6 +10,7 @@ pub mod discovery;
 pub mod error;
 pub mod gpu;
 pub mod identity;
+pub mod index;
 pub mod models;
 pub mod session;
 

@@ -140,7 +140,11 @@ async fn heartbeat_loop(
                 load.in_flight = ctx.host.in_flight();
                 load
             },
-            replicas: ctx.host.reports(),
+            replicas: {
+                let mut r = ctx.host.reports();
+                r.extend(ctx.host.index.reports());
+                r
+            },
         };
         // Give up on a silent coordinator well before the lease runs out, to re-register elsewhere in time.
         let patience = (lease / 2).max(interval);
@@ -149,7 +153,10 @@ async fn heartbeat_loop(
             .map_err(|_| NodeError::Refused("heartbeat not acknowledged in time".into()))??;
         metrics::counter!(m::NODE_HEARTBEATS_SENT).increment(1);
         match resp {
-            Response::HeartbeatAck { assignments, .. } => ctx.host.reconcile(assignments),
+            Response::HeartbeatAck { assignments, index_shards, .. } => {
+                ctx.host.reconcile(assignments);
+                ctx.host.index.reconcile(index_shards);
+            }
             Response::Refused { code: RefusalCode::StaleGeneration, message } => {
                 info!(generation, "this incarnation was fenced; registering again");
                 return Err(NodeError::Refused(message));

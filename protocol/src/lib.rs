@@ -14,6 +14,7 @@ pub mod metric_names;
 pub mod pipeline;
 pub mod pool;
 pub mod quic;
+pub mod recall;
 pub mod serving;
 pub mod tls;
 pub mod token;
@@ -21,6 +22,7 @@ pub mod token;
 pub use error::ProtocolError;
 pub use messages::*;
 pub use pipeline::*;
+pub use recall::*;
 pub use serving::*;
 
 /// The protocol version carried in every stream's `Hello`. A peer with another version is

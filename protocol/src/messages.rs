@@ -7,6 +7,7 @@ use rkyv::{Archive, Deserialize as RkyvDeserialize, Serialize as RkyvSerialize};
 use serde::{Deserialize, Serialize};
 
 use crate::pipeline::{StageForward, StageResult};
+use crate::recall::{IndexChunk, IndexDocument, IndexExportedDocument, IndexHit, IndexQuery, IndexShardAssignment};
 use crate::serving::{Assignment, Finish, GenerateRequest, ReplicaReport};
 
 /// The first frame on every stream.
@@ -138,7 +139,8 @@ pub struct Heartbeat {
     pub generation: u64,
     pub seq: u64,
     pub load: Load,
-    /// The state of every replica this node runs or is loading.
+    /// The state of every replica this node runs or is loading, and of every index-shard
+    /// copy it holds (by copy id).
     pub replicas: Vec<ReplicaReport>,
 }
 
@@ -194,6 +196,38 @@ pub enum Request {
         placement_id: String,
         sequences: Vec<u64>,
     },
+    /// Split `text` into chunks of at most `max_tokens` tokens of the embedding model
+    /// (`overlap_tokens` shared between neighbours) and embed each; answered by
+    /// `EmbeddedChunks`.
+    EmbedDocument {
+        placement_id: String,
+        text: String,
+        max_tokens: u32,
+        overlap_tokens: u32,
+    },
+    /// Write a document into index-shard copy `shard_id`, replacing an earlier version
+    /// (a document's chunks take at most [`crate::MAX_DOCUMENT_CHUNK_BYTES`]). Answered by
+    /// `IndexWritten`.
+    IndexUpsert {
+        shard_id: String,
+        document: IndexDocument,
+        chunks: Vec<IndexChunk>,
+    },
+    /// Remove a document from index-shard copy `shard_id`; answered by `IndexWritten`.
+    IndexDelete {
+        shard_id: String,
+        doc_id: String,
+    },
+    /// Search index-shard copy `shard_id`; answered by `IndexHits`.
+    IndexSearch {
+        shard_id: String,
+        query: IndexQuery,
+    },
+    /// Send every document of index-shard copy `shard_id` (to rebuild another copy);
+    /// answered by `IndexExported` frames until one has `last: true`.
+    IndexExport {
+        shard_id: String,
+    },
 }
 
 impl Request {
@@ -213,6 +247,11 @@ impl Request {
             Request::FetchArtifact { .. } => "fetch_artifact",
             Request::StageForward(_) => "stage_forward",
             Request::StageRelease { .. } => "stage_release",
+            Request::EmbedDocument { .. } => "embed_document",
+            Request::IndexUpsert { .. } => "index_upsert",
+            Request::IndexDelete { .. } => "index_delete",
+            Request::IndexSearch { .. } => "index_search",
+            Request::IndexExport { .. } => "index_export",
         }
     }
 }
@@ -244,6 +283,8 @@ pub enum Response {
         seq: u64,
         /// Every replica the coordinator wants this node to run.
         assignments: Vec<Assignment>,
+        /// Every index-shard copy the coordinator wants this node to hold.
+        index_shards: Vec<IndexShardAssignment>,
     },
     /// This coordinator is not the leader; talk to the one at `leader_address`.
     Redirect {
@@ -286,6 +327,25 @@ pub enum Response {
     },
     StageDone(StageResult),
     StageReleased,
+    /// A document's chunks (in order) with their embeddings, and the tokens embedded.
+    EmbeddedChunks {
+        chunks: Vec<IndexChunk>,
+        tokens: u32,
+    },
+    /// A write was applied: the document's chunks now (0 after a delete), whether the same
+    /// content was already there, and whether a deleted document existed.
+    IndexWritten {
+        chunks: u32,
+        unchanged: bool,
+        existed: bool,
+    },
+    IndexHits {
+        hits: Vec<IndexHit>,
+    },
+    IndexExported {
+        documents: Vec<IndexExportedDocument>,
+        last: bool,
+    },
 }
 
 impl Response {

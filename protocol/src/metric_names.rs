@@ -71,3 +71,35 @@ pub const STAGE_SEQUENCES: &str = "shoal_node_stage_sequences";
 pub const STAGE_KV_TOKENS: &str = "shoal_node_stage_kv_cache_tokens";
 /// Steps of a stage that failed (timeouts, lost peers, lost state), by reason.
 pub const STAGE_FAILURES: &str = "shoal_node_stage_failures_total";
+
+/// Documents in an index-shard copy on this node (`kb`, `shard`).
+pub const NODE_INDEX_DOCUMENTS: &str = "shoal_node_index_documents";
+/// Chunks in an index-shard copy on this node.
+pub const NODE_INDEX_CHUNKS: &str = "shoal_node_index_chunks";
+/// Bytes on disk of an index-shard copy on this node.
+pub const NODE_INDEX_BYTES: &str = "shoal_node_index_disk_bytes";
+/// Writes (upserts and deletes) applied to index-shard copies, by `op`.
+pub const NODE_INDEX_WRITES: &str = "shoal_node_index_writes_total";
+/// Time one index-shard copy took to answer a search, by `mode`.
+pub const NODE_INDEX_SEARCH_SECONDS: &str = "shoal_node_index_search_duration_seconds";
+/// Documents copied from a peer to rebuild an index-shard copy.
+pub const NODE_INDEX_REBUILT_DOCUMENTS: &str = "shoal_node_index_rebuilt_documents_total";
+
+/// Documents ingested into knowledge bases through this gateway, by `kb` and `outcome`
+/// (`indexed`, `unchanged`, `failed`).
+pub const KB_INGEST_DOCUMENTS: &str = "shoal_kb_ingest_documents_total";
+/// Chunks embedded and indexed through this gateway, by `kb`.
+pub const KB_INGEST_CHUNKS: &str = "shoal_kb_ingest_chunks_total";
+/// Documents being ingested right now through this gateway.
+pub const KB_INGEST_IN_PROGRESS: &str = "shoal_kb_ingest_in_progress";
+/// Time to ingest one document (parse, chunk, embed, write every copy, commit).
+pub const KB_INGEST_SECONDS: &str = "shoal_kb_ingest_duration_seconds";
+/// Knowledge-base search latency at the gateway (embedding included), by `mode`.
+pub const KB_SEARCH_SECONDS: &str = "shoal_kb_search_duration_seconds";
+/// Shard searches that failed on one copy and were retried on another, by `kb`.
+pub const KB_SHARD_FAILOVERS: &str = "shoal_kb_shard_failovers_total";
+/// Ready copies of each index shard (`kb`, `shard`), as the leader sees them.
+pub const KB_SHARD_READY_COPIES: &str = "shoal_kb_shard_ready_copies";
+/// Documents and chunks in each knowledge base's catalog (`kb`).
+pub const KB_DOCUMENTS: &str = "shoal_kb_documents";
+pub const KB_CHUNKS: &str = "shoal_kb_chunks";

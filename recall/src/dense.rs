@@ -12,7 +12,7 @@
 //! rebuilds the graph from them.
 
 mod file;
-mod vector;
+pub(crate) mod vector;
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};

@@ -66,6 +66,9 @@ pub enum RecallError {
     /// The BM25 index (tantivy) failed.
     #[error("sparse index: {0}")]
     Sparse(String),
+    /// The PostgreSQL backend ([`crate::PgIndex`]) failed: the server cannot be reached, or a statement failed.
+    #[error("postgres: {0}")]
+    Postgres(String),
     /// An I/O error.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
@@ -101,6 +104,7 @@ impl RecallError {
             RecallError::Corrupt { .. } => "corrupt",
             RecallError::Store(_) => "store",
             RecallError::Sparse(_) => "sparse",
+            RecallError::Postgres(_) => "postgres",
             RecallError::Io(_) => "io",
         }
     }

@@ -434,7 +434,7 @@ impl IndexShard {
 }
 
 /// SHA-256 over the record, the chunk texts and positions, and the vectors.
-fn content_hash(record: &DocumentRecord, chunks: &[EmbeddedChunk]) -> String {
+pub(crate) fn content_hash(record: &DocumentRecord, chunks: &[EmbeddedChunk]) -> String {
     let mut hasher = Sha256::new();
     hasher.update(serde_json::to_vec(record).unwrap_or_default());
     for (chunk, vector) in chunks {

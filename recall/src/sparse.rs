@@ -6,7 +6,7 @@
 //! Queries are plain text: it is analyzed like the chunks and its terms are OR-ed (BM25 sums the scores); no
 //! query syntax is interpreted, so any user text is a valid query.
 
-mod tokenizer;
+pub(crate) mod tokenizer;
 
 use std::collections::BTreeSet;
 use std::path::Path;

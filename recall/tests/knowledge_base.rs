@@ -294,7 +294,7 @@ fn malformed_input_gives_clear_errors() {
         shard.search(&SearchQuery { text: Some("x".into()), k: 3, mode: SearchMode::Dense, ..Default::default() });
     assert!(matches!(err, Err(RecallError::InvalidRequest(_))));
     // Uploads: a corrupt PDF, random bytes called a PDF, an unsupported type, an empty file, bad UTF-8.
-    let mut pdf = support::minimal_pdf("T", &["Hello there."]);
+    let mut pdf = support::pdf::minimal_pdf("T", &["Hello there."]);
     pdf.truncate(pdf.len() / 2);
     pdf.extend_from_slice(&[0xFF; 64]);
     let err = parse_document(&pdf, Some("application/pdf"), Some("broken.pdf")).err();
@@ -331,7 +331,11 @@ fn uploads_of_every_format_are_ingested_and_found() {
                 .to_vec(),
         ),
         ("notes.txt", "text/plain", "Backups are taken every night at 02:00.\n".as_bytes().to_vec()),
-        ("manual.pdf", "application/pdf", support::minimal_pdf("Shoal manual", &["Nodes report their GPU memory."])),
+        (
+            "manual.pdf",
+            "application/pdf",
+            support::pdf::minimal_pdf("Shoal manual", &["Nodes report their GPU memory."]),
+        ),
     ];
     for (name, content_type, bytes) in &uploads {
         let parsed = parse_document(bytes, Some(content_type), Some(name)).expect(name);

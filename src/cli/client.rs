@@ -56,6 +56,31 @@ impl GatewayArgs {
         .await?
     }
 
+    /// PUT raw bytes with query parameters, read a JSON answer. Uploads may take minutes
+    /// (the document is chunked and embedded before the answer).
+    pub async fn put_bytes(
+        &self,
+        path: &str,
+        query: Vec<(String, String)>,
+        content_type: &str,
+        bytes: Vec<u8>,
+    ) -> anyhow::Result<Value> {
+        let (url, key, ct) = (self.url(path), self.key()?.to_string(), content_type.to_string());
+        tokio::task::spawn_blocking(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(900)))
+                .build()
+                .into();
+            let mut req = agent.put(&url).header("Authorization", &format!("Bearer {key}")).header("Content-Type", &ct);
+            for (k, v) in &query {
+                req = req.query(k, v);
+            }
+            finish(&url, req.send(&bytes[..]))
+        })
+        .await?
+    }
+
     /// POST a JSON body, read a JSON answer.
     pub async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         let (url, key) = (self.url(path), self.key()?.to_string());

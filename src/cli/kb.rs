@@ -1,6 +1,11 @@
 //! `shoal kb`: knowledge bases — create one bound to an embedding model on the mesh, list
-//! them with their documents and index-shard copies, delete one.
+//! them with their documents and index-shard copies, delete one; add, list and remove
+//! documents; search.
 
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
@@ -15,6 +20,15 @@ pub enum KbCommand {
     List(ListArgs),
     /// Delete a knowledge base and its index.
     Delete(DeleteArgs),
+    /// Add (or replace) documents: files and folders of .txt, .md, .html and .pdf, with
+    /// progress; running it again skips what is already indexed unchanged.
+    Add(AddArgs),
+    /// List a knowledge base's documents.
+    Docs(DocsArgs),
+    /// Remove documents (their chunks leave every index copy).
+    Rm(RemoveArgs),
+    /// Search a knowledge base.
+    Search(SearchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -117,5 +131,246 @@ pub async fn run(cmd: KbCommand) -> anyhow::Result<()> {
             println!("deleted knowledge base {}", a.name);
             Ok(())
         }
+        KbCommand::Add(a) => add(a).await,
+        KbCommand::Docs(a) => {
+            let list = a.gateway.get(&format!("/v1/knowledge-bases/{}/documents", encode_segment(&a.kb))).await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                let items = list["data"].as_array().cloned().unwrap_or_default();
+                let rows: Vec<Vec<String>> = items
+                    .iter()
+                    .map(|d| {
+                        vec![
+                            d["id"].as_str().unwrap_or("").to_string(),
+                            d["title"].as_str().unwrap_or("").to_string(),
+                            d["chunks"].to_string(),
+                            d["bytes"].to_string(),
+                            d["tags"]
+                                .as_array()
+                                .map(|t| t.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","))
+                                .unwrap_or_default(),
+                        ]
+                    })
+                    .collect();
+                println!("DOCUMENTS ({})", items.len());
+                print!("{}", table(&["ID", "TITLE", "CHUNKS", "BYTES", "TAGS"], &rows));
+            }
+            Ok(())
+        }
+        KbCommand::Rm(a) => {
+            for id in &a.ids {
+                let route = format!("/v1/knowledge-bases/{}/documents/{}", encode_segment(&a.kb), encode_segment(id));
+                a.gateway.delete(&route).await?;
+                println!("removed {id}");
+            }
+            Ok(())
+        }
+        KbCommand::Search(a) => {
+            let body = json!({"query": a.query, "top_k": a.top_k, "mode": a.mode});
+            let v = a.gateway.post(&format!("/v1/knowledge-bases/{}/search", encode_segment(&a.kb)), body).await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", hits_text(&v));
+            }
+            Ok(())
+        }
     }
+}
+
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// The knowledge base.
+    pub kb: String,
+    /// Files or folders (folders are walked for .txt, .md, .html and .pdf files).
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Document title (default: the document's own title, else the file name).
+    #[arg(long)]
+    pub title: Option<String>,
+    /// Where the document comes from (default: the file name).
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Comma-separated tags.
+    #[arg(long)]
+    pub tags: Option<String>,
+    /// Metadata KEY=VALUE (repeatable); searches can filter on it.
+    #[arg(long = "meta")]
+    pub meta: Vec<String>,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DocsArgs {
+    pub kb: String,
+    /// Print the raw JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RemoveArgs {
+    pub kb: String,
+    /// Document ids (as `shoal kb docs` shows them).
+    #[arg(required = true)]
+    pub ids: Vec<String>,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    pub kb: String,
+    pub query: String,
+    /// dense, sparse or hybrid.
+    #[arg(long, default_value = "hybrid")]
+    pub mode: String,
+    #[arg(long, default_value_t = 5)]
+    pub top_k: usize,
+    /// Print the raw JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+}
+
+/// File extensions `kb add` picks up in folders.
+const INGESTED_EXTENSIONS: &[&str] = &["txt", "text", "md", "markdown", "html", "htm", "pdf"];
+
+/// The files to upload with their document ids: a file given by itself is named by its file
+/// name, a file found in a folder by its path below that folder.
+pub fn collect_files(paths: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, String)>> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut stack = vec![p.clone()];
+            while let Some(dir) = stack.pop() {
+                let mut entries: Vec<PathBuf> = std::fs::read_dir(&dir)
+                    .with_context(|| format!("cannot read {}", dir.display()))?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .collect();
+                entries.sort();
+                for e in entries {
+                    if e.is_dir() {
+                        stack.push(e);
+                    } else if e
+                        .extension()
+                        .and_then(|x| x.to_str())
+                        .is_some_and(|x| INGESTED_EXTENSIONS.contains(&x.to_ascii_lowercase().as_str()))
+                    {
+                        let id = e.strip_prefix(p).unwrap_or(&e).to_string_lossy().replace('\\', "/");
+                        out.push((e, id));
+                    }
+                }
+            }
+        } else if p.is_file() {
+            let id = p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            out.push((p.clone(), id));
+        } else {
+            anyhow::bail!("{} is not a file or folder", p.display());
+        }
+    }
+    out.sort_by(|a, b| a.1.cmp(&b.1));
+    Ok(out)
+}
+
+/// Percent-encodes a path segment.
+pub fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn content_type_of(path: &std::path::Path) -> &'static str {
+    match path.extension().and_then(|x| x.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        Some("md" | "markdown") => "text/markdown",
+        Some("html" | "htm") => "text/html",
+        Some("pdf") => "application/pdf",
+        Some("txt" | "text") => "text/plain",
+        _ => "application/octet-stream",
+    }
+}
+
+async fn add(a: AddArgs) -> anyhow::Result<()> {
+    let files = collect_files(&a.paths)?;
+    if files.is_empty() {
+        anyhow::bail!("no .txt, .md, .html or .pdf files under the given paths");
+    }
+    let mut query = Vec::new();
+    for (k, v) in [("title", &a.title), ("source", &a.source), ("tags", &a.tags)] {
+        if let Some(v) = v {
+            query.push((k.to_string(), v.clone()));
+        }
+    }
+    for m in &a.meta {
+        let (k, v) = m.split_once('=').ok_or_else(|| anyhow::anyhow!("--meta takes KEY=VALUE, got '{m}'"))?;
+        query.push((format!("meta.{k}"), v.to_string()));
+    }
+    let started = Instant::now();
+    let (n, mut chunks, mut failed, mut unchanged) = (files.len(), 0u64, 0usize, 0usize);
+    for (i, (path, id)) in files.iter().enumerate() {
+        let t = Instant::now();
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let mut q = query.clone();
+        q.push(("file_name".into(), path.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default()));
+        let route = format!("/v1/knowledge-bases/{}/documents/{}", encode_segment(&a.kb), encode_segment(id));
+        match a.gateway.put_bytes(&route, q, content_type_of(path), bytes).await {
+            Ok(d) => {
+                let status = d["status"].as_str().unwrap_or("");
+                if status == "unchanged" {
+                    unchanged += 1;
+                } else {
+                    chunks += d["chunks"].as_u64().unwrap_or(0);
+                }
+                println!("[{}/{n}] {id}: {} chunks, {status} ({:.1} s)", i + 1, d["chunks"], t.elapsed().as_secs_f64());
+            }
+            Err(e) => {
+                failed += 1;
+                println!("[{}/{n}] {id}: FAILED: {e:#}", i + 1);
+            }
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{} documents: {} indexed, {unchanged} unchanged, {failed} failed; {chunks} chunks in {secs:.1} s ({:.1} chunks/s)",
+        n,
+        n - failed - unchanged,
+        chunks as f64 / secs.max(1e-9)
+    );
+    if failed > 0 {
+        anyhow::bail!(
+            "{failed} of {n} documents failed (running the same command again retries them; the others are skipped)"
+        );
+    }
+    Ok(())
+}
+
+/// Search hits as text: rank, score, document, title and the start of the chunk.
+pub fn hits_text(v: &Value) -> String {
+    let mut out = String::new();
+    for (i, h) in v["data"].as_array().cloned().unwrap_or_default().iter().enumerate() {
+        let text: String = h["text"].as_str().unwrap_or("").chars().take(160).collect();
+        out.push_str(&format!(
+            "{}. [{:.4}] {} — {}\n   {}\n",
+            i + 1,
+            h["score"].as_f64().unwrap_or(0.0),
+            h["document_id"].as_str().unwrap_or(""),
+            h["title"].as_str().unwrap_or(""),
+            text.replace('\n', " ")
+        ));
+    }
+    if let Some(failed) = v["shards"]["failed"].as_array().filter(|f| !f.is_empty()) {
+        out.push_str(&format!("(partial: {} shards did not answer)\n", failed.len()));
+    }
+    out
 }

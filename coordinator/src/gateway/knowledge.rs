@@ -1,16 +1,21 @@
 //! `/v1/knowledge-bases`: create, list, show and delete knowledge bases (the catalog and
-//! where each index shard's copies are).
+//! where each index shard's copies are), add and remove documents, and search.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
+use serde::Deserialize;
 use serde_json::{json, Value};
+use shoal_recall::{Hit, MetadataFilter, SearchMode};
 
 use super::auth::require;
 use super::{ApiError, Body, GatewayState};
 use crate::knowledge::{check_request, redact, KnowledgeBaseRequest};
+use crate::retrieval::{Ingested, RecallFailure, Search, Upload};
 use crate::state::{ClusterState, Command, IndexBackend, Outcome, Scope};
 
 type Gw = State<Arc<GatewayState>>;
@@ -77,6 +82,10 @@ pub async fn create(
             }
         })?
     };
+    if matches!(kb.backend, IndexBackend::Postgres { .. }) {
+        // Reach the database now: a wrong URL is the creator's error, not the first upload's.
+        gw.retrieval.postgres(&kb).await.map_err(|e| ApiError::bad_request(e.to_string()))?;
+    }
     match gw.writer.command(Command::CreateKnowledgeBase(kb)).await? {
         Outcome::Applied => {}
         Outcome::Rejected(why) | Outcome::Ignored(why) => return Err(ApiError::conflict(why)),
@@ -102,11 +111,287 @@ pub async fn get_one(State(gw): Gw, headers: HeaderMap, Path(name): Path<String>
 
 pub async fn delete(State(gw): Gw, headers: HeaderMap, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
     require(&headers, &gw, Scope::Admin)?;
+    let kb = gw.raft.state().read().unwrap_or_else(|p| p.into_inner()).knowledge_bases.get(&name).cloned();
     match gw.writer.command(Command::DeleteKnowledgeBase { name: name.clone() }).await? {
-        Outcome::Applied => Ok(Json(json!({"name": name, "deleted": true}))),
+        Outcome::Applied => {
+            // Index-shard copies on nodes go with their placements; a PostgreSQL table is dropped here.
+            if let Some(kb) = kb {
+                if let Err(e) = gw.retrieval.forget(&kb).await {
+                    tracing::warn!(kb = %name, error = %e, "could not drop the knowledge base's PostgreSQL table");
+                }
+            }
+            Ok(Json(json!({"name": name, "deleted": true})))
+        }
         Outcome::Rejected(_) | Outcome::Ignored(_) => {
             Err(ApiError::not_found(format!("no knowledge base named '{name}'")))
         }
         other => Err(ApiError::unavailable(format!("{other:?}"))),
     }
+}
+
+/// Largest document upload.
+pub const MAX_DOCUMENT_BYTES: usize = 32 * 1024 * 1024;
+
+impl From<RecallFailure> for ApiError {
+    fn from(e: RecallFailure) -> Self {
+        match e {
+            RecallFailure::NotFound(m) => ApiError::not_found(m),
+            RecallFailure::BadRequest(m) => ApiError::bad_request(m),
+            RecallFailure::Unsupported(m) => {
+                ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "invalid_request_error", "unsupported_type", m)
+            }
+            RecallFailure::TooLarge(m) => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", "document_too_large", m)
+            }
+            RecallFailure::Route(e) => e.into(),
+            RecallFailure::Unavailable(m) => ApiError::unavailable(m),
+        }
+    }
+}
+
+fn ingested(i: &Ingested) -> Value {
+    json!({
+        "object": "knowledge_base.document",
+        "id": i.id,
+        "title": i.title,
+        "shard": i.shard,
+        "chunks": i.chunks,
+        "tokens": i.tokens,
+        "status": if i.unchanged { "unchanged" } else if i.replaced { "replaced" } else { "indexed" },
+        "copies_written": i.copies_written,
+    })
+}
+
+/// `PUT /v1/knowledge-bases/{kb}/documents/{id}`: the body is the file (its type from
+/// `Content-Type` or the `file_name` parameter); `title`, `source`, `tags` (comma-separated)
+/// and `meta.KEY=VALUE` come as query parameters.
+pub async fn put_document(
+    State(gw): Gw,
+    headers: HeaderMap,
+    Path((kb, id)): Path<(String, String)>,
+    Query(params): Query<BTreeMap<String, String>>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    require(&headers, &gw, Scope::Admin)?;
+    let content_type = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .filter(|t| t != "application/octet-stream");
+    let mut upload = Upload {
+        doc_id: id,
+        bytes: body.to_vec(),
+        content_type,
+        file_name: params.get("file_name").cloned(),
+        title: params.get("title").cloned(),
+        source: params.get("source").cloned(),
+        tags: params
+            .get("tags")
+            .map(|t| t.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+            .unwrap_or_default(),
+        metadata: BTreeMap::new(),
+    };
+    for (k, v) in &params {
+        match k.strip_prefix("meta.") {
+            Some(key) if !key.is_empty() => {
+                upload.metadata.insert(key.to_string(), v.clone());
+            }
+            _ if ["file_name", "title", "source", "tags"].contains(&k.as_str()) => {}
+            _ => return Err(ApiError::bad_request(format!("unknown parameter '{k}'"))),
+        }
+    }
+    let done = gw.retrieval.ingest(&kb, upload).await?;
+    Ok(Json(ingested(&done)))
+}
+
+/// A document given as JSON: its text, or its bytes in base64 with a file name or type.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DocumentJson {
+    id: String,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    content_base64: Option<String>,
+    #[serde(default)]
+    content_type: Option<String>,
+    #[serde(default)]
+    file_name: Option<String>,
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    source: Option<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+}
+
+/// `POST /v1/knowledge-bases/{kb}/documents` with a JSON document.
+pub async fn post_document(
+    State(gw): Gw,
+    headers: HeaderMap,
+    Path(kb): Path<String>,
+    Body(doc): Body<DocumentJson>,
+) -> Result<Json<Value>, ApiError> {
+    require(&headers, &gw, Scope::Admin)?;
+    let (bytes, content_type) = match (doc.text, doc.content_base64) {
+        (Some(t), None) => (t.into_bytes(), doc.content_type.or(Some("text/plain".into()))),
+        (None, Some(b)) => {
+            use base64::Engine as _;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .map_err(|e| ApiError::bad_request(format!("content_base64 is not base64: {e}")))?;
+            (bytes, doc.content_type)
+        }
+        _ => return Err(ApiError::bad_request("give exactly one of 'text' and 'content_base64'")),
+    };
+    let upload = Upload {
+        doc_id: doc.id,
+        bytes,
+        content_type,
+        file_name: doc.file_name,
+        title: doc.title,
+        source: doc.source,
+        tags: doc.tags,
+        metadata: doc.metadata,
+    };
+    let done = gw.retrieval.ingest(&kb, upload).await?;
+    Ok(Json(ingested(&done)))
+}
+
+fn document_json(d: &crate::state::KbDocument) -> Value {
+    json!({
+        "object": "knowledge_base.document",
+        "id": d.id,
+        "title": d.title,
+        "source": d.source,
+        "tags": d.tags,
+        "chunks": d.chunks,
+        "bytes": d.bytes,
+        "sha256": d.sha256,
+        "updated_at_ms": d.updated_at_ms,
+    })
+}
+
+/// `GET /v1/knowledge-bases/{kb}/documents`.
+pub async fn list_documents(
+    State(gw): Gw,
+    headers: HeaderMap,
+    Path(kb): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require(&headers, &gw, Scope::User)?;
+    let state = gw.raft.state().read().unwrap_or_else(|p| p.into_inner());
+    let k =
+        state.knowledge_bases.get(&kb).ok_or_else(|| ApiError::not_found(format!("no knowledge base named '{kb}'")))?;
+    let data: Vec<Value> = k.documents.values().map(document_json).collect();
+    Ok(Json(json!({"object": "list", "data": data})))
+}
+
+/// `GET /v1/knowledge-bases/{kb}/documents/{id}`.
+pub async fn get_document(
+    State(gw): Gw,
+    headers: HeaderMap,
+    Path((kb, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    require(&headers, &gw, Scope::User)?;
+    let state = gw.raft.state().read().unwrap_or_else(|p| p.into_inner());
+    let k =
+        state.knowledge_bases.get(&kb).ok_or_else(|| ApiError::not_found(format!("no knowledge base named '{kb}'")))?;
+    k.documents
+        .get(&id)
+        .map(|d| Json(document_json(d)))
+        .ok_or_else(|| ApiError::not_found(format!("no document '{id}' in knowledge base '{kb}'")))
+}
+
+/// `DELETE /v1/knowledge-bases/{kb}/documents/{id}`: removes its chunks from every copy.
+pub async fn delete_document(
+    State(gw): Gw,
+    headers: HeaderMap,
+    Path((kb, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    require(&headers, &gw, Scope::Admin)?;
+    gw.retrieval.delete_document(&kb, &id).await?;
+    Ok(Json(json!({"object": "knowledge_base.document", "id": id, "deleted": true})))
+}
+
+/// Which documents a search may return.
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct FilterJson {
+    #[serde(default)]
+    pub document_ids: Vec<String>,
+    #[serde(default)]
+    pub source: Option<String>,
+    /// Any of these tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl FilterJson {
+    pub fn to_filter(&self) -> MetadataFilter {
+        MetadataFilter {
+            doc_ids: self.document_ids.clone(),
+            source: self.source.clone(),
+            tags_any: self.tags.clone(),
+            metadata: self.metadata.clone(),
+        }
+    }
+}
+
+/// `POST /v1/knowledge-bases/{kb}/search`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchJson {
+    query: String,
+    #[serde(default = "default_top_k")]
+    top_k: usize,
+    #[serde(default)]
+    mode: SearchMode,
+    #[serde(default)]
+    filter: FilterJson,
+}
+
+fn default_top_k() -> usize {
+    5
+}
+
+/// A hit as the API shows it.
+pub fn hit_json(h: &Hit) -> Value {
+    json!({
+        "chunk_id": h.chunk_id.to_string(),
+        "document_id": h.doc_id,
+        "title": h.title,
+        "source": h.source,
+        "metadata": h.metadata,
+        "position": h.position,
+        "score": h.score,
+        "dense_rank": h.dense_rank,
+        "sparse_rank": h.sparse_rank,
+        "text": h.text,
+    })
+}
+
+pub async fn search(
+    State(gw): Gw,
+    headers: HeaderMap,
+    Path(kb): Path<String>,
+    Body(req): Body<SearchJson>,
+) -> Result<Json<Value>, ApiError> {
+    require(&headers, &gw, Scope::User)?;
+    let mode = req.mode;
+    let found = gw
+        .retrieval
+        .search(&kb, Search { query: req.query, top_k: req.top_k, mode, filter: req.filter.to_filter() })
+        .await?;
+    let data: Vec<Value> = found.hits.iter().map(hit_json).collect();
+    Ok(Json(json!({
+        "object": "list",
+        "knowledge_base": kb,
+        "mode": mode,
+        "data": data,
+        "shards": {"total": found.shards, "answered": found.shards as usize - found.failed.len(), "failed": found.failed},
+    })))
 }

@@ -6,6 +6,7 @@ pub mod deployments;
 mod error;
 pub mod knowledge;
 pub mod openai;
+pub mod rag;
 mod routes;
 
 use std::sync::{Arc, Mutex};
@@ -43,6 +44,8 @@ pub struct GatewayState {
     pub ca_hash: String,
     pub clock: Clock,
     pub router: Arc<crate::router::Router>,
+    /// Knowledge-base ingest and search.
+    pub retrieval: Arc<crate::retrieval::Retrieval>,
     /// Model files registered through this coordinator.
     pub artifacts: shoal_protocol::artifact::ArtifactStore,
     /// Where `hf://` sources are downloaded.
@@ -69,6 +72,20 @@ pub fn router(state: Arc<GatewayState>) -> Router {
         .route("/v1/deployments/{name}", get(deployments::get_one).delete(deployments::delete))
         .route("/v1/knowledge-bases", post(knowledge::create).get(knowledge::list))
         .route("/v1/knowledge-bases/{name}", get(knowledge::get_one).delete(knowledge::delete))
+        .route(
+            "/v1/knowledge-bases/{name}/documents",
+            get(knowledge::list_documents)
+                .post(knowledge::post_document)
+                .layer(DefaultBodyLimit::max(knowledge::MAX_DOCUMENT_BYTES * 4 / 3 + 64 * 1024)),
+        )
+        .route(
+            "/v1/knowledge-bases/{name}/documents/{id}",
+            get(knowledge::get_document)
+                .delete(knowledge::delete_document)
+                .put(knowledge::put_document)
+                .layer(DefaultBodyLimit::max(knowledge::MAX_DOCUMENT_BYTES)),
+        )
+        .route("/v1/knowledge-bases/{name}/search", post(knowledge::search))
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

@@ -19,6 +19,7 @@ use shoal_protocol::{ChatTurn, Finish, Prompt, SamplingSettings};
 use tokio::sync::mpsc;
 
 use super::auth::require;
+use super::rag::{self, Citations, RagField};
 use super::{ApiError, Body, GatewayState};
 use crate::router::{GenEvent, RouteError};
 use crate::state::Scope;
@@ -166,6 +167,9 @@ pub struct ChatRequest {
     stream: bool,
     #[serde(default)]
     stream_options: Option<StreamOptions>,
+    /// Shoal's extension: answer from a knowledge base (see `gateway::rag`).
+    #[serde(default)]
+    knowledge_base: Option<RagField>,
     #[serde(flatten)]
     sampling: SamplingFields,
 }
@@ -215,8 +219,15 @@ pub async fn chat_completions(
     }
     let sampling = req.sampling.settings()?;
     let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
-    let kind = Kind::Chat;
-    generate(gw, req.model, Prompt::Chat(turns), sampling, req.stream, include_usage, kind).await
+    let citations = match req.knowledge_base {
+        Some(field) => {
+            gw.router.check_generate(&req.model)?;
+            Some(rag::augment(&gw, field, &mut turns).await?)
+        }
+        None => None,
+    };
+    let out = Output { stream: req.stream, include_usage, kind: Kind::Chat, citations };
+    generate(gw, req.model, Prompt::Chat(turns), sampling, out).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -254,7 +265,8 @@ pub async fn completions(
     }
     let sampling = req.sampling.settings()?;
     let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
-    generate(gw, req.model, Prompt::Text(prompt), sampling, req.stream, include_usage, Kind::Completion).await
+    let out = Output { stream: req.stream, include_usage, kind: Kind::Completion, citations: None };
+    generate(gw, req.model, Prompt::Text(prompt), sampling, out).await
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -283,23 +295,30 @@ fn usage(prompt: u32, completion: u32) -> Value {
     json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
 }
 
+/// How to answer a generation.
+struct Output {
+    stream: bool,
+    include_usage: bool,
+    kind: Kind,
+    /// Set for a chat answered from a knowledge base.
+    citations: Option<Citations>,
+}
+
 async fn generate(
     gw: Arc<GatewayState>,
     model: String,
     prompt: Prompt,
     sampling: SamplingSettings,
-    stream: bool,
-    include_usage: bool,
-    kind: Kind,
+    out: Output,
 ) -> Result<Response, ApiError> {
     gw.router.check_generate(&model)?;
     let started = Instant::now();
     let rx = gw.router.generate(model.clone(), prompt, sampling);
-    let id = request_id(kind.id_prefix());
-    if stream {
-        Ok(stream_response(rx, id, model, kind, include_usage, started).into_response())
+    let id = request_id(out.kind.id_prefix());
+    if out.stream {
+        Ok(stream_response(rx, id, model, out, started).into_response())
     } else {
-        collect_response(rx, id, model, kind, started).await
+        collect_response(rx, id, model, out.kind, out.citations, started).await
     }
 }
 
@@ -313,6 +332,7 @@ async fn collect_response(
     id: String,
     model: String,
     kind: Kind,
+    citations: Option<Citations>,
     started: Instant,
 ) -> Result<Response, ApiError> {
     let mut text = String::new();
@@ -342,7 +362,7 @@ async fn collect_response(
                         "index": 0, "text": text, "logprobs": null, "finish_reason": finish.as_str(),
                     }),
                 };
-                let body = json!({
+                let mut body = json!({
                     "id": id,
                     "object": kind.object(false),
                     "created": unix_secs(),
@@ -350,6 +370,9 @@ async fn collect_response(
                     "choices": [choice],
                     "usage": usage(prompt_tokens, completion_tokens),
                 });
+                if let Some(c) = &citations {
+                    body["citations"] = c.json(Some(&text));
+                }
                 return Ok(Json(body).into_response());
             }
             GenEvent::Failed(e) => {
@@ -384,8 +407,7 @@ fn stream_response(
     rx: mpsc::Receiver<GenEvent>,
     id: String,
     model: String,
-    kind: Kind,
-    include_usage: bool,
+    out: Output,
     started: Instant,
 ) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
     struct S {
@@ -393,10 +415,13 @@ fn stream_response(
         pending: std::collections::VecDeque<Event>,
         done: bool,
         first: bool,
+        /// The answer so far (kept only for citations).
+        text: String,
     }
-    let init = S { rx, pending: Default::default(), done: false, first: true };
+    let (kind, include_usage, citations) = (out.kind, out.include_usage, out.citations);
+    let init = S { rx, pending: Default::default(), done: false, first: true, text: String::new() };
     let stream = futures_util::stream::unfold(init, move |mut s| {
-        let (id, model) = (id.clone(), model.clone());
+        let (id, model, citations) = (id.clone(), model.clone(), citations.clone());
         async move {
             loop {
                 if let Some(ev) = s.pending.pop_front() {
@@ -409,7 +434,11 @@ fn stream_response(
                 match s.rx.recv().await {
                     Some(GenEvent::Started { .. }) => {
                         if kind == Kind::Chat {
-                            s.pending.push_back(data(chunk(&id, &model, kind, Some(""), None, true)));
+                            let mut first = chunk(&id, &model, kind, Some(""), None, true);
+                            if let Some(c) = &citations {
+                                first["citations"] = c.json(None);
+                            }
+                            s.pending.push_back(data(first));
                         }
                     }
                     Some(GenEvent::Delta { text, tokens }) => {
@@ -421,12 +450,19 @@ fn stream_response(
                         metrics::counter!(m::GATEWAY_TOKENS, "model" => model.clone()).increment(tokens as u64);
                         if !text.is_empty() {
                             s.pending.push_back(data(chunk(&id, &model, kind, Some(&text), None, false)));
+                            if citations.is_some() {
+                                s.text.push_str(&text);
+                            }
                         }
                     }
                     Some(GenEvent::Done { finish, prompt_tokens, completion_tokens }) => {
                         observe(&model, started, "ok");
                         let text = if kind == Kind::Chat { None } else { Some("") };
-                        s.pending.push_back(data(chunk(&id, &model, kind, text, Some(finish), false)));
+                        let mut last = chunk(&id, &model, kind, text, Some(finish), false);
+                        if let Some(c) = &citations {
+                            last["cited"] = json!(c.cited(&s.text));
+                        }
+                        s.pending.push_back(data(last));
                         if include_usage {
                             let u = json!({
                                 "id": id, "object": kind.object(true), "created": unix_secs(), "model": model,

@@ -215,6 +215,15 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Outcome {
             None => Outcome::ignored("no such placement"),
         },
         Command::ReplicaStatus { id, node, node_generation, phase, message, at_ms } => {
+            if let Some(copy) = state.index_shards.get_mut(id) {
+                // Index-shard copies report through the same heartbeat field.
+                if copy.node != *node || copy.node_generation != *node_generation {
+                    return Outcome::ignored("stale generation");
+                }
+                copy.phase = Some(*phase);
+                copy.message = message.clone();
+                return Outcome::Applied;
+            }
             let Some(p) = state.placements.get_mut(id) else {
                 return Outcome::ignored("no such placement");
             };

@@ -88,6 +88,8 @@ pub struct ModelHost {
     slots: Mutex<HashMap<String, Slot>>,
     /// How long one step of a split model may take from a stage to the end of its chain.
     pub stage_timeout: Duration,
+    /// The index-shard copies of knowledge bases on this node.
+    pub index: Arc<crate::index::IndexHost>,
 }
 
 impl ModelHost {
@@ -102,6 +104,7 @@ impl ModelHost {
         Ok(Arc::new(Self {
             store,
             models_dir: data_dir.join("models"),
+            index: crate::index::IndexHost::new(data_dir, pool.clone()),
             pool,
             slots: Mutex::new(HashMap::new()),
             stage_timeout,

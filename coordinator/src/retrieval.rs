@@ -1,0 +1,578 @@
+//! Knowledge bases at work: ingesting documents (parse here, chunk and embed on an embedding
+//! replica of the mesh, write to every copy of the document's index shard, then commit the
+//! catalog entry through raft) and searching (embed the query on the mesh, scatter to one
+//! ready copy of every shard, fail over to another copy when one does not answer in time,
+//! merge with reciprocal rank fusion).
+//!
+//! The catalog commit comes last: a document is listed only once its chunks are in the
+//! index, and an interrupted ingest retried with the same content and metadata finds the
+//! catalog entry and does nothing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use rand::seq::SliceRandom;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use shoal_protocol::metric_names as m;
+use shoal_protocol::pool::Pool;
+use shoal_protocol::tls::NODE_SERVER_NAME;
+use shoal_protocol::{RefusalCode, ReplicaPhase, Request, Response};
+use shoal_recall::{wire, DocumentRecord, Hit, MetadataFilter, PgIndex, RecallError, SearchMode, SearchQuery};
+use tracing::{debug, info, warn};
+
+use crate::clock::Clock;
+use crate::raft::RaftHandle;
+use crate::router::{RouteError, Router};
+use crate::state::{ClusterState, Command, IndexBackend, KbDocument, KnowledgeBase, NodeState, Outcome};
+use crate::writer::Writer;
+
+/// How long one shard copy may take to answer a search before another copy is asked.
+pub const SHARD_SEARCH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long writing a document to one shard copy may take (a copy being built queues
+/// writes and answers at once).
+const SHARD_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an embedding replica may take to embed a search's query before another is asked.
+const QUERY_EMBED_PATIENCE: Duration = Duration::from_secs(3);
+/// How long chunking and embedding one document may take on an embedding replica.
+const EMBED_DOCUMENT_TIMEOUT: Duration = Duration::from_secs(600);
+/// Most hits one search returns.
+pub const MAX_TOP_K: usize = 100;
+/// Longest query text.
+const MAX_QUERY_BYTES: usize = 8 * 1024;
+
+/// Why a knowledge-base operation failed (each maps to one HTTP status).
+#[derive(Debug)]
+pub enum RecallFailure {
+    /// No such knowledge base or document (404).
+    NotFound(String),
+    /// The request is wrong (400).
+    BadRequest(String),
+    /// The upload's type is not one we parse (415).
+    Unsupported(String),
+    /// The document is too large (413).
+    TooLarge(String),
+    /// The embedding model could not be reached.
+    Route(RouteError),
+    /// No copy of a shard could do it (503).
+    Unavailable(String),
+}
+
+impl std::fmt::Display for RecallFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecallFailure::NotFound(s)
+            | RecallFailure::BadRequest(s)
+            | RecallFailure::Unsupported(s)
+            | RecallFailure::TooLarge(s)
+            | RecallFailure::Unavailable(s) => f.write_str(s),
+            RecallFailure::Route(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl From<RouteError> for RecallFailure {
+    fn from(e: RouteError) -> Self {
+        match e {
+            RouteError::BadRequest(msg) if msg.contains("at most") && msg.contains("split it") => {
+                RecallFailure::TooLarge(msg)
+            }
+            other => RecallFailure::Route(other),
+        }
+    }
+}
+
+impl From<RecallError> for RecallFailure {
+    fn from(e: RecallError) -> Self {
+        match e {
+            RecallError::UnsupportedType { .. } => RecallFailure::Unsupported(e.to_string()),
+            e if e.is_caller_error() => RecallFailure::BadRequest(e.to_string()),
+            e => RecallFailure::Unavailable(e.to_string()),
+        }
+    }
+}
+
+/// A document to ingest.
+#[derive(Debug, Clone, Default)]
+pub struct Upload {
+    pub doc_id: String,
+    pub bytes: Vec<u8>,
+    pub content_type: Option<String>,
+    pub file_name: Option<String>,
+    pub title: Option<String>,
+    pub source: Option<String>,
+    pub tags: Vec<String>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Upload {
+    /// Fingerprint of the content and everything stored with it: the same upload twice
+    /// is recognised, a changed title or tag is not mistaken for "unchanged".
+    pub fn fingerprint(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(&self.bytes);
+        for part in [&self.title, &self.source, &self.content_type, &self.file_name] {
+            h.update([0xff]);
+            h.update(part.as_deref().unwrap_or("").as_bytes());
+        }
+        for t in &self.tags {
+            h.update([0xfe]);
+            h.update(t.as_bytes());
+        }
+        for (k, v) in &self.metadata {
+            h.update([0xfd]);
+            h.update(k.as_bytes());
+            h.update([0]);
+            h.update(v.as_bytes());
+        }
+        hex::encode(h.finalize())
+    }
+}
+
+/// What an ingest did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ingested {
+    pub id: String,
+    pub title: String,
+    pub shard: u32,
+    pub chunks: u32,
+    pub tokens: u32,
+    /// The same content and metadata were already indexed: nothing was done.
+    pub unchanged: bool,
+    /// An earlier version was replaced.
+    pub replaced: bool,
+    /// Copies of the shard that took the write.
+    pub copies_written: usize,
+}
+
+/// A search request.
+#[derive(Debug, Clone)]
+pub struct Search {
+    pub query: String,
+    pub top_k: usize,
+    pub mode: SearchMode,
+    pub filter: MetadataFilter,
+}
+
+/// A search's answer.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub hits: Vec<Hit>,
+    pub shards: u32,
+    /// Shards none of whose copies answered, with why.
+    pub failed: Vec<String>,
+}
+
+/// Ingest and search over the mesh.
+pub struct Retrieval {
+    raft: RaftHandle,
+    writer: Writer,
+    router: Arc<Router>,
+    pool: Pool,
+    clock: Clock,
+    /// Connections to the PostgreSQL indexes, by knowledge base (name, creation time).
+    postgres: tokio::sync::Mutex<HashMap<(String, u64), Arc<PgIndex>>>,
+}
+
+/// One copy of an index shard, where to reach it.
+#[derive(Debug, Clone)]
+struct CopyAddr {
+    id: String,
+    node: String,
+    address: SocketAddr,
+    ready: bool,
+}
+
+impl Retrieval {
+    pub fn new(
+        raft: RaftHandle,
+        writer: Writer,
+        router: Arc<Router>,
+        client: quinn::ClientConfig,
+        clock: Clock,
+    ) -> Result<Self, shoal_protocol::ProtocolError> {
+        Ok(Self { raft, writer, router, pool: Pool::new(client)?, clock, postgres: Default::default() })
+    }
+
+    fn knowledge_base(&self, name: &str) -> Result<KnowledgeBase, RecallFailure> {
+        let state = self.raft.state().read().unwrap_or_else(|p| p.into_inner());
+        state
+            .knowledge_bases
+            .get(name)
+            .cloned()
+            .ok_or_else(|| RecallFailure::NotFound(format!("no knowledge base named '{name}'")))
+    }
+
+    /// The copies of a shard on ready nodes (failed copies left out).
+    fn copies(state: &ClusterState, kb: &str, shard: u32) -> Vec<CopyAddr> {
+        state
+            .index_shards
+            .values()
+            .filter(|p| p.kb == kb && p.shard == shard && p.phase != Some(ReplicaPhase::Failed))
+            .filter_map(|p| {
+                let node = state.nodes.get(&p.node).filter(|n| n.state == NodeState::Ready)?;
+                Some(CopyAddr {
+                    id: p.id.clone(),
+                    node: node.name.clone(),
+                    address: node.address.parse().ok()?,
+                    ready: p.phase == Some(ReplicaPhase::Ready),
+                })
+            })
+            .collect()
+    }
+
+    /// The PostgreSQL index of a knowledge base with that backend (connected on first use;
+    /// the table is created if missing).
+    pub async fn postgres(&self, kb: &KnowledgeBase) -> Result<Arc<PgIndex>, RecallFailure> {
+        let IndexBackend::Postgres { url } = &kb.backend else {
+            return Err(RecallFailure::BadRequest(format!("'{}' uses the built-in index", kb.name)));
+        };
+        let mut cache = self.postgres.lock().await;
+        let key = (kb.name.clone(), kb.created_at_ms);
+        if let Some(pg) = cache.get(&key) {
+            return Ok(pg.clone());
+        }
+        let pg = Arc::new(PgIndex::connect(url, &kb.name, kb.dimension as usize).await?);
+        cache.insert(key, pg.clone());
+        Ok(pg)
+    }
+
+    /// Removes what a deleted knowledge base kept outside the nodes (its PostgreSQL table).
+    pub async fn forget(&self, kb: &KnowledgeBase) -> Result<(), RecallFailure> {
+        if kb.backend == IndexBackend::Builtin {
+            return Ok(());
+        }
+        let pg = self.postgres(kb).await?;
+        pg.drop_index().await?;
+        self.postgres.lock().await.remove(&(kb.name.clone(), kb.created_at_ms));
+        Ok(())
+    }
+
+    /// Parses, chunks, embeds and indexes one document, then records it in the catalog.
+    #[tracing::instrument(level = "info", skip_all, fields(kb = %kb_name, doc = %upload.doc_id))]
+    pub async fn ingest(&self, kb_name: &str, upload: Upload) -> Result<Ingested, RecallFailure> {
+        let started = Instant::now();
+        metrics::gauge!(m::KB_INGEST_IN_PROGRESS).increment(1.0);
+        let result = self.ingest_inner(kb_name, upload).await;
+        metrics::gauge!(m::KB_INGEST_IN_PROGRESS).decrement(1.0);
+        let outcome = match &result {
+            Ok(i) if i.unchanged => "unchanged",
+            Ok(_) => "indexed",
+            Err(_) => "failed",
+        };
+        metrics::counter!(m::KB_INGEST_DOCUMENTS, "kb" => kb_name.to_string(), "outcome" => outcome).increment(1);
+        metrics::histogram!(m::KB_INGEST_SECONDS).record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn ingest_inner(&self, kb_name: &str, upload: Upload) -> Result<Ingested, RecallFailure> {
+        let kb = self.knowledge_base(kb_name)?;
+        let mut record = DocumentRecord::new(upload.doc_id.clone());
+        record.validate()?;
+        let fingerprint = upload.fingerprint();
+        let shard = kb.shard_of(&upload.doc_id);
+        let earlier = kb.documents.get(&upload.doc_id);
+        if let Some(d) = earlier.filter(|d| d.sha256 == fingerprint) {
+            return Ok(Ingested {
+                id: d.id.clone(),
+                title: d.title.clone(),
+                shard,
+                chunks: d.chunks,
+                tokens: 0,
+                unchanged: true,
+                replaced: false,
+                copies_written: 0,
+            });
+        }
+        let (bytes, content_type, file_name) =
+            (upload.bytes.clone(), upload.content_type.clone(), upload.file_name.clone());
+        let parsed = tokio::task::spawn_blocking(move || {
+            shoal_recall::parse_document(&bytes, content_type.as_deref(), file_name.as_deref())
+        })
+        .await
+        .map_err(|e| RecallFailure::Unavailable(format!("parsing panicked: {e}")))??;
+        let title = upload
+            .title
+            .clone()
+            .filter(|t| !t.trim().is_empty())
+            .or(parsed.title.clone())
+            .or(upload.file_name.clone())
+            .unwrap_or_else(|| upload.doc_id.clone());
+        record.title = Some(title.clone());
+        record.source = upload.source.clone().or(upload.file_name.clone());
+        record.tags = upload.tags.clone();
+        record.metadata = upload.metadata.clone();
+        let (chunks, tokens) = self
+            .router
+            .embed_document(&kb.embedding, parsed.text, kb.chunk_tokens, kb.chunk_overlap, EMBED_DOCUMENT_TIMEOUT)
+            .await?;
+        if chunks.is_empty() {
+            return Err(RecallFailure::BadRequest("the document holds no text".into()));
+        }
+        if let Some(c) = chunks.iter().find(|c| c.vector.len() != kb.dimension as usize) {
+            return Err(RecallFailure::Unavailable(format!(
+                "the embedding model answered {}-dimensional vectors; this knowledge base holds {}",
+                c.vector.len(),
+                kb.dimension
+            )));
+        }
+        let n = chunks.len() as u32;
+        let copies_written = match &kb.backend {
+            IndexBackend::Builtin => {
+                let req = |id: &str| Request::IndexUpsert {
+                    shard_id: id.to_string(),
+                    document: wire::document_to_wire(&record),
+                    chunks: chunks.clone(),
+                };
+                self.write_copies(&kb, shard, req).await?
+            }
+            IndexBackend::Postgres { .. } => {
+                let chunks: Vec<_> = chunks.into_iter().map(wire::chunk_from_wire).collect();
+                self.postgres(&kb).await?.upsert_document(&record, &chunks).await?;
+                1
+            }
+        };
+        metrics::counter!(m::KB_INGEST_CHUNKS, "kb" => kb.name.clone()).increment(u64::from(n));
+        let document = KbDocument {
+            id: upload.doc_id.clone(),
+            title: title.clone(),
+            source: record.source.clone().unwrap_or_default(),
+            tags: upload.tags.clone(),
+            sha256: fingerprint,
+            chunks: n,
+            bytes: upload.bytes.len() as u64,
+            updated_at_ms: self.clock.unix_ms(),
+        };
+        match self.writer.command(Command::PutDocument { kb: kb.name.clone(), document }).await {
+            Ok(Outcome::Applied) => {}
+            Ok(other) => return Err(RecallFailure::NotFound(format!("the catalog refused the document: {other:?}"))),
+            Err(e) => return Err(RecallFailure::Unavailable(format!("could not record the document: {e}"))),
+        }
+        info!(chunks = n, tokens, copies = copies_written, "document indexed");
+        Ok(Ingested {
+            id: upload.doc_id,
+            title,
+            shard,
+            chunks: n,
+            tokens,
+            unchanged: false,
+            replaced: earlier.is_some(),
+            copies_written,
+        })
+    }
+
+    /// Removes a document from every copy of its shard and from the catalog.
+    pub async fn delete_document(&self, kb_name: &str, doc_id: &str) -> Result<(), RecallFailure> {
+        let kb = self.knowledge_base(kb_name)?;
+        if !kb.documents.contains_key(doc_id) {
+            return Err(RecallFailure::NotFound(format!("no document '{doc_id}' in knowledge base '{kb_name}'")));
+        }
+        let shard = kb.shard_of(doc_id);
+        match &kb.backend {
+            IndexBackend::Builtin => {
+                let req = |id: &str| Request::IndexDelete { shard_id: id.to_string(), doc_id: doc_id.to_string() };
+                self.write_copies(&kb, shard, req).await?;
+            }
+            IndexBackend::Postgres { .. } => {
+                self.postgres(&kb).await?.delete_document(doc_id).await?;
+            }
+        }
+        match self.writer.command(Command::DeleteDocument { kb: kb.name.clone(), id: doc_id.to_string() }).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(RecallFailure::Unavailable(format!("could not record the deletion: {e}"))),
+        }
+    }
+
+    /// Sends a write to every copy of a shard. It succeeds when at least one copy took it;
+    /// copies that did not are taken out of the placement, so the coordinator puts a fresh
+    /// copy in their place that rebuilds from one that did.
+    async fn write_copies(
+        &self,
+        kb: &KnowledgeBase,
+        shard: u32,
+        req: impl Fn(&str) -> Request,
+    ) -> Result<usize, RecallFailure> {
+        let copies = {
+            let state = self.raft.state().read().unwrap_or_else(|p| p.into_inner());
+            Self::copies(&state, &kb.name, shard)
+        };
+        if copies.is_empty() {
+            return Err(RecallFailure::Unavailable(format!(
+                "shard {shard} of '{}' has no copy on a ready node yet (are nodes joined?)",
+                kb.name
+            )));
+        }
+        let calls = copies.iter().map(|c| {
+            let r = req(&c.id);
+            async move { (c, self.call(c.address, &r, SHARD_WRITE_TIMEOUT).await) }
+        });
+        let mut ok = 0;
+        let mut failures = Vec::new();
+        for (copy, result) in join_all(calls).await {
+            match result {
+                Ok(Response::IndexWritten { .. }) => ok += 1,
+                Ok(Response::Refused { code: RefusalCode::BadRequest, message }) => {
+                    return Err(RecallFailure::BadRequest(message))
+                }
+                Ok(Response::Refused { message, .. }) => failures.push((copy, message)),
+                Ok(other) => failures.push((copy, format!("unexpected answer {other:?}"))),
+                Err(e) => failures.push((copy, e)),
+            }
+        }
+        if ok == 0 {
+            let why: Vec<String> = failures.iter().map(|(c, e)| format!("{} on {}: {e}", c.id, c.node)).collect();
+            return Err(RecallFailure::Unavailable(format!(
+                "no copy of shard {shard} of '{}' took the write: {}",
+                kb.name,
+                why.join("; ")
+            )));
+        }
+        for (copy, why) in failures {
+            warn!(copy = %copy.id, node = %copy.node, error = %why, "a shard copy missed a write; replacing it");
+            if let Err(e) = self.writer.command(Command::UnplaceIndexShard { id: copy.id.clone() }).await {
+                warn!(copy = %copy.id, error = %e, "could not replace a copy that missed a write");
+            }
+        }
+        Ok(ok)
+    }
+
+    async fn call(&self, address: SocketAddr, req: &Request, timeout: Duration) -> Result<Response, String> {
+        let result = async {
+            let mut s = self.pool.open(address, NODE_SERVER_NAME).await?;
+            s.call(req).await
+        };
+        match tokio::time::timeout(timeout, result).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => {
+                self.pool.forget(address, NODE_SERVER_NAME);
+                Err(e.to_string())
+            }
+            Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+        }
+    }
+
+    /// Searches a knowledge base.
+    #[tracing::instrument(level = "info", skip_all, fields(kb = %kb_name, mode = ?search.mode))]
+    pub async fn search(&self, kb_name: &str, search: Search) -> Result<Found, RecallFailure> {
+        let started = Instant::now();
+        let kb = self.knowledge_base(kb_name)?;
+        let text = search.query.trim();
+        if text.is_empty() {
+            return Err(RecallFailure::BadRequest("query must not be empty".into()));
+        }
+        if text.len() > MAX_QUERY_BYTES {
+            return Err(RecallFailure::BadRequest(format!("query is longer than {MAX_QUERY_BYTES} bytes")));
+        }
+        if search.top_k == 0 || search.top_k > MAX_TOP_K {
+            return Err(RecallFailure::BadRequest(format!("top_k must be between 1 and {MAX_TOP_K}")));
+        }
+        let vector = if search.mode == SearchMode::Sparse {
+            None
+        } else {
+            let (mut v, _) =
+                self.router.embed_within(&kb.embedding, vec![text.to_string()], QUERY_EMBED_PATIENCE).await?;
+            v.pop()
+        };
+        let query = SearchQuery {
+            vector,
+            text: Some(text.to_string()),
+            k: search.top_k,
+            mode: search.mode,
+            filter: search.filter.clone(),
+        };
+        query.validate()?;
+        let found = match &kb.backend {
+            IndexBackend::Builtin => self.scatter(&kb, &query).await?,
+            IndexBackend::Postgres { .. } => {
+                let hits = self.postgres(&kb).await?.search(&query).await?;
+                Found { hits, shards: 1, failed: Vec::new() }
+            }
+        };
+        let mode = format!("{:?}", search.mode).to_lowercase();
+        metrics::histogram!(m::KB_SEARCH_SECONDS, "mode" => mode).record(started.elapsed().as_secs_f64());
+        Ok(found)
+    }
+
+    /// Asks one ready copy of every shard (another when one fails or is slow) and merges.
+    async fn scatter(&self, kb: &KnowledgeBase, query: &SearchQuery) -> Result<Found, RecallFailure> {
+        let per_shard: Vec<Vec<CopyAddr>> = {
+            let state = self.raft.state().read().unwrap_or_else(|p| p.into_inner());
+            (0..kb.shards)
+                .map(|s| {
+                    let mut c: Vec<CopyAddr> =
+                        Self::copies(&state, &kb.name, s).into_iter().filter(|c| c.ready).collect();
+                    c.shuffle(&mut rand::rng());
+                    c
+                })
+                .collect()
+        };
+        let wire_query = wire::query_to_wire(query);
+        let asks = per_shard.iter().enumerate().map(|(shard, copies)| {
+            let q = wire_query.clone();
+            async move { (shard, self.search_shard(&kb.name, copies, q).await) }
+        });
+        let mut lists = Vec::new();
+        let mut failed = Vec::new();
+        for (shard, result) in join_all(asks).await {
+            match result {
+                Ok(hits) => lists.push(hits),
+                Err(why) => failed.push(format!("shard {shard}: {why}")),
+            }
+        }
+        if lists.is_empty() {
+            return Err(RecallFailure::Unavailable(format!(
+                "no shard of '{}' answered: {}",
+                kb.name,
+                failed.join("; ")
+            )));
+        }
+        let hits = shoal_recall::merge_shard_hits(query.mode, lists, query.k);
+        Ok(Found { hits, shards: kb.shards, failed })
+    }
+
+    async fn search_shard(
+        &self,
+        kb: &str,
+        copies: &[CopyAddr],
+        query: shoal_protocol::IndexQuery,
+    ) -> Result<Vec<Hit>, String> {
+        if copies.is_empty() {
+            return Err("no copy is ready".into());
+        }
+        let mut why = Vec::new();
+        for (i, c) in copies.iter().enumerate() {
+            if i > 0 {
+                metrics::counter!(m::KB_SHARD_FAILOVERS, "kb" => kb.to_string()).increment(1);
+            }
+            let req = Request::IndexSearch { shard_id: c.id.clone(), query: query.clone() };
+            match self.call(c.address, &req, SHARD_SEARCH_TIMEOUT).await {
+                Ok(Response::IndexHits { hits }) => return Ok(hits.into_iter().map(wire::hit_from_wire).collect()),
+                Ok(Response::Refused { message, .. }) => why.push(format!("{} on {}: {message}", c.id, c.node)),
+                Ok(other) => why.push(format!("{} on {}: unexpected {other:?}", c.id, c.node)),
+                Err(e) => why.push(format!("{} on {}: {e}", c.id, c.node)),
+            }
+            debug!(copy = %c.id, "shard copy did not answer; trying another");
+        }
+        Err(why.join("; "))
+    }
+
+    /// Sizes and copy health for every knowledge base, as gauges (run by the leader).
+    pub fn publish_gauges(state: &ClusterState) {
+        for kb in state.knowledge_bases.values() {
+            let chunks: u64 = kb.documents.values().map(|d| u64::from(d.chunks)).sum();
+            metrics::gauge!(m::KB_DOCUMENTS, "kb" => kb.name.clone()).set(kb.documents.len() as f64);
+            metrics::gauge!(m::KB_CHUNKS, "kb" => kb.name.clone()).set(chunks as f64);
+            if kb.backend != IndexBackend::Builtin {
+                continue;
+            }
+            for shard in 0..kb.shards {
+                let ready = Self::copies(state, &kb.name, shard).iter().filter(|c| c.ready).count();
+                metrics::gauge!(m::KB_SHARD_READY_COPIES, "kb" => kb.name.clone(), "shard" => shard.to_string())
+                    .set(ready as f64);
+            }
+        }
+    }
+}

@@ -1,0 +1,451 @@
+//! Index-shard copies on this node: each copy the coordinator assigns is an [`IndexShard`]
+//! (chunk store, HNSW and BM25) in `<data>/index/<copy id>/`, kept across restarts.
+//!
+//! A copy new to this node is built from another ready copy of the same shard when the
+//! coordinator names one (the export streams over QUIC), otherwise it starts empty (a new
+//! knowledge base) or reopens what is on disk (this node restarted). Writes that arrive while
+//! a copy is being built are acknowledged at once and queued; the builder applies them in
+//! order after the copied documents and only then marks the copy ready, so none is lost
+//! between the export and the copy going live. A copy the coordinator no longer assigns is
+//! closed and its directory removed.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use shoal_protocol::metric_names as m;
+use shoal_protocol::pool::Pool;
+use shoal_protocol::tls::NODE_SERVER_NAME;
+use shoal_protocol::{
+    IndexChunk, IndexDocument, IndexExportedDocument, IndexHit, IndexPeer, IndexQuery, IndexShardAssignment,
+    ReplicaPhase, ReplicaReport, Request, Response, INDEX_FRAME_BYTES,
+};
+use shoal_recall::{wire, IndexShard, ShardConfig};
+use tracing::{info, warn};
+
+/// How long one frame of a peer's export may take.
+const EXPORT_FRAME_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why an index operation was refused.
+#[derive(Debug)]
+pub enum IndexRefusal {
+    /// No such copy here (never assigned, or moved away).
+    NotFound(String),
+    /// The copy exists but cannot answer now (building, failed).
+    Unavailable(String),
+    /// The request is wrong (bad vector size, bad query).
+    BadRequest(String),
+}
+
+/// A write that reached a copy still being built.
+enum Pending {
+    Upsert(IndexDocument, Vec<IndexChunk>),
+    Delete(String),
+}
+
+struct Copy {
+    assignment: IndexShardAssignment,
+    dir: PathBuf,
+    shard: Arc<RwLock<Option<IndexShard>>>,
+    /// Writes queued while the copy is built (`None` once it serves).
+    pending: Mutex<Option<Vec<Pending>>>,
+    /// Where the copy is: building (loading), ready or failed, and why.
+    status: Mutex<(ReplicaPhase, String)>,
+    /// true once the copy serves.
+    ready: AtomicBool,
+}
+
+impl Copy {
+    fn set(&self, phase: ReplicaPhase, message: impl Into<String>) {
+        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = (phase, message.into());
+        self.ready.store(phase == ReplicaPhase::Ready, Ordering::Release);
+    }
+
+    fn phase(&self) -> (ReplicaPhase, String) {
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn labels(&self) -> [(&'static str, String); 2] {
+        [("kb", self.assignment.kb.clone()), ("shard", self.assignment.shard.to_string())]
+    }
+
+    /// Publishes the copy's sizes as gauges.
+    fn publish(&self) {
+        let stats = {
+            let guard = self.shard.read().unwrap_or_else(|p| p.into_inner());
+            guard.as_ref().and_then(|s| s.stats().ok())
+        };
+        if let Some(s) = stats {
+            let labels = self.labels();
+            metrics::gauge!(m::NODE_INDEX_DOCUMENTS, &labels).set(s.documents as f64);
+            metrics::gauge!(m::NODE_INDEX_CHUNKS, &labels).set(s.chunks as f64);
+            metrics::gauge!(m::NODE_INDEX_BYTES, &labels).set(s.bytes_on_disk as f64);
+        }
+    }
+}
+
+/// Every index-shard copy on this node.
+pub struct IndexHost {
+    root: PathBuf,
+    pool: Arc<Pool>,
+    copies: Mutex<HashMap<String, Arc<Copy>>>,
+    /// Directories under `root` were checked against the first assignments.
+    swept: Mutex<bool>,
+}
+
+impl IndexHost {
+    pub fn new(data_dir: &Path, pool: Arc<Pool>) -> Arc<Self> {
+        Arc::new(Self {
+            root: data_dir.join("index"),
+            pool,
+            copies: Mutex::new(HashMap::new()),
+            swept: Mutex::new(false),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Copy>>> {
+        self.copies.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Brings the copies in line with the coordinator's assignments.
+    pub fn reconcile(self: &Arc<Self>, assignments: Vec<IndexShardAssignment>) {
+        let wanted: HashSet<String> = assignments.iter().map(|a| a.id.clone()).collect();
+        let mut copies = self.lock();
+        let gone: Vec<String> = copies.keys().filter(|id| !wanted.contains(*id)).cloned().collect();
+        for id in gone {
+            if let Some(copy) = copies.remove(&id) {
+                info!(copy = %id, "index-shard copy unassigned; removing it");
+                let labels = copy.labels();
+                for g in [m::NODE_INDEX_DOCUMENTS, m::NODE_INDEX_CHUNKS, m::NODE_INDEX_BYTES] {
+                    metrics::gauge!(g, &labels).set(0.0);
+                }
+                tokio::task::spawn_blocking(move || {
+                    let mut guard = copy.shard.write().unwrap_or_else(|p| p.into_inner());
+                    guard.take();
+                    if let Err(e) = std::fs::remove_dir_all(&copy.dir) {
+                        if e.kind() != std::io::ErrorKind::NotFound {
+                            warn!(dir = %copy.dir.display(), error = %e, "could not remove an unassigned index copy");
+                        }
+                    }
+                });
+            }
+        }
+        for a in assignments {
+            if copies.contains_key(&a.id) {
+                continue;
+            }
+            let copy = Arc::new(Copy {
+                dir: self.root.join(&a.id),
+                assignment: a.clone(),
+                shard: Arc::new(RwLock::new(None)),
+                pending: Mutex::new(Some(Vec::new())),
+                status: Mutex::new((ReplicaPhase::Loading, "opening".into())),
+                ready: AtomicBool::new(false),
+            });
+            copies.insert(a.id.clone(), copy.clone());
+            let host = self.clone();
+            tokio::spawn(async move {
+                let id = copy.assignment.id.clone();
+                match host.build(&copy).await {
+                    Ok(detail) => {
+                        info!(copy = %id, "{detail}");
+                        match Self::drain(&copy).await {
+                            Ok(()) => {
+                                copy.set(ReplicaPhase::Ready, "");
+                                copy.publish();
+                            }
+                            Err(why) => {
+                                warn!(copy = %id, error = %why, "applying queued writes failed");
+                                copy.set(ReplicaPhase::Failed, why);
+                            }
+                        }
+                    }
+                    Err(why) => {
+                        warn!(copy = %id, error = %why, "index-shard copy failed");
+                        copy.set(ReplicaPhase::Failed, why);
+                    }
+                }
+            });
+        }
+        drop(copies);
+        self.sweep(&wanted);
+    }
+
+    /// Applies the writes queued during the build, in order, until none is left; then the
+    /// copy takes writes directly.
+    async fn drain(copy: &Arc<Copy>) -> Result<(), String> {
+        loop {
+            let batch = {
+                let mut pending = copy.pending.lock().unwrap_or_else(|p| p.into_inner());
+                match pending.as_mut() {
+                    Some(v) if !v.is_empty() => std::mem::take(v),
+                    _ => {
+                        *pending = None;
+                        return Ok(());
+                    }
+                }
+            };
+            for op in batch {
+                let result = match op {
+                    Pending::Upsert(doc, chunks) => Self::apply_upsert(copy, doc, chunks).await.map(|_| ()),
+                    Pending::Delete(id) => Self::apply_delete(copy, id).await.map(|_| ()),
+                };
+                if let Err(IndexRefusal::Unavailable(e) | IndexRefusal::NotFound(e)) = result {
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Queues a write if the copy is still being built; gives it back otherwise.
+    fn queue(copy: &Copy, op: Pending) -> Option<Pending> {
+        let mut pending = copy.pending.lock().unwrap_or_else(|p| p.into_inner());
+        match pending.as_mut() {
+            Some(v) => {
+                v.push(op);
+                None
+            }
+            None => Some(op),
+        }
+    }
+
+    /// Once, after the first assignments: removes directories of copies no longer assigned
+    /// (left by a process that stopped before it heard they moved).
+    fn sweep(&self, wanted: &HashSet<String>) {
+        let mut swept = self.swept.lock().unwrap_or_else(|p| p.into_inner());
+        if *swept {
+            return;
+        }
+        *swept = true;
+        let Ok(entries) = std::fs::read_dir(&self.root) else { return };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if !wanted.contains(&name) && e.path().is_dir() {
+                info!(copy = %name, "removing an index-shard copy that is no longer assigned");
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+
+    /// Opens the copy, and fills a new one from a peer when one is named.
+    async fn build(&self, copy: &Arc<Copy>) -> Result<String, String> {
+        let a = &copy.assignment;
+        let existed = copy.dir.join("store").exists();
+        let (dir, dimension) = (copy.dir.clone(), a.dimension as usize);
+        let shard = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            IndexShard::open(&dir, ShardConfig::new(dimension)).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| format!("opening the copy panicked: {e}"))??;
+        *copy.shard.write().unwrap_or_else(|p| p.into_inner()) = Some(shard);
+        if existed || a.peers.is_empty() {
+            return Ok(
+                if existed { "index-shard copy reopened from disk" } else { "new empty index-shard copy" }.into()
+            );
+        }
+        let mut last = String::new();
+        for peer in &a.peers {
+            copy.set(ReplicaPhase::Loading, format!("copying documents from {}", peer.node));
+            match self.copy_from(copy, peer).await {
+                Ok(n) => return Ok(format!("index-shard copy rebuilt from {} ({n} documents)", peer.id)),
+                Err(e) => {
+                    warn!(copy = %a.id, peer = %peer.id, error = %e, "copying from a peer failed; trying the next");
+                    last = format!("copying from {} ({}) failed: {e}", peer.id, peer.address);
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Streams a peer's export into `copy`; the number of documents copied.
+    async fn copy_from(&self, copy: &Arc<Copy>, peer: &IndexPeer) -> Result<usize, String> {
+        let addr = peer.address.parse().map_err(|_| format!("bad peer address {}", peer.address))?;
+        let mut s = self.pool.open(addr, NODE_SERVER_NAME).await.map_err(|e| e.to_string())?;
+        s.send(&Request::IndexExport { shard_id: peer.id.clone() }).await.map_err(|e| e.to_string())?;
+        let mut total = 0;
+        loop {
+            let frame = tokio::time::timeout(EXPORT_FRAME_TIMEOUT, s.recv())
+                .await
+                .map_err(|_| format!("no export frame within {EXPORT_FRAME_TIMEOUT:?}"))?
+                .map_err(|e| e.to_string())?;
+            match frame {
+                Response::IndexExported { documents, last } => {
+                    total += documents.len();
+                    let shard = copy.shard.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let mut guard = shard.write().unwrap_or_else(|p| p.into_inner());
+                        let s = guard.as_mut().ok_or("the copy was closed")?;
+                        s.import(documents.into_iter().map(wire::exported_from_wire)).map_err(|e| e.to_string())?;
+                        Ok::<_, String>(())
+                    })
+                    .await
+                    .map_err(|e| format!("import panicked: {e}"))??;
+                    metrics::counter!(m::NODE_INDEX_REBUILT_DOCUMENTS).increment(total as u64);
+                    if last {
+                        let shard = copy.shard.clone();
+                        tokio::task::spawn_blocking(move || {
+                            let mut guard = shard.write().unwrap_or_else(|p| p.into_inner());
+                            guard.as_mut().map(|s| s.flush()).transpose().map_err(|e| e.to_string())
+                        })
+                        .await
+                        .map_err(|e| format!("flush panicked: {e}"))??;
+                        return Ok(total);
+                    }
+                }
+                Response::Refused { message, .. } => return Err(message),
+                other => return Err(format!("unexpected answer {other:?}")),
+            }
+        }
+    }
+
+    /// What the next heartbeat says about the copies.
+    pub fn reports(&self) -> Vec<ReplicaReport> {
+        let mut out: Vec<ReplicaReport> = self
+            .lock()
+            .iter()
+            .map(|(id, c)| {
+                let (phase, message) = c.phase();
+                ReplicaReport { placement_id: id.clone(), phase, message, outstanding: 0 }
+            })
+            .collect();
+        out.sort_by(|a, b| a.placement_id.cmp(&b.placement_id));
+        out
+    }
+
+    fn copy(&self, id: &str) -> Result<Arc<Copy>, IndexRefusal> {
+        self.lock()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| IndexRefusal::NotFound(format!("no index-shard copy {id} on this node")))
+    }
+
+    /// The copy, if it serves (a copy being built or failed is refused).
+    fn serving(&self, id: &str) -> Result<Arc<Copy>, IndexRefusal> {
+        let copy = self.copy(id)?;
+        if !copy.ready.load(Ordering::Acquire) {
+            let (phase, msg) = copy.phase();
+            return Err(IndexRefusal::Unavailable(format!("index-shard copy {id} is {}: {msg}", phase.as_str())));
+        }
+        Ok(copy)
+    }
+
+    /// Replaces a document in copy `id`: (chunks, unchanged). A copy being built queues it.
+    pub async fn upsert(
+        &self,
+        id: &str,
+        document: IndexDocument,
+        chunks: Vec<IndexChunk>,
+    ) -> Result<(u32, bool), IndexRefusal> {
+        let copy = self.copy(id)?;
+        if copy.phase().0 == ReplicaPhase::Failed {
+            return Err(IndexRefusal::Unavailable(format!("index-shard copy {id} failed: {}", copy.phase().1)));
+        }
+        let n = chunks.len() as u32;
+        match Self::queue(&copy, Pending::Upsert(document, chunks)) {
+            None => Ok((n, false)),
+            Some(Pending::Upsert(document, chunks)) => Self::apply_upsert(&copy, document, chunks).await,
+            Some(Pending::Delete(_)) => unreachable!("queue gives back what it was given"),
+        }
+    }
+
+    async fn apply_upsert(
+        copy: &Arc<Copy>,
+        document: IndexDocument,
+        chunks: Vec<IndexChunk>,
+    ) -> Result<(u32, bool), IndexRefusal> {
+        let shard = copy.shard.clone();
+        let record = wire::document_from_wire(document);
+        let chunks: Vec<_> = chunks.into_iter().map(wire::chunk_from_wire).collect();
+        let out = tokio::task::spawn_blocking(move || {
+            let mut guard = shard.write().unwrap_or_else(|p| p.into_inner());
+            let s = guard.as_mut().ok_or_else(|| IndexRefusal::NotFound("the copy was closed".into()))?;
+            s.upsert_document(record, chunks).map_err(refusal)
+        })
+        .await
+        .map_err(|e| IndexRefusal::Unavailable(format!("the write panicked: {e}")))??;
+        metrics::counter!(m::NODE_INDEX_WRITES, "op" => "upsert").increment(1);
+        copy.publish();
+        Ok((out.chunks as u32, out.unchanged))
+    }
+
+    /// Removes a document from copy `id`; whether it was there. A copy being built queues it.
+    pub async fn delete(&self, id: &str, doc_id: String) -> Result<bool, IndexRefusal> {
+        let copy = self.copy(id)?;
+        if copy.phase().0 == ReplicaPhase::Failed {
+            return Err(IndexRefusal::Unavailable(format!("index-shard copy {id} failed: {}", copy.phase().1)));
+        }
+        match Self::queue(&copy, Pending::Delete(doc_id)) {
+            None => Ok(true),
+            Some(Pending::Delete(doc_id)) => Self::apply_delete(&copy, doc_id).await,
+            Some(Pending::Upsert(..)) => unreachable!("queue gives back what it was given"),
+        }
+    }
+
+    async fn apply_delete(copy: &Arc<Copy>, doc_id: String) -> Result<bool, IndexRefusal> {
+        let shard = copy.shard.clone();
+        let existed = tokio::task::spawn_blocking(move || {
+            let mut guard = shard.write().unwrap_or_else(|p| p.into_inner());
+            let s = guard.as_mut().ok_or_else(|| IndexRefusal::NotFound("the copy was closed".into()))?;
+            s.delete_document(&doc_id).map_err(refusal)
+        })
+        .await
+        .map_err(|e| IndexRefusal::Unavailable(format!("the delete panicked: {e}")))??;
+        metrics::counter!(m::NODE_INDEX_WRITES, "op" => "delete").increment(1);
+        copy.publish();
+        Ok(existed)
+    }
+
+    /// Searches copy `id` (only once it serves: a building copy is refused at once).
+    pub async fn search(&self, id: &str, query: IndexQuery) -> Result<Vec<IndexHit>, IndexRefusal> {
+        let copy = self.serving(id)?;
+        let started = Instant::now();
+        let query = wire::query_from_wire(query);
+        let mode = format!("{:?}", query.mode).to_lowercase();
+        let shard = copy.shard.clone();
+        let hits = tokio::task::spawn_blocking(move || {
+            let guard = shard.read().unwrap_or_else(|p| p.into_inner());
+            let s = guard.as_ref().ok_or_else(|| IndexRefusal::NotFound("the copy was closed".into()))?;
+            s.search(&query).map_err(refusal)
+        })
+        .await
+        .map_err(|e| IndexRefusal::Unavailable(format!("the search panicked: {e}")))??;
+        metrics::histogram!(m::NODE_INDEX_SEARCH_SECONDS, "mode" => mode).record(started.elapsed().as_secs_f64());
+        Ok(hits.iter().map(wire::hit_to_wire).collect())
+    }
+
+    /// Every document of copy `id`, in frames of at most [`INDEX_FRAME_BYTES`] of chunks.
+    pub async fn export(&self, id: &str) -> Result<Vec<Vec<IndexExportedDocument>>, IndexRefusal> {
+        let copy = self.serving(id)?;
+        let shard = copy.shard.clone();
+        tokio::task::spawn_blocking(move || {
+            let guard = shard.read().unwrap_or_else(|p| p.into_inner());
+            let s = guard.as_ref().ok_or_else(|| IndexRefusal::NotFound("the copy was closed".into()))?;
+            let mut frames = vec![Vec::new()];
+            let mut bytes = 0usize;
+            for doc in s.export() {
+                let doc = wire::exported_to_wire(&doc.map_err(refusal)?);
+                let size: usize = doc.chunks.iter().map(IndexChunk::wire_bytes).sum();
+                if bytes > 0 && bytes + size > INDEX_FRAME_BYTES {
+                    frames.push(Vec::new());
+                    bytes = 0;
+                }
+                bytes += size;
+                frames.last_mut().expect("one frame").push(doc);
+            }
+            Ok(frames)
+        })
+        .await
+        .map_err(|e| IndexRefusal::Unavailable(format!("the export panicked: {e}")))?
+    }
+}
+
+fn refusal(e: shoal_recall::RecallError) -> IndexRefusal {
+    if e.is_caller_error() {
+        IndexRefusal::BadRequest(e.to_string())
+    } else {
+        IndexRefusal::Unavailable(e.to_string())
+    }
+}
