@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the benchmarks: frame codec per message kind, the QUIC round trip beside
 # plain TCP in the same run, raft commits/failover of real coordinator processes, and
-# model serving (decode, embeddings, gateway overhead) beside the tools users would pick.
+# model serving (decode, embeddings, gateway overhead) beside the tools users would pick,
+# split models, and knowledge bases (ingest, search per mode, recall@10).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo bench --locked -p shoal-protocol --bench frames -- --warm-up-time 1 --measurement-time 3
@@ -19,3 +20,8 @@ cargo build --release --locked
 cargo bench --locked -p shoal-engine --bench engine
 ./target/release/shoal bench serve --models ./models
 ./target/release/shoal bench pipeline --models ./models
+# Knowledge bases: ingest and search through the mesh, built-in index beside PostgreSQL +
+# pgvector in the same run; then the dense index's recall@10 against exact search.
+./scripts/fetch-pgserver.sh ./pgserver
+./target/release/shoal bench recall --models ./models
+cargo run --release --locked -p shoal-recall --example recall_at_10

@@ -298,7 +298,7 @@ fn knowledge_bases_ingest_search_answer_and_survive_lost_nodes() {
         .collect();
     assert_eq!(events[0]["citations"][0]["document_id"], "en/festival.pdf", "{:?}", events.first());
     assert!(events.iter().any(|e| e["cited"].is_array()), "final chunk says which were cited");
-    // Errors: unknown knowledge base, no user message.
+    // An unknown knowledge base is a 404.
     let mut bad = body.clone();
     bad["knowledge_base"] = json!("no-such-kb");
     assert_eq!(post(&format!("{gw}/v1/chat/completions"), bad).0, 404);

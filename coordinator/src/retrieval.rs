@@ -41,6 +41,9 @@ const QUERY_EMBED_PATIENCE: Duration = Duration::from_secs(3);
 const EMBED_DOCUMENT_TIMEOUT: Duration = Duration::from_secs(600);
 /// Most hits one search returns.
 pub const MAX_TOP_K: usize = 100;
+/// Most bytes of text one document may hold after parsing (it travels in one frame to the
+/// embedding node).
+pub const MAX_DOCUMENT_TEXT_BYTES: usize = 4 << 20;
 /// Longest query text.
 const MAX_QUERY_BYTES: usize = 8 * 1024;
 
@@ -184,6 +187,8 @@ struct CopyAddr {
     node: String,
     address: SocketAddr,
     ready: bool,
+    /// The node has reported on this copy (it knows it).
+    reported: bool,
 }
 
 impl Retrieval {
@@ -219,6 +224,7 @@ impl Retrieval {
                     node: node.name.clone(),
                     address: node.address.parse().ok()?,
                     ready: p.phase == Some(ReplicaPhase::Ready),
+                    reported: p.phase.is_some(),
                 })
             })
             .collect()
@@ -294,6 +300,13 @@ impl Retrieval {
         })
         .await
         .map_err(|e| RecallFailure::Unavailable(format!("parsing panicked: {e}")))??;
+        if parsed.text.len() > MAX_DOCUMENT_TEXT_BYTES {
+            return Err(RecallFailure::TooLarge(format!(
+                "the document holds {} MiB of text; at most {} MiB per document: split it",
+                parsed.text.len() >> 20,
+                MAX_DOCUMENT_TEXT_BYTES >> 20
+            )));
+        }
         let title = upload
             .title
             .clone()
@@ -414,6 +427,9 @@ impl Retrieval {
         for (copy, result) in join_all(calls).await {
             match result {
                 Ok(Response::IndexWritten { .. }) => ok += 1,
+                // A copy just placed whose node has not heard of it yet: it copies everything
+                // from a ready copy when it starts, so it is not replaced for this.
+                Ok(Response::Refused { code: RefusalCode::NotFound, .. }) if !copy.reported => {}
                 Ok(Response::Refused { code: RefusalCode::BadRequest, message }) => {
                     return Err(RecallFailure::BadRequest(message))
                 }

@@ -273,7 +273,8 @@ impl IndexHost {
                 .map_err(|e| e.to_string())?;
             match frame {
                 Response::IndexExported { documents, last } => {
-                    total += documents.len();
+                    let n = documents.len();
+                    total += n;
                     let shard = copy.shard.clone();
                     tokio::task::spawn_blocking(move || {
                         let mut guard = shard.write().unwrap_or_else(|p| p.into_inner());
@@ -283,7 +284,7 @@ impl IndexHost {
                     })
                     .await
                     .map_err(|e| format!("import panicked: {e}"))??;
-                    metrics::counter!(m::NODE_INDEX_REBUILT_DOCUMENTS).increment(total as u64);
+                    metrics::counter!(m::NODE_INDEX_REBUILT_DOCUMENTS).increment(n as u64);
                     if last {
                         let shard = copy.shard.clone();
                         tokio::task::spawn_blocking(move || {

@@ -7,8 +7,8 @@
 //!
 //! # Layout
 //!
-//! Knowledge base `kb` (a name of `[a-z0-9._-]`) lives in table `shoal_kb_<name>_<hash>` of the connection's
-//! current schema: `<name>` is `kb` with `.` and `-` replaced by `_` and cut to 40 bytes, `<hash>` the first
+//! Knowledge base `kb` (a name of `[A-Za-z0-9._-]`) lives in table `shoal_kb_<name>_<hash>` of the connection's
+//! current schema: `<name>` is `kb` lower-cased with `.` and `-` replaced by `_` and cut to 40 bytes, `<hash>` the first
 //! 8 hex digits of SHA-256 of `kb`, so distinct names never share a table and the name is always a plain
 //! identifier of at most 58 bytes. One row per chunk:
 //!
@@ -536,13 +536,17 @@ pub fn table_name(kb: &str) -> Result<String> {
             "knowledge base name {kb:?} must be 1 to {MAX_KB_NAME_BYTES} bytes"
         )));
     }
-    if let Some(c) = kb.chars().find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '.' | '_' | '-')) {
+    if let Some(c) = kb.chars().find(|c| !matches!(c, 'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '_' | '-')) {
         return Err(RecallError::InvalidRequest(format!(
-            "knowledge base name {kb:?} holds {c:?}: only a-z, 0-9, '.', '_' and '-' are allowed"
+            "knowledge base name {kb:?} holds {c:?}: only letters, digits, '.', '_' and '-' are allowed"
         )));
     }
-    let stem: String =
-        kb.chars().take(TABLE_STEM_BYTES).map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    // Lower-cased for an unquoted identifier; the hash of the exact name keeps `Docs` and `docs` apart.
+    let stem: String = kb
+        .chars()
+        .take(TABLE_STEM_BYTES)
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .collect();
     let digest = Sha256::digest(kb.as_bytes());
     let mut hash = String::with_capacity(8);
     for byte in &digest[..4] {
@@ -552,7 +556,7 @@ pub fn table_name(kb: &str) -> Result<String> {
 }
 
 fn create_table_sql(table: &str, kb: &str, dimension: usize) -> String {
-    // `table` is a checked identifier and `kb` holds only [a-z0-9._-], so both are safe to splice.
+    // `table` is a checked identifier and `kb` holds only [A-Za-z0-9._-], so both are safe to splice.
     format!(
         "CREATE TABLE {table} (
             chunk_id BIGINT PRIMARY KEY,
@@ -728,7 +732,8 @@ mod tests {
         let long = table_name(&"x".repeat(MAX_KB_NAME_BYTES)).expect("name");
         assert!(long.len() + "_hnsw".len() <= 63, "{long}");
         assert!(table_name("").is_err());
-        assert!(table_name("Docs").is_err());
+        let upper = table_name("Docs").expect("name");
+        assert!(upper.starts_with("shoal_kb_docs_") && upper != table_name("docs").expect("name"), "{upper}");
         assert!(table_name("a;drop table x").is_err());
         assert!(table_name(&"x".repeat(MAX_KB_NAME_BYTES + 1)).is_err());
     }

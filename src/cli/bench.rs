@@ -25,6 +25,9 @@ pub enum BenchCommand {
     /// Decode through a model split across 1, 2 and 3 nodes (pipeline stages) on this machine:
     /// tokens/s alone and concurrent, activation bytes and transport time per hop.
     Pipeline(super::bench_pipeline::PipelineBench),
+    /// Knowledge bases: ingest chunks/s and search QPS, p50/p99 per mode (dense, sparse,
+    /// hybrid) for the built-in index and PostgreSQL + pgvector in the same run.
+    Recall(super::bench_recall::RecallBench),
 }
 
 #[derive(Debug, Args)]
@@ -55,6 +58,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Raft(a) => tokio::task::spawn_blocking(move || raft(a)).await?,
         BenchCommand::Serve(a) => tokio::task::spawn_blocking(move || super::bench_serve::run(a)).await?,
         BenchCommand::Pipeline(a) => tokio::task::spawn_blocking(move || super::bench_pipeline::run(a)).await?,
+        BenchCommand::Recall(a) => tokio::task::spawn_blocking(move || super::bench_recall::run(a)).await?,
     }
 }
 

@@ -1,5 +1,6 @@
 mod bench;
 mod bench_pipeline;
+mod bench_recall;
 mod bench_serve;
 mod chat;
 mod client;

@@ -246,6 +246,14 @@ pub async fn post_document(
         }
         _ => return Err(ApiError::bad_request("give exactly one of 'text' and 'content_base64'")),
     };
+    if bytes.len() > MAX_DOCUMENT_BYTES {
+        return Err(RecallFailure::TooLarge(format!(
+            "the document is {} MiB; at most {} MiB per upload",
+            bytes.len() >> 20,
+            MAX_DOCUMENT_BYTES >> 20
+        ))
+        .into());
+    }
     let upload = Upload {
         doc_id: doc.id,
         bytes,

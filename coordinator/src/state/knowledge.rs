@@ -24,7 +24,8 @@ pub struct KbDocument {
     pub title: String,
     pub source: String,
     pub tags: Vec<String>,
-    /// SHA-256 of the uploaded bytes: re-sending the same content is a no-op.
+    /// SHA-256 fingerprint of the uploaded bytes and everything stored with them (title,
+    /// source, tags, metadata, type): re-sending the same upload is a no-op.
     pub sha256: String,
     pub chunks: u32,
     pub bytes: u64,

@@ -59,6 +59,7 @@ impl PgServer {
     /// Starts a fresh server; panics, saying why, when it cannot.
     pub fn start() -> PgServer {
         let install = Self::install_dir();
+        let install = install.canonicalize().unwrap_or(install);
         let postgres = install.join("bin/postgres");
         assert!(
             postgres.is_file(),
