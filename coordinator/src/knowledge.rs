@@ -265,6 +265,49 @@ mod tests {
         assert!(s.index_shards.is_empty());
     }
 
+    /// Copies report like replicas; a failed copy is replaced only while a ready copy of its
+    /// shard exists to rebuild from; assignments name the ready peers.
+    #[test]
+    fn copies_report_and_a_failed_copy_is_rebuilt_from_a_ready_one() {
+        use shoal_protocol::{ReplicaPhase, ReplicaReport};
+        let mut s = state(&["a", "b", "c"]);
+        let kb = check_request(&s, request("docs", 1), 1).expect("valid");
+        apply(&mut s, &Command::CreateKnowledgeBase(kb));
+        converge(&mut s);
+        let copies: Vec<(String, String)> = s.index_shards.values().map(|p| (p.id.clone(), p.node.clone())).collect();
+        assert_eq!(copies.len(), 2);
+        let report = |s: &mut ClusterState, i: usize, phase: ReplicaPhase| {
+            let (id, node) = &copies[i];
+            let g = s.nodes[node].generation;
+            let r = ReplicaReport { placement_id: id.clone(), phase, message: "why".into(), outstanding: 0 };
+            for c in crate::assign::status_changes(s, node, g, &[r], 7) {
+                assert_eq!(apply(s, &c), Outcome::Applied);
+            }
+        };
+        // Nothing is ready: the new copies have no peers, and a failed only copy stays put.
+        let (id0, node0) = &copies[0];
+        let g0 = s.nodes[node0].generation;
+        assert!(crate::assign::index_assignments_for(&s, node0, g0).iter().all(|a| a.peers.is_empty()));
+        report(&mut s, 0, ReplicaPhase::Failed);
+        assert!(plan(&s, 9).is_empty(), "no ready copy to rebuild from: the failed one is kept");
+        // Once the other copy is ready, the failed one is replaced, and the new one may copy from it.
+        report(&mut s, 1, ReplicaPhase::Ready);
+        let (id1, node1) = &copies[1];
+        let a = crate::assign::index_assignments_for(&s, node0, g0);
+        assert_eq!(a[0].peers.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), [id1.as_str()]);
+        assert_eq!(a[0].dimension, 384);
+        assert!(plan(&s, 9).contains(&Command::UnplaceIndexShard { id: id0.clone() }));
+        converge(&mut s);
+        let now: Vec<&str> = s.index_shards.values().map(|p| p.id.as_str()).collect();
+        assert_eq!(now.len(), 2);
+        assert!(!now.contains(&id0.as_str()) && now.contains(&id1.as_str()), "{now:?}");
+        let fresh = s.index_shards.values().find(|p| p.id != *id1).expect("replacement");
+        assert_ne!(fresh.node, *node1, "copies stay on distinct nodes");
+        let g = s.nodes[&fresh.node].generation;
+        let a = crate::assign::index_assignments_for(&s, &fresh.node, g);
+        assert_eq!(a[0].peers[0].node, *node1, "the replacement rebuilds from the ready copy");
+    }
+
     #[test]
     fn postgres_bases_have_no_shards_and_urls_are_redacted() {
         let mut s = state(&["a", "b"]);

@@ -592,3 +592,40 @@ impl Retrieval {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fingerprint_changes_with_the_content_and_with_what_is_stored_with_it() {
+        let base = Upload { doc_id: "d".into(), bytes: b"text".to_vec(), ..Default::default() };
+        let same = base.clone();
+        assert_eq!(base.fingerprint(), same.fingerprint());
+        let variants = [
+            Upload { bytes: b"text!".to_vec(), ..base.clone() },
+            Upload { title: Some("t".into()), ..base.clone() },
+            Upload { source: Some("s".into()), ..base.clone() },
+            Upload { tags: vec!["a".into()], ..base.clone() },
+            Upload { metadata: [("k".to_string(), "v".to_string())].into(), ..base.clone() },
+            Upload { content_type: Some("text/markdown".into()), ..base.clone() },
+        ];
+        for v in &variants {
+            assert_ne!(v.fingerprint(), base.fingerprint(), "{v:?}");
+        }
+        // Fields do not run into each other.
+        let a = Upload { title: Some("ab".into()), source: Some("c".into()), ..base.clone() };
+        let b = Upload { title: Some("a".into()), source: Some("bc".into()), ..base.clone() };
+        assert_ne!(a.fingerprint(), b.fingerprint());
+    }
+
+    #[test]
+    fn failures_map_to_what_the_caller_did() {
+        let unsupported = RecallError::UnsupportedType { given: "x.zip".into(), supported: "txt" };
+        assert!(matches!(RecallFailure::from(unsupported), RecallFailure::Unsupported(_)));
+        assert!(matches!(RecallFailure::from(RecallError::EmptyDocument), RecallFailure::BadRequest(_)));
+        let big = RouteError::BadRequest("the document makes 9 chunks …; at most 6 MiB per document: split it".into());
+        assert!(matches!(RecallFailure::from(big), RecallFailure::TooLarge(_)));
+        assert!(matches!(RecallFailure::from(RouteError::NoReplica("x".into())), RecallFailure::Route(_)));
+    }
+}

@@ -1,5 +1,6 @@
 //! Index-shard copies on this node: each copy the coordinator assigns is an [`IndexShard`]
-//! (chunk store, HNSW and BM25) in `<data>/index/<copy id>/`, kept across restarts.
+//! (chunk store, HNSW and BM25) in `<data>/index/<copy id>/`, kept across restarts, whose
+//! life is a ractor actor ([`IndexCopyActor`]) like a model replica's.
 //!
 //! A copy new to this node is built from another ready copy of the same shard when the
 //! coordinator names one (the export streams over QUIC), otherwise it starts empty (a new
@@ -15,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use shoal_protocol::metric_names as m;
 use shoal_protocol::pool::Pool;
 use shoal_protocol::tls::NODE_SERVER_NAME;
@@ -45,7 +47,7 @@ enum Pending {
     Delete(String),
 }
 
-struct Copy {
+pub struct Copy {
     assignment: IndexShardAssignment,
     dir: PathBuf,
     shard: Arc<RwLock<Option<IndexShard>>>,
@@ -55,6 +57,8 @@ struct Copy {
     status: Mutex<(ReplicaPhase, String)>,
     /// true once the copy serves.
     ready: AtomicBool,
+    /// The actor that owns the copy's life, once started.
+    actor: Mutex<Option<ActorRef<()>>>,
 }
 
 impl Copy {
@@ -69,6 +73,22 @@ impl Copy {
 
     fn labels(&self) -> [(&'static str, String); 2] {
         [("kb", self.assignment.kb.clone()), ("shard", self.assignment.shard.to_string())]
+    }
+
+    /// Closes the copy and deletes its files (it was unassigned).
+    fn remove(&self) {
+        let labels = self.labels();
+        for g in [m::NODE_INDEX_DOCUMENTS, m::NODE_INDEX_CHUNKS, m::NODE_INDEX_BYTES] {
+            metrics::gauge!(g, &labels).set(0.0);
+        }
+        self.ready.store(false, Ordering::Release);
+        let mut guard = self.shard.write().unwrap_or_else(|p| p.into_inner());
+        guard.take();
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                warn!(dir = %self.dir.display(), error = %e, "could not remove an unassigned index copy");
+            }
+        }
     }
 
     /// Publishes the copy's sizes as gauges.
@@ -117,19 +137,16 @@ impl IndexHost {
         for id in gone {
             if let Some(copy) = copies.remove(&id) {
                 info!(copy = %id, "index-shard copy unassigned; removing it");
-                let labels = copy.labels();
-                for g in [m::NODE_INDEX_DOCUMENTS, m::NODE_INDEX_CHUNKS, m::NODE_INDEX_BYTES] {
-                    metrics::gauge!(g, &labels).set(0.0);
-                }
-                tokio::task::spawn_blocking(move || {
-                    let mut guard = copy.shard.write().unwrap_or_else(|p| p.into_inner());
-                    guard.take();
-                    if let Err(e) = std::fs::remove_dir_all(&copy.dir) {
-                        if e.kind() != std::io::ErrorKind::NotFound {
-                            warn!(dir = %copy.dir.display(), error = %e, "could not remove an unassigned index copy");
-                        }
+                // A running actor removes the files as it stops; one that failed to start has
+                // none to stop; one still building stops itself when it finds it is gone.
+                let actor = copy.actor.lock().unwrap_or_else(|p| p.into_inner()).take();
+                match actor {
+                    Some(a) => a.stop(Some("unassigned".into())),
+                    None if copy.phase().0 == ReplicaPhase::Failed => {
+                        tokio::task::spawn_blocking(move || copy.remove());
                     }
-                });
+                    None => {}
+                }
             }
         }
         for a in assignments {
@@ -143,28 +160,29 @@ impl IndexHost {
                 pending: Mutex::new(Some(Vec::new())),
                 status: Mutex::new((ReplicaPhase::Loading, "opening".into())),
                 ready: AtomicBool::new(false),
+                actor: Mutex::new(None),
             });
             copies.insert(a.id.clone(), copy.clone());
             let host = self.clone();
             tokio::spawn(async move {
                 let id = copy.assignment.id.clone();
-                match host.build(&copy).await {
-                    Ok(detail) => {
-                        info!(copy = %id, "{detail}");
-                        match Self::drain(&copy).await {
-                            Ok(()) => {
-                                copy.set(ReplicaPhase::Ready, "");
-                                copy.publish();
-                            }
-                            Err(why) => {
-                                warn!(copy = %id, error = %why, "applying queued writes failed");
-                                copy.set(ReplicaPhase::Failed, why);
-                            }
-                        }
+                let result = Actor::spawn(None, IndexCopyActor, (host.clone(), copy.clone())).await;
+                let still_assigned = host.lock().get(&id).is_some_and(|c| Arc::ptr_eq(c, &copy));
+                match result {
+                    Ok((actor, _)) if still_assigned => {
+                        *copy.actor.lock().unwrap_or_else(|p| p.into_inner()) = Some(actor);
                     }
-                    Err(why) => {
+                    Ok((actor, _)) => actor.stop(Some("unassigned while building".into())),
+                    Err(e) => {
+                        let why = match &e {
+                            ractor::SpawnErr::StartupFailed(inner) => inner.to_string(),
+                            other => other.to_string(),
+                        };
                         warn!(copy = %id, error = %why, "index-shard copy failed");
                         copy.set(ReplicaPhase::Failed, why);
+                        if !still_assigned {
+                            tokio::task::spawn_blocking(move || copy.remove());
+                        }
                     }
                 }
             });
@@ -440,6 +458,36 @@ impl IndexHost {
         })
         .await
         .map_err(|e| IndexRefusal::Unavailable(format!("the export panicked: {e}")))?
+    }
+}
+
+/// One index-shard copy's life on this node: built in `pre_start` (reopened from disk, or
+/// copied from a ready peer, then the writes queued meanwhile applied), serving while it
+/// runs, closed with its files removed when the coordinator unassigns it.
+pub struct IndexCopyActor;
+
+impl Actor for IndexCopyActor {
+    type Msg = ();
+    type State = Arc<Copy>;
+    type Arguments = (Arc<IndexHost>, Arc<Copy>);
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        (host, copy): Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let detail = host.build(&copy).await?;
+        IndexHost::drain(&copy).await.map_err(|e| format!("applying the writes queued while building: {e}"))?;
+        info!(copy = %copy.assignment.id, "{detail}");
+        copy.set(ReplicaPhase::Ready, "");
+        copy.publish();
+        Ok(copy)
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, copy: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        let copy = copy.clone();
+        tokio::task::spawn_blocking(move || copy.remove()).await?;
+        Ok(())
     }
 }
 

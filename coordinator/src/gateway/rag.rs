@@ -138,3 +138,49 @@ pub async fn augment(gw: &GatewayState, field: RagField, turns: &mut [ChatTurn])
     last.content = template.replace("{context}", &context.join("\n\n")).replace("{question}", &question);
     Ok(Citations { knowledge_base: spec.name, hits: found.hits })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hit(doc: &str) -> Hit {
+        Hit {
+            chunk_id: 7,
+            doc_id: doc.into(),
+            title: Some(format!("{doc} title")),
+            source: None,
+            metadata: Default::default(),
+            position: 0,
+            text: "text".into(),
+            score: 0.5,
+            dense_rank: Some(1),
+            sparse_rank: None,
+            dense_score: Some(0.5),
+            sparse_score: None,
+        }
+    }
+
+    #[test]
+    fn citations_say_which_chunks_the_answer_cites() {
+        let c = Citations { knowledge_base: "kb".into(), hits: vec![hit("a"), hit("b"), hit("c")] };
+        let answer = "It is in March [2], as [3] also says.";
+        assert_eq!(c.cited(answer), vec![2, 3]);
+        let v = c.json(Some(answer));
+        assert_eq!(v[0]["index"], 1);
+        assert_eq!(v[0]["cited"], false);
+        assert_eq!(v[1]["cited"], true);
+        assert_eq!(v[1]["document_id"], "b");
+        assert_eq!(v[1]["chunk_id"], "7");
+        assert!(c.json(None)[0].get("cited").is_none(), "unknown before the answer");
+    }
+
+    #[test]
+    fn the_field_is_a_name_or_a_spec() {
+        let f: RagField = serde_json::from_value(json!("kb")).expect("name");
+        assert_eq!(f.spec().top_k, 4);
+        let f: RagField = serde_json::from_value(json!({"name": "kb", "top_k": 2, "mode": "sparse"})).expect("spec");
+        let s = f.spec();
+        assert_eq!((s.name.as_str(), s.top_k, s.mode), ("kb", 2, SearchMode::Sparse));
+        assert!(serde_json::from_value::<RagField>(json!({"name": "kb", "colour": 1})).is_err());
+    }
+}
