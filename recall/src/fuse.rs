@@ -106,6 +106,48 @@ pub fn merge_shard_hits(mode: SearchMode, shards: Vec<Vec<Hit>>, k: usize) -> Ve
     out
 }
 
+/// One index's ranked list for a query, best first, as (chunk id, score).
+pub type RankedList = Vec<(u64, f32)>;
+
+/// How a query's hits were ranked: the final order with scores, and each chunk's 1-based
+/// rank and score in the dense and the sparse list (for [`Hit`]'s rank and score fields).
+#[derive(Debug, Clone, Default)]
+pub struct Ranking {
+    pub order: RankedList,
+    pub dense: HashMap<u64, (usize, f32)>,
+    pub sparse: HashMap<u64, (usize, f32)>,
+}
+
+impl Ranking {
+    /// Ranks by one list (dense or sparse mode) or fuses both (hybrid), keeping the best `k`.
+    pub fn new(mode: SearchMode, dense: RankedList, sparse: RankedList, k: usize) -> Ranking {
+        let ranks = |list: &RankedList| -> HashMap<u64, (usize, f32)> {
+            list.iter().enumerate().map(|(i, &(id, s))| (id, (i + 1, s))).collect()
+        };
+        let (dense_ranks, sparse_ranks) = (ranks(&dense), ranks(&sparse));
+        let mut order: RankedList = match mode {
+            SearchMode::Dense => dense,
+            SearchMode::Sparse => sparse,
+            SearchMode::Hybrid => {
+                let dense_ids: Vec<u64> = dense.iter().map(|h| h.0).collect();
+                let sparse_ids: Vec<u64> = sparse.iter().map(|h| h.0).collect();
+                reciprocal_rank_fusion(&[&dense_ids, &sparse_ids], DEFAULT_RRF_K, k)
+                    .into_iter()
+                    .map(|f| (f.id, f.score))
+                    .collect()
+            }
+        };
+        order.truncate(k);
+        Ranking { order, dense: dense_ranks, sparse: sparse_ranks }
+    }
+
+    /// (dense rank, sparse rank, dense score, sparse score) of a chunk.
+    pub fn of(&self, chunk_id: u64) -> (Option<usize>, Option<usize>, Option<f32>, Option<f32>) {
+        let (d, s) = (self.dense.get(&chunk_id), self.sparse.get(&chunk_id));
+        (d.map(|r| r.0), s.map(|r| r.0), d.map(|r| r.1), s.map(|r| r.1))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

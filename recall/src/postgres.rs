@@ -64,9 +64,9 @@ use tokio_postgres::{Client, Config, NoTls};
 use crate::dense::vector::normalized;
 use crate::document::{chunk_id, DocumentRecord, EmbeddedChunk};
 use crate::error::{RecallError, Result};
-use crate::fuse::{reciprocal_rank_fusion, SearchMode, DEFAULT_RRF_K};
+use crate::fuse::{Ranking, SearchMode};
 use crate::query::{Hit, MetadataFilter, SearchQuery, MAX_K};
-use crate::shard::{content_hash, UpsertOutcome, MAX_CHUNKS_PER_DOCUMENT};
+use crate::shard::{check_document, content_hash, UpsertOutcome};
 use crate::sparse::tokenizer;
 
 /// Longest knowledge-base name accepted, in bytes.
@@ -216,25 +216,9 @@ impl PgIndex {
     /// [`IndexShard::upsert_document`](crate::IndexShard::upsert_document) before anything is written.
     #[tracing::instrument(level = "info", skip_all, fields(kb = %self.kb, doc_id = %doc.doc_id, chunks = chunks.len()))]
     pub async fn upsert_document(&self, doc: &DocumentRecord, chunks: &[EmbeddedChunk]) -> Result<UpsertOutcome> {
-        doc.validate()?;
-        if chunks.is_empty() {
-            return Err(RecallError::InvalidRequest(format!("document {:?} has no chunks", doc.doc_id)));
-        }
-        if chunks.len() > MAX_CHUNKS_PER_DOCUMENT {
-            return Err(RecallError::InvalidRequest(format!(
-                "document {:?} has {} chunks, at most {MAX_CHUNKS_PER_DOCUMENT} are allowed",
-                doc.doc_id,
-                chunks.len()
-            )));
-        }
+        check_document(doc, chunks, &|v| normalized(v, self.dimension).map(|_| ()))?;
         let mut rows = Rows::default();
         for (position, (chunk, vector)) in chunks.iter().enumerate() {
-            if chunk.text.trim().is_empty() {
-                return Err(RecallError::InvalidRequest(format!(
-                    "chunk {position} of document {:?} is empty",
-                    doc.doc_id
-                )));
-            }
             let unit = normalized(vector, self.dimension)?;
             let position =
                 u32::try_from(position).map_err(|_| RecallError::InvalidRequest("too many chunks".into()))?;
@@ -389,23 +373,8 @@ impl PgIndex {
             sparse_hits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         }
 
-        let dense_ranks: HashMap<u64, (usize, f32)> =
-            dense_hits.iter().enumerate().map(|(i, &(id, s))| (id, (i + 1, s))).collect();
-        let sparse_ranks: HashMap<u64, (usize, f32)> =
-            sparse_hits.iter().enumerate().map(|(i, &(id, s))| (id, (i + 1, s))).collect();
-        let ranked: Vec<(u64, f32)> = match query.mode {
-            SearchMode::Dense => dense_hits,
-            SearchMode::Sparse => sparse_hits,
-            SearchMode::Hybrid => {
-                let dense_ids: Vec<u64> = dense_hits.iter().map(|h| h.0).collect();
-                let sparse_ids: Vec<u64> = sparse_hits.iter().map(|h| h.0).collect();
-                reciprocal_rank_fusion(&[&dense_ids, &sparse_ids], DEFAULT_RRF_K, query.k)
-                    .into_iter()
-                    .map(|f| (f.id, f.score))
-                    .collect()
-            }
-        };
-        let ranked: Vec<(u64, f32)> = ranked.into_iter().take(query.k).collect();
+        let ranking = Ranking::new(query.mode, dense_hits, sparse_hits, query.k);
+        let ranked = &ranking.order;
         if ranked.is_empty() {
             return Ok(Vec::new());
         }
@@ -426,12 +395,13 @@ impl PgIndex {
         let mut by_id: HashMap<u64, tokio_postgres::Row> =
             rows.into_iter().map(|r| (r.get::<_, i64>(0) as u64, r)).collect();
         let mut hits = Vec::with_capacity(ranked.len());
-        for (chunk_id, score) in ranked {
+        for &(chunk_id, score) in ranked {
             let Some(row) = by_id.remove(&chunk_id) else {
                 tracing::warn!(chunk_id, "a chunk was deleted while it was being searched");
                 continue;
             };
             let metadata: serde_json::Value = row.get(5);
+            let (dense_rank, sparse_rank, dense_score, sparse_score) = ranking.of(chunk_id);
             hits.push(Hit {
                 chunk_id,
                 doc_id: row.get(1),
@@ -441,10 +411,10 @@ impl PgIndex {
                 position: u32::try_from(row.get::<_, i32>(2)).unwrap_or_default(),
                 text: row.get(6),
                 score,
-                dense_rank: dense_ranks.get(&chunk_id).map(|r| r.0),
-                sparse_rank: sparse_ranks.get(&chunk_id).map(|r| r.0),
-                dense_score: dense_ranks.get(&chunk_id).map(|r| r.1),
-                sparse_score: sparse_ranks.get(&chunk_id).map(|r| r.1),
+                dense_rank,
+                sparse_rank,
+                dense_score,
+                sparse_score,
             });
         }
         Ok(hits)

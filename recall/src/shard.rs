@@ -27,7 +27,7 @@ use crate::dense::{DenseConfig, DenseIndex};
 use crate::document::{chunk_id, DocumentRecord, EmbeddedChunk, ExportedDocument, StoredChunk};
 use crate::error::{RecallError, Result};
 use crate::fsutil;
-use crate::fuse::{reciprocal_rank_fusion, SearchMode, DEFAULT_RRF_K};
+use crate::fuse::{Ranking, SearchMode};
 use crate::query::{Hit, SearchQuery, MAX_K};
 use crate::sparse::SparseIndex;
 use store::{ChunkStore, StoredDocument};
@@ -61,6 +61,37 @@ impl ShardConfig {
     pub fn new(dimension: usize) -> Self {
         ShardConfig { dense: DenseConfig::new(dimension), checkpoint_after_changes: 50_000 }
     }
+}
+
+/// Checks a document and its chunks before anything is written (every backend): a valid id,
+/// 1 to [`MAX_CHUNKS_PER_DOCUMENT`] chunks, none empty, and every vector accepted by
+/// `check_vector`.
+pub(crate) fn check_document(
+    record: &DocumentRecord,
+    chunks: &[EmbeddedChunk],
+    check_vector: &dyn Fn(&[f32]) -> Result<()>,
+) -> Result<()> {
+    record.validate()?;
+    if chunks.is_empty() {
+        return Err(RecallError::InvalidRequest(format!("document {:?} has no chunks", record.doc_id)));
+    }
+    if chunks.len() > MAX_CHUNKS_PER_DOCUMENT {
+        return Err(RecallError::InvalidRequest(format!(
+            "document {:?} has {} chunks, at most {MAX_CHUNKS_PER_DOCUMENT} are allowed",
+            record.doc_id,
+            chunks.len()
+        )));
+    }
+    for (position, (chunk, vector)) in chunks.iter().enumerate() {
+        if chunk.text.trim().is_empty() {
+            return Err(RecallError::InvalidRequest(format!(
+                "chunk {position} of document {:?} is empty",
+                record.doc_id
+            )));
+        }
+        check_vector(vector)?;
+    }
+    Ok(())
 }
 
 /// What an upsert did.
@@ -218,27 +249,7 @@ impl IndexShard {
     }
 
     fn check_document(&self, record: &DocumentRecord, chunks: &[EmbeddedChunk]) -> Result<()> {
-        record.validate()?;
-        if chunks.is_empty() {
-            return Err(RecallError::InvalidRequest(format!("document {:?} has no chunks", record.doc_id)));
-        }
-        if chunks.len() > MAX_CHUNKS_PER_DOCUMENT {
-            return Err(RecallError::InvalidRequest(format!(
-                "document {:?} has {} chunks, at most {MAX_CHUNKS_PER_DOCUMENT} are allowed",
-                record.doc_id,
-                chunks.len()
-            )));
-        }
-        for (position, (chunk, vector)) in chunks.iter().enumerate() {
-            if chunk.text.trim().is_empty() {
-                return Err(RecallError::InvalidRequest(format!(
-                    "chunk {position} of document {:?} is empty",
-                    record.doc_id
-                )));
-            }
-            self.dense.check_vector(vector)?;
-        }
-        Ok(())
+        check_document(record, chunks, &|v| self.dense.check_vector(v))
     }
 
     /// Deletes a document from the store and both indexes; returns whether it existed.
@@ -315,30 +326,15 @@ impl IndexShard {
             Some(t) => self.sparse.search_in_docs(t, depth, admitted.as_ref().map(|(docs, _)| docs.as_slice()))?,
         };
 
-        let dense_ranks: HashMap<u64, (usize, f32)> =
-            dense_hits.iter().enumerate().map(|(i, &(id, s))| (id, (i + 1, s))).collect();
-        let sparse_ranks: HashMap<u64, (usize, f32)> =
-            sparse_hits.iter().enumerate().map(|(i, &(id, s))| (id, (i + 1, s))).collect();
-        let ranked: Vec<(u64, f32)> = match query.mode {
-            SearchMode::Dense => dense_hits,
-            SearchMode::Sparse => sparse_hits,
-            SearchMode::Hybrid => {
-                let dense_ids: Vec<u64> = dense_hits.iter().map(|h| h.0).collect();
-                let sparse_ids: Vec<u64> = sparse_hits.iter().map(|h| h.0).collect();
-                reciprocal_rank_fusion(&[&dense_ids, &sparse_ids], DEFAULT_RRF_K, query.k)
-                    .into_iter()
-                    .map(|f| (f.id, f.score))
-                    .collect()
-            }
-        };
-
-        let mut hits = Vec::with_capacity(query.k.min(ranked.len()));
-        for (chunk_id, score) in ranked.into_iter().take(query.k) {
+        let ranking = Ranking::new(query.mode, dense_hits, sparse_hits, query.k);
+        let mut hits = Vec::with_capacity(ranking.order.len());
+        for &(chunk_id, score) in &ranking.order {
             let Some(chunk) = self.store.chunk(chunk_id)? else {
                 tracing::warn!(chunk_id, "an index returned a chunk the store does not hold");
                 continue;
             };
             let record = self.documents.get(&chunk.doc_id).map(|d| &d.record);
+            let (dense_rank, sparse_rank, dense_score, sparse_score) = ranking.of(chunk_id);
             hits.push(Hit {
                 chunk_id,
                 title: record.and_then(|r| r.title.clone()),
@@ -348,10 +344,10 @@ impl IndexShard {
                 position: chunk.position,
                 text: chunk.chunk.text,
                 score,
-                dense_rank: dense_ranks.get(&chunk_id).map(|r| r.0),
-                sparse_rank: sparse_ranks.get(&chunk_id).map(|r| r.0),
-                dense_score: dense_ranks.get(&chunk_id).map(|r| r.1),
-                sparse_score: sparse_ranks.get(&chunk_id).map(|r| r.1),
+                dense_rank,
+                sparse_rank,
+                dense_score,
+                sparse_score,
             });
         }
         Ok(hits)

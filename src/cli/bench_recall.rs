@@ -120,38 +120,49 @@ fn put(ag: &ureq::Agent, url: &str, body: &str) -> anyhow::Result<Value> {
     Ok(v)
 }
 
-/// Uploads every document with `concurrency` clients; chunks indexed and wall time.
-fn ingest(gw: &str, kb: &str, documents: usize, concurrency: usize) -> anyhow::Result<Ingest> {
+/// Runs `job(i)` for i in 0..n on `concurrency` threads, each with its own HTTP agent; the
+/// first error stops every thread.
+fn fan_out(
+    n: usize,
+    concurrency: usize,
+    job: impl Fn(&ureq::Agent, usize) -> anyhow::Result<()> + Sync,
+) -> anyhow::Result<()> {
     let next = AtomicUsize::new(0);
-    let chunks = AtomicUsize::new(0);
     let failure = Mutex::new(None);
-    let started = Instant::now();
     std::thread::scope(|s| {
         for _ in 0..concurrency {
             s.spawn(|| {
                 let ag = agent();
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= documents {
+                    if i >= n {
                         return;
                     }
-                    let url = format!("{gw}/v1/knowledge-bases/{kb}/documents/report-{i}.md");
-                    match put(&ag, &url, &document(i)) {
-                        Ok(v) => {
-                            chunks.fetch_add(v["chunks"].as_u64().unwrap_or(0) as usize, Ordering::Relaxed);
-                        }
-                        Err(e) => {
-                            *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                            return;
-                        }
+                    if let Err(e) = job(&ag, i) {
+                        next.store(n, Ordering::Relaxed);
+                        *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                        return;
                     }
                 }
             });
         }
     });
-    if let Some(e) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        return Err(e);
+    match failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
+}
+
+/// Uploads every document with `concurrency` clients; chunks indexed and wall time.
+fn ingest(gw: &str, kb: &str, documents: usize, concurrency: usize) -> anyhow::Result<Ingest> {
+    let chunks = AtomicUsize::new(0);
+    let started = Instant::now();
+    fan_out(documents, concurrency, |ag, i| {
+        let url = format!("{gw}/v1/knowledge-bases/{kb}/documents/report-{i}.md");
+        let v = put(ag, &url, &document(i))?;
+        chunks.fetch_add(v["chunks"].as_u64().unwrap_or(0) as usize, Ordering::Relaxed);
+        Ok(())
+    })?;
     Ok(Ingest { chunks: chunks.into_inner() as u64, secs: started.elapsed().as_secs_f64() })
 }
 
@@ -171,42 +182,20 @@ fn searches(
     documents: usize,
     concurrency: usize,
 ) -> anyhow::Result<Searches> {
-    let next = AtomicUsize::new(0);
     let hits = AtomicUsize::new(0);
     let latencies = Mutex::new(Vec::with_capacity(n));
-    let failure = Mutex::new(None);
     let started = Instant::now();
-    std::thread::scope(|s| {
-        for _ in 0..concurrency {
-            s.spawn(|| {
-                let ag = agent();
-                loop {
-                    let q = next.fetch_add(1, Ordering::Relaxed);
-                    if q >= n {
-                        return;
-                    }
-                    let i = (q * 7) % documents;
-                    let t = Instant::now();
-                    let body = json!({"query": question(i), "mode": mode, "top_k": 10});
-                    match post(&ag, &format!("{gw}/v1/knowledge-bases/{kb}/search"), &body) {
-                        Ok(v) => {
-                            latencies.lock().unwrap_or_else(|p| p.into_inner()).push(t.elapsed().as_secs_f64() * 1e3);
-                            if v["data"][0]["document_id"] == format!("report-{i}.md") {
-                                hits.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                        Err(e) => {
-                            *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                            return;
-                        }
-                    }
-                }
-            });
+    fan_out(n, concurrency, |ag, q| {
+        let i = (q * 7) % documents;
+        let t = Instant::now();
+        let body = json!({"query": question(i), "mode": mode, "top_k": 10});
+        let v = post(ag, &format!("{gw}/v1/knowledge-bases/{kb}/search"), &body)?;
+        latencies.lock().unwrap_or_else(|p| p.into_inner()).push(t.elapsed().as_secs_f64() * 1e3);
+        if v["data"][0]["document_id"] == format!("report-{i}.md") {
+            hits.fetch_add(1, Ordering::Relaxed);
         }
-    });
-    if let Some(e) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        return Err(e);
-    }
+        Ok(())
+    })?;
     let secs = started.elapsed().as_secs_f64();
     let mut l = latencies.into_inner().unwrap_or_else(|p| p.into_inner());
     l.sort_by(f64::total_cmp);
