@@ -403,6 +403,9 @@ fn knowledge_bases_ingest_search_answer_and_survive_lost_nodes() {
     let idx = nodes.iter().position(|m| m.name == victim).expect("victim");
     nodes[idx].proc.kill();
     findable(&gw);
+    // The dead node's copies were still listed as ready: a shard asked there was asked again
+    // on its other copy (each of the 12 shard searches picks a copy at random).
+    assert!(metric_sum(&gw, "shoal_kb_shard_failovers_total") >= 1.0, "searches failed over");
     // The coordinator notices, places fresh copies on the spare node and they rebuild from the survivors.
     wait_until(Duration::from_secs(60), "copies rebuilt after the node loss", || {
         let c = copies(&gw);
