@@ -29,4 +29,4 @@ echo "== cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 export SHOAL_MODELS_DIR="$PWD/models"
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast

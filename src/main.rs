@@ -17,7 +17,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(cli::run(args)) {
+    let result = rt.block_on(cli::run(args));
+    // Work still running on blocking threads (a model's batch) must not hold the exit: a
+    // stopped server is gone within this grace, however loaded it was.
+    rt.shutdown_timeout(cli::SHUTDOWN_GRACE);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let line = format!("{e:#}").replace('\n', " ");

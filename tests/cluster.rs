@@ -218,3 +218,196 @@ fn corrupt_coordinator_storage_is_refused_with_a_clear_error() {
     assert_eq!(errors.len(), 1, "{stderr}");
     assert!(errors[0].contains("corrupt storage") || errors[0].contains("storage:"), "{stderr}");
 }
+
+/// Resident memory of a process, in bytes.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+/// Sends a request with `body` and no key; returns the status, or None when the server
+/// closed the connection before answering (also a refusal).
+fn post_without_key(url: &str, body: &[u8], content_type: &str) -> Option<u16> {
+    let resp = agent(Duration::from_secs(60)).post(url).header("Content-Type", content_type).send(body);
+    resp.ok().map(|r| r.status().as_u16())
+}
+
+#[test]
+fn hostile_clients_are_refused_before_their_bodies_are_read() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let coord = Coord::start(&tmp.path().join("c"), 300, 1500);
+    // No key is always 401, whatever the body: malformed JSON does not get a 400 naming fields.
+    for (path, body) in [("/v1/tokens", r#"{"ttl_seconds": "x""#), ("/v1/embeddings", "{not json"), ("/v1/keys", "")] {
+        let (status, v) = post_raw(&coord.url(path), body, None);
+        assert_eq!(status, 401, "{path}: {v}");
+        assert_eq!(v["error"]["type"], "authentication_error", "{path}: {v}");
+    }
+    // 8 parallel 40 MB uploads without a key: refused without buffering them.
+    let pid = coord.proc.child.id();
+    let before = rss_bytes(pid);
+    let big = vec![b'a'; 40 << 20];
+    let url = coord.url("/v1/knowledge-bases/x/documents/doc.txt");
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| agent(Duration::from_secs(60)).put(&url).send(&big[..]).ok().map(|r| r.status().as_u16()))
+            })
+            .collect();
+        for h in handles {
+            let status = h.join().expect("upload thread");
+            assert!(matches!(status, Some(401) | None), "{status:?}");
+        }
+    });
+    let grew = rss_bytes(pid).saturating_sub(before);
+    assert!(grew < 64 << 20, "the gateway grew by {} MiB refusing unauthenticated uploads", grew >> 20);
+    // Over the body limit and without a key: still 401 (or a hang-up before the body is read), never 413.
+    let status = post_without_key(&coord.url("/v1/embeddings"), &big[..2 << 20], "application/json");
+    assert!(matches!(status, Some(401) | None), "{status:?}");
+    assert_eq!(get(&coord.url("/healthz"), None).map(|r| r.0), Some(200));
+}
+
+#[test]
+fn made_up_names_do_not_grow_the_metrics() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let coord = Coord::start(&tmp.path().join("c"), 300, 1500);
+    let series = |coord: &Coord| {
+        let (_, text) = get(&coord.url("/metrics"), None).expect("metrics");
+        text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).count()
+    };
+    let flood = |coord: &Coord, n: usize| {
+        for i in 0..n {
+            let model = format!("made-up-{i}-{}", "x".repeat(i % 7 * 50));
+            post(&coord.url("/v1/embeddings"), serde_json::json!({"model": model, "input": "hi"}));
+            post(
+                &coord.url("/v1/chat/completions"),
+                serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}),
+            );
+            post(&coord.url(&format!("/v1/knowledge-bases/kb-{i}/search")), serde_json::json!({"query": "q"}));
+            post(
+                &coord.url(&format!("/v1/knowledge-bases/kb-{i}/documents")),
+                serde_json::json!({"id": "d", "text": "t"}),
+            );
+        }
+    };
+    // The first round creates the `other` series; the next ones must add none.
+    flood(&coord, 20);
+    let after_first = series(&coord);
+    flood(&coord, 300);
+    let after_many = series(&coord);
+    assert_eq!(after_first, after_many, "300 more made-up model and knowledge-base names added series");
+    let (_, text) = get(&coord.url("/metrics"), None).expect("metrics");
+    assert!(!text.contains("made-up-") && !text.contains("kb-1"), "a made-up name became a label");
+    assert!(text.contains(r#"model="other""#), "unknown models are counted under other");
+}
+
+#[test]
+fn keys_have_scopes_models_limits_and_can_be_revoked() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let coord = Coord::start(&tmp.path().join("c"), 300, 1500);
+    let gw = coord.gateway();
+    // The stored database is owner-only.
+    use std::os::unix::fs::PermissionsExt;
+    let raft_dir = coord.dir.join("data/raft");
+    for entry in walk(&raft_dir) {
+        let mode = std::fs::metadata(&entry).expect("meta").permissions().mode() & 0o777;
+        let want = if entry.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(mode, want, "{} is {mode:o}", entry.display());
+    }
+    let out = run(&["key", "create", "--name", "app", "--models", "echo", "--rate", "3/s", "--gateway", &gw]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let field = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string()).expect(name);
+    let (id, key) = (field("id:"), field("key:"));
+    assert!(key.starts_with("sk-shoal-") && id.starts_with("key-"), "{text}");
+    // Listed without its secret.
+    let out = run(&["key", "list", "--gateway", &gw]);
+    let listed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        listed.contains(&id) && listed.contains("app") && listed.contains("user") && !listed.contains(&key),
+        "{listed}"
+    );
+    // A user key: no admin routes; only its models.
+    assert_eq!(get(&coord.url("/v1/keys"), Some(&key)).map(|r| r.0), Some(403));
+    let (status, v) = post_raw(&coord.url("/v1/tokens"), "{}", Some(&key));
+    assert_eq!(status, 403, "{v}");
+    let (status, v) = post_raw(&coord.url("/v1/embeddings"), r#"{"model": "other", "input": "x"}"#, Some(&key));
+    assert_eq!((status, v["error"]["code"].as_str()), (403, Some("forbidden")), "{v}");
+    // Its rate: 3 requests/s with a burst of 3; the 4th in a row is 429 with Retry-After.
+    let mut limited = None;
+    for _ in 0..8 {
+        let resp = agent(Duration::from_secs(10))
+            .get(&coord.url("/v1/models"))
+            .header("Authorization", &format!("Bearer {key}"))
+            .call()
+            .expect("answer");
+        if resp.status().as_u16() == 429 {
+            limited = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_string);
+            break;
+        }
+    }
+    assert_eq!(limited.as_deref(), Some("1"), "8 requests in a row at 3/s were never limited");
+    // A key from a file works like the environment variable.
+    let key_file = tmp.path().join("key");
+    std::fs::write(&key_file, format!("{API_KEY}\n")).expect("key file");
+    let out = std::process::Command::new(BIN)
+        .args(["key", "list", "--gateway", &gw, "--api-key-file", key_file.to_str().expect("utf8")])
+        .env_remove("SHOAL_API_KEY")
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Revoked: 401 from then on; the last admin key cannot be revoked.
+    let out = run(&["key", "revoke", &id, "--gateway", &gw]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(get(&coord.url("/v1/models"), Some(&key)).map(|r| r.0), Some(401));
+    let keys = get_json(&coord.url("/v1/keys")).expect("keys");
+    let admin_id = keys["data"][0]["id"].as_str().expect("admin id").to_string();
+    let out = run(&["key", "revoke", &admin_id, "--gateway", &gw]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("last admin key"));
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    for e in std::fs::read_dir(dir).expect("dir").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn slow_clients_are_cut_off_and_others_stay_served() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().expect("tmp");
+    let coord = Coord::start(&tmp.path().join("c"), 300, 1500);
+    // 300 connections that send half a request line and then nothing.
+    let mut slow: Vec<std::net::TcpStream> = (0..300)
+        .filter_map(|_| std::net::TcpStream::connect(coord.http).ok())
+        .map(|mut s| {
+            let _ = s.write_all(b"GET /v1/cluster HTTP/1.1\r\nHost: x\r\n");
+            s
+        })
+        .collect();
+    assert_eq!(slow.len(), 300);
+    // A normal client is served meanwhile.
+    for _ in 0..5 {
+        assert_eq!(get(&coord.url("/v1/cluster"), Some(API_KEY)).map(|r| r.0), Some(200));
+    }
+    // The server hangs up on them once the header deadline passes (10 s).
+    let first = &mut slow[0];
+    first.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    let mut buf = [0u8; 256];
+    let n = first.read(&mut buf).unwrap_or(0);
+    let answer = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(n == 0 || answer.starts_with("HTTP/1.1 408"), "a slow client got: {answer}");
+    assert_eq!(get(&coord.url("/healthz"), None).map(|r| r.0), Some(200));
+}

@@ -50,10 +50,8 @@ fn chunk_overlap() -> u32 {
 /// Checks a request against the state and turns it into the base to create.
 pub fn check_request(state: &ClusterState, req: KnowledgeBaseRequest, at_ms: u64) -> Result<KnowledgeBase, String> {
     let name = req.name.trim();
-    let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-    if name.is_empty() || name.len() > 64 || !name.chars().all(valid) {
-        return Err(format!("knowledge base name '{name}' must be 1-64 characters of a-z, A-Z, 0-9, '-', '_', '.'"));
-    }
+    // The same rule as deployment names ('.' and '..' are not names).
+    crate::registry::check_name("knowledge base", name).map_err(|e| e.to_string())?;
     if state.knowledge_bases.contains_key(name) {
         return Err(format!("a knowledge base named '{name}' already exists"));
     }
@@ -94,16 +92,103 @@ pub fn check_request(state: &ClusterState, req: KnowledgeBaseRequest, at_ms: u64
     })
 }
 
-/// A connection URL without its password, for showing.
+/// A connection URL without its passwords (in the user part and in any `…password=`
+/// query parameter), for showing.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match (base.find("://"), base.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
+            let creds = &base[s + 3..at];
             let user = creds.split(':').next().unwrap_or("");
-            format!("{}://{user}:***@{}", &url[..s], &url[at + 1..])
+            format!("{}://{user}:***@{}", &base[..s], &base[at + 1..])
         }
-        _ => url.to_string(),
+        _ => base.to_string(),
+    };
+    if let Some(q) = query {
+        let params: Vec<String> = q
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.to_ascii_lowercase().contains("password") => format!("{k}=***"),
+                _ => kv.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
     }
+    out
+}
+
+/// How far a knowledge base is from taking documents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    /// Copies on ready nodes that report ready, per shard (the built-in index only).
+    pub ready_copies: Vec<u32>,
+    /// Copies each shard should have.
+    pub wanted: u32,
+    /// Ready nodes (fewer than `wanted` means the base stays degraded until more join).
+    pub ready_nodes: u32,
+    /// Why a document cannot be added now (None: it can).
+    pub blocker: Option<String>,
+}
+
+impl Readiness {
+    /// `pending` (cannot take documents yet), `degraded` (can, with fewer copies than
+    /// wanted) or `ready`.
+    pub fn status(&self) -> &'static str {
+        if self.blocker.is_some() {
+            "pending"
+        } else if self.ready_copies.iter().any(|&c| c < self.wanted) {
+            "degraded"
+        } else {
+            "ready"
+        }
+    }
+}
+
+/// Whether `kb` can take documents now, and how many copies of each shard are ready.
+pub fn readiness(state: &ClusterState, kb: &KnowledgeBase) -> Readiness {
+    let ready_nodes = state.nodes.values().filter(|n| n.state == NodeState::Ready).count() as u32;
+    let builtin = kb.backend == IndexBackend::Builtin;
+    let ready_copies: Vec<u32> = (0..kb.shards)
+        .map(|shard| {
+            if !builtin {
+                return kb.replicas;
+            }
+            state
+                .index_shards
+                .values()
+                .filter(|p| p.kb == kb.name && p.shard == shard)
+                .filter(|p| p.phase == Some(shoal_protocol::ReplicaPhase::Ready))
+                .filter(|p| {
+                    state
+                        .nodes
+                        .get(&p.node)
+                        .is_some_and(|n| n.state == NodeState::Ready && n.generation == p.node_generation)
+                })
+                .count() as u32
+        })
+        .collect();
+    let blocker = if state.entry_points(&kb.embedding).is_empty() {
+        Some(format!(
+            "the embedding model '{}' has no ready replica yet (it is loading, or no node has room for it)",
+            kb.embedding
+        ))
+    } else if let Some(shard) = ready_copies.iter().position(|&c| c == 0) {
+        let placed = state.index_shards.values().filter(|p| p.kb == kb.name && p.shard == shard as u32).count();
+        Some(if ready_nodes == 0 {
+            format!("shard {shard} of '{}' has no copy yet: no node is ready (are nodes joined?)", kb.name)
+        } else if placed == 0 {
+            format!("shard {shard} of '{}' has no copy placed yet", kb.name)
+        } else {
+            format!("shard {shard} of '{}' has {placed} copies placed, none ready yet (still opening)", kb.name)
+        })
+    } else {
+        None
+    };
+    Readiness { ready_copies, wanted: kb.replicas, ready_nodes, blocker }
 }
 
 /// Commands that bring the index-shard copies closer to what the built-in bases need:
@@ -229,7 +314,9 @@ mod tests {
         bad.embedding_model = "nope".into();
         assert!(err(check_request(&s, bad, 1)).contains("no deployment named 'nope'"));
         assert!(err(check_request(&s, request("docs", 0), 1)).contains("shards"));
-        assert!(err(check_request(&s, request("no spaces", 1), 1)).contains("name"));
+        for name in ["no spaces", ".", "..", ".hidden", "a/b"] {
+            assert!(err(check_request(&s, request(name, 1), 1)).contains("knowledge base name"), "{name}");
+        }
         let mut bad = request("docs", 1);
         bad.chunk_overlap = 300;
         assert!(err(check_request(&s, bad, 1)).contains("chunk_overlap"));
@@ -318,5 +405,47 @@ mod tests {
         converge(&mut s);
         assert!(s.index_shards.is_empty());
         assert_eq!(redact("postgres://shoal:secret@127.0.0.1:5432/kb"), "postgres://shoal:***@127.0.0.1:5432/kb");
+        assert_eq!(
+            redact("postgres://h/kb?user=u&password=s3cret&sslmode=disable&sslpassword=x"),
+            "postgres://h/kb?user=u&password=***&sslmode=disable&sslpassword=***"
+        );
+        assert_eq!(redact("postgres://u:p@h/kb?PASSWORD=q"), "postgres://u:***@h/kb?PASSWORD=***");
+    }
+
+    #[test]
+    fn readiness_names_what_is_missing_and_counts_copies() {
+        use shoal_protocol::ReplicaPhase;
+        let mut s = state(&["a", "b"]);
+        let kb = check_request(&s, request("docs", 1), 1).expect("valid");
+        apply(&mut s, &Command::CreateKnowledgeBase(kb.clone()));
+        let r = readiness(&s, &kb);
+        assert_eq!(r.status(), "pending");
+        assert!(r.blocker.as_deref().unwrap_or_default().contains("embedding model 'e' has no ready replica"));
+        s.placements.insert(
+            "e-1".into(),
+            crate::state::Placement {
+                id: "e-1".into(),
+                deployment: "e".into(),
+                model: "e".into(),
+                version: 1,
+                node: "a".into(),
+                node_generation: s.nodes["a"].generation,
+                phase: Some(ReplicaPhase::Ready),
+                message: String::new(),
+                placed_at_ms: 0,
+                changed_at_ms: 0,
+                stage: None,
+            },
+        );
+        let r = readiness(&s, &kb);
+        assert_eq!(r.blocker.as_deref(), Some("shard 0 of 'docs' has no copy placed yet"));
+        converge(&mut s);
+        assert!(readiness(&s, &kb).blocker.unwrap_or_default().contains("2 copies placed, none ready yet"));
+        let ids: Vec<String> = s.index_shards.keys().cloned().collect();
+        s.index_shards.get_mut(&ids[0]).expect("copy").phase = Some(ReplicaPhase::Ready);
+        let r = readiness(&s, &kb);
+        assert_eq!((r.status(), r.ready_copies.clone(), r.wanted, r.ready_nodes), ("degraded", vec![1], 2, 2));
+        s.index_shards.get_mut(&ids[1]).expect("copy").phase = Some(ReplicaPhase::Ready);
+        assert_eq!(readiness(&s, &kb).status(), "ready");
     }
 }

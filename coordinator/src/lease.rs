@@ -9,6 +9,9 @@ use shoal_protocol::Load;
 
 use crate::state::{ClusterState, NodeState};
 
+/// How many leases a node gets from a new leader before its first heartbeat there.
+pub const GRACE_LEASES: u64 = 3;
+
 /// The leader's view of one node incarnation's liveness.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Lease {
@@ -52,8 +55,10 @@ impl LeaseTable {
     }
 
     /// Returns the `(id, generation)` of every ready node whose lease has run out. A ready
-    /// node with no lease here (a new leader, or a restart) first gets a full lease, so a
-    /// leader change never kills healthy nodes.
+    /// node with no lease here (a new leader, or a restart) first gets [`GRACE_LEASES`]
+    /// leases: its last heartbeat went to the old leader, and it needs time to notice the
+    /// change and reconnect (slow on a loaded machine), so a leader change never kills
+    /// healthy nodes and they stay routable through the election.
     pub fn sweep(&mut self, state: &ClusterState, now_ms: u64, lease_ms: u64) -> Vec<(String, u64)> {
         let mut expired = Vec::new();
         for node in state.nodes.values().filter(|n| n.state == NodeState::Ready) {
@@ -64,7 +69,7 @@ impl LeaseTable {
                     }
                 }
                 // No lease for this incarnation yet: grant a grace lease.
-                _ => self.renew(&node.id, node.generation, now_ms, lease_ms, 0, None),
+                _ => self.renew(&node.id, node.generation, now_ms, lease_ms * GRACE_LEASES, 0, None),
             }
         }
         self.leases.retain(|id, _| state.nodes.contains_key(id));
@@ -124,8 +129,12 @@ mod tests {
         let s = ready_state();
         let mut t = LeaseTable::default();
         assert!(t.sweep(&s, 10_000, 500).is_empty(), "no lease yet: grace, not death");
-        assert!(t.sweep(&s, 10_499, 500).is_empty());
-        assert_eq!(t.sweep(&s, 10_500, 500).len(), 1);
+        assert!(t.sweep(&s, 11_499, 500).is_empty(), "three leases of grace");
+        assert_eq!(t.sweep(&s, 11_500, 500).len(), 1);
+        // Once the node heartbeats, ordinary leases apply.
+        t.renew("a", 1, 12_000, 500, 1, Some(Load::default()));
+        assert!(t.sweep(&s, 12_499, 500).is_empty());
+        assert_eq!(t.sweep(&s, 12_500, 500).len(), 1);
     }
 
     #[test]

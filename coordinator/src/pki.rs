@@ -42,6 +42,22 @@ fn read(path: &Path) -> Result<String, CoordinatorError> {
     fs::read_to_string(path).map_err(|e| CoordinatorError::io(path, e))
 }
 
+/// Makes `dir` owner-only (0700) and every file below it 0600 (the raft database holds API
+/// key hashes and the cluster's catalog; files sled makes later sit inside the 0700 folder).
+pub fn owner_only_tree(dir: &Path) -> Result<(), CoordinatorError> {
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| CoordinatorError::io(dir, e))?;
+    for entry in fs::read_dir(dir).map_err(|e| CoordinatorError::io(dir, e))? {
+        let path = entry.map_err(|e| CoordinatorError::io(dir, e))?.path();
+        if path.is_dir() {
+            owner_only_tree(&path)?;
+        } else {
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+                .map_err(|e| CoordinatorError::io(&path, e))?;
+        }
+    }
+    Ok(())
+}
+
 fn owner_only_dir(dir: &Path) -> Result<(), CoordinatorError> {
     fs::create_dir_all(dir).map_err(|e| CoordinatorError::io(dir, e))?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| CoordinatorError::io(dir, e))

@@ -188,6 +188,7 @@ pub(crate) mod tests {
             files: vec![],
             stored_by: 1,
             registered_at_ms: 0,
+            sampling: Default::default(),
         }
     }
 

@@ -89,6 +89,11 @@ pub fn prepare_version(
         files,
         stored_by: coordinator_id,
         registered_at_ms: now_ms,
+        sampling: crate::state::SamplingHint::from_floats(
+            info.sampling.temperature,
+            info.sampling.top_p,
+            info.sampling.top_k,
+        ),
     };
     info!(source, sha256 = %version.sha256, architecture = %version.architecture, "model files stored");
     Ok(version)
@@ -113,6 +118,7 @@ fn echo_version(coordinator_id: u64, now_ms: u64) -> ModelVersion {
         files: vec![],
         stored_by: coordinator_id,
         registered_at_ms: now_ms,
+        sampling: Default::default(),
     }
 }
 

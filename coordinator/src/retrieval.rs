@@ -269,7 +269,12 @@ impl Retrieval {
             Ok(_) => "indexed",
             Err(_) => "failed",
         };
-        metrics::counter!(m::KB_INGEST_DOCUMENTS, "kb" => kb_name.to_string(), "outcome" => outcome).increment(1);
+        // Only names of bases that exist become labels (made-up names must not add series).
+        let label = match &result {
+            Err(RecallFailure::NotFound(_)) => "other".to_string(),
+            _ => kb_name.to_string(),
+        };
+        metrics::counter!(m::KB_INGEST_DOCUMENTS, "kb" => label, "outcome" => outcome).increment(1);
         metrics::histogram!(m::KB_INGEST_SECONDS).record(started.elapsed().as_secs_f64());
         result
     }

@@ -36,6 +36,8 @@ pub fn chain_progress(state: &ClusterState, deployment: &str) -> String {
         .join("; ")
 }
 
+/// Inputs per embedding call to a replica (a node's largest batch).
+pub const EMBED_PIECE: usize = 64;
 /// How many replicas one request may try.
 const MAX_ATTEMPTS: usize = 4;
 /// The longest a replica may stay silent before it is given up on.
@@ -188,9 +190,19 @@ impl Router {
         InFlight { router: self, placement: placement.to_string() }
     }
 
-    /// Embeds `inputs` on one replica of `deployment`, trying others if one fails.
+    /// Embeds `inputs` on replicas of `deployment`, [`EMBED_PIECE`] inputs per call, so a
+    /// large request never occupies a replica as one batch: other callers' work interleaves
+    /// with its pieces at the node, each piece may go to another replica, and when the caller
+    /// leaves (this future is dropped) the pieces not yet sent are never computed.
     pub async fn embed(&self, deployment: &str, inputs: Vec<String>) -> Result<(Vec<Vec<f32>>, u32), RouteError> {
-        self.embed_within(deployment, inputs, REPLICA_SILENCE).await
+        let mut vectors = Vec::with_capacity(inputs.len());
+        let mut tokens = 0u32;
+        for piece in inputs.chunks(EMBED_PIECE) {
+            let (v, t) = self.embed_within(deployment, piece.to_vec(), REPLICA_SILENCE).await?;
+            vectors.extend(v);
+            tokens = tokens.saturating_add(t);
+        }
+        Ok((vectors, tokens))
     }
 
     /// Like [`Router::embed`], moving to another replica when one is silent for `patience`

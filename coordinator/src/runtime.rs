@@ -7,12 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rand::Rng;
 use shoal_protocol::artifact::ArtifactStore;
 use shoal_protocol::quic;
 use shoal_protocol::tls::Identity;
 use shoal_protocol::token::JoinToken;
-use tracing::{info, warn};
+use tracing::info;
 
 /// How many times start-up retries registering the admin key (through elections).
 const BOOTSTRAP_ATTEMPTS: u32 = 300;
@@ -70,6 +69,9 @@ impl Coordinator {
         // A member that is not part of the bootstrap group starts empty and waits to be added.
         let voters = if member.initial { opts.config.voter_ids() } else { Vec::new() };
         let storage = SledStorage::open(&opts.data_dir.join("raft"), &voters)?;
+        pki::owner_only_tree(&opts.data_dir.join("raft"))?;
+        std::fs::set_permissions(&opts.data_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(|e| CoordinatorError::io(&opts.data_dir, e))?;
         let book: AddressBook =
             Arc::new(std::sync::RwLock::new(opts.config.coordinators.iter().map(|m| (m.id, m.quic)).collect()));
         if let Some(stored) = crate::raft::store::RaftStore::load_state(&storage)? {
@@ -135,7 +137,10 @@ impl Coordinator {
             .map_err(|e| CoordinatorError::io(format!("gateway {}", member.http), e))?;
         let http_addr = listener.local_addr().map_err(|e| CoordinatorError::io("gateway", e))?;
         let bootstrapped = Arc::new(AtomicBool::new(!member.initial));
+        let keys = gateway::KeyHasher::from_ca_key(&pki.ca.material.key_pem);
         let gw = Arc::new(GatewayState {
+            keys: keys.clone(),
+            quotas: Default::default(),
             bootstrapped: bootstrapped.clone(),
             raft: raft.clone(),
             writer: writer.clone(),
@@ -158,15 +163,13 @@ impl Coordinator {
             downloads: opts.data_dir.join("downloads"),
         });
         tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, gateway::router(gw)).await {
-                warn!(error = %e, "gateway stopped");
-            }
+            gateway::server::serve(listener, gateway::router(gw), gateway::server::HttpLimits::default()).await;
         });
         info!(id = opts.id, %quic_addr, %http_addr, ca_hash = %pki.ca_hash, "coordinator started");
 
         let api_key_bootstrap = member
             .initial
-            .then(|| tokio::spawn(bootstrap_api_key(raft.clone(), writer.clone(), opts.api_key, bootstrapped)));
+            .then(|| tokio::spawn(bootstrap_api_key(raft.clone(), writer.clone(), keys, opts.api_key, bootstrapped)));
         Ok(Self {
             raft,
             writer,
@@ -235,12 +238,13 @@ impl Coordinator {
 async fn bootstrap_api_key(
     raft: RaftHandle,
     writer: Writer,
+    keys: gateway::KeyHasher,
     given: Option<String>,
     done: Arc<AtomicBool>,
 ) -> Result<Option<String>, CoordinatorError> {
     let mut attempt = 0;
     loop {
-        match try_bootstrap_api_key(&raft, &writer, given.clone()).await {
+        match try_bootstrap_api_key(&raft, &writer, &keys, given.clone()).await {
             Ok(key) => {
                 done.store(true, Ordering::Release);
                 return Ok(key);
@@ -258,26 +262,37 @@ async fn bootstrap_api_key(
 async fn try_bootstrap_api_key(
     raft: &RaftHandle,
     writer: &Writer,
+    keys: &gateway::KeyHasher,
     given: Option<String>,
 ) -> Result<Option<String>, CoordinatorError> {
     let mut rx = raft.watch_status();
     let _ = rx.wait_for(|s| s.leader_id != 0).await;
     // Let this replica catch up before deciding whether a key exists.
     raft.read_index().await?;
-    let has_admin = {
+    let (has_admin, has_given) = {
         let state = raft.state().read().unwrap_or_else(|p| p.into_inner());
-        state.api_keys.values().any(|k| k.scope == Scope::Admin)
+        let given_hash = given.as_deref().map(|k| keys.hash(k));
+        (
+            state.api_keys.values().any(|k| k.scope == Scope::Admin),
+            given_hash.is_some_and(|h| state.api_keys.contains_key(&h)),
+        )
     };
     let (key, generated) = match given {
+        Some(_) if has_given => return Ok(None),
         Some(k) => (k, false),
         None if has_admin => return Ok(None),
-        None => (format!("sk-shoal-{:032x}", rand::rng().random::<u128>()), true),
+        None => (gateway::keys::generate_secret(), true),
     };
     let record = ApiKeyRecord {
-        hash: crate::gateway::hash_key(&key),
+        hash: keys.hash(&key),
+        id: gateway::keys::generate_id(),
         name: "admin".into(),
         scope: Scope::Admin,
         created_at_ms: crate::clock::unix_ms(),
+        models: vec![],
+        rate_per_s: 0,
+        tokens_per_minute: 0,
+        expires_at_ms: 0,
     };
     writer.command(Command::AddApiKey(record)).await?;
     Ok(generated.then_some(key))

@@ -42,6 +42,33 @@ pub struct ModelInfo {
     pub weight_bytes: u64,
     /// File names, relative to the model path, that make up the model.
     pub files: Vec<String>,
+    /// Sampling its authors recommend (GGUF `general.sampling.temp`, `.top_p`, `.top_k`).
+    #[serde(default)]
+    pub sampling: RecommendedSampling,
+}
+
+/// Author-recommended sampling settings, where a model file states them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct RecommendedSampling {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<u32>,
+}
+
+fn md_f32(content: &gguf_file::Content, key: &str) -> Option<f32> {
+    content.metadata.get(key).and_then(|v| v.to_f32().ok().or_else(|| v.to_f64().ok().map(|x| x as f32)))
+}
+
+/// The `general.sampling.*` keys of a GGUF header (a negative top_k means "off").
+pub(crate) fn recommended_sampling(content: &gguf_file::Content) -> RecommendedSampling {
+    let top_k = content.metadata.get("general.sampling.top_k").and_then(|v| {
+        v.to_i32().ok().map(i64::from).or_else(|| v.to_u32().ok().map(i64::from)).or_else(|| v.to_i64().ok())
+    });
+    RecommendedSampling {
+        temperature: md_f32(content, "general.sampling.temp"),
+        top_p: md_f32(content, "general.sampling.top_p"),
+        top_k: top_k.and_then(|k| u32::try_from(k).ok()),
+    }
 }
 
 /// Architectures of GGUF models this engine can run.
@@ -166,6 +193,7 @@ pub(crate) fn inspect_gguf(path: &Path) -> Result<(ModelInfo, gguf_file::Content
         vocab_size,
         weight_bytes,
         files: vec![file_name],
+        sampling: recommended_sampling(&content),
     };
     Ok((info, content))
 }
@@ -282,5 +310,6 @@ fn inspect_folder(dir: &Path) -> Result<ModelInfo, EngineError> {
         vocab_size: field(config.vocab_size, "vocab_size")?,
         weight_bytes,
         files,
+        sampling: RecommendedSampling::default(),
     })
 }

@@ -17,7 +17,7 @@ mod tokenizer;
 pub use embed::{Embedder, Embeddings};
 pub use error::EngineError;
 pub use generate::{Batcher, Event, FinishReason, ForwardStep, StepRows};
-pub use inspect::{inspect, Capability, ModelFormat, ModelInfo};
+pub use inspect::{inspect, Capability, ModelFormat, ModelInfo, RecommendedSampling};
 pub use llama::{ChatMessage, HiddenStates, KvCache, Llm, LlmOptions, StageInput, StageOutput};
 pub use sampling::{SamplingParams, SequenceSampler};
 pub use source::{resolve_source, resolve_source_with_endpoint, HfUri};

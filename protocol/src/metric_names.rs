@@ -31,6 +31,11 @@ pub const JOINS_REFUSED: &str = "shoal_cluster_joins_refused_total";
 
 pub const HTTP_REQUESTS: &str = "shoal_gateway_requests_total";
 pub const HTTP_AUTH_REFUSED: &str = "shoal_gateway_auth_refused_total";
+/// Requests refused by a per-key limit (`limit`: requests, tokens).
+pub const HTTP_RATE_LIMITED: &str = "shoal_gateway_rate_limited_total";
+/// HTTP connections open now, and those turned away at the connection cap.
+pub const HTTP_CONNECTIONS: &str = "shoal_gateway_http_connections";
+pub const HTTP_CONNECTIONS_REFUSED: &str = "shoal_gateway_http_connections_refused_total";
 
 pub const NODE_HEARTBEATS_SENT: &str = "shoal_node_heartbeats_sent_total";
 pub const NODE_RECONNECTS: &str = "shoal_node_reconnects_total";

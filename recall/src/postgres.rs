@@ -73,8 +73,9 @@ use crate::sparse::tokenizer;
 pub const MAX_KB_NAME_BYTES: usize = 128;
 /// Largest dimension pgvector's HNSW index accepts for `vector` columns.
 pub const MAX_DIMENSION: usize = 2000;
-/// How long a connection attempt may take when the URL sets no `connect_timeout`.
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long connecting (TCP, and the server's answer to the start-up message) may take when
+/// the URL sets no `connect_timeout`.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// At most this many bytes of the knowledge-base name appear in the table name.
 const TABLE_STEM_BYTES: usize = 40;
 /// Rows per INSERT statement when upserting.
@@ -118,9 +119,9 @@ impl PgIndex {
     /// `host=… port=… user=…` string; without TLS), creates the `vector` extension and the table of knowledge
     /// base `kb` if missing, and checks that an existing table has vectors of `dimension`.
     ///
-    /// The connection task is spawned on the current tokio runtime. An unreachable server gives a
+    /// The connection task is spawned on the current tokio runtime. An unreachable or silent server gives a
     /// [`RecallError::Postgres`] naming the host and port (never the password) after at most the URL's
-    /// `connect_timeout`, 10 seconds by default.
+    /// `connect_timeout`, 5 seconds by default.
     pub async fn connect(url: &str, kb: &str, dimension: usize) -> Result<PgIndex> {
         let table = table_name(kb)?;
         if dimension == 0 || dimension > MAX_DIMENSION {
@@ -134,12 +135,27 @@ impl PgIndex {
         }
         let target = describe_target(&config);
         let user = config.get_user().unwrap_or("(default user)").to_string();
-        let (mut client, connection) = config.connect(NoTls).await.map_err(|e| {
-            RecallError::Postgres(redact(
-                &format!("cannot connect to PostgreSQL at {target} as {user}: {}", describe(&e)),
-                url,
+        let limit = config.get_connect_timeout().copied().unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        // The whole handshake is bounded (a port that accepts and stays silent would otherwise
+        // hang); anything but an answer from a PostgreSQL server is one message, so errors do
+        // not tell refused, closed and silent ports apart.
+        let no_server = || {
+            RecallError::Postgres(format!(
+                "cannot connect to PostgreSQL at {target} as {user}: no PostgreSQL server answered within {} s",
+                limit.as_secs_f32()
             ))
-        })?;
+        };
+        let (mut client, connection) = match tokio::time::timeout(limit, config.connect(NoTls)).await {
+            Err(_) => return Err(no_server()),
+            Ok(Err(e)) if e.as_db_error().is_none() => return Err(no_server()),
+            Ok(Err(e)) => {
+                return Err(RecallError::Postgres(redact(
+                    &format!("cannot connect to PostgreSQL at {target} as {user}: {}", describe(&e)),
+                    url,
+                )))
+            }
+            Ok(Ok(c)) => c,
+        };
         let log_target = target.clone();
         tokio::spawn(async move {
             if let Err(e) = connection.await {

@@ -16,9 +16,12 @@ pub struct ChatArgs {
     /// Most tokens per answer.
     #[arg(long, default_value_t = 256)]
     pub max_tokens: u32,
-    /// Sampling temperature (0 = greedy).
-    #[arg(long, default_value_t = 0.7)]
-    pub temperature: f32,
+    /// Sampling temperature (0 = greedy); default: the model's recommended setting, else 0.7.
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Nucleus sampling; default: the model's recommended setting, else 0.9.
+    #[arg(long)]
+    pub top_p: Option<f32>,
     /// A system message.
     #[arg(long)]
     pub system: Option<String>,
@@ -26,9 +29,31 @@ pub struct ChatArgs {
     pub gateway: GatewayArgs,
 }
 
+/// Sampling used when neither the command line nor the model says (a chat model answers
+/// sensibly with these; the API's own default, temperature 1, rambles on small models).
+pub const FALLBACK_TEMPERATURE: f32 = 0.7;
+pub const FALLBACK_TOP_P: f32 = 0.9;
+
+/// The sampling a chat uses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampling {
+    pub temperature: f32,
+    pub top_p: f32,
+}
+
+/// Flags first, then the model's recommendation (`recommended_sampling` of `/v1/models`),
+/// then the fallback.
+pub fn choose_sampling(temperature: Option<f32>, top_p: Option<f32>, recommended: &Value) -> Sampling {
+    let hint = |k: &str| recommended[k].as_f64().map(|v| v as f32);
+    Sampling {
+        temperature: temperature.or_else(|| hint("temperature")).unwrap_or(FALLBACK_TEMPERATURE),
+        top_p: top_p.or_else(|| hint("top_p")).unwrap_or(FALLBACK_TOP_P),
+    }
+}
+
 /// Streams one answer to stdout and returns its text.
-fn stream_answer(a: &ChatArgs, messages: &[Value]) -> anyhow::Result<String> {
-    let key = a.gateway.api_key.clone().ok_or_else(|| anyhow!("no API key: pass --api-key or set SHOAL_API_KEY"))?;
+fn stream_answer(a: &ChatArgs, sampling: &Sampling, messages: &[Value]) -> anyhow::Result<String> {
+    let key = a.gateway.key()?;
     let url = format!("{}/v1/chat/completions", a.gateway.gateway.trim_end_matches('/'));
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -37,7 +62,7 @@ fn stream_answer(a: &ChatArgs, messages: &[Value]) -> anyhow::Result<String> {
         .into();
     let body = json!({
         "model": a.model, "messages": messages, "stream": true,
-        "max_tokens": a.max_tokens, "temperature": a.temperature,
+        "max_tokens": a.max_tokens, "temperature": sampling.temperature, "top_p": sampling.top_p,
     });
     let mut resp = agent
         .post(&url)
@@ -73,6 +98,24 @@ fn stream_answer(a: &ChatArgs, messages: &[Value]) -> anyhow::Result<String> {
 }
 
 pub async fn run(a: ChatArgs) -> anyhow::Result<()> {
+    let recommended = if a.temperature.is_some() && a.top_p.is_some() {
+        Value::Null
+    } else {
+        let models = a.gateway.get("/v1/models").await?;
+        let list = models["data"].as_array().cloned().unwrap_or_default();
+        match list.iter().find(|m| m["id"] == a.model.as_str()) {
+            Some(m) => m["recommended_sampling"].clone(),
+            None => {
+                let names: Vec<&str> = list.iter().filter_map(|m| m["id"].as_str()).collect();
+                return Err(anyhow!(
+                    "no model named '{}' (models: {}); deploy one with `shoal deploy NAME --source URI`",
+                    a.model,
+                    if names.is_empty() { "none yet".to_string() } else { names.join(", ") }
+                ));
+            }
+        }
+    };
+    let sampling = choose_sampling(a.temperature, a.top_p, &recommended);
     tokio::task::spawn_blocking(move || {
         let mut messages: Vec<Value> = Vec::new();
         if let Some(s) = &a.system {
@@ -80,7 +123,7 @@ pub async fn run(a: ChatArgs) -> anyhow::Result<()> {
         }
         if let Some(p) = &a.prompt {
             messages.push(json!({"role": "user", "content": p}));
-            stream_answer(&a, &messages)?;
+            stream_answer(&a, &sampling, &messages)?;
             return Ok(());
         }
         let stdin = std::io::stdin();
@@ -96,9 +139,26 @@ pub async fn run(a: ChatArgs) -> anyhow::Result<()> {
                 continue;
             }
             messages.push(json!({"role": "user", "content": line}));
-            let answer = stream_answer(&a, &messages)?;
+            let answer = stream_answer(&a, &sampling, &messages)?;
             messages.push(json!({"role": "assistant", "content": answer}));
         }
     })
     .await?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_then_the_model_then_the_fallback() {
+        let none = Value::Null;
+        assert_eq!(choose_sampling(None, None, &none), Sampling { temperature: 0.7, top_p: 0.9 });
+        let rec = json!({"temperature": 0.3, "top_p": 0.8, "top_k": 20});
+        assert_eq!(choose_sampling(None, None, &rec), Sampling { temperature: 0.3, top_p: 0.8 });
+        assert_eq!(choose_sampling(Some(0.0), None, &rec), Sampling { temperature: 0.0, top_p: 0.8 });
+        let partial = json!({"temperature": 1.0, "top_p": null});
+        assert_eq!(choose_sampling(None, Some(0.5), &partial), Sampling { temperature: 1.0, top_p: 0.5 });
+        assert_eq!(choose_sampling(None, None, &partial), Sampling { temperature: 1.0, top_p: 0.9 });
+    }
 }

@@ -14,9 +14,27 @@ pub struct GatewayArgs {
     /// The coordinator gateway's URL.
     #[arg(long, env = "SHOAL_GATEWAY", default_value = DEFAULT_GATEWAY)]
     pub gateway: String,
-    /// An API key (admin scope for admin commands).
+    /// An API key (admin scope for admin commands). Prefer SHOAL_API_KEY or --api-key-file:
+    /// a key on the command line is visible to other users in `ps`.
     #[arg(long, env = "SHOAL_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// A file holding the API key (its first line).
+    #[arg(long, env = "SHOAL_API_KEY_FILE", conflicts_with = "api_key")]
+    pub api_key_file: Option<std::path::PathBuf>,
+}
+
+/// The key from `--api-key`/SHOAL_API_KEY, or the first line of `--api-key-file`.
+pub fn resolve_key(key: Option<&str>, file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+    if let Some(k) = key {
+        return Ok(Some(k.trim().to_string()));
+    }
+    let Some(path) = file else { return Ok(None) };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read the API key file {}", path.display()))?;
+    match text.lines().next().map(str::trim).filter(|k| !k.is_empty()) {
+        Some(k) => Ok(Some(k.to_string())),
+        None => Err(anyhow!("the API key file {} is empty", path.display())),
+    }
 }
 
 impl GatewayArgs {
@@ -32,13 +50,15 @@ impl GatewayArgs {
         format!("{}{}", self.gateway.trim_end_matches('/'), path)
     }
 
-    fn key(&self) -> anyhow::Result<&str> {
-        self.api_key.as_deref().ok_or_else(|| anyhow!("no API key: pass --api-key or set SHOAL_API_KEY"))
+    /// The API key to send.
+    pub fn key(&self) -> anyhow::Result<String> {
+        resolve_key(self.api_key.as_deref(), self.api_key_file.as_deref())?
+            .ok_or_else(|| anyhow!("no API key: set SHOAL_API_KEY, or pass --api-key-file FILE (or --api-key KEY)"))
     }
 
     /// GET a JSON document.
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let (url, key) = (self.url(path), self.key()?.to_string());
+        let (url, key) = (self.url(path), self.key()?);
         tokio::task::spawn_blocking(move || {
             let resp = Self::agent().get(&url).header("Authorization", &format!("Bearer {key}")).call();
             finish(&url, resp)
@@ -48,7 +68,7 @@ impl GatewayArgs {
 
     /// DELETE, read a JSON answer.
     pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
-        let (url, key) = (self.url(path), self.key()?.to_string());
+        let (url, key) = (self.url(path), self.key()?);
         tokio::task::spawn_blocking(move || {
             let resp = Self::agent().delete(&url).header("Authorization", &format!("Bearer {key}")).call();
             finish(&url, resp)
@@ -65,7 +85,7 @@ impl GatewayArgs {
         content_type: &str,
         bytes: Vec<u8>,
     ) -> anyhow::Result<Value> {
-        let (url, key, ct) = (self.url(path), self.key()?.to_string(), content_type.to_string());
+        let (url, key, ct) = (self.url(path), self.key()?, content_type.to_string());
         tokio::task::spawn_blocking(move || {
             let agent: ureq::Agent = ureq::Agent::config_builder()
                 .http_status_as_error(false)
@@ -83,7 +103,7 @@ impl GatewayArgs {
 
     /// POST a JSON body, read a JSON answer.
     pub async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
-        let (url, key) = (self.url(path), self.key()?.to_string());
+        let (url, key) = (self.url(path), self.key()?);
         tokio::task::spawn_blocking(move || {
             let resp = Self::agent().post(&url).header("Authorization", &format!("Bearer {key}")).send_json(body);
             finish(&url, resp)

@@ -26,9 +26,13 @@ pub struct CoordinatorArgs {
     /// Where raft's log, the state and the PKI live.
     #[arg(long, default_value = "./shoal-data")]
     pub data_dir: PathBuf,
-    /// Bootstrap admin API key (generated and printed once if none exists).
+    /// Bootstrap admin API key (generated and printed once if none exists). Prefer SHOAL_API_KEY or
+    /// --api-key-file: a key on the command line is visible to other users in `ps`.
     #[arg(long, env = "SHOAL_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// A file holding the admin API key (its first line).
+    #[arg(long, env = "SHOAL_API_KEY_FILE", conflicts_with = "api_key")]
+    pub api_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -80,7 +84,7 @@ async fn serve(a: CoordinatorArgs) -> anyhow::Result<()> {
         config,
         id,
         data_dir: a.data_dir,
-        api_key: a.api_key,
+        api_key: super::client::resolve_key(a.api_key.as_deref(), a.api_key_file.as_deref())?,
         fault_injection,
     })
     .await

@@ -3,7 +3,7 @@
 //! documents; search.
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -55,6 +55,12 @@ pub struct CreateArgs {
     pub postgres: Option<String>,
     #[arg(long, default_value = "")]
     pub description: String,
+    /// Return at once instead of waiting until every shard has a ready copy.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// How long to wait for the copies, in seconds.
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
     #[command(flatten)]
     pub gateway: GatewayArgs,
 }
@@ -115,6 +121,9 @@ pub async fn run(cmd: KbCommand) -> anyhow::Result<()> {
                 k["dimension"],
                 k["backend"]["kind"].as_str().unwrap_or("")
             );
+            if !a.no_wait {
+                wait_ready(&a.gateway, &a.name, Duration::from_secs(a.timeout)).await?;
+            }
             Ok(())
         }
         KbCommand::List(a) => {
@@ -198,6 +207,10 @@ pub struct AddArgs {
     /// Metadata KEY=VALUE (repeatable); searches can filter on it.
     #[arg(long = "meta")]
     pub meta: Vec<String>,
+    /// Fail at once when the base cannot take documents yet, instead of waiting up to a
+    /// minute for its copies and embedding model.
+    #[arg(long)]
+    pub no_wait: bool,
     #[command(flatten)]
     pub gateway: GatewayArgs,
 }
@@ -316,6 +329,9 @@ async fn add(a: AddArgs) -> anyhow::Result<()> {
         let (k, v) = m.split_once('=').ok_or_else(|| anyhow::anyhow!("--meta takes KEY=VALUE, got '{m}'"))?;
         query.push((format!("meta.{k}"), v.to_string()));
     }
+    if a.no_wait {
+        query.push(("wait".into(), "false".into()));
+    }
     let started = Instant::now();
     let (n, mut chunks, mut failed, mut unchanged) = (files.len(), 0u64, 0usize, 0usize);
     for (i, (path, id)) in files.iter().enumerate() {
@@ -353,6 +369,49 @@ async fn add(a: AddArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// What `kb create` prints once a base stops being `pending`.
+pub fn readiness_line(k: &Value) -> String {
+    let copies: Vec<String> =
+        k["ready_copies"].as_array().into_iter().flatten().map(|c| c.as_u64().unwrap_or(0).to_string()).collect();
+    match k["status"].as_str().unwrap_or("") {
+        "degraded" => format!(
+            "degraded: ready copies per shard [{}] of {} wanted ({} ready nodes); documents can be added now, \
+             and the missing copies are placed when more nodes join",
+            copies.join(", "),
+            k["replicas"],
+            k["ready_nodes"]
+        ),
+        "ready" => format!("ready: {} shards × {} copies", copies.len(), k["replicas"]),
+        other => format!("{other}: {}", k["status_reason"].as_str().unwrap_or("")),
+    }
+}
+
+/// Waits until every shard of `name` has a ready copy, printing what it waits for.
+async fn wait_ready(gateway: &GatewayArgs, name: &str, timeout: Duration) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let route = format!("/v1/knowledge-bases/{}", encode_segment(name));
+    let mut said = String::new();
+    loop {
+        let k = gateway.get(&route).await?;
+        if k["status"] != "pending" {
+            println!("{}", readiness_line(&k));
+            return Ok(());
+        }
+        let why = k["status_reason"].as_str().unwrap_or("").to_string();
+        if started.elapsed() >= timeout {
+            anyhow::bail!(
+                "'{name}' is not ready after {} s: {why} (it stays; check `shoal status`, or wait longer with --timeout)",
+                timeout.as_secs()
+            );
+        }
+        if why != said {
+            println!("waiting: {why}");
+            said = why;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// Search hits as text: rank, score, document, title and the start of the chunk.

@@ -9,6 +9,7 @@ mod deploy;
 mod format;
 mod join;
 mod kb;
+mod key;
 mod status;
 mod token;
 mod up;
@@ -48,6 +49,11 @@ pub enum Command {
         #[command(subcommand)]
         command: kb::KbCommand,
     },
+    /// Manage API keys: scopes, allowed models, rate and token limits.
+    Key {
+        #[command(subcommand)]
+        command: key::KeyCommand,
+    },
     /// Run benchmarks and print their figures.
     Bench {
         #[command(subcommand)]
@@ -78,9 +84,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Deploy(a) => deploy::run(a).await,
         Command::Chat(a) => chat::run(a).await,
         Command::Kb { command } => kb::run(command).await,
+        Command::Key { command } => key::run(command).await,
         Command::Bench { command } => bench::run(command).await,
     }
 }
+
+/// After Ctrl-C or SIGTERM a server closes its QUIC endpoints at once (gateways move
+/// in-flight requests to other replicas, replaying what was already streamed), then gives
+/// its remaining tasks this long before the process exits, under any load.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Waits for Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {

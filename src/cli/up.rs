@@ -57,9 +57,13 @@ pub struct UpArgs {
     /// The embedded node's data-plane QUIC address.
     #[arg(long, default_value = "127.0.0.1:7200")]
     pub node_listen: SocketAddr,
-    /// Admin API key (generated and printed once if none exists).
+    /// Admin API key (generated and printed once if none exists). Prefer SHOAL_API_KEY or
+    /// --api-key-file: a key on the command line is visible to other users in `ps`.
     #[arg(long, env = "SHOAL_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// A file holding the admin API key (its first line).
+    #[arg(long, env = "SHOAL_API_KEY_FILE", conflicts_with = "api_key")]
+    pub api_key_file: Option<PathBuf>,
     /// How often nodes heartbeat, in milliseconds.
     #[arg(long, default_value_t = config::DEFAULT_HEARTBEAT_MS)]
     pub heartbeat_ms: u64,
@@ -82,7 +86,7 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
         config: cfg,
         id: 1,
         data_dir: a.data_dir.join("coordinator"),
-        api_key: a.api_key,
+        api_key: super::client::resolve_key(a.api_key.as_deref(), a.api_key_file.as_deref())?,
         fault_injection: false,
     })
     .await

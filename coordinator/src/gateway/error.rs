@@ -10,11 +10,22 @@ pub struct ApiError {
     pub kind: &'static str,
     pub code: &'static str,
     pub message: String,
+    /// For 429 and 503: when to try again (`Retry-After`, rounded up to whole seconds).
+    pub retry_after_ms: Option<u64>,
 }
+
+/// `Retry-After` of a 429 or 503 that does not know better.
+pub const DEFAULT_RETRY_AFTER_MS: u64 = 1_000;
 
 impl ApiError {
     pub fn new(status: StatusCode, kind: &'static str, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, kind, code, message: message.into() }
+        Self { status, kind, code, message: message.into(), retry_after_ms: None }
+    }
+    /// A 429 for a per-key limit, retryable after `retry_ms`.
+    pub fn rate_limited(message: impl Into<String>, retry_ms: u64) -> Self {
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "rate_limited", message);
+        e.retry_after_ms = Some(retry_ms);
+        e
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", "bad_request", message)
@@ -27,6 +38,9 @@ impl ApiError {
     }
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "invalid_request_error", "not_found", message)
+    }
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", "too_large", message)
     }
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "invalid_request_error", "conflict", message)
@@ -49,8 +63,19 @@ impl From<crate::CoordinatorError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"message": self.message, "type": self.kind, "code": self.code}});
-        (self.status, Json(body)).into_response()
+        let message = if self.message.trim().is_empty() {
+            // Never an empty reason, whatever went wrong below.
+            format!("{} ({})", self.status.canonical_reason().unwrap_or("error"), self.code)
+        } else {
+            self.message
+        };
+        let body = json!({"error": {"message": message, "type": self.kind, "code": self.code}});
+        let mut response = (self.status, Json(body)).into_response();
+        if matches!(self.status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
+            let secs = self.retry_after_ms.unwrap_or(DEFAULT_RETRY_AFTER_MS).div_ceil(1000).max(1);
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }
 
@@ -66,7 +91,11 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
-        match Json::<T>::from_request(req, state).await {
+        let read = Json::<T>::from_request(req, state);
+        let Ok(parsed) = tokio::time::timeout(super::server::BODY_READ_TIMEOUT, read).await else {
+            return Err(body_timeout());
+        };
+        match parsed {
             Ok(Json(v)) => Ok(Body(v)),
             Err(rejection) => {
                 let status = rejection.status();
@@ -80,6 +109,39 @@ where
                     }
                     _ => ApiError::bad_request(message),
                 })
+            }
+        }
+    }
+}
+
+fn body_timeout() -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "invalid_request_error",
+        "body_timeout",
+        format!("the request body did not arrive within {} s", super::server::BODY_READ_TIMEOUT.as_secs()),
+    )
+}
+
+/// A raw request body (an uploaded file), read within the body deadline and the route's
+/// size limit.
+pub struct RawBody(pub axum::body::Bytes);
+
+impl<S> axum::extract::FromRequest<S> for RawBody
+where
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let read = axum::body::Bytes::from_request(req, state);
+        match tokio::time::timeout(super::server::BODY_READ_TIMEOUT, read).await {
+            Err(_) => Err(body_timeout()),
+            Ok(Ok(bytes)) => Ok(RawBody(bytes)),
+            Ok(Err(rejection)) => {
+                let status = rejection.status();
+                let code = if status == StatusCode::PAYLOAD_TOO_LARGE { "body_too_large" } else { "bad_body" };
+                Err(ApiError::new(status, "invalid_request_error", code, rejection.body_text()))
             }
         }
     }

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
@@ -13,8 +13,8 @@ use serde_json::{json, Value};
 use shoal_recall::{Hit, MetadataFilter, SearchMode};
 
 use super::auth::require;
-use super::{ApiError, Body, GatewayState};
-use crate::knowledge::{check_request, redact, KnowledgeBaseRequest};
+use super::{ApiError, Body, GatewayState, RawBody};
+use crate::knowledge::{check_request, readiness, redact, KnowledgeBaseRequest};
 use crate::retrieval::{Ingested, RecallFailure, Search, Upload};
 use crate::state::{ClusterState, Command, IndexBackend, Outcome, Scope};
 
@@ -48,7 +48,12 @@ pub fn describe(state: &ClusterState, name: &str) -> Option<Value> {
         })
         .collect();
     let chunks: u64 = kb.documents.values().map(|d| u64::from(d.chunks)).sum();
+    let ready = readiness(state, kb);
     Some(json!({
+        "status": ready.status(),
+        "status_reason": ready.blocker,
+        "ready_copies": ready.ready_copies,
+        "ready_nodes": ready.ready_nodes,
         "object": "knowledge_base",
         "name": kb.name,
         "embedding_model": kb.embedding,
@@ -170,9 +175,10 @@ pub async fn put_document(
     headers: HeaderMap,
     Path((kb, id)): Path<(String, String)>,
     Query(params): Query<BTreeMap<String, String>>,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Json<Value>, ApiError> {
     require(&headers, &gw, Scope::Admin)?;
+    let wait = params.get("wait").is_none_or(|w| w != "false");
     let content_type = headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -196,12 +202,52 @@ pub async fn put_document(
             Some(key) if !key.is_empty() => {
                 upload.metadata.insert(key.to_string(), v.clone());
             }
-            _ if ["file_name", "title", "source", "tags"].contains(&k.as_str()) => {}
+            _ if ["file_name", "title", "source", "tags", "wait"].contains(&k.as_str()) => {}
             _ => return Err(ApiError::bad_request(format!("unknown parameter '{k}'"))),
         }
     }
+    wait_until_ready(&gw, &kb, wait).await?;
     let done = gw.retrieval.ingest(&kb, upload).await?;
     Ok(Json(ingested(&done)))
+}
+
+/// How long an upload waits for its knowledge base to take documents (copies being placed
+/// and opened, the embedding model loading) before it answers 503.
+pub const INGEST_WAIT: Duration = Duration::from_secs(60);
+
+/// `?wait=false` makes an upload fail at once when the base cannot take it yet.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitParam {
+    #[serde(default = "yes")]
+    wait: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Waits (up to [`INGEST_WAIT`], or not at all) until `kb` can take documents. An unknown
+/// base passes, for the upload itself to answer 404.
+async fn wait_until_ready(gw: &GatewayState, kb: &str, wait: bool) -> Result<(), ApiError> {
+    let deadline = tokio::time::Instant::now() + if wait { INGEST_WAIT } else { Duration::ZERO };
+    loop {
+        let blocker = {
+            let state = gw.raft.state().read().unwrap_or_else(|p| p.into_inner());
+            match state.knowledge_bases.get(kb) {
+                None => return Ok(()),
+                Some(k) => readiness(&state, k).blocker,
+            }
+        };
+        let Some(why) = blocker else { return Ok(()) };
+        if tokio::time::Instant::now() >= deadline {
+            let waited = if wait { format!(" after waiting {} s", INGEST_WAIT.as_secs()) } else { String::new() };
+            let mut e = ApiError::unavailable(format!("'{kb}' cannot take documents yet{waited}: {why}"));
+            e.retry_after_ms = Some(2_000);
+            return Err(e);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// A document given as JSON: its text, or its bytes in base64 with a file name or type.
@@ -232,6 +278,7 @@ pub async fn post_document(
     State(gw): Gw,
     headers: HeaderMap,
     Path(kb): Path<String>,
+    Query(opts): Query<WaitParam>,
     Body(doc): Body<DocumentJson>,
 ) -> Result<Json<Value>, ApiError> {
     require(&headers, &gw, Scope::Admin)?;
@@ -264,6 +311,7 @@ pub async fn post_document(
         tags: doc.tags,
         metadata: doc.metadata,
     };
+    wait_until_ready(&gw, &kb, opts.wait).await?;
     let done = gw.retrieval.ingest(&kb, upload).await?;
     Ok(Json(ingested(&done)))
 }

@@ -4,10 +4,13 @@
 pub mod auth;
 pub mod deployments;
 mod error;
+pub mod keys;
 pub mod knowledge;
 pub mod openai;
+pub mod quota;
 pub mod rag;
 mod routes;
+pub mod server;
 
 use std::sync::{Arc, Mutex};
 
@@ -23,8 +26,8 @@ use crate::raft::transport::Faults;
 use crate::raft::RaftHandle;
 use crate::writer::Writer;
 
-pub use auth::hash_key;
-pub use error::{ApiError, Body};
+pub use auth::{Caller, KeyHasher};
+pub use error::{ApiError, Body, RawBody};
 
 /// Largest request body the gateway reads.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -33,8 +36,13 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 pub struct GatewayState {
     pub raft: RaftHandle,
     pub writer: Writer,
-    /// Set when test-only fault injection is enabled (`SHOAL_FAULT_INJECTION=1`).
+    /// Set when test-only fault injection is enabled (built with the `fault-injection`
+    /// feature and started with `SHOAL_FAULT_INJECTION=1`).
     pub faults: Option<Arc<Faults>>,
+    /// How API keys are stored (a keyed hash; see `auth`).
+    pub keys: KeyHasher,
+    /// Per-key request rates and token budgets.
+    pub quotas: quota::Quotas,
     /// Set once the admin API key bootstrap is done (readiness waits for it).
     pub bootstrapped: Arc<std::sync::atomic::AtomicBool>,
     pub leases: Arc<Mutex<LeaseTable>>,
@@ -53,7 +61,7 @@ pub struct GatewayState {
 }
 
 pub fn router(state: Arc<GatewayState>) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))
@@ -63,7 +71,6 @@ pub fn router(state: Arc<GatewayState>) -> Router {
         .route("/v1/tokens", post(routes::create_token).get(routes::list_tokens))
         .route("/v1/coordinators", post(routes::add_coordinator))
         .route("/v1/coordinators/{id}", delete(routes::remove_coordinator))
-        .route("/v1/debug/faults", post(routes::set_faults))
         .route("/v1/models", get(openai::list_models))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
@@ -86,7 +93,26 @@ pub fn router(state: Arc<GatewayState>) -> Router {
                 .layer(DefaultBodyLimit::max(knowledge::MAX_DOCUMENT_BYTES)),
         )
         .route("/v1/knowledge-bases/{name}/search", post(knowledge::search))
+        .route("/v1/keys", post(keys::create).get(keys::list))
+        .route("/v1/keys/{id}", delete(keys::revoke));
+    #[cfg(feature = "fault-injection")]
+    let routes = routes.route("/v1/debug/faults", post(routes::set_faults));
+    routes
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::layer))
         .with_state(state)
+}
+
+impl GatewayState {
+    /// The label a user-supplied model name gets on metrics: the name of a deployment that
+    /// exists, otherwise `other` (so made-up names cannot grow the series count).
+    pub fn model_label(&self, model: &str) -> String {
+        let state = self.raft.state().read().unwrap_or_else(|p| p.into_inner());
+        if state.deployments.contains_key(model) {
+            model.to_string()
+        } else {
+            "other".to_string()
+        }
+    }
 }

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 use super::auth::require;
 use super::rag::{self, Citations, RagField};
-use super::{ApiError, Body, GatewayState};
+use super::{ApiError, Body, Caller, GatewayState};
 use crate::router::{GenEvent, RouteError};
 use crate::state::Scope;
 
@@ -57,11 +57,12 @@ fn request_id(prefix: &str) -> String {
 }
 
 pub async fn list_models(State(gw): Gw, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    require(&headers, &gw, Scope::User)?;
+    let caller = require(&headers, &gw, Scope::User)?;
     let state = gw.raft.state().read().unwrap_or_else(|p| p.into_inner());
     let data: Vec<Value> = state
         .deployments
         .values()
+        .filter(|d| caller.require_model(&d.name).is_ok())
         .map(|d| {
             let v = state.deployed_version(&d.name);
             let ready = state.entry_points(&d.name).len();
@@ -72,6 +73,7 @@ pub async fn list_models(State(gw): Gw, headers: HeaderMap) -> Result<Json<Value
                 "owned_by": "shoal",
                 "capabilities": v.map(|v| v.capabilities.clone()).unwrap_or_default(),
                 "context_length": v.map(|v| v.context_length).unwrap_or(0),
+                "recommended_sampling": v.map(|v| v.sampling.json()).unwrap_or(Value::Null),
                 "ready_replicas": ready,
             })
         })
@@ -205,7 +207,8 @@ pub async fn chat_completions(
     headers: HeaderMap,
     Body(req): Body<ChatRequest>,
 ) -> Result<Response, ApiError> {
-    require(&headers, &gw, Scope::User)?;
+    let caller = require(&headers, &gw, Scope::User)?;
+    caller.require_model(&req.model)?;
     if req.messages.is_empty() {
         return Err(ApiError::bad_request("messages must not be empty"));
     }
@@ -227,7 +230,7 @@ pub async fn chat_completions(
         None => None,
     };
     let out = Output { stream: req.stream, include_usage, kind: Kind::Chat, citations };
-    generate(gw, req.model, Prompt::Chat(turns), sampling, out).await
+    generate(gw, caller, req.model, Prompt::Chat(turns), sampling, out).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -254,7 +257,8 @@ pub async fn completions(
     headers: HeaderMap,
     Body(req): Body<CompletionRequest>,
 ) -> Result<Response, ApiError> {
-    require(&headers, &gw, Scope::User)?;
+    let caller = require(&headers, &gw, Scope::User)?;
+    caller.require_model(&req.model)?;
     let prompt = match req.prompt {
         PromptField::One(s) => s,
         PromptField::Many(mut v) if v.len() == 1 => v.remove(0),
@@ -266,7 +270,7 @@ pub async fn completions(
     let sampling = req.sampling.settings()?;
     let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
     let out = Output { stream: req.stream, include_usage, kind: Kind::Completion, citations: None };
-    generate(gw, req.model, Prompt::Text(prompt), sampling, out).await
+    generate(gw, caller, req.model, Prompt::Text(prompt), sampling, out).await
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -304,27 +308,69 @@ struct Output {
     citations: Option<Citations>,
 }
 
+/// Who asked and how their request is accounted for.
+struct Meter {
+    gw: Arc<GatewayState>,
+    caller: Caller,
+    /// The model's metric label (see [`GatewayState::model_label`]).
+    label: String,
+    started: Instant,
+}
+
+impl Meter {
+    fn observe(&self, outcome: &'static str) {
+        metrics::histogram!(m::REQUEST_SECONDS, "model" => self.label.clone(), "outcome" => outcome)
+            .record(self.started.elapsed().as_secs_f64());
+    }
+    fn first_token(&self) {
+        metrics::histogram!(m::TTFT_SECONDS, "model" => self.label.clone())
+            .record(self.started.elapsed().as_secs_f64());
+    }
+    fn tokens(&self, n: u32) {
+        metrics::counter!(m::GATEWAY_TOKENS, "model" => self.label.clone()).increment(u64::from(n));
+    }
+    /// Charges the caller's token budget for a finished generation.
+    fn spend(&self, prompt_tokens: u32, completion_tokens: u32) {
+        let n = u64::from(prompt_tokens) + u64::from(completion_tokens);
+        self.gw.quotas.spend_tokens(&self.caller, n, self.gw.clock.unix_ms());
+    }
+}
+
 async fn generate(
     gw: Arc<GatewayState>,
+    caller: Caller,
     model: String,
     prompt: Prompt,
     sampling: SamplingSettings,
     out: Output,
 ) -> Result<Response, ApiError> {
     gw.router.check_generate(&model)?;
-    let started = Instant::now();
-    let rx = gw.router.generate(model.clone(), prompt, sampling);
+    if let Err(retry_ms) = gw.quotas.admit_tokens(&caller, gw.clock.unix_ms()) {
+        metrics::counter!(m::HTTP_RATE_LIMITED, "limit" => "tokens").increment(1);
+        let msg = format!("the API key '{}' used its {} tokens this minute", caller.name, caller.tokens_per_minute);
+        return Err(ApiError::rate_limited(msg, retry_ms));
+    }
+    let meter = Meter { label: gw.model_label(&model), gw: gw.clone(), caller, started: Instant::now() };
+    let mut rx = gw.router.generate(model.clone(), prompt, sampling);
     let id = request_id(out.kind.id_prefix());
     if out.stream {
-        Ok(stream_response(rx, id, model, out, started).into_response())
+        // Admission is decided before the first byte: a refusal (full replicas, no replica)
+        // is an HTTP status with Retry-After, not a 200 whose stream carries an error.
+        let first = match rx.recv().await {
+            Some(GenEvent::Failed(e)) => {
+                meter.observe("error");
+                return Err(e.into());
+            }
+            Some(ev) => ev,
+            None => {
+                meter.observe("error");
+                return Err(ApiError::unavailable("the generation ended before it started"));
+            }
+        };
+        Ok(stream_response(first, rx, id, model, out, meter).into_response())
     } else {
-        collect_response(rx, id, model, out.kind, out.citations, started).await
+        collect_response(rx, id, model, out.kind, out.citations, meter).await
     }
-}
-
-fn observe(model: &str, started: Instant, outcome: &'static str) {
-    metrics::histogram!(m::REQUEST_SECONDS, "model" => model.to_string(), "outcome" => outcome)
-        .record(started.elapsed().as_secs_f64());
 }
 
 async fn collect_response(
@@ -333,7 +379,7 @@ async fn collect_response(
     model: String,
     kind: Kind,
     citations: Option<Citations>,
-    started: Instant,
+    meter: Meter,
 ) -> Result<Response, ApiError> {
     let mut text = String::new();
     let mut first = true;
@@ -343,14 +389,14 @@ async fn collect_response(
             GenEvent::Delta { text: t, tokens } => {
                 if first {
                     first = false;
-                    metrics::histogram!(m::TTFT_SECONDS, "model" => model.clone())
-                        .record(started.elapsed().as_secs_f64());
+                    meter.first_token();
                 }
-                metrics::counter!(m::GATEWAY_TOKENS, "model" => model.clone()).increment(tokens as u64);
+                meter.tokens(tokens);
                 text.push_str(&t);
             }
             GenEvent::Done { finish, prompt_tokens, completion_tokens } => {
-                observe(&model, started, "ok");
+                meter.observe("ok");
+                meter.spend(prompt_tokens, completion_tokens);
                 let choice = match kind {
                     Kind::Chat => json!({
                         "index": 0,
@@ -376,12 +422,12 @@ async fn collect_response(
                 return Ok(Json(body).into_response());
             }
             GenEvent::Failed(e) => {
-                observe(&model, started, "error");
+                meter.observe("error");
                 return Err(e.into());
             }
         }
     }
-    observe(&model, started, "error");
+    meter.observe("error");
     Err(ApiError::unavailable("the generation ended without an answer"))
 }
 
@@ -404,13 +450,16 @@ fn chunk(id: &str, model: &str, kind: Kind, text: Option<&str>, finish: Option<F
 }
 
 fn stream_response(
+    first: GenEvent,
     rx: mpsc::Receiver<GenEvent>,
     id: String,
     model: String,
     out: Output,
-    started: Instant,
+    meter: Meter,
 ) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
     struct S {
+        /// The event that arrived before the response began.
+        first_event: Option<GenEvent>,
         rx: mpsc::Receiver<GenEvent>,
         pending: std::collections::VecDeque<Event>,
         done: bool,
@@ -419,9 +468,11 @@ fn stream_response(
         text: String,
     }
     let (kind, include_usage, citations) = (out.kind, out.include_usage, out.citations);
-    let init = S { rx, pending: Default::default(), done: false, first: true, text: String::new() };
+    let init =
+        S { first_event: Some(first), rx, pending: Default::default(), done: false, first: true, text: String::new() };
+    let meter = Arc::new(meter);
     let stream = futures_util::stream::unfold(init, move |mut s| {
-        let (id, model, citations) = (id.clone(), model.clone(), citations.clone());
+        let (id, model, citations, meter) = (id.clone(), model.clone(), citations.clone(), meter.clone());
         async move {
             loop {
                 if let Some(ev) = s.pending.pop_front() {
@@ -431,7 +482,11 @@ fn stream_response(
                     return None;
                 }
                 let data = |v: Value| Event::default().data(v.to_string());
-                match s.rx.recv().await {
+                let next = match s.first_event.take() {
+                    Some(ev) => Some(ev),
+                    None => s.rx.recv().await,
+                };
+                match next {
                     Some(GenEvent::Started { .. }) => {
                         if kind == Kind::Chat {
                             let mut first = chunk(&id, &model, kind, Some(""), None, true);
@@ -444,10 +499,9 @@ fn stream_response(
                     Some(GenEvent::Delta { text, tokens }) => {
                         if s.first {
                             s.first = false;
-                            metrics::histogram!(m::TTFT_SECONDS, "model" => model.clone())
-                                .record(started.elapsed().as_secs_f64());
+                            meter.first_token();
                         }
-                        metrics::counter!(m::GATEWAY_TOKENS, "model" => model.clone()).increment(tokens as u64);
+                        meter.tokens(tokens);
                         if !text.is_empty() {
                             s.pending.push_back(data(chunk(&id, &model, kind, Some(&text), None, false)));
                             if citations.is_some() {
@@ -456,7 +510,8 @@ fn stream_response(
                         }
                     }
                     Some(GenEvent::Done { finish, prompt_tokens, completion_tokens }) => {
-                        observe(&model, started, "ok");
+                        meter.observe("ok");
+                        meter.spend(prompt_tokens, completion_tokens);
                         let text = if kind == Kind::Chat { None } else { Some("") };
                         let mut last = chunk(&id, &model, kind, text, Some(finish), false);
                         if let Some(c) = &citations {
@@ -474,7 +529,7 @@ fn stream_response(
                         s.done = true;
                     }
                     Some(GenEvent::Failed(e)) => {
-                        observe(&model, started, "error");
+                        meter.observe("error");
                         let err: ApiError = e.into();
                         let body = json!({"error": {"message": err.message, "type": err.kind, "code": err.code}});
                         s.pending.push_back(data(body));
@@ -511,14 +566,21 @@ pub async fn embeddings(
     headers: HeaderMap,
     Body(req): Body<EmbeddingRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    require(&headers, &gw, Scope::User)?;
+    let caller = require(&headers, &gw, Scope::User)?;
+    caller.require_model(&req.model)?;
     let inputs: Vec<String> = match serde_json::from_value::<EmbedInput>(req.input) {
         Ok(EmbedInput::One(s)) => vec![s],
         Ok(EmbedInput::Many(v)) => v,
         Err(_) => return Err(ApiError::bad_request("input must be a string or a list of strings")),
     };
-    if inputs.is_empty() || inputs.len() > MAX_EMBED_INPUTS {
-        return Err(ApiError::bad_request(format!("input must hold 1 to {MAX_EMBED_INPUTS} strings")));
+    if inputs.is_empty() {
+        return Err(ApiError::bad_request("input must hold at least one string"));
+    }
+    if inputs.len() > MAX_EMBED_INPUTS {
+        return Err(ApiError::too_large(format!(
+            "input holds {} strings; at most {MAX_EMBED_INPUTS} per request: split it",
+            inputs.len()
+        )));
     }
     if inputs.iter().any(|s| s.is_empty()) {
         return Err(ApiError::bad_request("input strings must not be empty"));
@@ -531,15 +593,15 @@ pub async fn embeddings(
     if req.dimensions.is_some() {
         return Err(ApiError::bad_request("this model does not support choosing dimensions"));
     }
-    let started = Instant::now();
+    let meter = Meter { label: gw.model_label(&req.model), gw: gw.clone(), caller, started: Instant::now() };
     let (vectors, tokens) = match gw.router.embed(&req.model, inputs).await {
         Ok(v) => v,
         Err(e) => {
-            observe(&req.model, started, "error");
+            meter.observe("error");
             return Err(e.into());
         }
     };
-    observe(&req.model, started, "ok");
+    meter.observe("ok");
     let data: Vec<Value> = vectors
         .iter()
         .enumerate()

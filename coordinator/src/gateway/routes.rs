@@ -287,11 +287,14 @@ pub async fn remove_coordinator(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg(feature = "fault-injection")]
 pub struct FaultRequest {
     pub isolated: bool,
 }
 
-/// Test-only: cut this member off from its raft peers (enabled by SHOAL_FAULT_INJECTION=1).
+/// Test-only: cut this member off from its raft peers (built with the `fault-injection`
+/// feature, enabled by SHOAL_FAULT_INJECTION=1).
+#[cfg(feature = "fault-injection")]
 pub async fn set_faults(
     State(gw): Gw,
     headers: HeaderMap,

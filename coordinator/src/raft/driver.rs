@@ -50,7 +50,7 @@ impl RaftStatus {
 type Reply<T> = oneshot::Sender<Result<T, CoordinatorError>>;
 
 enum Input {
-    Propose { proposal: Proposal, reply: Reply<Outcome> },
+    Propose { proposal: Box<Proposal>, reply: Reply<Outcome> },
     Read { reply: Reply<()> },
     Step(Box<Message>),
 }
@@ -93,7 +93,7 @@ impl RaftHandle {
             return Err(CoordinatorError::NotLeader { leader: (status.leader_id != 0).then_some(status.leader_id) });
         }
         metrics::counter!(m::RAFT_PROPOSALS, "kind" => proposal.kind()).increment(1);
-        self.call(|reply| Input::Propose { proposal, reply }).await
+        self.call(|reply| Input::Propose { proposal: Box::new(proposal), reply }).await
     }
 
     /// Waits until this member has applied everything committed when the call was made,
@@ -245,7 +245,7 @@ impl Driver {
     fn handle(&mut self, input: Input) {
         match input {
             Input::Propose { proposal, reply } => {
-                let seq = match proposal {
+                let seq = match *proposal {
                     Proposal::Command(cmd) => self.core.propose(&cmd),
                     Proposal::AddMember(member) => {
                         let cc = single_change(ConfChangeType::AddNode, member.id);

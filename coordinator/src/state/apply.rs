@@ -119,7 +119,21 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Outcome {
             if state.api_keys.contains_key(&k.hash) {
                 return Outcome::ignored("key already exists");
             }
+            if state.api_keys.values().any(|o| o.id == k.id) {
+                return Outcome::rejected(&format!("a key with id '{}' already exists", k.id));
+            }
             state.api_keys.insert(k.hash.clone(), k.clone());
+            Outcome::Applied
+        }
+        Command::RevokeApiKey { id } => {
+            let Some(hash) = state.api_keys.values().find(|k| &k.id == id).map(|k| k.hash.clone()) else {
+                return Outcome::rejected(&format!("no API key with id '{id}'"));
+            };
+            let admins = state.api_keys.values().filter(|k| k.scope == crate::state::Scope::Admin).count();
+            if state.api_keys[&hash].scope == crate::state::Scope::Admin && admins == 1 {
+                return Outcome::rejected("this is the last admin key: create another admin key first");
+            }
+            state.api_keys.remove(&hash);
             Outcome::Applied
         }
         Command::RegisterModel { name, version } => {
@@ -395,6 +409,20 @@ mod tests {
         assert_eq!(apply(&mut s, &admit("x")), Outcome::Applied);
     }
 
+    fn key(hash: &str, id: &str, scope: Scope) -> ApiKeyRecord {
+        ApiKeyRecord {
+            hash: hash.into(),
+            id: id.into(),
+            name: id.into(),
+            scope,
+            created_at_ms: 0,
+            models: vec![],
+            rate_per_s: 0,
+            tokens_per_minute: 0,
+            expires_at_ms: 0,
+        }
+    }
+
     #[test]
     fn tokens_and_keys() {
         let mut s = ClusterState::default();
@@ -409,9 +437,24 @@ mod tests {
         assert_eq!(apply(&mut s, &Command::CreateToken(t)), Outcome::rejected("token id already exists"));
         apply(&mut s, &Command::PruneTokens { now_ms: 10 });
         assert!(s.tokens.is_empty());
-        let k = ApiKeyRecord { hash: "k".into(), name: "admin".into(), scope: Scope::Admin, created_at_ms: 0 };
+        let k = key("k", "admin-1", Scope::Admin);
         assert_eq!(apply(&mut s, &Command::AddApiKey(k.clone())), Outcome::Applied);
         assert_eq!(apply(&mut s, &Command::AddApiKey(k)), Outcome::ignored("key already exists"));
+        assert_eq!(
+            apply(&mut s, &Command::AddApiKey(key("other", "admin-1", Scope::User))),
+            Outcome::rejected("a key with id 'admin-1' already exists")
+        );
+        let revoke = |id: &str| Command::RevokeApiKey { id: id.into() };
+        assert_eq!(
+            apply(&mut s, &revoke("admin-1")),
+            Outcome::rejected("this is the last admin key: create another admin key first")
+        );
+        assert_eq!(apply(&mut s, &Command::AddApiKey(key("u", "user-1", Scope::User))), Outcome::Applied);
+        assert_eq!(apply(&mut s, &revoke("user-1")), Outcome::Applied);
+        assert!(!s.api_keys.contains_key("u"));
+        assert_eq!(apply(&mut s, &revoke("user-1")), Outcome::rejected("no API key with id 'user-1'"));
+        assert_eq!(apply(&mut s, &Command::AddApiKey(key("a2", "admin-2", Scope::Admin))), Outcome::Applied);
+        assert_eq!(apply(&mut s, &revoke("admin-1")), Outcome::Applied);
     }
 
     fn deployed(layers: u32, capabilities: &[&str]) -> ClusterState {
@@ -431,6 +474,7 @@ mod tests {
             files: vec![],
             stored_by: 1,
             registered_at_ms: 0,
+            sampling: Default::default(),
         };
         apply(&mut s, &Command::RegisterModel { name: "m".into(), version });
         s

@@ -63,13 +63,34 @@ pub enum Scope {
     User,
 }
 
-/// An API key, stored by the SHA-256 of the key.
+/// An API key, stored under a keyed hash of its secret (see `gateway::auth::KeyHasher`);
+/// the secret itself is never stored.
 #[derive(Archive, RkyvSerialize, RkyvDeserialize, Debug, Clone, PartialEq, Eq)]
 pub struct ApiKeyRecord {
     pub hash: String,
+    /// Public handle shown by `shoal key list` and used to revoke it.
+    pub id: String,
     pub name: String,
     pub scope: Scope,
     pub created_at_ms: u64,
+    /// Deployments this key may use; empty means every one.
+    pub models: Vec<String>,
+    /// Requests per second this key may make (0: unlimited).
+    pub rate_per_s: u32,
+    /// Generated tokens per minute this key may use (0: unlimited).
+    pub tokens_per_minute: u64,
+    /// When the key stops working (0: never).
+    pub expires_at_ms: u64,
+}
+
+impl ApiKeyRecord {
+    pub fn expired(&self, now_ms: u64) -> bool {
+        self.expires_at_ms != 0 && now_ms >= self.expires_at_ms
+    }
+    /// Whether this key may use the deployment `model`.
+    pub fn allows_model(&self, model: &str) -> bool {
+        self.models.is_empty() || self.models.iter().any(|m| m == model)
+    }
 }
 
 /// A coordinator of the raft group and where it listens.
@@ -113,6 +134,31 @@ pub struct ModelVersion {
     /// The coordinator whose artifact store holds the files.
     pub stored_by: u64,
     pub registered_at_ms: u64,
+    /// The sampling its authors recommend (GGUF `general.sampling.*`), when the file says.
+    pub sampling: SamplingHint,
+}
+
+/// Recommended sampling, in thousandths so the state stays `Eq` (0.7 is 700).
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Serialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct SamplingHint {
+    pub temperature_milli: Option<u32>,
+    pub top_p_milli: Option<u32>,
+    pub top_k: Option<u32>,
+}
+
+impl SamplingHint {
+    pub fn from_floats(temperature: Option<f32>, top_p: Option<f32>, top_k: Option<u32>) -> Self {
+        let milli = |v: f32| (v.is_finite() && v >= 0.0).then(|| (v * 1000.0).round() as u32);
+        Self { temperature_milli: temperature.and_then(milli), top_p_milli: top_p.and_then(milli), top_k }
+    }
+    /// As the API shows it: `{"temperature": 0.7, "top_p": 0.9, "top_k": 40}`, or null.
+    pub fn json(&self) -> serde_json::Value {
+        if *self == Self::default() {
+            return serde_json::Value::Null;
+        }
+        let f = |m: Option<u32>| m.map(|v| f64::from(v) / 1000.0);
+        serde_json::json!({"temperature": f(self.temperature_milli), "top_p": f(self.top_p_milli), "top_k": self.top_k})
+    }
 }
 
 impl ModelVersion {
@@ -321,6 +367,10 @@ pub enum Command {
         at_ms: u64,
     },
     AddApiKey(ApiKeyRecord),
+    /// Revokes the API key with this public id.
+    RevokeApiKey {
+        id: String,
+    },
     /// Adds a version to a model (creating the model). A version whose content (`sha256`)
     /// the model already has is not added again: the outcome names the existing one.
     RegisterModel {
@@ -400,6 +450,7 @@ impl Command {
             Command::NodeUp { .. } => "node_up",
             Command::NodeDead { .. } => "node_dead",
             Command::AddApiKey(_) => "add_api_key",
+            Command::RevokeApiKey { .. } => "revoke_api_key",
             Command::RegisterModel { .. } => "register_model",
             Command::Deploy { .. } => "deploy",
             Command::DeleteDeployment { .. } => "delete_deployment",
