@@ -376,6 +376,10 @@ fn knowledge_bases_ingest_search_answer_and_survive_lost_nodes() {
     assert_eq!(metric_sum(&gw, "shoal_kb_shard_ready_copies"), 4.0);
     let node_chunks: f64 = nodes.iter().map(|n| metric_sum(&n.metrics, "shoal_node_index_chunks")).sum();
     assert!(node_chunks >= 2.0 * 6.0, "every chunk is held twice: {node_chunks}");
+    // A standalone node's histograms are Prometheus histograms (buckets), as on `shoal up`.
+    let (_, node_metrics) = get(&format!("{}/metrics", nodes[0].metrics), None).expect("node metrics");
+    assert!(node_metrics.contains("shoal_node_embedding_batch_size_bucket{"), "no histogram buckets on a node");
+    assert!(!node_metrics.contains("quantile="), "a node rendered summaries");
 
     // Lose a node that holds copies of both shards: searches keep answering at once (other copy).
     let all_docs =
@@ -403,8 +407,9 @@ fn knowledge_bases_ingest_search_answer_and_survive_lost_nodes() {
     let idx = nodes.iter().position(|m| m.name == victim).expect("victim");
     nodes[idx].proc.kill();
     findable(&gw);
-    // The dead node's copies were still listed as ready: a shard asked there was asked again
-    // on its other copy (each of the 12 shard searches picks a copy at random).
+    // The dead node's copies were still listed as ready (its lease is 5 s): searches take
+    // turns among a shard's copies, so one of the first two searches asked the victim first
+    // (it holds a copy of both shards) and had to ask the other copy.
     assert!(metric_sum(&gw, "shoal_kb_shard_failovers_total") >= 1.0, "searches failed over");
     // The coordinator notices, places fresh copies on the spare node and they rebuild from the survivors.
     wait_until(Duration::from_secs(60), "copies rebuilt after the node loss", || {

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use rand::seq::SliceRandom;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use shoal_protocol::metric_names as m;
@@ -178,6 +177,18 @@ pub struct Retrieval {
     clock: Clock,
     /// Connections to the PostgreSQL indexes, by knowledge base (name, creation time).
     postgres: tokio::sync::Mutex<HashMap<(String, u64), Arc<PgIndex>>>,
+    /// Counts searches, to take turns among a shard's copies.
+    turn: std::sync::atomic::AtomicUsize,
+}
+
+/// The order in which a search asks a shard's copies: turn by turn, so consecutive searches
+/// spread over the copies and each copy is asked first in its turn (the rest are fallbacks).
+fn copy_order<T>(mut copies: Vec<T>, turn: usize) -> Vec<T> {
+    if !copies.is_empty() {
+        let n = copies.len();
+        copies.rotate_left(turn % n);
+    }
+    copies
 }
 
 /// One copy of an index shard, where to reach it.
@@ -199,7 +210,15 @@ impl Retrieval {
         client: quinn::ClientConfig,
         clock: Clock,
     ) -> Result<Self, shoal_protocol::ProtocolError> {
-        Ok(Self { raft, writer, router, pool: Pool::new(client)?, clock, postgres: Default::default() })
+        Ok(Self {
+            raft,
+            writer,
+            router,
+            pool: Pool::new(client)?,
+            clock,
+            postgres: Default::default(),
+            turn: Default::default(),
+        })
     }
 
     fn knowledge_base(&self, name: &str) -> Result<KnowledgeBase, RecallFailure> {
@@ -519,14 +538,13 @@ impl Retrieval {
 
     /// Asks one ready copy of every shard (another when one fails or is slow) and merges.
     async fn scatter(&self, kb: &KnowledgeBase, query: &SearchQuery) -> Result<Found, RecallFailure> {
+        let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let per_shard: Vec<Vec<CopyAddr>> = {
             let state = self.raft.state().read().unwrap_or_else(|p| p.into_inner());
             (0..kb.shards)
                 .map(|s| {
-                    let mut c: Vec<CopyAddr> =
-                        Self::copies(&state, &kb.name, s).into_iter().filter(|c| c.ready).collect();
-                    c.shuffle(&mut rand::rng());
-                    c
+                    let ready = Self::copies(&state, &kb.name, s).into_iter().filter(|c| c.ready).collect();
+                    copy_order(ready, turn + s as usize)
                 })
                 .collect()
         };
@@ -601,6 +619,18 @@ impl Retrieval {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn searches_take_turns_among_copies() {
+        let copies = vec!["a", "b", "c"];
+        assert_eq!(copy_order(copies.clone(), 0), vec!["a", "b", "c"]);
+        assert_eq!(copy_order(copies.clone(), 1), vec!["b", "c", "a"]);
+        assert_eq!(copy_order(copies.clone(), 5), vec!["c", "a", "b"]);
+        assert_eq!(copy_order(Vec::<&str>::new(), 3), Vec::<&str>::new());
+        // Two consecutive turns put every one of two copies first once.
+        let firsts: Vec<&str> = (7..9).map(|t| copy_order(vec!["x", "y"], t)[0]).collect();
+        assert_eq!(firsts, vec!["y", "x"]);
+    }
 
     #[test]
     fn the_fingerprint_changes_with_the_content_and_with_what_is_stored_with_it() {

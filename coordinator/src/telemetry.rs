@@ -17,12 +17,38 @@ const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05,
 const GENERATION_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
 
-/// Installs the process-wide recorder once and returns its handle.
+/// Installs the process-wide recorder once and returns its handle (`shoal up` and
+/// `shoal coordinator` render it on the gateway's `/metrics`).
 pub fn install() -> Result<PrometheusHandle, CoordinatorError> {
+    install_with(None)
+}
+
+/// Like [`install`], also serving `/metrics` on `listen` (a standalone `shoal join` node):
+/// every command sets up the same recorder, with the same histogram buckets.
+pub fn install_with(listen: Option<std::net::SocketAddr>) -> Result<PrometheusHandle, CoordinatorError> {
     if let Some(h) = HANDLE.get() {
         return Ok(h.clone());
     }
-    let handle = PrometheusBuilder::new()
+    let recorder = match listen {
+        None => builder()?.build_recorder(),
+        Some(addr) => {
+            let (recorder, exporter) = builder()?
+                .with_http_listener(addr)
+                .build()
+                .map_err(|e| CoordinatorError::Metrics(format!("serving metrics on {addr}: {e}")))?;
+            tokio::spawn(exporter);
+            recorder
+        }
+    };
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder).map_err(|e| CoordinatorError::Metrics(e.to_string()))?;
+    let handle = HANDLE.get_or_init(|| handle).clone();
+    register_zeroes();
+    Ok(handle)
+}
+
+fn builder() -> Result<PrometheusBuilder, CoordinatorError> {
+    PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), LATENCY_BUCKETS)
         .map_err(|e| CoordinatorError::Metrics(e.to_string()))?
         .set_buckets_for_metric(Matcher::Full(m::REQUEST_SECONDS.into()), GENERATION_BUCKETS)
@@ -34,12 +60,7 @@ pub fn install() -> Result<PrometheusHandle, CoordinatorError> {
         .set_buckets_for_metric(Matcher::Full(m::NODE_BATCH_SIZE.into()), BATCH_BUCKETS)
         .map_err(|e| CoordinatorError::Metrics(e.to_string()))?
         .set_buckets_for_metric(Matcher::Full(m::NODE_EMBED_BATCH_SIZE.into()), BATCH_BUCKETS)
-        .map_err(|e| CoordinatorError::Metrics(e.to_string()))?
-        .install_recorder()
-        .map_err(|e| CoordinatorError::Metrics(e.to_string()))?;
-    let handle = HANDLE.get_or_init(|| handle).clone();
-    register_zeroes();
-    Ok(handle)
+        .map_err(|e| CoordinatorError::Metrics(e.to_string()))
 }
 
 /// Makes the counters operators alert on visible at zero before the first event.

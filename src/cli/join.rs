@@ -108,11 +108,8 @@ pub async fn run(a: JoinArgs) -> anyhow::Result<()> {
     let mut opts = a.node.options(a.data_dir, a.coordinator, a.listen)?;
     opts.token = a.token.as_deref().map(JoinToken::parse).transpose().context("--token")?;
     opts.ca_hash = a.ca_hash.as_deref().map(parse_ca_hash).transpose().context("--ca-hash")?;
-    if let Some(addr) = a.metrics {
-        metrics_exporter_prometheus::PrometheusBuilder::new()
-            .with_http_listener(addr)
-            .install()
-            .with_context(|| format!("serving metrics on {addr}"))?;
+    if a.metrics.is_some() {
+        shoal_coordinator::telemetry::install_with(a.metrics)?;
     }
     let node = Node::start(opts).await?;
     println!("node {} joined: {} · data plane {}", node.node_id, describe(&node), node.data_addr);

@@ -53,19 +53,19 @@ pub async fn healthz() -> &'static str {
 }
 
 /// Ready when a leader is known and this replica has applied what it knows is committed.
-pub async fn readyz(State(gw): Gw) -> impl IntoResponse {
+pub async fn readyz(State(gw): Gw) -> axum::response::Response {
     count("readyz");
     let s = gw.raft.status();
-    if s.leader_id == 0 {
-        return (StatusCode::SERVICE_UNAVAILABLE, "no raft leader\n".to_string());
-    }
-    if !gw.bootstrapped.load(std::sync::atomic::Ordering::Acquire) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "bootstrapping the admin API key\n".to_string());
-    }
-    if s.applied < s.commit {
-        return (StatusCode::SERVICE_UNAVAILABLE, format!("applying: {} of {}\n", s.applied, s.commit));
-    }
-    (StatusCode::OK, "ready\n".to_string())
+    let not_ready = if s.leader_id == 0 {
+        "no raft leader\n".to_string()
+    } else if !gw.bootstrapped.load(std::sync::atomic::Ordering::Acquire) {
+        "bootstrapping the admin API key\n".to_string()
+    } else if s.applied < s.commit {
+        format!("applying: {} of {}\n", s.applied, s.commit)
+    } else {
+        return (StatusCode::OK, "ready\n").into_response();
+    };
+    (StatusCode::SERVICE_UNAVAILABLE, [(axum::http::header::RETRY_AFTER, "1")], not_ready).into_response()
 }
 
 pub async fn metrics(State(gw): Gw) -> impl IntoResponse {
