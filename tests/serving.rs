@@ -126,6 +126,61 @@ fn openai_sdk_bad_input_and_registration_against_shoal_up() {
     assert_eq!(post_oversized(&gw, "/v1/chat/completions", 2 << 20), 413, "an oversized body");
     let (status, v) = post(&format!("{gw}/v1/embeddings"), json!({"model": EMBED, "input": []}));
     assert_eq!(status, 400, "{v}");
+    // Many inputs are embedded in pieces, answered in order; too many is a 413 naming the limit.
+    let inputs: Vec<String> = (0..300).map(|i| format!("sentence number {i}")).collect();
+    let (status, v) = post(&format!("{gw}/v1/embeddings"), json!({"model": EMBED, "input": inputs}));
+    assert_eq!(status, 200, "{v}");
+    let data = v["data"].as_array().expect("data");
+    assert_eq!(data.len(), 300);
+    assert!(data
+        .iter()
+        .enumerate()
+        .all(|(i, d)| d["index"] == i && d["embedding"].as_array().map(Vec::len) == Some(384)));
+    let (status, one) = post(&format!("{gw}/v1/embeddings"), json!({"model": EMBED, "input": "sentence number 299"}));
+    assert_eq!(status, 200);
+    let (a, b) = (&data[299]["embedding"], &one["data"][0]["embedding"]);
+    let close = a.as_array().zip(b.as_array()).is_some_and(|(a, b)| {
+        a.iter().zip(b).all(|(x, y)| (x.as_f64().unwrap_or(9.0) - y.as_f64().unwrap_or(0.0)).abs() < 1e-4)
+    });
+    assert!(close, "the 300th input's vector is that sentence's own");
+    let too_many: Vec<&str> = vec!["x"; 2049];
+    let (status, v) = post(&format!("{gw}/v1/embeddings"), json!({"model": EMBED, "input": too_many}));
+    assert_eq!(status, 413, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap_or("").contains("at most 2048"), "{v}");
+    // A burst of streams beyond what the replica admits: the excess is refused before the
+    // first byte with 429 and Retry-After, never a 200 whose stream carries an error.
+    let all_answered = std::sync::Barrier::new(120);
+    let statuses: Vec<(u16, Option<String>)> = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..120)
+            .map(|_| {
+                sc.spawn(|| {
+                    let body = json!({"model": CHAT, "stream": true, "max_tokens": 400,
+                        "messages": [{"role": "user", "content": "Write a long story about the sea."}]});
+                    let resp = agent(Duration::from_secs(120))
+                        .post(&chat_url)
+                        .header("Authorization", &format!("Bearer {API_KEY}"))
+                        .send_json(body)
+                        .expect("answer");
+                    let retry = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_string);
+                    // Every stream stays open until all have their answer; then dropping the
+                    // responses hangs up and the admitted sequences are cancelled.
+                    all_answered.wait();
+                    (resp.status().as_u16(), retry)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("stream thread")).collect()
+    });
+    let refused: Vec<&(u16, Option<String>)> = statuses.iter().filter(|(s, _)| *s == 429).collect();
+    assert!(!refused.is_empty(), "120 streams at once were all admitted: {statuses:?}");
+    assert!(refused.iter().all(|(_, r)| r.is_some()), "a 429 without Retry-After");
+    assert!(statuses.iter().all(|(s, _)| *s == 200 || *s == 429), "{statuses:?}");
+    // As a client told to retry would: the replica takes requests again once the abandoned
+    // burst is cancelled.
+    wait_until(Duration::from_secs(120), "the abandoned burst is cancelled", || {
+        let body = json!({"model": CHAT, "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]});
+        post(&chat_url, body).0 == 200
+    });
     // A deployment with no replica answers 503 with the reason.
     let (status, v) =
         post(&format!("{gw}/v1/deployments"), json!({"name": "idle", "source": "builtin://echo", "replicas": 0}));
@@ -218,6 +273,16 @@ fn openai_sdk_bad_input_and_registration_against_shoal_up() {
                 .is_some_and(|s| s.len() == 2 && s.iter().all(|s| s["copies"].as_array().map_or(0, Vec::len) == 1))
         })
     });
+    // A newcomer creates a base and adds a file at once: creation waits for the copies and
+    // says the base is degraded (two copies wanted, one node); the upload then just works.
+    let (ok, text) = kb(&["create", "notes", "--embedding", EMBED]);
+    assert!(ok && text.contains("degraded: ready copies per shard [1] of 2 wanted (1 ready nodes)"), "{text}");
+    let note = tmp.path().join("note.txt");
+    std::fs::write(&note, "The ferry to Sannet leaves at nine.").expect("note");
+    let (ok, text) = kb(&["add", "notes", note.to_str().expect("utf8")]);
+    assert!(ok && text.contains("1 indexed"), "{text}");
+    let (ok, text) = kb(&["delete", "notes"]);
+    assert!(ok, "{text}");
     let (ok, text) = kb(&["list"]);
     assert!(ok && text.contains("KNOWLEDGE BASES (1)") && text.contains("docs") && text.contains(EMBED), "{text}");
     let (ok, text) = kb(&["delete", "docs"]);
