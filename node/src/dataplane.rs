@@ -362,7 +362,64 @@ async fn generate_llm(engine: Option<Engine>, mut stream: ServerStream, req: Gen
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shoal_protocol::tls::{ClusterCa, Identity, NODE_SERVER_NAME};
     use shoal_protocol::IndexDocument;
+    use std::sync::Mutex;
+    use tokio::sync::oneshot;
+
+    /// Says when it is dropped.
+    struct OnDrop(Option<oneshot::Sender<()>>);
+
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            if let Some(tx) = self.0.take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn work_for_a_stream_its_peer_dropped_is_dropped() {
+        shoal_protocol::install_crypto_provider();
+        let ca = ClusterCa::generate().expect("ca");
+        let identity = |name: &str| {
+            let c = ca.issue_with_new_key(MemberRole::Node, name, &[]).expect("cert");
+            Identity::from_pem(&c.cert_pem, &c.key_pem, &ca.material.cert_pem).expect("id")
+        };
+        let (server, client) = (identity("server"), identity("client"));
+        let endpoint =
+            quic::server_endpoint("127.0.0.1:0".parse().expect("addr"), server.server_config().expect("cfg"))
+                .expect("bind");
+        let addr = endpoint.local_addr().expect("addr");
+        let (done_tx, done) = oneshot::channel::<(bool, bool)>();
+        let done_tx = Arc::new(Mutex::new(Some(done_tx)));
+        tokio::spawn(quic::serve(endpoint.clone(), move |_conn, mut stream: ServerStream| {
+            let done_tx = done_tx.clone();
+            async move {
+                let _ = stream.send(&Response::Pong { seq: 1, payload: vec![] }).await;
+                // Work that never ends by itself (an embedding behind a long queue).
+                let (dropped_tx, dropped) = oneshot::channel();
+                let guard = OnDrop(Some(dropped_tx));
+                let work = async move {
+                    let _guard = guard;
+                    std::future::pending::<()>().await
+                };
+                let answered = unless_abandoned(&stream, work).await.is_some();
+                let work_dropped = dropped.await.is_ok();
+                if let Some(tx) = done_tx.lock().expect("lock").take() {
+                    let _ = tx.send((answered, work_dropped));
+                }
+            }
+        }));
+        let ce = quic::client_endpoint(addr).expect("client");
+        let conn =
+            quic::connect(&ce, addr, client.client_config().expect("cfg"), NODE_SERVER_NAME).await.expect("connect");
+        let mut s = quic::ClientStream::open(&conn).await.expect("open");
+        assert!(matches!(s.recv().await, Ok(Response::Pong { seq: 1, .. })));
+        // The gateway gives up (timeout or client gone) and drops the stream.
+        drop(s);
+        assert_eq!(done.await.expect("the handler ended"), (false, true), "no answer, and the work was dropped");
+    }
 
     #[test]
     fn only_coordinators_write_to_indexes() {
