@@ -293,7 +293,7 @@ impl IndexHost {
             );
         }
         let marker = copy.dir.join(COPYING_MARKER);
-        std::fs::write(&marker, b"").map_err(|e| format!("cannot write {}: {e}", marker.display()))?;
+        write_synced(&marker).map_err(|e| format!("cannot write {}: {e}", marker.display()))?;
         let mut last = String::new();
         for peer in &a.peers {
             copy.set(ReplicaPhase::Loading, format!("copying documents from {}", peer.node));
@@ -525,6 +525,15 @@ impl Actor for IndexCopyActor {
     }
 }
 
+/// Creates an empty file and syncs it and its directory.
+fn write_synced(path: &Path) -> std::io::Result<()> {
+    std::fs::File::create(path)?.sync_all()?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 /// Removes everything in a copy's directory but its write journal.
 fn clear_except_journal(dir: &Path) -> std::io::Result<()> {
     for e in std::fs::read_dir(dir)? {
@@ -548,3 +557,6 @@ fn refusal(e: shoal_recall::RecallError) -> IndexRefusal {
         IndexRefusal::Unavailable(e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests;
