@@ -382,8 +382,15 @@ fn knowledge_bases_ingest_search_answer_and_survive_lost_nodes() {
     assert!(!node_metrics.contains("quantile="), "a node rendered summaries");
 
     // Lose a node that holds copies of both shards: searches keep answering at once (other copy).
-    let all_docs =
-        ["en/festival.pdf", "en/lighthouse.md", "en/volcano.txt", "zh/changcheng.txt", "zh/panda.md", "notes/json"];
+    let all_docs = [
+        "en/festival.pdf",
+        "en/lighthouse.md",
+        "en/volcano.txt",
+        "zh/changcheng.txt",
+        "zh/panda.md",
+        "notes/json",
+        "notes/durable",
+    ];
     let findable = |gw: &str| {
         for (q, want) in [
             ("Zorblat festival Quillby", "en/festival.pdf"),
@@ -392,6 +399,7 @@ fn knowledge_bases_ingest_search_answer_and_survive_lost_nodes() {
             ("八达岭长城", "zh/changcheng.txt"),
             ("大熊猫 竹子", "zh/panda.md"),
             ("ferry to Sannet", "notes/json"),
+            ("Ada Finch wound the tide clock", "notes/durable"),
         ] {
             let v = search(gw, q, "hybrid", json!({}));
             assert_eq!(v["shards"]["answered"], 2, "{q}: {v}");
@@ -405,6 +413,13 @@ fn knowledge_bases_ingest_search_answer_and_survive_lost_nodes() {
         .expect("a holder")
         .to_string();
     let idx = nodes.iter().position(|m| m.name == victim).expect("victim");
+    // A write is acknowledged only once two copies persisted it: SIGKILL one of them right
+    // after the answer and the document is on the other (the victim holds a copy of each shard).
+    let (status, v) = post(
+        &format!("{gw}/v1/knowledge-bases/{KB}/documents"),
+        json!({"id": "notes/durable", "text": "The tide clock of Quillby harbour was wound by Ada Finch every Sunday."}),
+    );
+    assert_eq!((status, v["status"].as_str(), v["copies_written"].as_u64()), (200, Some("indexed"), Some(2)), "{v}");
     nodes[idx].proc.kill();
     findable(&gw);
     // The dead node's copies were still listed as ready (its lease is 5 s): searches take
@@ -442,7 +457,7 @@ fn knowledge_bases_ingest_search_answer_and_survive_lost_nodes() {
     survivor.proc = join(&coord, dir.path(), &survivor.name, None, &["--metrics", &metrics_addr]);
     wait_until(Duration::from_secs(30), "copies ready after the restart", || {
         get(&nodes[last].metrics, None).is_some()
-            && metric_sum(&nodes[last].metrics, "shoal_node_index_documents") == 6.0
+            && metric_sum(&nodes[last].metrics, "shoal_node_index_documents") == all_docs.len() as f64
     });
     // (The new process loads its embedding replica again; the index copies did not wait for it.)
     wait_until(Duration::from_secs(120), "the embedding model is back", || {

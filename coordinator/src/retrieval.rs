@@ -148,6 +148,36 @@ pub struct Ingested {
     pub replaced: bool,
     /// Copies of the shard that took the write.
     pub copies_written: usize,
+    /// Copies the knowledge base keeps of each shard.
+    pub copies_wanted: usize,
+    /// The write is on fewer copies than the knowledge base keeps (only one copy was
+    /// placed on a ready node): a node loss now could lose it until the copies are rebuilt.
+    pub degraded: bool,
+}
+
+/// Copies a write must reach before it is acknowledged, when that many are placed.
+pub const WRITE_QUORUM: usize = 2;
+
+/// Where a write to a shard's copies went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// Copies that took (and persisted) the write.
+    pub copies_written: usize,
+    /// Copies the knowledge base keeps of each shard.
+    pub copies_wanted: usize,
+    /// Fewer copies than wanted took it.
+    pub degraded: bool,
+}
+
+/// Whether a write that `ok` of `placed` copies took is acknowledged: by [`WRITE_QUORUM`]
+/// copies, or by the only copy when just one is placed. `Err` says how many were needed.
+pub fn write_acknowledged(ok: usize, placed: usize) -> Result<(), usize> {
+    let need = WRITE_QUORUM.min(placed).max(1);
+    if ok >= need {
+        Ok(())
+    } else {
+        Err(need)
+    }
 }
 
 /// A search request.
@@ -315,6 +345,8 @@ impl Retrieval {
                 unchanged: true,
                 replaced: false,
                 copies_written: 0,
+                copies_wanted: kb.replicas as usize,
+                degraded: false,
             });
         }
         let (bytes, content_type, file_name) =
@@ -357,7 +389,7 @@ impl Retrieval {
             )));
         }
         let n = chunks.len() as u32;
-        let copies_written = match &kb.backend {
+        let written = match &kb.backend {
             IndexBackend::Builtin => {
                 let req = |id: &str| Request::IndexUpsert {
                     shard_id: id.to_string(),
@@ -369,7 +401,7 @@ impl Retrieval {
             IndexBackend::Postgres { .. } => {
                 let chunks: Vec<_> = chunks.into_iter().map(wire::chunk_from_wire).collect();
                 self.postgres(&kb).await?.upsert_document(&record, &chunks).await?;
-                1
+                Written { copies_written: 1, copies_wanted: 1, degraded: false }
             }
         };
         metrics::counter!(m::KB_INGEST_CHUNKS, "kb" => kb.name.clone()).increment(u64::from(n));
@@ -388,7 +420,7 @@ impl Retrieval {
             Ok(other) => return Err(RecallFailure::NotFound(format!("the catalog refused the document: {other:?}"))),
             Err(e) => return Err(RecallFailure::Unavailable(format!("could not record the document: {e}"))),
         }
-        info!(chunks = n, tokens, copies = copies_written, "document indexed");
+        info!(chunks = n, tokens, copies = written.copies_written, degraded = written.degraded, "document indexed");
         Ok(Ingested {
             id: upload.doc_id,
             title,
@@ -397,7 +429,9 @@ impl Retrieval {
             tokens,
             unchanged: false,
             replaced: earlier.is_some(),
-            copies_written,
+            copies_written: written.copies_written,
+            copies_wanted: written.copies_wanted,
+            degraded: written.degraded,
         })
     }
 
@@ -423,15 +457,18 @@ impl Retrieval {
         }
     }
 
-    /// Sends a write to every copy of a shard. It succeeds when at least one copy took it;
-    /// copies that did not are taken out of the placement, so the coordinator puts a fresh
-    /// copy in their place that rebuilds from one that did.
+    /// Sends a write to every copy of a shard. It is acknowledged when [`WRITE_QUORUM`]
+    /// copies took it (each persists it before it answers: a ready copy in its store, a copy
+    /// being built in its journal), or the only copy when just one is placed on a ready node;
+    /// the answer then says it is degraded. Copies that missed a write another copy took are
+    /// taken out of the placement, so the coordinator puts a fresh copy in their place that
+    /// rebuilds from one that took it.
     async fn write_copies(
         &self,
         kb: &KnowledgeBase,
         shard: u32,
         req: impl Fn(&str) -> Request,
-    ) -> Result<usize, RecallFailure> {
+    ) -> Result<Written, RecallFailure> {
         let copies = {
             let state = self.raft.state().read().unwrap_or_else(|p| p.into_inner());
             Self::copies(&state, &kb.name, shard)
@@ -447,36 +484,56 @@ impl Retrieval {
             async move { (c, self.call(c.address, &r, SHARD_WRITE_TIMEOUT).await) }
         });
         let mut ok = 0;
+        // Copies that did not take the write, and why (never empty text).
+        let mut missed: Vec<(&CopyAddr, String)> = Vec::new();
         let mut failures = Vec::new();
         for (copy, result) in join_all(calls).await {
             match result {
                 Ok(Response::IndexWritten { .. }) => ok += 1,
                 // A copy just placed whose node has not heard of it yet: it copies everything
                 // from a ready copy when it starts, so it is not replaced for this.
-                Ok(Response::Refused { code: RefusalCode::NotFound, .. }) if !copy.reported => {}
+                Ok(Response::Refused { code: RefusalCode::NotFound, .. }) if !copy.reported => {
+                    missed.push((copy, "the copy was just placed and its node does not know it yet".into()))
+                }
                 Ok(Response::Refused { code: RefusalCode::BadRequest, message }) => {
                     return Err(RecallFailure::BadRequest(message))
                 }
-                Ok(Response::Refused { message, .. }) => failures.push((copy, message)),
-                Ok(other) => failures.push((copy, format!("unexpected answer {other:?}"))),
-                Err(e) => failures.push((copy, e)),
+                Ok(Response::Refused { code, message }) => {
+                    let why = non_empty(message, || format!("refused ({})", code.as_str()));
+                    missed.push((copy, why.clone()));
+                    failures.push((copy, why));
+                }
+                Ok(other) => {
+                    let why = format!("unexpected answer {other:?}");
+                    missed.push((copy, why.clone()));
+                    failures.push((copy, why));
+                }
+                Err(e) => {
+                    let why = non_empty(e, || "the call failed without a reason".into());
+                    missed.push((copy, why.clone()));
+                    failures.push((copy, why));
+                }
             }
         }
-        if ok == 0 {
-            let why: Vec<String> = failures.iter().map(|(c, e)| format!("{} on {}: {e}", c.id, c.node)).collect();
+        if ok > 0 {
+            for (copy, why) in &failures {
+                warn!(copy = %copy.id, node = %copy.node, error = %why, "a shard copy missed a write; replacing it");
+                if let Err(e) = self.writer.command(Command::UnplaceIndexShard { id: copy.id.clone() }).await {
+                    warn!(copy = %copy.id, error = %e, "could not replace a copy that missed a write");
+                }
+            }
+        }
+        if let Err(need) = write_acknowledged(ok, copies.len()) {
+            let why: Vec<String> = missed.iter().map(|(c, e)| format!("{} on {}: {e}", c.id, c.node)).collect();
             return Err(RecallFailure::Unavailable(format!(
-                "no copy of shard {shard} of '{}' took the write: {}",
+                "{ok} of {} copies of shard {shard} of '{}' took the write, {need} needed: {}",
+                copies.len(),
                 kb.name,
                 why.join("; ")
             )));
         }
-        for (copy, why) in failures {
-            warn!(copy = %copy.id, node = %copy.node, error = %why, "a shard copy missed a write; replacing it");
-            if let Err(e) = self.writer.command(Command::UnplaceIndexShard { id: copy.id.clone() }).await {
-                warn!(copy = %copy.id, error = %e, "could not replace a copy that missed a write");
-            }
-        }
-        Ok(ok)
+        let wanted = (kb.replicas as usize).max(copies.len());
+        Ok(Written { copies_written: ok, copies_wanted: wanted, degraded: ok < wanted })
     }
 
     async fn call(&self, address: SocketAddr, req: &Request, timeout: Duration) -> Result<Response, String> {
@@ -616,6 +673,15 @@ impl Retrieval {
     }
 }
 
+/// `text`, or what `otherwise` says when it is empty: every reason a user reads says something.
+fn non_empty(text: String, otherwise: impl FnOnce() -> String) -> String {
+    if text.trim().is_empty() {
+        otherwise()
+    } else {
+        text
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -652,6 +718,19 @@ mod tests {
         let a = Upload { title: Some("ab".into()), source: Some("c".into()), ..base.clone() };
         let b = Upload { title: Some("a".into()), source: Some("bc".into()), ..base.clone() };
         assert_ne!(a.fingerprint(), b.fingerprint());
+    }
+
+    #[test]
+    fn a_write_is_acknowledged_by_two_copies_or_by_the_only_one() {
+        assert_eq!(write_acknowledged(1, 1), Ok(()), "a single copy: acknowledged (and reported degraded)");
+        assert_eq!(write_acknowledged(2, 2), Ok(()));
+        assert_eq!(write_acknowledged(2, 3), Ok(()), "two of three copies are enough");
+        assert_eq!(write_acknowledged(1, 2), Err(2), "one of two copies is not");
+        assert_eq!(write_acknowledged(1, 3), Err(2));
+        assert_eq!(write_acknowledged(0, 1), Err(1));
+        assert_eq!(non_empty(String::new(), || "why".into()), "why");
+        assert_eq!(non_empty(" ".into(), || "why".into()), "why");
+        assert_eq!(non_empty("timeout".into(), || "why".into()), "timeout");
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use shoal_engine::ChatMessage;
 use shoal_protocol::quic::{self, ServerStream};
+use shoal_protocol::tls::MemberRole;
 use std::time::{Duration, Instant};
 
 use shoal_protocol::{
@@ -17,16 +18,22 @@ use tracing::debug;
 use crate::index::IndexRefusal;
 use crate::models::llm::{AdmitError, SeqEvent};
 use crate::models::pipeline::{forward_onward, onward, remaining_budget};
-use crate::models::stage::StageOut;
+use crate::models::stage::{ForwardError, StageOut};
 use crate::models::{sampling_params, Engine, ModelHost};
 
 /// Serves one data-plane stream.
 pub async fn handle(host: Arc<ModelHost>, conn: quinn::Connection, mut stream: ServerStream) {
-    if quic::peer_member(&conn).is_none() {
+    let Some((role, member)) = quic::peer_member(&conn) else {
         return stream.refuse(RefusalCode::Unauthenticated, "data-plane streams need a member certificate").await;
-    }
+    };
     loop {
-        match stream.recv().await {
+        let request = stream.recv().await;
+        if let Ok(Some(req)) = &request {
+            if let Err(why) = authorize(role, &member, req) {
+                return stream.refuse(RefusalCode::Unauthenticated, why).await;
+            }
+        }
+        match request {
             Ok(Some(Request::Ping { seq, payload })) => {
                 if stream.send(&Response::Pong { seq, payload }).await.is_err() {
                     return;
@@ -76,6 +83,19 @@ pub async fn handle(host: Arc<ModelHost>, conn: quinn::Connection, mut stream: S
     }
 }
 
+/// Whether a member with this certificate may make this request: index writes come only
+/// from coordinators (their gateways), never from another node; everything else any member
+/// may ask (a rebuilding copy exports from a peer node).
+pub fn authorize(role: MemberRole, member: &str, req: &Request) -> Result<(), String> {
+    match (role, req) {
+        (MemberRole::Node, Request::IndexUpsert { .. } | Request::IndexDelete { .. }) => Err(format!(
+            "'{}' requests write to an index and only a coordinator may send them; node {member} may not",
+            req.kind()
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Runs this stage's layers over a frame, then relays the activations to the next stage and
 /// its answer back (or answers with the sampled tokens on the last stage).
 async fn stage_forward(host: &ModelHost, mut stream: ServerStream, frame: StageForward) {
@@ -90,7 +110,8 @@ async fn stage_forward(host: &ModelHost, mut stream: ServerStream, frame: StageF
     // is measured as the round trip less this and what follows.
     let here_us = received.elapsed().as_micros() as u64;
     match result {
-        Err(msg) => stream.refuse(RefusalCode::Unavailable, msg).await,
+        Err(ForwardError::Overloaded(msg)) => stream.refuse(RefusalCode::Overloaded, msg).await,
+        Err(ForwardError::Failed(msg)) => stream.refuse(RefusalCode::Unavailable, msg).await,
         Ok(StageOut::Tokens { tokens }) => {
             let _ = stream.send(&Response::StageDone(StageResult { tokens, compute_us: here_us, hops_us: 0 })).await;
             stream.finish();
@@ -139,12 +160,25 @@ async fn embed(host: &ModelHost, stream: &mut ServerStream, placement: &str, inp
     let Some(Engine::Embed(h)) = host.engine(placement) else {
         return stream.refuse(RefusalCode::NotFound, format!("no ready embedding replica {placement} here")).await;
     };
-    match h.embed(inputs).await {
+    let Some(result) = unless_abandoned(stream, h.embed(inputs)).await else { return };
+    match result {
         Ok((vectors, tokens)) => {
             let _ = stream.send(&Response::Embedded { vectors, tokens: tokens as u32 }).await;
         }
         Err(None) => stream.refuse(RefusalCode::Overloaded, format!("replica {placement} is at capacity")).await,
         Err(Some(e)) => stream.refuse(RefusalCode::BadRequest, e).await,
+    }
+}
+
+/// Runs `work` unless the peer abandons the stream first (the gateway timed out or its
+/// client went away): then the work is dropped, which drops what it queued, and `None`.
+async fn unless_abandoned<T>(stream: &ServerStream, work: impl std::future::Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        r = work => Some(r),
+        () = stream.abandoned() => {
+            debug!("the peer abandoned the stream; dropping its work");
+            None
+        }
     }
 }
 
@@ -157,6 +191,7 @@ async fn answer(stream: &mut ServerStream, result: Result<Response, IndexRefusal
         Err(IndexRefusal::NotFound(m)) => stream.refuse(RefusalCode::NotFound, m).await,
         Err(IndexRefusal::Unavailable(m)) => stream.refuse(RefusalCode::Unavailable, m).await,
         Err(IndexRefusal::BadRequest(m)) => stream.refuse(RefusalCode::BadRequest, m).await,
+        Err(IndexRefusal::Overloaded(m)) => stream.refuse(RefusalCode::Overloaded, m).await,
     }
 }
 
@@ -212,29 +247,27 @@ async fn embed_document(
         );
         return stream.refuse(RefusalCode::BadRequest, msg).await;
     }
-    let mut out = Vec::with_capacity(chunks.len());
-    let mut tokens = 0usize;
-    for batch in chunks.chunks(crate::models::embed::MAX_BATCH_INPUTS) {
-        let texts: Vec<String> = batch.iter().map(|c| c.text.clone()).collect();
-        match h.embed(texts).await {
-            Ok((vectors, t)) => {
-                tokens += t;
-                for (c, v) in batch.iter().zip(vectors) {
-                    out.push(IndexChunk {
-                        text: c.text.clone(),
-                        start: c.start as u64,
-                        end: c.end as u64,
-                        tokens: c.tokens as u32,
-                        vector: v,
-                    });
-                }
-            }
-            Err(None) => {
-                return stream.refuse(RefusalCode::Overloaded, format!("replica {placement} is at capacity")).await
-            }
-            Err(Some(e)) => return stream.refuse(RefusalCode::BadRequest, e).await,
+    // One request: the batcher embeds it in pieces, sharing each batch with other callers.
+    let texts: Vec<String> = chunks.iter().map(|c| c.text.clone()).collect();
+    let Some(result) = unless_abandoned(stream, h.embed(texts)).await else { return };
+    let (vectors, tokens) = match result {
+        Ok(r) => r,
+        Err(None) => {
+            return stream.refuse(RefusalCode::Overloaded, format!("replica {placement} is at capacity")).await
         }
-    }
+        Err(Some(e)) => return stream.refuse(RefusalCode::BadRequest, e).await,
+    };
+    let out: Vec<IndexChunk> = chunks
+        .iter()
+        .zip(vectors)
+        .map(|(c, v)| IndexChunk {
+            text: c.text.clone(),
+            start: c.start as u64,
+            end: c.end as u64,
+            tokens: c.tokens as u32,
+            vector: v,
+        })
+        .collect();
     let _ = stream.send(&Response::EmbeddedChunks { chunks: out, tokens: tokens as u32 }).await;
 }
 
@@ -317,10 +350,93 @@ async fn generate_llm(engine: Option<Engine>, mut stream: ServerStream, req: Gen
             }
             SeqEvent::Failed(msg) => return stream.refuse(RefusalCode::BadRequest, msg).await,
             SeqEvent::Unavailable(msg) => return stream.refuse(RefusalCode::Unavailable, msg).await,
+            SeqEvent::Lagged(msg) => return stream.refuse(RefusalCode::Overloaded, msg).await,
         };
         if stream.send(&frame).await.is_err() {
             debug!(placement = %req.placement_id, "client went away; cancelling the sequence");
             return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_protocol::tls::{ClusterCa, Identity, NODE_SERVER_NAME};
+    use shoal_protocol::IndexDocument;
+    use std::sync::Mutex;
+    use tokio::sync::oneshot;
+
+    /// Says when it is dropped.
+    struct OnDrop(Option<oneshot::Sender<()>>);
+
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            if let Some(tx) = self.0.take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn work_for_a_stream_its_peer_dropped_is_dropped() {
+        shoal_protocol::install_crypto_provider();
+        let ca = ClusterCa::generate().expect("ca");
+        let identity = |name: &str| {
+            let c = ca.issue_with_new_key(MemberRole::Node, name, &[]).expect("cert");
+            Identity::from_pem(&c.cert_pem, &c.key_pem, &ca.material.cert_pem).expect("id")
+        };
+        let (server, client) = (identity("server"), identity("client"));
+        let endpoint =
+            quic::server_endpoint("127.0.0.1:0".parse().expect("addr"), server.server_config().expect("cfg"))
+                .expect("bind");
+        let addr = endpoint.local_addr().expect("addr");
+        let (done_tx, done) = oneshot::channel::<(bool, bool)>();
+        let done_tx = Arc::new(Mutex::new(Some(done_tx)));
+        tokio::spawn(quic::serve(endpoint.clone(), move |_conn, mut stream: ServerStream| {
+            let done_tx = done_tx.clone();
+            async move {
+                let _ = stream.send(&Response::Pong { seq: 1, payload: vec![] }).await;
+                // Work that never ends by itself (an embedding behind a long queue).
+                let (dropped_tx, dropped) = oneshot::channel();
+                let guard = OnDrop(Some(dropped_tx));
+                let work = async move {
+                    let _guard = guard;
+                    std::future::pending::<()>().await
+                };
+                let answered = unless_abandoned(&stream, work).await.is_some();
+                let work_dropped = dropped.await.is_ok();
+                if let Some(tx) = done_tx.lock().expect("lock").take() {
+                    let _ = tx.send((answered, work_dropped));
+                }
+            }
+        }));
+        let ce = quic::client_endpoint(addr).expect("client");
+        let conn =
+            quic::connect(&ce, addr, client.client_config().expect("cfg"), NODE_SERVER_NAME).await.expect("connect");
+        let mut s = quic::ClientStream::open(&conn).await.expect("open");
+        assert!(matches!(s.recv().await, Ok(Response::Pong { seq: 1, .. })));
+        // The gateway gives up (timeout or client gone) and drops the stream.
+        drop(s);
+        assert_eq!(done.await.expect("the handler ended"), (false, true), "no answer, and the work was dropped");
+    }
+
+    #[test]
+    fn only_coordinators_write_to_indexes() {
+        let upsert =
+            Request::IndexUpsert { shard_id: "kb-0-a".into(), document: IndexDocument::default(), chunks: vec![] };
+        let delete = Request::IndexDelete { shard_id: "kb-0-a".into(), doc_id: "d".into() };
+        let export = Request::IndexExport { shard_id: "kb-0-a".into() };
+        let ping = Request::Ping { seq: 1, payload: vec![] };
+        for req in [&upsert, &delete] {
+            assert_eq!(authorize(MemberRole::Coordinator, "c1", req), Ok(()));
+            let why = authorize(MemberRole::Node, "n2", req).expect_err("a node may not write an index");
+            assert!(why.contains("only a coordinator") && why.contains("n2") && why.contains(req.kind()), "{why}");
+        }
+        // A rebuilding copy on another node exports from this one; pings and the rest are open.
+        for req in [&export, &ping] {
+            assert_eq!(authorize(MemberRole::Node, "n2", req), Ok(()));
+            assert_eq!(authorize(MemberRole::Coordinator, "c1", req), Ok(()));
         }
     }
 }

@@ -177,6 +177,16 @@ impl ServerStream {
         write_frame(&mut self.send, resp).await
     }
 
+    /// Resolves when the peer abandons the stream: it stopped reading the answers (dropped or
+    /// stopped its half) or the connection was lost. It borrows nothing, so it can race the
+    /// work a request started, which is dropped when the peer is gone.
+    pub fn abandoned(&self) -> impl Future<Output = ()> + Send + 'static {
+        let stopped = self.send.stopped();
+        async move {
+            let _ = stopped.await;
+        }
+    }
+
     /// Sends a refusal and finishes the stream.
     pub async fn refuse(&mut self, code: RefusalCode, message: impl Into<String>) {
         let _ = write_frame(&mut self.send, &Response::refused(code, message)).await;

@@ -19,6 +19,10 @@ use crate::NodeError;
 pub const MAX_BATCH: usize = 16;
 /// Sequences that may wait for a place in the batch; beyond this requests are refused.
 pub const MAX_QUEUED: usize = 64;
+/// Events a sequence's reader may fall behind by. A reader further behind (a client that
+/// stopped reading) has its sequence cancelled with [`SeqEvent::Lagged`]: it neither holds
+/// back the batch nor grows the node's memory.
+pub const SEQ_EVENT_BUFFER: usize = 512;
 
 /// What a sequence's owner hears.
 #[derive(Debug)]
@@ -36,6 +40,53 @@ pub enum SeqEvent {
     Failed(String),
     /// This replica cannot go on (stopping, or a failed step); another replica may.
     Unavailable(String),
+    /// The reader fell [`SEQ_EVENT_BUFFER`] events behind; the sequence was cancelled.
+    Lagged(String),
+}
+
+/// What became of a token offered to a sequence's reader.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Delivery {
+    Sent,
+    /// The reader is gone.
+    Gone,
+    /// The reader is too far behind: it was told so ([`SeqEvent::Lagged`]) and must be cancelled.
+    Lagged,
+}
+
+/// The decode thread's end of a sequence's events: bounded, never blocking. One place is kept
+/// back for the last event (finished, failed, or lagged), so it always fits.
+#[derive(Debug)]
+pub struct EventSender(mpsc::Sender<SeqEvent>);
+
+/// A bounded channel of one sequence's events.
+pub fn event_channel() -> (EventSender, mpsc::Receiver<SeqEvent>) {
+    let (tx, rx) = mpsc::channel(SEQ_EVENT_BUFFER + 1);
+    (EventSender(tx), rx)
+}
+
+impl EventSender {
+    /// Offers a token without waiting.
+    pub fn token(&self, token: u32, text: String) -> Delivery {
+        if self.0.is_closed() {
+            return Delivery::Gone;
+        }
+        if self.0.capacity() <= 1 {
+            let msg =
+                format!("the reader fell {SEQ_EVENT_BUFFER} tokens behind the generation; the sequence was cancelled");
+            let _ = self.0.try_send(SeqEvent::Lagged(msg));
+            return Delivery::Lagged;
+        }
+        match self.0.try_send(SeqEvent::Token { token, text }) {
+            Ok(()) => Delivery::Sent,
+            Err(_) => Delivery::Gone,
+        }
+    }
+
+    /// Sends the sequence's last event (the place kept back guarantees room).
+    pub fn last(&self, ev: SeqEvent) {
+        let _ = self.0.try_send(ev);
+    }
 }
 
 pub(crate) enum Cmd {
@@ -44,7 +95,7 @@ pub(crate) enum Cmd {
         prompt: Vec<u32>,
         resume: Vec<u32>,
         params: SamplingParams,
-        events: mpsc::UnboundedSender<SeqEvent>,
+        events: EventSender,
     },
     Cancel(u64),
     Stop,
@@ -128,7 +179,7 @@ impl LlmHandle {
         prompt: Vec<u32>,
         resume: Vec<u32>,
         params: SamplingParams,
-    ) -> Result<(mpsc::UnboundedReceiver<SeqEvent>, SeqGuard), AdmitError> {
+    ) -> Result<(mpsc::Receiver<SeqEvent>, SeqGuard), AdmitError> {
         let now = self.outstanding.fetch_add(1, Ordering::AcqRel);
         if now >= MAX_BATCH + MAX_QUEUED {
             self.outstanding.fetch_sub(1, Ordering::AcqRel);
@@ -140,7 +191,7 @@ impl LlmHandle {
             )));
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) as u64;
-        let (events, rx) = mpsc::unbounded_channel();
+        let (events, rx) = event_channel();
         if self.tx.send(Cmd::Admit { id, prompt, resume, params, events }).is_err() {
             self.outstanding.fetch_sub(1, Ordering::AcqRel);
             return Err(AdmitError::Stopped);
@@ -164,12 +215,12 @@ struct Waiting {
 fn decode_loop(llm: Arc<Llm>, rx: std_mpsc::Receiver<Cmd>, outstanding: Arc<AtomicUsize>, model: Arc<str>) {
     let mut batcher = Batcher::new(llm, MAX_BATCH);
     let mut queue: VecDeque<Waiting> = VecDeque::new();
-    let mut owners: HashMap<u64, mpsc::UnboundedSender<SeqEvent>> = HashMap::new();
+    let mut owners: HashMap<u64, EventSender> = HashMap::new();
     let label = model.to_string();
-    let finish = |owners: &mut HashMap<u64, mpsc::UnboundedSender<SeqEvent>>, id: u64, ev: Option<SeqEvent>| {
+    let finish = |owners: &mut HashMap<u64, EventSender>, id: u64, ev: Option<SeqEvent>| {
         if let Some(tx) = owners.remove(&id) {
             if let Some(ev) = ev {
-                let _ = tx.send(ev);
+                tx.last(ev);
             }
             outstanding.fetch_sub(1, Ordering::AcqRel);
         }
@@ -204,7 +255,7 @@ fn decode_loop(llm: Arc<Llm>, rx: std_mpsc::Receiver<Cmd>, outstanding: Arc<Atom
                 Cmd::StageDone { .. } => {}
                 Cmd::Stop => {
                     for (_, tx) in owners.drain() {
-                        let _ = tx.send(SeqEvent::Unavailable("the replica is stopping".into()));
+                        tx.last(SeqEvent::Unavailable("the replica is stopping".into()));
                     }
                     return;
                 }
@@ -243,8 +294,11 @@ fn decode_loop(llm: Arc<Llm>, rx: std_mpsc::Receiver<Cmd>, outstanding: Arc<Atom
             match ev {
                 Event::Token { id, token, text } => {
                     metrics::counter!(m::NODE_TOKENS, "model" => label.clone()).increment(1);
-                    let gone = owners.get(&id).is_none_or(|tx| tx.send(SeqEvent::Token { token, text }).is_err());
-                    if gone && owners.contains_key(&id) {
+                    let delivery = owners.get(&id).map(|tx| tx.token(token, text));
+                    if delivery == Some(Delivery::Lagged) {
+                        warn!(id, model = %label, "a reader fell too far behind; cancelling its sequence");
+                    }
+                    if matches!(delivery, Some(Delivery::Gone | Delivery::Lagged)) {
                         metrics::counter!(m::NODE_SEQUENCES_CANCELLED, "model" => label.clone()).increment(1);
                         batcher.cancel(id);
                         finish(&mut owners, id, None);
@@ -257,5 +311,47 @@ fn decode_loop(llm: Arc<Llm>, rx: std_mpsc::Receiver<Cmd>, outstanding: Arc<Atom
                 Event::Failed { id, message } => finish(&mut owners, id, Some(SeqEvent::Failed(message))),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reader_too_far_behind_is_told_and_its_sequence_cancelled() {
+        let (tx, mut rx) = event_channel();
+        for i in 0..SEQ_EVENT_BUFFER as u32 {
+            assert_eq!(tx.token(i, "x".into()), Delivery::Sent);
+        }
+        // The buffer is full: the token is not queued, the reader hears why instead.
+        assert_eq!(tx.token(9999, "y".into()), Delivery::Lagged);
+        for i in 0..SEQ_EVENT_BUFFER as u32 {
+            assert!(matches!(rx.try_recv(), Ok(SeqEvent::Token { token, .. }) if token == i));
+        }
+        match rx.try_recv() {
+            Ok(SeqEvent::Lagged(msg)) => assert!(msg.contains("512 tokens behind"), "{msg}"),
+            other => panic!("expected Lagged, got {other:?}"),
+        }
+        assert!(rx.try_recv().is_err(), "nothing after the last event");
+        drop(rx);
+        assert_eq!(tx.token(1, "z".into()), Delivery::Gone);
+    }
+
+    #[test]
+    fn the_last_event_always_fits() {
+        let (tx, mut rx) = event_channel();
+        for i in 0..SEQ_EVENT_BUFFER as u32 - 1 {
+            assert_eq!(tx.token(i, "x".into()), Delivery::Sent);
+        }
+        tx.last(SeqEvent::Finished { stop: true, prompt_tokens: 3, completion_tokens: 511 });
+        let mut n = 0;
+        while let Ok(ev) = rx.try_recv() {
+            n += 1;
+            if n == SEQ_EVENT_BUFFER {
+                assert!(matches!(ev, SeqEvent::Finished { completion_tokens: 511, .. }), "{ev:?}");
+            }
+        }
+        assert_eq!(n, SEQ_EVENT_BUFFER);
     }
 }

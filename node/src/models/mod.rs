@@ -90,6 +90,8 @@ pub struct ModelHost {
     pub stage_timeout: Duration,
     /// The index-shard copies of knowledge bases on this node.
     pub index: Arc<crate::index::IndexHost>,
+    /// Artifact downloads in progress (one per hash).
+    fetches: artifacts::Fetches,
 }
 
 impl ModelHost {
@@ -108,6 +110,7 @@ impl ModelHost {
             pool,
             slots: Mutex::new(HashMap::new()),
             stage_timeout,
+            fetches: artifacts::Fetches::default(),
         }))
     }
 

@@ -142,7 +142,7 @@ struct Group {
 }
 
 struct Owner {
-    events: tokio::sync::mpsc::UnboundedSender<SeqEvent>,
+    events: super::llm::EventSender,
     /// Sent with the sequence's first rows; taken then.
     start: Option<SequenceStart>,
 }
@@ -202,7 +202,7 @@ pub(super) fn head_loop(
                 Cmd::Stop => {
                     let ids: Vec<u64> = owners.keys().copied().collect();
                     for (_, o) in owners.drain() {
-                        let _ = o.events.send(SeqEvent::Unavailable("the replica is stopping".into()));
+                        o.events.last(SeqEvent::Unavailable("the replica is stopping".into()));
                     }
                     release_onward(&link, ids);
                     return;
@@ -219,7 +219,7 @@ pub(super) fn head_loop(
                                 release.push(id);
                                 if let Some(o) = owners.remove(&id) {
                                     outstanding.fetch_sub(1, Ordering::AcqRel);
-                                    let _ = o.events.send(SeqEvent::Unavailable(msg.clone()));
+                                    o.events.last(SeqEvent::Unavailable(msg.clone()));
                                 }
                             }
                         }
@@ -300,7 +300,8 @@ pub(super) fn head_loop(
             match ev {
                 Event::Token { id, token, text } => {
                     metrics::counter!(m::NODE_TOKENS, "model" => label.clone()).increment(1);
-                    let gone = owners.get(&id).is_none_or(|o| o.events.send(SeqEvent::Token { token, text }).is_err());
+                    let gone =
+                        owners.get(&id).is_none_or(|o| o.events.token(token, text) != super::llm::Delivery::Sent);
                     if gone && owners.remove(&id).is_some() {
                         metrics::counter!(m::NODE_SEQUENCES_CANCELLED, "model" => label.clone()).increment(1);
                         outstanding.fetch_sub(1, Ordering::AcqRel);
@@ -314,14 +315,14 @@ pub(super) fn head_loop(
                     if let Some(o) = owners.remove(&id) {
                         outstanding.fetch_sub(1, Ordering::AcqRel);
                         let stop = reason == shoal_engine::FinishReason::Stop;
-                        let _ = o.events.send(SeqEvent::Finished { stop, prompt_tokens, completion_tokens });
+                        o.events.last(SeqEvent::Finished { stop, prompt_tokens, completion_tokens });
                     }
                     release.push(id);
                 }
                 Event::Failed { id, message } => {
                     if let Some(o) = owners.remove(&id) {
                         outstanding.fetch_sub(1, Ordering::AcqRel);
-                        let _ = o.events.send(SeqEvent::Failed(message));
+                        o.events.last(SeqEvent::Failed(message));
                     }
                     release.push(id);
                 }

@@ -3,7 +3,7 @@
 //! samples the next token of each sequence. The data plane relays activations onwards.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +19,18 @@ use crate::NodeError;
 
 /// A sequence nobody has touched for this long is dropped (its head died without releasing it).
 pub const SEQUENCE_IDLE_EXPIRY: Duration = Duration::from_secs(120);
+/// Frames from peers that may wait for this stage's worker; a frame beyond this is refused
+/// at once (Overloaded) instead of queuing without limit behind the forward passes.
+pub const MAX_QUEUED_FRAMES: usize = 64;
+
+/// Why a frame was not run.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ForwardError {
+    /// [`MAX_QUEUED_FRAMES`] frames are already waiting.
+    Overloaded(String),
+    /// The stage is stopping, or the forward pass failed.
+    Failed(String),
+}
 
 /// What a stage's forward pass produced.
 pub enum StageOut {
@@ -37,7 +49,9 @@ enum Job {
 /// A handle to a running stage; cheap to clone.
 #[derive(Clone)]
 pub struct StageHandle {
-    tx: std_mpsc::Sender<Job>,
+    tx: std_mpsc::SyncSender<Job>,
+    /// Set by [`StageHandle::stop`]; the worker ends at its next job even when the queue is full.
+    stopping: Arc<AtomicBool>,
     sequences: Arc<AtomicUsize>,
     /// Where this stage's output goes.
     pub link: Link,
@@ -54,9 +68,11 @@ struct Seq {
 
 impl StageHandle {
     pub fn start(llm: Arc<Llm>, model: &str, index: u32, link: Link) -> Result<Self, NodeError> {
-        let (tx, rx) = std_mpsc::channel();
+        let (tx, rx) = std_mpsc::sync_channel(MAX_QUEUED_FRAMES);
         let sequences = Arc::new(AtomicUsize::new(0));
+        let stopping = Arc::new(AtomicBool::new(false));
         let worker = Worker {
+            stopping: stopping.clone(),
             llm,
             seqs: HashMap::new(),
             count: sequences.clone(),
@@ -67,7 +83,7 @@ impl StageHandle {
             .name(format!("stage{index}-{model}"))
             .spawn(move || worker.run(rx))
             .map_err(|e| NodeError::io("stage thread", e))?;
-        Ok(Self { tx, sequences, link, index, model: model.to_string() })
+        Ok(Self { tx, stopping, sequences, link, index, model: model.to_string() })
     }
 
     /// Sequences this stage holds state for.
@@ -75,24 +91,44 @@ impl StageHandle {
         self.sequences.load(Ordering::Relaxed)
     }
 
-    /// Runs this stage's layers over a frame (queued behind earlier frames).
-    pub async fn forward(&self, frame: StageForward) -> Result<StageOut, String> {
+    /// Runs this stage's layers over a frame (queued behind earlier frames; refused at once
+    /// when [`MAX_QUEUED_FRAMES`] are waiting).
+    pub async fn forward(&self, frame: StageForward) -> Result<StageOut, ForwardError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Job::Forward { frame, reply }).map_err(|_| "the stage is stopping".to_string())?;
-        rx.await.map_err(|_| "the stage is stopping".to_string())?
+        self.submit(Job::Forward { frame, reply })?;
+        rx.await.map_err(|_| ForwardError::Failed("the stage is stopping".into()))?.map_err(ForwardError::Failed)
     }
 
-    /// Forgets sequences (finished or cancelled).
+    fn submit(&self, job: Job) -> Result<(), ForwardError> {
+        queue(&self.tx, job, || format!("stage {} of '{}'", self.index, self.model))
+    }
+
+    /// Forgets sequences (finished or cancelled). When the queue is full the release is
+    /// dropped: the sequences expire after [`SEQUENCE_IDLE_EXPIRY`].
     pub fn release(&self, ids: Vec<u64>) {
-        let _ = self.tx.send(Job::Release(ids));
+        let _ = self.submit(Job::Release(ids));
     }
 
     pub fn stop(&self) {
-        let _ = self.tx.send(Job::Stop);
+        self.stopping.store(true, Ordering::Release);
+        let _ = self.tx.try_send(Job::Stop);
+    }
+}
+
+/// Queues a job without waiting: refused at once when the queue is full.
+fn queue(tx: &std_mpsc::SyncSender<Job>, job: Job, what: impl FnOnce() -> String) -> Result<(), ForwardError> {
+    match tx.try_send(job) {
+        Ok(()) => Ok(()),
+        Err(std_mpsc::TrySendError::Full(_)) => {
+            metrics::counter!(m::NODE_REQUESTS_REJECTED, "reason" => "queue_full").increment(1);
+            Err(ForwardError::Overloaded(format!("{} has {MAX_QUEUED_FRAMES} frames waiting; retry later", what())))
+        }
+        Err(std_mpsc::TrySendError::Disconnected(_)) => Err(ForwardError::Failed("the stage is stopping".into())),
     }
 }
 
 struct Worker {
+    stopping: Arc<AtomicBool>,
     llm: Arc<Llm>,
     seqs: HashMap<u64, Seq>,
     count: Arc<AtomicUsize>,
@@ -103,7 +139,14 @@ struct Worker {
 impl Worker {
     fn run(mut self, rx: std_mpsc::Receiver<Job>) {
         loop {
-            match rx.recv_timeout(Duration::from_secs(10)) {
+            let job = rx.recv_timeout(Duration::from_secs(10));
+            if self.stopping.load(Ordering::Acquire) {
+                // Frames still queued are dropped with the receiver: their callers hear "stopping".
+                self.seqs.clear();
+                self.publish();
+                return;
+            }
+            match job {
                 Ok(Job::Forward { frame, reply }) => {
                     let out = self.forward(frame);
                     let _ = reply.send(out);
@@ -233,6 +276,7 @@ mod tests {
         let llm = Llm::load(&gguf, &LlmOptions { layers: Some(20..30), ..Default::default() })
             .expect("load the last 10 layers of SmolLM2 (./scripts/fetch-models.sh)");
         Worker {
+            stopping: Arc::new(AtomicBool::new(false)),
             llm: Arc::new(llm),
             seqs: HashMap::new(),
             count: Arc::new(AtomicUsize::new(0)),
@@ -263,6 +307,27 @@ mod tests {
             hidden: TensorFrame::from_f32(rows as usize, hidden, &values),
             budget_ms: 1000,
         }
+    }
+
+    #[test]
+    fn a_full_frame_queue_refuses_at_once() {
+        let (tx, rx) = std_mpsc::sync_channel(MAX_QUEUED_FRAMES);
+        for _ in 0..MAX_QUEUED_FRAMES {
+            assert_eq!(queue(&tx, Job::Release(vec![1]), || "stage 1".into()), Ok(()));
+        }
+        let (reply, _rx) = oneshot::channel();
+        let job = Job::Forward { frame: frame(1, 0, 1, begin(), 4), reply };
+        match queue(&tx, job, || "stage 1 of 'm'".into()) {
+            Err(ForwardError::Overloaded(msg)) => {
+                assert!(msg.contains("stage 1 of 'm' has 64 frames waiting"), "{msg}")
+            }
+            other => panic!("expected Overloaded, got {other:?}"),
+        }
+        // Once the worker took one, there is room again; a stopped worker is not "overloaded".
+        assert!(rx.try_recv().is_ok());
+        assert_eq!(queue(&tx, Job::Release(vec![2]), || "stage 1".into()), Ok(()));
+        drop(rx);
+        assert!(matches!(queue(&tx, Job::Stop, || "stage 1".into()), Err(ForwardError::Failed(_))));
     }
 
     #[test]

@@ -5,10 +5,14 @@
 //! A copy new to this node is built from another ready copy of the same shard when the
 //! coordinator names one (the export streams over QUIC), otherwise it starts empty (a new
 //! knowledge base) or reopens what is on disk (this node restarted). Writes that arrive while
-//! a copy is being built are acknowledged at once and queued; the builder applies them in
-//! order after the copied documents and only then marks the copy ready, so none is lost
-//! between the export and the copy going live. A copy the coordinator no longer assigns is
-//! closed and its directory removed.
+//! a copy is being built are appended to the copy's on-disk [`journal`] (synced) before they
+//! are acknowledged; the builder applies them in order after the copied documents and only
+//! then marks the copy ready, so none is lost between the export and the copy going live, nor
+//! by a crash (a reopened copy applies what its journal holds). A copy interrupted while it
+//! copied from a peer is copied again. A ready copy persists a write (sled, flushed) before
+//! it answers. A copy the coordinator no longer assigns is closed and its directory removed.
+
+mod journal;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -27,8 +31,14 @@ use shoal_protocol::{
 use shoal_recall::{wire, IndexShard, ShardConfig};
 use tracing::{info, warn};
 
+use journal::Journal;
+pub use journal::{JournalError, Pending, JOURNAL_FILE, MAX_PENDING_WRITES};
+
 /// How long one frame of a peer's export may take.
 const EXPORT_FRAME_TIMEOUT: Duration = Duration::from_secs(60);
+/// Present in a copy's directory while it copies from a peer: a copy found with it after a
+/// restart holds part of the documents and is copied again.
+const COPYING_MARKER: &str = "copying";
 
 /// Why an index operation was refused.
 #[derive(Debug)]
@@ -39,20 +49,16 @@ pub enum IndexRefusal {
     Unavailable(String),
     /// The request is wrong (bad vector size, bad query).
     BadRequest(String),
-}
-
-/// A write that reached a copy still being built.
-enum Pending {
-    Upsert(IndexDocument, Vec<IndexChunk>),
-    Delete(String),
+    /// Too many writes wait for the copy's build; retry later.
+    Overloaded(String),
 }
 
 pub struct Copy {
     assignment: IndexShardAssignment,
     dir: PathBuf,
     shard: Arc<RwLock<Option<IndexShard>>>,
-    /// Writes queued while the copy is built (`None` once it serves).
-    pending: Mutex<Option<Vec<Pending>>>,
+    /// Writes journaled while the copy is built (`None` once it takes writes directly).
+    pending: Mutex<Option<Journal>>,
     /// Where the copy is: building (loading), ready or failed, and why.
     status: Mutex<(ReplicaPhase, String)>,
     /// true once the copy serves.
@@ -157,7 +163,7 @@ impl IndexHost {
                 dir: self.root.join(&a.id),
                 assignment: a.clone(),
                 shard: Arc::new(RwLock::new(None)),
-                pending: Mutex::new(Some(Vec::new())),
+                pending: Mutex::new(Some(Journal::new(&self.root.join(&a.id)))),
                 status: Mutex::new((ReplicaPhase::Loading, "opening".into())),
                 ready: AtomicBool::new(false),
                 actor: Mutex::new(None),
@@ -191,20 +197,29 @@ impl IndexHost {
         self.sweep(&wanted);
     }
 
-    /// Applies the writes queued during the build, in order, until none is left; then the
-    /// copy takes writes directly.
+    /// Applies the writes journaled during the build, in order, until none is left; then the
+    /// copy takes writes directly and the journal is deleted.
     async fn drain(copy: &Arc<Copy>) -> Result<(), String> {
         loop {
-            let batch = {
-                let mut pending = copy.pending.lock().unwrap_or_else(|p| p.into_inner());
-                match pending.as_mut() {
-                    Some(v) if !v.is_empty() => std::mem::take(v),
-                    _ => {
-                        *pending = None;
-                        return Ok(());
+            let c = copy.clone();
+            let batch = tokio::task::spawn_blocking(move || {
+                let mut pending = c.pending.lock().unwrap_or_else(|p| p.into_inner());
+                let Some(j) = pending.as_mut() else { return Ok(None) };
+                let batch = j.take().map_err(|e| e.to_string())?;
+                if !batch.is_empty() {
+                    return Ok(Some(batch));
+                }
+                // Everything in it is applied and persisted by the shard.
+                if let Some(j) = pending.take() {
+                    if let Err(e) = j.remove() {
+                        warn!(copy = %c.assignment.id, error = %e, "could not delete an applied write journal");
                     }
                 }
-            };
+                Ok::<_, String>(None)
+            })
+            .await
+            .map_err(|e| format!("reading the write journal panicked: {e}"))??;
+            let Some(batch) = batch else { return Ok(()) };
             for op in batch {
                 let result = match op {
                     Pending::Upsert(doc, chunks) => Self::apply_upsert(copy, doc, chunks).await.map(|_| ()),
@@ -217,16 +232,24 @@ impl IndexHost {
         }
     }
 
-    /// Queues a write if the copy is still being built; gives it back otherwise.
-    fn queue(copy: &Copy, op: Pending) -> Option<Pending> {
-        let mut pending = copy.pending.lock().unwrap_or_else(|p| p.into_inner());
-        match pending.as_mut() {
-            Some(v) => {
-                v.push(op);
-                None
+    /// Journals a write (synced to disk) if the copy is still being built; gives it back
+    /// otherwise.
+    async fn queue(copy: &Arc<Copy>, op: Pending) -> Result<Option<Pending>, IndexRefusal> {
+        let c = copy.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut pending = c.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(j) = pending.as_mut() else { return Ok(Some(op)) };
+            match j.append(&op) {
+                Ok(()) => Ok(None),
+                Err(e @ JournalError::Full(_)) => {
+                    metrics::counter!(m::NODE_REQUESTS_REJECTED, "reason" => "queue_full").increment(1);
+                    Err(IndexRefusal::Overloaded(format!("index-shard copy {} is being built: {e}", c.assignment.id)))
+                }
+                Err(e) => Err(IndexRefusal::Unavailable(e.to_string())),
             }
-            None => Some(op),
-        }
+        })
+        .await
+        .map_err(|e| IndexRefusal::Unavailable(format!("journaling the write panicked: {e}")))?
     }
 
     /// Once, after the first assignments: removes directories of copies no longer assigned
@@ -250,11 +273,16 @@ impl IndexHost {
     /// Opens the copy, and fills a new one from a peer when one is named.
     async fn build(&self, copy: &Arc<Copy>) -> Result<String, String> {
         let a = &copy.assignment;
-        let existed = copy.dir.join("store").exists();
         let (dir, dimension) = (copy.dir.clone(), a.dimension as usize);
-        let shard = tokio::task::spawn_blocking(move || {
+        let (shard, existed) = tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-            IndexShard::open(&dir, ShardConfig::new(dimension)).map_err(|e| e.to_string())
+            if dir.join(COPYING_MARKER).exists() {
+                info!(dir = %dir.display(), "a copy from a peer was interrupted; copying again");
+                clear_except_journal(&dir).map_err(|e| format!("cannot clear {}: {e}", dir.display()))?;
+            }
+            let existed = dir.join("store").exists();
+            let shard = IndexShard::open(&dir, ShardConfig::new(dimension)).map_err(|e| e.to_string())?;
+            Ok::<_, String>((shard, existed))
         })
         .await
         .map_err(|e| format!("opening the copy panicked: {e}"))??;
@@ -264,11 +292,17 @@ impl IndexHost {
                 if existed { "index-shard copy reopened from disk" } else { "new empty index-shard copy" }.into()
             );
         }
+        let marker = copy.dir.join(COPYING_MARKER);
+        write_synced(&marker).map_err(|e| format!("cannot write {}: {e}", marker.display()))?;
         let mut last = String::new();
         for peer in &a.peers {
             copy.set(ReplicaPhase::Loading, format!("copying documents from {}", peer.node));
             match self.copy_from(copy, peer).await {
-                Ok(n) => return Ok(format!("index-shard copy rebuilt from {} ({n} documents)", peer.id)),
+                Ok(n) => {
+                    // The copied documents are flushed: a restart from here reopens them.
+                    std::fs::remove_file(&marker).map_err(|e| format!("cannot remove {}: {e}", marker.display()))?;
+                    return Ok(format!("index-shard copy rebuilt from {} ({n} documents)", peer.id));
+                }
                 Err(e) => {
                     warn!(copy = %a.id, peer = %peer.id, error = %e, "copying from a peer failed; trying the next");
                     last = format!("copying from {} ({}) failed: {e}", peer.id, peer.address);
@@ -363,7 +397,7 @@ impl IndexHost {
             return Err(IndexRefusal::Unavailable(format!("index-shard copy {id} failed: {}", copy.phase().1)));
         }
         let n = chunks.len() as u32;
-        match Self::queue(&copy, Pending::Upsert(document, chunks)) {
+        match Self::queue(&copy, Pending::Upsert(document, chunks)).await? {
             None => Ok((n, false)),
             Some(Pending::Upsert(document, chunks)) => Self::apply_upsert(&copy, document, chunks).await,
             Some(Pending::Delete(_)) => unreachable!("queue gives back what it was given"),
@@ -396,7 +430,7 @@ impl IndexHost {
         if copy.phase().0 == ReplicaPhase::Failed {
             return Err(IndexRefusal::Unavailable(format!("index-shard copy {id} failed: {}", copy.phase().1)));
         }
-        match Self::queue(&copy, Pending::Delete(doc_id)) {
+        match Self::queue(&copy, Pending::Delete(doc_id)).await? {
             None => Ok(true),
             Some(Pending::Delete(doc_id)) => Self::apply_delete(&copy, doc_id).await,
             Some(Pending::Upsert(..)) => unreachable!("queue gives back what it was given"),
@@ -491,6 +525,31 @@ impl Actor for IndexCopyActor {
     }
 }
 
+/// Creates an empty file and syncs it and its directory.
+fn write_synced(path: &Path) -> std::io::Result<()> {
+    std::fs::File::create(path)?.sync_all()?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Removes everything in a copy's directory but its write journal.
+fn clear_except_journal(dir: &Path) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_name() == JOURNAL_FILE {
+            continue;
+        }
+        if e.file_type()?.is_dir() {
+            std::fs::remove_dir_all(e.path())?;
+        } else {
+            std::fs::remove_file(e.path())?;
+        }
+    }
+    Ok(())
+}
+
 fn refusal(e: shoal_recall::RecallError) -> IndexRefusal {
     if e.is_caller_error() {
         IndexRefusal::BadRequest(e.to_string())
@@ -498,3 +557,6 @@ fn refusal(e: shoal_recall::RecallError) -> IndexRefusal {
         IndexRefusal::Unavailable(e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests;
