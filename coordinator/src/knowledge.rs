@@ -186,7 +186,16 @@ pub fn readiness(state: &ClusterState, kb: &KnowledgeBase) -> Readiness {
             format!("shard {shard} of '{}' has {placed} copies placed, none ready yet (still opening)", kb.name)
         })
     } else {
-        None
+        // A copy its node has not heard of yet would miss writes (they need two copies).
+        state
+            .index_shards
+            .values()
+            .find(|p| {
+                p.kb == kb.name
+                    && p.phase.is_none()
+                    && state.nodes.get(&p.node).is_some_and(|n| n.state == NodeState::Ready)
+            })
+            .map(|p| format!("shard {} of '{}' has a copy its node has not opened yet", p.shard, kb.name))
     };
     Readiness { ready_copies, wanted: kb.replicas, ready_nodes, blocker }
 }
@@ -443,6 +452,8 @@ mod tests {
         assert!(readiness(&s, &kb).blocker.unwrap_or_default().contains("2 copies placed, none ready yet"));
         let ids: Vec<String> = s.index_shards.keys().cloned().collect();
         s.index_shards.get_mut(&ids[0]).expect("copy").phase = Some(ReplicaPhase::Ready);
+        assert!(readiness(&s, &kb).blocker.unwrap_or_default().contains("a copy its node has not opened yet"));
+        s.index_shards.get_mut(&ids[1]).expect("copy").phase = Some(ReplicaPhase::Loading);
         let r = readiness(&s, &kb);
         assert_eq!((r.status(), r.ready_copies.clone(), r.wanted, r.ready_nodes), ("degraded", vec![1], 2, 2));
         s.index_shards.get_mut(&ids[1]).expect("copy").phase = Some(ReplicaPhase::Ready);

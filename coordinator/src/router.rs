@@ -363,7 +363,13 @@ impl Router {
                 continue;
             }
             loop {
-                let frame = match tokio::time::timeout(REPLICA_SILENCE, stream.recv()).await {
+                let next = tokio::select! {
+                    next = tokio::time::timeout(REPLICA_SILENCE, stream.recv()) => next,
+                    // The client left (even before the first token): dropping the stream
+                    // cancels the sequence on the node.
+                    _ = tx.closed() => return Ok(()),
+                };
+                let frame = match next {
                     Ok(Ok(f)) => f,
                     Ok(Err(e)) => {
                         warn!(placement = %t.placement, error = %e, tokens = produced.len(), "replica stream broke");

@@ -333,8 +333,19 @@ async fn generate_llm(engine: Option<Engine>, mut stream: ServerStream, req: Gen
     if stream.send(&Response::GenerationStarted { prompt_tokens }).await.is_err() {
         return;
     }
-    // `_guard` cancels the sequence on the engine if this task ends early (client gone).
-    while let Some(ev) = events.recv().await {
+    // `_guard` cancels the sequence on the engine if this task ends early (client gone),
+    // also while the sequence is still queued and has sent nothing.
+    let abandoned = stream.abandoned();
+    tokio::pin!(abandoned);
+    loop {
+        let ev = tokio::select! {
+            ev = events.recv() => ev,
+            _ = &mut abandoned => {
+                debug!(placement = %req.placement_id, "client went away before the answer; cancelling the sequence");
+                return;
+            }
+        };
+        let Some(ev) = ev else { break };
         let frame = match ev {
             SeqEvent::Token { token, text } => Response::Generated { tokens: vec![token], text },
             SeqEvent::Finished { stop, prompt_tokens, completion_tokens } => {

@@ -164,6 +164,8 @@ fn ingested(i: &Ingested) -> Value {
         "tokens": i.tokens,
         "status": if i.unchanged { "unchanged" } else if i.replaced { "replaced" } else { "indexed" },
         "copies_written": i.copies_written,
+        "copies_wanted": i.copies_wanted,
+        "degraded": i.degraded,
     })
 }
 
