@@ -28,6 +28,9 @@ pub enum BenchCommand {
     /// Knowledge bases: ingest chunks/s and search QPS, p50/p99 per mode (dense, sparse,
     /// hybrid) for the built-in index and PostgreSQL + pgvector in the same run.
     Recall(super::bench_recall::RecallBench),
+    /// A 3-coordinator, 3-node cluster under mixed load while processes are killed,
+    /// restarted and stopped: failed requests by kind, lost acknowledged writes, longest gaps.
+    Chaos(super::bench_chaos::ChaosBench),
 }
 
 #[derive(Debug, Args)]
@@ -59,6 +62,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Serve(a) => tokio::task::spawn_blocking(move || super::bench_serve::run(a)).await?,
         BenchCommand::Pipeline(a) => tokio::task::spawn_blocking(move || super::bench_pipeline::run(a)).await?,
         BenchCommand::Recall(a) => tokio::task::spawn_blocking(move || super::bench_recall::run(a)).await?,
+        BenchCommand::Chaos(a) => tokio::task::spawn_blocking(move || super::bench_chaos::run(a)).await?,
     }
 }
 
@@ -72,34 +76,39 @@ pub fn free_port() -> u16 {
     }
 }
 
-struct Group {
+/// A raft group of coordinator processes on loopback.
+pub(super) struct Group {
     dir: PathBuf,
     config: PathBuf,
     members: Vec<(u64, SocketAddr, Option<Child>)>,
+    /// Each member's QUIC address, by id order.
+    pub(super) quic: Vec<SocketAddr>,
 }
 
 impl Group {
-    fn new(dir: &Path, voters: u64, batch: bool) -> anyhow::Result<Group> {
+    pub(super) fn new(dir: &Path, voters: u64, batch: bool) -> anyhow::Result<Group> {
         std::fs::create_dir_all(dir)?;
         let mut cfg = String::new();
         let mut members = Vec::new();
+        let mut quic_addrs = Vec::new();
         for id in 1..=voters {
             let (quic, http) = (free_port(), free_port());
             cfg +=
                 &format!("[[coordinators]]\nid = {id}\nquic = \"127.0.0.1:{quic}\"\nhttp = \"127.0.0.1:{http}\"\n\n");
             members.push((id, SocketAddr::from(([127, 0, 0, 1], http)), None));
+            quic_addrs.push(SocketAddr::from(([127, 0, 0, 1], quic)));
         }
         cfg += &format!("[pki]\nca_dir = \"ca\"\n\n[raft]\nbatch_proposals = {batch}\n");
         let config = dir.join("group.toml");
         std::fs::write(&config, cfg)?;
-        let mut g = Group { dir: dir.to_path_buf(), config, members };
+        let mut g = Group { dir: dir.to_path_buf(), config, members, quic: quic_addrs };
         for id in 1..=voters {
             g.start(id)?;
         }
         Ok(g)
     }
 
-    fn start(&mut self, id: u64) -> anyhow::Result<()> {
+    pub(super) fn start(&mut self, id: u64) -> anyhow::Result<()> {
         let exe = std::env::current_exe()?;
         let log = std::fs::File::create(self.dir.join(format!("c{id}.log")))?;
         let child = Command::new(exe)
@@ -119,7 +128,7 @@ impl Group {
         Ok(())
     }
 
-    fn kill(&mut self, id: u64) {
+    pub(super) fn kill(&mut self, id: u64) {
         if let Some(m) = self.members.iter_mut().find(|m| m.0 == id) {
             if let Some(mut c) = m.2.take() {
                 let _ = c.kill();
@@ -128,16 +137,21 @@ impl Group {
         }
     }
 
-    fn http(&self, id: u64) -> SocketAddr {
+    /// The process id of a live member.
+    pub(super) fn pid(&self, id: u64) -> Option<u32> {
+        self.members.iter().find(|m| m.0 == id).and_then(|m| m.2.as_ref()).map(Child::id)
+    }
+
+    pub(super) fn http(&self, id: u64) -> SocketAddr {
         self.members.iter().find(|m| m.0 == id).map(|m| m.1).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 
-    fn live(&self) -> Vec<u64> {
+    pub(super) fn live(&self) -> Vec<u64> {
         self.members.iter().filter(|m| m.2.is_some()).map(|m| m.0).collect()
     }
 
     /// The leader all live members agree on, waiting up to `within`.
-    fn leader(&self, within: Duration) -> anyhow::Result<u64> {
+    pub(super) fn leader(&self, within: Duration) -> anyhow::Result<u64> {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
             let views: Vec<u64> = self

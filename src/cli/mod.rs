@@ -1,4 +1,5 @@
 mod bench;
+mod bench_chaos;
 mod bench_pipeline;
 mod bench_recall;
 mod bench_serve;
