@@ -301,6 +301,34 @@ fn openai_sdk_bad_input_and_registration_against_shoal_up() {
         metric_sum(&gw, "shoal_node_kv_cache_tokens") == 0.0
     });
     assert!(get(&format!("{gw}/healthz"), None).is_some_and(|(s, _)| s == 200));
+
+    // SIGTERM under load: the process is gone within its stated grace (2 s after the
+    // signal, plus start-up slack here), even with embedding work running on its threads.
+    let mut up = up;
+    let long: Vec<String> = (0..2048).map(|i| format!("{i} {}", "a long sentence about the sea ".repeat(8))).collect();
+    let loaders: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, long) = (format!("{gw}/v1/embeddings"), long.clone());
+            std::thread::spawn(move || post(&url, json!({"model": EMBED, "input": long})))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let pid = up.proc.child.id().to_string();
+    let term = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    assert!(term.success());
+    let signalled = std::time::Instant::now();
+    let mut exited = None;
+    while signalled.elapsed() < Duration::from_secs(15) {
+        if let Some(status) = up.proc.child.try_wait().expect("wait") {
+            exited = Some(status);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(exited.is_some_and(|s| s.success()), "shoal up did not exit cleanly within 15 s of SIGTERM: {exited:?}");
+    for l in loaders {
+        let _ = l.join();
+    }
 }
 
 #[test]
