@@ -411,3 +411,36 @@ fn slow_clients_are_cut_off_and_others_stay_served() {
     assert!(n == 0 || answer.starts_with("HTTP/1.1 408"), "a slow client got: {answer}");
     assert_eq!(get(&coord.url("/healthz"), None).map(|r| r.0), Some(200));
 }
+
+#[test]
+fn command_line_mistakes_get_one_line_with_the_fix() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let coord = Coord::start(&tmp.path().join("c"), 300, 1500);
+    let one_error = |args: &[&str]| {
+        let out = run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
+        assert_eq!(errors.len(), 1, "{args:?}: {stderr}");
+        stderr
+    };
+    let bare = coord.http.to_string();
+    let e = one_error(&["status", "--gateway", &bare]);
+    assert!(e.contains(&format!("use --gateway http://{bare}")), "{e}");
+    let e = one_error(&["kb", "search", "docs", "q", "--mode", "fuzzy", "--gateway", &coord.gateway()]);
+    assert!(e.contains("dense") && e.contains("sparse") && e.contains("hybrid"), "{e}");
+    let note = tmp.path().join("n.txt");
+    std::fs::write(&note, "text").expect("note");
+    let e = one_error(&["kb", "add", "nope", note.to_str().expect("utf8"), "--gateway", &coord.gateway()]);
+    assert!(e.contains("shoal kb create nope --embedding MODEL"), "{e}");
+    // A reader that went away before the output (`| true` closes the pipe at once; `| head -1`
+    // does the same once it has its line): quiet, no panic.
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("'{BIN}' status --gateway {} | true", coord.gateway()))
+        .env("SHOAL_API_KEY", API_KEY)
+        .output()
+        .expect("sh");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "{stderr}");
+}

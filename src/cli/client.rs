@@ -23,6 +23,17 @@ pub struct GatewayArgs {
     pub api_key_file: Option<std::path::PathBuf>,
 }
 
+/// `--gateway` must be an http(s) URL; `127.0.0.1:8080` gets the fix spelled out.
+pub fn check_gateway_url(url: &str) -> anyhow::Result<()> {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        return Ok(());
+    }
+    if url.contains("://") {
+        return Err(anyhow!("--gateway {url}: only http:// and https:// gateways exist"));
+    }
+    Err(anyhow!("--gateway {url} has no scheme: use --gateway http://{url}"))
+}
+
 /// The key from `--api-key`/SHOAL_API_KEY, or the first line of `--api-key-file`.
 pub fn resolve_key(key: Option<&str>, file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
     if let Some(k) = key {
@@ -50,8 +61,14 @@ impl GatewayArgs {
         format!("{}{}", self.gateway.trim_end_matches('/'), path)
     }
 
+    /// Checks `--gateway` is a URL before anything is sent.
+    pub fn check(&self) -> anyhow::Result<()> {
+        check_gateway_url(&self.gateway)
+    }
+
     /// The API key to send.
     pub fn key(&self) -> anyhow::Result<String> {
+        self.check()?;
         resolve_key(self.api_key.as_deref(), self.api_key_file.as_deref())?
             .ok_or_else(|| anyhow!("no API key: set SHOAL_API_KEY, or pass --api-key-file FILE (or --api-key KEY)"))
     }
@@ -122,4 +139,18 @@ fn finish(url: &str, resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>
         return Err(anyhow!("{url} answered {status}: {msg}"));
     }
     Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_urls_need_a_scheme() {
+        assert!(check_gateway_url("http://127.0.0.1:8080").is_ok());
+        assert!(check_gateway_url("https://gw.example").is_ok());
+        let e = check_gateway_url("127.0.0.1:8080").unwrap_err().to_string();
+        assert_eq!(e, "--gateway 127.0.0.1:8080 has no scheme: use --gateway http://127.0.0.1:8080");
+        assert!(check_gateway_url("ftp://x").unwrap_err().to_string().contains("only http://"));
+    }
 }

@@ -180,6 +180,9 @@ pub async fn run(cmd: KbCommand) -> anyhow::Result<()> {
             let v = a.gateway.post(&format!("/v1/knowledge-bases/{}/search", encode_segment(&a.kb)), body).await?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if v["data"].as_array().is_none_or(Vec::is_empty) {
+                let docs = v["documents"].as_u64().map(|n| format!(" ({n} documents)")).unwrap_or_default();
+                println!("no hits in '{}'{docs} for that query", a.kb);
             } else {
                 print!("{}", hits_text(&v));
             }
@@ -240,7 +243,7 @@ pub struct SearchArgs {
     pub kb: String,
     pub query: String,
     /// dense, sparse or hybrid.
-    #[arg(long, default_value = "hybrid")]
+    #[arg(long, default_value = "hybrid", value_parser = ["dense", "sparse", "hybrid"])]
     pub mode: String,
     #[arg(long, default_value_t = 5)]
     pub top_k: usize,
@@ -255,9 +258,11 @@ pub struct SearchArgs {
 const INGESTED_EXTENSIONS: &[&str] = &["txt", "text", "md", "markdown", "html", "htm", "pdf"];
 
 /// The files to upload with their document ids: a file given by itself is named by its file
-/// name, a file found in a folder by its path below that folder.
-pub fn collect_files(paths: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, String)>> {
+/// name, a file found in a folder by its path below that folder. Files in folders with other
+/// extensions are returned second, to be listed as skipped.
+pub fn collect_files(paths: &[PathBuf]) -> anyhow::Result<(Vec<(PathBuf, String)>, Vec<PathBuf>)> {
     let mut out = Vec::new();
+    let mut skipped = Vec::new();
     for p in paths {
         if p.is_dir() {
             let mut stack = vec![p.clone()];
@@ -277,6 +282,8 @@ pub fn collect_files(paths: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, String)>
                     {
                         let id = e.strip_prefix(p).unwrap_or(&e).to_string_lossy().replace('\\', "/");
                         out.push((e, id));
+                    } else {
+                        skipped.push(e);
                     }
                 }
             }
@@ -288,7 +295,8 @@ pub fn collect_files(paths: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, String)>
         }
     }
     out.sort_by(|a, b| a.1.cmp(&b.1));
-    Ok(out)
+    skipped.sort();
+    Ok((out, skipped))
 }
 
 /// Percent-encodes a path segment.
@@ -315,9 +323,24 @@ fn content_type_of(path: &std::path::Path) -> &'static str {
 }
 
 async fn add(a: AddArgs) -> anyhow::Result<()> {
-    let files = collect_files(&a.paths)?;
+    let (files, skipped) = collect_files(&a.paths)?;
+    for s in &skipped {
+        println!("skipped {} (only .txt, .md, .html and .pdf files are added)", s.display());
+    }
     if files.is_empty() {
         anyhow::bail!("no .txt, .md, .html or .pdf files under the given paths");
+    }
+    // A base that does not exist is one error, not one per file.
+    let route = format!("/v1/knowledge-bases/{}", encode_segment(&a.kb));
+    if let Err(e) = a.gateway.get(&route).await {
+        if format!("{e:#}").contains("404") {
+            anyhow::bail!(
+                "no knowledge base named '{}': create it first with `shoal kb create {} --embedding MODEL`",
+                a.kb,
+                a.kb
+            );
+        }
+        return Err(e);
     }
     let mut query = Vec::new();
     for (k, v) in [("title", &a.title), ("source", &a.source), ("tags", &a.tags)] {
