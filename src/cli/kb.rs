@@ -257,10 +257,13 @@ pub struct SearchArgs {
 /// File extensions `kb add` picks up in folders.
 const INGESTED_EXTENSIONS: &[&str] = &["txt", "text", "md", "markdown", "html", "htm", "pdf"];
 
+/// Files to upload with their document ids, and files skipped in folders.
+pub type Collected = (Vec<(PathBuf, String)>, Vec<PathBuf>);
+
 /// The files to upload with their document ids: a file given by itself is named by its file
 /// name, a file found in a folder by its path below that folder. Files in folders with other
 /// extensions are returned second, to be listed as skipped.
-pub fn collect_files(paths: &[PathBuf]) -> anyhow::Result<(Vec<(PathBuf, String)>, Vec<PathBuf>)> {
+pub fn collect_files(paths: &[PathBuf]) -> anyhow::Result<Collected> {
     let mut out = Vec::new();
     let mut skipped = Vec::new();
     for p in paths {
