@@ -444,3 +444,42 @@ fn command_line_mistakes_get_one_line_with_the_fix() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "{stderr}");
 }
+
+#[test]
+fn a_second_node_on_one_host_finds_a_port_and_a_busy_data_dir_is_named() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let coord = Coord::start(&tmp.path().join("c"), 300, 1500);
+    let (token, hash) = coord.token("1h");
+    // Something already holds the default data-plane port, as a first node would.
+    let _first = std::net::UdpSocket::bind("127.0.0.1:7200");
+    let quic = coord.quic.to_string();
+    let data = tmp.path().join("n2");
+    let data_s = data.to_str().expect("utf8").to_string();
+    let args =
+        ["join", quic.as_str(), "--data-dir", &data_s, "--name", "second", "--token", &token, "--ca-hash", &hash];
+    let mut node = spawn(&args, &tmp.path().join("n2.log"));
+    wait_until(Duration::from_secs(30), "the second node ready", || {
+        state_of(&coord, "second").is_some_and(|s| s.0 == "ready")
+    });
+    let log = node.log_text();
+    assert!(log.contains("127.0.0.1:7200 is taken") && log.contains("listening on 127.0.0.1:"), "{log}");
+    let chosen = std::fs::read_to_string(data.join("listen")).expect("remembered listen address");
+    assert_eq!(coord.node("second").expect("node")["address"], chosen.trim());
+    // The same data dir twice: one line naming the process that has it; no ghost node.
+    let out =
+        run(&["join", quic.as_str(), "--data-dir", &data_s, "--name", "ghost", "--token", &token, "--ca-hash", &hash]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("(pid {})", node.child.id())) && stderr.contains("another --data-dir"),
+        "{stderr}"
+    );
+    assert!(coord.node("ghost").is_none(), "a refused join left a node behind");
+    // The documented restart, `shoal join ADDR --data-dir D`, comes back on the remembered port.
+    node.kill();
+    let mut again = spawn(&["join", quic.as_str(), "--data-dir", &data_s], &tmp.path().join("n2b.log"));
+    wait_until(Duration::from_secs(30), "the node back", || {
+        coord.node("second").is_some_and(|n| n["state"] == "ready" && n["address"] == chosen.trim())
+    });
+    again.kill();
+}

@@ -79,6 +79,12 @@ async fn serve(a: CoordinatorArgs) -> anyhow::Result<()> {
     let path = a.config.ok_or_else(|| anyhow!("--config is required to run a coordinator"))?;
     let id = a.id.ok_or_else(|| anyhow!("--id is required to run a coordinator"))?;
     let config = ClusterConfig::load(&path)?;
+    let _lock = super::preflight::lock_data_dir(&a.data_dir, "--data-dir")?;
+    if let Some(m) = config.member(id) {
+        let fix = format!("the address of member {id} in {}", path.display());
+        super::preflight::check_tcp(m.http, "gateway", &fix)?;
+        super::preflight::check_udp(m.quic, "coordinator QUIC", &fix)?;
+    }
     let fault_injection = std::env::var(FAULT_INJECTION_ENV).is_ok_and(|v| v == "1");
     let mut coord = Coordinator::start(CoordinatorOptions {
         config,

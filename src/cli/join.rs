@@ -72,9 +72,10 @@ pub struct JoinArgs {
     /// Where this node keeps its identity.
     #[arg(long, default_value = "./shoal-node")]
     pub data_dir: PathBuf,
-    /// The node's data-plane QUIC address.
-    #[arg(long, default_value = "127.0.0.1:7200")]
-    pub listen: SocketAddr,
+    /// The node's data-plane QUIC address. Default: the one this data dir used last, else
+    /// 127.0.0.1:7200, or a free port when that is taken (another node on this machine).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
     /// Serve this node's Prometheus metrics (replicas, batching, KV cache, artifacts) on
     /// http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
@@ -104,8 +105,43 @@ pub fn describe(node: &Node) -> String {
     format!("{} CPU cores, {} RAM, {}", c.cpu_cores, format::bytes(c.memory_total_bytes), accels)
 }
 
+/// The data-plane address a node uses when `--listen` is not given.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7200";
+/// Where a node's data dir remembers its data-plane address.
+const LISTEN_FILE: &str = "listen";
+
+/// `--listen` if given (it must be free), else the address this data dir used last, else
+/// the default, else a free port on the same host — checked before the node is admitted.
+fn choose_listen(given: Option<SocketAddr>, data_dir: &std::path::Path) -> anyhow::Result<SocketAddr> {
+    if let Some(addr) = given {
+        super::preflight::check_udp(addr, "node data plane", "--listen")?;
+        return Ok(addr);
+    }
+    let remembered = std::fs::read_to_string(data_dir.join(LISTEN_FILE)).ok().and_then(|s| s.trim().parse().ok());
+    let wanted: SocketAddr = match remembered {
+        Some(addr) => addr,
+        None => DEFAULT_LISTEN.parse()?,
+    };
+    if super::preflight::udp_free(wanted) {
+        return Ok(wanted);
+    }
+    if remembered.is_some() {
+        return Err(anyhow::anyhow!(
+            "{wanted}, the data-plane address this node used before, is in use (is this node already running?): \
+             stop the other process, or pass --listen with a free address"
+        ));
+    }
+    let free = super::preflight::free_udp(wanted.ip())?;
+    println!("{wanted} is taken (another node on this machine?); listening on {free} instead (--listen chooses)");
+    Ok(free)
+}
+
 pub async fn run(a: JoinArgs) -> anyhow::Result<()> {
-    let mut opts = a.node.options(a.data_dir, a.coordinator, a.listen)?;
+    let _lock = super::preflight::lock_data_dir(&a.data_dir, "--data-dir")?;
+    let listen = choose_listen(a.listen, &a.data_dir)?;
+    std::fs::write(a.data_dir.join(LISTEN_FILE), listen.to_string())
+        .with_context(|| format!("cannot write to the data dir {}", a.data_dir.display()))?;
+    let mut opts = a.node.options(a.data_dir, a.coordinator, listen)?;
     opts.token = a.token.as_deref().map(JoinToken::parse).transpose().context("--token")?;
     opts.ca_hash = a.ca_hash.as_deref().map(parse_ca_hash).transpose().context("--ca-hash")?;
     if a.metrics.is_some() {

@@ -11,6 +11,7 @@ mod format;
 mod join;
 mod kb;
 mod key;
+mod preflight;
 mod status;
 mod token;
 mod up;

@@ -78,6 +78,10 @@ pub struct UpArgs {
 }
 
 pub async fn run(a: UpArgs) -> anyhow::Result<()> {
+    let _lock = super::preflight::lock_data_dir(&a.data_dir, "--data-dir")?;
+    super::preflight::check_tcp(a.http, "gateway", "--http")?;
+    super::preflight::check_udp(a.listen, "coordinator QUIC", "--listen")?;
+    super::preflight::check_udp(a.node_listen, "node data plane", "--node-listen")?;
     let mut cfg = ClusterConfig::single(a.listen, a.http);
     cfg.timing.heartbeat_ms = a.heartbeat_ms;
     cfg.timing.lease_ms = a.lease_ms;
