@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::{BufReader, Cursor, Read, Seek};
 use std::path::Path;
 
 use candle_core::quantized::gguf_file;
@@ -98,7 +98,7 @@ pub fn inspect(path: &Path) -> Result<ModelInfo, EngineError> {
     }
 }
 
-fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+fn read_up_to<R: Read>(file: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         let n = file.read(&mut buf[filled..])?;
@@ -114,8 +114,16 @@ fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 pub(crate) fn read_gguf_content(path: &Path) -> Result<gguf_file::Content, EngineError> {
     let file = File::open(path).map_err(|e| EngineError::model(path, format!("cannot open: {e}")))?;
     let file_len = file.metadata().map_err(|e| EngineError::model(path, format!("cannot read: {e}")))?.len();
-    let mut reader = BufReader::new(file);
-    let content = gguf_file::Content::read(&mut reader)
+    read_gguf_from(&mut BufReader::new(file), file_len, path)
+}
+
+/// [`read_gguf_content`] on any reader holding `file_len` bytes (`path` names it in errors).
+fn read_gguf_from<R: Read + Seek>(
+    reader: &mut R,
+    file_len: u64,
+    path: &Path,
+) -> Result<gguf_file::Content, EngineError> {
+    let content = gguf_file::Content::read(reader)
         .map_err(|e| EngineError::model(path, format!("corrupt GGUF header: {}", one_line(&e.to_string()))))?;
     for (name, ti) in &content.tensor_infos {
         let bytes = tensor_bytes(ti);
@@ -132,10 +140,14 @@ pub(crate) fn read_gguf_content(path: &Path) -> Result<gguf_file::Content, Engin
     Ok(content)
 }
 
+/// Bytes of a tensor's data; `u64::MAX` when its shape overflows (a corrupt header: the
+/// tensor then cannot lie inside the file).
 fn tensor_bytes(ti: &gguf_file::TensorInfo) -> u64 {
-    let elems = ti.shape.elem_count() as u64;
+    let Some(elems) = ti.shape.dims().iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64)) else {
+        return u64::MAX;
+    };
     let block = ti.ggml_dtype.block_size() as u64;
-    elems / block.max(1) * ti.ggml_dtype.type_size() as u64
+    (elems / block.max(1)).saturating_mul(ti.ggml_dtype.type_size() as u64)
 }
 
 fn one_line(s: &str) -> String {
@@ -153,7 +165,21 @@ pub(crate) fn md_str<'a>(content: &'a gguf_file::Content, key: &str) -> Option<&
 /// Inspect a GGUF file; also returns the parsed header for loaders.
 pub(crate) fn inspect_gguf(path: &Path) -> Result<(ModelInfo, gguf_file::Content), EngineError> {
     let content = read_gguf_content(path)?;
-    let arch = md_str(&content, "general.architecture")
+    let info = gguf_info(&content, path)?;
+    Ok((info, content))
+}
+
+/// What [`inspect`] says about a GGUF file whose whole contents are `bytes` (the same checks,
+/// on memory: for tools and the fuzz targets).
+pub fn inspect_gguf_bytes(bytes: &[u8]) -> Result<ModelInfo, EngineError> {
+    let path = Path::new("<memory>.gguf");
+    let content = read_gguf_from(&mut Cursor::new(bytes), bytes.len() as u64, path)?;
+    gguf_info(&content, path)
+}
+
+/// The facts of a parsed GGUF header (`path` names the file in errors and in `files`).
+fn gguf_info(content: &gguf_file::Content, path: &Path) -> Result<ModelInfo, EngineError> {
+    let arch = md_str(content, "general.architecture")
         .cloned()
         .ok_or_else(|| EngineError::model(path, "GGUF metadata has no general.architecture"))?;
     if !GGUF_ARCHITECTURES.contains(&arch.as_str()) {
@@ -163,25 +189,25 @@ pub(crate) fn inspect_gguf(path: &Path) -> Result<(ModelInfo, gguf_file::Content
         ));
     }
     let need = |key: &str| -> Result<u32, EngineError> {
-        md_u32(&content, &format!("{arch}.{key}"))
+        md_u32(content, &format!("{arch}.{key}"))
             .ok_or_else(|| EngineError::model(path, format!("GGUF metadata has no {arch}.{key}")))
     };
     let layers = need("block_count")?;
     let hidden_size = need("embedding_length")?;
     let context_length = need("context_length")?;
-    let vocab_size = match md_u32(&content, &format!("{arch}.vocab_size")) {
+    let vocab_size = match md_u32(content, &format!("{arch}.vocab_size")) {
         Some(v) => v,
         None => match content.metadata.get("tokenizer.ggml.tokens").and_then(|v| v.to_vec().ok()) {
             Some(tokens) => tokens.len() as u32,
             None => return Err(EngineError::model(path, "GGUF metadata has no vocabulary size")),
         },
     };
-    let capabilities = if md_str(&content, "tokenizer.chat_template").is_some() {
+    let capabilities = if md_str(content, "tokenizer.chat_template").is_some() {
         vec![Capability::Chat, Capability::Completion]
     } else {
         vec![Capability::Completion]
     };
-    let weight_bytes = content.tensor_infos.values().map(tensor_bytes).sum();
+    let weight_bytes = content.tensor_infos.values().map(tensor_bytes).fold(0u64, u64::saturating_add);
     let file_name = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
     let info = ModelInfo {
         format: ModelFormat::Gguf,
@@ -193,9 +219,9 @@ pub(crate) fn inspect_gguf(path: &Path) -> Result<(ModelInfo, gguf_file::Content
         vocab_size,
         weight_bytes,
         files: vec![file_name],
-        sampling: recommended_sampling(&content),
+        sampling: recommended_sampling(content),
     };
-    Ok((info, content))
+    Ok(info)
 }
 
 #[derive(Deserialize)]
@@ -205,8 +231,19 @@ struct SafetensorsEntry {
 
 /// Size of the tensor data in a safetensors file, checking the header and that the data is all present.
 fn safetensors_weight_bytes(path: &Path) -> Result<u64, EngineError> {
-    let mut file = File::open(path).map_err(|e| EngineError::model(path, format!("cannot open: {e}")))?;
+    let file = File::open(path).map_err(|e| EngineError::model(path, format!("cannot open: {e}")))?;
     let file_len = file.metadata().map_err(|e| EngineError::model(path, format!("cannot read: {e}")))?.len();
+    safetensors_weight_bytes_from(file, file_len, path)
+}
+
+/// The checks of a safetensors model's weights file on a file whose whole contents are
+/// `bytes`: the size of its tensor data (for tools and the fuzz targets).
+pub fn safetensors_weight_bytes_of(bytes: &[u8]) -> Result<u64, EngineError> {
+    safetensors_weight_bytes_from(bytes, bytes.len() as u64, Path::new("<memory>.safetensors"))
+}
+
+/// [`safetensors_weight_bytes`] on any reader holding `file_len` bytes (`path` names it in errors).
+fn safetensors_weight_bytes_from<R: Read>(mut file: R, file_len: u64, path: &Path) -> Result<u64, EngineError> {
     let mut len_bytes = [0u8; 8];
     if read_up_to(&mut file, &mut len_bytes).map_err(|e| EngineError::model(path, format!("cannot read: {e}")))? != 8 {
         return Err(EngineError::model(path, "not a safetensors file: shorter than its 8-byte header length"));
@@ -312,4 +349,53 @@ fn inspect_folder(dir: &Path) -> Result<ModelInfo, EngineError> {
         files,
         sampling: RecommendedSampling::default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A GGUF v3 header with no metadata and one F32 tensor of `dims`, then `data` bytes.
+    fn gguf_with_tensor(dims: &[u64], data: usize) -> Vec<u8> {
+        let mut b = b"GGUF".to_vec();
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(&1u64.to_le_bytes()); // tensors
+        b.extend_from_slice(&0u64.to_le_bytes()); // metadata entries
+        b.extend_from_slice(&1u64.to_le_bytes());
+        b.push(b't');
+        b.extend_from_slice(&(dims.len() as u32).to_le_bytes());
+        for d in dims {
+            b.extend_from_slice(&d.to_le_bytes());
+        }
+        b.extend_from_slice(&0u32.to_le_bytes()); // F32
+        b.extend_from_slice(&0u64.to_le_bytes()); // offset
+        b.resize(b.len().div_ceil(32) * 32 + data, 0);
+        b
+    }
+
+    #[test]
+    fn a_tensor_shape_that_overflows_is_a_truncated_file_not_a_panic() {
+        // Found by the gguf fuzz target: the element count overflowed (a panic with overflow
+        // checks, a wrapped size that passed the bounds check without them).
+        let bytes = gguf_with_tensor(&[1 << 32, 1 << 32, 1 << 32], 64);
+        let err = inspect_gguf_bytes(&bytes).expect_err("an impossible tensor");
+        assert!(err.to_string().contains("truncated GGUF file"), "{err}");
+        // One that wraps to a small size without overflow checks is refused too.
+        let err = inspect_gguf_bytes(&gguf_with_tensor(&[1 << 62, 8], 64)).expect_err("wraps to 0");
+        assert!(err.to_string().contains("truncated GGUF file"), "{err}");
+        // A tensor that fits passes the bounds check (and fails later: no architecture).
+        let err = inspect_gguf_bytes(&gguf_with_tensor(&[4, 4], 64)).expect_err("no metadata");
+        assert!(err.to_string().contains("general.architecture"), "{err}");
+    }
+
+    #[test]
+    fn safetensors_bytes_are_checked_like_files() {
+        let header = br#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
+        let mut b = (header.len() as u64).to_le_bytes().to_vec();
+        b.extend_from_slice(header);
+        b.extend_from_slice(&[0; 8]);
+        assert_eq!(safetensors_weight_bytes_of(&b).expect("valid"), 8);
+        assert!(safetensors_weight_bytes_of(&b[..b.len() - 1]).is_err(), "data cut short");
+        assert!(safetensors_weight_bytes_of(&b[..7]).is_err(), "no header length");
+    }
 }

@@ -17,7 +17,10 @@ mod tokenizer;
 pub use embed::{Embedder, Embeddings};
 pub use error::EngineError;
 pub use generate::{Batcher, Event, FinishReason, ForwardStep, StepRows};
-pub use inspect::{inspect, Capability, ModelFormat, ModelInfo, RecommendedSampling};
+pub use inspect::{
+    inspect, inspect_gguf_bytes, safetensors_weight_bytes_of, Capability, ModelFormat, ModelInfo, RecommendedSampling,
+};
 pub use llama::{ChatMessage, HiddenStates, KvCache, Llm, LlmOptions, StageInput, StageOutput};
 pub use sampling::{SamplingParams, SequenceSampler};
 pub use source::{resolve_source, resolve_source_with_endpoint, HfUri};
+pub use tokenizer::Utf8Stream;

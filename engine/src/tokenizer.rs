@@ -187,14 +187,14 @@ impl GgufTokenizer {
 
 /// Incremental detokeniser: collects token bytes and hands out only complete UTF-8 text.
 #[derive(Debug, Default, Clone)]
-pub(crate) struct Utf8Stream {
+pub struct Utf8Stream {
     pending: Vec<u8>,
 }
 
 impl Utf8Stream {
     /// Add bytes; returns the text that is now complete (invalid sequences become U+FFFD; an incomplete
     /// multi-byte character at the end is kept for later).
-    pub(crate) fn push(&mut self, bytes: &[u8]) -> String {
+    pub fn push(&mut self, bytes: &[u8]) -> String {
         self.pending.extend_from_slice(bytes);
         let mut out = String::new();
         let mut start = 0;
@@ -226,7 +226,7 @@ impl Utf8Stream {
     }
 
     /// Text for whatever incomplete bytes are left (at the end of a stream).
-    pub(crate) fn flush(&mut self) -> String {
+    pub fn flush(&mut self) -> String {
         let s = String::from_utf8_lossy(&self.pending).into_owned();
         self.pending.clear();
         s
