@@ -216,6 +216,20 @@ fn one() -> u32 {
 /// The most replicas one deployment may ask for.
 pub const MAX_REPLICAS: u32 = 256;
 
+/// Checks a deploy request's names and counts; returns the model it names.
+pub fn check_deploy(req: &DeployRequest) -> Result<String, CoordinatorError> {
+    check_name("deployment", &req.name)?;
+    let model = req.model.clone().unwrap_or_else(|| req.name.clone());
+    check_name("model", &model)?;
+    if req.replicas > MAX_REPLICAS {
+        return Err(CoordinatorError::Model(format!("replicas must be at most {MAX_REPLICAS}")));
+    }
+    if req.shards > crate::planner::MAX_SHARDS {
+        return Err(CoordinatorError::Model(format!("shards must be at most {}", crate::planner::MAX_SHARDS)));
+    }
+    Ok(model)
+}
+
 /// Registers (when a source is given) and deploys. Changes nothing if any step fails
 /// before the commit.
 pub async fn deploy(
@@ -226,15 +240,7 @@ pub async fn deploy(
     req: DeployRequest,
 ) -> Result<(String, u32), CoordinatorError> {
     use crate::state::{Command, Outcome};
-    check_name("deployment", &req.name)?;
-    let model = req.model.clone().unwrap_or_else(|| req.name.clone());
-    check_name("model", &model)?;
-    if req.replicas > MAX_REPLICAS {
-        return Err(CoordinatorError::Model(format!("replicas must be at most {MAX_REPLICAS}")));
-    }
-    if req.shards > crate::planner::MAX_SHARDS {
-        return Err(CoordinatorError::Model(format!("shards must be at most {}", crate::planner::MAX_SHARDS)));
-    }
+    let model = check_deploy(&req)?;
     let mut version = 0;
     if let Some(source) = req.source.clone() {
         let (store, downloads, sha) = (store.clone(), downloads.to_path_buf(), req.sha256.clone());

@@ -213,6 +213,21 @@ pub struct Retrieval {
 
 /// The order in which a search asks a shard's copies: turn by turn, so consecutive searches
 /// spread over the copies and each copy is asked first in its turn (the rest are fallbacks).
+/// Checks a search's query and `top_k`; returns the query text, trimmed.
+pub fn check_search(search: &Search) -> Result<&str, RecallFailure> {
+    let text = search.query.trim();
+    if text.is_empty() {
+        return Err(RecallFailure::BadRequest("query must not be empty".into()));
+    }
+    if text.len() > MAX_QUERY_BYTES {
+        return Err(RecallFailure::BadRequest(format!("query is longer than {MAX_QUERY_BYTES} bytes")));
+    }
+    if search.top_k == 0 || search.top_k > MAX_TOP_K {
+        return Err(RecallFailure::BadRequest(format!("top_k must be between 1 and {MAX_TOP_K}")));
+    }
+    Ok(text)
+}
+
 fn copy_order<T>(mut copies: Vec<T>, turn: usize) -> Vec<T> {
     if !copies.is_empty() {
         let n = copies.len();
@@ -556,16 +571,7 @@ impl Retrieval {
     pub async fn search(&self, kb_name: &str, search: Search) -> Result<Found, RecallFailure> {
         let started = Instant::now();
         let kb = self.knowledge_base(kb_name)?;
-        let text = search.query.trim();
-        if text.is_empty() {
-            return Err(RecallFailure::BadRequest("query must not be empty".into()));
-        }
-        if text.len() > MAX_QUERY_BYTES {
-            return Err(RecallFailure::BadRequest(format!("query is longer than {MAX_QUERY_BYTES} bytes")));
-        }
-        if search.top_k == 0 || search.top_k > MAX_TOP_K {
-            return Err(RecallFailure::BadRequest(format!("top_k must be between 1 and {MAX_TOP_K}")));
-        }
+        let text = check_search(&search)?;
         let vector = if search.mode == SearchMode::Sparse {
             None
         } else {

@@ -275,15 +275,8 @@ pub struct DocumentJson {
     metadata: BTreeMap<String, String>,
 }
 
-/// `POST /v1/knowledge-bases/{kb}/documents` with a JSON document.
-pub async fn post_document(
-    State(gw): Gw,
-    headers: HeaderMap,
-    Path(kb): Path<String>,
-    Query(opts): Query<WaitParam>,
-    Body(doc): Body<DocumentJson>,
-) -> Result<Json<Value>, ApiError> {
-    require(&headers, &gw, Scope::Admin)?;
+/// The upload a JSON document stands for: its text, or its base64 bytes, within the size limit.
+pub(crate) fn document_upload(doc: DocumentJson) -> Result<Upload, ApiError> {
     let (bytes, content_type) = match (doc.text, doc.content_base64) {
         (Some(t), None) => (t.into_bytes(), doc.content_type.or(Some("text/plain".into()))),
         (None, Some(b)) => {
@@ -303,7 +296,7 @@ pub async fn post_document(
         ))
         .into());
     }
-    let upload = Upload {
+    Ok(Upload {
         doc_id: doc.id,
         bytes,
         content_type,
@@ -312,7 +305,19 @@ pub async fn post_document(
         source: doc.source,
         tags: doc.tags,
         metadata: doc.metadata,
-    };
+    })
+}
+
+/// `POST /v1/knowledge-bases/{kb}/documents` with a JSON document.
+pub async fn post_document(
+    State(gw): Gw,
+    headers: HeaderMap,
+    Path(kb): Path<String>,
+    Query(opts): Query<WaitParam>,
+    Body(doc): Body<DocumentJson>,
+) -> Result<Json<Value>, ApiError> {
+    require(&headers, &gw, Scope::Admin)?;
+    let upload = document_upload(doc)?;
     wait_until_ready(&gw, &kb, opts.wait).await?;
     let done = gw.retrieval.ingest(&kb, upload).await?;
     Ok(Json(ingested(&done)))
@@ -403,13 +408,13 @@ impl FilterJson {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SearchJson {
-    query: String,
+    pub(crate) query: String,
     #[serde(default = "default_top_k")]
-    top_k: usize,
+    pub(crate) top_k: usize,
     #[serde(default)]
-    mode: SearchMode,
+    pub(crate) mode: SearchMode,
     #[serde(default)]
-    filter: FilterJson,
+    pub(crate) filter: FilterJson,
 }
 
 fn default_top_k() -> usize {

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod deployments;
 mod error;
+pub mod fuzzing;
 pub mod keys;
 pub mod knowledge;
 pub mod openai;

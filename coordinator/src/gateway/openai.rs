@@ -111,7 +111,7 @@ pub struct SamplingFields {
 }
 
 impl SamplingFields {
-    fn settings(&self) -> Result<SamplingSettings, ApiError> {
+    pub(crate) fn settings(&self) -> Result<SamplingSettings, ApiError> {
         let max = self.max_completion_tokens.or(self.max_tokens).unwrap_or(256);
         if max < 1 || max > MAX_TOKENS_LIMIT as i64 {
             return Err(ApiError::bad_request(format!(
@@ -163,17 +163,17 @@ impl SamplingFields {
 
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
-    model: String,
-    messages: Vec<ChatMessageIn>,
+    pub(crate) model: String,
+    pub(crate) messages: Vec<ChatMessageIn>,
     #[serde(default)]
-    stream: bool,
+    pub(crate) stream: bool,
     #[serde(default)]
-    stream_options: Option<StreamOptions>,
+    pub(crate) stream_options: Option<StreamOptions>,
     /// Shoal's extension: answer from a knowledge base (see `gateway::rag`).
     #[serde(default)]
-    knowledge_base: Option<RagField>,
+    pub(crate) knowledge_base: Option<RagField>,
     #[serde(flatten)]
-    sampling: SamplingFields,
+    pub(crate) sampling: SamplingFields,
 }
 
 #[derive(Debug, Deserialize)]
@@ -184,7 +184,7 @@ pub struct ChatMessageIn {
 }
 
 /// A message's text: a string, or the text parts of a list of content parts.
-fn message_text(content: &Option<Value>) -> Result<String, ApiError> {
+pub(crate) fn message_text(content: &Option<Value>) -> Result<String, ApiError> {
     match content {
         None | Some(Value::Null) => Ok(String::new()),
         Some(Value::String(s)) => Ok(s.clone()),
@@ -202,6 +202,22 @@ fn message_text(content: &Option<Value>) -> Result<String, ApiError> {
     }
 }
 
+/// The conversation of a chat request, checked (`developer` turns become `system` turns).
+pub(crate) fn chat_turns(messages: &[ChatMessageIn]) -> Result<Vec<ChatTurn>, ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::bad_request("messages must not be empty"));
+    }
+    let mut turns = Vec::with_capacity(messages.len());
+    for m in messages {
+        if !["system", "user", "assistant", "developer", "tool"].contains(&m.role.as_str()) {
+            return Err(ApiError::bad_request(format!("unknown message role '{}'", m.role)));
+        }
+        let role = if m.role == "developer" { "system".to_string() } else { m.role.clone() };
+        turns.push(ChatTurn { role, content: message_text(&m.content)? });
+    }
+    Ok(turns)
+}
+
 pub async fn chat_completions(
     State(gw): Gw,
     headers: HeaderMap,
@@ -209,17 +225,7 @@ pub async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let caller = require(&headers, &gw, Scope::User)?;
     caller.require_model(&req.model)?;
-    if req.messages.is_empty() {
-        return Err(ApiError::bad_request("messages must not be empty"));
-    }
-    let mut turns = Vec::with_capacity(req.messages.len());
-    for m in &req.messages {
-        if !["system", "user", "assistant", "developer", "tool"].contains(&m.role.as_str()) {
-            return Err(ApiError::bad_request(format!("unknown message role '{}'", m.role)));
-        }
-        let role = if m.role == "developer" { "system".to_string() } else { m.role.clone() };
-        turns.push(ChatTurn { role, content: message_text(&m.content)? });
-    }
+    let mut turns = chat_turns(&req.messages)?;
     let sampling = req.sampling.settings()?;
     let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
     let citations = match req.knowledge_base {
@@ -242,14 +248,27 @@ pub enum PromptField {
 
 #[derive(Debug, Deserialize)]
 pub struct CompletionRequest {
-    model: String,
-    prompt: PromptField,
+    pub(crate) model: String,
+    pub(crate) prompt: PromptField,
     #[serde(default)]
-    stream: bool,
+    pub(crate) stream: bool,
     #[serde(default)]
-    stream_options: Option<StreamOptions>,
+    pub(crate) stream_options: Option<StreamOptions>,
     #[serde(flatten)]
-    sampling: SamplingFields,
+    pub(crate) sampling: SamplingFields,
+}
+
+/// The one non-empty prompt of a completion request.
+pub(crate) fn completion_prompt(prompt: PromptField) -> Result<String, ApiError> {
+    let prompt = match prompt {
+        PromptField::One(s) => s,
+        PromptField::Many(mut v) if v.len() == 1 => v.remove(0),
+        PromptField::Many(_) => return Err(ApiError::bad_request("exactly one prompt per request is supported")),
+    };
+    if prompt.is_empty() {
+        return Err(ApiError::bad_request("prompt must not be empty"));
+    }
+    Ok(prompt)
 }
 
 pub async fn completions(
@@ -259,14 +278,7 @@ pub async fn completions(
 ) -> Result<Response, ApiError> {
     let caller = require(&headers, &gw, Scope::User)?;
     caller.require_model(&req.model)?;
-    let prompt = match req.prompt {
-        PromptField::One(s) => s,
-        PromptField::Many(mut v) if v.len() == 1 => v.remove(0),
-        PromptField::Many(_) => return Err(ApiError::bad_request("exactly one prompt per request is supported")),
-    };
-    if prompt.is_empty() {
-        return Err(ApiError::bad_request("prompt must not be empty"));
-    }
+    let prompt = completion_prompt(req.prompt)?;
     let sampling = req.sampling.settings()?;
     let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
     let out = Output { stream: req.stream, include_usage, kind: Kind::Completion, citations: None };
@@ -553,22 +565,21 @@ pub enum EmbedInput {
 
 #[derive(Debug, Deserialize)]
 pub struct EmbeddingRequest {
-    model: String,
-    input: Value,
+    pub(crate) model: String,
+    pub(crate) input: Value,
     #[serde(default)]
-    encoding_format: Option<String>,
+    pub(crate) encoding_format: Option<String>,
     #[serde(default)]
-    dimensions: Option<u32>,
+    pub(crate) dimensions: Option<u32>,
 }
 
-pub async fn embeddings(
-    State(gw): Gw,
-    headers: HeaderMap,
-    Body(req): Body<EmbeddingRequest>,
-) -> Result<Json<Value>, ApiError> {
-    let caller = require(&headers, &gw, Scope::User)?;
-    caller.require_model(&req.model)?;
-    let inputs: Vec<String> = match serde_json::from_value::<EmbedInput>(req.input) {
+/// The checked inputs of an embeddings request and whether the answer is base64.
+pub(crate) fn embedding_inputs(
+    input: Value,
+    encoding_format: Option<&str>,
+    dimensions: Option<u32>,
+) -> Result<(Vec<String>, bool), ApiError> {
+    let inputs: Vec<String> = match serde_json::from_value::<EmbedInput>(input) {
         Ok(EmbedInput::One(s)) => vec![s],
         Ok(EmbedInput::Many(v)) => v,
         Err(_) => return Err(ApiError::bad_request("input must be a string or a list of strings")),
@@ -585,14 +596,25 @@ pub async fn embeddings(
     if inputs.iter().any(|s| s.is_empty()) {
         return Err(ApiError::bad_request("input strings must not be empty"));
     }
-    let base64 = match req.encoding_format.as_deref() {
+    let base64 = match encoding_format {
         None | Some("float") => false,
         Some("base64") => true,
         Some(other) => return Err(ApiError::bad_request(format!("unknown encoding_format '{other}'"))),
     };
-    if req.dimensions.is_some() {
+    if dimensions.is_some() {
         return Err(ApiError::bad_request("this model does not support choosing dimensions"));
     }
+    Ok((inputs, base64))
+}
+
+pub async fn embeddings(
+    State(gw): Gw,
+    headers: HeaderMap,
+    Body(req): Body<EmbeddingRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = require(&headers, &gw, Scope::User)?;
+    caller.require_model(&req.model)?;
+    let (inputs, base64) = embedding_inputs(req.input, req.encoding_format.as_deref(), req.dimensions)?;
     let meter = Meter { label: gw.model_label(&req.model), gw: gw.clone(), caller, started: Instant::now() };
     let (vectors, tokens) = match gw.router.embed(&req.model, inputs).await {
         Ok(v) => v,

@@ -183,6 +183,17 @@ pub struct TokenRequest {
     pub description: Option<String>,
 }
 
+/// The checked lifetime of a join token request, in seconds.
+pub(crate) fn token_ttl(req: &TokenRequest) -> Result<u64, ApiError> {
+    let ttl = req.ttl_seconds.unwrap_or(DEFAULT_TOKEN_TTL_SECONDS);
+    if ttl == 0 || ttl > MAX_TOKEN_TTL_SECONDS {
+        return Err(ApiError::bad_request(format!(
+            "ttl_seconds must be between 1 and {MAX_TOKEN_TTL_SECONDS}, got {ttl}"
+        )));
+    }
+    Ok(ttl)
+}
+
 pub async fn create_token(
     State(gw): Gw,
     headers: HeaderMap,
@@ -190,12 +201,7 @@ pub async fn create_token(
 ) -> Result<Json<Value>, ApiError> {
     count("create_token");
     require(&headers, &gw, Scope::Admin)?;
-    let ttl = req.ttl_seconds.unwrap_or(DEFAULT_TOKEN_TTL_SECONDS);
-    if ttl == 0 || ttl > MAX_TOKEN_TTL_SECONDS {
-        return Err(ApiError::bad_request(format!(
-            "ttl_seconds must be between 1 and {MAX_TOKEN_TTL_SECONDS}, got {ttl}"
-        )));
-    }
+    let ttl = token_ttl(&req)?;
     let token = JoinToken::generate();
     let now = gw.clock.unix_ms();
     let record = TokenRecord {
