@@ -14,7 +14,9 @@ use rand::Rng;
 use shoal_protocol::metric_names as m;
 use shoal_protocol::pool::Pool;
 use shoal_protocol::tls::NODE_SERVER_NAME;
-use shoal_protocol::{EngineKind, Finish, GenerateRequest, Prompt, RefusalCode, Request, Response, SamplingSettings};
+use shoal_protocol::{
+    EngineKind, Finish, GenerateRequest, Prompt, RefusalCode, ReplicaPhase, Request, Response, SamplingSettings,
+};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -38,6 +40,26 @@ pub fn chain_progress(state: &ClusterState, deployment: &str) -> String {
 
 /// Inputs per embedding call to a replica (a node's largest batch).
 pub const EMBED_PIECE: usize = 64;
+/// Why a deployment has no replica to route to: replicas loading, chains incomplete, or the
+/// scheduler's shortfall (which names the rule that keeps replicas from being placed).
+pub fn not_ready_reason(state: &ClusterState, deployment: &str) -> String {
+    let chains = chain_progress(state, deployment);
+    if !chains.is_empty() {
+        return chains;
+    }
+    let loading = state
+        .placements_of(deployment)
+        .filter(|p| p.stage.is_none() && !matches!(p.phase, Some(ReplicaPhase::Ready | ReplicaPhase::Failed)))
+        .count();
+    let shortfall = crate::scheduler::shortfall(state, deployment);
+    match (loading, shortfall.is_empty()) {
+        (0, true) => "no replica is placed".to_string(),
+        (0, false) => shortfall,
+        (n, true) => format!("{n} loading (wait a moment, or deploy with --wait-ready)"),
+        (n, false) => format!("{n} loading (wait a moment, or deploy with --wait-ready); {shortfall}"),
+    }
+}
+
 /// How many replicas one request may try.
 const MAX_ATTEMPTS: usize = 4;
 /// The longest a replica may stay silent before it is given up on.
@@ -143,14 +165,10 @@ impl Router {
             })
             .collect();
         if targets.is_empty() {
-            let chains = chain_progress(&state, deployment);
-            let why = crate::scheduler::shortfall(&state, deployment);
-            let detail = match (chains.is_empty(), why.is_empty()) {
-                (false, _) => chains,
-                (true, false) => why,
-                (true, true) => "its replicas are still loading".to_string(),
-            };
-            return Err(RouteError::NoReplica(format!("no replica of '{deployment}' is ready: {detail}")));
+            return Err(RouteError::NoReplica(format!(
+                "no replica of '{deployment}' is ready: {}",
+                not_ready_reason(&state, deployment)
+            )));
         }
         Ok(targets)
     }

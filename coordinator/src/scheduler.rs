@@ -366,12 +366,31 @@ pub fn shortfall(state: &ClusterState, deployment: &str) -> String {
             if placed >= d.replicas as usize {
                 return String::new();
             }
-            let roomy = state.nodes.values().filter(|n| n.state == NodeState::Ready && node_memory(n) >= need).count();
-            format!(
-                "{placed} of {} replicas placed: {ready} ready nodes, {roomy} with the {} MiB a replica needs",
-                d.replicas,
-                need >> 20
-            )
+            let holders: Vec<&str> = state
+                .placements_of(deployment)
+                .filter(|p| p.stage.is_none() && p.phase != Some(ReplicaPhase::Failed))
+                .map(|p| p.node.as_str())
+                .collect();
+            // Nodes with room now, and those among them that hold no replica of this yet.
+            let roomy = nodes.iter().filter(|(_, f)| *f >= need).count();
+            let open = nodes.iter().filter(|(id, f)| *f >= need && !holders.contains(id)).count();
+            let why = if ready == 0 {
+                "no node is ready (add one: `shoal token create`, then `shoal join` on the machine)".to_string()
+            } else if roomy == 0 {
+                let most = nodes.iter().map(|(_, f)| *f).max().unwrap_or(0);
+                format!(
+                    "no ready node has the {} MiB a replica needs free (the most free on one node: {} MiB)",
+                    need >> 20,
+                    most >> 20
+                )
+            } else if open == 0 {
+                format!(
+                    "one replica per node: the {roomy} ready nodes with room already hold one (join more nodes, or ask for fewer replicas)"
+                )
+            } else {
+                format!("{open} ready nodes have room; the replicas are being placed now")
+            };
+            format!("{placed} of {} replicas placed: {why}", d.replicas)
         }
         Some(k) => {
             let count = k as u32;
@@ -516,7 +535,32 @@ pub(crate) mod tests {
         let mut s = cluster(&[("a", 1), ("b", 16)], 2, 2 << 30);
         converge(&mut s);
         assert_eq!(nodes_of(&s), vec!["b"]);
-        assert!(shortfall(&s, "d").contains("1 of 2 replicas placed"), "{}", shortfall(&s, "d"));
+        assert_eq!(
+            shortfall(&s, "d"),
+            "1 of 2 replicas placed: one replica per node: the 1 ready nodes with room already hold one \
+             (join more nodes, or ask for fewer replicas)"
+        );
+    }
+
+    #[test]
+    fn shortfalls_name_the_rule_that_applies() {
+        // Nothing placed yet, room on both nodes: the reconciler is about to place them.
+        let s = cluster(&[("a", 16), ("b", 16)], 2, 1 << 30);
+        assert_eq!(
+            shortfall(&s, "d"),
+            "0 of 2 replicas placed: 2 ready nodes have room; the replicas are being placed now"
+        );
+        // No room anywhere.
+        let mut s = cluster(&[("a", 1), ("b", 1)], 1, 2 << 30);
+        converge(&mut s);
+        assert!(
+            shortfall(&s, "d").starts_with("0 of 1 replicas placed: no ready node has the"),
+            "{}",
+            shortfall(&s, "d")
+        );
+        // No nodes.
+        let s = cluster(&[], 1, 1 << 30);
+        assert!(shortfall(&s, "d").contains("no node is ready"), "{}", shortfall(&s, "d"));
     }
 
     #[test]

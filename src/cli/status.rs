@@ -58,20 +58,20 @@ pub fn deployments_table(deployments: &Value) -> String {
         let model = format!("{} v{}", d["model"].as_str().unwrap_or(""), d["version"]);
         let want = format!("{}/{}", d["ready_replicas"], d["replicas"]);
         let placements = d["placements"].as_array().cloned().unwrap_or_default();
-        if placements.is_empty() {
-            let pending = d["pending"].as_str().unwrap_or("");
-            rows.push(vec![name, model, want, "-".into(), "pending".into(), pending.into()]);
-            continue;
-        }
-        for p in placements {
+        for p in &placements {
             rows.push(vec![
                 name.clone(),
                 model.clone(),
                 want.clone(),
-                node_cell(&p),
+                node_cell(p),
                 p["state"].as_str().unwrap_or("").into(),
                 p["message"].as_str().unwrap_or("").into(),
             ]);
+        }
+        // What is still missing (none placed, or only some), and the rule that says why.
+        let pending = d["pending"].as_str().unwrap_or("");
+        if placements.is_empty() || !pending.is_empty() {
+            rows.push(vec![name, model, want, "-".into(), "pending".into(), pending.into()]);
         }
     }
     let mut out = format!("DEPLOYMENTS ({})\n", list.len());
@@ -173,5 +173,18 @@ mod tests {
         assert!(text.contains("n1 (a) [layers 0-15, stage 1/2]"), "{text}");
         assert!(text.contains("n2 (b) [layers 15-30, stage 2/2]"), "{text}");
         assert!(text.lines().any(|l| l.contains("n3 (c)") && !l.contains("layers")), "{text}");
+        assert!(!text.contains("pending"), "nothing is missing: {text}");
+    }
+
+    #[test]
+    fn a_partly_placed_deployment_says_what_is_missing() {
+        let all = json!({"data": [{
+            "name": "d", "model": "m", "version": 1, "replicas": 2, "ready_replicas": 1, "shards": 0,
+            "pending": "1 of 2 replicas placed: one replica per node: the 1 ready nodes with room already hold one",
+            "placements": [{"node": "n1", "node_name": "a", "state": "ready", "message": "", "stage": null}],
+        }]});
+        let text = deployments_table(&all);
+        assert!(text.lines().any(|l| l.contains("n1 (a)") && l.contains("ready")), "{text}");
+        assert!(text.lines().any(|l| l.contains("pending") && l.contains("one replica per node")), "{text}");
     }
 }
