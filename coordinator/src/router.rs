@@ -43,6 +43,9 @@ pub const EMBED_PIECE: usize = 64;
 /// Why a deployment has no replica to route to: replicas loading, chains incomplete, or the
 /// scheduler's shortfall (which names the rule that keeps replicas from being placed).
 pub fn not_ready_reason(state: &ClusterState, deployment: &str) -> String {
+    if state.deployments.get(deployment).is_some_and(|d| d.replicas == 0) {
+        return format!("it is scaled to 0 replicas (scale it up: `shoal deploy {deployment} --replicas 1`)");
+    }
     let chains = chain_progress(state, deployment);
     if !chains.is_empty() {
         return chains;
