@@ -433,6 +433,12 @@ fn command_line_mistakes_get_one_line_with_the_fix() {
     std::fs::write(&note, "text").expect("note");
     let e = one_error(&["kb", "add", "nope", note.to_str().expect("utf8"), "--gateway", &coord.gateway()]);
     assert!(e.contains("shoal kb create nope --embedding MODEL"), "{e}");
+    // Joining the HTTP port by mistake: the hint says which address to give.
+    let (token, hash) = coord.token("1h");
+    let data = tmp.path().join("wrong-port");
+    let e =
+        one_error(&["join", &bare, "--token", &token, "--ca-hash", &hash, "--data-dir", data.to_str().expect("utf8")]);
+    assert!(e.contains("not its HTTP port"), "{e}");
     // A reader that went away before the output (`| true` closes the pipe at once; `| head -1`
     // does the same once it has its line): quiet, no panic.
     let out = std::process::Command::new("sh")

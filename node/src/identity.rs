@@ -88,6 +88,9 @@ pub async fn resolve(addr: &str) -> Result<SocketAddr, NodeError> {
         .ok_or_else(|| NodeError::Address(addr.to_string()))
 }
 
+/// How long joining waits for the coordinator to answer at all.
+pub const JOIN_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Joins the cluster at `coordinator`: pins the CA by hash, proves the token, sends a CSR
 /// for a key made here, and returns the identity the coordinator issued.
 pub async fn join(coordinator: &str, token: &JoinToken, ca_hash: &str, name: &str) -> Result<NodeIdentity, NodeError> {
@@ -97,11 +100,23 @@ pub async fn join(coordinator: &str, token: &JoinToken, ca_hash: &str, name: &st
         let addr = resolve(&target).await?;
         let (config, pin) = tls::pinned_client_config(ca_hash)?;
         let endpoint = quic::client_endpoint(addr)?;
-        let conn = match quic::connect(&endpoint, addr, config, COORDINATOR_SERVER_NAME).await {
+        let connecting = quic::connect(&endpoint, addr, config, COORDINATOR_SERVER_NAME);
+        let silent = || -> NodeError {
+            ProtocolError::Connect(format!(
+                "no coordinator answered at {addr}: give the coordinator's QUIC address as `shoal token create` \
+                 prints it (not its HTTP port), and check that the coordinator runs"
+            ))
+            .into()
+        };
+        let Ok(connected) = tokio::time::timeout(JOIN_CONNECT_TIMEOUT, connecting).await else {
+            return Err(silent());
+        };
+        let conn = match connected {
             Ok(c) => c,
             Err(e) => {
                 return Err(match pin.mismatch() {
                     Some(presented) => NodeError::CaMismatch { expected: ca_hash.to_string(), presented },
+                    None if e.to_string().contains("timed out") => silent(),
                     None => e.into(),
                 })
             }
