@@ -269,6 +269,36 @@ fn hostile_clients_are_refused_before_their_bodies_are_read() {
     let status = post_without_key(&coord.url("/v1/embeddings"), &big[..2 << 20], "application/json");
     assert!(matches!(status, Some(401) | None), "{status:?}");
     assert_eq!(get(&coord.url("/healthz"), None).map(|r| r.0), Some(200));
+
+    // Uploads with a key take one of 8 slots before their body is read: 8 slow uploads hold
+    // them all, and a 9th is told 429 at once instead of being buffered too.
+    use std::io::Write;
+    let slow: Vec<std::net::TcpStream> = (0..8)
+        .map(|i| {
+            let mut s = std::net::TcpStream::connect(coord.http).expect("connect");
+            let head = format!(
+                "PUT /v1/knowledge-bases/x/documents/d{i}.txt HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n\
+                 Content-Type: text/plain\r\nContent-Length: 30000000\r\n\r\nthe first bytes of a big file"
+            );
+            s.write_all(head.as_bytes()).expect("send");
+            s
+        })
+        .collect();
+    let ninth = || {
+        agent(Duration::from_secs(10))
+            .put(&coord.url("/v1/knowledge-bases/x/documents/small.txt"))
+            .header("Authorization", &format!("Bearer {API_KEY}"))
+            .header("Content-Type", "text/plain")
+            .send("small")
+            .expect("answer")
+    };
+    wait_until(Duration::from_secs(10), "the 9th upload refused", || ninth().status().as_u16() == 429);
+    let refused = ninth();
+    assert_eq!(refused.status().as_u16(), 429);
+    assert!(refused.headers().get("retry-after").is_some());
+    drop(slow);
+    // Slots free again once those clients are gone (the knowledge base does not exist: 404).
+    wait_until(Duration::from_secs(10), "an upload slot free again", || ninth().status().as_u16() == 404);
 }
 
 #[test]

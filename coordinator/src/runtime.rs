@@ -141,6 +141,7 @@ impl Coordinator {
         let gw = Arc::new(GatewayState {
             keys: keys.clone(),
             quotas: Default::default(),
+            uploads: Arc::new(tokio::sync::Semaphore::new(gateway::knowledge::MAX_CONCURRENT_UPLOADS)),
             bootstrapped: bootstrapped.clone(),
             raft: raft.clone(),
             writer: writer.clone(),

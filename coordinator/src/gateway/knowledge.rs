@@ -213,6 +213,35 @@ pub async fn put_document(
     Ok(Json(ingested(&done)))
 }
 
+/// Document uploads one gateway takes at once. Each may hold up to [`MAX_DOCUMENT_BYTES`]
+/// in memory while it is read, parsed and indexed, so this bounds what uploads can take;
+/// beyond it an upload is answered 429 (with `Retry-After`) before its body is read.
+pub const MAX_CONCURRENT_UPLOADS: usize = 8;
+
+/// The layer in front of the upload routes: takes an upload slot before the body is read
+/// and keeps it until the answer.
+pub async fn upload_slot(
+    State(gw): Gw,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if !matches!(*req.method(), axum::http::Method::PUT | axum::http::Method::POST) {
+        return next.run(req).await;
+    }
+    let Ok(_slot) = gw.uploads.clone().try_acquire_owned() else {
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "server_error",
+            "busy",
+            format!("{MAX_CONCURRENT_UPLOADS} uploads are being indexed on this gateway; try again shortly"),
+        );
+        e.retry_after_ms = Some(1_000);
+        return e.into_response();
+    };
+    next.run(req).await
+}
+
 /// How long an upload waits for its knowledge base to take documents (copies being placed
 /// and opened, the embedding model loading) before it answers 503.
 pub const INGEST_WAIT: Duration = Duration::from_secs(60);

@@ -44,6 +44,8 @@ pub struct GatewayState {
     pub keys: KeyHasher,
     /// Per-key request rates and token budgets.
     pub quotas: quota::Quotas,
+    /// Upload slots (see `knowledge::MAX_CONCURRENT_UPLOADS`).
+    pub uploads: Arc<tokio::sync::Semaphore>,
     /// Set once the admin API key bootstrap is done (readiness waits for it).
     pub bootstrapped: Arc<std::sync::atomic::AtomicBool>,
     pub leases: Arc<Mutex<LeaseTable>>,
@@ -84,14 +86,16 @@ pub fn router(state: Arc<GatewayState>) -> Router {
             "/v1/knowledge-bases/{name}/documents",
             get(knowledge::list_documents)
                 .post(knowledge::post_document)
-                .layer(DefaultBodyLimit::max(knowledge::MAX_DOCUMENT_BYTES * 4 / 3 + 64 * 1024)),
+                .layer(DefaultBodyLimit::max(knowledge::MAX_DOCUMENT_BYTES * 4 / 3 + 64 * 1024))
+                .layer(axum::middleware::from_fn_with_state(state.clone(), knowledge::upload_slot)),
         )
         .route(
             "/v1/knowledge-bases/{name}/documents/{id}",
             get(knowledge::get_document)
                 .delete(knowledge::delete_document)
                 .put(knowledge::put_document)
-                .layer(DefaultBodyLimit::max(knowledge::MAX_DOCUMENT_BYTES)),
+                .layer(DefaultBodyLimit::max(knowledge::MAX_DOCUMENT_BYTES))
+                .layer(axum::middleware::from_fn_with_state(state.clone(), knowledge::upload_slot)),
         )
         .route("/v1/knowledge-bases/{name}/search", post(knowledge::search))
         .route("/v1/keys", post(keys::create).get(keys::list))
