@@ -191,6 +191,27 @@ fn the_gateway_requires_an_api_key_for_admin_endpoints_only() {
         let v: serde_json::Value = resp.body_mut().read_json().expect("json error");
         assert_eq!(v["error"]["type"], "invalid_request_error", "{body}: {v}");
     }
+    // What `curl -d` sends (a form content type), or no content type at all, is read as JSON;
+    // a declared non-JSON type is a 415 that names the header to send.
+    for content_type in [Some("application/x-www-form-urlencoded"), None] {
+        let mut req = agent.post(&coord.url("/v1/tokens")).header("Authorization", &format!("Bearer {API_KEY}"));
+        if let Some(t) = content_type {
+            req = req.header("Content-Type", t);
+        }
+        let mut resp = req.send(r#"{"ttl_seconds": 60}"#).expect("answer");
+        let v: serde_json::Value = resp.body_mut().read_json().expect("json");
+        assert_eq!(resp.status().as_u16(), 200, "{content_type:?}: {v}");
+        assert!(v["token"].as_str().is_some(), "{v}");
+    }
+    let mut resp = agent
+        .post(&coord.url("/v1/tokens"))
+        .header("Authorization", &format!("Bearer {API_KEY}"))
+        .header("Content-Type", "multipart/form-data; boundary=x")
+        .send("--x--")
+        .expect("answer");
+    assert_eq!(resp.status().as_u16(), 415);
+    let v: serde_json::Value = resp.body_mut().read_json().expect("json");
+    assert!(v["error"]["message"].as_str().unwrap_or("").contains("Content-Type: application/json"), "{v}");
     assert_eq!(get(&coord.url("/healthz"), None).map(|r| r.0), Some(200));
     // Admin-only: a token needs the admin key.
     let out = run(&["token", "create", "--gateway", &coord.gateway(), "--api-key", "sk-wrong"]);

@@ -79,8 +79,16 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A JSON request body whose rejections (malformed JSON, wrong types, missing content type,
-/// too large) answer in the OpenAI error shape instead of axum's plain text.
+/// Content types under which a JSON body is accepted: JSON itself, none given (handled
+/// apart), and what clients send by default (`curl -d`: a form; some send text).
+pub fn accepts_as_json(content_type: &str) -> bool {
+    content_type == "application/json"
+        || content_type.ends_with("+json")
+        || matches!(content_type, "application/x-www-form-urlencoded" | "text/plain" | "")
+}
+
+/// A JSON request body whose rejections (malformed JSON, wrong types, an unsupported
+/// content type, too large) answer in the OpenAI error shape instead of axum's plain text.
 pub struct Body<T>(pub T);
 
 impl<S, T> axum::extract::FromRequest<S> for Body<T>
@@ -91,25 +99,37 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
-        let read = Json::<T>::from_request(req, state);
-        let Ok(parsed) = tokio::time::timeout(super::server::BODY_READ_TIMEOUT, read).await else {
-            return Err(body_timeout());
-        };
-        match parsed {
-            Ok(Json(v)) => Ok(Body(v)),
-            Err(rejection) => {
+        // JSON is read whatever the content type says when it says nothing or what `curl -d`
+        // sends (a form): the body is parsed as JSON either way, and a body that is not JSON
+        // is a 400 that says so. Other declared types are a 415.
+        let content_type = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+        if let Some(t) = content_type.as_deref().filter(|t| !accepts_as_json(t)) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "invalid_request_error",
+                "unsupported_media_type",
+                format!("this endpoint takes a JSON body, not {t}: send Content-Type: application/json"),
+            ));
+        }
+        let read = axum::body::Bytes::from_request(req, state);
+        let bytes = match tokio::time::timeout(super::server::BODY_READ_TIMEOUT, read).await {
+            Err(_) => return Err(body_timeout()),
+            Ok(Err(rejection)) => {
                 let status = rejection.status();
-                let message = rejection.body_text();
-                Err(match status {
-                    StatusCode::PAYLOAD_TOO_LARGE => {
-                        ApiError::new(status, "invalid_request_error", "body_too_large", message)
-                    }
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-                        ApiError::new(status, "invalid_request_error", "unsupported_media_type", message)
-                    }
-                    _ => ApiError::bad_request(message),
-                })
+                let code = if status == StatusCode::PAYLOAD_TOO_LARGE { "body_too_large" } else { "bad_body" };
+                return Err(ApiError::new(status, "invalid_request_error", code, rejection.body_text()));
             }
+            Ok(Ok(b)) => b,
+        };
+        // No body at all reads as `{}`: fine where every field has a default.
+        let json: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &bytes };
+        match Json::<T>::from_bytes(json) {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(rejection) => Err(ApiError::bad_request(rejection.body_text())),
         }
     }
 }
@@ -143,6 +163,22 @@ where
                 let code = if status == StatusCode::PAYLOAD_TOO_LARGE { "body_too_large" } else { "bad_body" };
                 Err(ApiError::new(status, "invalid_request_error", code, rejection.body_text()))
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_is_read_under_the_content_types_clients_send_by_default() {
+        for t in ["application/json", "application/x-www-form-urlencoded", "text/plain", "application/merge-patch+json"]
+        {
+            assert!(accepts_as_json(t), "{t}");
+        }
+        for t in ["multipart/form-data", "application/pdf", "text/html"] {
+            assert!(!accepts_as_json(t), "{t}");
         }
     }
 }
