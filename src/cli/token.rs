@@ -34,7 +34,34 @@ pub async fn run(cmd: TokenCommand) -> anyhow::Result<()> {
             println!();
             println!("Run this on the new machine:");
             println!("  {}", s("join_command"));
+            if let Some(local) = same_host_hint(&s("coordinator"), &s("join_command")) {
+                println!();
+                println!("Or, for another node on this same machine (its own data dir and data-plane port):");
+                println!("  {local}");
+            }
             Ok(())
         }
+    }
+}
+
+/// For a coordinator on loopback, the join command with the flags a second node on the same
+/// machine needs (its own data dir; `--listen` to pick the port yourself).
+pub fn same_host_hint(coordinator: &str, join_command: &str) -> Option<String> {
+    let addr: std::net::SocketAddr = coordinator.parse().ok()?;
+    addr.ip().is_loopback().then(|| format!("{join_command} --data-dir ./shoal-node-2 --listen 127.0.0.1:7201"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_loopback_coordinator_gets_the_same_machine_flags() {
+        let join = "shoal join 127.0.0.1:7100 --token a.b --ca-hash sha256:x";
+        assert_eq!(
+            same_host_hint("127.0.0.1:7100", join).as_deref(),
+            Some("shoal join 127.0.0.1:7100 --token a.b --ca-hash sha256:x --data-dir ./shoal-node-2 --listen 127.0.0.1:7201")
+        );
+        assert_eq!(same_host_hint("10.0.0.5:7100", join), None);
     }
 }
