@@ -313,6 +313,11 @@ fn coordinators_are_added_and_removed_while_serving() {
             .is_some_and(|n| n.iter().any(|n| n["name"] == "via-follower" && n["state"] == "ready"))
     });
     let gw = format!("http://{}", g.member(2).http);
+    // A member that was never started is refused unless forced, with the procedure named.
+    let (q5, h5) = (addr(free_port()).to_string(), addr(free_port()).to_string());
+    let out = run(&["coordinator", "add", "5", "--quic", &q5, "--http", &h5, "--gateway", &gw]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("does not answer") && stderr.contains("--force"), "{stderr}");
     let m4 = g.member(4);
     let out = run(&[
         "coordinator",
@@ -326,6 +331,14 @@ fn coordinators_are_added_and_removed_while_serving() {
         &gw,
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The membership printed is the committed one, even through a follower.
+    let printed = |out: &std::process::Output| -> Vec<u64> {
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let list = text.split("voters now ").nth(1).unwrap_or("").trim().to_string();
+        let v: serde_json::Value = serde_json::from_str(&list).unwrap_or_default();
+        sorted(v.as_array().map(Vec::as_slice).unwrap_or(&[]))
+    };
+    assert_eq!(printed(&out), vec![1, 2, 3, 4]);
     wait_until(Duration::from_secs(20), "member 4 is a voter and has the data", || {
         let voters = g.cluster(4).map(|c| c["voters"].clone());
         voters.as_ref().and_then(|v| v.as_array()).map(|v| sorted(v)) == Some(vec![1, 2, 3, 4])
@@ -337,6 +350,7 @@ fn coordinators_are_added_and_removed_while_serving() {
 
     let out = run(&["coordinator", "remove", "2", "--gateway", &format!("http://{}", g.member(1).http)]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(printed(&out), vec![1, 3, 4]);
     wait_until(Duration::from_secs(20), "member 2 removed", || {
         g.cluster(1).and_then(|c| c["voters"].as_array().map(|v| sorted(v))) == Some(vec![1, 3, 4])
     });

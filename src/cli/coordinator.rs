@@ -47,6 +47,10 @@ pub enum MemberCommand {
         /// Its gateway address.
         #[arg(long)]
         http: SocketAddr,
+        /// Add it even if it does not answer yet (it must then be started with an empty data
+        /// dir and `initial = false`).
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         gateway: GatewayArgs,
     },
@@ -61,8 +65,9 @@ pub enum MemberCommand {
 
 pub async fn run(a: CoordinatorArgs) -> anyhow::Result<()> {
     match a.command {
-        Some(MemberCommand::Add { id, quic, http, gateway }) => {
-            let r = gateway.post("/v1/coordinators", json!({ "id": id, "quic": quic, "http": http })).await?;
+        Some(MemberCommand::Add { id, quic, http, force, gateway }) => {
+            let body = json!({ "id": id, "quic": quic, "http": http, "force": force });
+            let r = gateway.post("/v1/coordinators", body).await?;
             println!("coordinator {id} added; voters now {}", r["voters"]);
             Ok(())
         }

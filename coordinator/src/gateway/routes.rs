@@ -249,6 +249,40 @@ pub struct AddCoordinator {
     pub id: u64,
     pub quic: std::net::SocketAddr,
     pub http: std::net::SocketAddr,
+    /// Add it even when it does not answer at `http` (it will be started later).
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// How long `coordinator add` waits for the new member's gateway to answer.
+const MEMBER_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Whether a coordinator answers `GET /healthz` at `http` (a plain HTTP/1.0 exchange).
+async fn answers(http: std::net::SocketAddr) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(http).await.map_err(|e| e.to_string())?;
+        s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").await.map_err(|e| e.to_string())?;
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer).await.map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&answer);
+        if text.starts_with("HTTP/1.") && text.contains(" 200 ") && text.ends_with("ok\n") {
+            Ok(())
+        } else {
+            Err("something answered, but not a shoal coordinator".to_string())
+        }
+    };
+    tokio::time::timeout(MEMBER_PROBE_TIMEOUT, exchange).await.map_err(|_| "no answer".to_string())?
+}
+
+/// The voters as committed: read through the leader (ReadIndex), so a follower that
+/// forwarded the change reports it too.
+async fn committed_voters(gw: &GatewayState) -> Result<Vec<u64>, ApiError> {
+    gw.raft
+        .read_index()
+        .await
+        .map_err(|e| ApiError::unavailable(format!("the change committed, but reading it back failed: {e}")))?;
+    Ok(gw.raft.status().voters)
 }
 
 /// Adds a coordinator to the raft group (it must already be running with an empty data dir).
@@ -265,10 +299,19 @@ pub async fn add_coordinator(
     if gw.raft.status().voters.contains(&req.id) {
         return Err(ApiError::bad_request(format!("coordinator {} is already a voter", req.id)));
     }
+    if !req.force {
+        answers(req.http).await.map_err(|why| {
+            ApiError::bad_request(format!(
+                "coordinator {} does not answer at http://{} ({why}): start it first with `initial = false` in its \
+                 config (see docs/guarantees.md), or pass --force to add it anyway",
+                req.id, req.http
+            ))
+        })?;
+    }
     let member = CoordinatorRecord { id: req.id, quic: req.quic.to_string(), http: req.http.to_string() };
     outcome_ok(gw.writer.submit(Proposal::AddMember(member)).await?)?;
     tracing::info!(id = req.id, "admin added a coordinator");
-    Ok(Json(json!({ "added": req.id, "voters": gw.raft.status().voters })))
+    Ok(Json(json!({ "added": req.id, "voters": committed_voters(&gw).await? })))
 }
 
 /// Removes a coordinator from the raft group.
@@ -288,7 +331,7 @@ pub async fn remove_coordinator(
     }
     outcome_ok(gw.writer.submit(Proposal::RemoveMember { id }).await?)?;
     tracing::info!(id, "admin removed a coordinator");
-    Ok(Json(json!({ "removed": id, "voters": gw.raft.status().voters })))
+    Ok(Json(json!({ "removed": id, "voters": committed_voters(&gw).await? })))
 }
 
 #[derive(Debug, Deserialize)]
