@@ -185,6 +185,24 @@ mod tests {
         let b = ArtifactRef { name: "b".into(), sha256: "2".into(), size: 1 };
         assert_eq!(manifest_hash(&[a.clone(), b.clone()]), manifest_hash(&[b, a]));
     }
+
+    #[test]
+    fn a_sha256_needs_a_file_source() {
+        let req = |source: Option<&str>, sha: Option<&str>| DeployRequest {
+            name: "d".into(),
+            model: None,
+            source: source.map(String::from),
+            replicas: 1,
+            shards: 0,
+            sha256: sha.map(String::from),
+            force: false,
+        };
+        let err = |r: DeployRequest| check_deploy(&r).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err(req(Some(ECHO_SOURCE), Some("ab"))).contains("builtin:// source has no file to check"));
+        assert!(err(req(None, Some("ab"))).contains("give --source"));
+        assert!(check_deploy(&req(Some(ECHO_SOURCE), None)).is_ok());
+        assert!(check_deploy(&req(Some("file:///m.gguf"), Some("ab"))).is_ok());
+    }
 }
 
 /// What `shoal deploy` / `POST /v1/deployments` ask for.
@@ -207,6 +225,9 @@ pub struct DeployRequest {
     /// The SHA-256 the source must have.
     #[serde(default)]
     pub sha256: Option<String>,
+    /// Allow the deployment to change what it serves (chat to embeddings or back).
+    #[serde(default)]
+    pub force: bool,
 }
 
 fn one() -> u32 {
@@ -226,6 +247,14 @@ pub fn check_deploy(req: &DeployRequest) -> Result<String, CoordinatorError> {
     }
     if req.shards > crate::planner::MAX_SHARDS {
         return Err(CoordinatorError::Model(format!("shards must be at most {}", crate::planner::MAX_SHARDS)));
+    }
+    if req.sha256.is_some() && req.source.as_deref().is_some_and(|s| s.starts_with("builtin://")) {
+        return Err(CoordinatorError::Model(
+            "a builtin:// source has no file to check: drop the sha256 (--sha256)".into(),
+        ));
+    }
+    if req.sha256.is_some() && req.source.is_none() {
+        return Err(CoordinatorError::Model("a sha256 checks a source: give --source with it".into()));
     }
     Ok(model)
 }
@@ -265,6 +294,7 @@ pub async fn deploy(
         replicas: req.replicas,
         shards: req.shards,
         at_ms: crate::clock::unix_ms(),
+        force: req.force,
     };
     // The state machine checks `shards` against the version it resolves (layers, kind).
     match writer.command(cmd).await? {

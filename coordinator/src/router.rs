@@ -40,6 +40,19 @@ pub fn chain_progress(state: &ClusterState, deployment: &str) -> String {
 
 /// Inputs per embedding call to a replica (a node's largest batch).
 pub const EMBED_PIECE: usize = 64;
+/// "No such model", naming the ones that exist (GET /v1/models lists them all).
+pub fn unknown_model(state: &ClusterState, deployment: &str) -> String {
+    const SHOWN: usize = 20;
+    let names: Vec<&str> = state.deployments.keys().map(String::as_str).take(SHOWN).collect();
+    let more = state.deployments.len().saturating_sub(SHOWN);
+    let listed = match (names.is_empty(), more) {
+        (true, _) => "none is deployed yet".to_string(),
+        (false, 0) => format!("models: {}", names.join(", ")),
+        (false, n) => format!("models: {} and {n} more (GET /v1/models)", names.join(", ")),
+    };
+    format!("the model '{deployment}' does not exist ({listed})")
+}
+
 /// Why a deployment has no replica to route to: replicas loading, chains incomplete, or the
 /// scheduler's shortfall (which names the rule that keeps replicas from being placed).
 pub fn not_ready_reason(state: &ClusterState, deployment: &str) -> String {
@@ -149,7 +162,7 @@ impl Router {
     fn targets(&self, deployment: &str, kind: EngineKind) -> Result<Vec<Target>, RouteError> {
         let state = self.raft.state().read().unwrap_or_else(|p| p.into_inner());
         let Some(version) = state.deployed_version(deployment) else {
-            return Err(RouteError::UnknownModel(format!("the model '{deployment}' does not exist")));
+            return Err(RouteError::UnknownModel(unknown_model(&state, deployment)));
         };
         if !version.kind().serves(kind) {
             let what = match kind {
@@ -443,5 +456,31 @@ impl Router {
             }
         }
         Err(last)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_model_names_the_ones_that_exist() {
+        let mut s = ClusterState::default();
+        assert_eq!(unknown_model(&s, "gpt-4"), "the model 'gpt-4' does not exist (none is deployed yet)");
+        for name in ["chat", "embed"] {
+            s.deployments.insert(
+                name.into(),
+                crate::state::Deployment {
+                    name: name.into(),
+                    model: name.into(),
+                    version: 1,
+                    replicas: 1,
+                    shards: 0,
+                    created_at_ms: 0,
+                    updated_at_ms: 0,
+                },
+            );
+        }
+        assert_eq!(unknown_model(&s, "gpt-4"), "the model 'gpt-4' does not exist (models: chat, embed)");
     }
 }

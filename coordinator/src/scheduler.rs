@@ -624,8 +624,15 @@ pub(crate) mod tests {
         let mut v2 = version(1 << 30);
         v2.sha256 = "cd".into();
         apply(&mut s, &Command::RegisterModel { name: "m".into(), version: v2 });
-        let deploy =
-            Command::Deploy { name: "d".into(), model: "m".into(), version: 0, replicas: 1, shards: 1, at_ms: 8 };
+        let deploy = Command::Deploy {
+            name: "d".into(),
+            model: "m".into(),
+            version: 0,
+            replicas: 1,
+            shards: 1,
+            at_ms: 8,
+            force: false,
+        };
         assert_eq!(apply(&mut s, &deploy), Outcome::ModelVersion { version: 2, existed: true });
         converge(&mut s);
         assert!(s.placements_of("d").all(|p| p.version == 2));
@@ -848,8 +855,15 @@ pub(crate) mod tests {
         let mut s = split_cluster(&[("a", 1024), ("b", 1024), ("c", 1024)], 1, 2);
         converge(&mut s);
         let old: Vec<String> = s.placements_of("d").map(|p| p.id.clone()).collect();
-        let deploy =
-            |shards| Command::Deploy { name: "d".into(), model: "m".into(), version: 0, replicas: 1, shards, at_ms: 8 };
+        let deploy = |shards| Command::Deploy {
+            name: "d".into(),
+            model: "m".into(),
+            version: 0,
+            replicas: 1,
+            shards,
+            at_ms: 8,
+            force: false,
+        };
         assert_eq!(apply(&mut s, &deploy(3)), Outcome::ModelVersion { version: 1, existed: true });
         converge(&mut s);
         assert_eq!(stages(&s), vec![stage("a", 0, 0, 0, 10), stage("b", 0, 1, 10, 20), stage("c", 0, 2, 20, 30)]);

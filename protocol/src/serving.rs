@@ -22,6 +22,14 @@ pub enum EngineKind {
 
 impl EngineKind {
     /// Whether a replica of this kind can answer requests for `wanted`.
+    /// What it serves, for messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            EngineKind::Embed => "embeddings",
+            EngineKind::Generate | EngineKind::Echo => "text generation (chat, completions)",
+        }
+    }
+
     pub fn serves(self, wanted: EngineKind) -> bool {
         self == wanted || (self == EngineKind::Echo && wanted == EngineKind::Generate)
     }

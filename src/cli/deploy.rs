@@ -28,6 +28,9 @@ pub struct DeployArgs {
     /// Refuse the source unless its SHA-256 is this.
     #[arg(long)]
     pub sha256: Option<String>,
+    /// Allow an existing deployment to change what it serves (chat to embeddings or back).
+    #[arg(long)]
+    pub force: bool,
     /// Wait until this many replicas are ready (0 = don't wait).
     #[arg(long, default_value_t = 0)]
     pub wait_ready: u32,
@@ -50,7 +53,7 @@ pub async fn run(a: DeployArgs) -> anyhow::Result<()> {
     });
     let body = json!({
         "name": a.name, "model": a.model, "source": source, "replicas": a.replicas, "shards": a.shards,
-        "sha256": a.sha256,
+        "sha256": a.sha256, "force": a.force,
     });
     let d = a.gateway.post("/v1/deployments", body).await?;
     let shards = if a.shards >= 2 { format!(", each split into {} shards", a.shards) } else { String::new() };

@@ -35,6 +35,7 @@ async fn deploy_models(coord: &Coordinator, dir: &std::path::Path) {
             replicas: 1,
             shards: 0,
             sha256: None,
+            force: false,
         };
         match coord.deploy(req).await {
             Ok((_, version)) => println!("  model        {name} v{version} deployed from {source}"),

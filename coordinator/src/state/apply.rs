@@ -150,9 +150,11 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Outcome {
             model.versions.push(v);
             Outcome::ModelVersion { version: number, existed: false }
         }
-        Command::Deploy { name, model, version, replicas, shards, at_ms } => {
+        Command::Deploy { name, model, version, replicas, shards, at_ms, force } => {
             let Some(record) = state.models.get(model) else {
-                return Outcome::Rejected(format!("model '{model}' is not registered"));
+                return Outcome::Rejected(format!(
+                    "model '{model}' is not registered: give a source to register it (--source file://…, hf://…, builtin://echo)"
+                ));
             };
             let chosen = if *version == 0 { record.latest() } else { record.version(*version) };
             let Some(chosen) = chosen else {
@@ -160,6 +162,17 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Outcome {
             };
             if let Err(why) = crate::planner::check_shards(chosen, *shards) {
                 return Outcome::Rejected(why);
+            }
+            // A name clients use for one kind of work does not silently start doing another.
+            if let Some(current) = state.deployed_version(name) {
+                let embeds = |k: shoal_protocol::EngineKind| k == shoal_protocol::EngineKind::Embed;
+                if embeds(current.kind()) != embeds(chosen.kind()) && !force {
+                    return Outcome::Rejected(format!(
+                        "'{name}' serves {}; the new version serves {}: delete the deployment first, or force the change (--force)",
+                        current.kind().describe(),
+                        chosen.kind().describe()
+                    ));
+                }
             }
             let number = chosen.version;
             match state.deployments.get_mut(name) {
@@ -481,7 +494,7 @@ mod tests {
     }
 
     fn deploy(shards: u32) -> Command {
-        Command::Deploy { name: "d".into(), model: "m".into(), version: 0, replicas: 1, shards, at_ms: 3 }
+        Command::Deploy { name: "d".into(), model: "m".into(), version: 0, replicas: 1, shards, at_ms: 3, force: false }
     }
 
     #[test]
@@ -499,6 +512,45 @@ mod tests {
             apply(&mut e, &deploy(2)),
             Outcome::rejected("only text-generation models can be split into shards")
         );
+    }
+
+    #[test]
+    fn a_deployment_does_not_silently_change_what_it_serves() {
+        let mut s = deployed(30, &["chat"]);
+        assert_eq!(apply(&mut s, &deploy(0)), Outcome::ModelVersion { version: 1, existed: true });
+        // An embedding model registered under another name, deployed as `d`.
+        let mut embedding = deployed(12, &["embedding"]).models["m"].versions[0].clone();
+        embedding.sha256 = "cd".into();
+        apply(&mut s, &Command::RegisterModel { name: "e".into(), version: embedding });
+        let to_e = |force| Command::Deploy {
+            name: "d".into(),
+            model: "e".into(),
+            version: 0,
+            replicas: 1,
+            shards: 0,
+            at_ms: 4,
+            force,
+        };
+        assert_eq!(
+            apply(&mut s, &to_e(false)),
+            Outcome::rejected(
+                "'d' serves text generation (chat, completions); the new version serves embeddings: \
+                 delete the deployment first, or force the change (--force)"
+            )
+        );
+        assert_eq!(s.deployments["d"].model, "m", "nothing changed");
+        assert_eq!(apply(&mut s, &to_e(true)), Outcome::ModelVersion { version: 1, existed: true });
+        assert_eq!(s.deployments["d"].model, "e");
+        let unknown = Command::Deploy {
+            name: "d".into(),
+            model: "nope".into(),
+            version: 0,
+            replicas: 1,
+            shards: 0,
+            at_ms: 5,
+            force: false,
+        };
+        assert!(matches!(apply(&mut s, &unknown), Outcome::Rejected(why) if why.contains("--source")));
     }
 
     #[test]

@@ -386,6 +386,8 @@ pub enum Command {
         replicas: u32,
         shards: u32,
         at_ms: u64,
+        /// Allow a change of what the deployment serves (e.g. chat to embeddings).
+        force: bool,
     },
     DeleteDeployment {
         name: String,
