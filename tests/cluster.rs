@@ -148,9 +148,12 @@ fn bad_joins_are_refused_with_one_clear_line_and_counted() {
 fn the_gateway_requires_an_api_key_for_admin_endpoints_only() {
     let tmp = tempfile::tempdir().expect("tmp");
     let coord = Coord::start(&tmp.path().join("c"), 300, 1500);
-    for open in ["/healthz", "/readyz", "/metrics"] {
+    for open in ["/healthz", "/readyz", "/metrics", "/v1/openapi.json"] {
         assert_eq!(get(&coord.url(open), None).map(|r| r.0), Some(200), "{open}");
     }
+    let api: serde_json::Value =
+        serde_json::from_str(&get(&coord.url("/v1/openapi.json"), None).expect("openapi").1).expect("json");
+    assert!(api["paths"]["/v1/chat/completions"]["post"].is_object(), "{api}");
     for admin in ["/v1/cluster", "/v1/nodes"] {
         let (status, body) = get(&coord.url(admin), None).expect("answer");
         assert_eq!(status, 401, "{admin}");

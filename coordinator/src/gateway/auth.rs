@@ -76,9 +76,9 @@ impl Caller {
     }
 }
 
-/// Paths served without a key (probes and the scrape endpoint).
+/// Paths served without a key (probes, the scrape endpoint and the API's description).
 pub fn is_open(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz" | "/metrics")
+    matches!(path, "/healthz" | "/readyz" | "/metrics" | "/v1/openapi.json")
 }
 
 fn refuse(reason: &'static str, err: ApiError) -> ApiError {

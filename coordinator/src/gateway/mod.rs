@@ -68,6 +68,7 @@ pub fn router(state: Arc<GatewayState>) -> Router {
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))
+        .route("/v1/openapi.json", get(openapi))
         .route("/v1/cluster", get(routes::cluster))
         .route("/v1/nodes", get(routes::nodes))
         .route("/v1/nodes/{id}", get(routes::node))
@@ -109,6 +110,14 @@ pub fn router(state: Arc<GatewayState>) -> Router {
         .with_state(state)
 }
 
+/// The API's OpenAPI 3.1 description (every route and request field; checked against the
+/// routes above by a test).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> impl axum::response::IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
 impl GatewayState {
     /// The label a user-supplied model name gets on metrics: the name of a deployment that
     /// exists, otherwise `other` (so made-up names cannot grow the series count).
@@ -118,6 +127,68 @@ impl GatewayState {
             model.to_string()
         } else {
             "other".to_string()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// `(METHOD, path)` of every route this file's router declares, read from its source.
+    fn declared_routes() -> BTreeSet<(String, String)> {
+        let source = include_str!("mod.rs");
+        let body = &source[source.find("let routes = Router::new()").expect("router")
+            ..source.find("impl GatewayState").expect("end")];
+        let mut out = BTreeSet::new();
+        for chunk in body.split(".route(").skip(1) {
+            let path = chunk.split('"').nth(1).expect("path").to_string();
+            if path == "/v1/debug/faults" {
+                continue; // test builds only
+            }
+            for method in ["get", "post", "put", "delete"] {
+                // `get(` as a call of its own: not part of a longer name such as `get_one(`.
+                let call = format!("{method}(");
+                let called = chunk.match_indices(&call).any(|(i, _)| {
+                    chunk[..i].chars().next_back().is_none_or(|c| !(c.is_alphanumeric() || c == '_' || c == ':'))
+                });
+                if called {
+                    out.insert((method.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_openapi_document_lists_exactly_the_routes() {
+        let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).expect("valid JSON");
+        assert_eq!(doc["openapi"], "3.1.0");
+        let mut described = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, op) in item.as_object().expect("path item") {
+                assert!(op["responses"].is_object(), "{method} {path} has no responses");
+                described.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+        let declared = declared_routes();
+        assert!(declared.len() > 25, "the router parse found {declared:?}");
+        assert_eq!(described, declared, "the OpenAPI document and the router disagree");
+    }
+
+    #[test]
+    fn every_json_body_field_is_described() {
+        let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).expect("valid JSON");
+        // A request that names a field the document does not describe is refused by the
+        // gateway (deny_unknown_fields) or ignored; spot-check the documented ones exist.
+        let chat =
+            &doc["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"];
+        for field in ["model", "messages", "stream", "temperature", "top_p", "max_tokens", "stop", "knowledge_base"] {
+            assert!(chat["properties"][field].is_object(), "chat field {field}");
+        }
+        let keys = &doc["paths"]["/v1/keys"]["post"]["requestBody"]["content"]["application/json"]["schema"];
+        for field in ["name", "scope", "models", "rate_per_s", "tokens_per_minute", "expires_in_seconds"] {
+            assert!(keys["properties"][field].is_object(), "key field {field}");
         }
     }
 }
