@@ -302,6 +302,23 @@ fn openai_sdk_bad_input_and_registration_against_shoal_up() {
     });
     assert!(get(&format!("{gw}/healthz"), None).is_some_and(|(s, _)| s == 200));
 
+    // A key with a token budget: the generation that spends it succeeds, the next one is 429
+    // with Retry-After until the minute turns; other keys are not affected.
+    let (status, k) = post(&format!("{gw}/v1/keys"), json!({"name": "budget", "tokens_per_minute": 10}));
+    assert_eq!(status, 201, "{k}");
+    let budget_key = k["key"].as_str().expect("key").to_string();
+    let chat = json!({"model": CHAT, "max_tokens": 8, "messages": [{"role": "user", "content": "Say hello."}]});
+    let (status, v) = post_raw(&chat_url, &chat.to_string(), Some(&budget_key));
+    assert_eq!(status, 200, "{v}");
+    let resp = agent(Duration::from_secs(30))
+        .post(&chat_url)
+        .header("Authorization", &format!("Bearer {budget_key}"))
+        .send_json(&chat)
+        .expect("answer");
+    assert_eq!(resp.status().as_u16(), 429);
+    assert!(resp.headers().get("retry-after").is_some());
+    assert_eq!(post(&chat_url, chat.clone()).0, 200, "the admin key has no budget");
+
     // SIGTERM under load: the process is gone within its stated grace (2 s after the
     // signal, plus start-up slack here), even with embedding work running on its threads.
     let mut up = up;
