@@ -38,6 +38,9 @@ pub struct CoordinatorOptions {
     pub api_key: Option<String>,
     /// Enables the test-only fault-injection endpoint.
     pub fault_injection: bool,
+    /// `/readyz` answers 503 with this reason until [`Coordinator::ready`] is called (what
+    /// `shoal up` still does after the gateway listens: registering its models).
+    pub hold_ready: Option<String>,
 }
 
 /// A running coordinator.
@@ -51,6 +54,7 @@ pub struct Coordinator {
     api_key_bootstrap: Option<tokio::task::JoinHandle<Result<Option<String>, CoordinatorError>>>,
     endpoint: quinn::Endpoint,
     id: u64,
+    held: Arc<std::sync::Mutex<Option<String>>>,
     artifacts: ArtifactStore,
     downloads: PathBuf,
 }
@@ -138,7 +142,9 @@ impl Coordinator {
         let http_addr = listener.local_addr().map_err(|e| CoordinatorError::io("gateway", e))?;
         let bootstrapped = Arc::new(AtomicBool::new(!member.initial));
         let keys = gateway::KeyHasher::from_ca_key(&pki.ca.material.key_pem);
+        let held = Arc::new(std::sync::Mutex::new(opts.hold_ready.clone()));
         let gw = Arc::new(GatewayState {
+            held: held.clone(),
             keys: keys.clone(),
             quotas: Default::default(),
             uploads: Arc::new(tokio::sync::Semaphore::new(gateway::knowledge::MAX_CONCURRENT_UPLOADS)),
@@ -180,6 +186,7 @@ impl Coordinator {
             api_key_bootstrap,
             endpoint,
             id: opts.id,
+            held,
             artifacts,
             downloads: opts.data_dir.join("downloads"),
         })
@@ -226,6 +233,11 @@ impl Coordinator {
     /// Registers (if `source` is given) and deploys a model, as `POST /v1/deployments` does.
     pub async fn deploy(&self, req: crate::registry::DeployRequest) -> Result<(String, u32), CoordinatorError> {
         crate::registry::deploy(&self.writer, &self.artifacts, &self.downloads, self.id, req).await
+    }
+
+    /// Lets `/readyz` answer ready (see [`CoordinatorOptions::hold_ready`]).
+    pub fn ready(&self) {
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// Stops accepting QUIC connections.

@@ -98,23 +98,31 @@ fn stream_answer(a: &ChatArgs, sampling: &Sampling, messages: &[Value]) -> anyho
 }
 
 pub async fn run(a: ChatArgs) -> anyhow::Result<()> {
-    let recommended = if a.temperature.is_some() && a.top_p.is_some() {
-        Value::Null
-    } else {
+    a.gateway.wait_ready(std::time::Duration::from_secs(60)).await?;
+    // The model, once it has a replica ready (right after `shoal up` it may still load).
+    let started = std::time::Instant::now();
+    let mut said = false;
+    let model = loop {
         let models = a.gateway.get("/v1/models").await?;
         let list = models["data"].as_array().cloned().unwrap_or_default();
-        match list.iter().find(|m| m["id"] == a.model.as_str()) {
-            Some(m) => m["recommended_sampling"].clone(),
-            None => {
-                let names: Vec<&str> = list.iter().filter_map(|m| m["id"].as_str()).collect();
-                return Err(anyhow!(
-                    "no model named '{}' (models: {}); deploy one with `shoal deploy NAME --source URI`",
-                    a.model,
-                    if names.is_empty() { "none yet".to_string() } else { names.join(", ") }
-                ));
-            }
+        let Some(m) = list.iter().find(|m| m["id"] == a.model.as_str()).cloned() else {
+            let names: Vec<&str> = list.iter().filter_map(|m| m["id"].as_str()).collect();
+            return Err(anyhow!(
+                "no model named '{}' (models: {}); deploy one with `shoal deploy NAME --source URI`",
+                a.model,
+                if names.is_empty() { "none yet".to_string() } else { names.join(", ") }
+            ));
+        };
+        if m["ready_replicas"].as_u64().unwrap_or(0) > 0 || started.elapsed() > std::time::Duration::from_secs(60) {
+            break m;
         }
+        if !said {
+            eprintln!("waiting for a replica of '{}' to load…", a.model);
+            said = true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     };
+    let recommended = model["recommended_sampling"].clone();
     let sampling = choose_sampling(a.temperature, a.top_p, &recommended);
     tokio::task::spawn_blocking(move || {
         let mut messages: Vec<Value> = Vec::new();

@@ -73,6 +73,34 @@ impl GatewayArgs {
             .ok_or_else(|| anyhow!("no API key: set SHOAL_API_KEY, or pass --api-key-file FILE (or --api-key KEY)"))
     }
 
+    /// Waits (up to `within`) while the gateway's `/readyz` says it is still starting (a
+    /// `shoal up` registering its models, a coordinator without a leader yet), saying why.
+    pub async fn wait_ready(&self, within: Duration) -> anyhow::Result<()> {
+        self.check()?;
+        let url = self.url("/readyz");
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let mut said = String::new();
+            loop {
+                let mut resp =
+                    Self::agent().get(&url).call().with_context(|| format!("cannot reach the gateway at {url}"))?;
+                if resp.status().is_success() {
+                    return Ok(());
+                }
+                let why = resp.body_mut().read_to_string().unwrap_or_default().trim().to_string();
+                if started.elapsed() >= within {
+                    return Err(anyhow!("the gateway is not ready after {} s: {why}", within.as_secs()));
+                }
+                if why != said {
+                    eprintln!("waiting for the gateway: {why}");
+                    said = why;
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        })
+        .await?
+    }
+
     /// GET a JSON document.
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
         let (url, key) = (self.url(path), self.key()?);

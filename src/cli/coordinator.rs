@@ -97,6 +97,7 @@ async fn serve(a: CoordinatorArgs) -> anyhow::Result<()> {
         data_dir: a.data_dir,
         api_key: super::client::resolve_key(a.api_key.as_deref(), a.api_key_file.as_deref())?,
         fault_injection,
+        hold_ready: None,
     })
     .await
     .context("coordinator failed to start")?;

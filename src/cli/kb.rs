@@ -108,6 +108,7 @@ pub fn kb_table(list: &Value) -> String {
 pub async fn run(cmd: KbCommand) -> anyhow::Result<()> {
     match cmd {
         KbCommand::Create(a) => {
+            a.gateway.wait_ready(Duration::from_secs(60)).await?;
             let body = json!({
                 "name": a.name, "embedding_model": a.embedding, "shards": a.shards, "replicas": a.replicas,
                 "chunk_tokens": a.chunk_tokens, "chunk_overlap": a.chunk_overlap, "postgres_url": a.postgres,
@@ -326,6 +327,7 @@ fn content_type_of(path: &std::path::Path) -> &'static str {
 }
 
 async fn add(a: AddArgs) -> anyhow::Result<()> {
+    a.gateway.wait_ready(Duration::from_secs(60)).await?;
     let (files, skipped) = collect_files(&a.paths)?;
     for s in &skipped {
         println!("skipped {} (only .txt, .md, .html and .pdf files are added)", s.display());

@@ -93,6 +93,7 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
         data_dir: a.data_dir.join("coordinator"),
         api_key: super::client::resolve_key(a.api_key.as_deref(), a.api_key_file.as_deref())?,
         fault_injection: false,
+        hold_ready: Some(format!("registering the models in {}", a.models.display())),
     })
     .await
     .context("coordinator failed to start")?;
@@ -116,6 +117,7 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
         None => println!("  admin key    the one given with --api-key / SHOAL_API_KEY, or printed at first start"),
     }
     deploy_models(&coord, &a.models).await;
+    coord.ready();
     println!("Join more machines with: shoal token create --gateway http://{} --api-key KEY", coord.http_addr);
     super::shutdown_signal().await;
     node.stop();

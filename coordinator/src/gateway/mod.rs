@@ -48,6 +48,8 @@ pub struct GatewayState {
     pub uploads: Arc<tokio::sync::Semaphore>,
     /// Set once the admin API key bootstrap is done (readiness waits for it).
     pub bootstrapped: Arc<std::sync::atomic::AtomicBool>,
+    /// A reason `/readyz` still answers 503 (`shoal up` registering its models).
+    pub held: Arc<Mutex<Option<String>>>,
     pub leases: Arc<Mutex<LeaseTable>>,
     pub prometheus: PrometheusHandle,
     pub config: ClusterConfig,

@@ -60,6 +60,8 @@ pub async fn readyz(State(gw): Gw) -> axum::response::Response {
         "no raft leader\n".to_string()
     } else if !gw.bootstrapped.load(std::sync::atomic::Ordering::Acquire) {
         "bootstrapping the admin API key\n".to_string()
+    } else if let Some(why) = gw.held.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        format!("{why}\n")
     } else if s.applied < s.commit {
         format!("applying: {} of {}\n", s.applied, s.commit)
     } else {
