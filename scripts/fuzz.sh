@@ -3,7 +3,8 @@
 #
 #   ./scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]   run each target (default: all, 600 s)
 #   ./scripts/fuzz.sh --seeds                             rewrite the seed corpora (fuzz/corpus/*/seed-*)
-#   ./scripts/fuzz.sh --merge [TARGET...]                 minimise the committed corpora (-merge=1)
+#   ./scripts/fuzz.sh --merge [TARGET...]                 minimise the committed corpora (set-cover merge
+#                                                         on edges, then at most FUZZ_CORPUS_BYTES=320 KiB each)
 #
 # Builds the `fuzz/` crate (its own workspace) with sanitizer-coverage instrumentation into
 # $CARGO_TARGET_DIR (default ./target-fuzz), runs each target on fuzz/corpus/TARGET (new
@@ -62,7 +63,7 @@ build
 if [ "$mode" = merge ]; then
   for t in "${targets[@]}"; do
     tmp="$(mktemp -d)"
-    "$BIN/$t" -merge=1 -rss_limit_mb=2048 -timeout=10 "$tmp" "fuzz/corpus/$t" >/dev/null 2>&1
+    "$BIN/$t" -set_cover_merge=1 -use_counters=0 -use_value_profile=0 -rss_limit_mb=2048 -timeout=10 "$tmp" "fuzz/corpus/$t" >/dev/null 2>&1
     before=$(ls "fuzz/corpus/$t" | wc -l)
     # Keep the seeds under their names; replace the rest by the minimised set (libFuzzer names
     # files by their SHA-1, so a seed's copy is recognised and dropped).
@@ -74,7 +75,17 @@ if [ "$mode" = merge ]; then
       [ -e "$f" ] || continue
       grep -qx "$(basename "$f")" <<<"$seeds" || cp "$f" "fuzz/corpus/$t/"
     done
-    echo "$t: $before -> $(ls "fuzz/corpus/$t" | wc -l) corpus files"
+    # Keep the committed corpus small (all of fuzz/corpus under 2 MiB): past the budget, the
+    # largest non-seed inputs go first.
+    budget="${FUZZ_CORPUS_BYTES:-327680}"
+    total=$(cat "fuzz/corpus/$t"/* | wc -c)
+    while [ "$total" -gt "$budget" ]; do
+      biggest="$(find "fuzz/corpus/$t" -type f ! -name 'seed-*' -printf '%s %p\n' | sort -n | tail -n1)"
+      [ -n "$biggest" ] || break
+      rm -f "${biggest#* }"
+      total=$((total - ${biggest%% *}))
+    done
+    echo "$t: $before -> $(ls "fuzz/corpus/$t" | wc -l) corpus files, $total bytes"
     rm -rf "$tmp"
   done
   exit 0
