@@ -69,6 +69,13 @@ fn shoal_up() -> Up {
     ];
     let proc = spawn(&args, &dir.path().join("up.log"));
     let gateway = format!("http://{http}");
+    // A newcomer's first command, the moment the gateway answers: it waits for `shoal up` to
+    // register its models and for the copies, and works.
+    wait_until(Duration::from_secs(30), "the gateway answers", || get(&format!("{gateway}/healthz"), None).is_some());
+    let out = run(&["kb", "create", "first", "--embedding", EMBED, "--gateway", &gateway]);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("degraded"), "{text}");
+    assert!(run(&["kb", "delete", "first", "--gateway", &gateway]).status.success());
     wait_until(Duration::from_secs(240), "both models ready", || {
         ready_replicas(&gateway, CHAT) == 1 && ready_replicas(&gateway, EMBED) == 1
     });
