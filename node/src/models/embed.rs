@@ -340,7 +340,8 @@ mod tests {
         assert_eq!(after.0.len(), 2);
         // `after` may share a batch with the abandoned request's next piece; the batcher
         // drops the abandoned request when it plans the batch after that one.
-        let waited = tokio::time::timeout(std::time::Duration::from_secs(30), stats.wait_for(|s| s.abandoned >= 1)).await;
+        let waited =
+            tokio::time::timeout(std::time::Duration::from_secs(30), stats.wait_for(|s| s.abandoned >= 1)).await;
         assert!(waited.is_ok(), "the abandoned request was never dropped: {:?}", *h.stats().borrow());
         let s = *h.stats().borrow();
         assert_eq!(s.abandoned, 1, "{s:?}");
