@@ -421,11 +421,17 @@ fn knowledge_bases_ingest_search_answer_and_survive_lost_nodes() {
     );
     assert_eq!((status, v["status"].as_str(), v["copies_written"].as_u64()), (200, Some("indexed"), Some(2)), "{v}");
     nodes[idx].proc.kill();
-    findable(&gw);
-    // The dead node's copies were still listed as ready (its lease is 5 s): searches take
-    // turns among a shard's copies, so one of the first two searches asked the victim first
-    // (it holds a copy of both shards) and had to ask the other copy.
+    // Right after the loss the dead node's copies are still listed as ready (its lease is
+    // 5 s). Searches take turns among a shard's copies, so of two searches in a row one asks
+    // the victim first (it holds a copy of both shards) and has to ask the other copy. Sparse
+    // searches need no query embedding (a query embedded on the dead node's replica waits
+    // for it), so both run well within the lease, each waiting at most 2 s for a dead copy.
+    for q in ["Zorblat festival Quillby", "Harbor Lighthouse Margaret Olsen"] {
+        let v = search(&gw, q, "sparse", json!({}));
+        assert_eq!(v["shards"]["answered"], 2, "{q}: {v}");
+    }
     assert!(metric_sum(&gw, "shoal_kb_shard_failovers_total") >= 1.0, "searches failed over");
+    findable(&gw);
     // The coordinator notices, places fresh copies on the spare node and they rebuild from the survivors.
     wait_until(Duration::from_secs(60), "copies rebuilt after the node loss", || {
         let c = copies(&gw);

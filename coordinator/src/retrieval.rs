@@ -211,8 +211,6 @@ pub struct Retrieval {
     turn: std::sync::atomic::AtomicUsize,
 }
 
-/// The order in which a search asks a shard's copies: turn by turn, so consecutive searches
-/// spread over the copies and each copy is asked first in its turn (the rest are fallbacks).
 /// Checks a search's query and `top_k`; returns the query text, trimmed.
 pub fn check_search(search: &Search) -> Result<&str, RecallFailure> {
     let text = search.query.trim();
@@ -228,6 +226,8 @@ pub fn check_search(search: &Search) -> Result<&str, RecallFailure> {
     Ok(text)
 }
 
+/// The order in which a search asks a shard's copies: turn by turn, so consecutive searches
+/// spread over the copies and each copy is asked first in its turn (the rest are fallbacks).
 fn copy_order<T>(mut copies: Vec<T>, turn: usize) -> Vec<T> {
     if !copies.is_empty() {
         let n = copies.len();
