@@ -308,6 +308,11 @@ fn hostile_clients_are_refused_before_their_bodies_are_read() {
             s
         })
         .collect();
+    // Every slow upload holds its slot before the 9th is tried (else a 9th could take a slot
+    // a slow one then misses).
+    wait_until(Duration::from_secs(30), "8 uploads in progress", || {
+        coord.metric("shoal_gateway_uploads_in_progress ") == 8.0
+    });
     let ninth = || {
         agent(Duration::from_secs(10))
             .put(&coord.url("/v1/knowledge-bases/x/documents/small.txt"))

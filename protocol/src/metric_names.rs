@@ -36,6 +36,8 @@ pub const HTTP_RATE_LIMITED: &str = "shoal_gateway_rate_limited_total";
 /// HTTP connections open now, and those turned away at the connection cap.
 pub const HTTP_CONNECTIONS: &str = "shoal_gateway_http_connections";
 pub const HTTP_CONNECTIONS_REFUSED: &str = "shoal_gateway_http_connections_refused_total";
+/// Document uploads holding one of the gateway's upload slots now.
+pub const UPLOADS_IN_PROGRESS: &str = "shoal_gateway_uploads_in_progress";
 
 pub const NODE_HEARTBEATS_SENT: &str = "shoal_node_heartbeats_sent_total";
 pub const NODE_RECONNECTS: &str = "shoal_node_reconnects_total";

@@ -239,7 +239,10 @@ pub async fn upload_slot(
         e.retry_after_ms = Some(1_000);
         return e.into_response();
     };
-    next.run(req).await
+    metrics::gauge!(shoal_protocol::metric_names::UPLOADS_IN_PROGRESS).increment(1.0);
+    let response = next.run(req).await;
+    metrics::gauge!(shoal_protocol::metric_names::UPLOADS_IN_PROGRESS).decrement(1.0);
+    response
 }
 
 /// How long an upload waits for its knowledge base to take documents (copies being placed
