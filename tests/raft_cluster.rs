@@ -318,6 +318,16 @@ fn coordinators_are_added_and_removed_while_serving() {
     let out = run(&["coordinator", "add", "5", "--quic", &q5, "--http", &h5, "--gateway", &gw]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("does not answer") && stderr.contains("--force"), "{stderr}");
+    // Member 4 runs (started with the others, `initial = false`) before it is added, as the
+    // procedure says; its log is shown if it never came up.
+    let health = g.url(4, "/healthz");
+    if !(0..200).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        get(&health, None).is_some()
+    }) {
+        let log = std::fs::read_to_string(g.dir.join("c4.log")).unwrap_or_default();
+        panic!("member 4 never answered at {health}; its log:\n{log}");
+    }
     let m4 = g.member(4);
     let out = run(&[
         "coordinator",

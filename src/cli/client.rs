@@ -8,6 +8,10 @@ use serde_json::Value;
 
 pub const DEFAULT_GATEWAY: &str = "http://127.0.0.1:8080";
 
+/// How long a command waits for a gateway that does not answer at all: one started a
+/// moment ago (a pasted procedure) binds its port within this.
+pub const START_GRACE: Duration = Duration::from_secs(10);
+
 /// `--gateway` and `--api-key`, shared by every command that talks to a cluster.
 #[derive(Debug, Clone, Args)]
 pub struct GatewayArgs {
@@ -75,21 +79,37 @@ impl GatewayArgs {
 
     /// Waits (up to `within`) while the gateway's `/readyz` says it is still starting (a
     /// `shoal up` registering its models, a coordinator without a leader yet), saying why.
+    /// A gateway that does not answer at all is waited for at most [`START_GRACE`].
     pub async fn wait_ready(&self, within: Duration) -> anyhow::Result<()> {
+        self.settle(within, true).await
+    }
+
+    /// Like [`wait_ready`](Self::wait_ready), but a gateway that stays unready is only
+    /// warned about (`shoal status` shows what it can of a cluster without a leader).
+    pub async fn settle(&self, within: Duration, strict: bool) -> anyhow::Result<()> {
         self.check()?;
-        let url = self.url("/readyz");
+        let (url, gateway) = (self.url("/readyz"), self.gateway.clone());
         tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
             let mut said = String::new();
             loop {
-                let mut resp =
-                    Self::agent().get(&url).call().with_context(|| format!("cannot reach the gateway at {url}"))?;
-                if resp.status().is_success() {
-                    return Ok(());
-                }
-                let why = resp.body_mut().read_to_string().unwrap_or_default().trim().to_string();
+                let why = match Self::agent().get(&url).call() {
+                    Ok(resp) if resp.status().is_success() => return Ok(()),
+                    Ok(mut resp) => resp.body_mut().read_to_string().unwrap_or_default().trim().to_string(),
+                    Err(e) if started.elapsed() >= START_GRACE.min(within) => {
+                        return Err(anyhow!(
+                            "nothing answers at {gateway} ({e}): start `shoal up` (or a coordinator), or pass \
+                             --gateway with the address it printed"
+                        ));
+                    }
+                    Err(_) => format!("nothing answers at {gateway} yet"),
+                };
                 if started.elapsed() >= within {
-                    return Err(anyhow!("the gateway is not ready after {} s: {why}", within.as_secs()));
+                    if strict {
+                        return Err(anyhow!("the gateway is not ready after {} s: {why}", within.as_secs()));
+                    }
+                    eprintln!("warning: the gateway is not ready: {why}");
+                    return Ok(());
                 }
                 if why != said {
                     eprintln!("waiting for the gateway: {why}");

@@ -12,7 +12,7 @@ pub enum KeyCommand {
     Create(CreateArgs),
     /// List API keys (ids, names, scopes and limits; never secrets).
     List(ListArgs),
-    /// Revoke an API key by its id (`shoal key list` shows ids).
+    /// Revoke an API key by its id or its name (`shoal key list` shows both).
     Revoke(RevokeArgs),
 }
 
@@ -51,7 +51,7 @@ pub struct ListArgs {
 
 #[derive(Debug, Args)]
 pub struct RevokeArgs {
-    /// The key's id (`key-…`).
+    /// The key's id (`key-…`) or its name, if no other key has that name.
     pub id: String,
     #[command(flatten)]
     pub gateway: GatewayArgs,
@@ -113,16 +113,43 @@ pub async fn run(cmd: KeyCommand) -> anyhow::Result<()> {
             Ok(())
         }
         KeyCommand::Revoke(a) => {
-            a.gateway.delete(&format!("/v1/keys/{}", a.id)).await?;
-            println!("revoked {}", a.id);
+            let keys = a.gateway.get("/v1/keys").await?;
+            let id = key_id(&keys, &a.id).map_err(|e| anyhow::anyhow!(e))?;
+            a.gateway.delete(&format!("/v1/keys/{id}")).await?;
+            println!("revoked {id}");
             Ok(())
         }
+    }
+}
+
+/// The id of the key `given` names: an id, else the one key with that name.
+fn key_id(list: &Value, given: &str) -> Result<String, String> {
+    let keys: Vec<&Value> = list["data"].as_array().into_iter().flatten().collect();
+    if keys.iter().any(|k| k["id"] == given) {
+        return Ok(given.to_string());
+    }
+    let named: Vec<&str> = keys.iter().filter(|k| k["name"] == given).filter_map(|k| k["id"].as_str()).collect();
+    match named.as_slice() {
+        [id] => Ok(id.to_string()),
+        [] => Err(format!("no key has the id or name '{given}' (`shoal key list` shows them)")),
+        ids => Err(format!("{} keys are named '{given}': revoke one by its id ({})", ids.len(), ids.join(", "))),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_are_revoked_by_id_or_unique_name() {
+        let list = json!({"data": [
+            {"id": "key-1", "name": "ci-bot"}, {"id": "key-2", "name": "web"}, {"id": "key-3", "name": "web"}
+        ]});
+        assert_eq!(key_id(&list, "key-2"), Ok("key-2".into()));
+        assert_eq!(key_id(&list, "ci-bot"), Ok("key-1".into()));
+        assert_eq!(key_id(&list, "web"), Err("2 keys are named 'web': revoke one by its id (key-2, key-3)".into()));
+        assert!(key_id(&list, "nope").unwrap_err().contains("shoal key list"));
+    }
 
     #[test]
     fn rates_read_with_or_without_a_unit() {

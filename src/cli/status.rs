@@ -79,7 +79,11 @@ pub fn deployments_table(deployments: &Value) -> String {
     out
 }
 
+/// How long `shoal status` waits for a leader before showing what it can.
+const STATUS_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
+    a.gateway.settle(STATUS_PATIENCE, false).await?;
     let cluster = a.gateway.get("/v1/cluster").await?;
     let nodes = a.gateway.get("/v1/nodes").await?;
     let deployments = a.gateway.get("/v1/deployments").await?;

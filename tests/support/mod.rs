@@ -14,12 +14,31 @@ use serde_json::{json, Value};
 pub const BIN: &str = env!("CARGO_BIN_EXE_shoal");
 pub const API_KEY: &str = "sk-test-admin-key";
 
-/// A port free for both UDP (QUIC) and TCP (HTTP) right now.
+/// A port free for both UDP (QUIC) and TCP (HTTP) right now, chosen below the kernel's
+/// ephemeral range (32768 and up on Linux) so that no outgoing connection made meanwhile
+/// takes it before the process under test binds it, and never handed out twice by this
+/// test binary.
 pub fn free_port() -> u16 {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(1)
+        as u64
+        ^ (u64::from(std::process::id()) << 32)
+        | 1;
     loop {
-        let udp = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
-        let port = udp.local_addr().expect("addr").port();
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        // xorshift: good enough to spread concurrent test binaries over the range.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let port = 20_000 + (seed % 12_000) as u16;
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        let given = given.get_or_insert_with(HashSet::new);
+        if given.contains(&port) {
+            continue;
+        }
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
             return port;
         }
     }

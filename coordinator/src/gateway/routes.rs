@@ -258,8 +258,23 @@ pub struct AddCoordinator {
 
 /// How long `coordinator add` waits for the new member's gateway to answer.
 const MEMBER_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+/// How long `coordinator add` waits for a member that does not answer yet.
+const MEMBER_START_GRACE: std::time::Duration = std::time::Duration::from_secs(8);
 
 /// Whether a coordinator answers `GET /healthz` at `http` (a plain HTTP/1.0 exchange).
+/// [`answers`], retried for a few seconds when nothing listens yet: a member started a
+/// moment before `coordinator add` (a pasted procedure) binds its port within that time.
+async fn answers_soon(http: std::net::SocketAddr) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + MEMBER_START_GRACE;
+    loop {
+        match answers(http).await {
+            Ok(()) => return Ok(()),
+            Err(why) if tokio::time::Instant::now() >= deadline => return Err(why),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
+    }
+}
+
 async fn answers(http: std::net::SocketAddr) -> Result<(), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let exchange = async {
@@ -302,7 +317,7 @@ pub async fn add_coordinator(
         return Err(ApiError::bad_request(format!("coordinator {} is already a voter", req.id)));
     }
     if !req.force {
-        answers(req.http).await.map_err(|why| {
+        answers_soon(req.http).await.map_err(|why| {
             ApiError::bad_request(format!(
                 "coordinator {} does not answer at http://{} ({why}): start it first with `initial = false` in its \
                  config (see docs/guarantees.md), or pass --force to add it anyway",
