@@ -374,6 +374,20 @@ fn coordinators_are_added_and_removed_while_serving() {
             ok
         });
     }
+    // A leader stopped on purpose (SIGTERM) hands leadership to another voter before it
+    // exits, instead of leaving the others to wait out an election timeout.
+    let leader = g.wait_leader(Duration::from_secs(20), None);
+    let m = g.members.iter_mut().find(|m| m.id == leader).expect("member");
+    let mut proc = m.proc.take().expect("the leader runs");
+    assert!(proc.terminate().success(), "{}", proc.log_text());
+    let log = proc.log_text();
+    assert!(log.contains("handed leadership over before stopping"), "{log}");
+    let next = g.wait_leader(Duration::from_secs(20), Some(leader));
+    assert!(next != leader);
+    let url = g.url(next, "/v1/tokens");
+    wait_until(Duration::from_secs(15), "a write after the hand-over", || {
+        post(&url, json!({})).map(|r| r.0) == Some(200)
+    });
 }
 
 /// Routing reads each coordinator's local replica of the state, and a node that reconnects

@@ -19,6 +19,7 @@ pub mod raft;
 pub mod registry;
 pub mod retrieval;
 pub mod router;
+pub mod routing;
 pub mod runtime;
 pub mod scheduler;
 pub mod state;

@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rand::Rng;
 use shoal_protocol::metric_names as m;
 use shoal_protocol::pool::Pool;
 use shoal_protocol::tls::NODE_SERVER_NAME;
@@ -195,27 +194,11 @@ impl Router {
         local.max(reported)
     }
 
-    /// Power of two choices among targets not yet tried.
+    /// The next target to try: [`crate::routing::choose`] over the targets' loads.
     fn pick(&self, targets: &[Target], tried: &[String]) -> Option<Target> {
-        let fresh: Vec<&Target> = targets.iter().filter(|t| !tried.contains(&t.placement)).collect();
-        let chosen = match fresh.len() {
-            0 => return None,
-            1 => fresh[0],
-            n => {
-                let mut rng = rand::rng();
-                let a = rng.random_range(0..n);
-                let mut b = rng.random_range(0..n - 1);
-                if b >= a {
-                    b += 1;
-                }
-                if self.load_of(&fresh[b].placement) < self.load_of(&fresh[a].placement) {
-                    fresh[b]
-                } else {
-                    fresh[a]
-                }
-            }
-        };
-        Some(chosen.clone())
+        let loads: Vec<u32> = targets.iter().map(|t| self.load_of(&t.placement)).collect();
+        let skip: Vec<bool> = targets.iter().map(|t| tried.contains(&t.placement)).collect();
+        crate::routing::choose(&loads, &skip, &mut rand::rng()).map(|i| targets[i].clone())
     }
 
     fn begin(&self, placement: &str) -> InFlight<'_> {

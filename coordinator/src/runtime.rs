@@ -13,6 +13,9 @@ use shoal_protocol::tls::Identity;
 use shoal_protocol::token::JoinToken;
 use tracing::info;
 
+/// How long a leader stopping on purpose waits for another member to take over.
+pub const HAND_OVER_WITHIN: Duration = Duration::from_secs(1);
+
 /// How many times start-up retries registering the admin key (through elections).
 const BOOTSTRAP_ATTEMPTS: u32 = 300;
 
@@ -238,6 +241,14 @@ impl Coordinator {
     /// Lets `/readyz` answer ready (see [`CoordinatorOptions::hold_ready`]).
     pub fn ready(&self) {
         *self.held.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Before a planned stop: hands raft leadership to another voter if this member leads
+    /// (waits at most [`HAND_OVER_WITHIN`]).
+    pub async fn step_down(&self) {
+        if self.raft.status().is_leader() {
+            self.raft.hand_over(HAND_OVER_WITHIN).await;
+        }
     }
 
     /// Stops accepting QUIC connections.

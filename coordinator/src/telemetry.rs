@@ -79,6 +79,7 @@ fn register_zeroes() {
     metrics::counter!(m::RAFT_APPLIED_ENTRIES).increment(0);
     metrics::counter!(m::RAFT_SNAPSHOTS_SENT).increment(0);
     metrics::counter!(m::RAFT_SNAPSHOTS_INSTALLED).increment(0);
+    metrics::counter!(m::RAFT_CHECKPOINTS).increment(0);
     metrics::counter!(m::RAFT_READ_INDEX).increment(0);
     metrics::counter!(m::RAFT_FORWARDED).increment(0);
 }

@@ -44,6 +44,12 @@ pub fn to_payload<T: Encode>(msg: &T) -> Result<AlignedVec, ProtocolError> {
     Ok(bytes)
 }
 
+/// Serializes `msg` to its archived bytes with no size limit: for what is stored (the
+/// coordinator's state checkpoint, which grows with the cluster), never for a frame.
+pub fn to_stored_bytes<T: Encode>(msg: &T) -> Result<AlignedVec, ProtocolError> {
+    rkyv::to_bytes::<rancor::Error>(msg).map_err(|e| ProtocolError::Malformed(e.to_string()))
+}
+
 /// Serializes `msg` into a whole frame: length prefix followed by the archive.
 pub fn encode<T: Encode>(msg: &T) -> Result<Vec<u8>, ProtocolError> {
     let payload = to_payload(msg)?;

@@ -19,6 +19,7 @@ pub const RAFT_LOG_ENTRIES: &str = "shoal_raft_log_entries";
 pub const RAFT_COMMIT_SECONDS: &str = "shoal_raft_commit_duration_seconds";
 pub const RAFT_SNAPSHOTS_SENT: &str = "shoal_raft_snapshots_sent_total";
 pub const RAFT_SNAPSHOTS_INSTALLED: &str = "shoal_raft_snapshots_installed_total";
+pub const RAFT_CHECKPOINTS: &str = "shoal_raft_checkpoints_total";
 pub const RAFT_READ_INDEX: &str = "shoal_raft_read_index_total";
 pub const RAFT_FORWARDED: &str = "shoal_raft_forwarded_proposals_total";
 

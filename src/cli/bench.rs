@@ -54,6 +54,12 @@ pub struct RaftBench {
     /// loopback, etcd's default timeouts). Skipped when it does not exist.
     #[arg(long, default_value = "/usr/bin/etcd")]
     pub etcd: PathBuf,
+    /// Nodes in the state of the pre-filled rows (admitted, then lost).
+    #[arg(long, default_value_t = 10_000)]
+    pub prefill_nodes: usize,
+    /// Knowledge-base documents in the state of the pre-filled rows.
+    #[arg(long, default_value_t = 100_000)]
+    pub prefill_documents: usize,
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -87,6 +93,16 @@ pub(super) struct Group {
 
 impl Group {
     pub(super) fn new(dir: &Path, voters: u64, batch: bool) -> anyhow::Result<Group> {
+        Self::new_with(dir, voters, batch, None)
+    }
+
+    /// A group whose members all start from `state` (written into their fresh data dirs).
+    pub(super) fn new_with(
+        dir: &Path,
+        voters: u64,
+        batch: bool,
+        state: Option<&shoal_coordinator::state::ClusterState>,
+    ) -> anyhow::Result<Group> {
         std::fs::create_dir_all(dir)?;
         let mut cfg = String::new();
         let mut members = Vec::new();
@@ -101,6 +117,14 @@ impl Group {
         cfg += &format!("[pki]\nca_dir = \"ca\"\n\n[raft]\nbatch_proposals = {batch}\n");
         let config = dir.join("group.toml");
         std::fs::write(&config, cfg)?;
+        if let Some(state) = state {
+            let ids: Vec<u64> = (1..=voters).collect();
+            for id in &ids {
+                let raft = dir.join(format!("c{id}")).join("raft");
+                shoal_coordinator::raft::storage::SledStorage::open_with(&raft, &ids, state.clone())
+                    .with_context(|| format!("pre-filling {}", raft.display()))?;
+            }
+        }
         let mut g = Group { dir: dir.to_path_buf(), config, members, quic: quic_addrs };
         for id in 1..=voters {
             g.start(id)?;
@@ -132,6 +156,16 @@ impl Group {
         if let Some(m) = self.members.iter_mut().find(|m| m.0 == id) {
             if let Some(mut c) = m.2.take() {
                 let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+
+    /// Stops a member with SIGTERM (a planned stop) and waits for it to exit.
+    pub(super) fn terminate(&mut self, id: u64) {
+        if let Some(m) = self.members.iter_mut().find(|m| m.0 == id) {
+            if let Some(mut c) = m.2.take() {
+                let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
                 let _ = c.wait();
             }
         }
@@ -434,6 +468,17 @@ fn raft(a: RaftBench) -> anyhow::Result<()> {
     let (rate, p50, p99) = throughput(&g, a.writes / 4, 1)?;
     println!("{:<8} {:<10} {rate:>10.0} {p50:>10.2} {p99:>10.2}   (one writer)", 3, "on");
     drop(g);
+    // The same with a large state: a commit must not cost more as the state grows.
+    let built = Instant::now();
+    let state = shoal_coordinator::state::synthetic_state(a.prefill_nodes, a.prefill_documents);
+    let label = format!("state pre-filled: {} nodes, {} documents", a.prefill_nodes, a.prefill_documents);
+    eprintln!("({label}: built in {:.1} s)", built.elapsed().as_secs_f64());
+    let g = Group::new_with(&base.join("prefilled"), 3, true, Some(&state))?;
+    let (rate, p50, p99) = throughput(&g, a.writes, a.concurrency)?;
+    println!("{:<8} {:<10} {rate:>10.0} {p50:>10.2} {p99:>10.2}   ({label})", 3, "on");
+    let (rate, p50, p99) = throughput(&g, a.writes / 4, 1)?;
+    println!("{:<8} {:<10} {rate:>10.0} {p50:>10.2} {p99:>10.2}   (one writer, {label})", 3, "on");
+    drop(g);
     let etcd = if a.etcd.exists() { Some(Etcd::start_all(&a.etcd, &base.join("etcd"))?) } else { None };
     match &etcd {
         Some(e) => {
@@ -483,6 +528,29 @@ fn failover(base: &Path, kills: usize, etcd: Option<Etcd>) -> anyhow::Result<()>
                 pct(&t, 1.0)
             );
         }
+        // A planned stop: SIGTERM makes the leader hand over before it exits.
+        let mut handed = Vec::new();
+        for _ in 0..kills {
+            let leader = g.leader(Duration::from_secs(30))?;
+            let survivors: Vec<SocketAddr> =
+                g.live().iter().filter(|id| **id != leader).map(|id| g.http(*id)).collect();
+            let pid = g.pid(leader).unwrap_or(0);
+            let t0 = Instant::now();
+            let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+            let _ = time_to_ack(&survivors, write)?;
+            handed.push(t0.elapsed());
+            g.terminate(leader);
+            g.start(leader)?;
+            g.leader(Duration::from_secs(30))?;
+        }
+        handed.sort();
+        println!(
+            "leader stopped with SIGTERM ({} stops, 3 voters; it hands leadership over first): time until a write is acknowledged again: p50 {:.0} ms, p90 {:.0} ms, max {:.0} ms",
+            handed.len(),
+            pct(&handed, 0.5),
+            pct(&handed, 0.9),
+            pct(&handed, 1.0)
+        );
         println!("timeouts: raft tick 100 ms, leader heartbeat 1 tick, election timeout randomised in 10-20 ticks (etcd defaults: 100 ms heartbeat, 1000 ms election)");
     }
     let _ = std::fs::remove_dir_all(base);

@@ -113,6 +113,7 @@ async fn serve(a: CoordinatorArgs) -> anyhow::Result<()> {
         });
     }
     super::shutdown_signal().await;
+    coord.step_down().await;
     coord.close();
     Ok(())
 }

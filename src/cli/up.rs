@@ -121,6 +121,7 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
     println!("Join more machines with: shoal token create --gateway http://{} --api-key KEY", coord.http_addr);
     super::shutdown_signal().await;
     node.stop();
+    coord.step_down().await;
     coord.close();
     Ok(())
 }

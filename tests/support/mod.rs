@@ -59,6 +59,11 @@ impl Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+    /// Stops the process with SIGTERM (a planned stop) and returns its exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        self.child.wait().expect("wait")
+    }
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

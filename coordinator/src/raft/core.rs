@@ -1,7 +1,8 @@
 //! The raft core: raft-rs's `RawNode` plus the state machine, with no threads, sockets or
 //! clocks. The caller ticks it, steps messages, proposes, and runs [`RaftCore::on_ready`],
-//! which persists (and flushes) before anything that depends on it is sent, applies
-//! committed entries with [`crate::state::apply`], and reports what happened.
+//! which persists (and flushes, once per pass) before anything that depends on it is sent,
+//! applies committed entries with [`crate::state::apply`] (checkpointing the state every
+//! `compact_after` entries), and reports what happened.
 //!
 //! The tokio driver ([`super::driver`]) and the deterministic simulation tests both run
 //! exactly this code.
@@ -176,6 +177,25 @@ impl<S: RaftStore> RaftCore<S> {
         self.node.report_unreachable(id);
     }
 
+    /// Starts handing leadership to the voter whose log is furthest along (raft's
+    /// TimeoutNow once it has caught up). Returns that voter, or `None` when this member does
+    /// not lead or has no other voter.
+    pub fn transfer_leadership(&mut self) -> Option<u64> {
+        let raft = &self.node.raft;
+        if raft.state != StateRole::Leader {
+            return None;
+        }
+        let voters = self.node.store().conf_state().voters.clone();
+        let to = voters
+            .iter()
+            .filter(|id| **id != self.id)
+            .filter_map(|id| raft.prs().get(*id).map(|p| (p.matched, *id)))
+            .max()
+            .map(|(_, id)| id)?;
+        self.node.transfer_leader(to);
+        Some(to)
+    }
+
     pub fn report_snapshot(&mut self, id: u64, ok: bool) {
         let status = if ok { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
         self.node.report_snapshot(id, status);
@@ -226,6 +246,9 @@ impl<S: RaftStore> RaftCore<S> {
     /// leave: the leader's appends before its own persist, everything else after the flush.
     pub fn on_ready(&mut self, send: &mut dyn FnMut(Vec<Message>)) -> Result<ReadyOutput, CoordinatorError> {
         let mut out = ReadyOutput::default();
+        if self.node.store().checkpoint_wanted().swap(false, std::sync::atomic::Ordering::Relaxed) {
+            self.checkpoint()?;
+        }
         if !self.node.has_ready() {
             return Ok(out);
         }
@@ -315,15 +338,21 @@ impl<S: RaftStore> RaftCore<S> {
             }
         }
         self.applied = last.max(self.applied);
-        let stored = StoredState { applied: self.applied, state: state.clone() };
+        // The state is written only at checkpoints, every `compact_after` entries: a commit
+        // costs the same whatever the size of the state (the log holds what came since, and
+        // is applied again after a restart). The next Ready's flush makes it durable.
         drop(state);
-        let store = self.node.mut_store();
-        store.save_state(&stored)?;
-        store.flush()?;
-        if self.applied.saturating_sub(store.first()) >= self.compact_after {
-            store.compact(self.applied)?;
-            store.flush()?;
+        if self.applied.saturating_sub(self.node.store().first()) >= self.compact_after {
+            self.checkpoint()?;
         }
+        Ok(())
+    }
+
+    /// Saves the applied state and compacts the log up to it.
+    fn checkpoint(&mut self) -> Result<(), CoordinatorError> {
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner()).clone();
+        self.node.mut_store().checkpoint(&StoredState { applied: self.applied, state })?;
+        metrics::counter!(m::RAFT_CHECKPOINTS).increment(1);
         Ok(())
     }
 

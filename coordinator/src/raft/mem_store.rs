@@ -29,6 +29,7 @@ pub struct MemStore {
     durable: Durable,
     /// Flushes left before the simulated process dies in the middle of a flush.
     flushes_left: Option<u32>,
+    checkpoint_wanted: std::sync::atomic::AtomicBool,
 }
 
 impl MemStore {
@@ -38,7 +39,12 @@ impl MemStore {
         let state = (!voters.is_empty())
             .then(|| StoredState { applied: super::storage::BOOTSTRAP_INDEX, state: Default::default() });
         let data = MemData { entries: Vec::new(), hard_state, conf_state, snapshot_meta, state };
-        Self { durable: Arc::new(Mutex::new(data.clone())), cur: data, flushes_left: None }
+        Self {
+            durable: Arc::new(Mutex::new(data.clone())),
+            cur: data,
+            flushes_left: None,
+            checkpoint_wanted: Default::default(),
+        }
     }
 
     /// The handle a harness keeps to restart this store after a crash.
@@ -49,7 +55,7 @@ impl MemStore {
     /// A store as it is after a crash: only what was flushed.
     pub fn recover(durable: &Durable) -> Self {
         let data = durable.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        Self { cur: data, durable: durable.clone(), flushes_left: None }
+        Self { cur: data, durable: durable.clone(), flushes_left: None, checkpoint_wanted: Default::default() }
     }
 
     /// Lets `n` more flushes succeed, then fails the next one as a process killed right
@@ -113,8 +119,8 @@ impl raft::Storage for MemStore {
         Ok(self.last())
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        super::store::snapshot_of(self)
+    fn snapshot(&self, _request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        super::store::snapshot_of(self, to)
     }
 }
 
@@ -154,16 +160,8 @@ impl RaftStore for MemStore {
         Ok(stored)
     }
 
-    fn save_state(&mut self, stored: &StoredState) -> Result<(), CoordinatorError> {
-        self.cur.state = Some(stored.clone());
-        Ok(())
-    }
-
-    fn load_state(&self) -> Result<Option<StoredState>, CoordinatorError> {
-        Ok(self.cur.state.clone())
-    }
-
-    fn compact(&mut self, index: u64) -> Result<(), CoordinatorError> {
+    fn checkpoint(&mut self, stored: &StoredState) -> Result<(), CoordinatorError> {
+        let index = stored.applied;
         if index <= self.cur.snapshot_meta.index || index > self.last() {
             return Ok(());
         }
@@ -174,7 +172,12 @@ impl RaftStore for MemStore {
         self.cur.snapshot_meta.term = term;
         let cs = self.cur.conf_state.clone();
         self.cur.snapshot_meta.set_conf_state(cs);
+        self.cur.state = Some(stored.clone());
         Ok(())
+    }
+
+    fn load_state(&self) -> Result<Option<StoredState>, CoordinatorError> {
+        Ok(self.cur.state.clone())
     }
 
     fn flush(&mut self) -> Result<(), CoordinatorError> {
@@ -197,5 +200,13 @@ impl RaftStore for MemStore {
 
     fn conf_state(&self) -> &ConfState {
         &self.cur.conf_state
+    }
+
+    fn snapshot_conf_state(&self) -> &ConfState {
+        self.cur.snapshot_meta.get_conf_state()
+    }
+
+    fn checkpoint_wanted(&self) -> &std::sync::atomic::AtomicBool {
+        &self.checkpoint_wanted
     }
 }

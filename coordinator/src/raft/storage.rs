@@ -1,9 +1,11 @@
 //! raft-rs `Storage` on sled.
 //!
-//! One tree holds everything, so each write is one atomic sled batch: log entries under
-//! `e/<index BE>`, and under `m/`: hard state, conf state, snapshot metadata and the
-//! applied state machine (with its applied index). Every write path is followed by an
-//! explicit flush in the driver before anything that depends on it is sent or acknowledged.
+//! The `raft` tree holds log entries under `e/<index BE>`, and under `m/`: hard state, conf
+//! state and snapshot metadata. The `state` tree holds the last checkpoint of the state
+//! machine (with its applied index) alone, so that the small writes of every commit never
+//! touch a page holding the large state. A checkpoint or an installed snapshot changes both
+//! trees in one sled transaction. Every write path is followed by an explicit flush in the
+//! driver before anything that depends on it is sent or acknowledged.
 
 use std::path::{Path, PathBuf};
 
@@ -63,7 +65,8 @@ pub struct StoredState {
 
 impl StoredState {
     pub fn encode(&self) -> Result<Vec<u8>, CoordinatorError> {
-        Ok(shoal_protocol::frame::to_payload(self)?.to_vec())
+        // The state grows with the cluster (nodes, documents): no frame limit applies to it.
+        Ok(shoal_protocol::frame::to_stored_bytes(self)?.to_vec())
     }
     pub fn decode(bytes: &[u8]) -> Result<Self, CoordinatorError> {
         shoal_protocol::frame::decode(bytes).map_err(|e| corrupt(format!("state machine: {e}")))
@@ -74,6 +77,8 @@ impl StoredState {
 pub struct SledStorage {
     db: sled::Db,
     tree: sled::Tree,
+    /// The state machine checkpoint, under [`KEY_STATE_MACHINE`].
+    state_tree: sled::Tree,
     hard_state: HardState,
     conf_state: ConfState,
     snapshot_meta: SnapshotMetadata,
@@ -84,6 +89,7 @@ pub struct SledStorage {
     /// truncation, or replaced) is refused instead of served.
     manifest: PathBuf,
     manifest_commit: u64,
+    checkpoint_wanted: std::sync::atomic::AtomicBool,
 }
 
 /// The manifest is rewritten once the commit index has moved this far past it.
@@ -141,11 +147,37 @@ fn open_db(path: &Path) -> Result<sled::Db, CoordinatorError> {
 }
 
 impl SledStorage {
+    /// Applies `batch` to the raft tree and, if given, stores `state` as the checkpoint, in
+    /// one transaction: after a crash both happened or neither did.
+    fn write_both(&self, batch: sled::Batch, state: Option<Vec<u8>>) -> Result<(), CoordinatorError> {
+        use sled::transaction::{ConflictableTransactionError, TransactionError};
+        use sled::Transactional;
+        let result = (&self.tree, &self.state_tree).transaction(|(raft, st)| {
+            raft.apply_batch(&batch)?;
+            if let Some(bytes) = &state {
+                st.insert(KEY_STATE_MACHINE, bytes.as_slice())?;
+            }
+            Ok::<(), ConflictableTransactionError<()>>(())
+        });
+        match result {
+            Ok(()) => Ok(()),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+            Err(TransactionError::Abort(())) => Err(corrupt("the storage transaction was aborted")),
+        }
+    }
+
     /// Opens (or creates) the storage in `dir`. A fresh store is bootstrapped with `voters`.
     pub fn open(dir: &Path, voters: &[u64]) -> Result<Self, CoordinatorError> {
+        Self::open_with(dir, voters, ClusterState::default())
+    }
+
+    /// Like [`open`](Self::open), but a fresh store of a bootstrap member starts from
+    /// `initial` instead of an empty state (every bootstrap member must be given the same).
+    pub fn open_with(dir: &Path, voters: &[u64], initial: ClusterState) -> Result<Self, CoordinatorError> {
         std::fs::create_dir_all(dir).map_err(|e| CoordinatorError::io(dir, e))?;
         let db = open_db(&dir.join("raft.sled"))?;
         let tree = db.open_tree("raft")?;
+        let state_tree = db.open_tree("state")?;
         let fresh = tree.get(KEY_CONF_STATE)?.is_none();
         let manifest = dir.join("raft.manifest");
         let manifest_commit = read_manifest(&manifest)?;
@@ -160,12 +192,14 @@ impl SledStorage {
         let mut store = Self {
             db,
             tree,
+            state_tree,
             hard_state: HardState::default(),
             conf_state: ConfState::default(),
             snapshot_meta: SnapshotMetadata::default(),
             last: 0,
             manifest,
             manifest_commit: manifest_commit.unwrap_or(0),
+            checkpoint_wanted: Default::default(),
         };
         if fresh {
             let (meta, hs, cs) = bootstrap(voters);
@@ -176,11 +210,12 @@ impl SledStorage {
             batch.insert(KEY_CONF_STATE, pb_bytes(&store.conf_state)?);
             batch.insert(KEY_SNAPSHOT_META, pb_bytes(&store.snapshot_meta)?);
             batch.insert(KEY_HARD_STATE, pb_bytes(&store.hard_state)?);
-            if !voters.is_empty() {
-                let stored = StoredState { applied: BOOTSTRAP_INDEX, state: ClusterState::default() };
-                batch.insert(KEY_STATE_MACHINE, stored.encode()?);
-            }
-            store.tree.apply_batch(batch)?;
+            let state = if voters.is_empty() {
+                None
+            } else {
+                Some(StoredState { applied: BOOTSTRAP_INDEX, state: initial }.encode()?)
+            };
+            store.write_both(batch, state)?;
             store.flush()?;
         } else {
             store.hard_state = get_pb(&store.tree, KEY_HARD_STATE)?.unwrap_or_default();
@@ -293,17 +328,25 @@ impl RaftStore for SledStorage {
         &self.conf_state
     }
 
+    fn snapshot_conf_state(&self) -> &ConfState {
+        self.snapshot_meta.get_conf_state()
+    }
+
+    fn checkpoint_wanted(&self) -> &std::sync::atomic::AtomicBool {
+        &self.checkpoint_wanted
+    }
+
     /// The stored state machine, if any has been saved.
     fn load_state(&self) -> Result<Option<StoredState>, CoordinatorError> {
-        match self.tree.get(KEY_STATE_MACHINE)? {
+        // Data dirs written before the state had a tree of its own keep it in the raft tree.
+        let found = match self.state_tree.get(KEY_STATE_MACHINE)? {
+            Some(v) => Some(v),
+            None => self.tree.get(KEY_STATE_MACHINE)?,
+        };
+        match found {
             None => Ok(None),
             Some(v) => StoredState::decode(&v).map(Some),
         }
-    }
-
-    fn save_state(&mut self, stored: &StoredState) -> Result<(), CoordinatorError> {
-        self.tree.insert(KEY_STATE_MACHINE, stored.encode()?)?;
-        Ok(())
     }
 
     /// Installs a snapshot received from the leader: state machine, conf state and log
@@ -322,8 +365,8 @@ impl RaftStore for SledStorage {
         batch.insert(KEY_SNAPSHOT_META, pb_bytes(&meta)?);
         batch.insert(KEY_CONF_STATE, pb_bytes(meta.get_conf_state())?);
         batch.insert(KEY_HARD_STATE, pb_bytes(&hs)?);
-        batch.insert(KEY_STATE_MACHINE, stored.encode()?);
-        self.tree.apply_batch(batch)?;
+        batch.remove(KEY_STATE_MACHINE);
+        self.write_both(batch, Some(stored.encode()?))?;
         self.conf_state = meta.get_conf_state().clone();
         self.hard_state = hs;
         self.last = meta.index;
@@ -331,9 +374,9 @@ impl RaftStore for SledStorage {
         Ok(stored)
     }
 
-    /// Drops log entries up to `index` (which must be applied), keeping the state machine
-    /// saved at or after it as the snapshot that replaces them.
-    fn compact(&mut self, index: u64) -> Result<(), CoordinatorError> {
+    /// The state machine at `stored.applied` and the log compacted up to it, in one batch.
+    fn checkpoint(&mut self, stored: &StoredState) -> Result<(), CoordinatorError> {
+        let index = stored.applied;
         if index <= self.snapshot_meta.index || index > self.last {
             return Ok(());
         }
@@ -347,7 +390,8 @@ impl RaftStore for SledStorage {
             batch.remove(&entry_key(idx)[..]);
         }
         batch.insert(KEY_SNAPSHOT_META, pb_bytes(&meta)?);
-        self.tree.apply_batch(batch)?;
+        batch.remove(KEY_STATE_MACHINE);
+        self.write_both(batch, Some(stored.encode()?))?;
         self.snapshot_meta = meta;
         Ok(())
     }
@@ -419,8 +463,8 @@ impl raft::Storage for SledStorage {
         Ok(self.last)
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        super::store::snapshot_of(self)
+    fn snapshot(&self, _request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        super::store::snapshot_of(self, to)
     }
 }
 
@@ -453,17 +497,61 @@ mod tests {
     }
 
     #[test]
-    fn compaction_keeps_terms_and_refuses_old_reads() {
+    fn a_checkpoint_saves_the_state_compacts_and_serves_as_the_snapshot() {
         let dir = tempfile::tempdir().expect("tmp");
-        let mut s = SledStorage::open(dir.path(), &[1]).expect("open");
-        s.append(&[entry(2, 1), entry(3, 1), entry(4, 2)]).expect("append");
-        s.compact(3).expect("compact");
+        {
+            let mut s = SledStorage::open(dir.path(), &[1]).expect("open");
+            s.append(&[entry(2, 1), entry(3, 1), entry(4, 2)]).expect("append");
+            s.set_hard_state(&HardState { term: 2, commit: 4, ..Default::default() }).expect("hs");
+            // A later membership is not the checkpoint's.
+            let mut state = ClusterState::default();
+            state.coordinators.insert(
+                1,
+                crate::state::CoordinatorRecord { id: 1, quic: "127.0.0.1:1".into(), http: "127.0.0.1:2".into() },
+            );
+            s.checkpoint(&StoredState { applied: 3, state }).expect("checkpoint");
+            s.set_conf_state(&ConfState { voters: vec![1, 2], ..Default::default() }).expect("cs");
+            s.flush().expect("flush");
+        }
+        let s = SledStorage::open(dir.path(), &[1]).expect("reopen");
         assert_eq!(s.first_index().expect("first"), 4);
         assert_eq!(s.term(3).expect("term"), 1);
         assert!(matches!(
             s.entries(1, 3, None, GetEntriesContext::empty(false)),
             Err(raft::Error::Store(StorageError::Compacted))
         ));
+        let loaded = s.load_state().expect("load").expect("a state");
+        assert_eq!((loaded.applied, loaded.state.coordinators.len()), (3, 1));
+        let snap = raft::Storage::snapshot(&s, 0, 1).expect("snapshot");
+        assert_eq!((snap.get_metadata().index, snap.get_metadata().term), (3, 1));
+        assert_eq!(snap.get_metadata().get_conf_state().voters, vec![1]);
+        assert_eq!(StoredState::decode(&snap.data).expect("decode").applied, 3);
+        // A member added after the checkpoint cannot be given it: a new checkpoint is asked for.
+        assert!(matches!(
+            raft::Storage::snapshot(&s, 0, 2),
+            Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+        ));
+        assert!(s.checkpoint_wanted().load(std::sync::atomic::Ordering::Relaxed));
+    }
+
+    #[test]
+    fn a_state_larger_than_a_frame_is_checkpointed_and_read_back() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let big = crate::state::synthetic_state(1_000, 50_000);
+        let bytes = StoredState { applied: 1, state: big.clone() }.encode().expect("encode").len();
+        assert!(bytes > shoal_protocol::frame::MAX_FRAME_BYTES, "{bytes} bytes");
+        {
+            let mut s = SledStorage::open_with(dir.path(), &[1], big).expect("open");
+            s.append(&[entry(2, 1)]).expect("append");
+            s.checkpoint(&s.load_state().expect("load").map(|st| StoredState { applied: 2, ..st }).expect("state"))
+                .expect("checkpoint");
+            s.flush().expect("flush");
+        }
+        let s = SledStorage::open(dir.path(), &[1]).expect("reopen");
+        let loaded = s.load_state().expect("load").expect("a state");
+        assert_eq!(loaded.applied, 2);
+        assert_eq!(loaded.state.knowledge_bases["synthetic"].documents.len(), 50_000);
+        assert_eq!(loaded.state.nodes.len(), 1_000);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use raft::prelude::{ConfState, Entry, HardState, Snapshot};
 use raft::StorageError;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::storage::StoredState;
 use crate::CoordinatorError;
@@ -16,21 +17,34 @@ pub trait RaftStore: raft::Storage {
     fn set_conf_state(&mut self, cs: &ConfState) -> Result<(), CoordinatorError>;
     /// Installs a leader's snapshot atomically; returns the state it carries.
     fn apply_snapshot(&mut self, snap: &Snapshot) -> Result<StoredState, CoordinatorError>;
-    fn save_state(&mut self, stored: &StoredState) -> Result<(), CoordinatorError>;
+    /// Saves the applied state machine and drops the log entries it covers (up to
+    /// `stored.applied`), atomically: the checkpoint becomes the snapshot that replaces them.
+    /// Between checkpoints the state lives in memory only; after a restart the entries since
+    /// the last checkpoint are applied again from the log.
+    fn checkpoint(&mut self, stored: &StoredState) -> Result<(), CoordinatorError>;
     fn load_state(&self) -> Result<Option<StoredState>, CoordinatorError>;
-    /// Drops applied entries up to `index`.
-    fn compact(&mut self, index: u64) -> Result<(), CoordinatorError>;
     /// Makes every write so far durable.
     fn flush(&mut self) -> Result<(), CoordinatorError>;
     fn first(&self) -> u64;
     fn last(&self) -> u64;
     fn conf_state(&self) -> &ConfState;
+    /// The membership at the last checkpoint (or snapshot installed).
+    fn snapshot_conf_state(&self) -> &ConfState;
+    /// Set when a snapshot was asked for that the last checkpoint cannot serve (its
+    /// membership does not hold the member it is for, one added since): the core then
+    /// checkpoints at once, and raft-rs asks again.
+    fn checkpoint_wanted(&self) -> &AtomicBool;
 }
 
-/// The snapshot both stores serve: the saved state machine at its applied index, with the
-/// current membership.
-pub fn snapshot_of<S: RaftStore>(store: &S) -> raft::Result<Snapshot> {
+/// The snapshot both stores serve: the last checkpoint of the state machine, with the
+/// membership at that index.
+pub fn snapshot_of<S: RaftStore>(store: &S, to: u64) -> raft::Result<Snapshot> {
     let other = |e: CoordinatorError| raft::Error::Store(StorageError::Other(Box::new(e)));
+    let cs = store.snapshot_conf_state();
+    if ![&cs.voters, &cs.learners, &cs.voters_outgoing, &cs.learners_next].iter().any(|ids| ids.contains(&to)) {
+        store.checkpoint_wanted().store(true, Ordering::Relaxed);
+        return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
+    }
     let stored = store.load_state().map_err(other)?.unwrap_or_default();
     let mut snap = Snapshot::default();
     let meta = snap.mut_metadata();
@@ -39,7 +53,7 @@ pub fn snapshot_of<S: RaftStore>(store: &S) -> raft::Result<Snapshot> {
         Ok(t) => t,
         Err(_) => store.initial_state()?.hard_state.term,
     };
-    meta.set_conf_state(store.conf_state().clone());
+    meta.set_conf_state(store.snapshot_conf_state().clone());
     snap.data = stored.encode().map_err(other)?.into();
     Ok(snap)
 }

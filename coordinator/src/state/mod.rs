@@ -6,8 +6,10 @@
 
 mod apply;
 mod knowledge;
+mod synthetic;
 mod types;
 
 pub use apply::apply;
 pub use knowledge::*;
+pub use synthetic::synthetic_state;
 pub use types::*;

@@ -1,0 +1,96 @@
+//! A state of a chosen size, built through [`apply`] exactly as a real cluster's log would
+//! build it: `nodes` admitted nodes (registered, then lost, so that nothing routes to them
+//! or expects their heartbeats) and one knowledge base of `documents` catalog entries. For
+//! benchmarks that show what the size of the state costs (`shoal bench raft --prefill`).
+
+use std::collections::BTreeMap;
+
+use super::{apply, ClusterState, Command, IndexBackend, KbDocument, KnowledgeBase, Outcome, TokenRecord};
+
+/// The state after admitting `nodes` nodes and adding `documents` documents.
+pub fn synthetic_state(nodes: usize, documents: usize) -> ClusterState {
+    let mut s = ClusterState::default();
+    let run = |s: &mut ClusterState, cmd: Command| {
+        let outcome = apply(s, &cmd);
+        debug_assert!(matches!(outcome, Outcome::Applied | Outcome::NodeUp { .. }), "{cmd:?}: {outcome:?}");
+    };
+    run(
+        &mut s,
+        Command::CreateToken(TokenRecord {
+            id: "synthetic".into(),
+            secret_hash: "synthetic".into(),
+            created_at_ms: 0,
+            expires_at_ms: u64::MAX,
+            description: "synthetic state".into(),
+        }),
+    );
+    for i in 0..nodes {
+        let id = format!("n-synthetic-{i:06}");
+        let name = format!("synthetic-{i}");
+        run(
+            &mut s,
+            Command::AdmitNode {
+                id: id.clone(),
+                name: name.clone(),
+                at_ms: 1,
+                token_id: "synthetic".into(),
+                secret_hash: "synthetic".into(),
+            },
+        );
+        let capacity = shoal_protocol::messages::Capacity {
+            cpu_cores: 64,
+            memory_total_bytes: 256 << 30,
+            accelerators: Vec::new(),
+        };
+        let address = format!("10.{}.{}.{}:7200", i >> 16 & 255, i >> 8 & 255, i & 255);
+        let up = Command::NodeUp { id: id.clone(), name, address, capacity, labels: vec![], incarnation: 1, at_ms: 2 };
+        run(&mut s, up);
+        let generation = s.nodes.get(&id).map(|n| n.generation).unwrap_or(0);
+        run(&mut s, Command::NodeDead { id, generation, at_ms: 3 });
+    }
+    if documents > 0 {
+        let kb = KnowledgeBase {
+            name: "synthetic".into(),
+            embedding: "synthetic-embedding".into(),
+            dimension: 384,
+            backend: IndexBackend::Builtin,
+            shards: 8,
+            replicas: 2,
+            chunk_tokens: 256,
+            chunk_overlap: 32,
+            description: "synthetic state".into(),
+            created_at_ms: 4,
+            documents: BTreeMap::new(),
+        };
+        run(&mut s, Command::CreateKnowledgeBase(kb));
+        for i in 0..documents {
+            let document = KbDocument {
+                id: format!("docs/{i:07}.md"),
+                title: format!("Document {i}"),
+                source: format!("{i:07}.md"),
+                tags: vec!["synthetic".into()],
+                sha256: format!("{:064x}", (i as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+                chunks: 12,
+                bytes: 6_000,
+                updated_at_ms: 5,
+            };
+            run(&mut s, Command::PutDocument { kb: "synthetic".into(), document });
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::NodeState;
+
+    #[test]
+    fn the_state_has_the_size_asked_for_and_nothing_live() {
+        let s = synthetic_state(30, 200);
+        assert_eq!(s.nodes.len(), 30);
+        assert_eq!(s.count_nodes(NodeState::Dead), 30);
+        assert_eq!(s.knowledge_bases["synthetic"].documents.len(), 200);
+        assert!(s.placements.is_empty() && s.index_shards.is_empty());
+    }
+}
