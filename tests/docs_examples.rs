@@ -249,8 +249,10 @@ fn every_documented_example_runs_as_written() {
         ],
         &tmp.path().join("up.log"),
     );
-    wait_until(Duration::from_secs(240), "shoal up serves both models", || {
-        ready_replicas(&gateway, "smollm2-135m-instruct") == 1 && ready_replicas(&gateway, "all-minilm-l6-v2") == 1
+    wait_until(Duration::from_secs(240), "shoal up serves every model in ./models", || {
+        ["qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct", "all-minilm-l6-v2"]
+            .iter()
+            .all(|m| ready_replicas(&gateway, m) == 1)
     });
     // A second node, joined as the README describes, so that two-copy examples have room.
     let out = run(&["token", "create", "--gateway", &gateway]);

@@ -14,6 +14,8 @@ use serde_json::json;
 use support::*;
 
 const CHAT: &str = "smollm2-135m-instruct";
+/// The default chat model (`shoal up` serves it from ./models).
+const QWEN: &str = "qwen2.5-coder-0.5b-instruct";
 const EMBED: &str = "all-minilm-l6-v2";
 
 /// POSTs a `len`-byte body announced with `Expect: 100-continue`, as curl does for large
@@ -76,8 +78,8 @@ fn shoal_up() -> Up {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && text.contains("degraded"), "{text}");
     assert!(run(&["kb", "delete", "first", "--gateway", &gateway]).status.success());
-    wait_until(Duration::from_secs(240), "both models ready", || {
-        ready_replicas(&gateway, CHAT) == 1 && ready_replicas(&gateway, EMBED) == 1
+    wait_until(Duration::from_secs(240), "every model ready", || {
+        [CHAT, EMBED, QWEN].iter().all(|m| ready_replicas(&gateway, m) == 1)
     });
     Up { proc, gateway, _dir: dir }
 }
@@ -90,15 +92,19 @@ fn openai_sdk_bad_input_and_registration_against_shoal_up() {
     assert!(log.contains(&format!("{CHAT} v1 deployed")), "{log}");
 
     // The official SDK, as an application developer would use it.
+    // On the small model the fast tests use, and on the default chat model (Qwen2.5: qwen2
+    // architecture, qwen2 pre-tokenizer, K-quant and Q5_0 tensors).
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/openai_client.py");
-    let out = Command::new("python3").arg(&script).args([&gw, API_KEY, CHAT, EMBED]).output().expect("python3");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "openai SDK checks failed:\n{stdout}\n{}\n(install the SDK with: python3 -m pip install openai)",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("all openai SDK checks passed"), "{stdout}");
+    for chat in [CHAT, QWEN] {
+        let out = Command::new("python3").arg(&script).args([&gw, API_KEY, chat, EMBED]).output().expect("python3");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "openai SDK checks failed on {chat}:\n{stdout}\n{}\n(install the SDK with: python3 -m pip install openai)",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("all openai SDK checks passed"), "{stdout}");
+    }
 
     // Bad input answers the right 4xx in OpenAI's shape, and the server keeps serving.
     let chat_url = format!("{gw}/v1/chat/completions");
@@ -244,11 +250,14 @@ fn openai_sdk_bad_input_and_registration_against_shoal_up() {
     let after = get_json(&format!("{gw}/v1/deployments")).expect("deployments");
     assert_eq!(before["data"].as_array().map(Vec::len), after["data"].as_array().map(Vec::len));
 
-    // `shoal status` lists both deployments with their replica on the embedded node.
+    // `shoal status` lists every deployment with its replica on the embedded node.
     let out = run(&["status", "--gateway", &gw]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("DEPLOYMENTS (2)") && text.contains(CHAT) && text.contains("ready"), "{text}");
+    assert!(
+        text.contains("DEPLOYMENTS (3)") && text.contains(CHAT) && text.contains(QWEN) && text.contains("ready"),
+        "{text}"
+    );
 
     // Knowledge bases: bound to the embedding deployment; bad requests are refused whole.
     let kb = |args: &[&str]| {

@@ -249,7 +249,9 @@ pub fn models_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models"));
     assert!(
-        dir.join("smollm2-135m-instruct").is_dir() && dir.join("all-minilm-l6-v2").is_dir(),
+        ["smollm2-135m-instruct", "all-minilm-l6-v2", "qwen2.5-coder-0.5b-instruct"]
+            .iter()
+            .all(|m| dir.join(m).is_dir()),
         "model files missing in {}: run ./scripts/fetch-models.sh",
         dir.display()
     );
