@@ -225,30 +225,12 @@ fn every_documented_example_runs_as_written() {
         .disable_cleanup(std::env::var("SHOAL_KEEP_TEST_DIRS").is_ok())
         .tempdir()
         .expect("tmp");
-    let (http, quic, node) = (addr(free_port()), addr(free_port()), addr(free_port()));
+    // The README's main job, on this run's ports.
+    let up = start_up(&tmp.path().join("up"), &models_dir());
+    let (http, quic) = (up.http, up.quic);
     let gateway = format!("http://{http}");
     let subst = substitutions(&http.to_string(), &quic.to_string(), tmp.path());
     let work = workspace(tmp.path(), &subst);
-
-    // The README's main job, on this run's ports.
-    let data = tmp.path().join("up");
-    let models = work.join("models");
-    let _up = spawn(
-        &[
-            "up",
-            "--data-dir",
-            data.to_str().expect("utf8"),
-            "--http",
-            &http.to_string(),
-            "--listen",
-            &quic.to_string(),
-            "--node-listen",
-            &node.to_string(),
-            "--models",
-            models.to_str().expect("utf8"),
-        ],
-        &tmp.path().join("up.log"),
-    );
     wait_until(Duration::from_secs(240), "shoal up serves every model in ./models", || {
         ["qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct", "all-minilm-l6-v2"]
             .iter()

@@ -53,24 +53,8 @@ struct Up {
 
 fn shoal_up() -> Up {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (http, quic, node) = (addr(free_port()), addr(free_port()), addr(free_port()));
-    let models = models_dir();
-    let data = dir.path().join("data");
-    let args = [
-        "up",
-        "--data-dir",
-        data.to_str().expect("utf8"),
-        "--http",
-        &http.to_string(),
-        "--listen",
-        &quic.to_string(),
-        "--node-listen",
-        &node.to_string(),
-        "--models",
-        models.to_str().expect("utf8"),
-    ];
-    let proc = spawn(&args, &dir.path().join("up.log"));
-    let gateway = format!("http://{http}");
+    let up = start_up(dir.path(), &models_dir());
+    let (proc, gateway) = (up.proc, format!("http://{}", up.http));
     // A newcomer's first command, the moment the gateway answers: it waits for `shoal up` to
     // register its models and for the copies, and works.
     wait_until(Duration::from_secs(30), "the gateway answers", || get(&format!("{gateway}/healthz"), None).is_some());

@@ -223,6 +223,35 @@ impl Coord {
     }
 }
 
+/// A `shoal up` process and the addresses it serves on.
+pub struct Up {
+    pub proc: Proc,
+    pub http: SocketAddr,
+    pub quic: SocketAddr,
+}
+
+/// Starts `shoal up --models models` on free ports, its data dir and log under `dir`.
+pub fn start_up(dir: &Path, models: &Path) -> Up {
+    let (http, quic, node) = (addr(free_port()), addr(free_port()), addr(free_port()));
+    std::fs::create_dir_all(dir).expect("dir");
+    let data = dir.join("data");
+    let (h, q, n) = (http.to_string(), quic.to_string(), node.to_string());
+    let args = [
+        "up",
+        "--data-dir",
+        data.to_str().expect("utf8"),
+        "--http",
+        &h,
+        "--listen",
+        &q,
+        "--node-listen",
+        &n,
+        "--models",
+        models.to_str().expect("utf8"),
+    ];
+    Up { proc: spawn(&args, &dir.join("up.log")), http, quic }
+}
+
 /// Starts `shoal join` for a node named `name` with its own data dir under `dir`.
 pub fn join(coord: &Coord, dir: &Path, name: &str, token: Option<(&str, &str)>, extra: &[&str]) -> Proc {
     join_at(&coord.quic.to_string(), dir, name, token, extra)
