@@ -299,7 +299,8 @@ fn coordinators_are_added_and_removed_while_serving() {
         leader != 0
     });
     for _ in 0..5 {
-        assert_eq!(post(&g.url(1, "/v1/tokens"), json!({})).map(|r| r.0), Some(200));
+        let answer = post(&g.url(1, "/v1/tokens"), json!({}));
+        assert_eq!(answer.as_ref().map(|r| r.0), Some(200), "{answer:?}");
     }
     // A node pointed at a follower is redirected to the leader, joins and registers.
     let follower = (1..=3).find(|id| *id != leader).expect("a follower");
@@ -455,4 +456,147 @@ fn requests_keep_flowing_through_a_leader_election() {
     let after = get_json(&g.url(new_leader, "/v1/deployments/echo")).expect("d");
     assert_eq!(after["placements"][0]["id"], placement, "{after}");
     assert_eq!(after["ready_replicas"], 1, "{after}");
+}
+
+/// `shoal gateway` with the token, CA hash and coordinators `shoal token create` printed.
+fn standalone_gateway(dir: &Path, name: &str, http: std::net::SocketAddr, join: Option<(&str, &str, &str)>) -> Proc {
+    let data = dir.join(name);
+    let h = http.to_string();
+    let mut args = vec!["gateway", "--data-dir", data.to_str().expect("utf8")];
+    if let Some((coordinators, token, hash)) = join {
+        args.extend(["--coordinators", coordinators, "--token", token, "--ca-hash", hash, "--http", &h]);
+    }
+    spawn(&args, &dir.join(format!("{name}.log")))
+}
+
+fn call(url: &str, body: Value) -> (u16, Value) {
+    post(url, body).unwrap_or((0, Value::Null))
+}
+
+#[test]
+fn standalone_gateways_serve_with_every_coordinator_down_and_refuse_writes() {
+    let tmp = tempfile::Builder::new().prefix("shoal-gateways-").tempdir().expect("tmp");
+    let mut g = Group::new(tmp.path(), 3, 0);
+    let leader = g.start_all_ready(3);
+    let embedded = format!("http://{}", g.member(leader).http);
+    let out = run(&["token", "create", "--gateway", &embedded, "--ttl", "1h"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let field = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string());
+    let (token, hash) = (field("token:").expect("token"), field("ca-hash:").expect("hash"));
+    // The form `token create` prints for a gateway names every coordinator.
+    let printed = text.lines().find(|l| l.trim_start().starts_with("shoal gateway ")).expect("gateway command");
+    let coordinators: Vec<String> = (1..=3).map(|id| g.member(id).quic.to_string()).collect();
+    for c in &coordinators {
+        assert!(printed.contains(c.as_str()), "{printed} names {c}");
+    }
+    let list = coordinators.join(",");
+    let _node = join_at(&coordinators[0], tmp.path(), "node-1", Some((&token, &hash)), &[]);
+    let minilm = models_dir().join("all-minilm-l6-v2");
+    for (name, source) in [("echo", "builtin://echo".to_string()), ("minilm", minilm.display().to_string())] {
+        let (status, v) = call(&g.url(leader, "/v1/deployments"), json!({"name": name, "source": source}));
+        assert_eq!(status, 201, "{v}");
+    }
+    let ready = |url: String| get_json(&url).and_then(|d| d["ready_replicas"].as_u64()).unwrap_or(0) == 1;
+    for name in ["echo", "minilm"] {
+        wait_until(Duration::from_secs(120), &format!("{name} ready"), || {
+            ready(g.url(leader, &format!("/v1/deployments/{name}")))
+        });
+    }
+    let (status, v) = call(
+        &g.url(leader, "/v1/knowledge-bases"),
+        json!({"name": "docs", "embedding_model": "minilm", "replicas": 1}),
+    );
+    assert_eq!(status, 201, "{v}");
+    let doc = json!({"id": "otters", "text": "Sea otters hold hands while they sleep so they do not drift apart."});
+    wait_until(Duration::from_secs(60), "the document indexed", || {
+        call(&g.url(leader, "/v1/knowledge-bases/docs/documents"), doc.clone()).0 == 200
+    });
+
+    // Two standalone gateways join with what `token create` printed.
+    let (h1, h2) = (addr(free_port()), addr(free_port()));
+    let mut gw1 = standalone_gateway(tmp.path(), "gw-1", h1, Some((&list, &token, &hash)));
+    let _gw2 = standalone_gateway(tmp.path(), "gw-2", h2, Some((&list, &token, &hash)));
+    let urls = [format!("http://{h1}"), format!("http://{h2}")];
+    for u in &urls {
+        wait_until(Duration::from_secs(30), &format!("{u} ready"), || {
+            matches!(get(&format!("{u}/readyz"), None), Some((200, _)))
+        });
+    }
+    let serves = |u: &str| {
+        let chat = call(
+            &format!("{u}/v1/chat/completions"),
+            json!({"model": "echo", "messages": [{"role": "user", "content": "still here"}]}),
+        );
+        let embed = call(&format!("{u}/v1/embeddings"), json!({"model": "minilm", "input": ["otters"]}));
+        let search =
+            call(&format!("{u}/v1/knowledge-bases/docs/search"), json!({"query": "which animal sleeps holding hands"}));
+        assert_eq!(chat.0, 200, "chat through {u}: {:?}", chat.1);
+        assert_eq!(chat.1["choices"][0]["message"]["content"], "still here");
+        assert_eq!(embed.0, 200, "embeddings through {u}: {:?}", embed.1);
+        assert_eq!(embed.1["data"][0]["embedding"].as_array().map(|e| e.len()), Some(384));
+        assert_eq!(search.0, 200, "search through {u}: {:?}", search.1);
+        let hits = search.1["hits"].as_array().cloned().or_else(|| search.1["data"].as_array().cloned());
+        assert!(format!("{hits:?}").contains("otters"), "search through {u}: {:?}", search.1);
+    };
+    for u in &urls {
+        serves(u);
+    }
+    // A write through a standalone gateway is committed and visible there at once.
+    let (status, v) = call(&format!("{}/v1/keys", urls[0]), json!({"name": "through-gw-1"}));
+    assert_eq!(status, 201, "{v}");
+    let key = v["key"].as_str().expect("key").to_string();
+    let models = |u: &str, k: &str| {
+        agent(Duration::from_secs(5))
+            .get(&format!("{u}/v1/models"))
+            .header("Authorization", &format!("Bearer {k}"))
+            .call()
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    assert_eq!(models(&urls[0], &key), 200);
+    wait_until(Duration::from_secs(5), "the key on the other gateway", || models(&urls[1], &key) == 200);
+
+    // Every coordinator (and with it every embedded gateway) is SIGKILLed.
+    for id in 1..=3 {
+        g.kill(id);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    for u in &urls {
+        serves(u);
+        // Keys keep working from the cached view.
+        assert_eq!(models(u, &key), 200);
+        let (status, v) = call(&format!("{u}/v1/keys"), json!({"name": "while-down"}));
+        assert_eq!(status, 503, "a write with no control plane: {v}");
+        assert!(v["error"]["message"].as_str().unwrap_or("").contains("control plane unavailable"), "{v}");
+        let ready = get(&format!("{u}/readyz"), None).expect("readyz");
+        assert_eq!(ready.0, 200, "{ready:?}");
+    }
+    // A gateway restarted while the control plane is down comes back from --data-dir alone,
+    // but has no view to serve from until a coordinator answers.
+    gw1.kill();
+    let mut gw1 = standalone_gateway(tmp.path(), "gw-1", h1, None);
+    wait_until(Duration::from_secs(20), "the restarted gateway listening", || {
+        matches!(get(&format!("{}/healthz", urls[0]), None), Some((200, _)))
+    });
+    assert_eq!(get(&format!("{}/readyz", urls[0]), None).map(|r| r.0), Some(503));
+
+    // The coordinators return: the views resume without a restart and writes go through.
+    for id in 1..=3 {
+        g.start(id);
+    }
+    g.wait_leader(Duration::from_secs(30), None);
+    for u in &urls {
+        wait_until(Duration::from_secs(30), &format!("a write through {u}"), || {
+            call(&format!("{u}/v1/keys"), json!({"name": format!("after-{}", rand_suffix())})).0 == 201
+        });
+        serves(u);
+    }
+    gw1.kill();
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64 % 1_000_000)
+        .unwrap_or(0)
 }

@@ -83,6 +83,7 @@ async fn garbage_and_oversized_frames_are_refused_counted_and_survived() {
         token_secret: "x".into(),
         name: "n".into(),
         csr_der: vec![],
+        gateway: false,
     };
     assert!(matches!(s.call(&Request::Join(join)).await, Ok(Response::Refused { .. })));
 

@@ -56,6 +56,8 @@ pub struct ControlPlane {
     pub artifacts: ArtifactStore,
     /// Outstanding work per placement as nodes report it (soft state, for the router).
     pub replica_load: Arc<Mutex<std::collections::HashMap<String, u32>>>,
+    /// How API keys are hashed (its secret goes to gateways that join).
+    pub key_hasher: crate::api_keys::KeyHasher,
 }
 
 fn new_node_id() -> String {
@@ -104,9 +106,31 @@ impl ControlPlane {
                     }
                 },
                 Request::Propose { proposal } => match peer {
-                    Some((MemberRole::Coordinator, _)) => self.forwarded(stream, proposal).await,
+                    // This member's own embedded gateway writes with this member's
+                    // certificate: through the leader, like any gateway.
+                    Some((MemberRole::Coordinator, id)) => {
+                        let own = id == self.raft.status().id.to_string();
+                        self.forwarded(stream, proposal, own).await
+                    }
+                    Some((MemberRole::Gateway, _)) => self.forwarded(stream, proposal, true).await,
                     _ => {
-                        let msg = "forwarded writes need a coordinator certificate";
+                        let msg = "writes need a coordinator or gateway certificate";
+                        stream.refuse(RefusalCode::Unauthenticated, msg).await
+                    }
+                },
+                Request::Watch { .. } => match peer {
+                    Some((MemberRole::Coordinator | MemberRole::Gateway, _)) => {
+                        crate::watch::serve(self.clone(), stream).await
+                    }
+                    _ => {
+                        let msg = "the cluster view is served to gateways and coordinators only";
+                        stream.refuse(RefusalCode::Unauthenticated, msg).await
+                    }
+                },
+                Request::ReadIndex => match peer {
+                    Some((MemberRole::Coordinator | MemberRole::Gateway, _)) => self.read_point(stream).await,
+                    _ => {
+                        let msg = "read points are served to gateways and coordinators only";
                         stream.refuse(RefusalCode::Unauthenticated, msg).await
                     }
                 },
@@ -185,6 +209,9 @@ impl ControlPlane {
             warn!(%remote, token_id = %j.token_id, reason = code.as_str(), "refused a join");
             return stream.refuse(code, message).await;
         }
+        if j.gateway {
+            return self.admit_gateway(stream, &j, remote).await;
+        }
         let id = new_node_id();
         let cert_pem = match self.ca.sign_csr(&j.csr_der, MemberRole::Node, &id) {
             Ok(c) => c,
@@ -216,6 +243,29 @@ impl ControlPlane {
         metrics::counter!(m::JOINS).increment(1);
         info!(node = %id, name = %j.name, %remote, "node joined");
         let resp = Response::Joined { node_id: id, cert_pem, ca_pem: self.ca.material.cert_pem.clone() };
+        let _ = stream.send(&resp).await;
+        stream.finish();
+    }
+
+    /// A gateway joining: a certificate with the gateway role and the API-key hashing
+    /// secret. Gateways hold no replicated state of their own, so nothing is committed.
+    async fn admit_gateway(&self, stream: &mut ServerStream, j: &JoinRequest, remote: SocketAddr) {
+        let id = format!("g-{:08x}", rand::rng().random::<u32>());
+        let cert_pem = match self.ca.sign_csr(&j.csr_der, MemberRole::Gateway, &id) {
+            Ok(c) => c,
+            Err(e) => {
+                metrics::counter!(m::JOINS_REFUSED, "reason" => "bad_csr").increment(1);
+                return stream.refuse(RefusalCode::BadRequest, e.to_string()).await;
+            }
+        };
+        metrics::counter!(m::JOINS).increment(1);
+        info!(gateway = %id, name = %j.name, %remote, "gateway joined");
+        let resp = Response::GatewayJoined {
+            gateway_id: id,
+            cert_pem,
+            ca_pem: self.ca.material.cert_pem.clone(),
+            key_secret: self.key_hasher.secret().to_vec(),
+        };
         let _ = stream.send(&resp).await;
         stream.finish();
     }
@@ -325,16 +375,35 @@ impl ControlPlane {
         }
     }
 
-    /// A write forwarded by a follower: committed here if this member leads.
-    async fn forwarded(&self, mut stream: ServerStream, bytes: Vec<u8>) {
+    /// A linearizable read point for a gateway: answered once this member has applied
+    /// everything committed when it was asked.
+    async fn read_point(&self, mut stream: ServerStream) {
+        match self.raft.read_index().await {
+            Ok(()) => {
+                let index = self.raft.status().applied;
+                let _ = stream.send(&Response::ReadIndexed { index }).await;
+                stream.finish();
+            }
+            Err(e) => stream.refuse(RefusalCode::Unavailable, e.to_string()).await,
+        }
+    }
+
+    /// A write forwarded by a follower (committed here if this member leads), or sent by a
+    /// gateway (`through_leader`: committed through the leader wherever it is).
+    async fn forwarded(&self, mut stream: ServerStream, bytes: Vec<u8>, through_leader: bool) {
         let proposal: Proposal = match shoal_protocol::frame::decode(&bytes) {
             Ok(p) => p,
             Err(e) => return stream.refuse(RefusalCode::BadRequest, format!("bad proposal: {e}")).await,
         };
-        match self.raft.propose(proposal).await {
-            Ok(outcome) => match shoal_protocol::frame::to_payload(&outcome) {
+        let result = if through_leader {
+            self.writer.submit_indexed(proposal).await
+        } else {
+            self.raft.propose_indexed(proposal).await
+        };
+        match result {
+            Ok((outcome, index)) => match shoal_protocol::frame::to_payload(&outcome) {
                 Ok(bytes) => {
-                    let _ = stream.send(&Response::Proposed { outcome: bytes.to_vec() }).await;
+                    let _ = stream.send(&Response::Proposed { outcome: bytes.to_vec(), index }).await;
                     stream.finish();
                 }
                 Err(e) => stream.refuse(RefusalCode::Unavailable, e.to_string()).await,
@@ -462,7 +531,6 @@ impl ControlPlane {
                     let ready = state.entry_points(&d.name).len();
                     metrics::gauge!(m::DEPLOYMENT_REPLICAS, "deployment" => d.name.clone()).set(ready as f64);
                 }
-                crate::retrieval::Retrieval::publish_gauges(&state);
                 let now = self.clock.unix_ms();
                 let mut commands = crate::scheduler::plan(&state, now);
                 commands.extend(crate::knowledge::plan(&state, now));

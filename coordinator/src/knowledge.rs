@@ -51,7 +51,7 @@ fn chunk_overlap() -> u32 {
 pub fn check_request(state: &ClusterState, req: KnowledgeBaseRequest, at_ms: u64) -> Result<KnowledgeBase, String> {
     let name = req.name.trim();
     // The same rule as deployment names ('.' and '..' are not names).
-    crate::registry::check_name("knowledge base", name).map_err(|e| e.to_string())?;
+    crate::names::check_name("knowledge base", name)?;
     if state.knowledge_bases.contains_key(name) {
         return Err(format!("a knowledge base named '{name}' already exists"));
     }

@@ -49,6 +49,11 @@ impl LeaseTable {
         self.leases.get(id)
     }
 
+    /// Every lease, by node id.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Lease)> {
+        self.leases.iter()
+    }
+
     /// Forgets every lease (when this coordinator stops leading).
     pub fn clear(&mut self) {
         self.leases.clear();

@@ -1,29 +1,28 @@
 //! The Shoal coordinator: raft (raft-rs) with sled storage, the pure replicated state
-//! machine, node leases, the QUIC control plane and the HTTP gateway.
+//! machine, node leases, the QUIC control plane, and the view it streams to gateways.
 //!
 //! What it owns: the cluster's source of truth and everything that changes it.
-//! What it must not do: run models or hold request data; the state machine ([`state`])
-//! and lease decisions ([`lease`]) stay free of I/O and clocks.
+//! What it must not do: run models, serve HTTP or hold request data (that is the gateway's);
+//! the state machine ([`state`]) and lease decisions ([`lease`]) stay free of I/O and clocks.
 
+pub mod api_keys;
 pub mod assign;
 pub mod clock;
 pub mod config;
 pub mod control;
 pub mod error;
-pub mod gateway;
 pub mod knowledge;
 pub mod lease;
+pub mod names;
 pub mod pki;
 pub mod planner;
 pub mod raft;
-pub mod registry;
-pub mod retrieval;
-pub mod router;
-pub mod routing;
 pub mod runtime;
 pub mod scheduler;
 pub mod state;
 pub mod telemetry;
+pub mod view;
+pub mod watch;
 pub mod writer;
 
 pub use error::CoordinatorError;

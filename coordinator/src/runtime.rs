@@ -1,9 +1,9 @@
-//! Wires a coordinator together: PKI, raft storage and driver, the QUIC control plane,
-//! the lease sweeper and the HTTP gateway.
+//! Wires a coordinator together: PKI, raft storage and driver, the QUIC control plane
+//! (which also streams the cluster view to gateways) and the lease sweeper. The HTTP
+//! gateway is a separate crate; `shoal up` and `shoal coordinator` embed one.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,10 +19,10 @@ pub const HAND_OVER_WITHIN: Duration = Duration::from_secs(1);
 /// How many times start-up retries registering the admin key (through elections).
 const BOOTSTRAP_ATTEMPTS: u32 = 300;
 
+use crate::api_keys::{self, KeyHasher};
 use crate::clock::Clock;
 use crate::config::ClusterConfig;
 use crate::control::ControlPlane;
-use crate::gateway::{self, GatewayState};
 use crate::lease::LeaseTable;
 use crate::raft::core::CoreConfig;
 use crate::raft::storage::SledStorage;
@@ -39,11 +39,6 @@ pub struct CoordinatorOptions {
     pub data_dir: PathBuf,
     /// An admin API key to make sure exists.
     pub api_key: Option<String>,
-    /// Enables the test-only fault-injection endpoint.
-    pub fault_injection: bool,
-    /// `/readyz` answers 503 with this reason until [`Coordinator::ready`] is called (what
-    /// `shoal up` still does after the gateway listens: registering its models).
-    pub hold_ready: Option<String>,
 }
 
 /// A running coordinator.
@@ -52,20 +47,24 @@ pub struct Coordinator {
     pub writer: Writer,
     pub ca_hash: String,
     pub quic_addr: SocketAddr,
-    pub http_addr: SocketAddr,
+    /// This member's certificate (an embedded gateway watches this member with it).
+    pub identity: Identity,
+    /// How API keys are hashed.
+    pub key_hasher: KeyHasher,
+    /// Test-only fault injection (see the `fault-injection` feature).
+    pub faults: Arc<Faults>,
+    /// Model files registered through this member, served to nodes by hash.
+    pub artifacts: ArtifactStore,
+    pub id: u64,
     /// Resolves to the admin key this start generated, if the cluster had none.
     api_key_bootstrap: Option<tokio::task::JoinHandle<Result<Option<String>, CoordinatorError>>>,
     endpoint: quinn::Endpoint,
-    id: u64,
-    held: Arc<std::sync::Mutex<Option<String>>>,
-    artifacts: ArtifactStore,
-    downloads: PathBuf,
 }
 
 impl Coordinator {
     pub async fn start(opts: CoordinatorOptions) -> Result<Self, CoordinatorError> {
         shoal_protocol::install_crypto_provider();
-        let prometheus = telemetry::install()?;
+        telemetry::install()?;
         let member = opts.config.member(opts.id).cloned().ok_or_else(|| CoordinatorError::Config {
             path: "--id".into(),
             message: format!("coordinator {} is not listed in the config", opts.id),
@@ -113,8 +112,7 @@ impl Coordinator {
         let artifacts = ArtifactStore::open(opts.data_dir.join("artifacts"))
             .map_err(|e| CoordinatorError::io(opts.data_dir.join("artifacts"), e))?;
         let replica_load = Arc::new(Mutex::new(std::collections::HashMap::new()));
-        let router =
-            Arc::new(crate::router::Router::new(raft.clone(), identity.client_config()?, replica_load.clone())?);
+        let keys = KeyHasher::from_ca_key(&pki.ca.material.key_pem);
         let leases = Arc::new(Mutex::new(LeaseTable::default()));
         let control = Arc::new(ControlPlane {
             raft: raft.clone(),
@@ -128,7 +126,8 @@ impl Coordinator {
             reports: report_tx,
             raft_conns: Default::default(),
             artifacts: artifacts.clone(),
-            replica_load: replica_load.clone(),
+            replica_load,
+            key_hasher: keys.clone(),
         });
         let endpoint = quic::server_endpoint_keyed(member.quic, identity.server_config()?, &identity.reset_secret())?;
         let quic_addr = endpoint.local_addr().map_err(|e| CoordinatorError::io("quic endpoint", e))?;
@@ -139,59 +138,23 @@ impl Coordinator {
         tokio::spawn(control.clone().run_sweeper());
         tokio::spawn(control.clone().run_reconciler());
 
-        let listener = tokio::net::TcpListener::bind(member.http)
-            .await
-            .map_err(|e| CoordinatorError::io(format!("gateway {}", member.http), e))?;
-        let http_addr = listener.local_addr().map_err(|e| CoordinatorError::io("gateway", e))?;
-        let bootstrapped = Arc::new(AtomicBool::new(!member.initial));
-        let keys = gateway::KeyHasher::from_ca_key(&pki.ca.material.key_pem);
-        let held = Arc::new(std::sync::Mutex::new(opts.hold_ready.clone()));
-        let gw = Arc::new(GatewayState {
-            held: held.clone(),
-            keys: keys.clone(),
-            quotas: Default::default(),
-            uploads: Arc::new(tokio::sync::Semaphore::new(gateway::knowledge::MAX_CONCURRENT_UPLOADS)),
-            bootstrapped: bootstrapped.clone(),
-            raft: raft.clone(),
-            writer: writer.clone(),
-            faults: opts.fault_injection.then(|| faults.clone()),
-            leases,
-            prometheus,
-            config: opts.config.clone(),
-            self_id: opts.id,
-            ca_hash: pki.ca_hash.clone(),
-            clock,
-            retrieval: Arc::new(crate::retrieval::Retrieval::new(
-                raft.clone(),
-                writer.clone(),
-                router.clone(),
-                identity.client_config()?,
-                clock,
-            )?),
-            router,
-            artifacts: artifacts.clone(),
-            downloads: opts.data_dir.join("downloads"),
-        });
-        tokio::spawn(async move {
-            gateway::server::serve(listener, gateway::router(gw), gateway::server::HttpLimits::default()).await;
-        });
-        info!(id = opts.id, %quic_addr, %http_addr, ca_hash = %pki.ca_hash, "coordinator started");
+        info!(id = opts.id, %quic_addr, ca_hash = %pki.ca_hash, "coordinator started");
 
         let api_key_bootstrap = member
             .initial
-            .then(|| tokio::spawn(bootstrap_api_key(raft.clone(), writer.clone(), keys, opts.api_key, bootstrapped)));
+            .then(|| tokio::spawn(bootstrap_api_key(raft.clone(), writer.clone(), keys.clone(), opts.api_key)));
         Ok(Self {
             raft,
             writer,
             ca_hash: pki.ca_hash,
             quic_addr,
-            http_addr,
+            identity,
+            key_hasher: keys,
+            faults,
+            artifacts,
+            id: opts.id,
             api_key_bootstrap,
             endpoint,
-            id: opts.id,
-            held,
-            artifacts,
-            downloads: opts.data_dir.join("downloads"),
         })
     }
 
@@ -233,16 +196,6 @@ impl Coordinator {
         Ok(token)
     }
 
-    /// Registers (if `source` is given) and deploys a model, as `POST /v1/deployments` does.
-    pub async fn deploy(&self, req: crate::registry::DeployRequest) -> Result<(String, u32), CoordinatorError> {
-        crate::registry::deploy(&self.writer, &self.artifacts, &self.downloads, self.id, req).await
-    }
-
-    /// Lets `/readyz` answer ready (see [`CoordinatorOptions::hold_ready`]).
-    pub fn ready(&self) {
-        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = None;
-    }
-
     /// Before a planned stop: hands raft leadership to another voter if this member leads
     /// (waits at most [`HAND_OVER_WITHIN`]).
     pub async fn step_down(&self) {
@@ -262,17 +215,13 @@ impl Coordinator {
 async fn bootstrap_api_key(
     raft: RaftHandle,
     writer: Writer,
-    keys: gateway::KeyHasher,
+    keys: KeyHasher,
     given: Option<String>,
-    done: Arc<AtomicBool>,
 ) -> Result<Option<String>, CoordinatorError> {
     let mut attempt = 0;
     loop {
         match try_bootstrap_api_key(&raft, &writer, &keys, given.clone()).await {
-            Ok(key) => {
-                done.store(true, Ordering::Release);
-                return Ok(key);
-            }
+            Ok(key) => return Ok(key),
             Err(e) if attempt < BOOTSTRAP_ATTEMPTS => {
                 attempt += 1;
                 tracing::debug!(error = %e, attempt, "admin key bootstrap failed; retrying");
@@ -286,7 +235,7 @@ async fn bootstrap_api_key(
 async fn try_bootstrap_api_key(
     raft: &RaftHandle,
     writer: &Writer,
-    keys: &gateway::KeyHasher,
+    keys: &KeyHasher,
     given: Option<String>,
 ) -> Result<Option<String>, CoordinatorError> {
     let mut rx = raft.watch_status();
@@ -305,11 +254,11 @@ async fn try_bootstrap_api_key(
         Some(_) if has_given => return Ok(None),
         Some(k) => (k, false),
         None if has_admin => return Ok(None),
-        None => (gateway::keys::generate_secret(), true),
+        None => (api_keys::generate_secret(), true),
     };
     let record = ApiKeyRecord {
         hash: keys.hash(&key),
-        id: gateway::keys::generate_id(),
+        id: api_keys::generate_id(),
         name: "admin".into(),
         scope: Scope::Admin,
         created_at_ms: crate::clock::unix_ms(),

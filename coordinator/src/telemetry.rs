@@ -85,13 +85,18 @@ fn register_zeroes() {
 }
 
 /// Sets the gauges that are read off the current state rather than counted.
-pub fn refresh(status: &RaftStatus, state: &ClusterState) {
+/// The raft gauges (set by the raft driver whenever its status changes).
+pub fn refresh_raft(status: &RaftStatus) {
     metrics::gauge!(m::RAFT_TERM).set(status.term as f64);
     metrics::gauge!(m::RAFT_COMMIT_INDEX).set(status.commit as f64);
     metrics::gauge!(m::RAFT_APPLIED_INDEX).set(status.applied as f64);
     metrics::gauge!(m::RAFT_IS_LEADER).set(if status.is_leader() { 1.0 } else { 0.0 });
     let entries = (status.last_index + 1).saturating_sub(status.first_index);
     metrics::gauge!(m::RAFT_LOG_ENTRIES).set(entries as f64);
+}
+
+/// Gauges computed from the state (refreshed when `/metrics` is scraped).
+pub fn refresh_state(state: &ClusterState) {
     for s in NodeState::ALL {
         metrics::gauge!(m::NODES, "state" => s.as_str()).set(state.count_nodes(s) as f64);
     }

@@ -47,11 +47,16 @@ impl Writer {
 
     /// Commits a proposal through the current leader, wherever it is.
     pub async fn submit(&self, proposal: Proposal) -> Result<Outcome, CoordinatorError> {
+        Ok(self.submit_indexed(proposal).await?.0)
+    }
+
+    /// [`Self::submit`], also returning the log index the proposal was applied at.
+    pub async fn submit_indexed(&self, proposal: Proposal) -> Result<(Outcome, u64), CoordinatorError> {
         let deadline = tokio::time::Instant::now() + LEADER_WAIT;
         loop {
             let status = self.raft.status();
             let result = if status.is_leader() {
-                self.raft.propose(proposal.clone()).await
+                self.raft.propose_indexed(proposal.clone()).await
             } else if status.leader_id != 0 {
                 self.forward(status.leader_id, &proposal).await
             } else {
@@ -96,7 +101,7 @@ impl Writer {
         Ok(conn)
     }
 
-    async fn forward(&self, leader: u64, proposal: &Proposal) -> Result<Outcome, CoordinatorError> {
+    async fn forward(&self, leader: u64, proposal: &Proposal) -> Result<(Outcome, u64), CoordinatorError> {
         metrics::counter!(m::RAFT_FORWARDED).increment(1);
         let bytes = shoal_protocol::frame::to_payload(proposal)?.to_vec();
         let call = async {
@@ -124,7 +129,7 @@ impl Writer {
                 Err(CoordinatorError::NotLeader { leader: None })
             }
             Ok(Err(e)) => Err(e),
-            Ok(Ok(Response::Proposed { outcome })) => Ok(shoal_protocol::frame::decode(&outcome)?),
+            Ok(Ok(Response::Proposed { outcome, index })) => Ok((shoal_protocol::frame::decode(&outcome)?, index)),
             Ok(Ok(Response::Refused { code: shoal_protocol::RefusalCode::NotLeader, .. })) => {
                 Err(CoordinatorError::NotLeader { leader: None })
             }

@@ -294,7 +294,7 @@ impl World {
                 }
             }
         }
-        for (seq, outcome) in out.applied {
+        for (seq, _index, outcome) in out.applied {
             let hit = self
                 .pending
                 .iter()

@@ -127,6 +127,7 @@ pub async fn join(coordinator: &str, token: &JoinToken, ca_hash: &str, name: &st
             token_secret: token.secret.clone(),
             name: name.to_string(),
             csr_der: csr_der.clone(),
+            gateway: false,
         };
         let resp = stream.call(&Request::Join(req)).await;
         conn.close(0u32.into(), b"joined");

@@ -33,6 +33,7 @@ fn messages() -> Vec<(&'static str, Request)> {
                 token_secret: "0123456789abcdef".into(),
                 name: "gpu-node-17".into(),
                 csr_der: vec![0x30; 420],
+                gateway: false,
             }),
         ),
         (

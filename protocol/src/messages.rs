@@ -116,6 +116,8 @@ pub struct JoinRequest {
     pub name: String,
     /// A PKCS#10 certificate signing request for the node's own key (DER).
     pub csr_der: Vec<u8>,
+    /// Join as a gateway (HTTP API, routes from a watched view) instead of a node.
+    pub gateway: bool,
 }
 
 /// A joined node announcing a new incarnation of itself.
@@ -142,6 +144,14 @@ pub struct Heartbeat {
     /// The state of every replica this node runs or is loading, and of every index-shard
     /// copy it holds (by copy id).
     pub replicas: Vec<ReplicaReport>,
+}
+
+/// One applied log entry as a gateway's view applies it (the data is encoded by the
+/// coordinator).
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Debug, Clone, PartialEq)]
+pub struct ViewEntry {
+    pub index: u64,
+    pub data: Vec<u8>,
 }
 
 /// Client → server.
@@ -171,10 +181,20 @@ pub enum Request {
         data: Vec<u8>,
         last: bool,
     },
-    /// A follower forwarding a write to the leader (an encoded coordinator proposal).
+    /// A write (an encoded coordinator proposal) from a follower or a gateway; committed
+    /// through the leader and answered by `Proposed`.
     Propose {
         proposal: Vec<u8>,
     },
+    /// A gateway asking for the cluster view: `ViewState` frames (the applied state at
+    /// some index), then `ViewChanges` as entries are applied and `ViewSoft` every so often.
+    Watch {
+        /// The applied index the gateway already holds (0: none).
+        from: u64,
+    },
+    /// A linearizable read point: answered by `ReadIndexed` once the coordinator has
+    /// applied everything committed when it was asked.
+    ReadIndex,
     /// Generate text on a replica; answered by `Generated` frames until `GenerationDone`.
     Generate(GenerateRequest),
     /// Embed texts on a replica; answered by `Embedded`.
@@ -242,6 +262,8 @@ impl Request {
             Request::RaftSnapshot { .. } => "raft_snapshot",
             Request::Chunk { .. } => "chunk",
             Request::Propose { .. } => "propose",
+            Request::Watch { .. } => "watch",
+            Request::ReadIndex => "read_index",
             Request::Generate(_) => "generate",
             Request::Embed { .. } => "embed",
             Request::FetchArtifact { .. } => "fetch_artifact",
@@ -295,9 +317,38 @@ pub enum Response {
         payload: Vec<u8>,
     },
     RaftAck,
-    /// The outcome of a forwarded proposal (encoded by the coordinator).
+    /// The outcome of a forwarded proposal (encoded by the coordinator) and the log index
+    /// it was applied at (a gateway waits for its view to reach it: read your writes).
     Proposed {
         outcome: Vec<u8>,
+        index: u64,
+    },
+    /// A gateway's credentials, and the secret API keys are hashed with.
+    GatewayJoined {
+        gateway_id: String,
+        cert_pem: String,
+        ca_pem: String,
+        key_secret: Vec<u8>,
+    },
+    /// A piece of the applied state (encoded by the coordinator) at log index `index`;
+    /// the pieces concatenate until `last`.
+    ViewState {
+        index: u64,
+        data: Vec<u8>,
+        last: bool,
+    },
+    /// Entries applied after the state last sent, in order (encoded by the coordinator).
+    ViewChanges {
+        entries: Vec<ViewEntry>,
+    },
+    /// Soft state (raft status, coordinator addresses, load reports; encoded by the
+    /// coordinator), sent every so often.
+    ViewSoft {
+        data: Vec<u8>,
+    },
+    /// Everything committed up to `index` is applied on the coordinator that answers.
+    ReadIndexed {
+        index: u64,
     },
     /// The prompt was accepted: its length in tokens.
     GenerationStarted {

@@ -23,6 +23,19 @@ pub const RAFT_CHECKPOINTS: &str = "shoal_raft_checkpoints_total";
 pub const RAFT_READ_INDEX: &str = "shoal_raft_read_index_total";
 pub const RAFT_FORWARDED: &str = "shoal_raft_forwarded_proposals_total";
 
+/// Gateways watching this coordinator's view.
+pub const VIEW_WATCHERS: &str = "shoal_view_watchers";
+/// Whole states sent to watching gateways (on connect, after a snapshot, or a lagging one).
+pub const VIEW_STATES_SENT: &str = "shoal_view_states_sent_total";
+/// Whole states a gateway received.
+pub const VIEW_STATES_RECEIVED: &str = "shoal_view_states_received_total";
+/// The applied index of a gateway's view.
+pub const VIEW_INDEX: &str = "shoal_view_applied_index";
+/// 1 while a gateway receives its view from a coordinator, 0 while it serves from a cached one.
+pub const VIEW_CONNECTED: &str = "shoal_view_connected";
+/// Writes a gateway refused because no coordinator answered.
+pub const VIEW_WRITES_REFUSED: &str = "shoal_view_writes_refused_total";
+
 pub const NODES: &str = "shoal_cluster_nodes";
 pub const HEARTBEATS: &str = "shoal_cluster_heartbeats_total";
 pub const HEARTBEATS_REFUSED: &str = "shoal_cluster_heartbeats_refused_total";

@@ -28,6 +28,8 @@ use crate::{ProtocolError, ALPN};
 pub const COORDINATOR_SERVER_NAME: &str = "shoal-coordinator";
 /// The TLS server name nodes present on their data-plane endpoint.
 pub const NODE_SERVER_NAME: &str = "shoal-node";
+/// The TLS server name in gateway certificates (gateways do not serve QUIC).
+pub const GATEWAY_SERVER_NAME: &str = "shoal-gateway";
 
 const CA_VALIDITY_DAYS: i64 = 3650;
 const MEMBER_VALIDITY_DAYS: i64 = 365;
@@ -47,6 +49,8 @@ fn tls_err(e: impl std::fmt::Display) -> ProtocolError {
 pub enum MemberRole {
     Coordinator,
     Node,
+    /// A standalone gateway: a client of coordinators and nodes, never a server.
+    Gateway,
 }
 
 impl MemberRole {
@@ -54,12 +58,14 @@ impl MemberRole {
         match self {
             MemberRole::Coordinator => "coordinator",
             MemberRole::Node => "node",
+            MemberRole::Gateway => "gateway",
         }
     }
     fn server_name(self) -> &'static str {
         match self {
             MemberRole::Coordinator => COORDINATOR_SERVER_NAME,
             MemberRole::Node => NODE_SERVER_NAME,
+            MemberRole::Gateway => GATEWAY_SERVER_NAME,
         }
     }
     /// The certificate common name for member `id`.
@@ -72,6 +78,7 @@ impl MemberRole {
         let role = match prefix {
             "coordinator" => MemberRole::Coordinator,
             "node" => MemberRole::Node,
+            "gateway" => MemberRole::Gateway,
             _ => return None,
         };
         Some((role, id.to_string()))

@@ -38,7 +38,9 @@ fn arb_capacity() -> impl Strategy<Value = Capacity> {
 fn arb_request() -> impl Strategy<Value = Request> {
     prop_oneof![
         (arb_string(), arb_string(), arb_string(), prop::collection::vec(any::<u8>(), 0..256)).prop_map(
-            |(a, b, c, d)| { Request::Join(JoinRequest { token_id: a, token_secret: b, name: c, csr_der: d }) }
+            |(a, b, c, d)| {
+                Request::Join(JoinRequest { token_id: a, token_secret: b, name: c, csr_der: d, gateway: false })
+            }
         ),
         (
             arb_string(),

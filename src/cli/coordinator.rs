@@ -6,6 +6,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 use shoal_coordinator::config::ClusterConfig;
 use shoal_coordinator::{Coordinator, CoordinatorOptions};
+use shoal_gateway::Gateway;
 
 use super::client::GatewayArgs;
 
@@ -92,16 +93,17 @@ async fn serve(a: CoordinatorArgs) -> anyhow::Result<()> {
     }
     let fault_injection = std::env::var(FAULT_INJECTION_ENV).is_ok_and(|v| v == "1");
     let mut coord = Coordinator::start(CoordinatorOptions {
-        config,
+        config: config.clone(),
         id,
-        data_dir: a.data_dir,
+        data_dir: a.data_dir.clone(),
         api_key: super::client::resolve_key(a.api_key.as_deref(), a.api_key_file.as_deref())?,
-        fault_injection,
-        hold_ready: None,
     })
     .await
     .context("coordinator failed to start")?;
-    println!("coordinator {id} serving: QUIC {} · gateway http://{}", coord.quic_addr, coord.http_addr);
+    let gateway = Gateway::embedded(&coord, &config, &a.data_dir, None, fault_injection)
+        .await
+        .context("the embedded gateway failed to start")?;
+    println!("coordinator {id} serving: QUIC {} · gateway http://{}", coord.quic_addr, gateway.http_addr);
     println!("CA hash: {}", coord.ca_hash);
     if let Some(task) = coord.take_api_key_bootstrap() {
         tokio::spawn(async move {

@@ -8,6 +8,7 @@ mod client;
 mod coordinator;
 mod deploy;
 mod format;
+mod gateway;
 mod join;
 mod kb;
 mod key;
@@ -33,6 +34,8 @@ pub enum Command {
     Up(up::UpArgs),
     /// Run one coordinator of a raft group described by a config file.
     Coordinator(coordinator::CoordinatorArgs),
+    /// Run a standalone gateway (HTTP API) that serves from the coordinators' cluster view.
+    Gateway(gateway::GatewayArgs),
     /// Manage join tokens.
     Token {
         #[command(subcommand)]
@@ -65,7 +68,9 @@ pub enum Command {
 
 pub fn init_tracing(cli: &Cli) {
     let default = match cli.command {
-        Command::Up(_) | Command::Coordinator(_) | Command::Join(_) => "info,raft=warn,quinn=warn",
+        Command::Up(_) | Command::Coordinator(_) | Command::Join(_) | Command::Gateway(_) => {
+            "info,raft=warn,quinn=warn"
+        }
         _ => "warn",
     };
     let filter = EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| EnvFilter::new(default));
@@ -80,6 +85,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up(a) => up::run(a).await,
         Command::Coordinator(a) => coordinator::run(a).await,
+        Command::Gateway(a) => gateway::run(a).await,
         Command::Token { command } => token::run(command).await,
         Command::Join(a) => join::run(a).await,
         Command::Status(a) => status::run(a).await,

@@ -39,6 +39,12 @@ pub async fn run(cmd: TokenCommand) -> anyhow::Result<()> {
                 println!("Or, for another node on this same machine (its own data dir and data-plane port):");
                 println!("  {local}");
             }
+            let gateway = s("gateway_command");
+            if !gateway.is_empty() {
+                println!();
+                println!("Or, to add a standalone gateway (HTTP API) on another machine:");
+                println!("  {gateway}");
+            }
             Ok(())
         }
     }

@@ -9,10 +9,11 @@ use shoal_coordinator::{Coordinator, CoordinatorOptions};
 use shoal_node::{Node, NodeIdentity};
 
 use super::join::{describe, NodeArgs};
-use shoal_coordinator::registry::{discover_models, DeployRequest};
+use shoal_gateway::registry::{discover_models, DeployRequest};
+use shoal_gateway::Gateway;
 
 /// Deploys each model in `dir` with one replica; reports failures and goes on.
-async fn deploy_models(coord: &Coordinator, dir: &std::path::Path) {
+async fn deploy_models(coord: &Gateway, dir: &std::path::Path) {
     let found = match discover_models(dir) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -88,15 +89,17 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
     cfg.timing.lease_ms = a.lease_ms;
     let cfg = cfg.validate().map_err(anyhow::Error::msg)?;
     let mut coord = Coordinator::start(CoordinatorOptions {
-        config: cfg,
+        config: cfg.clone(),
         id: 1,
         data_dir: a.data_dir.join("coordinator"),
         api_key: super::client::resolve_key(a.api_key.as_deref(), a.api_key_file.as_deref())?,
-        fault_injection: false,
-        hold_ready: Some(format!("registering the models in {}", a.models.display())),
     })
     .await
     .context("coordinator failed to start")?;
+    let hold = Some(format!("registering the models in {}", a.models.display()));
+    let gateway = Gateway::embedded(&coord, &cfg, &a.data_dir.join("coordinator"), hold, false)
+        .await
+        .context("the embedded gateway failed to start")?;
 
     // The embedded node joins through the same path as any other: a token over QUIC.
     let node_dir = a.data_dir.join("node");
@@ -108,7 +111,7 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
     let node = Node::start(opts).await.context("the embedded node failed to start")?;
 
     println!("Shoal is up.");
-    println!("  gateway      http://{}", coord.http_addr);
+    println!("  gateway      http://{}", gateway.http_addr);
     println!("  coordinator  {} (QUIC)", coord.quic_addr);
     println!("  CA hash      {}", coord.ca_hash);
     println!("  node         {} ({})", node.node_id, describe(&node));
@@ -116,9 +119,12 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
         Some(key) => println!("  admin key    {key}  (shown once; keep it)"),
         None => println!("  admin key    the one given with --api-key / SHOAL_API_KEY, or printed at first start"),
     }
-    deploy_models(&coord, &a.models).await;
-    coord.ready();
-    println!("Join more machines with: shoal token create --gateway http://{} --api-key KEY", coord.http_addr);
+    if !gateway.cluster.wait_loaded(Duration::from_secs(30)).await {
+        println!("  warning      the gateway has no cluster view yet; models are registered as it arrives");
+    }
+    deploy_models(&gateway, &a.models).await;
+    gateway.ready();
+    println!("Join more machines with: shoal token create --gateway http://{} --api-key KEY", gateway.http_addr);
     super::shutdown_signal().await;
     node.stop();
     coord.step_down().await;

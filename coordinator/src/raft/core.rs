@@ -46,8 +46,11 @@ pub struct CoreConfig {
 /// What one pass of the Ready loop did.
 #[derive(Debug, Default)]
 pub struct ReadyOutput {
-    /// Outcomes of proposals made on this member, by proposal sequence number.
-    pub applied: Vec<(u64, Outcome)>,
+    /// Outcomes of proposals made on this member: (proposal sequence number, log index,
+    /// outcome).
+    pub applied: Vec<(u64, u64, Outcome)>,
+    /// What a gateway's view applies for each entry applied in this pass, in order.
+    pub view: Vec<(u64, crate::view::ViewChange)>,
     /// Completed ReadIndex requests: (request context, index to wait for).
     pub reads: Vec<(Vec<u8>, u64)>,
     /// Every entry applied in this pass: (index, term, hash of its data).
@@ -64,6 +67,9 @@ pub struct RaftCore<S: RaftStore> {
     incarnation: u64,
     state: Arc<RwLock<ClusterState>>,
     applied: u64,
+    /// The applied index, written while the state's write lock is held (so a reader holding
+    /// the read lock sees the index of exactly the state it reads).
+    applied_shared: Arc<std::sync::atomic::AtomicU64>,
     next_seq: u64,
     compact_after: u64,
 }
@@ -118,6 +124,7 @@ impl<S: RaftStore> RaftCore<S> {
             incarnation: cfg.incarnation,
             state: Arc::new(RwLock::new(stored.state)),
             applied: stored.applied,
+            applied_shared: Arc::new(std::sync::atomic::AtomicU64::new(stored.applied)),
             next_seq: 1,
             compact_after: cfg.compact_after.max(1),
         })
@@ -134,6 +141,12 @@ impl<S: RaftStore> RaftCore<S> {
 
     pub fn applied(&self) -> u64 {
         self.applied
+    }
+
+    /// The applied index as readers of [`Self::state`] see it: read it while holding the
+    /// state's read lock to get the index of that state.
+    pub fn applied_shared(&self) -> &Arc<std::sync::atomic::AtomicU64> {
+        &self.applied_shared
     }
 
     pub fn is_leader(&self) -> bool {
@@ -263,10 +276,9 @@ impl<S: RaftStore> RaftCore<S> {
             self.applied = stored.applied;
             out.snapshot_installed = Some(stored.applied);
             out.membership = Some(self.node.store().conf_state().clone());
-            match self.state.write() {
-                Ok(mut g) => *g = stored.state,
-                Err(p) => *p.into_inner() = stored.state,
-            }
+            let mut g = self.state.write().unwrap_or_else(|p| p.into_inner());
+            *g = stored.state;
+            self.applied_shared.store(stored.applied, std::sync::atomic::Ordering::Release);
         }
         for rs in ready.take_read_states() {
             out.reads.push((rs.request_ctx, rs.index));
@@ -306,13 +318,19 @@ impl<S: RaftStore> RaftCore<S> {
             let outcome = match e.get_entry_type() {
                 EntryType::EntryNormal => {
                     if e.data.is_empty() {
+                        out.view.push((e.index, crate::view::ViewChange::Nothing));
                         continue; // a new leader's empty entry
                     }
                     metrics::counter!(m::RAFT_APPLIED_ENTRIES).increment(1);
                     match shoal_protocol::frame::decode::<Command>(&e.data) {
-                        Ok(cmd) => apply(&mut state, &cmd),
+                        Ok(cmd) => {
+                            let outcome = apply(&mut state, &cmd);
+                            out.view.push((e.index, crate::view::ViewChange::Command(cmd)));
+                            outcome
+                        }
                         Err(err) => {
                             warn!(index = e.index, error = %err, "skipping an undecodable command");
+                            out.view.push((e.index, crate::view::ViewChange::Nothing));
                             Outcome::rejected("undecodable command")
                         }
                     }
@@ -326,6 +344,8 @@ impl<S: RaftStore> RaftCore<S> {
                     let cs = self.node.apply_conf_change(&cc)?;
                     self.node.mut_store().set_conf_state(&cs)?;
                     record_members(&mut state, &cc);
+                    let members = state.coordinators.values().cloned().collect();
+                    out.view.push((e.index, crate::view::ViewChange::Coordinators(members)));
                     info!(voters = ?cs.voters, learners = ?cs.learners, "membership changed");
                     out.membership = Some(cs);
                     Outcome::Applied
@@ -333,11 +353,12 @@ impl<S: RaftStore> RaftCore<S> {
             };
             if let Some((node, incarnation, seq)) = parse_context(&e.context) {
                 if node == self.id && incarnation == self.incarnation {
-                    out.applied.push((seq, outcome));
+                    out.applied.push((seq, e.index, outcome));
                 }
             }
         }
         self.applied = last.max(self.applied);
+        self.applied_shared.store(self.applied, std::sync::atomic::Ordering::Release);
         // The state is written only at checkpoints, every `compact_after` entries: a commit
         // costs the same whatever the size of the state (the log holds what came since, and
         // is applied again after a restart). The next Ready's flush makes it durable.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use raft::prelude::{ConfChangeSingle, ConfChangeType, ConfChangeV2, Message};
 use shoal_protocol::metric_names as m;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 use super::core::{CoreConfig, RaftCore};
@@ -49,8 +49,11 @@ impl RaftStatus {
 
 type Reply<T> = oneshot::Sender<Result<T, CoordinatorError>>;
 
+/// A proposal's outcome and the log index it was applied at.
+pub type Applied = (Outcome, u64);
+
 enum Input {
-    Propose { proposal: Box<Proposal>, reply: Reply<Outcome> },
+    Propose { proposal: Box<Proposal>, reply: Reply<Applied> },
     Read { reply: Reply<()> },
     HandOver { reply: Reply<Option<u64>> },
     Step(Box<Message>),
@@ -71,7 +74,21 @@ pub struct RaftHandle {
     tx: mpsc::Sender<Input>,
     status: watch::Receiver<RaftStatus>,
     state: Arc<RwLock<ClusterState>>,
+    applied: Arc<std::sync::atomic::AtomicU64>,
+    view: broadcast::Sender<ViewEvent>,
 }
+
+/// What watchers of the applied state hear (see [`crate::view`]).
+#[derive(Clone, Debug)]
+pub enum ViewEvent {
+    /// Entries applied in one pass, in order.
+    Applied(Arc<Vec<(u64, crate::view::ViewChange)>>),
+    /// The state was replaced by a snapshot: start again from the whole state.
+    Reset,
+}
+
+/// How many passes a slow watcher may fall behind before it starts again from the state.
+const VIEW_BACKLOG: usize = 1024;
 
 impl RaftHandle {
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Input) -> Result<T, CoordinatorError> {
@@ -89,6 +106,11 @@ impl RaftHandle {
 
     /// Proposes on this member (which must lead) and waits until it is applied here.
     pub async fn propose(&self, proposal: Proposal) -> Result<Outcome, CoordinatorError> {
+        Ok(self.propose_indexed(proposal).await?.0)
+    }
+
+    /// [`Self::propose`], also returning the log index the proposal was applied at.
+    pub async fn propose_indexed(&self, proposal: Proposal) -> Result<Applied, CoordinatorError> {
         let status = self.status();
         if !status.is_leader() {
             return Err(CoordinatorError::NotLeader { leader: (status.leader_id != 0).then_some(status.leader_id) });
@@ -164,6 +186,17 @@ impl RaftHandle {
         &self.state
     }
 
+    /// A copy of the applied state and the log index it is at.
+    pub fn state_at(&self) -> (ClusterState, u64) {
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        (state.clone(), self.applied.load(std::sync::atomic::Ordering::Acquire))
+    }
+
+    /// Entries as they are applied on this member, from now on.
+    pub fn subscribe_view(&self) -> broadcast::Receiver<ViewEvent> {
+        self.view.subscribe()
+    }
+
     /// Starts the driver thread.
     pub fn start(
         cfg: DriverConfig,
@@ -179,6 +212,8 @@ impl RaftHandle {
             core.campaign()?;
         }
         let state = core.state().clone();
+        let applied = core.applied_shared().clone();
+        let (view, _) = broadcast::channel(VIEW_BACKLOG);
         let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
         let (status_tx, status_rx) = watch::channel(core.status());
         let driver = Driver {
@@ -191,6 +226,7 @@ impl RaftHandle {
             status_tx,
             leader_seen: 0,
             batch: cfg.batch_proposals,
+            view: view.clone(),
         };
         let tick = cfg.tick;
         let thread = std::thread::Builder::new()
@@ -206,12 +242,12 @@ impl RaftHandle {
                 rt.block_on(driver.run(rx, reports, tick));
             })
             .map_err(|e| CoordinatorError::io("raft thread", e))?;
-        Ok((RaftHandle { tx, status: status_rx, state }, thread))
+        Ok((RaftHandle { tx, status: status_rx, state, applied, view }, thread))
     }
 }
 
 struct Pending {
-    reply: Reply<Outcome>,
+    reply: Reply<Applied>,
     proposed_at: Instant,
 }
 
@@ -225,6 +261,7 @@ struct Driver {
     status_tx: watch::Sender<RaftStatus>,
     leader_seen: u64,
     batch: bool,
+    view: broadcast::Sender<ViewEvent>,
 }
 
 impl Driver {
@@ -310,10 +347,18 @@ impl Driver {
             let state = self.core.state().read().unwrap_or_else(|p| p.into_inner());
             self.transport.learn(&state, cs);
         }
-        for (seq, outcome) in out.applied {
+        for (seq, index, outcome) in out.applied {
             if let Some(p) = self.pending.remove(&seq) {
                 metrics::histogram!(m::RAFT_COMMIT_SECONDS).record(p.proposed_at.elapsed().as_secs_f64());
-                let _ = p.reply.send(Ok(outcome));
+                let _ = p.reply.send(Ok((outcome, index)));
+            }
+        }
+        if self.view.receiver_count() > 0 {
+            if out.snapshot_installed.is_some() {
+                let _ = self.view.send(ViewEvent::Reset);
+            }
+            if !out.view.is_empty() {
+                let _ = self.view.send(ViewEvent::Applied(Arc::new(out.view)));
             }
         }
         for (ctx, index) in out.reads {
@@ -347,6 +392,7 @@ impl Driver {
         }
         self.status_tx.send_if_modified(|s| {
             if *s != status {
+                crate::telemetry::refresh_raft(&status);
                 *s = status;
                 true
             } else {

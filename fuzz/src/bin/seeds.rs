@@ -67,6 +67,7 @@ fn requests() -> Vec<(&'static str, Request)> {
                 token_secret: "0123456789abcdef".into(),
                 name: "node-1".into(),
                 csr_der: vec![0x30, 0x82, 0x01, 0x0a],
+                gateway: false,
             }),
         ),
         ("raft", Request::Raft { from: 1, message: raft_msg.clone() }),
@@ -289,10 +290,10 @@ fn tokenizer(root: &Path) {
 
 fn http(root: &Path) {
     let dir = root.join("http_bodies");
-    let routes = shoal_coordinator::gateway::fuzzing::ROUTES;
-    for (route, body) in shoal_coordinator::gateway::fuzzing::example_bodies() {
+    let routes = shoal_gateway::http::fuzzing::ROUTES;
+    for (route, body) in shoal_gateway::http::fuzzing::example_bodies() {
         assert!(
-            shoal_coordinator::gateway::fuzzing::check_body(route, &body),
+            shoal_gateway::http::fuzzing::check_body(route, &body),
             "{} refused its example body",
             routes[route as usize]
         );

@@ -11,9 +11,9 @@ use shoal_protocol::token::JoinToken;
 
 use super::auth::require;
 use super::{ApiError, Body, GatewayState};
-use crate::raft::Proposal;
 use crate::state::{Command, CoordinatorRecord, NodeRecord, Outcome, Scope, TokenRecord};
 use crate::telemetry;
+use shoal_coordinator::raft::Proposal;
 
 /// The longest a join token may live.
 pub const MAX_TOKEN_TTL_SECONDS: u64 = 365 * 24 * 3600;
@@ -31,7 +31,7 @@ pub struct ReadOpts {
 
 async fn consistent(gw: &GatewayState, opts: &ReadOpts) -> Result<(), ApiError> {
     if opts.consistent {
-        gw.raft.read_index().await.map_err(|e| ApiError::unavailable(format!("consistent read failed: {e}")))?;
+        gw.cluster.read_index().await.map_err(|e| ApiError::unavailable(format!("consistent read failed: {e}")))?;
     }
     Ok(())
 }
@@ -52,18 +52,29 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Ready when a leader is known and this replica has applied what it knows is committed.
+/// Ready when the view is loaded and holds an admin key, and, while a coordinator streams
+/// it, when that coordinator knows a leader and the view has caught up with its commit
+/// index. With every coordinator gone the gateway stays ready: it serves from its cached
+/// view (writes answer 503).
 pub async fn readyz(State(gw): Gw) -> axum::response::Response {
     count("readyz");
-    let s = gw.raft.status();
-    let not_ready = if s.leader_id == 0 {
+    let v = gw.cluster.status();
+    let has_admin = || {
+        let state = gw.cluster.state().read().unwrap_or_else(|p| p.into_inner());
+        state.api_keys.values().any(|k| k.scope == Scope::Admin)
+    };
+    let not_ready = if !v.loaded {
+        "waiting for the cluster view from a coordinator\n".to_string()
+    } else if v.connected && v.soft.leader_id == 0 {
         "no raft leader\n".to_string()
-    } else if !gw.bootstrapped.load(std::sync::atomic::Ordering::Acquire) {
+    } else if !has_admin() {
         "bootstrapping the admin API key\n".to_string()
     } else if let Some(why) = gw.held.lock().unwrap_or_else(|p| p.into_inner()).clone() {
         format!("{why}\n")
-    } else if s.applied < s.commit {
-        format!("applying: {} of {}\n", s.applied, s.commit)
+    } else if v.connected && v.index < v.soft.commit {
+        format!("applying: {} of {}\n", v.index, v.soft.commit)
+    } else if !v.connected {
+        return (StatusCode::OK, "ready (control plane unavailable: serving from the cached view)\n").into_response();
     } else {
         return (StatusCode::OK, "ready\n").into_response();
     };
@@ -73,8 +84,9 @@ pub async fn readyz(State(gw): Gw) -> axum::response::Response {
 pub async fn metrics(State(gw): Gw) -> impl IntoResponse {
     count("metrics");
     {
-        let state = gw.raft.state().read().unwrap_or_else(|p| p.into_inner());
-        telemetry::refresh(&gw.raft.status(), &state);
+        let state = gw.cluster.state().read().unwrap_or_else(|p| p.into_inner());
+        telemetry::refresh_state(&state);
+        crate::retrieval::Retrieval::publish_gauges(&state);
     }
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], gw.prometheus.render())
 }
@@ -83,11 +95,15 @@ pub async fn cluster(State(gw): Gw, headers: HeaderMap, Query(opts): Query<ReadO
     count("cluster");
     require(&headers, &gw, Scope::User)?;
     consistent(&gw, &opts).await?;
-    let s = gw.raft.status();
+    let v = gw.cluster.status();
+    let s = &v.soft;
     let mut known: std::collections::BTreeMap<u64, (String, String)> =
-        gw.config.coordinators.iter().map(|c| (c.id, (c.quic.to_string(), c.http.to_string()))).collect();
+        gw.configured.iter().map(|(id, quic, http)| (*id, (quic.clone(), http.clone()))).collect();
+    for (id, quic) in &s.coordinators {
+        known.entry(*id).or_insert_with(|| (quic.clone(), String::new()));
+    }
     {
-        let state = gw.raft.state().read().unwrap_or_else(|p| p.into_inner());
+        let state = gw.cluster.state().read().unwrap_or_else(|p| p.into_inner());
         for c in state.coordinators.values() {
             known.insert(c.id, (c.quic.clone(), c.http.clone()));
         }
@@ -106,7 +122,7 @@ pub async fn cluster(State(gw): Gw, headers: HeaderMap, Query(opts): Query<ReadO
         })
         .collect();
     Ok(Json(json!({
-        "self_id": gw.self_id,
+        "self_id": s.coordinator_id,
         "role": s.role,
         "leader_id": (s.leader_id != 0).then_some(s.leader_id),
         "term": s.term,
@@ -118,17 +134,23 @@ pub async fn cluster(State(gw): Gw, headers: HeaderMap, Query(opts): Query<ReadO
         "learners": s.learners,
         "members": members,
         "ca_hash": gw.ca_hash,
+        "gateway": {
+            "view_index": v.index,
+            "connected": v.connected,
+            "watching": s.coordinator_id,
+        },
     })))
 }
 
 fn node_json(gw: &GatewayState, n: &NodeRecord) -> Value {
-    let leases = gw.leases.lock().unwrap_or_else(|p| p.into_inner());
-    let lease = leases.get(&n.id).filter(|l| l.generation == n.generation && l.last_heartbeat_unix_ms > 0);
+    let soft = gw.cluster.status().soft;
+    let lease =
+        soft.leases.iter().find(|l| l.node == n.id && l.generation == n.generation && l.last_heartbeat_unix_ms > 0);
     let now = gw.clock.unix_ms();
     let labels: serde_json::Map<String, Value> =
         n.labels.iter().map(|l| (l.key.clone(), Value::String(l.value.clone()))).collect();
     let replicas: Vec<Value> = {
-        let state = gw.raft.state().read().unwrap_or_else(|p| p.into_inner());
+        let state = gw.cluster.state().read().unwrap_or_else(|p| p.into_inner());
         state
             .placements
             .values()
@@ -158,7 +180,7 @@ pub async fn nodes(State(gw): Gw, headers: HeaderMap, Query(opts): Query<ReadOpt
     require(&headers, &gw, Scope::User)?;
     consistent(&gw, &opts).await?;
     let records: Vec<NodeRecord> = {
-        let state = gw.raft.state().read().unwrap_or_else(|p| p.into_inner());
+        let state = gw.cluster.state().read().unwrap_or_else(|p| p.into_inner());
         state.nodes.values().cloned().collect()
     };
     let nodes: Vec<Value> = records.iter().map(|n| node_json(&gw, n)).collect();
@@ -169,7 +191,7 @@ pub async fn node(State(gw): Gw, headers: HeaderMap, Path(id): Path<String>) -> 
     count("node");
     require(&headers, &gw, Scope::User)?;
     let record = {
-        let state = gw.raft.state().read().unwrap_or_else(|p| p.into_inner());
+        let state = gw.cluster.state().read().unwrap_or_else(|p| p.into_inner());
         state.nodes.get(&id).cloned()
     };
     match record {
@@ -214,16 +236,28 @@ pub async fn create_token(
         description: req.description.unwrap_or_default(),
     };
     let expires_at_ms = record.expires_at_ms;
-    outcome_ok(gw.writer.command(Command::CreateToken(record)).await?)?;
+    outcome_ok(gw.cluster.command(Command::CreateToken(record)).await?)?;
     tracing::info!(token_id = %token.id, ttl, "admin created a join token");
-    let addr = gw.config.member(gw.self_id).map(|m| m.quic.to_string()).unwrap_or_default();
+    let soft = gw.cluster.status().soft;
+    let quic_of = |id: u64| soft.coordinators.iter().find(|(c, _)| *c == id).map(|(_, a)| a.clone());
+    let addr = quic_of(soft.coordinator_id).unwrap_or_default();
+    let mut all: Vec<String> = soft.voters.iter().filter_map(|id| quic_of(*id)).collect();
+    if all.is_empty() {
+        all.push(addr.clone());
+    }
     Ok(Json(json!({
         "token": token.to_string(),
         "token_id": token.id,
         "expires_at_ms": expires_at_ms,
         "ca_hash": gw.ca_hash,
         "coordinator": addr,
+        "coordinators": all,
         "join_command": format!("shoal join {addr} --token {token} --ca-hash {}", gw.ca_hash),
+        "gateway_command": format!(
+            "shoal gateway --coordinators {} --token {token} --ca-hash {} --http 127.0.0.1:8090 --data-dir ./shoal-gateway",
+            all.join(","),
+            gw.ca_hash
+        ),
     })))
 }
 
@@ -236,7 +270,7 @@ pub async fn list_tokens(
     count("list_tokens");
     require(&headers, &gw, Scope::Admin)?;
     consistent(&gw, &opts).await?;
-    let state = gw.raft.state().read().unwrap_or_else(|p| p.into_inner());
+    let state = gw.cluster.state().read().unwrap_or_else(|p| p.into_inner());
     let tokens: Vec<Value> = state
         .tokens
         .values()
@@ -295,11 +329,23 @@ async fn answers(http: std::net::SocketAddr) -> Result<(), String> {
 /// The voters as committed: read through the leader (ReadIndex), so a follower that
 /// forwarded the change reports it too.
 async fn committed_voters(gw: &GatewayState) -> Result<Vec<u64>, ApiError> {
-    gw.raft
+    gw.cluster
         .read_index()
         .await
         .map_err(|e| ApiError::unavailable(format!("the change committed, but reading it back failed: {e}")))?;
-    Ok(gw.raft.status().voters)
+    wait_for_voters(gw).await;
+    Ok(gw.cluster.status().soft.voters.clone())
+}
+
+/// Soft state arrives every half second: wait for the next one, so the voters listed
+/// include a change just read back.
+async fn wait_for_voters(gw: &GatewayState) {
+    let at = |gw: &GatewayState| std::sync::Arc::as_ptr(&gw.cluster.status().soft) as usize;
+    let before = at(gw);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    while at(gw) == before && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
 }
 
 /// Adds a coordinator to the raft group (it must already be running with an empty data dir).
@@ -313,7 +359,7 @@ pub async fn add_coordinator(
     if req.id == 0 {
         return Err(ApiError::bad_request("coordinator id 0 is reserved"));
     }
-    if gw.raft.status().voters.contains(&req.id) {
+    if gw.cluster.status().soft.voters.contains(&req.id) {
         return Err(ApiError::bad_request(format!("coordinator {} is already a voter", req.id)));
     }
     if !req.force {
@@ -326,7 +372,7 @@ pub async fn add_coordinator(
         })?;
     }
     let member = CoordinatorRecord { id: req.id, quic: req.quic.to_string(), http: req.http.to_string() };
-    outcome_ok(gw.writer.submit(Proposal::AddMember(member)).await?)?;
+    outcome_ok(gw.cluster.submit(Proposal::AddMember(member)).await?)?;
     tracing::info!(id = req.id, "admin added a coordinator");
     Ok(Json(json!({ "added": req.id, "voters": committed_voters(&gw).await? })))
 }
@@ -339,14 +385,14 @@ pub async fn remove_coordinator(
 ) -> Result<Json<Value>, ApiError> {
     count("remove_coordinator");
     require(&headers, &gw, Scope::Admin)?;
-    let s = gw.raft.status();
+    let s = gw.cluster.status().soft;
     if !s.voters.contains(&id) && !s.learners.contains(&id) {
         return Err(ApiError::not_found(format!("coordinator {id} is not a member")));
     }
     if s.voters.len() == 1 && s.voters.contains(&id) {
         return Err(ApiError::bad_request("cannot remove the last voter"));
     }
-    outcome_ok(gw.writer.submit(Proposal::RemoveMember { id }).await?)?;
+    outcome_ok(gw.cluster.submit(Proposal::RemoveMember { id }).await?)?;
     tracing::info!(id, "admin removed a coordinator");
     Ok(Json(json!({ "removed": id, "voters": committed_voters(&gw).await? })))
 }

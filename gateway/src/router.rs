@@ -19,7 +19,7 @@ use shoal_protocol::{
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::raft::RaftHandle;
+use crate::cluster::Cluster;
 use crate::state::ClusterState;
 
 /// How far each chain of a split deployment is from serving, e.g. "chain 0 has 1 of 2
@@ -124,12 +124,10 @@ pub enum GenEvent {
 }
 
 pub struct Router {
-    raft: RaftHandle,
+    cluster: Arc<Cluster>,
     pool: Pool,
-    /// Requests this coordinator has in flight per placement.
+    /// Requests this gateway has in flight per placement.
     outstanding: Mutex<HashMap<String, u32>>,
-    /// Outstanding work per placement as nodes report it (filled on the leader).
-    reported: Arc<Mutex<HashMap<String, u32>>>,
 }
 
 /// Counts a request against a placement while it lives.
@@ -149,17 +147,13 @@ impl Drop for InFlight<'_> {
 }
 
 impl Router {
-    pub fn new(
-        raft: RaftHandle,
-        client: quinn::ClientConfig,
-        reported: Arc<Mutex<HashMap<String, u32>>>,
-    ) -> Result<Self, shoal_protocol::ProtocolError> {
-        Ok(Self { raft, pool: Pool::new(client)?, outstanding: Mutex::new(HashMap::new()), reported })
+    pub fn new(cluster: Arc<Cluster>, client: quinn::ClientConfig) -> Result<Self, shoal_protocol::ProtocolError> {
+        Ok(Self { cluster, pool: Pool::new(client)?, outstanding: Mutex::new(HashMap::new()) })
     }
 
     /// Ready replicas of `deployment` on ready nodes, checking the deployment serves `kind`.
     fn targets(&self, deployment: &str, kind: EngineKind) -> Result<Vec<Target>, RouteError> {
-        let state = self.raft.state().read().unwrap_or_else(|p| p.into_inner());
+        let state = self.cluster.state().read().unwrap_or_else(|p| p.into_inner());
         let Some(version) = state.deployed_version(deployment) else {
             return Err(RouteError::UnknownModel(unknown_model(&state, deployment)));
         };
@@ -190,7 +184,7 @@ impl Router {
 
     fn load_of(&self, placement: &str) -> u32 {
         let local = self.outstanding.lock().unwrap_or_else(|p| p.into_inner()).get(placement).copied().unwrap_or(0);
-        let reported = self.reported.lock().unwrap_or_else(|p| p.into_inner()).get(placement).copied().unwrap_or(0);
+        let reported = self.cluster.reported_load(placement);
         local.max(reported)
     }
 

@@ -24,10 +24,9 @@ use shoal_recall::{wire, DocumentRecord, Hit, MetadataFilter, PgIndex, RecallErr
 use tracing::{debug, info, warn};
 
 use crate::clock::Clock;
-use crate::raft::RaftHandle;
+use crate::cluster::Cluster;
 use crate::router::{RouteError, Router};
 use crate::state::{ClusterState, Command, IndexBackend, KbDocument, KnowledgeBase, NodeState, Outcome};
-use crate::writer::Writer;
 
 /// How long one shard copy may take to answer a search before another copy is asked.
 pub const SHARD_SEARCH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -200,8 +199,7 @@ pub struct Found {
 
 /// Ingest and search over the mesh.
 pub struct Retrieval {
-    raft: RaftHandle,
-    writer: Writer,
+    cluster: Arc<Cluster>,
     router: Arc<Router>,
     pool: Pool,
     clock: Clock,
@@ -249,15 +247,13 @@ struct CopyAddr {
 
 impl Retrieval {
     pub fn new(
-        raft: RaftHandle,
-        writer: Writer,
+        cluster: Arc<Cluster>,
         router: Arc<Router>,
         client: quinn::ClientConfig,
         clock: Clock,
     ) -> Result<Self, shoal_protocol::ProtocolError> {
         Ok(Self {
-            raft,
-            writer,
+            cluster,
             router,
             pool: Pool::new(client)?,
             clock,
@@ -267,7 +263,7 @@ impl Retrieval {
     }
 
     fn knowledge_base(&self, name: &str) -> Result<KnowledgeBase, RecallFailure> {
-        let state = self.raft.state().read().unwrap_or_else(|p| p.into_inner());
+        let state = self.cluster.state().read().unwrap_or_else(|p| p.into_inner());
         state
             .knowledge_bases
             .get(name)
@@ -430,7 +426,7 @@ impl Retrieval {
             bytes: upload.bytes.len() as u64,
             updated_at_ms: self.clock.unix_ms(),
         };
-        match self.writer.command(Command::PutDocument { kb: kb.name.clone(), document }).await {
+        match self.cluster.command(Command::PutDocument { kb: kb.name.clone(), document }).await {
             Ok(Outcome::Applied) => {}
             Ok(other) => return Err(RecallFailure::NotFound(format!("the catalog refused the document: {other:?}"))),
             Err(e) => return Err(RecallFailure::Unavailable(format!("could not record the document: {e}"))),
@@ -466,7 +462,7 @@ impl Retrieval {
                 self.postgres(&kb).await?.delete_document(doc_id).await?;
             }
         }
-        match self.writer.command(Command::DeleteDocument { kb: kb.name.clone(), id: doc_id.to_string() }).await {
+        match self.cluster.command(Command::DeleteDocument { kb: kb.name.clone(), id: doc_id.to_string() }).await {
             Ok(_) => Ok(()),
             Err(e) => Err(RecallFailure::Unavailable(format!("could not record the deletion: {e}"))),
         }
@@ -485,7 +481,7 @@ impl Retrieval {
         req: impl Fn(&str) -> Request,
     ) -> Result<Written, RecallFailure> {
         let copies = {
-            let state = self.raft.state().read().unwrap_or_else(|p| p.into_inner());
+            let state = self.cluster.state().read().unwrap_or_else(|p| p.into_inner());
             Self::copies(&state, &kb.name, shard)
         };
         if copies.is_empty() {
@@ -533,7 +529,7 @@ impl Retrieval {
         if ok > 0 {
             for (copy, why) in &failures {
                 warn!(copy = %copy.id, node = %copy.node, error = %why, "a shard copy missed a write; replacing it");
-                if let Err(e) = self.writer.command(Command::UnplaceIndexShard { id: copy.id.clone() }).await {
+                if let Err(e) = self.cluster.command(Command::UnplaceIndexShard { id: copy.id.clone() }).await {
                     warn!(copy = %copy.id, error = %e, "could not replace a copy that missed a write");
                 }
             }
@@ -603,7 +599,7 @@ impl Retrieval {
     async fn scatter(&self, kb: &KnowledgeBase, query: &SearchQuery) -> Result<Found, RecallFailure> {
         let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let per_shard: Vec<Vec<CopyAddr>> = {
-            let state = self.raft.state().read().unwrap_or_else(|p| p.into_inner());
+            let state = self.cluster.state().read().unwrap_or_else(|p| p.into_inner());
             (0..kb.shards)
                 .map(|s| {
                     let ready = Self::copies(&state, &kb.name, s).into_iter().filter(|c| c.ready).collect();

@@ -11,21 +11,11 @@ use shoal_protocol::ArtifactRef;
 use tracing::info;
 
 use crate::state::{ModelVersion, WeightFormat};
-use crate::CoordinatorError;
+use crate::GatewayError;
 
 /// Names of models and deployments: what fits in a URL path and a metric label.
-pub fn check_name(kind: &str, name: &str) -> Result<(), CoordinatorError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-        && !name.starts_with('.');
-    if ok {
-        Ok(())
-    } else {
-        Err(CoordinatorError::Model(format!(
-            "{kind} name '{name}' must be 1-64 characters of letters, digits, '-', '_' or '.'"
-        )))
-    }
+pub fn check_name(kind: &str, name: &str) -> Result<(), GatewayError> {
+    shoal_coordinator::names::check_name(kind, name).map_err(GatewayError::Model)
 }
 
 /// Reads and stores a model version from `source`. `expected_sha256`, when given, must
@@ -37,7 +27,7 @@ pub fn prepare_version(
     download_dir: &Path,
     coordinator_id: u64,
     now_ms: u64,
-) -> Result<ModelVersion, CoordinatorError> {
+) -> Result<ModelVersion, GatewayError> {
     if source == ECHO_SOURCE {
         return Ok(echo_version(coordinator_id, now_ms));
     }
@@ -46,7 +36,7 @@ pub fn prepare_version(
     let mut files = Vec::new();
     for name in &info.files {
         let file = if path.is_dir() { path.join(name) } else { path.clone() };
-        let (sha256, size) = store.put_file(&file).map_err(|e| CoordinatorError::io(&file, e))?;
+        let (sha256, size) = store.put_file(&file).map_err(|e| GatewayError::io(&file, e))?;
         files.push(ArtifactRef { name: name.clone(), sha256, size });
     }
     let sha256 = match (info.format, files.as_slice()) {
@@ -56,7 +46,7 @@ pub fn prepare_version(
     if let Some(expected) = expected_sha256 {
         let expected = expected.trim().trim_start_matches("sha256:").to_ascii_lowercase();
         if expected != sha256 {
-            return Err(CoordinatorError::Model(format!(
+            return Err(GatewayError::Model(format!(
                 "{source} has sha256 {sha256}, not the expected {expected}; nothing was registered"
             )));
         }
@@ -129,8 +119,8 @@ pub fn manifest_hash(files: &[ArtifactRef]) -> String {
     hex::encode(Sha256::digest(lines.concat().as_bytes()))
 }
 
-fn model_err(e: shoal_engine::EngineError) -> CoordinatorError {
-    CoordinatorError::Model(e.to_string())
+fn model_err(e: shoal_engine::EngineError) -> GatewayError {
+    GatewayError::Model(e.to_string())
 }
 
 /// Lists the models in a folder: `*.gguf` files (at the top or one folder down) and
@@ -238,23 +228,21 @@ fn one() -> u32 {
 pub const MAX_REPLICAS: u32 = 256;
 
 /// Checks a deploy request's names and counts; returns the model it names.
-pub fn check_deploy(req: &DeployRequest) -> Result<String, CoordinatorError> {
+pub fn check_deploy(req: &DeployRequest) -> Result<String, GatewayError> {
     check_name("deployment", &req.name)?;
     let model = req.model.clone().unwrap_or_else(|| req.name.clone());
     check_name("model", &model)?;
     if req.replicas > MAX_REPLICAS {
-        return Err(CoordinatorError::Model(format!("replicas must be at most {MAX_REPLICAS}")));
+        return Err(GatewayError::Model(format!("replicas must be at most {MAX_REPLICAS}")));
     }
     if req.shards > crate::planner::MAX_SHARDS {
-        return Err(CoordinatorError::Model(format!("shards must be at most {}", crate::planner::MAX_SHARDS)));
+        return Err(GatewayError::Model(format!("shards must be at most {}", crate::planner::MAX_SHARDS)));
     }
     if req.sha256.is_some() && req.source.as_deref().is_some_and(|s| s.starts_with("builtin://")) {
-        return Err(CoordinatorError::Model(
-            "a builtin:// source has no file to check: drop the sha256 (--sha256)".into(),
-        ));
+        return Err(GatewayError::Model("a builtin:// source has no file to check: drop the sha256 (--sha256)".into()));
     }
     if req.sha256.is_some() && req.source.is_none() {
-        return Err(CoordinatorError::Model("a sha256 checks a source: give --source with it".into()));
+        return Err(GatewayError::Model("a sha256 checks a source: give --source with it".into()));
     }
     Ok(model)
 }
@@ -262,29 +250,41 @@ pub fn check_deploy(req: &DeployRequest) -> Result<String, CoordinatorError> {
 /// Registers (when a source is given) and deploys. Changes nothing if any step fails
 /// before the commit.
 pub async fn deploy(
-    writer: &crate::writer::Writer,
-    store: &ArtifactStore,
+    cluster: &crate::cluster::Cluster,
+    artifacts: Option<&(ArtifactStore, u64)>,
     downloads: &Path,
-    coordinator_id: u64,
     req: DeployRequest,
-) -> Result<(String, u32), CoordinatorError> {
+) -> Result<(String, u32), GatewayError> {
     use crate::state::{Command, Outcome};
     let model = check_deploy(&req)?;
     let mut version = 0;
     if let Some(source) = req.source.clone() {
-        let (store, downloads, sha) = (store.clone(), downloads.to_path_buf(), req.sha256.clone());
         let now = crate::clock::unix_ms();
-        let prepared = tokio::task::spawn_blocking(move || {
-            prepare_version(&source, sha.as_deref(), &store, &downloads, coordinator_id, now)
-        })
-        .await
-        .map_err(|e| CoordinatorError::Model(format!("registration task failed: {e}")))??;
-        match writer.command(Command::RegisterModel { name: model.clone(), version: prepared }).await? {
+        let prepared = match artifacts {
+            _ if source == ECHO_SOURCE => echo_version(0, now),
+            None => {
+                return Err(GatewayError::Model(format!(
+                    "this gateway stores no model files, so it cannot register {source}: register the model \
+                     through a coordinator's gateway (the one `shoal up` or `shoal coordinator` serves), then \
+                     deploy it here by name"
+                )))
+            }
+            Some((store, coordinator_id)) => {
+                let (store, downloads, sha, id) =
+                    (store.clone(), downloads.to_path_buf(), req.sha256.clone(), *coordinator_id);
+                tokio::task::spawn_blocking(move || {
+                    prepare_version(&source, sha.as_deref(), &store, &downloads, id, now)
+                })
+                .await
+                .map_err(|e| GatewayError::Model(format!("registration task failed: {e}")))??
+            }
+        };
+        match cluster.command(Command::RegisterModel { name: model.clone(), version: prepared }).await? {
             Outcome::ModelVersion { version: v, existed } => {
                 metrics::counter!(shoal_protocol::metric_names::MODELS_REGISTERED).increment(u64::from(!existed));
                 version = v;
             }
-            other => return Err(CoordinatorError::Model(format!("registration refused: {other:?}"))),
+            other => return Err(GatewayError::Model(format!("registration refused: {other:?}"))),
         }
     }
     let cmd = Command::Deploy {
@@ -297,9 +297,9 @@ pub async fn deploy(
         force: req.force,
     };
     // The state machine checks `shards` against the version it resolves (layers, kind).
-    match writer.command(cmd).await? {
+    match cluster.command(cmd).await? {
         Outcome::ModelVersion { version, .. } => Ok((model, version)),
-        Outcome::Rejected(why) | Outcome::Ignored(why) => Err(CoordinatorError::Model(why)),
-        other => Err(CoordinatorError::Model(format!("deployment refused: {other:?}"))),
+        Outcome::Rejected(why) | Outcome::Ignored(why) => Err(GatewayError::Model(why)),
+        other => Err(GatewayError::Model(format!("deployment refused: {other:?}"))),
     }
 }

@@ -11,14 +11,14 @@ use super::auth::require;
 use super::{ApiError, Body, GatewayState};
 use crate::registry::{self, DeployRequest};
 use crate::state::{ClusterState, Command, Outcome, Scope};
-use crate::CoordinatorError;
+use crate::GatewayError;
 
 type Gw = State<Arc<GatewayState>>;
 
-fn model_error(e: CoordinatorError) -> ApiError {
+fn model_error(e: GatewayError) -> ApiError {
     match e {
-        CoordinatorError::Model(msg) => ApiError::bad_request(msg),
-        CoordinatorError::Io { .. } => ApiError::bad_request(e.to_string()),
+        GatewayError::Model(msg) => ApiError::bad_request(msg),
+        GatewayError::Io { .. } => ApiError::bad_request(e.to_string()),
         other => other.into(),
     }
 }
@@ -80,28 +80,28 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     require(&headers, &gw, Scope::Admin)?;
     let name = req.name.clone();
-    registry::deploy(&gw.writer, &gw.artifacts, &gw.downloads, gw.self_id, req).await.map_err(model_error)?;
-    let state = gw.raft.state().read().unwrap_or_else(|p| p.into_inner());
+    registry::deploy(&gw.cluster, gw.artifacts.as_ref(), &gw.downloads, req).await.map_err(model_error)?;
+    let state = gw.cluster.state().read().unwrap_or_else(|p| p.into_inner());
     let body = describe(&state, &name).unwrap_or_else(|| json!({"name": name}));
     Ok((StatusCode::CREATED, Json(body)))
 }
 
 pub async fn list(State(gw): Gw, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     require(&headers, &gw, Scope::User)?;
-    let state = gw.raft.state().read().unwrap_or_else(|p| p.into_inner());
+    let state = gw.cluster.state().read().unwrap_or_else(|p| p.into_inner());
     let data: Vec<Value> = state.deployments.keys().filter_map(|n| describe(&state, n)).collect();
     Ok(Json(json!({"object": "list", "data": data})))
 }
 
 pub async fn get_one(State(gw): Gw, headers: HeaderMap, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
     require(&headers, &gw, Scope::User)?;
-    let state = gw.raft.state().read().unwrap_or_else(|p| p.into_inner());
+    let state = gw.cluster.state().read().unwrap_or_else(|p| p.into_inner());
     describe(&state, &name).map(Json).ok_or_else(|| ApiError::not_found(format!("no deployment named '{name}'")))
 }
 
 pub async fn delete(State(gw): Gw, headers: HeaderMap, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
     require(&headers, &gw, Scope::Admin)?;
-    match gw.writer.command(Command::DeleteDeployment { name: name.clone() }).await? {
+    match gw.cluster.command(Command::DeleteDeployment { name: name.clone() }).await? {
         Outcome::Applied => Ok(Json(json!({"name": name, "deleted": true}))),
         Outcome::Rejected(why) | Outcome::Ignored(why) => Err(ApiError::not_found(why)),
         other => Err(ApiError::unavailable(format!("{other:?}"))),

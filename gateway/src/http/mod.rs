@@ -20,12 +20,10 @@ use axum::routing::{delete, get, post};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use shoal_coordinator::raft::transport::Faults;
+
 use crate::clock::Clock;
-use crate::config::ClusterConfig;
-use crate::lease::LeaseTable;
-use crate::raft::transport::Faults;
-use crate::raft::RaftHandle;
-use crate::writer::Writer;
+use crate::cluster::Cluster;
 
 pub use auth::{Caller, KeyHasher};
 pub use error::{ApiError, Body, RawBody};
@@ -35,8 +33,8 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// What the handlers share.
 pub struct GatewayState {
-    pub raft: RaftHandle,
-    pub writer: Writer,
+    /// The cluster view and the way writes go to the coordinators.
+    pub cluster: Arc<Cluster>,
     /// Set when test-only fault injection is enabled (built with the `fault-injection`
     /// feature and started with `SHOAL_FAULT_INJECTION=1`).
     pub faults: Option<Arc<Faults>>,
@@ -46,21 +44,20 @@ pub struct GatewayState {
     pub quotas: quota::Quotas,
     /// Upload slots (see `knowledge::MAX_CONCURRENT_UPLOADS`).
     pub uploads: Arc<tokio::sync::Semaphore>,
-    /// Set once the admin API key bootstrap is done (readiness waits for it).
-    pub bootstrapped: Arc<std::sync::atomic::AtomicBool>,
     /// A reason `/readyz` still answers 503 (`shoal up` registering its models).
     pub held: Arc<Mutex<Option<String>>>,
-    pub leases: Arc<Mutex<LeaseTable>>,
     pub prometheus: PrometheusHandle,
-    pub config: ClusterConfig,
-    pub self_id: u64,
+    /// Coordinators from the cluster config, when embedded: `(id, quic, http)`.
+    pub configured: Vec<(u64, String, String)>,
     pub ca_hash: String,
     pub clock: Clock,
     pub router: Arc<crate::router::Router>,
     /// Knowledge-base ingest and search.
     pub retrieval: Arc<crate::retrieval::Retrieval>,
-    /// Model files registered through this coordinator.
-    pub artifacts: shoal_protocol::artifact::ArtifactStore,
+    /// Where model files registered here are stored, and the coordinator that serves them
+    /// to nodes (an embedded gateway shares its coordinator's store; a standalone one has
+    /// none and registers models by name only).
+    pub artifacts: Option<(shoal_protocol::artifact::ArtifactStore, u64)>,
     /// Where `hf://` sources are downloaded.
     pub downloads: std::path::PathBuf,
 }
@@ -124,7 +121,7 @@ impl GatewayState {
     /// The label a user-supplied model name gets on metrics: the name of a deployment that
     /// exists, otherwise `other` (so made-up names cannot grow the series count).
     pub fn model_label(&self, model: &str) -> String {
-        let state = self.raft.state().read().unwrap_or_else(|p| p.into_inner());
+        let state = self.cluster.state().read().unwrap_or_else(|p| p.into_inner());
         if state.deployments.contains_key(model) {
             model.to_string()
         } else {

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use rand::Rng;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -40,15 +39,7 @@ pub struct KeyRequest {
     pub expires_in_seconds: Option<u64>,
 }
 
-/// A fresh secret: 128 random bits.
-pub fn generate_secret() -> String {
-    format!("sk-shoal-{:032x}", rand::rng().random::<u128>())
-}
-
-/// A fresh public id for a key.
-pub fn generate_id() -> String {
-    format!("key-{:08x}", rand::rng().random::<u32>())
-}
+pub use shoal_coordinator::api_keys::{generate_id, generate_secret};
 
 /// Checks a request and builds the record (without its hash) — a pure function of its inputs.
 pub fn check(req: &KeyRequest, id: String, now_ms: u64) -> Result<ApiKeyRecord, String> {
@@ -106,7 +97,7 @@ pub async fn create(
     let mut record = check(&req, generate_id(), gw.clock.unix_ms()).map_err(ApiError::bad_request)?;
     let secret = generate_secret();
     record.hash = gw.keys.hash(&secret);
-    match gw.writer.command(Command::AddApiKey(record.clone())).await? {
+    match gw.cluster.command(Command::AddApiKey(record.clone())).await? {
         Outcome::Applied => {}
         Outcome::Rejected(why) | Outcome::Ignored(why) => return Err(ApiError::conflict(why)),
         other => return Err(ApiError::unavailable(format!("unexpected outcome {other:?}"))),
@@ -119,7 +110,7 @@ pub async fn create(
 
 pub async fn list(State(gw): Gw, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     require(&headers, &gw, Scope::Admin)?;
-    let state = gw.raft.state().read().unwrap_or_else(|p| p.into_inner());
+    let state = gw.cluster.state().read().unwrap_or_else(|p| p.into_inner());
     let mut keys: Vec<&ApiKeyRecord> = state.api_keys.values().collect();
     keys.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
     Ok(Json(json!({"object": "list", "data": keys.into_iter().map(describe).collect::<Vec<_>>()})))
@@ -127,7 +118,7 @@ pub async fn list(State(gw): Gw, headers: HeaderMap) -> Result<Json<Value>, ApiE
 
 pub async fn revoke(State(gw): Gw, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     require(&headers, &gw, Scope::Admin)?;
-    match gw.writer.command(Command::RevokeApiKey { id: id.clone() }).await? {
+    match gw.cluster.command(Command::RevokeApiKey { id: id.clone() }).await? {
         Outcome::Applied => {}
         Outcome::Rejected(why) if why.starts_with("no API key") => return Err(ApiError::not_found(why)),
         Outcome::Rejected(why) | Outcome::Ignored(why) => return Err(ApiError::conflict(why)),

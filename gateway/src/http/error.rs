@@ -50,11 +50,18 @@ impl ApiError {
     }
 }
 
-impl From<crate::CoordinatorError> for ApiError {
-    fn from(e: crate::CoordinatorError) -> Self {
+impl From<crate::GatewayError> for ApiError {
+    fn from(e: crate::GatewayError) -> Self {
         match e {
-            crate::CoordinatorError::Busy => {
+            crate::GatewayError::ControlPlaneUnavailable(_) => Self::unavailable(
+                "control plane unavailable: no coordinator answered, so nothing can be changed now (this gateway \
+                 goes on serving from its cached view of the cluster); retry when the coordinators are back",
+            ),
+            crate::GatewayError::Coordinator(shoal_coordinator::CoordinatorError::Busy) => {
                 Self::new(StatusCode::TOO_MANY_REQUESTS, "server_error", "busy", e.to_string())
+            }
+            crate::GatewayError::Refused(why) if why.contains("proposal queue is full") => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "server_error", "busy", why)
             }
             _ => Self::unavailable(e.to_string()),
         }

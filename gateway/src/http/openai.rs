@@ -58,7 +58,7 @@ fn request_id(prefix: &str) -> String {
 
 pub async fn list_models(State(gw): Gw, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     let caller = require(&headers, &gw, Scope::User)?;
-    let state = gw.raft.state().read().unwrap_or_else(|p| p.into_inner());
+    let state = gw.cluster.state().read().unwrap_or_else(|p| p.into_inner());
     let data: Vec<Value> = state
         .deployments
         .values()

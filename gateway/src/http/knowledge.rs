@@ -78,7 +78,7 @@ pub async fn create(
     require(&headers, &gw, Scope::Admin)?;
     let name = req.name.trim().to_string();
     let kb = {
-        let state = gw.raft.state().read().unwrap_or_else(|p| p.into_inner());
+        let state = gw.cluster.state().read().unwrap_or_else(|p| p.into_inner());
         check_request(&state, req, gw.clock.unix_ms()).map_err(|e| {
             if e.contains("already exists") {
                 ApiError::conflict(e)
@@ -91,33 +91,33 @@ pub async fn create(
         // Reach the database now: a wrong URL is the creator's error, not the first upload's.
         gw.retrieval.postgres(&kb).await.map_err(|e| ApiError::bad_request(e.to_string()))?;
     }
-    match gw.writer.command(Command::CreateKnowledgeBase(kb)).await? {
+    match gw.cluster.command(Command::CreateKnowledgeBase(kb)).await? {
         Outcome::Applied => {}
         Outcome::Rejected(why) | Outcome::Ignored(why) => return Err(ApiError::conflict(why)),
         other => return Err(ApiError::unavailable(format!("{other:?}"))),
     }
-    let state = gw.raft.state().read().unwrap_or_else(|p| p.into_inner());
+    let state = gw.cluster.state().read().unwrap_or_else(|p| p.into_inner());
     let body = describe(&state, &name).unwrap_or_else(|| json!({"name": name}));
     Ok((StatusCode::CREATED, Json(body)))
 }
 
 pub async fn list(State(gw): Gw, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     require(&headers, &gw, Scope::User)?;
-    let state = gw.raft.state().read().unwrap_or_else(|p| p.into_inner());
+    let state = gw.cluster.state().read().unwrap_or_else(|p| p.into_inner());
     let data: Vec<Value> = state.knowledge_bases.keys().filter_map(|n| describe(&state, n)).collect();
     Ok(Json(json!({"object": "list", "data": data})))
 }
 
 pub async fn get_one(State(gw): Gw, headers: HeaderMap, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
     require(&headers, &gw, Scope::User)?;
-    let state = gw.raft.state().read().unwrap_or_else(|p| p.into_inner());
+    let state = gw.cluster.state().read().unwrap_or_else(|p| p.into_inner());
     describe(&state, &name).map(Json).ok_or_else(|| ApiError::not_found(format!("no knowledge base named '{name}'")))
 }
 
 pub async fn delete(State(gw): Gw, headers: HeaderMap, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
     require(&headers, &gw, Scope::Admin)?;
-    let kb = gw.raft.state().read().unwrap_or_else(|p| p.into_inner()).knowledge_bases.get(&name).cloned();
-    match gw.writer.command(Command::DeleteKnowledgeBase { name: name.clone() }).await? {
+    let kb = gw.cluster.state().read().unwrap_or_else(|p| p.into_inner()).knowledge_bases.get(&name).cloned();
+    match gw.cluster.command(Command::DeleteKnowledgeBase { name: name.clone() }).await? {
         Outcome::Applied => {
             // Index-shard copies on nodes go with their placements; a PostgreSQL table is dropped here.
             if let Some(kb) = kb {
@@ -267,7 +267,7 @@ async fn wait_until_ready(gw: &GatewayState, kb: &str, wait: bool) -> Result<(),
     let deadline = tokio::time::Instant::now() + if wait { INGEST_WAIT } else { Duration::ZERO };
     loop {
         let blocker = {
-            let state = gw.raft.state().read().unwrap_or_else(|p| p.into_inner());
+            let state = gw.cluster.state().read().unwrap_or_else(|p| p.into_inner());
             match state.knowledge_bases.get(kb) {
                 None => return Ok(()),
                 Some(k) => readiness(&state, k).blocker,
@@ -376,7 +376,7 @@ pub async fn list_documents(
     Path(kb): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     require(&headers, &gw, Scope::User)?;
-    let state = gw.raft.state().read().unwrap_or_else(|p| p.into_inner());
+    let state = gw.cluster.state().read().unwrap_or_else(|p| p.into_inner());
     let k =
         state.knowledge_bases.get(&kb).ok_or_else(|| ApiError::not_found(format!("no knowledge base named '{kb}'")))?;
     let data: Vec<Value> = k.documents.values().map(document_json).collect();
@@ -390,7 +390,7 @@ pub async fn get_document(
     Path((kb, id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     require(&headers, &gw, Scope::User)?;
-    let state = gw.raft.state().read().unwrap_or_else(|p| p.into_inner());
+    let state = gw.cluster.state().read().unwrap_or_else(|p| p.into_inner());
     let k =
         state.knowledge_bases.get(&kb).ok_or_else(|| ApiError::not_found(format!("no knowledge base named '{kb}'")))?;
     k.documents

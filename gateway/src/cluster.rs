@@ -1,0 +1,306 @@
+//! The gateway's side of the control plane: a replica of the cluster state kept current by a
+//! watch stream from a coordinator, and writes forwarded to the coordinators.
+//!
+//! - The view: the coordinator sends its applied state, then every applied entry's change,
+//!   which this replica applies with the coordinators' own pure state machine
+//!   ([`shoal_coordinator::view::apply_change`]), plus soft state (raft status, coordinator
+//!   addresses, node load reports) every half second.
+//! - When the watched coordinator goes silent, the gateway tries the others (every address
+//!   it was given or has heard of) and meanwhile serves from the view it has. Nothing here
+//!   expires: a gateway whose coordinators are all gone keeps routing to the placements it
+//!   knows, and each request that fails on a node fails over as usual.
+//! - Writes go to the watched coordinator first (it forwards them to the leader), then to
+//!   the others; with none answering they fail at once with "control plane unavailable".
+//!   After a write the gateway waits until its own view has applied it, so a client that
+//!   creates something and uses it in the next request finds it.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use shoal_coordinator::raft::Proposal;
+use shoal_coordinator::state::{ClusterState, Command, Outcome};
+use shoal_coordinator::view::{apply_change, SoftView, ViewChange};
+use shoal_protocol::metric_names as m;
+use shoal_protocol::pool::{CallError, Pool};
+use shoal_protocol::quic::ClientStream;
+use shoal_protocol::tls::COORDINATOR_SERVER_NAME;
+use shoal_protocol::{RefusalCode, Request, Response};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::GatewayError;
+
+/// How long connecting to one coordinator may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(700);
+/// A watch stream silent this long is given up (soft state comes every 500 ms).
+const SILENCE: Duration = Duration::from_secs(3);
+/// How long a write may take through one coordinator (it waits up to 5 s for a leader).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a write waits for this gateway's view to apply it.
+const CATCH_UP: Duration = Duration::from_secs(3);
+/// Pause between rounds of reconnection attempts.
+const RETRY_PAUSE: Duration = Duration::from_millis(300);
+
+/// Where the view comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// Only this coordinator (an embedded gateway watches its own coordinator).
+    Pinned(SocketAddr),
+    /// Any of these coordinators, and any other the view names.
+    Any(Vec<SocketAddr>),
+}
+
+/// A snapshot of how the view stands, for readiness, `/v1/cluster` and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct ViewStatus {
+    /// The view was loaded at least once.
+    pub loaded: bool,
+    /// A coordinator is streaming to this gateway now.
+    pub connected: bool,
+    /// The log index the view has applied.
+    pub index: u64,
+    /// The watched coordinator's soft state, as last received.
+    pub soft: Arc<SoftView>,
+}
+
+pub struct Cluster {
+    state: Arc<RwLock<ClusterState>>,
+    index: watch::Sender<u64>,
+    soft: RwLock<Arc<SoftView>>,
+    loaded: AtomicBool,
+    connected: AtomicBool,
+    source: Source,
+    /// Coordinators heard of (given, and from soft state), in the order to try them.
+    known: Mutex<Vec<SocketAddr>>,
+    /// The coordinator the view comes from now.
+    watching: Mutex<Option<SocketAddr>>,
+    pool: Pool,
+}
+
+impl Cluster {
+    /// A gateway's cluster, connecting with `client` (a gateway or coordinator certificate).
+    pub fn new(source: Source, client: quinn::ClientConfig) -> Result<Arc<Self>, GatewayError> {
+        let known = match &source {
+            Source::Pinned(a) => vec![*a],
+            Source::Any(list) => list.clone(),
+        };
+        Ok(Arc::new(Self {
+            state: Arc::new(RwLock::new(ClusterState::default())),
+            index: watch::channel(0).0,
+            soft: RwLock::new(Arc::new(SoftView::default())),
+            loaded: AtomicBool::new(false),
+            connected: AtomicBool::new(false),
+            source,
+            known: Mutex::new(known),
+            watching: Mutex::new(None),
+            pool: Pool::with_connect_timeout(client, CONNECT_TIMEOUT)?,
+        }))
+    }
+
+    /// The replica of the cluster state (read it, never write it).
+    pub fn state(&self) -> &Arc<RwLock<ClusterState>> {
+        &self.state
+    }
+
+    pub fn status(&self) -> ViewStatus {
+        ViewStatus {
+            loaded: self.loaded.load(Ordering::Acquire),
+            connected: self.connected.load(Ordering::Acquire),
+            index: *self.index.borrow(),
+            soft: self.soft.read().unwrap_or_else(|p| p.into_inner()).clone(),
+        }
+    }
+
+    /// Outstanding work on `placement` as its node last reported it to the leader.
+    pub fn reported_load(&self, placement: &str) -> u32 {
+        let soft = self.soft.read().unwrap_or_else(|p| p.into_inner());
+        soft.loads.iter().find(|(p, _)| p == placement).map(|(_, n)| *n).unwrap_or(0)
+    }
+
+    /// Waits until the view is loaded (or `within` passes); returns whether it is.
+    pub async fn wait_loaded(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while !self.loaded.load(Ordering::Acquire) {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
+    /// Waits until the view has applied `index` (at most `within`).
+    async fn catch_up(&self, index: u64, within: Duration) {
+        let mut rx = self.index.subscribe();
+        if tokio::time::timeout(within, rx.wait_for(|i| *i >= index)).await.is_err() {
+            warn!(index, view = *self.index.borrow(), "the view did not reach a write in time");
+        }
+    }
+
+    fn targets(&self) -> Vec<SocketAddr> {
+        let mut list = self.known.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(w) = *self.watching.lock().unwrap_or_else(|p| p.into_inner()) {
+            list.retain(|a| *a != w);
+            list.insert(0, w);
+        }
+        list
+    }
+
+    /// Commits a command through the coordinators; see [`Self::submit`].
+    pub async fn command(&self, cmd: Command) -> Result<Outcome, GatewayError> {
+        self.submit(Proposal::Command(cmd)).await
+    }
+
+    /// Commits a proposal through the coordinators and waits until this gateway's view
+    /// includes it. Tries the watched coordinator first, then the others; a coordinator
+    /// that cannot be reached, or answers that it has no leader, passes the write on to the
+    /// next (nothing was committed). Fails with [`GatewayError::ControlPlaneUnavailable`]
+    /// when none takes it.
+    pub async fn submit(&self, proposal: Proposal) -> Result<Outcome, GatewayError> {
+        let bytes = shoal_protocol::frame::to_payload(&proposal)?.to_vec();
+        let request = Request::Propose { proposal: bytes };
+        let mut why = Vec::new();
+        for addr in self.targets() {
+            let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
+            match self.pool.call(addr, COORDINATOR_SERVER_NAME, &request, deadline).await {
+                Ok(Response::Proposed { outcome, index }) => {
+                    let outcome: Outcome = shoal_protocol::frame::decode(&outcome)?;
+                    self.catch_up(index, CATCH_UP).await;
+                    return Ok(outcome);
+                }
+                Ok(_) => return Err(GatewayError::Refused("unexpected answer to a write".into())),
+                Err(e) if e.nothing_sent() => why.push(e.to_string()),
+                // The coordinator died with the write in flight: its fate is unknown, and the
+                // next coordinator is asked (every write the gateway makes carries its own
+                // ids, so a second commit of one is refused or changes nothing).
+                Err(e @ CallError::Broken { .. }) => why.push(e.to_string()),
+                Err(CallError::Timeout { .. }) => return Err(GatewayError::WriteTimeout),
+                Err(CallError::Refused { message, .. }) => return Err(GatewayError::Refused(message)),
+                Err(e) => return Err(GatewayError::Refused(e.to_string())),
+            }
+        }
+        metrics::counter!(m::VIEW_WRITES_REFUSED).increment(1);
+        Err(GatewayError::ControlPlaneUnavailable(if why.is_empty() {
+            "no coordinator is known".into()
+        } else {
+            why.join("; ")
+        }))
+    }
+
+    /// A linearizable read: waits until the view has applied everything committed now.
+    pub async fn read_index(&self) -> Result<(), GatewayError> {
+        let mut why = Vec::new();
+        for addr in self.targets() {
+            let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
+            match self.pool.call(addr, COORDINATOR_SERVER_NAME, &Request::ReadIndex, deadline).await {
+                Ok(Response::ReadIndexed { index }) => {
+                    self.catch_up(index, CATCH_UP).await;
+                    return Ok(());
+                }
+                Ok(_) => return Err(GatewayError::Refused("unexpected answer to a read".into())),
+                Err(e) => why.push(e.to_string()),
+            }
+        }
+        Err(GatewayError::ControlPlaneUnavailable(why.join("; ")))
+    }
+
+    /// Keeps the view current for as long as the process runs.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            for addr in self.targets() {
+                match self.watch_one(addr).await {
+                    Ok(()) => {}
+                    Err(e) => debug!(%addr, error = %e, "view stream ended"),
+                }
+                if self.connected.swap(false, Ordering::AcqRel) {
+                    metrics::gauge!(m::VIEW_CONNECTED).set(0.0);
+                    warn!(%addr, "lost the cluster view's coordinator; serving from the cached view");
+                }
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    /// Follows one coordinator's view until it ends or goes silent.
+    async fn watch_one(&self, addr: SocketAddr) -> Result<(), GatewayError> {
+        let conn = self.pool.connection(addr, COORDINATOR_SERVER_NAME).await?;
+        let mut stream = ClientStream::open(&conn).await?;
+        let from = *self.index.borrow();
+        stream.send(&Request::Watch { from }).await?;
+        let mut pending: Vec<u8> = Vec::new();
+        loop {
+            let answer = match tokio::time::timeout(SILENCE, stream.recv()).await {
+                Ok(a) => a,
+                Err(_) => {
+                    self.pool.forget(addr, COORDINATOR_SERVER_NAME);
+                    return Err(GatewayError::ControlPlaneUnavailable(format!("{addr} went silent")));
+                }
+            };
+            match answer {
+                Err(e) => {
+                    self.pool.forget(addr, COORDINATOR_SERVER_NAME);
+                    return Err(e.into());
+                }
+                Ok(Response::ViewState { index, data, last }) => {
+                    pending.extend_from_slice(&data);
+                    if last {
+                        let state: ClusterState = shoal_protocol::frame::decode(&std::mem::take(&mut pending))?;
+                        *self.state.write().unwrap_or_else(|p| p.into_inner()) = state;
+                        self.index.send_replace(index);
+                        metrics::counter!(m::VIEW_STATES_RECEIVED).increment(1);
+                        metrics::gauge!(m::VIEW_INDEX).set(index as f64);
+                        self.loaded.store(true, Ordering::Release);
+                        *self.watching.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr);
+                        if !self.connected.swap(true, Ordering::AcqRel) {
+                            metrics::gauge!(m::VIEW_CONNECTED).set(1.0);
+                            info!(%addr, index, "receiving the cluster view");
+                        }
+                    }
+                }
+                Ok(Response::ViewChanges { entries }) => {
+                    let mut last = None;
+                    {
+                        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+                        for e in &entries {
+                            let change: ViewChange = shoal_protocol::frame::decode(&e.data)?;
+                            apply_change(&mut state, &change);
+                            last = Some(e.index);
+                        }
+                    }
+                    if let Some(index) = last {
+                        self.index.send_replace(index);
+                        metrics::gauge!(m::VIEW_INDEX).set(index as f64);
+                    }
+                }
+                Ok(Response::ViewSoft { data }) => {
+                    let soft: SoftView = shoal_protocol::frame::decode(&data)?;
+                    self.learn(&soft);
+                    *self.soft.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(soft);
+                }
+                Ok(Response::Refused { code: RefusalCode::Unauthenticated, message }) => {
+                    return Err(GatewayError::Refused(message));
+                }
+                Ok(other) => {
+                    return Err(GatewayError::Refused(format!("unexpected answer on the view stream: {other:?}")));
+                }
+            }
+        }
+    }
+
+    /// Adds coordinators named by soft state to the ones to try.
+    fn learn(&self, soft: &SoftView) {
+        if matches!(self.source, Source::Pinned(_)) {
+            return;
+        }
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        for (_, addr) in &soft.coordinators {
+            if let Ok(a) = addr.parse::<SocketAddr>() {
+                if !known.contains(&a) {
+                    known.push(a);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Wires a gateway together: the cluster view, the router, retrieval, and the HTTP server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use shoal_coordinator::api_keys::KeyHasher;
+use shoal_coordinator::raft::transport::Faults;
+use shoal_protocol::artifact::ArtifactStore;
+use tracing::info;
+
+use crate::clock::Clock;
+use crate::cluster::{Cluster, Source};
+use crate::http::{self, GatewayState};
+use crate::GatewayError;
+
+/// What `shoal gateway` (standalone) or `shoal up` / `shoal coordinator` (embedded) pass in.
+pub struct GatewayOptions {
+    /// Where the HTTP API listens.
+    pub http: SocketAddr,
+    /// Which coordinators stream the view.
+    pub source: Source,
+    /// The certificate this gateway talks to coordinators and nodes with.
+    pub client: quinn::ClientConfig,
+    pub keys: KeyHasher,
+    pub ca_hash: String,
+    pub prometheus: PrometheusHandle,
+    /// `/readyz` answers 503 with this reason until [`Gateway::ready`] is called.
+    pub hold_ready: Option<String>,
+    /// Test-only fault injection of an embedded gateway's coordinator.
+    pub faults: Option<Arc<Faults>>,
+    /// The artifact store of an embedded gateway's coordinator, and its id.
+    pub artifacts: Option<(ArtifactStore, u64)>,
+    /// Coordinators from the cluster config: `(id, quic, http)`.
+    pub configured: Vec<(u64, String, String)>,
+    /// Where `hf://` sources are downloaded.
+    pub downloads: PathBuf,
+}
+
+/// A running gateway.
+pub struct Gateway {
+    pub http_addr: SocketAddr,
+    pub cluster: Arc<Cluster>,
+    held: Arc<Mutex<Option<String>>>,
+    artifacts: Option<(ArtifactStore, u64)>,
+    downloads: PathBuf,
+}
+
+impl Gateway {
+    pub async fn start(opts: GatewayOptions) -> Result<Self, GatewayError> {
+        shoal_protocol::install_crypto_provider();
+        let cluster = Cluster::new(opts.source.clone(), opts.client.clone())?;
+        tokio::spawn(cluster.clone().run());
+        let listener = tokio::net::TcpListener::bind(opts.http)
+            .await
+            .map_err(|e| GatewayError::io(format!("http {}", opts.http), e))?;
+        let http_addr = listener.local_addr().map_err(|e| GatewayError::io("http", e))?;
+        let clock = Clock::default();
+        let router = Arc::new(crate::router::Router::new(cluster.clone(), opts.client.clone())?);
+        let retrieval =
+            Arc::new(crate::retrieval::Retrieval::new(cluster.clone(), router.clone(), opts.client.clone(), clock)?);
+        let held = Arc::new(Mutex::new(opts.hold_ready.clone()));
+        let gw = Arc::new(GatewayState {
+            cluster: cluster.clone(),
+            faults: opts.faults,
+            keys: opts.keys,
+            quotas: Default::default(),
+            uploads: Arc::new(tokio::sync::Semaphore::new(http::knowledge::MAX_CONCURRENT_UPLOADS)),
+            held: held.clone(),
+            prometheus: opts.prometheus,
+            configured: opts.configured,
+            ca_hash: opts.ca_hash,
+            clock,
+            router,
+            retrieval,
+            artifacts: opts.artifacts.clone(),
+            downloads: opts.downloads.clone(),
+        });
+        tokio::spawn(async move {
+            http::server::serve(listener, http::router(gw), http::server::HttpLimits::default()).await;
+        });
+        info!(%http_addr, source = ?opts.source, "gateway started");
+        Ok(Self { http_addr, cluster, held, artifacts: opts.artifacts, downloads: opts.downloads })
+    }
+
+    /// The gateway a coordinator embeds: it watches that coordinator only (same process),
+    /// shares its artifact store, and listens on the member's HTTP address from `config`.
+    pub async fn embedded(
+        coord: &shoal_coordinator::Coordinator,
+        config: &shoal_coordinator::config::ClusterConfig,
+        data_dir: &std::path::Path,
+        hold_ready: Option<String>,
+        fault_injection: bool,
+    ) -> Result<Self, GatewayError> {
+        let member = config
+            .member(coord.id)
+            .ok_or_else(|| GatewayError::Model(format!("coordinator {} is not listed in the config", coord.id)))?;
+        Self::start(GatewayOptions {
+            http: member.http,
+            source: Source::Pinned(coord.quic_addr),
+            client: coord.identity.client_config()?,
+            keys: coord.key_hasher.clone(),
+            ca_hash: coord.ca_hash.clone(),
+            prometheus: shoal_coordinator::telemetry::install()?,
+            hold_ready,
+            faults: fault_injection.then(|| coord.faults.clone()),
+            artifacts: Some((coord.artifacts.clone(), coord.id)),
+            configured: config.coordinators.iter().map(|c| (c.id, c.quic.to_string(), c.http.to_string())).collect(),
+            downloads: data_dir.join("downloads"),
+        })
+        .await
+    }
+
+    /// Lets `/readyz` answer ready (see [`GatewayOptions::hold_ready`]).
+    pub fn ready(&self) {
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Registers (if `source` is given) and deploys a model, as `POST /v1/deployments` does.
+    pub async fn deploy(&self, req: crate::registry::DeployRequest) -> Result<(String, u32), GatewayError> {
+        crate::registry::deploy(&self.cluster, self.artifacts.as_ref(), &self.downloads, req).await
+    }
+}
