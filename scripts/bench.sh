@@ -22,6 +22,9 @@ cargo bench --locked -p shoal-engine --bench engine
 ./target/release/shoal bench pipeline --models ./models
 # Knowledge bases: ingest and search through the mesh, built-in index beside PostgreSQL +
 # pgvector in the same run; then the dense index's recall@10 against exact search.
+# The throwaway PostgreSQL comes from the dev-only testkit (`with-pgserver`), not from the
+# shipped binary.
 ./scripts/fetch-pgserver.sh ./pgserver
-./target/release/shoal bench recall --models ./models
+cargo build --release --locked -p shoal-testkit --bin with-pgserver
+./target/release/with-pgserver ./target/release/shoal bench recall --models ./models
 cargo run --release --locked -p shoal-recall --example recall_at_10

@@ -22,12 +22,6 @@ const EMBED: &str = "minilm";
 const CHAT: &str = "smol";
 const KB: &str = "facts";
 
-struct Member {
-    name: String,
-    proc: Proc,
-    metrics: String,
-}
-
 fn shoal_ok(args: &[&str]) -> String {
     let out = run(args);
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -148,21 +142,8 @@ fn put(gw: &str, id: &str, content_type: &str, body: &[u8], query: &str) -> (u16
 
 #[test]
 fn knowledge_bases_ingest_search_answer_and_survive_lost_nodes() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let coord = Coord::start(&dir.path().join("coord"), 200, 5000);
+    let Mesh { coord, mut nodes, dir } = Mesh::start(&["n1", "n2", "n3"], 5000, &[]);
     let gw = coord.gateway();
-    let (token, hash) = coord.token("1h");
-    let mut nodes: Vec<Member> = ["n1", "n2", "n3"]
-        .iter()
-        .map(|name| {
-            let metrics = addr(free_port()).to_string();
-            let proc = join(&coord, dir.path(), name, Some((&token, &hash)), &["--metrics", &metrics]);
-            Member { name: name.to_string(), proc, metrics: format!("http://{metrics}") }
-        })
-        .collect();
-    wait_until(Duration::from_secs(60), "3 nodes ready", || {
-        coord.nodes().iter().filter(|n| n["state"] == "ready").count() == 3
-    });
     let minilm = models_dir().join("all-minilm-l6-v2");
     let gguf = gguf();
     for (name, source, replicas) in
@@ -482,9 +463,7 @@ fn knowledge_bases_ingest_search_answer_and_survive_lost_nodes() {
     drop(nodes);
 }
 
-#[path = "../recall/tests/support/pg.rs"]
-#[allow(dead_code)]
-mod pg;
+use shoal_testkit::pg;
 
 /// The scale-out backend: a knowledge base kept in PostgreSQL with pgvector (a real server
 /// started for the test) behaves like the built-in one through the same API and CLI.

@@ -17,53 +17,6 @@ use support::*;
 const PROMPTS: [&str; 3] =
     ["What is the capital of France? Answer briefly.", "Write a short poem about the sea.", "List three fruits."];
 
-struct Member {
-    name: String,
-    proc: Proc,
-    metrics: String,
-}
-
-struct Mesh {
-    coord: Coord,
-    nodes: Vec<Member>,
-    _dir: tempfile::TempDir,
-}
-
-impl Mesh {
-    fn start(names: &[&str], lease_ms: u64, node_args: &[&str]) -> Mesh {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let coord = Coord::start(&dir.path().join("coord"), 200, lease_ms);
-        let (token, hash) = coord.token("1h");
-        let nodes: Vec<Member> = names
-            .iter()
-            .map(|name| {
-                let metrics = addr(free_port()).to_string();
-                let mut args = vec!["--metrics", metrics.as_str()];
-                args.extend(node_args);
-                let proc = join(&coord, dir.path(), name, Some((&token, &hash)), &args);
-                Member { name: name.to_string(), proc, metrics: format!("http://{metrics}") }
-            })
-            .collect();
-        wait_until(Duration::from_secs(60), "all nodes ready", || {
-            coord.nodes().iter().filter(|n| n["state"] == "ready").count() == names.len()
-        });
-        Mesh { coord, nodes, _dir: dir }
-    }
-
-    fn gateway(&self) -> String {
-        self.coord.gateway()
-    }
-
-    fn member(&self, name: &str) -> &Member {
-        self.nodes.iter().find(|m| m.name == name).expect("member")
-    }
-
-    /// A metric summed over every live node.
-    fn node_metric(&self, name: &str) -> f64 {
-        self.nodes.iter().filter(|m| get(&m.metrics, None).is_some()).map(|m| metric_sum(&m.metrics, name)).sum()
-    }
-}
-
 /// `shoal deploy NAME --source SmolLM2 ARGS --wait-ready 1`; returns its output.
 fn deploy(gw: &str, name: &str, args: &[&str]) -> String {
     let gguf = gguf();

@@ -5,166 +5,13 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::*;
-
-struct Member {
-    id: u64,
-    quic: std::net::SocketAddr,
-    http: std::net::SocketAddr,
-    proc: Option<Proc>,
-}
-
-struct Group {
-    dir: PathBuf,
-    config: PathBuf,
-    members: Vec<Member>,
-}
-
-fn post(url: &str, body: Value) -> Option<(u16, Value)> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(8)))
-        .build()
-        .into();
-    let mut resp = agent.post(url).header("Authorization", &format!("Bearer {API_KEY}")).send_json(body).ok()?;
-    let status = resp.status().as_u16();
-    Some((status, resp.body_mut().read_json().unwrap_or(Value::Null)))
-}
-
-impl Group {
-    /// Writes a config for `n` members (the last `extra` not part of the bootstrap group).
-    fn new(dir: &Path, n: u64, extra: u64) -> Group {
-        let members: Vec<Member> = (1..=n + extra)
-            .map(|id| Member { id, quic: addr(free_port()), http: addr(free_port()), proc: None })
-            .collect();
-        let mut cfg = String::new();
-        for m in &members {
-            cfg += &format!(
-                "[[coordinators]]\nid = {}\nquic = \"{}\"\nhttp = \"{}\"\ninitial = {}\n\n",
-                m.id,
-                m.quic,
-                m.http,
-                m.id <= n
-            );
-        }
-        cfg +=
-            "[pki]\nca_dir = \"ca\"\n\n[timing]\nheartbeat_ms = 300\nlease_ms = 1500\n\n[raft]\ncompact_after = 40\n";
-        std::fs::create_dir_all(dir).expect("dir");
-        let config = dir.join("group.toml");
-        std::fs::write(&config, cfg).expect("config");
-        Group { dir: dir.to_path_buf(), config, members }
-    }
-
-    fn member(&self, id: u64) -> &Member {
-        self.members.iter().find(|m| m.id == id).expect("member")
-    }
-
-    fn start(&mut self, id: u64) {
-        let data = self.dir.join(format!("c{id}"));
-        let log = self.dir.join(format!("c{id}.log"));
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log");
-        let child = std::process::Command::new(BIN)
-            .args(["coordinator", "--config", self.config.to_str().expect("utf8"), "--id", &id.to_string()])
-            .args(["--data-dir", data.to_str().expect("utf8")])
-            .env("SHOAL_API_KEY", API_KEY)
-            .env("SHOAL_FAULT_INJECTION", "1")
-            .env("SHOAL_LOG", "info,raft=info")
-            .stdout(std::process::Stdio::from(out.try_clone().expect("clone")))
-            .stderr(std::process::Stdio::from(out))
-            .spawn()
-            .expect("spawn");
-        let m = self.members.iter_mut().find(|m| m.id == id).expect("member");
-        m.proc = Some(Proc { child, log });
-    }
-
-    /// Starts members 1..=n, waits for an agreed leader and every member's readiness.
-    fn start_all_ready(&mut self, n: u64) -> u64 {
-        for id in 1..=n {
-            self.start(id);
-        }
-        let leader = self.wait_leader(Duration::from_secs(20), None);
-        for id in 1..=n {
-            let url = self.url(id, "/readyz");
-            wait_until(Duration::from_secs(20), "readyz", || matches!(get(&url, None), Some((200, _))));
-        }
-        leader
-    }
-
-    fn kill(&mut self, id: u64) {
-        let m = self.members.iter_mut().find(|m| m.id == id).expect("member");
-        if let Some(mut p) = m.proc.take() {
-            p.kill();
-        }
-    }
-
-    fn live(&self) -> Vec<u64> {
-        self.members.iter().filter(|m| m.proc.is_some()).map(|m| m.id).collect()
-    }
-
-    fn url(&self, id: u64, path: &str) -> String {
-        format!("http://{}{}", self.member(id).http, path)
-    }
-
-    fn cluster(&self, id: u64) -> Option<Value> {
-        get_json(&self.url(id, "/v1/cluster"))
-    }
-
-    /// The leader every live member agrees on, if they do.
-    fn agreed_leader(&self) -> Option<u64> {
-        let views: Vec<(u64, u64)> = self
-            .live()
-            .iter()
-            .filter_map(|id| self.cluster(*id))
-            .filter_map(|c| Some((c["leader_id"].as_u64()?, c["term"].as_u64()?)))
-            .collect();
-        (views.len() == self.live().len() && views.windows(2).all(|w| w[0] == w[1])).then(|| views[0].0)
-    }
-
-    fn wait_leader(&self, within: Duration, not: Option<u64>) -> u64 {
-        let deadline = Instant::now() + within;
-        loop {
-            let leader = self.agreed_leader().unwrap_or(0);
-            if leader != 0 && Some(leader) != not {
-                return leader;
-            }
-            if Instant::now() > deadline {
-                let views: Vec<String> = self
-                    .live()
-                    .iter()
-                    .map(|id| match self.cluster(*id) {
-                        Some(c) => format!("{id}: leader {} term {} role {}", c["leader_id"], c["term"], c["role"]),
-                        None => format!("{id}: no answer"),
-                    })
-                    .collect();
-                panic!("no agreed leader after {within:?} (logs in {}): {views:?}", self.dir.display());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn tokens(&self, id: u64) -> Option<BTreeSet<String>> {
-        let v = get_json(&self.url(id, "/v1/tokens?consistent=true"))?;
-        Some(v["tokens"].as_array()?.iter().filter_map(|t| t["id"].as_str().map(str::to_string)).collect())
-    }
-
-    /// Every acknowledged write is on every live member.
-    fn assert_no_ack_lost(&self, acked: &Mutex<Vec<String>>, within: Duration) {
-        let want: BTreeSet<String> = acked.lock().expect("acked").iter().cloned().collect();
-        for id in self.live() {
-            let mut missing = want.len();
-            wait_until(within, &format!("member {id} holds every acknowledged write"), || {
-                missing = self.tokens(id).map(|have| want.difference(&have).count()).unwrap_or(want.len());
-                missing == 0
-            });
-        }
-    }
-}
 
 fn sorted(v: &[Value]) -> Vec<u64> {
     let mut ids: Vec<u64> = v.iter().filter_map(|x| x.as_u64()).collect();
@@ -179,7 +26,7 @@ fn writer(urls: Vec<String>, stop: Arc<AtomicBool>, acked: Arc<Mutex<Vec<String>
         while !stop.load(Ordering::Relaxed) {
             i += 1;
             let url = &urls[i % urls.len()];
-            if let Some((200, body)) = post(url, json!({"ttl_seconds": 3600})) {
+            if let Some((200, body)) = post_opt(url, json!({"ttl_seconds": 3600})) {
                 if let Some(id) = body["token_id"].as_str() {
                     acked.lock().expect("acked").push(id.to_string());
                 }
@@ -235,7 +82,7 @@ fn three_coordinators_survive_leader_kills_isolation_and_a_follower_restart() {
 
     // The leader isolated from its peers: the minority cannot commit, the majority goes on.
     let isolated = g.wait_leader(Duration::from_secs(20), None);
-    let (status, _) = post(&g.url(isolated, "/v1/debug/faults"), json!({"isolated": true})).expect("faults");
+    let (status, _) = post_opt(&g.url(isolated, "/v1/debug/faults"), json!({"isolated": true})).expect("faults");
     assert_eq!(status, 200);
     let new = {
         let others: Vec<u64> = g.live().into_iter().filter(|id| *id != isolated).collect();
@@ -252,9 +99,9 @@ fn three_coordinators_survive_leader_kills_isolation_and_a_follower_restart() {
         leader
     };
     acks(5);
-    let (status, body) = post(&g.url(isolated, "/v1/tokens"), json!({"ttl_seconds": 60})).expect("answer");
+    let (status, body) = post_opt(&g.url(isolated, "/v1/tokens"), json!({"ttl_seconds": 60})).expect("answer");
     assert_ne!(status, 200, "an isolated member must not acknowledge a write: {body}");
-    let (status, _) = post(&g.url(isolated, "/v1/debug/faults"), json!({"isolated": false})).expect("faults");
+    let (status, _) = post_opt(&g.url(isolated, "/v1/debug/faults"), json!({"isolated": false})).expect("faults");
     assert_eq!(status, 200);
     eprintln!("isolated {isolated}; {new} led the majority");
     g.wait_leader(Duration::from_secs(20), None);
@@ -299,12 +146,12 @@ fn coordinators_are_added_and_removed_while_serving() {
         leader != 0
     });
     for _ in 0..5 {
-        let answer = post(&g.url(1, "/v1/tokens"), json!({}));
+        let answer = post_opt(&g.url(1, "/v1/tokens"), json!({}));
         assert_eq!(answer.as_ref().map(|r| r.0), Some(200), "{answer:?}");
     }
     // A node pointed at a follower is redirected to the leader, joins and registers.
     let follower = (1..=3).find(|id| *id != leader).expect("a follower");
-    let (_, tok) = post(&g.url(follower, "/v1/tokens"), json!({})).expect("token");
+    let (_, tok) = post_opt(&g.url(follower, "/v1/tokens"), json!({})).expect("token");
     let (token, hash) = (tok["token"].as_str().expect("token"), tok["ca_hash"].as_str().expect("hash"));
     let quic = g.member(follower).quic.to_string();
     let _node = join_at(&quic, &g.dir, "via-follower", Some((token, hash)), &[]);
@@ -371,7 +218,7 @@ fn coordinators_are_added_and_removed_while_serving() {
         let url = g.url(4, "/v1/tokens");
         let mut ok = false;
         wait_until(Duration::from_secs(15), "a write after the removal", || {
-            ok = post(&url, json!({})).map(|r| r.0) == Some(200);
+            ok = post_opt(&url, json!({})).map(|r| r.0) == Some(200);
             ok
         });
     }
@@ -387,7 +234,7 @@ fn coordinators_are_added_and_removed_while_serving() {
     assert!(next != leader);
     let url = g.url(next, "/v1/tokens");
     wait_until(Duration::from_secs(15), "a write after the hand-over", || {
-        post(&url, json!({})).map(|r| r.0) == Some(200)
+        post_opt(&url, json!({})).map(|r| r.0) == Some(200)
     });
 }
 
@@ -409,8 +256,8 @@ fn requests_keep_flowing_through_a_leader_election() {
     let follower = (1..=3).find(|id| *id != leader).expect("a follower");
     let quic = g.member(leader).quic.to_string();
     let _node = join_at(&quic, tmp.path(), "node-1", Some((&token, &hash)), &[]);
-    let (status, v) =
-        post(&g.url(leader, "/v1/deployments"), json!({"name": "echo", "source": "builtin://echo"})).expect("deploy");
+    let (status, v) = post_opt(&g.url(leader, "/v1/deployments"), json!({"name": "echo", "source": "builtin://echo"}))
+        .expect("deploy");
     assert_eq!(status, 201, "{v}");
     let ready = |id: u64| {
         get_json(&g.url(id, "/v1/deployments/echo")).and_then(|d| d["ready_replicas"].as_u64()).unwrap_or(0) == 1
@@ -428,7 +275,7 @@ fn requests_keep_flowing_through_a_leader_election() {
             while !stop.load(Ordering::Relaxed) {
                 i += 1;
                 let body = json!({"model": "echo", "messages": [{"role": "user", "content": format!("ping {i}")}]});
-                let answer = post(&url, body);
+                let answer = post_opt(&url, body);
                 let ok =
                     matches!(&answer, Some((200, v)) if v["choices"][0]["message"]["content"] == format!("ping {i}"));
                 results.lock().expect("results").push((ok, format!("{answer:?}")));
@@ -470,7 +317,7 @@ fn standalone_gateway(dir: &Path, name: &str, http: std::net::SocketAddr, join: 
 }
 
 fn call(url: &str, body: Value) -> (u16, Value) {
-    post(url, body).unwrap_or((0, Value::Null))
+    post_opt(url, body).unwrap_or((0, Value::Null))
 }
 
 #[test]

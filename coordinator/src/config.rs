@@ -19,7 +19,7 @@ pub const DEFAULT_HEARTBEAT_MS: u64 = 1_000;
 /// How long a node may go without a heartbeat before it is declared dead.
 pub const DEFAULT_LEASE_MS: u64 = 5_000;
 /// Raft tick; heartbeat and election timeouts are counted in ticks.
-pub const DEFAULT_TICK_MS: u64 = 100;
+pub const DEFAULT_TICK_MS: u64 = 50;
 pub const DEFAULT_ELECTION_TICKS: usize = 10;
 pub const DEFAULT_HEARTBEAT_TICKS: usize = 1;
 /// Applied entries kept in the log before compaction.

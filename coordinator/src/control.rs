@@ -143,8 +143,8 @@ impl ControlPlane {
                 }
                 Request::Heartbeat(_) => stream.refuse(RefusalCode::BadRequest, "register before heartbeating").await,
                 Request::FetchArtifact { sha256, offset } => {
-                    if peer.is_none() {
-                        let msg = "artifacts are served to cluster members only";
+                    if !matches!(peer, Some((MemberRole::Coordinator | MemberRole::Node, _))) {
+                        let msg = "artifacts are served to coordinators and nodes only";
                         return stream.refuse(RefusalCode::Unauthenticated, msg).await;
                     }
                     self.artifacts.serve(&mut stream, &sha256, offset).await

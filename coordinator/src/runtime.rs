@@ -47,8 +47,10 @@ pub struct Coordinator {
     pub writer: Writer,
     pub ca_hash: String,
     pub quic_addr: SocketAddr,
-    /// This member's certificate (an embedded gateway watches this member with it).
+    /// This member's certificate (its embedded gateway calls nodes with it).
     pub identity: Identity,
+    /// The QUIC side: an embedded gateway reads this member's soft state from it.
+    pub control: Arc<ControlPlane>,
     /// How API keys are hashed.
     pub key_hasher: KeyHasher,
     /// Test-only fault injection (see the `fault-injection` feature).
@@ -149,6 +151,7 @@ impl Coordinator {
             ca_hash: pki.ca_hash,
             quic_addr,
             identity,
+            control,
             key_hasher: keys,
             faults,
             artifacts,

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use shoal_coordinator::raft::Proposal;
 use shoal_coordinator::state::{ClusterState, Command, Outcome};
-use shoal_coordinator::view::{apply_change, SoftView, ViewChange};
+use shoal_coordinator::view::{apply_change, SoftView, ViewChange, SOFT_EVERY};
 use shoal_protocol::metric_names as m;
 use shoal_protocol::pool::{CallError, Pool};
 use shoal_protocol::quic::ClientStream;
@@ -43,13 +43,29 @@ const CATCH_UP: Duration = Duration::from_secs(3);
 /// Pause between rounds of reconnection attempts.
 const RETRY_PAUSE: Duration = Duration::from_millis(300);
 
-/// Where the view comes from.
-#[derive(Debug, Clone)]
+/// Where the view comes from, and where writes go.
+#[derive(Clone)]
 pub enum Source {
-    /// Only this coordinator (an embedded gateway watches its own coordinator).
-    Pinned(SocketAddr),
+    /// The gateway embedded in a coordinator: its view is that coordinator's own applied
+    /// state (shared in-process, so it is never behind it), and writes and read points go
+    /// to that coordinator in-process (its writer forwards them to the leader). This saves a
+    /// loopback QUIC round trip per write and the wait for the view to catch up.
+    Embedded {
+        quic: SocketAddr,
+        writer: shoal_coordinator::writer::Writer,
+        control: Arc<shoal_coordinator::control::ControlPlane>,
+    },
     /// Any of these coordinators, and any other the view names.
     Any(Vec<SocketAddr>),
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Embedded { quic, .. } => write!(f, "embedded in the coordinator at {quic}"),
+            Source::Any(list) => write!(f, "any of {list:?}"),
+        }
+    }
 }
 
 /// A snapshot of how the view stands, for readiness, `/v1/cluster` and metrics.
@@ -69,6 +85,8 @@ pub struct Cluster {
     state: Arc<RwLock<ClusterState>>,
     index: watch::Sender<u64>,
     soft: RwLock<Arc<SoftView>>,
+    /// The soft state's load reports, by placement.
+    loads: RwLock<std::collections::HashMap<String, u32>>,
     loaded: AtomicBool,
     connected: AtomicBool,
     source: Source,
@@ -82,14 +100,15 @@ pub struct Cluster {
 impl Cluster {
     /// A gateway's cluster, connecting with `client` (a gateway or coordinator certificate).
     pub fn new(source: Source, client: quinn::ClientConfig) -> Result<Arc<Self>, GatewayError> {
-        let known = match &source {
-            Source::Pinned(a) => vec![*a],
-            Source::Any(list) => list.clone(),
+        let (known, state) = match &source {
+            Source::Embedded { quic, writer, .. } => (vec![*quic], writer.raft().state().clone()),
+            Source::Any(list) => (list.clone(), Arc::new(RwLock::new(ClusterState::default()))),
         };
         Ok(Arc::new(Self {
-            state: Arc::new(RwLock::new(ClusterState::default())),
+            state,
             index: watch::channel(0).0,
             soft: RwLock::new(Arc::new(SoftView::default())),
+            loads: RwLock::new(Default::default()),
             loaded: AtomicBool::new(false),
             connected: AtomicBool::new(false),
             source,
@@ -115,8 +134,7 @@ impl Cluster {
 
     /// Outstanding work on `placement` as its node last reported it to the leader.
     pub fn reported_load(&self, placement: &str) -> u32 {
-        let soft = self.soft.read().unwrap_or_else(|p| p.into_inner());
-        soft.loads.iter().find(|(p, _)| p == placement).map(|(_, n)| *n).unwrap_or(0)
+        self.loads.read().unwrap_or_else(|p| p.into_inner()).get(placement).copied().unwrap_or(0)
     }
 
     /// Waits until the view is loaded (or `within` passes); returns whether it is.
@@ -133,6 +151,13 @@ impl Cluster {
 
     /// Waits until the view has applied `index` (at most `within`).
     async fn catch_up(&self, index: u64, within: Duration) {
+        if let Source::Embedded { writer, .. } = &self.source {
+            let mut status = writer.raft().watch_status();
+            if tokio::time::timeout(within, status.wait_for(|s| s.applied >= index)).await.is_err() {
+                warn!(index, "this coordinator did not apply a write in time");
+            }
+            return;
+        }
         let mut rx = self.index.subscribe();
         if tokio::time::timeout(within, rx.wait_for(|i| *i >= index)).await.is_err() {
             warn!(index, view = *self.index.borrow(), "the view did not reach a write in time");
@@ -159,6 +184,11 @@ impl Cluster {
     /// next (nothing was committed). Fails with [`GatewayError::ControlPlaneUnavailable`]
     /// when none takes it.
     pub async fn submit(&self, proposal: Proposal) -> Result<Outcome, GatewayError> {
+        if let Source::Embedded { writer, .. } = &self.source {
+            let (outcome, index) = writer.submit_indexed(proposal).await?;
+            self.catch_up(index, CATCH_UP).await;
+            return Ok(outcome);
+        }
         let bytes = shoal_protocol::frame::to_payload(&proposal)?.to_vec();
         let request = Request::Propose { proposal: bytes };
         let mut why = Vec::new();
@@ -191,6 +221,12 @@ impl Cluster {
 
     /// A linearizable read: waits until the view has applied everything committed now.
     pub async fn read_index(&self) -> Result<(), GatewayError> {
+        if let Source::Embedded { writer, .. } = &self.source {
+            writer.raft().read_index().await?;
+            let index = writer.raft().status().applied;
+            self.catch_up(index, CATCH_UP).await;
+            return Ok(());
+        }
         let mut why = Vec::new();
         for addr in self.targets() {
             let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
@@ -208,6 +244,9 @@ impl Cluster {
 
     /// Keeps the view current for as long as the process runs.
     pub async fn run(self: Arc<Self>) {
+        if let Source::Embedded { writer, control, .. } = &self.source {
+            return self.follow_local(writer.raft().clone(), control.clone()).await;
+        }
         loop {
             for addr in self.targets() {
                 match self.watch_one(addr).await {
@@ -221,6 +260,41 @@ impl Cluster {
             }
             tokio::time::sleep(RETRY_PAUSE).await;
         }
+    }
+
+    /// The embedded gateway's view: the coordinator's own state (already shared); this keeps
+    /// the index and the soft state current, the soft state every [`SOFT_EVERY`] and at once
+    /// when the leader, term or membership changes.
+    async fn follow_local(
+        &self,
+        raft: shoal_coordinator::raft::RaftHandle,
+        control: Arc<shoal_coordinator::control::ControlPlane>,
+    ) {
+        self.loaded.store(true, Ordering::Release);
+        self.connected.store(true, Ordering::Release);
+        let mut status = raft.watch_status();
+        let mut tick = tokio::time::interval(SOFT_EVERY);
+        let mut shape = None;
+        loop {
+            let s = status.borrow_and_update().clone();
+            self.index.send_if_modified(|i| std::mem::replace(i, s.applied) != s.applied);
+            let now = (s.leader_id, s.term, s.role, s.voters.clone(), s.learners.clone());
+            if shape.as_ref() != Some(&now) {
+                shape = Some(now);
+                self.set_soft(shoal_coordinator::watch::soft_view(&control));
+            }
+            tokio::select! {
+                changed = status.changed() => if changed.is_err() { return },
+                _ = tick.tick() => self.set_soft(shoal_coordinator::watch::soft_view(&control)),
+            }
+        }
+    }
+
+    fn set_soft(&self, soft: SoftView) {
+        self.learn(&soft);
+        let loads = soft.loads.iter().cloned().collect();
+        *self.loads.write().unwrap_or_else(|p| p.into_inner()) = loads;
+        *self.soft.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(soft);
     }
 
     /// Follows one coordinator's view until it ends or goes silent.
@@ -276,8 +350,7 @@ impl Cluster {
                 }
                 Ok(Response::ViewSoft { data }) => {
                     let soft: SoftView = shoal_protocol::frame::decode(&data)?;
-                    self.learn(&soft);
-                    *self.soft.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(soft);
+                    self.set_soft(soft);
                 }
                 Ok(Response::Refused { code: RefusalCode::Unauthenticated, message }) => {
                     return Err(GatewayError::Refused(message));
@@ -291,7 +364,7 @@ impl Cluster {
 
     /// Adds coordinators named by soft state to the ones to try.
     fn learn(&self, soft: &SoftView) {
-        if matches!(self.source, Source::Pinned(_)) {
+        if matches!(self.source, Source::Embedded { .. }) {
             return;
         }
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());

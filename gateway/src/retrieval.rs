@@ -17,7 +17,7 @@ use futures_util::future::join_all;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use shoal_protocol::metric_names as m;
-use shoal_protocol::pool::Pool;
+use shoal_protocol::pool::{CallError, Pool};
 use shoal_protocol::tls::NODE_SERVER_NAME;
 use shoal_protocol::{RefusalCode, ReplicaPhase, Request, Response};
 use shoal_recall::{wire, DocumentRecord, Hit, MetadataFilter, PgIndex, RecallError, SearchMode, SearchQuery};
@@ -548,17 +548,13 @@ impl Retrieval {
     }
 
     async fn call(&self, address: SocketAddr, req: &Request, timeout: Duration) -> Result<Response, String> {
-        let result = async {
-            let mut s = self.pool.open(address, NODE_SERVER_NAME).await?;
-            s.call(req).await
-        };
-        match tokio::time::timeout(timeout, result).await {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => {
-                self.pool.forget(address, NODE_SERVER_NAME);
-                Err(e.to_string())
-            }
-            Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+        let deadline = tokio::time::Instant::now() + timeout;
+        match self.pool.call(address, NODE_SERVER_NAME, req, deadline).await {
+            Ok(r) => Ok(r),
+            // Callers read the refusal's code themselves.
+            Err(CallError::Refused { code, message, .. }) => Ok(Response::Refused { code, message }),
+            Err(CallError::Timeout { .. }) => Err(format!("no answer within {} ms", timeout.as_millis())),
+            Err(e) => Err(e.to_string()),
         }
     }
 

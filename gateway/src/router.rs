@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shoal_protocol::metric_names as m;
-use shoal_protocol::pool::Pool;
+use shoal_protocol::pool::{CallError, Pool};
 use shoal_protocol::tls::NODE_SERVER_NAME;
 use shoal_protocol::{
     EngineKind, Finish, GenerateRequest, Prompt, RefusalCode, ReplicaPhase, Request, Response, SamplingSettings,
@@ -270,28 +270,19 @@ impl Router {
             tried.push(t.placement.clone());
             let _guard = self.begin(&t.placement);
             let req = make(t.placement.clone());
-            let result = async {
-                let mut s = self.pool.open(t.address, NODE_SERVER_NAME).await?;
-                tokio::time::timeout(patience, s.call(&req))
-                    .await
-                    .map_err(|_| shoal_protocol::ProtocolError::Stream("replica timed out".into()))?
-            }
-            .await;
-            match result {
-                Ok(Response::Refused { code: RefusalCode::BadRequest, message }) => {
+            let deadline = tokio::time::Instant::now() + patience;
+            match self.pool.call(t.address, NODE_SERVER_NAME, &req, deadline).await {
+                Err(CallError::Refused { code: RefusalCode::BadRequest, message, .. }) => {
                     return Err(RouteError::BadRequest(message))
                 }
-                Ok(Response::Refused { code: RefusalCode::Overloaded, message }) => {
+                Err(CallError::Refused { code: RefusalCode::Overloaded, message, .. }) => {
                     last = RouteError::Overloaded(message)
                 }
-                Ok(Response::Refused { message, .. }) => {
+                Err(CallError::Refused { message, .. }) => {
                     last = RouteError::NoReplica(format!("replica {} refused: {message}", t.placement))
                 }
+                Err(e) => last = RouteError::NoReplica(format!("replica {} failed: {e}", t.placement)),
                 Ok(answer) => return Ok(answer),
-                Err(e) => {
-                    self.pool.forget(t.address, NODE_SERVER_NAME);
-                    last = RouteError::NoReplica(format!("replica {} failed: {e}", t.placement));
-                }
             }
             metrics::counter!(m::ROUTER_RETRIES, "kind" => "embed").increment(1);
             debug!(placement = %t.placement, error = %last, "embedding attempt failed");
@@ -354,25 +345,19 @@ impl Router {
                 debug!(placement = %t.placement, resumed_tokens = produced.len(), "retrying on another replica");
             }
             let _guard = self.begin(&t.placement);
-            let mut stream = match self.pool.open(t.address, NODE_SERVER_NAME).await {
-                Ok(s) => s,
-                Err(e) => {
-                    self.pool.forget(t.address, NODE_SERVER_NAME);
-                    last = RouteError::NoReplica(format!("replica {} unreachable: {e}", t.placement));
-                    continue;
-                }
-            };
             let req = Request::Generate(GenerateRequest {
                 placement_id: t.placement.clone(),
                 prompt: prompt.clone(),
                 resume: produced.clone(),
                 sampling: sampling.clone(),
             });
-            if let Err(e) = stream.send(&req).await {
-                self.pool.forget(t.address, NODE_SERVER_NAME);
-                last = RouteError::NoReplica(format!("replica {} failed: {e}", t.placement));
-                continue;
-            }
+            let mut stream = match self.pool.send(t.address, NODE_SERVER_NAME, &req).await {
+                Ok(s) => s,
+                Err(e) => {
+                    last = RouteError::NoReplica(format!("replica {} unreachable: {e}", t.placement));
+                    continue;
+                }
+            };
             loop {
                 let next = tokio::select! {
                     next = tokio::time::timeout(REPLICA_SILENCE, stream.recv()) => next,

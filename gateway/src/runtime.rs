@@ -98,7 +98,11 @@ impl Gateway {
             .ok_or_else(|| GatewayError::Model(format!("coordinator {} is not listed in the config", coord.id)))?;
         Self::start(GatewayOptions {
             http: member.http,
-            source: Source::Pinned(coord.quic_addr),
+            source: Source::Embedded {
+                quic: coord.quic_addr,
+                writer: coord.writer.clone(),
+                control: coord.control.clone(),
+            },
             client: coord.identity.client_config()?,
             keys: coord.key_hasher.clone(),
             ca_hash: coord.ca_hash.clone(),

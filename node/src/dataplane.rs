@@ -84,12 +84,13 @@ pub async fn handle(host: Arc<ModelHost>, conn: quinn::Connection, mut stream: S
 }
 
 /// Whether a member with this certificate may make this request: index writes come only
-/// from coordinators (their gateways), never from another node; everything else any member
-/// may ask (a rebuilding copy exports from a peer node).
+/// from gateways (standalone, or embedded in a coordinator, which use the coordinator's
+/// certificate), never from another node; everything else any member may ask (a rebuilding
+/// copy exports from a peer node).
 pub fn authorize(role: MemberRole, member: &str, req: &Request) -> Result<(), String> {
     match (role, req) {
         (MemberRole::Node, Request::IndexUpsert { .. } | Request::IndexDelete { .. }) => Err(format!(
-            "'{}' requests write to an index and only a coordinator may send them; node {member} may not",
+            "'{}' requests write to an index and only a gateway or coordinator may send them; node {member} may not",
             req.kind()
         )),
         _ => Ok(()),
@@ -441,8 +442,9 @@ mod tests {
         let ping = Request::Ping { seq: 1, payload: vec![] };
         for req in [&upsert, &delete] {
             assert_eq!(authorize(MemberRole::Coordinator, "c1", req), Ok(()));
+            assert_eq!(authorize(MemberRole::Gateway, "g-1", req), Ok(()));
             let why = authorize(MemberRole::Node, "n2", req).expect_err("a node may not write an index");
-            assert!(why.contains("only a coordinator") && why.contains("n2") && why.contains(req.kind()), "{why}");
+            assert!(why.contains("only a gateway") && why.contains("n2") && why.contains(req.kind()), "{why}");
         }
         // A rebuilding copy on another node exports from this one; pings and the rest are open.
         for req in [&export, &ping] {

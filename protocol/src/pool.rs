@@ -72,7 +72,12 @@ impl Pool {
             .map_err(|_| CallError::Unreachable { addr, why: "no connection before the deadline".into() })?
             .map_err(unreachable)?;
         match tokio::time::timeout_at(deadline, stream.call(request)).await {
-            Err(_) => Err(CallError::Timeout { addr }),
+            Err(_) => {
+                // A peer that died keeps its connection looking open until QUIC's idle
+                // timeout: connect afresh next time.
+                self.forget(addr, server_name);
+                Err(CallError::Timeout { addr })
+            }
             Ok(Ok(Response::Refused { code, message })) => Err(CallError::Refused { addr, code, message }),
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(ProtocolError::Refused(message))) => {
@@ -88,6 +93,23 @@ impl Pool {
     fn cached(&self, key: (SocketAddr, &'static str)) -> Option<Connection> {
         let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         conns.get(&key).filter(|c| c.close_reason().is_none()).cloned()
+    }
+
+    /// Opens a stream to `addr` and sends `request`, for a request answered by several
+    /// frames (read them from the stream returned). Errors as [`Self::call`]'s.
+    pub async fn send(
+        &self,
+        addr: SocketAddr,
+        server_name: &'static str,
+        request: &Request,
+    ) -> Result<ClientStream, CallError> {
+        let mut stream =
+            self.open(addr, server_name).await.map_err(|e| CallError::Unreachable { addr, why: e.to_string() })?;
+        if let Err(e) = stream.send(request).await {
+            self.forget(addr, server_name);
+            return Err(CallError::Unreachable { addr, why: e.to_string() });
+        }
+        Ok(stream)
     }
 
     /// A connection to `addr` whose certificate is for `server_name`.

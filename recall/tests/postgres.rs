@@ -14,7 +14,8 @@ use shoal_recall::{
     chunk_id, ChunkText, DocumentRecord, EmbeddedChunk, Hit, IndexShard, MetadataFilter, PgIndex, RecallError,
     SearchMode, SearchQuery, ShardConfig, DEFAULT_RRF_K,
 };
-use support::pg::{free_port, PgServer};
+use shoal_testkit::free_port;
+use shoal_testkit::pg::PgServer;
 use support::{embed, prepare, prepare_text, CORPUS, DIM};
 
 fn query(mode: SearchMode, text: &str, k: usize) -> SearchQuery {

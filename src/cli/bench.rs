@@ -31,6 +31,10 @@ pub enum BenchCommand {
     /// A 3-coordinator, 3-node cluster under mixed load while processes are killed,
     /// restarted and stopped: failed requests by kind, lost acknowledged writes, longest gaps.
     Chaos(super::bench_chaos::ChaosBench),
+    /// One coordinator with thousands of simulated nodes over real QUIC: coordinator CPU and
+    /// memory per node, heartbeat round trip p50/p99, dead-node detection time, and the
+    /// scheduler's time to place 1,000 deployments.
+    Scale(super::bench_scale::ScaleBench),
 }
 
 #[derive(Debug, Args)]
@@ -69,6 +73,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Pipeline(a) => tokio::task::spawn_blocking(move || super::bench_pipeline::run(a)).await?,
         BenchCommand::Recall(a) => tokio::task::spawn_blocking(move || super::bench_recall::run(a)).await?,
         BenchCommand::Chaos(a) => tokio::task::spawn_blocking(move || super::bench_chaos::run(a)).await?,
+        BenchCommand::Scale(a) => super::bench_scale::run(a).await,
     }
 }
 
@@ -551,7 +556,14 @@ fn failover(base: &Path, kills: usize, etcd: Option<Etcd>) -> anyhow::Result<()>
             pct(&handed, 0.9),
             pct(&handed, 1.0)
         );
-        println!("timeouts: raft tick 100 ms, leader heartbeat 1 tick, election timeout randomised in 10-20 ticks (etcd defaults: 100 ms heartbeat, 1000 ms election)");
+        let t = shoal_coordinator::config::TimingConfig::default();
+        println!(
+            "timeouts: raft tick {} ms, leader heartbeat {} tick, election timeout randomised in {}-{} ticks (etcd defaults: 100 ms heartbeat, 1000 ms election)",
+            t.tick_ms,
+            t.heartbeat_ticks,
+            t.election_ticks,
+            2 * t.election_ticks
+        );
     }
     let _ = std::fs::remove_dir_all(base);
     Ok(())

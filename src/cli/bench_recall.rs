@@ -16,10 +16,6 @@ use serde_json::{json, Value};
 
 use super::bench_serve::{agent, get, percentile, post, shoal_command, start_up};
 
-#[path = "../../recall/tests/support/pg.rs"]
-#[allow(dead_code)]
-mod pg;
-
 const KEY: &str = "sk-bench";
 const EMBED: &str = "all-minilm-l6-v2";
 
@@ -37,10 +33,10 @@ pub struct RecallBench {
     /// Concurrent clients (for uploads and for searches).
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
-    /// A pgserver `pginstall` folder (`./scripts/fetch-pgserver.sh`); the PostgreSQL
-    /// comparison is skipped when it is missing.
-    #[arg(long, default_value = "./pgserver/pgserver/pginstall")]
-    pub pgserver: PathBuf,
+    /// A PostgreSQL server with pgvector to compare with (`postgres://…`); the comparison
+    /// is skipped without one. `scripts/bench.sh` starts a throwaway one for the run.
+    #[arg(long, env = "SHOAL_BENCH_POSTGRES", hide_env_values = true)]
+    pub postgres: Option<String>,
 }
 
 const WORDS: &[&str] = &[
@@ -272,16 +268,10 @@ fn measure(a: &RecallBench, gw: &str, ag: &ureq::Agent) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let server = if a.pgserver.join("bin/postgres").is_file() {
-        std::env::set_var("SHOAL_PGSERVER", std::fs::canonicalize(&a.pgserver)?);
-        Some(pg::PgServer::start())
-    } else {
-        eprintln!("no PostgreSQL at {} (run ./scripts/fetch-pgserver.sh): comparison skipped", a.pgserver.display());
-        None
-    };
     let mut backends = vec![("built-in (2 shards × 2 copies)", "bench-builtin", None)];
-    if let Some(s) = &server {
-        backends.push(("PostgreSQL + pgvector", "bench-pg", Some(s.url())));
+    match &a.postgres {
+        Some(url) => backends.push(("PostgreSQL + pgvector", "bench-pg", Some(url.clone()))),
+        None => eprintln!("no --postgres given (scripts/bench.sh starts one): the PostgreSQL comparison is skipped"),
     }
     let mut rows = Vec::new();
     for (label, kb, url) in &backends {

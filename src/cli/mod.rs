@@ -2,6 +2,7 @@ mod bench;
 mod bench_chaos;
 mod bench_pipeline;
 mod bench_recall;
+mod bench_scale;
 mod bench_serve;
 mod chat;
 mod client;

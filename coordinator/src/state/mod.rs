@@ -11,5 +11,5 @@ mod types;
 
 pub use apply::apply;
 pub use knowledge::*;
-pub use synthetic::synthetic_state;
+pub use synthetic::{synthetic_cluster, synthetic_state};
 pub use types::*;

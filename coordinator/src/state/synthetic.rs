@@ -80,6 +80,75 @@ pub fn synthetic_state(nodes: usize, documents: usize) -> ClusterState {
     s
 }
 
+/// A cluster of `nodes` ready nodes (8 cores, 32 GiB each) and `deployments` deployments of
+/// one registered 400 MB chat model, one replica each, nothing placed yet: what the scheduler
+/// has in front of it when a large cluster is asked for many deployments at once
+/// (`shoal bench scale`).
+pub fn synthetic_cluster(nodes: usize, deployments: usize) -> ClusterState {
+    let mut s = ClusterState::default();
+    let run = |s: &mut ClusterState, cmd: Command| {
+        let outcome = apply(s, &cmd);
+        debug_assert!(!matches!(outcome, Outcome::Rejected(_)), "{cmd:?}: {outcome:?}");
+    };
+    run(
+        &mut s,
+        Command::CreateToken(TokenRecord {
+            id: "synthetic".into(),
+            secret_hash: "synthetic".into(),
+            created_at_ms: 0,
+            expires_at_ms: u64::MAX,
+            description: "synthetic cluster".into(),
+        }),
+    );
+    for i in 0..nodes {
+        let id = format!("n-synthetic-{i:06}");
+        let name = format!("synthetic-{i}");
+        let admit = Command::AdmitNode {
+            id: id.clone(),
+            name: name.clone(),
+            at_ms: 1,
+            token_id: "synthetic".into(),
+            secret_hash: "synthetic".into(),
+        };
+        run(&mut s, admit);
+        let capacity =
+            shoal_protocol::messages::Capacity { cpu_cores: 8, memory_total_bytes: 32 << 30, accelerators: Vec::new() };
+        let address = format!("10.{}.{}.{}:7200", i >> 16 & 255, i >> 8 & 255, i & 255);
+        run(&mut s, Command::NodeUp { id, name, address, capacity, labels: vec![], incarnation: 1, at_ms: 2 });
+    }
+    let version = super::ModelVersion {
+        version: 0,
+        source: "file:///synthetic.gguf".into(),
+        sha256: "5e".repeat(32),
+        size: 400 << 20,
+        format: super::WeightFormat::Gguf,
+        architecture: "qwen2".into(),
+        capabilities: vec!["chat".into(), "completion".into()],
+        context_length: 32768,
+        layers: 24,
+        hidden_size: 896,
+        weight_bytes: 400 << 20,
+        files: vec![],
+        stored_by: 1,
+        registered_at_ms: 3,
+        sampling: Default::default(),
+    };
+    run(&mut s, Command::RegisterModel { name: "synthetic".into(), version });
+    for i in 0..deployments {
+        let deploy = Command::Deploy {
+            name: format!("d-{i:05}"),
+            model: "synthetic".into(),
+            version: 0,
+            replicas: 1,
+            shards: 0,
+            at_ms: 4,
+            force: false,
+        };
+        run(&mut s, deploy);
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,5 +161,23 @@ mod tests {
         assert_eq!(s.count_nodes(NodeState::Dead), 30);
         assert_eq!(s.knowledge_bases["synthetic"].documents.len(), 200);
         assert!(s.placements.is_empty() && s.index_shards.is_empty());
+    }
+
+    #[test]
+    fn the_scheduler_places_every_deployment_of_a_synthetic_cluster() {
+        let mut s = synthetic_cluster(50, 20);
+        assert_eq!((s.count_nodes(NodeState::Ready), s.deployments.len()), (50, 20));
+        for _ in 0..10 {
+            let commands = crate::scheduler::plan(&s, 10);
+            if commands.is_empty() {
+                break;
+            }
+            for c in &commands {
+                apply(&mut s, c);
+            }
+        }
+        assert_eq!(s.placements.len(), 20, "one replica per deployment");
+        let nodes: std::collections::BTreeSet<&str> = s.placements.values().map(|p| p.node.as_str()).collect();
+        assert!(nodes.len() > 1, "spread over nodes: {nodes:?}");
     }
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use shoal_engine::{Batcher, Event, Llm, SamplingParams, StageOutput};
 use shoal_protocol::metric_names as m;
-use shoal_protocol::pool::Pool;
+use shoal_protocol::pool::{CallError, Pool};
 use shoal_protocol::tls::NODE_SERVER_NAME;
 use shoal_protocol::{
     Request, Response, SamplingSettings, SequenceStart, StageForward, StageHop, StageResult, StageRows, TensorFrame,
@@ -56,23 +56,16 @@ const BUDGET_MARGIN: Duration = Duration::from_millis(250);
 pub async fn onward(pool: &Pool, hop: &StageHop, req: &Request, budget: Duration) -> Result<Response, String> {
     let addr: SocketAddr =
         hop.address.parse().map_err(|_| format!("the next stage's address '{}' is not valid", hop.address))?;
-    let call = async {
-        let mut stream = pool.open(addr, NODE_SERVER_NAME).await.map_err(|e| e.to_string())?;
-        stream.call(req).await.map_err(|e| e.to_string())
-    };
-    match tokio::time::timeout(budget, call).await {
-        Ok(Ok(Response::Refused { message, .. })) => Err(message),
-        Ok(Ok(r)) => Ok(r),
-        Ok(Err(e)) => {
-            pool.forget(addr, NODE_SERVER_NAME);
-            Err(format!("the stage on node {} ({}) is unreachable: {e}", hop.node, hop.address))
-        }
-        Err(_) => Err(format!(
+    match pool.call(addr, NODE_SERVER_NAME, req, tokio::time::Instant::now() + budget).await {
+        Ok(r) => Ok(r),
+        Err(CallError::Refused { message, .. }) => Err(message),
+        Err(CallError::Timeout { .. }) => Err(format!(
             "the stage on node {} ({}) did not answer within {} ms",
             hop.node,
             hop.address,
             budget.as_millis()
         )),
+        Err(e) => Err(format!("the stage on node {} ({}) is unreachable: {e}", hop.node, hop.address)),
     }
 }
 

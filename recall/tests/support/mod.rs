@@ -144,5 +144,3 @@ pub fn prepare_text(f: &Fixture, text: &str) -> (DocumentRecord, Vec<(ChunkText,
 }
 
 pub mod pdf;
-
-pub mod pg;

@@ -14,7 +14,9 @@
 //! removes its directory.
 
 use std::fs::{self, File};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
+
+use crate::free_port;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -40,7 +42,7 @@ pub struct PgServer {
 
 impl PgServer {
     /// The `pginstall` directory: `SHOAL_PGSERVER`, else the one `scripts/fetch-pgserver.sh` unpacks in the
-    /// workspace root (this file is compiled into tests of the recall crate and of the workspace root).
+    /// workspace root.
     pub fn install_dir() -> PathBuf {
         match std::env::var_os("SHOAL_PGSERVER") {
             Some(dir) => PathBuf::from(dir),
@@ -279,10 +281,4 @@ fn add_mode(path: &Path, bits: u32, changed: &mut Vec<String>) {
             changed.push(path.display().to_string());
         }
     }
-}
-
-/// A port free on 127.0.0.1 right now.
-pub fn free_port() -> u16 {
-    let listener = TcpListener::bind(("127.0.0.1", 0)).expect("bind");
-    listener.local_addr().expect("addr").port()
 }
