@@ -13,6 +13,8 @@ if [ ! -x /usr/bin/etcd ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]
 fi
 cargo build --release --locked
 ./target/release/shoal bench raft
+# One coordinator with 10,000 simulated nodes heartbeating over real QUIC.
+./target/release/shoal bench scale
 # Model serving beside llama.cpp, sentence-transformers and Ray Serve (installed into
 # .bench-venv by scripts/compare/setup.sh; the comparisons are skipped if that fails).
 ./scripts/fetch-models.sh ./models

@@ -85,17 +85,21 @@ pub async fn run(a: ScaleBench) -> anyhow::Result<()> {
     let registered = Arc::new(AtomicUsize::new(0));
     let failures = Arc::new(AtomicUsize::new(0));
     let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Handshakes in flight at once: more would wait past QUIC's idle timeout in the queue.
+    let connecting = Arc::new(tokio::sync::Semaphore::new(a.join_concurrency.max(1) * 4));
+    let first_failure: Arc<Mutex<Option<String>>> = Arc::default();
     let mut tasks = Vec::with_capacity(joined.len());
     let started = Instant::now();
     for (i, node) in joined.into_iter().enumerate() {
         let endpoint = endpoints[i % endpoints.len()].clone();
         let (rtts, registered, failures, measuring) =
             (rtts.clone(), registered.clone(), failures.clone(), measuring.clone());
+        let (connecting, first_failure) = (connecting.clone(), first_failure.clone());
         let id = node.id.clone();
         let task = tokio::spawn(async move {
-            if let Err(e) = simulate(endpoint, quic_addr, node, registered, rtts, measuring).await {
+            if let Err(e) = simulate(endpoint, quic_addr, node, registered, rtts, measuring, connecting).await {
                 failures.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(error = %e, "a simulated node stopped");
+                first_failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(|| e.to_string());
             }
         });
         tasks.push((id, task));
@@ -113,7 +117,8 @@ pub async fn run(a: ScaleBench) -> anyhow::Result<()> {
     }
     let register_secs = started.elapsed().as_secs_f64();
     if failures.load(Ordering::Relaxed) > 0 {
-        eprintln!("{} simulated nodes failed to register", failures.load(Ordering::Relaxed));
+        let why = first_failure.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default();
+        eprintln!("{} simulated nodes failed to register; the first: {why}", failures.load(Ordering::Relaxed));
     }
     // Let the first round of heartbeats settle, then measure a steady window.
     tokio::time::sleep(Duration::from_millis(2 * hb_ms)).await;
@@ -243,24 +248,24 @@ async fn simulate(
     registered: Arc<AtomicUsize>,
     rtts: Arc<Mutex<Vec<Duration>>>,
     measuring: Arc<std::sync::atomic::AtomicBool>,
+    connecting: Arc<tokio::sync::Semaphore>,
 ) -> anyhow::Result<()> {
-    let conn = quic::connect(&endpoint, addr, node.client, COORDINATOR_SERVER_NAME).await?;
-    let mut stream = ClientStream::open(&conn).await?;
-    let register = RegisterRequest {
-        node_id: node.id.clone(),
-        name: node.id.clone(),
-        address: "127.0.0.1:9".into(),
-        capacity: Capacity { cpu_cores: 8, memory_total_bytes: 32 << 30, accelerators: vec![] },
-        labels: vec![],
-        incarnation: rand::random(),
-    };
-    let (generation, interval) = match stream.call(&Request::Register(register)).await? {
-        Response::Registered { generation, heartbeat_interval_ms, .. } => {
-            (generation, Duration::from_millis(u64::from(heartbeat_interval_ms)))
+    let slot = connecting.acquire_owned().await?;
+    // Like `shoal join`, a node whose handshake or registration fails (the coordinator is
+    // busy with thousands of others) tries again.
+    let mut attempt = 0;
+    let (mut stream, generation, interval) = loop {
+        match register(&endpoint, addr, &node).await {
+            Ok(registered) => break registered,
+            Err(_) if attempt < 4 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+            Err(e) => return Err(e),
         }
-        other => bail!("registration refused: {other:?}"),
     };
     registered.fetch_add(1, Ordering::Relaxed);
+    drop(slot);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seq = 0;
@@ -276,6 +281,31 @@ async fn simulate(
         if measuring.load(Ordering::Relaxed) {
             rtts.lock().unwrap_or_else(|p| p.into_inner()).push(sent.elapsed());
         }
+    }
+}
+
+/// Connects with the node's certificate and registers: (control stream, generation,
+/// heartbeat interval).
+async fn register(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    node: &Joined,
+) -> anyhow::Result<(ClientStream, u64, Duration)> {
+    let conn = quic::connect(endpoint, addr, node.client.clone(), COORDINATOR_SERVER_NAME).await?;
+    let mut stream = ClientStream::open(&conn).await?;
+    let register = RegisterRequest {
+        node_id: node.id.clone(),
+        name: node.id.clone(),
+        address: "127.0.0.1:9".into(),
+        capacity: Capacity { cpu_cores: 8, memory_total_bytes: 32 << 30, accelerators: vec![] },
+        labels: vec![],
+        incarnation: rand::random(),
+    };
+    match stream.call(&Request::Register(register)).await? {
+        Response::Registered { generation, heartbeat_interval_ms, .. } => {
+            Ok((stream, generation, Duration::from_millis(u64::from(heartbeat_interval_ms))))
+        }
+        other => bail!("registration refused: {other:?}"),
     }
 }
 
