@@ -58,6 +58,9 @@ pub struct ControlPlane {
     pub replica_load: Arc<Mutex<std::collections::HashMap<String, u32>>>,
     /// How API keys are hashed (its secret goes to gateways that join).
     pub key_hasher: crate::api_keys::KeyHasher,
+    /// The HTTP address of each coordinator in the config (members added later carry theirs
+    /// in the state).
+    pub configured_http: std::collections::HashMap<u64, String>,
 }
 
 fn new_node_id() -> String {

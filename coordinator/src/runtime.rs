@@ -130,6 +130,7 @@ impl Coordinator {
             artifacts: artifacts.clone(),
             replica_load,
             key_hasher: keys.clone(),
+            configured_http: opts.config.coordinators.iter().map(|c| (c.id, c.http.to_string())).collect(),
         });
         let endpoint = quic::server_endpoint_keyed(member.quic, identity.server_config()?, &identity.reset_secret())?;
         let quic_addr = endpoint.local_addr().map_err(|e| CoordinatorError::io("quic endpoint", e))?;

@@ -61,8 +61,8 @@ pub struct SoftView {
     pub learners: Vec<u64>,
     pub first_index: u64,
     pub last_index: u64,
-    /// Every coordinator's QUIC address, by id.
-    pub coordinators: Vec<(u64, String)>,
+    /// Every coordinator's id, QUIC address and HTTP address (empty when unknown).
+    pub coordinators: Vec<(u64, String, String)>,
     /// Outstanding work per placement, as nodes report it.
     pub loads: Vec<(String, u32)>,
     pub leases: Vec<LeaseView>,

@@ -115,7 +115,18 @@ pub fn soft_view(cp: &ControlPlane) -> SoftView {
     let s = cp.raft.status();
     let coordinators = {
         let book = cp.coordinators.read().unwrap_or_else(|p| p.into_inner());
-        book.iter().map(|(id, addr)| (*id, addr.to_string())).collect()
+        let state = cp.raft.state().read().unwrap_or_else(|p| p.into_inner());
+        book.iter()
+            .map(|(id, addr)| {
+                let http = state
+                    .coordinators
+                    .get(id)
+                    .map(|c| c.http.clone())
+                    .or_else(|| cp.configured_http.get(id).cloned())
+                    .unwrap_or_default();
+                (*id, addr.to_string(), http)
+            })
+            .collect()
     };
     let (loads, leases) = if s.is_leader() {
         let loads = cp.replica_load.lock().unwrap_or_else(|p| p.into_inner());

@@ -368,7 +368,7 @@ impl Cluster {
             return;
         }
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-        for (_, addr) in &soft.coordinators {
+        for (_, addr, _) in &soft.coordinators {
             if let Ok(a) = addr.parse::<SocketAddr>() {
                 if !known.contains(&a) {
                     known.push(a);

@@ -497,11 +497,12 @@ impl Group {
 
 // ---- HTTP and model helpers shared by the serving tests ----
 
-/// The real model files (`./scripts/fetch-models.sh` puts them there).
+/// The real model files: `SHOAL_MODELS_DIR`, else `models/` in the workspace root
+/// (`./scripts/fetch-models.sh` puts them there).
 pub fn models_dir() -> PathBuf {
     let dir = std::env::var_os("SHOAL_MODELS_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models"));
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../models"));
     assert!(
         ["smollm2-135m-instruct", "all-minilm-l6-v2", "qwen2.5-coder-0.5b-instruct"]
             .iter()

@@ -99,8 +99,8 @@ pub async fn cluster(State(gw): Gw, headers: HeaderMap, Query(opts): Query<ReadO
     let s = &v.soft;
     let mut known: std::collections::BTreeMap<u64, (String, String)> =
         gw.configured.iter().map(|(id, quic, http)| (*id, (quic.clone(), http.clone()))).collect();
-    for (id, quic) in &s.coordinators {
-        known.entry(*id).or_insert_with(|| (quic.clone(), String::new()));
+    for (id, quic, http) in &s.coordinators {
+        known.entry(*id).or_insert_with(|| (quic.clone(), http.clone()));
     }
     {
         let state = gw.cluster.state().read().unwrap_or_else(|p| p.into_inner());
@@ -239,7 +239,7 @@ pub async fn create_token(
     outcome_ok(gw.cluster.command(Command::CreateToken(record)).await?)?;
     tracing::info!(token_id = %token.id, ttl, "admin created a join token");
     let soft = gw.cluster.status().soft;
-    let quic_of = |id: u64| soft.coordinators.iter().find(|(c, _)| *c == id).map(|(_, a)| a.clone());
+    let quic_of = |id: u64| soft.coordinators.iter().find(|(c, _, _)| *c == id).map(|(_, a, _)| a.clone());
     let addr = quic_of(soft.coordinator_id).unwrap_or_default();
     let mut all: Vec<String> = soft.voters.iter().filter_map(|id| quic_of(*id)).collect();
     if all.is_empty() {
