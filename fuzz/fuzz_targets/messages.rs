@@ -9,6 +9,7 @@ use raft::prelude::{ConfChange, ConfChangeV2, Entry, Message as RaftMessage, Sna
 use shoal_coordinator::raft::storage::StoredState;
 use shoal_coordinator::raft::Proposal;
 use shoal_coordinator::state::{ClusterState, Command, CoordinatorRecord, Outcome};
+use shoal_coordinator::view::{apply_change, SoftView, ViewChange};
 use shoal_protocol::frame::{self, Encode};
 use shoal_protocol::{Hello, Request, Response};
 
@@ -47,7 +48,7 @@ fn after_request(req: &Request) {
 
 fuzz_target!(|data: &[u8]| {
     let Some((&kind, payload)) = data.split_first() else { return };
-    match kind % 12 {
+    match kind % 14 {
         0 => {
             let _ = check::<Hello>(payload);
         }
@@ -90,6 +91,16 @@ fuzz_target!(|data: &[u8]| {
         }
         10 => {
             let _ = Entry::parse_from_bytes(payload);
+        }
+        // What a coordinator streams to gateways: a view change is applied to a replica.
+        12 => {
+            if let Some(change) = check::<ViewChange>(payload) {
+                let mut state = ClusterState::default();
+                apply_change(&mut state, &change);
+            }
+        }
+        13 => {
+            let _ = check::<SoftView>(payload);
         }
         _ => {
             let _ = Snapshot::parse_from_bytes(payload);

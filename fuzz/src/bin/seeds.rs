@@ -14,6 +14,7 @@ use candle_core::{Device, Tensor};
 use protobuf::Message as _;
 use shoal_coordinator::raft::Proposal;
 use shoal_coordinator::state::{Command, CoordinatorRecord, Outcome};
+use shoal_coordinator::view::{LeaseView, SoftView, ViewChange};
 use shoal_protocol::frame;
 use shoal_protocol::*;
 
@@ -74,6 +75,8 @@ fn requests() -> Vec<(&'static str, Request)> {
         ("raft-snapshot", Request::RaftSnapshot { from: 1, message: raft_msg, total_bytes: 10 }),
         ("chunk", Request::Chunk { data: vec![1, 2, 3], last: true }),
         ("propose", Request::Propose { proposal: proposal.to_vec() }),
+        ("watch", Request::Watch { from: 7 }),
+        ("read-index", Request::ReadIndex),
         (
             "generate",
             Request::Generate(GenerateRequest {
@@ -107,6 +110,13 @@ fn requests() -> Vec<(&'static str, Request)> {
 fn responses() -> Vec<(&'static str, Response)> {
     vec![
         ("welcome", Response::Welcome { version: PROTOCOL_VERSION }),
+        ("view-state", Response::ViewState { index: 3, data: vec![0; 16], last: true }),
+        (
+            "view-changes",
+            Response::ViewChanges { entries: vec![shoal_protocol::ViewEntry { index: 4, data: vec![1, 2] }] },
+        ),
+        ("view-soft", Response::ViewSoft { data: vec![0; 8] }),
+        ("read-indexed", Response::ReadIndexed { index: 9 }),
         ("refused", Response::refused(RefusalCode::NotLeader, "not the leader")),
         ("redirect", Response::Redirect { leader_address: "127.0.0.1:7000".into() }),
         ("pong", Response::Pong { seq: 1, payload: b"hello".to_vec() }),
@@ -188,6 +198,35 @@ fn messages(root: &Path) {
     snap.mut_metadata().index = 9;
     snap.mut_metadata().term = 2;
     write(&dir, "snapshot", &tagged(11, &snap.write_to_bytes().expect("snapshot")));
+    let changes = [
+        ("command", ViewChange::Command(Command::DeleteDeployment { name: "m".into() })),
+        ("coordinators", ViewChange::Coordinators(vec![member.clone()])),
+        ("nothing", ViewChange::Nothing),
+    ];
+    for (name, c) in changes {
+        write(&dir, &format!("view-change-{name}"), &tagged(12, &frame::to_payload(&c).expect("view change")));
+    }
+    let soft = SoftView {
+        coordinator_id: 1,
+        leader_id: 1,
+        term: 2,
+        commit: 9,
+        applied: 9,
+        role: "leader".into(),
+        voters: vec![1, 2, 3],
+        learners: vec![],
+        first_index: 1,
+        last_index: 9,
+        coordinators: vec![(1, "127.0.0.1:7101".into(), "127.0.0.1:8081".into())],
+        loads: vec![("p-1".into(), 3)],
+        leases: vec![LeaseView {
+            node: "n-1".into(),
+            generation: 1,
+            last_heartbeat_unix_ms: 5,
+            load: Default::default(),
+        }],
+    };
+    write(&dir, "soft-view", &tagged(13, &frame::to_payload(&soft).expect("soft view")));
 }
 
 /// A GGUF with the real SmolLM2 header's metadata (its long arrays cut short) and one tensor.
