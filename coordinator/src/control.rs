@@ -375,6 +375,9 @@ impl ControlPlane {
         let mut conns = self.raft_conns.lock().unwrap_or_else(|p| p.into_inner());
         if conns.insert(from, conn).is_some_and(|old| old != conn) {
             let _ = self.reports.try_send(crate::raft::transport::Report::PeerReconnected(from));
+            // Forwarded writes must not go out on a connection to the peer's earlier run.
+            let writer = self.writer.clone();
+            tokio::spawn(async move { writer.forget(from).await });
         }
     }
 

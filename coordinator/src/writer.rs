@@ -22,6 +22,8 @@ use crate::CoordinatorError;
 pub const LEADER_WAIT: Duration = Duration::from_secs(5);
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(8);
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// The longest a write waits for a leader change before asking the same leader again.
+const RETRY_PAUSE: Duration = Duration::from_millis(25);
 
 #[derive(Clone)]
 pub struct Writer {
@@ -64,24 +66,34 @@ impl Writer {
             };
             match result {
                 Err(CoordinatorError::NotLeader { .. }) if tokio::time::Instant::now() < deadline => {
+                    // Wait for another leader, but only briefly: the member this one takes
+                    // for the leader may not know yet that it leads (it just won an election,
+                    // or took over from a leader that stepped down), and then asking it again
+                    // in a moment succeeds while no other leader ever comes.
                     let mut rx = self.raft.watch_status();
                     let before = status.leader_id;
-                    let _ =
-                        tokio::time::timeout_at(deadline, rx.wait_for(|s| s.leader_id != 0 && s.leader_id != before))
-                            .await;
-                    if self.raft.status().leader_id == 0 {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
+                    let pause = (tokio::time::Instant::now() + RETRY_PAUSE).min(deadline);
+                    let _ = tokio::time::timeout_at(pause, rx.wait_for(|s| s.leader_id != 0 && s.leader_id != before))
+                        .await;
                 }
                 other => return other,
             }
         }
     }
 
-    async fn connection(&self, leader: u64) -> Result<quinn::Connection, CoordinatorError> {
+    /// Drops the pooled connection to coordinator `id` (it restarted: the old connection
+    /// would only be found dead by QUIC's idle timeout).
+    pub async fn forget(&self, id: u64) {
+        if let Some(c) = self.conns.lock().await.remove(&id) {
+            c.close(0u32.into(), b"peer restarted");
+        }
+    }
+
+    /// A connection to `leader`, and whether it was opened just now (not a pooled one).
+    async fn connection(&self, leader: u64) -> Result<(quinn::Connection, bool), CoordinatorError> {
         let mut conns = self.conns.lock().await;
         if let Some(c) = conns.get(&leader).filter(|c| c.close_reason().is_none()) {
-            return Ok(c.clone());
+            return Ok((c.clone(), false));
         }
         let addr: SocketAddr = self
             .book
@@ -98,16 +110,32 @@ impl Writer {
             .await
             .map_err(|_| CoordinatorError::NotLeader { leader: None })??;
         conns.insert(leader, conn.clone());
-        Ok(conn)
+        Ok((conn, true))
     }
 
     async fn forward(&self, leader: u64, proposal: &Proposal) -> Result<(Outcome, u64), CoordinatorError> {
         metrics::counter!(m::RAFT_FORWARDED).increment(1);
         let bytes = shoal_protocol::frame::to_payload(proposal)?.to_vec();
+        let request = Request::Propose { proposal: bytes };
         let call = async {
-            let conn = self.connection(leader).await?;
-            let mut s = ClientStream::open(&conn).await?;
-            s.call(&Request::Propose { proposal: bytes }).await.map_err(CoordinatorError::from)
+            let (conn, fresh) = self.connection(leader).await?;
+            let first = async {
+                let mut s = ClientStream::open(&conn).await?;
+                s.call(&request).await.map_err(CoordinatorError::from)
+            }
+            .await;
+            match first {
+                // A pooled connection to an earlier run of the leader's process (it restarted
+                // at the same address) is reset at the first packet: connect afresh once,
+                // instead of waiting for a leader change that is not coming.
+                Err(CoordinatorError::Protocol(_)) if !fresh => {
+                    self.conns.lock().await.remove(&leader);
+                    let (conn, _) = self.connection(leader).await?;
+                    let mut s = ClientStream::open(&conn).await?;
+                    s.call(&request).await.map_err(CoordinatorError::from)
+                }
+                other => other,
+            }
         };
         // If this member stops seeing `leader` as the leader (it died, or an election is
         // under way), stop waiting on it: the caller retries with the new leader.
