@@ -340,7 +340,8 @@ fn standalone_gateways_serve_with_every_coordinator_down_and_refuse_writes() {
     let _node = join_at(&coordinators[0], tmp.path(), "node-1", Some((&token, &hash)), &[]);
     let minilm = models_dir().join("all-minilm-l6-v2");
     for (name, source) in [("echo", "builtin://echo".to_string()), ("minilm", minilm.display().to_string())] {
-        let (status, v) = call(&g.url(leader, "/v1/deployments"), json!({"name": name, "source": source}));
+        // Registration hashes the model's files: slow on a loaded machine (2 minutes allowed).
+        let (status, v) = post(&g.url(leader, "/v1/deployments"), json!({"name": name, "source": source}));
         assert_eq!(status, 201, "{v}");
     }
     let ready = |url: String| get_json(&url).and_then(|d| d["ready_replicas"].as_u64()).unwrap_or(0) == 1;
@@ -349,7 +350,7 @@ fn standalone_gateways_serve_with_every_coordinator_down_and_refuse_writes() {
             ready(g.url(leader, &format!("/v1/deployments/{name}")))
         });
     }
-    let (status, v) = call(
+    let (status, v) = post(
         &g.url(leader, "/v1/knowledge-bases"),
         json!({"name": "docs", "embedding_model": "minilm", "replicas": 1}),
     );
@@ -387,6 +388,14 @@ fn standalone_gateways_serve_with_every_coordinator_down_and_refuse_writes() {
     };
     for u in &urls {
         serves(u);
+        // Its view comes from the leader (the only member that hears heartbeats), so it
+        // shows the node's last heartbeat.
+        wait_until(Duration::from_secs(15), &format!("{u} watches the leader"), || {
+            get_json(&format!("{u}/v1/cluster")).is_some_and(|c| c["gateway"]["watching"] == c["leader_id"])
+        });
+        wait_until(Duration::from_secs(10), &format!("{u} shows heartbeats"), || {
+            get_json(&format!("{u}/v1/nodes")).is_some_and(|v| v["nodes"][0]["last_heartbeat_age_ms"].is_u64())
+        });
     }
     // A write through a standalone gateway is committed and visible there at once.
     let (status, v) = call(&format!("{}/v1/keys", urls[0]), json!({"name": "through-gw-1"}));

@@ -17,7 +17,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use shoal_coordinator::raft::Proposal;
 use shoal_coordinator::state::{ClusterState, Command, Outcome};
@@ -36,10 +36,13 @@ use crate::GatewayError;
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(700);
 /// A watch stream silent this long is given up (soft state comes every 500 ms).
 const SILENCE: Duration = Duration::from_secs(3);
-/// How long a write may take through one coordinator (it waits up to 5 s for a leader).
+/// How long a write or read point may take, however many coordinators it tries (each
+/// waits up to 5 s for a leader).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a write waits for this gateway's view to apply it.
 const CATCH_UP: Duration = Duration::from_secs(3);
+/// A gateway moves its view to the leader at most this often.
+const MOVE_AT_MOST_EVERY: Duration = Duration::from_secs(10);
 /// Pause between rounds of reconnection attempts.
 const RETRY_PAUSE: Duration = Duration::from_millis(300);
 
@@ -94,6 +97,8 @@ pub struct Cluster {
     known: Mutex<Vec<SocketAddr>>,
     /// The coordinator the view comes from now.
     watching: Mutex<Option<SocketAddr>>,
+    /// The leader this gateway moved its view to, and when.
+    preferred: Mutex<Option<(SocketAddr, Instant)>>,
     pool: Pool,
 }
 
@@ -114,6 +119,7 @@ impl Cluster {
             source,
             known: Mutex::new(known),
             watching: Mutex::new(None),
+            preferred: Mutex::new(None),
             pool: Pool::with_connect_timeout(client, CONNECT_TIMEOUT)?,
         }))
     }
@@ -164,13 +170,35 @@ impl Cluster {
         }
     }
 
+    /// The coordinators to try, in order: the leader this gateway moved to, the one it
+    /// watches, then every other it knows.
     fn targets(&self) -> Vec<SocketAddr> {
         let mut list = self.known.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if let Some(w) = *self.watching.lock().unwrap_or_else(|p| p.into_inner()) {
-            list.retain(|a| *a != w);
-            list.insert(0, w);
+        let first = [
+            self.preferred.lock().unwrap_or_else(|p| p.into_inner()).map(|(a, _)| a),
+            *self.watching.lock().unwrap_or_else(|p| p.into_inner()),
+        ];
+        for a in first.into_iter().flatten().rev() {
+            list.retain(|x| *x != a);
+            list.insert(0, a);
         }
         list
+    }
+
+    /// The leader's address when `soft` (from the coordinator at `watching`) names another
+    /// member as leader, and this gateway has not moved in the last [`MOVE_AT_MOST_EVERY`]
+    /// (a leader it cannot reach must not make it bounce).
+    fn leader_elsewhere(&self, soft: &SoftView, watching: SocketAddr) -> Option<SocketAddr> {
+        if soft.leader_id == 0 || soft.leader_id == soft.coordinator_id {
+            return None;
+        }
+        let leader = soft.coordinators.iter().find(|(id, _, _)| *id == soft.leader_id)?.1.parse().ok()?;
+        let recent = self
+            .preferred
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|(_, at)| at.elapsed() < MOVE_AT_MOST_EVERY);
+        (leader != watching && !recent).then_some(leader)
     }
 
     /// Commits a command through the coordinators; see [`Self::submit`].
@@ -192,8 +220,12 @@ impl Cluster {
         let bytes = shoal_protocol::frame::to_payload(&proposal)?.to_vec();
         let request = Request::Propose { proposal: bytes };
         let mut why = Vec::new();
+        // One deadline for the write, however many coordinators it tries.
+        let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
         for addr in self.targets() {
-            let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
             match self.pool.call(addr, COORDINATOR_SERVER_NAME, &request, deadline).await {
                 Ok(Response::Proposed { outcome, index }) => {
                     let outcome: Outcome = shoal_protocol::frame::decode(&outcome)?;
@@ -228,8 +260,11 @@ impl Cluster {
             return Ok(());
         }
         let mut why = Vec::new();
+        let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
         for addr in self.targets() {
-            let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
             match self.pool.call(addr, COORDINATOR_SERVER_NAME, &Request::ReadIndex, deadline).await {
                 Ok(Response::ReadIndexed { index }) => {
                     self.catch_up(index, CATCH_UP).await;
@@ -248,9 +283,14 @@ impl Cluster {
             return self.follow_local(writer.raft().clone(), control.clone()).await;
         }
         loop {
+            let mut moved = false;
             for addr in self.targets() {
                 match self.watch_one(addr).await {
-                    Ok(()) => {}
+                    // Left on purpose, for the leader: go to it at once.
+                    Ok(()) => {
+                        moved = true;
+                        break;
+                    }
                     Err(e) => debug!(%addr, error = %e, "view stream ended"),
                 }
                 if self.connected.swap(false, Ordering::AcqRel) {
@@ -258,7 +298,9 @@ impl Cluster {
                     warn!(%addr, "lost the cluster view's coordinator; serving from the cached view");
                 }
             }
-            tokio::time::sleep(RETRY_PAUSE).await;
+            if !moved {
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
         }
     }
 
@@ -350,7 +392,15 @@ impl Cluster {
                 }
                 Ok(Response::ViewSoft { data }) => {
                     let soft: SoftView = shoal_protocol::frame::decode(&data)?;
+                    let leader = self.leader_elsewhere(&soft, addr);
                     self.set_soft(soft);
+                    if let Some(leader) = leader {
+                        // Only the leader hears heartbeats: watching it gives the router the
+                        // nodes' load reports and `/v1/nodes` their last heartbeats.
+                        info!(from = %addr, to = %leader, "moving the cluster view to the leader");
+                        *self.preferred.lock().unwrap_or_else(|p| p.into_inner()) = Some((leader, Instant::now()));
+                        return Ok(());
+                    }
                 }
                 Ok(Response::Refused { code: RefusalCode::Unauthenticated, message }) => {
                     return Err(GatewayError::Refused(message));
