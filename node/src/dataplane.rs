@@ -85,14 +85,19 @@ pub async fn handle(host: Arc<ModelHost>, conn: quinn::Connection, mut stream: S
 
 /// Whether a member with this certificate may make this request: index writes come only
 /// from gateways (standalone, or embedded in a coordinator, which use the coordinator's
-/// certificate), never from another node; everything else any member may ask (a rebuilding
-/// copy exports from a peer node).
+/// certificate), never from another node; artifacts go to coordinators and nodes, never to
+/// a gateway; everything else any member may ask (a rebuilding copy exports from a peer
+/// node).
 pub fn authorize(role: MemberRole, member: &str, req: &Request) -> Result<(), String> {
     match (role, req) {
         (MemberRole::Node, Request::IndexUpsert { .. } | Request::IndexDelete { .. }) => Err(format!(
             "'{}' requests write to an index and only a gateway or coordinator may send them; node {member} may not",
             req.kind()
         )),
+        // Gateways route requests; model files go only to the members that run models.
+        (MemberRole::Gateway, Request::FetchArtifact { .. }) => {
+            Err(format!("artifacts are served to coordinators and nodes; gateway {member} may not fetch them"))
+        }
         _ => Ok(()),
     }
 }
@@ -443,6 +448,9 @@ mod tests {
         for req in [&upsert, &delete] {
             assert_eq!(authorize(MemberRole::Coordinator, "c1", req), Ok(()));
             assert_eq!(authorize(MemberRole::Gateway, "g-1", req), Ok(()));
+            let fetch = Request::FetchArtifact { sha256: "ab".into(), offset: 0 };
+            assert!(authorize(MemberRole::Gateway, "g-1", &fetch).is_err_and(|why| why.contains("g-1")));
+            assert_eq!(authorize(MemberRole::Node, "n2", &fetch), Ok(()));
             let why = authorize(MemberRole::Node, "n2", req).expect_err("a node may not write an index");
             assert!(why.contains("only a gateway") && why.contains("n2") && why.contains(req.kind()), "{why}");
         }
