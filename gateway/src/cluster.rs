@@ -105,6 +105,7 @@ pub struct Cluster {
 impl Cluster {
     /// A gateway's cluster, connecting with `client` (a gateway or coordinator certificate).
     pub fn new(source: Source, client: quinn::ClientConfig) -> Result<Arc<Self>, GatewayError> {
+        let embedded = matches!(source, Source::Embedded { .. });
         let (known, state) = match &source {
             Source::Embedded { quic, writer, .. } => (vec![*quic], writer.raft().state().clone()),
             Source::Any(list) => (list.clone(), Arc::new(RwLock::new(ClusterState::default()))),
@@ -114,8 +115,9 @@ impl Cluster {
             index: watch::channel(0).0,
             soft: RwLock::new(Arc::new(SoftView::default())),
             loads: RwLock::new(Default::default()),
-            loaded: AtomicBool::new(false),
-            connected: AtomicBool::new(false),
+            // An embedded gateway's view is its coordinator's state: there from the start.
+            loaded: AtomicBool::new(embedded),
+            connected: AtomicBool::new(embedded),
             source,
             known: Mutex::new(known),
             watching: Mutex::new(None),
@@ -136,6 +138,11 @@ impl Cluster {
             index: *self.index.borrow(),
             soft: self.soft.read().unwrap_or_else(|p| p.into_inner()).clone(),
         }
+    }
+
+    /// Whether a view has been received (an embedded gateway's always is).
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
     }
 
     /// Outstanding work on `placement` as its node last reported it to the leader.

@@ -95,6 +95,14 @@ pub async fn layer(State(gw): State<Arc<GatewayState>>, mut req: Request, next: 
     if is_open(req.uri().path()) {
         return next.run(req).await;
     }
+    // Keys and models are read from the view: before the first one arrives, every answer
+    // would be a wrong 401 or 404.
+    if !gw.cluster.is_loaded() {
+        return ApiError::unavailable(
+            "this gateway has not received the cluster view from a coordinator yet; retry in a moment",
+        )
+        .into_response();
+    }
     let caller = match authenticate(req.headers(), &gw) {
         Ok(c) => c,
         Err(e) => return e.into_response(),
