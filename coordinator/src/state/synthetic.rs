@@ -14,37 +14,7 @@ pub fn synthetic_state(nodes: usize, documents: usize) -> ClusterState {
         let outcome = apply(s, &cmd);
         debug_assert!(matches!(outcome, Outcome::Applied | Outcome::NodeUp { .. }), "{cmd:?}: {outcome:?}");
     };
-    run(
-        &mut s,
-        Command::CreateToken(TokenRecord {
-            id: "synthetic".into(),
-            secret_hash: "synthetic".into(),
-            created_at_ms: 0,
-            expires_at_ms: u64::MAX,
-            description: "synthetic state".into(),
-        }),
-    );
-    for i in 0..nodes {
-        let id = format!("n-synthetic-{i:06}");
-        let name = format!("synthetic-{i}");
-        run(
-            &mut s,
-            Command::AdmitNode {
-                id: id.clone(),
-                name: name.clone(),
-                at_ms: 1,
-                token_id: "synthetic".into(),
-                secret_hash: "synthetic".into(),
-            },
-        );
-        let capacity = shoal_protocol::messages::Capacity {
-            cpu_cores: 64,
-            memory_total_bytes: 256 << 30,
-            accelerators: Vec::new(),
-        };
-        let address = format!("10.{}.{}.{}:7200", i >> 16 & 255, i >> 8 & 255, i & 255);
-        let up = Command::NodeUp { id: id.clone(), name, address, capacity, labels: vec![], incarnation: 1, at_ms: 2 };
-        run(&mut s, up);
+    for id in admit_nodes(&mut s, nodes, 64, 256 << 30) {
         let generation = s.nodes.get(&id).map(|n| n.generation).unwrap_or(0);
         run(&mut s, Command::NodeDead { id, generation, at_ms: 3 });
     }
@@ -90,32 +60,7 @@ pub fn synthetic_cluster(nodes: usize, deployments: usize) -> ClusterState {
         let outcome = apply(s, &cmd);
         debug_assert!(!matches!(outcome, Outcome::Rejected(_)), "{cmd:?}: {outcome:?}");
     };
-    run(
-        &mut s,
-        Command::CreateToken(TokenRecord {
-            id: "synthetic".into(),
-            secret_hash: "synthetic".into(),
-            created_at_ms: 0,
-            expires_at_ms: u64::MAX,
-            description: "synthetic cluster".into(),
-        }),
-    );
-    for i in 0..nodes {
-        let id = format!("n-synthetic-{i:06}");
-        let name = format!("synthetic-{i}");
-        let admit = Command::AdmitNode {
-            id: id.clone(),
-            name: name.clone(),
-            at_ms: 1,
-            token_id: "synthetic".into(),
-            secret_hash: "synthetic".into(),
-        };
-        run(&mut s, admit);
-        let capacity =
-            shoal_protocol::messages::Capacity { cpu_cores: 8, memory_total_bytes: 32 << 30, accelerators: Vec::new() };
-        let address = format!("10.{}.{}.{}:7200", i >> 16 & 255, i >> 8 & 255, i & 255);
-        run(&mut s, Command::NodeUp { id, name, address, capacity, labels: vec![], incarnation: 1, at_ms: 2 });
-    }
+    admit_nodes(&mut s, nodes, 8, 32 << 30);
     let version = super::ModelVersion {
         version: 0,
         source: "file:///synthetic.gguf".into(),
@@ -147,6 +92,40 @@ pub fn synthetic_cluster(nodes: usize, deployments: usize) -> ClusterState {
         run(&mut s, deploy);
     }
     s
+}
+
+/// Creates the synthetic join token and admits `nodes` ready nodes of the given capacity
+/// through [`apply`], as joins and registrations would; returns their ids.
+fn admit_nodes(s: &mut ClusterState, nodes: usize, cpu_cores: u32, memory_total_bytes: u64) -> Vec<String> {
+    let token = TokenRecord {
+        id: "synthetic".into(),
+        secret_hash: "synthetic".into(),
+        created_at_ms: 0,
+        expires_at_ms: u64::MAX,
+        description: "synthetic state".into(),
+    };
+    apply(s, &Command::CreateToken(token));
+    (0..nodes)
+        .map(|i| {
+            let id = format!("n-synthetic-{i:06}");
+            let name = format!("synthetic-{i}");
+            let admit = Command::AdmitNode {
+                id: id.clone(),
+                name: name.clone(),
+                at_ms: 1,
+                token_id: "synthetic".into(),
+                secret_hash: "synthetic".into(),
+            };
+            apply(s, &admit);
+            let capacity =
+                shoal_protocol::messages::Capacity { cpu_cores, memory_total_bytes, accelerators: Vec::new() };
+            let address = format!("10.{}.{}.{}:7200", i >> 16 & 255, i >> 8 & 255, i & 255);
+            let up =
+                Command::NodeUp { id: id.clone(), name, address, capacity, labels: vec![], incarnation: 1, at_ms: 2 };
+            apply(s, &up);
+            id
+        })
+        .collect()
 }
 
 #[cfg(test)]
