@@ -4,9 +4,8 @@
 //! coordinators, the HTTP address) is saved beside it, so it restarts with `--data-dir` only.
 
 use std::fs;
-use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use shoal_protocol::quic::{self, ClientStream};
@@ -100,17 +99,7 @@ impl GatewayIdentity {
 }
 
 fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), GatewayError> {
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(|e| GatewayError::io(&tmp, e))?;
-    f.write_all(contents.as_bytes()).map_err(|e| GatewayError::io(&tmp, e))?;
-    f.sync_all().map_err(|e| GatewayError::io(&tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| GatewayError::io(path, e))
+    shoal_protocol::files::write_atomic(path, contents, mode).map_err(|e| GatewayError::io(path, e))
 }
 
 /// Joins as a gateway through the first of `coordinators` that takes the token (a follower

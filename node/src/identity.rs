@@ -2,9 +2,7 @@
 //! that creates it.
 
 use std::fs;
-use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use shoal_protocol::quic::{self, ClientStream};
@@ -65,18 +63,7 @@ impl NodeIdentity {
 }
 
 fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), NodeError> {
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(|e| NodeError::io(&tmp, e))?;
-    f.write_all(contents.as_bytes()).map_err(|e| NodeError::io(&tmp, e))?;
-    f.sync_all().map_err(|e| NodeError::io(&tmp, e))?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode)).map_err(|e| NodeError::io(&tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| NodeError::io(path, e))
+    shoal_protocol::files::write_atomic(path, contents, mode).map_err(|e| NodeError::io(path, e))
 }
 
 /// Resolves `host:port`.

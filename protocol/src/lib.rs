@@ -8,6 +8,7 @@
 
 pub mod artifact;
 pub mod error;
+pub mod files;
 pub mod frame;
 pub mod messages;
 pub mod metric_names;
