@@ -123,6 +123,7 @@ fn read_gguf_from<R: Read + Seek>(
     file_len: u64,
     path: &Path,
 ) -> Result<gguf_file::Content, EngineError> {
+    crate::gguf_alignment::check_alignment(reader, file_len).map_err(|e| EngineError::model(path, e))?;
     let content = gguf_file::Content::read(reader)
         .map_err(|e| EngineError::model(path, format!("corrupt GGUF header: {}", one_line(&e.to_string()))))?;
     for (name, ti) in &content.tensor_infos {

@@ -4,6 +4,7 @@
 mod embed;
 mod error;
 mod generate;
+mod gguf_alignment;
 mod half;
 mod inspect;
 mod llama;

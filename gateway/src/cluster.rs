@@ -126,6 +126,25 @@ impl Cluster {
         }))
     }
 
+    /// Whether this gateway is embedded in the coordinator that leads the raft group now
+    /// (graph runs execute there).
+    pub fn is_leader_here(&self) -> bool {
+        match &self.source {
+            Source::Embedded { writer, .. } => writer.raft().status().is_leader(),
+            Source::Any(_) => false,
+        }
+    }
+
+    /// Wakes on every change of the view's applied index.
+    pub fn index_changes(&self) -> watch::Receiver<u64> {
+        self.index.subscribe()
+    }
+
+    /// The pooled connections to coordinators (this gateway's certificate).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
     /// The replica of the cluster state (read it, never write it).
     pub fn state(&self) -> &Arc<RwLock<ClusterState>> {
         &self.state

@@ -9,6 +9,7 @@
 
 pub mod cluster;
 pub mod error;
+pub mod graphs;
 pub mod http;
 pub mod identity;
 pub mod registry;

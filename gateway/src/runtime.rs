@@ -61,6 +61,17 @@ impl Gateway {
         let retrieval =
             Arc::new(crate::retrieval::Retrieval::new(cluster.clone(), router.clone(), opts.client.clone(), clock)?);
         let held = Arc::new(Mutex::new(opts.hold_ready.clone()));
+        let graphs = crate::graphs::Graphs::new(
+            cluster.clone(),
+            router.clone(),
+            retrieval.clone(),
+            clock,
+            opts.artifacts.clone(),
+        );
+        if matches!(opts.source, Source::Embedded { .. }) {
+            // Runs execute on the leader's embedded gateway; the runner idles elsewhere.
+            tokio::spawn(crate::graphs::runner::run(graphs.clone()));
+        }
         let gw = Arc::new(GatewayState {
             cluster: cluster.clone(),
             faults: opts.faults,
@@ -76,6 +87,7 @@ impl Gateway {
             retrieval,
             artifacts: opts.artifacts.clone(),
             downloads: opts.downloads.clone(),
+            graphs,
         });
         tokio::spawn(async move {
             http::server::serve(listener, http::router(gw), http::server::HttpLimits::default()).await;

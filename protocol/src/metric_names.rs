@@ -124,3 +124,12 @@ pub const KB_SHARD_READY_COPIES: &str = "shoal_kb_shard_ready_copies";
 /// Documents and chunks in each knowledge base's catalog (`kb`).
 pub const KB_DOCUMENTS: &str = "shoal_kb_documents";
 pub const KB_CHUNKS: &str = "shoal_kb_chunks";
+
+/// Graph runs that ended, by `graph` (built-in names, else `registered`) and `status`.
+pub const GRAPH_RUNS: &str = "shoal_graph_runs_total";
+/// Graph runs running now (on the leader).
+pub const GRAPH_RUNS_IN_FLIGHT: &str = "shoal_graph_runs_in_flight";
+/// Time to a step's final result (all its tries), by step `kind`.
+pub const GRAPH_STEP_SECONDS: &str = "shoal_graph_step_duration_seconds";
+/// Step tries after the first, by step `kind`.
+pub const GRAPH_STEP_RETRIES: &str = "shoal_graph_step_retries_total";

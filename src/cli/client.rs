@@ -166,6 +166,54 @@ impl GatewayArgs {
         .await?
     }
 
+    /// POST raw bytes (e.g. a YAML document), read a JSON answer.
+    pub async fn post_bytes(&self, path: &str, content_type: &str, bytes: Vec<u8>) -> anyhow::Result<Value> {
+        let (url, key, ct) = (self.url(path), self.key()?, content_type.to_string());
+        tokio::task::spawn_blocking(move || {
+            let resp = Self::agent()
+                .post(&url)
+                .header("Authorization", &format!("Bearer {key}"))
+                .header("Content-Type", &ct)
+                .send(&bytes[..]);
+            finish(&url, resp)
+        })
+        .await?
+    }
+
+    /// POST a JSON body and read the server-sent events of the answer, calling `on_event`
+    /// with each event's JSON data until `[DONE]`; no overall timeout (a run may be long).
+    pub async fn post_events(
+        &self,
+        path: &str,
+        body: Value,
+        mut on_event: impl FnMut(Value) + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (url, key) = (self.url(path), self.key()?);
+        tokio::task::spawn_blocking(move || {
+            use std::io::BufRead;
+            let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+            let resp = agent.post(&url).header("Authorization", &format!("Bearer {key}")).send_json(body);
+            let mut resp = resp.with_context(|| format!("cannot reach the gateway at {url}"))?;
+            if !resp.status().is_success() {
+                return finish(&url, Ok(resp)).map(|_| ());
+            }
+            let reader = std::io::BufReader::new(resp.body_mut().as_reader());
+            for line in reader.lines() {
+                let line = line.with_context(|| format!("reading the events of {url}"))?;
+                let Some(data) = line.strip_prefix("data:") else { continue };
+                let data = data.trim();
+                if data == "[DONE]" {
+                    return Ok(());
+                }
+                if let Ok(v) = serde_json::from_str::<Value>(data) {
+                    on_event(v);
+                }
+            }
+            Ok(())
+        })
+        .await?
+    }
+
     /// POST a JSON body, read a JSON answer.
     pub async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         let (url, key) = (self.url(path), self.key()?);
@@ -183,6 +231,13 @@ fn finish(url: &str, resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>
     let body: Value =
         resp.body_mut().read_json().with_context(|| format!("{url} answered {status} without a JSON body"))?;
     if !status.is_success() {
+        if let Some(problems) = body["error"]["problems"].as_array() {
+            let list: Vec<String> = problems
+                .iter()
+                .map(|p| format!("  - {}: {}", p["at"].as_str().unwrap_or("?"), p["message"].as_str().unwrap_or("?")))
+                .collect();
+            return Err(anyhow!("{url} answered {status}: {} problem(s):\n{}", list.len(), list.join("\n")));
+        }
         let msg = body["error"]["message"].as_str().unwrap_or("no error message");
         return Err(anyhow!("{url} answered {status}: {msg}"));
     }

@@ -10,6 +10,7 @@ mod coordinator;
 mod deploy;
 mod format;
 mod gateway;
+mod graph;
 mod join;
 mod kb;
 mod key;
@@ -55,6 +56,16 @@ pub enum Command {
         #[command(subcommand)]
         command: kb::KbCommand,
     },
+    /// Task graphs: apply definitions, run them (streaming events), inspect and rerun runs.
+    Graph {
+        #[command(subcommand)]
+        command: graph::GraphCommand,
+    },
+    /// Databases for text-to-SQL graph steps (read-only).
+    Db {
+        #[command(subcommand)]
+        command: graph::DbCommand,
+    },
     /// Manage API keys: scopes, allowed models, rate and token limits.
     Key {
         #[command(subcommand)]
@@ -94,6 +105,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Chat(a) => chat::run(a).await,
         Command::Kb { command } => kb::run(command).await,
         Command::Key { command } => key::run(command).await,
+        Command::Graph { command } => graph::run(command).await,
+        Command::Db { command } => graph::run_db(command).await,
         Command::Bench { command } => bench::run(command).await,
     }
 }

@@ -328,6 +328,33 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Outcome {
             Some(_) => Outcome::Applied,
             None => Outcome::ignored("no such index shard"),
         },
+        Command::PutGraph { name, definition, sha256, at_ms } => {
+            super::graphs::put_graph(&mut state.graphs, name, definition, sha256, *at_ms)
+        }
+        Command::DeleteGraph { name } => match state.graphs.remove(name) {
+            Some(_) => Outcome::Applied,
+            None => Outcome::rejected("no such graph"),
+        },
+        Command::StartRun(run) => super::graphs::start_run(&mut state.runs, &state.graphs, run),
+        Command::FinishStep { run, step } => super::graphs::finish_step(&mut state.runs, run, step),
+        Command::FinishRun { run, status, outputs, error, at_ms, keep_finished } => {
+            super::graphs::finish_run(&mut state.runs, run, *status, outputs, error, *at_ms, *keep_finished)
+        }
+        Command::PruneRuns { keep, before_ms } => {
+            super::graphs::prune(&mut state.runs, *keep, *before_ms);
+            Outcome::Applied
+        }
+        Command::AddDatabase(db) => {
+            if state.databases.contains_key(&db.name) {
+                return Outcome::rejected("a database with that name exists");
+            }
+            state.databases.insert(db.name.clone(), db.clone());
+            Outcome::Applied
+        }
+        Command::RemoveDatabase { name } => match state.databases.remove(name) {
+            Some(_) => Outcome::Applied,
+            None => Outcome::rejected("no such database"),
+        },
         Command::Noop => Outcome::Applied,
     }
 }

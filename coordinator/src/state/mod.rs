@@ -5,11 +5,15 @@
 //! reaches the same state.
 
 mod apply;
+mod graphs;
 mod knowledge;
 mod synthetic;
 mod types;
 
 pub use apply::apply;
+pub use graphs::{
+    DatabaseKind, DatabaseRecord, GraphRecord, GraphVersion, RunRecord, RunStatus, StepOutcome, StepRecord,
+};
 pub use knowledge::*;
 pub use synthetic::{synthetic_cluster, synthetic_state};
 pub use types::*;

@@ -257,6 +257,12 @@ pub struct ClusterState {
     pub knowledge_bases: BTreeMap<String, super::KnowledgeBase>,
     /// Copies of the built-in knowledge bases' index shards.
     pub index_shards: BTreeMap<String, super::IndexShardPlacement>,
+    /// Task-graph definitions by name (built-in graphs are not here: they ship in the binary).
+    pub graphs: BTreeMap<String, super::GraphRecord>,
+    /// Graph runs by id: running ones, and finished ones up to the retention limits.
+    pub runs: BTreeMap<String, super::RunRecord>,
+    /// Databases graphs may read, by name.
+    pub databases: BTreeMap<String, super::DatabaseRecord>,
 }
 
 impl ClusterState {
@@ -438,6 +444,41 @@ pub enum Command {
     UnplaceIndexShard {
         id: String,
     },
+    /// Adds a version of a graph definition (creating the graph); the same definition
+    /// (`sha256`) again names the existing version (`Outcome::ModelVersion`).
+    PutGraph {
+        name: String,
+        definition: String,
+        sha256: String,
+        at_ms: u64,
+    },
+    DeleteGraph {
+        name: String,
+    },
+    StartRun(Box<super::RunRecord>),
+    /// Commits a step's result; the first result of a step wins.
+    FinishStep {
+        run: String,
+        step: Box<super::StepRecord>,
+    },
+    /// Ends a run, keeping at most `keep_finished` finished runs.
+    FinishRun {
+        run: String,
+        status: super::RunStatus,
+        outputs: String,
+        error: String,
+        at_ms: u64,
+        keep_finished: u32,
+    },
+    /// Drops finished runs beyond the newest `keep` and those finished before `before_ms`.
+    PruneRuns {
+        keep: u32,
+        before_ms: u64,
+    },
+    AddDatabase(super::DatabaseRecord),
+    RemoveDatabase {
+        name: String,
+    },
     /// Appended by a new leader; changes nothing.
     Noop,
 }
@@ -465,6 +506,14 @@ impl Command {
             Command::DeleteDocument { .. } => "delete_document",
             Command::PlaceIndexShard { .. } => "place_index_shard",
             Command::UnplaceIndexShard { .. } => "unplace_index_shard",
+            Command::PutGraph { .. } => "put_graph",
+            Command::DeleteGraph { .. } => "delete_graph",
+            Command::StartRun(_) => "start_run",
+            Command::FinishStep { .. } => "finish_step",
+            Command::FinishRun { .. } => "finish_run",
+            Command::PruneRuns { .. } => "prune_runs",
+            Command::AddDatabase(_) => "add_database",
+            Command::RemoveDatabase { .. } => "remove_database",
             Command::Noop => "noop",
         }
     }

@@ -264,6 +264,13 @@ fn gguf(root: &Path, models: &Path) -> Option<()> {
     let mut out = Cursor::new(Vec::new());
     gguf_file::write(&mut out, &arch, &[]).expect("write GGUF");
     write(&dir, "smollm2-arch-only", &out.into_inner());
+    // A header declaring alignment 0 (candle's reader divides by it; found by this target).
+    let zero = gguf_file::Value::U32(0);
+    let mut aligned = arch.clone();
+    aligned.push(("general.alignment", &zero));
+    let mut out = Cursor::new(Vec::new());
+    gguf_file::write(&mut out, &aligned, &[]).expect("write GGUF");
+    write(&dir, "alignment-zero", &out.into_inner());
     Some(())
 }
 

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod deployments;
 mod error;
 pub mod fuzzing;
+pub mod graphs;
 pub mod keys;
 pub mod knowledge;
 pub mod openai;
@@ -60,6 +61,8 @@ pub struct GatewayState {
     pub artifacts: Option<(shoal_protocol::artifact::ArtifactStore, u64)>,
     /// Where `hf://` sources are downloaded.
     pub downloads: std::path::PathBuf,
+    /// Task graphs: definitions, runs, and (embedded gateways) the runner.
+    pub graphs: Arc<crate::graphs::Graphs>,
 }
 
 pub fn router(state: Arc<GatewayState>) -> Router {
@@ -98,6 +101,16 @@ pub fn router(state: Arc<GatewayState>) -> Router {
                 .layer(axum::middleware::from_fn_with_state(state.clone(), knowledge::upload_slot)),
         )
         .route("/v1/knowledge-bases/{name}/search", post(knowledge::search))
+        .route("/v1/graphs", get(graphs::list).post(graphs::apply))
+        .route("/v1/graphs/schema", get(graphs::schema))
+        .route("/v1/graphs/{name}", get(graphs::get_one).delete(graphs::delete))
+        .route("/v1/graphs/{name}/runs", post(graphs::run_graph))
+        .route("/v1/runs", get(graphs::list_runs))
+        .route("/v1/runs/{id}", get(graphs::get_run).delete(graphs::cancel_run))
+        .route("/v1/runs/{id}/rerun", post(graphs::rerun))
+        .route("/v1/databases", post(graphs::add_database).get(graphs::list_databases))
+        .route("/v1/databases/{name}", delete(graphs::remove_database))
+        .route("/v1/databases/{name}/query", post(graphs::query_database))
         .route("/v1/keys", post(keys::create).get(keys::list))
         .route("/v1/keys/{id}", delete(keys::revoke));
     #[cfg(feature = "fault-injection")]

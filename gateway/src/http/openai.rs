@@ -224,6 +224,10 @@ pub async fn chat_completions(
     Body(req): Body<ChatRequest>,
 ) -> Result<Response, ApiError> {
     let caller = require(&headers, &gw, Scope::User)?;
+    if let Some(graph) = req.model.strip_prefix("graph:") {
+        let turns = chat_turns(&req.messages)?;
+        return super::graphs::chat_with_graph(&gw, &caller.id, graph, &turns, req.stream).await;
+    }
     caller.require_model(&req.model)?;
     let mut turns = chat_turns(&req.messages)?;
     let sampling = req.sampling.settings()?;

@@ -1,0 +1,235 @@
+//! The one GGUF header fact candle's reader trusts without checking: `general.alignment`.
+//!
+//! candle divides by it (a file declaring 0 panics the process), so the header's key/value
+//! section is walked here first, allocation-free and bounded by the file's length, and a
+//! declared alignment that is not a power of two is refused with a clear error.
+
+use std::io::{Read, Seek, SeekFrom};
+
+const MAGIC: u32 = 0x4655_4747; // "GGUF", little-endian
+const KEY: &[u8] = b"general.alignment";
+const MAX_DEPTH: u32 = 4;
+
+/// The integer value of `general.alignment` when the header declares one (negative values
+/// as they are); `None` when it declares none or the header is malformed (candle's reader
+/// then reports the problem). The reader is left where it started.
+pub(crate) fn declared_alignment<R: Read + Seek>(reader: &mut R, file_len: u64) -> Option<i128> {
+    let start = reader.stream_position().ok()?;
+    let found = walk(reader, file_len);
+    reader.seek(SeekFrom::Start(start)).ok()?;
+    found
+}
+
+/// `Err` with the message for a declared alignment candle cannot use.
+pub(crate) fn check_alignment<R: Read + Seek>(reader: &mut R, file_len: u64) -> Result<(), String> {
+    match declared_alignment(reader, file_len) {
+        Some(a) if a <= 0 || (a as u128).count_ones() != 1 => {
+            Err(format!("GGUF metadata general.alignment is {a}; it must be a power of two"))
+        }
+        _ => Ok(()),
+    }
+}
+
+struct Walker<'r, R> {
+    reader: &'r mut R,
+    wide: bool,
+    file_len: u64,
+}
+
+fn walk<R: Read + Seek>(reader: &mut R, file_len: u64) -> Option<i128> {
+    if read_u32(reader)? != MAGIC {
+        return None;
+    }
+    let wide = match read_u32(reader)? {
+        1 => false,
+        2 | 3 => true,
+        _ => return None,
+    };
+    let mut w = Walker { reader, wide, file_len };
+    let _tensors = w.length()?;
+    let entries = w.length()?;
+    for _ in 0..entries {
+        let key_len = w.length()?;
+        let is_key = if key_len == KEY.len() as u64 {
+            let mut key = [0u8; KEY.len()];
+            w.reader.read_exact(&mut key).ok()?;
+            key == KEY
+        } else {
+            w.skip(key_len)?;
+            false
+        };
+        let value_type = read_u32(w.reader)?;
+        if is_key {
+            return w.integer(value_type);
+        }
+        w.skip_value(value_type, 0)?;
+    }
+    None
+}
+
+impl<R: Read + Seek> Walker<'_, R> {
+    fn length(&mut self) -> Option<u64> {
+        if self.wide {
+            read_u64(self.reader)
+        } else {
+            read_u32(self.reader).map(u64::from)
+        }
+    }
+
+    /// Seek `n` bytes on; `None` once past the end of the file (so loops stay bounded).
+    fn skip(&mut self, n: u64) -> Option<()> {
+        let here = self.reader.stream_position().ok()?;
+        let there = here.checked_add(n)?;
+        if there > self.file_len {
+            return None;
+        }
+        self.reader.seek(SeekFrom::Start(there)).ok()?;
+        Some(())
+    }
+
+    fn integer(&mut self, value_type: u32) -> Option<i128> {
+        let mut b = [0u8; 8];
+        let n = fixed_size(value_type)?;
+        self.reader.read_exact(&mut b[..n as usize]).ok()?;
+        Some(match value_type {
+            0 => i128::from(b[0]),
+            1 => i128::from(b[0] as i8),
+            2 => i128::from(u16::from_le_bytes([b[0], b[1]])),
+            3 => i128::from(i16::from_le_bytes([b[0], b[1]])),
+            4 => i128::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            5 => i128::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            10 => i128::from(u64::from_le_bytes(b)),
+            11 => i128::from(i64::from_le_bytes(b)),
+            _ => return None,
+        })
+    }
+
+    fn skip_value(&mut self, value_type: u32, depth: u32) -> Option<()> {
+        if let Some(size) = fixed_size(value_type) {
+            return self.skip(size);
+        }
+        match value_type {
+            8 => {
+                let len = self.length()?;
+                self.skip(len)
+            }
+            9 if depth < MAX_DEPTH => {
+                let element_type = read_u32(self.reader)?;
+                let count = self.length()?;
+                if let Some(size) = fixed_size(element_type) {
+                    return self.skip(count.checked_mul(size)?);
+                }
+                // Strings and arrays take at least 4 bytes each, and `skip` stops at the
+                // end of the file, so this loop is bounded by the file's length.
+                for _ in 0..count {
+                    self.skip_value(element_type, depth + 1)?;
+                }
+                Some(())
+            }
+            _ => None,
+        }
+    }
+}
+
+fn fixed_size(value_type: u32) -> Option<u64> {
+    match value_type {
+        0 | 1 | 7 => Some(1),
+        2 | 3 => Some(2),
+        4..=6 => Some(4),
+        10..=12 => Some(8),
+        _ => None,
+    }
+}
+
+fn read_u32<R: Read>(r: &mut R) -> Option<u32> {
+    let mut b = [0u8; 4];
+    r.read_exact(&mut b).ok()?;
+    Some(u32::from_le_bytes(b))
+}
+
+fn read_u64<R: Read>(r: &mut R) -> Option<u64> {
+    let mut b = [0u8; 8];
+    r.read_exact(&mut b).ok()?;
+    Some(u64::from_le_bytes(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    /// A v3 header: no tensors, the given key/value entries (already encoded).
+    fn header(entries: &[Vec<u8>]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&MAGIC.to_le_bytes());
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(&0u64.to_le_bytes());
+        b.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+        for e in entries {
+            b.extend_from_slice(e);
+        }
+        b
+    }
+
+    fn key(name: &str, value_type: u32, value: &[u8]) -> Vec<u8> {
+        let mut b = (name.len() as u64).to_le_bytes().to_vec();
+        b.extend_from_slice(name.as_bytes());
+        b.extend_from_slice(&value_type.to_le_bytes());
+        b.extend_from_slice(value);
+        b
+    }
+
+    fn string_array(items: &[&str]) -> Vec<u8> {
+        let mut b = 8u32.to_le_bytes().to_vec();
+        b.extend_from_slice(&(items.len() as u64).to_le_bytes());
+        for s in items {
+            b.extend_from_slice(&(s.len() as u64).to_le_bytes());
+            b.extend_from_slice(s.as_bytes());
+        }
+        b
+    }
+
+    fn alignment_of(bytes: &[u8]) -> Option<i128> {
+        let mut c = Cursor::new(bytes);
+        let a = declared_alignment(&mut c, bytes.len() as u64);
+        assert_eq!(c.position(), 0, "the reader is left where it started");
+        a
+    }
+
+    #[test]
+    fn finds_the_alignment_after_strings_and_arrays() {
+        let tokens = key("tokenizer.ggml.tokens", 9, &string_array(&["a", "bc", ""]));
+        let arch = key("general.architecture", 8, &[&5u64.to_le_bytes()[..], b"llama"].concat());
+        let align = key("general.alignment", 4, &64u32.to_le_bytes());
+        assert_eq!(alignment_of(&header(&[tokens, arch, align])), Some(64));
+    }
+
+    #[test]
+    fn zero_and_odd_alignments_are_refused_and_powers_of_two_pass() {
+        for (value, ok) in [(0u32, false), (24, false), (1, true), (32, true)] {
+            let bytes = header(&[key("general.alignment", 4, &value.to_le_bytes())]);
+            let r = check_alignment(&mut Cursor::new(&bytes[..]), bytes.len() as u64);
+            assert_eq!(r.is_ok(), ok, "alignment {value}: {r:?}");
+        }
+        let negative = header(&[key("general.alignment", 5, &(-32i32).to_le_bytes())]);
+        assert!(check_alignment(&mut Cursor::new(&negative[..]), negative.len() as u64).is_err());
+    }
+
+    #[test]
+    fn no_key_or_a_malformed_header_is_left_to_the_reader() {
+        assert_eq!(alignment_of(&header(&[key("general.name", 8, &0u64.to_le_bytes())])), None);
+        assert_eq!(alignment_of(b"GGUF"), None);
+        // An array claiming 2^60 strings stops at the end of the file.
+        let mut huge = 8u32.to_le_bytes().to_vec();
+        huge.extend_from_slice(&(1u64 << 60).to_le_bytes());
+        assert_eq!(alignment_of(&header(&[key("x", 9, &huge)])), None);
+    }
+
+    #[test]
+    fn inspecting_a_file_declaring_alignment_zero_is_an_error_not_a_panic() {
+        // The input the gguf fuzz target found: candle's reader divides by the alignment.
+        let bytes = header(&[key("general.alignment", 4, &0u32.to_le_bytes())]);
+        let err = crate::inspect_gguf_bytes(&bytes).expect_err("refused").to_string();
+        assert!(err.contains("general.alignment is 0"), "{err}");
+    }
+}

@@ -1,0 +1,256 @@
+//! Task graphs on the gateway: definitions (built-in and registered), the runner actor
+//! that executes runs durably on the raft leader's embedded gateway, and the step
+//! executor. The pure part (definitions, checks, the planner) is the `shoal-graph` crate.
+
+pub mod events;
+pub mod runner;
+pub mod steps;
+pub mod tool;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+use shoal_coordinator::state::{ClusterState, DatabaseKind, RunRecord, RunStatus, StepOutcome, StepRecord};
+use shoal_graph::plan::{StepResult, StepStatus};
+use shoal_graph::{Catalog, Graph};
+use shoal_protocol::artifact::ArtifactStore;
+
+use crate::clock::Clock;
+use crate::cluster::Cluster;
+use crate::retrieval::Retrieval;
+use crate::router::Router;
+
+/// Step outputs larger than this go to the artifact store (the state keeps their hash).
+pub const INLINE_OUTPUT_BYTES: usize = 64 * 1024;
+
+/// How many finished runs the state keeps, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub keep_finished: u32,
+    pub max_age_ms: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self { keep_finished: 1000, max_age_ms: 7 * 24 * 3600 * 1000 }
+    }
+}
+
+/// What graph handling on a gateway shares.
+pub struct Graphs {
+    pub cluster: Arc<Cluster>,
+    pub router: Arc<Router>,
+    pub retrieval: Arc<Retrieval>,
+    pub clock: Clock,
+    pub events: events::RunEvents,
+    pub retention: Retention,
+    /// The artifact store for large outputs, and the coordinator it belongs to (embedded
+    /// gateways only: standalone ones do not run graphs).
+    pub artifacts: Option<(ArtifactStore, u64)>,
+    builtins: BTreeMap<String, Graph>,
+}
+
+/// Why a graph or run cannot be had.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GraphLookup {
+    NotFound(String),
+    Corrupt(String),
+}
+
+impl std::fmt::Display for GraphLookup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GraphLookup::NotFound(s) | GraphLookup::Corrupt(s) => f.write_str(s),
+        }
+    }
+}
+
+impl Graphs {
+    pub fn new(
+        cluster: Arc<Cluster>,
+        router: Arc<Router>,
+        retrieval: Arc<Retrieval>,
+        clock: Clock,
+        artifacts: Option<(ArtifactStore, u64)>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            cluster,
+            router,
+            retrieval,
+            clock,
+            events: Default::default(),
+            retention: Retention::default(),
+            artifacts,
+            builtins: shoal_graph::builtin::builtins(),
+        })
+    }
+
+    /// Where this process is, as runs record it.
+    pub fn here(&self) -> String {
+        match &self.artifacts {
+            Some((_, id)) => format!("coordinator {id}"),
+            None => "gateway".into(),
+        }
+    }
+
+    pub fn builtins(&self) -> &BTreeMap<String, Graph> {
+        &self.builtins
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, ClusterState> {
+        self.cluster.state().read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A graph's definition: a built-in (version 0), or a registered version (`None`: the
+    /// latest).
+    pub fn definition(&self, name: &str, version: Option<u32>) -> Result<(u32, Graph), GraphLookup> {
+        if let Some(g) = self.builtins.get(name) {
+            return Ok((0, g.clone()));
+        }
+        let state = self.read();
+        let record = state.graphs.get(name).ok_or_else(|| GraphLookup::NotFound(format!("no graph named '{name}'")))?;
+        let v = match version {
+            Some(v) => {
+                record.version(v).ok_or_else(|| GraphLookup::NotFound(format!("graph '{name}' has no version {v}")))?
+            }
+            None => record.latest().ok_or_else(|| GraphLookup::NotFound(format!("graph '{name}' has no versions")))?,
+        };
+        let g = serde_json::from_str::<Graph>(&v.definition).map_err(|e| {
+            GraphLookup::Corrupt(format!("graph '{name}' v{}: stored definition unreadable: {e}", v.version))
+        })?;
+        Ok((v.version, g))
+    }
+
+    /// What the cluster has, for checking definitions.
+    pub fn catalog(&self) -> Catalog {
+        let state = self.read();
+        let mut catalog = Catalog::default();
+        for name in state.deployments.keys() {
+            match state.deployed_version(name).map(|v| v.kind()) {
+                Some(shoal_protocol::EngineKind::Embed) => catalog.embedding_models.insert(name.clone()),
+                Some(_) => catalog.chat_models.insert(name.clone()),
+                None => false,
+            };
+        }
+        catalog.knowledge_bases = state.knowledge_bases.keys().cloned().collect();
+        catalog.databases = state.databases.keys().cloned().collect();
+        drop(state);
+        catalog.graphs = self.builtins.clone();
+        let names: Vec<String> = self.read().graphs.keys().cloned().collect();
+        for name in names {
+            if let Ok((_, g)) = self.definition(&name, None) {
+                catalog.graphs.insert(name, g);
+            }
+        }
+        catalog
+    }
+
+    /// A registered database, to connect to.
+    pub fn database(&self, name: &str) -> Result<shoal_sql::Database, String> {
+        let state = self.read();
+        let db = state.databases.get(name).ok_or_else(|| {
+            let known: Vec<&String> = state.databases.keys().collect();
+            format!("no database named '{name}' (registered: {known:?}; add one with `shoal db add`)")
+        })?;
+        Ok(match db.kind {
+            DatabaseKind::Sqlite => shoal_sql::Database::Sqlite { path: db.location.clone().into() },
+            DatabaseKind::Postgres => shoal_sql::Database::Postgres { url: db.location.clone() },
+        })
+    }
+
+    /// A run as the view has it.
+    pub fn run(&self, id: &str) -> Option<RunRecord> {
+        self.read().runs.get(id).cloned()
+    }
+
+    /// The committed results of a run's steps (large outputs read back from the artifact
+    /// store).
+    pub async fn results(&self, run: &RunRecord) -> Result<BTreeMap<String, StepResult>, String> {
+        let mut out = BTreeMap::new();
+        for (id, s) in &run.steps {
+            let status = match s.outcome {
+                StepOutcome::Succeeded => StepStatus::Succeeded,
+                StepOutcome::Skipped => StepStatus::Skipped,
+                StepOutcome::Failed => StepStatus::Failed,
+                StepOutcome::Recovered => StepStatus::Recovered,
+            };
+            let output = self.output_of(s).await?;
+            out.insert(id.clone(), StepResult { status, output });
+        }
+        Ok(out)
+    }
+
+    /// A step's output (fetched from the coordinator that stored it when it is large).
+    pub async fn output_of(&self, s: &StepRecord) -> Result<Value, String> {
+        if s.output_sha256.is_empty() {
+            return if s.output.is_empty() {
+                Ok(Value::Null)
+            } else {
+                serde_json::from_str(&s.output).map_err(|e| format!("step {} output unreadable: {e}", s.id))
+            };
+        }
+        let bytes = self.artifact(&s.output_sha256, s.output_bytes, s.output_stored_by).await?;
+        serde_json::from_slice(&bytes).map_err(|e| format!("step {} output unreadable: {e}", s.id))
+    }
+
+    async fn artifact(&self, sha256: &str, size: u64, stored_by: u64) -> Result<Vec<u8>, String> {
+        let Some((store, _)) = &self.artifacts else {
+            return Err("large step outputs are read on coordinators".into());
+        };
+        if !store.has(sha256) {
+            let addr = {
+                let soft = self.cluster.status().soft;
+                soft.coordinators.iter().find(|(id, _, _)| *id == stored_by).map(|(_, quic, _)| quic.clone())
+            };
+            let addr: std::net::SocketAddr = addr
+                .and_then(|a| a.parse().ok())
+                .ok_or_else(|| format!("coordinator {stored_by}, which holds output {sha256}, is not known"))?;
+            let mut stream = self
+                .cluster
+                .pool()
+                .open(addr, shoal_protocol::tls::COORDINATOR_SERVER_NAME)
+                .await
+                .map_err(|e| format!("fetching output {sha256} from coordinator {stored_by}: {e}"))?;
+            store
+                .fetch(&mut stream, sha256, size, &|_, _| {})
+                .await
+                .map_err(|e| format!("fetching output {sha256} from coordinator {stored_by}: {e}"))?;
+        }
+        std::fs::read(store.path_of(sha256)).map_err(|e| format!("reading output {sha256}: {e}"))
+    }
+
+    /// A step record for `output`: inline when small, else stored by content hash.
+    pub fn record_output(&self, record: &mut StepRecord, output: &Value) -> Result<(), String> {
+        let text = output.to_string();
+        if text.len() <= INLINE_OUTPUT_BYTES {
+            record.output = text;
+            return Ok(());
+        }
+        let Some((store, id)) = &self.artifacts else {
+            return Err("this process has no artifact store for large outputs".into());
+        };
+        let tmp = store.dir().join(format!("output-{}.tmp", rand::random::<u64>()));
+        std::fs::write(&tmp, text.as_bytes()).map_err(|e| format!("storing a large output: {e}"))?;
+        let stored = store.put_file(&tmp);
+        let _ = std::fs::remove_file(&tmp);
+        let (sha, size) = stored.map_err(|e| format!("storing a large output: {e}"))?;
+        record.output_sha256 = sha;
+        record.output_bytes = size;
+        record.output_stored_by = *id;
+        Ok(())
+    }
+
+    /// The runs the view holds, newest first, filtered.
+    pub fn runs(&self, graph: Option<&str>, status: Option<RunStatus>) -> Vec<RunRecord> {
+        let state = self.read();
+        let mut runs: Vec<RunRecord> = state
+            .runs
+            .values()
+            .filter(|r| graph.is_none_or(|g| r.graph == g) && status.is_none_or(|s| r.status == s))
+            .cloned()
+            .collect();
+        runs.sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms).then(b.id.cmp(&a.id)));
+        runs
+    }
+}
