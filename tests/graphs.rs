@@ -500,12 +500,14 @@ name: five
 allow_hosts: ["127.0.0.1:TOOLPORT"]
 steps:
   - {id: s1, kind: http, url: "http://127.0.0.1:TOOLPORT/slow/s1"}
-  - {id: s2, kind: http, url: "http://127.0.0.1:TOOLPORT/slow/s2", after: [s1]}
+  - {id: big, kind: template, template: "{% for i in range(2000) %}0123456789{% endfor %}", after: [s1]}
+  - {id: s2, kind: http, url: "http://127.0.0.1:TOOLPORT/slow/s2", after: [big]}
   - {id: s3, kind: http, url: "http://127.0.0.1:TOOLPORT/slow/s3", after: [s2]}
   - {id: s4, kind: http, url: "http://127.0.0.1:TOOLPORT/slow/s4", after: [s3]}
   - {id: s5, kind: http, url: "http://127.0.0.1:TOOLPORT/slow/s5", after: [s4]}
 outputs:
   calls: "${[steps.s1.json.n, steps.s2.json.n, steps.s3.json.n, steps.s4.json.n, steps.s5.json.n]}"
+  big: "${steps.big.text | length}"
 "#;
 
 #[test]
@@ -521,7 +523,8 @@ fn a_run_survives_the_leader_being_killed() {
     // Started through a follower's gateway (and its client gone at once); it executes on
     // the leader.
     let run_id = start_and_hang_up(&gw, "five");
-    // Kill the leader once two steps are committed.
+    // Kill the leader once two steps are committed (one of them with an output too large
+    // for the raft state: it lives in the leader's artifact store, mirrored by the others).
     wait_until(Duration::from_secs(30), "two steps committed", || {
         get_json(&format!("{gw}/v1/runs/{run_id}")).is_some_and(|r| {
             r["steps"].as_array().is_some_and(|s| s.iter().filter(|x| x["status"] == "succeeded").count() >= 2)
@@ -542,9 +545,13 @@ fn a_run_survives_the_leader_being_killed() {
         get_json(&format!("{gw}/v1/runs/{run_id}")).is_some_and(|r| r["status"] == "succeeded")
     });
     let after = get_json(&format!("{gw}/v1/runs/{run_id}")).expect("run");
+    assert_eq!(after["outputs"]["big"], 20_000, "{after}");
+    assert_eq!(step(&after, "big")["output_bytes"], 20_011, "the large output went to the artifact store");
     for s in &committed {
-        assert_eq!(tool.count(&format!("/slow/{s}")), 1, "step {s} was committed before the kill and ran again");
-        assert_eq!(step(&after, s)["finished_at_ms"], step(&before, s)["finished_at_ms"]);
+        if s != "big" {
+            assert_eq!(tool.count(&format!("/slow/{s}")), 1, "step {s} was committed before the kill and ran again");
+        }
+        assert_eq!(step(&after, s)["finished_at_ms"], step(&before, s)["finished_at_ms"], "step {s} ran again");
     }
     for s in ["s1", "s2", "s3", "s4", "s5"] {
         let n = tool.count(&format!("/slow/{s}"));

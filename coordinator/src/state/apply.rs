@@ -337,6 +337,9 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Outcome {
         },
         Command::StartRun(run) => super::graphs::start_run(&mut state.runs, &state.graphs, run),
         Command::FinishStep { run, step } => super::graphs::finish_step(&mut state.runs, run, step),
+        Command::ForgetStep { run, step, output_sha256 } => {
+            super::graphs::forget_step(&mut state.runs, run, step, output_sha256)
+        }
         Command::FinishRun { run, status, outputs, error, at_ms, keep_finished } => {
             super::graphs::finish_run(&mut state.runs, run, *status, outputs, error, *at_ms, *keep_finished)
         }

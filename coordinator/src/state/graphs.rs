@@ -194,6 +194,20 @@ pub(super) fn finish_step(runs: &mut BTreeMap<String, RunRecord>, run: &str, ste
     Outcome::Applied
 }
 
+/// Drops a step result whose large output is lost (fenced by its hash: only that result).
+pub(super) fn forget_step(runs: &mut BTreeMap<String, RunRecord>, run: &str, step: &str, sha256: &str) -> Outcome {
+    let Some(r) = runs.get_mut(run) else {
+        return Outcome::ignored("no such run");
+    };
+    match r.steps.get(step) {
+        Some(s) if r.status == RunStatus::Running && !s.output_sha256.is_empty() && s.output_sha256 == sha256 => {
+            r.steps.remove(step);
+            Outcome::Applied
+        }
+        _ => Outcome::ignored("not that result of a running run"),
+    }
+}
+
 /// Ends a run, then keeps at most `keep_finished` finished runs (the oldest go first).
 pub(super) fn finish_run(
     runs: &mut BTreeMap<String, RunRecord>,

@@ -461,6 +461,13 @@ pub enum Command {
         run: String,
         step: Box<super::StepRecord>,
     },
+    /// Drops a step's committed result whose large output no live coordinator holds any
+    /// more (only such a step runs again).
+    ForgetStep {
+        run: String,
+        step: String,
+        output_sha256: String,
+    },
     /// Ends a run, keeping at most `keep_finished` finished runs.
     FinishRun {
         run: String,
@@ -510,6 +517,7 @@ impl Command {
             Command::DeleteGraph { .. } => "delete_graph",
             Command::StartRun(_) => "start_run",
             Command::FinishStep { .. } => "finish_step",
+            Command::ForgetStep { .. } => "forget_step",
             Command::FinishRun { .. } => "finish_run",
             Command::PruneRuns { .. } => "prune_runs",
             Command::AddDatabase(_) => "add_database",

@@ -21,8 +21,9 @@ use crate::cluster::Cluster;
 use crate::retrieval::Retrieval;
 use crate::router::Router;
 
-/// Step outputs larger than this go to the artifact store (the state keeps their hash).
-pub const INLINE_OUTPUT_BYTES: usize = 64 * 1024;
+/// Step outputs larger than this go to the artifact store (the state keeps their hash), so
+/// a thousand retained runs stay a few megabytes of raft state.
+pub const INLINE_OUTPUT_BYTES: usize = 8 * 1024;
 
 /// How many finished runs the state keeps, and for how long.
 #[derive(Debug, Clone, Copy)]
@@ -49,6 +50,8 @@ pub struct Graphs {
     /// gateways only: standalone ones do not run graphs).
     pub artifacts: Option<(ArtifactStore, u64)>,
     builtins: BTreeMap<String, Graph>,
+    /// Large outputs being mirrored from the coordinator that stored them.
+    mirroring: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// Why a graph or run cannot be had.
@@ -83,6 +86,7 @@ impl Graphs {
             retention: Retention::default(),
             artifacts,
             builtins: shoal_graph::builtin::builtins(),
+            mirroring: Default::default(),
         })
     }
 
@@ -194,30 +198,78 @@ impl Graphs {
         serde_json::from_slice(&bytes).map_err(|e| format!("step {} output unreadable: {e}", s.id))
     }
 
+    /// A large output's bytes: from this coordinator's store, else fetched from the one that
+    /// stored it, else from any other coordinator that mirrored it.
     async fn artifact(&self, sha256: &str, size: u64, stored_by: u64) -> Result<Vec<u8>, String> {
-        let Some((store, _)) = &self.artifacts else {
+        let Some((store, me)) = &self.artifacts else {
             return Err("large step outputs are read on coordinators".into());
         };
         if !store.has(sha256) {
-            let addr = {
+            let mut holders: Vec<(u64, String)> = {
                 let soft = self.cluster.status().soft;
-                soft.coordinators.iter().find(|(id, _, _)| *id == stored_by).map(|(_, quic, _)| quic.clone())
+                soft.coordinators
+                    .iter()
+                    .filter(|(id, _, _)| id != me)
+                    .map(|(id, quic, _)| (*id, quic.clone()))
+                    .collect()
             };
-            let addr: std::net::SocketAddr = addr
-                .and_then(|a| a.parse().ok())
-                .ok_or_else(|| format!("coordinator {stored_by}, which holds output {sha256}, is not known"))?;
-            let mut stream = self
-                .cluster
-                .pool()
-                .open(addr, shoal_protocol::tls::COORDINATOR_SERVER_NAME)
-                .await
-                .map_err(|e| format!("fetching output {sha256} from coordinator {stored_by}: {e}"))?;
-            store
-                .fetch(&mut stream, sha256, size, &|_, _| {})
-                .await
-                .map_err(|e| format!("fetching output {sha256} from coordinator {stored_by}: {e}"))?;
+            holders.sort_by_key(|(id, _)| *id != stored_by);
+            let mut why = Vec::new();
+            for (id, quic) in holders {
+                let Ok(addr) = quic.parse::<std::net::SocketAddr>() else { continue };
+                let fetched = async {
+                    let mut stream = self
+                        .cluster
+                        .pool()
+                        .open(addr, shoal_protocol::tls::COORDINATOR_SERVER_NAME)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    store.fetch(&mut stream, sha256, size, &|_, _| {}).await.map_err(|e| e.to_string())
+                };
+                match tokio::time::timeout(std::time::Duration::from_secs(10), fetched).await {
+                    Ok(Ok(_)) => break,
+                    Ok(Err(e)) => why.push(format!("coordinator {id}: {e}")),
+                    Err(_) => why.push(format!("coordinator {id}: timed out")),
+                }
+            }
+            if !store.has(sha256) {
+                return Err(format!("output {sha256} is on no reachable coordinator ({})", why.join("; ")));
+            }
         }
         std::fs::read(store.path_of(sha256)).map_err(|e| format!("reading output {sha256}: {e}"))
+    }
+
+    /// Whether this coordinator holds a step's large output.
+    pub fn holds_output(&self, s: &StepRecord) -> bool {
+        s.output_sha256.is_empty() || self.artifacts.as_ref().is_some_and(|(store, _)| store.has(&s.output_sha256))
+    }
+
+    /// Copies the large outputs other coordinators stored into this one's store, so that
+    /// one survives the loss of the coordinator that stored it.
+    pub fn mirror_outputs(self: &Arc<Self>) {
+        let Some((store, _)) = &self.artifacts else { return };
+        let wanted: Vec<(String, u64, u64)> = {
+            let state = self.read();
+            state
+                .runs
+                .values()
+                .flat_map(|r| r.steps.values())
+                .filter(|s| !s.output_sha256.is_empty() && !store.has(&s.output_sha256))
+                .map(|s| (s.output_sha256.clone(), s.output_bytes, s.output_stored_by))
+                .collect()
+        };
+        for (sha, size, by) in wanted {
+            if !self.mirroring.lock().unwrap_or_else(|p| p.into_inner()).insert(sha.clone()) {
+                continue;
+            }
+            let g = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = g.artifact(&sha, size, by).await {
+                    tracing::debug!(error = %e, "mirroring a large step output");
+                }
+                g.mirroring.lock().unwrap_or_else(|p| p.into_inner()).remove(&sha);
+            });
+        }
     }
 
     /// A step record for `output`: inline when small, else stored by content hash.

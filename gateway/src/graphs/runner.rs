@@ -27,6 +27,9 @@ use super::Graphs;
 const TICK: Duration = Duration::from_millis(200);
 /// How often a run being driven re-reads its state (cancellation) while steps execute.
 const RECHECK: Duration = Duration::from_millis(250);
+/// How long a run waits for a large step output held by an unreachable coordinator before
+/// that step's result is given up and the step runs again.
+const LOST_OUTPUT_GRACE: Duration = Duration::from_secs(30);
 /// How often finished runs past their age are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
@@ -126,6 +129,7 @@ pub async fn run(graphs: Arc<Graphs>) {
             _ = changes.changed() => {}
             _ = tokio::time::sleep(TICK) => {}
         }
+        graphs.mirror_outputs();
         if !graphs.cluster.is_leader_here() {
             if leading {
                 info!(runs = drivers.len(), "no longer the leader: the new leader's runner resumes the runs");
@@ -241,6 +245,7 @@ fn record(id: &str, kind: &str, status: StepStatus, error: String, at_ms: u64) -
 async fn drive(graphs: Arc<Graphs>, run_id: String) {
     let mut executing: JoinSet<(String, Attempted)> = JoinSet::new();
     let mut names: BTreeSet<String> = BTreeSet::new();
+    let mut unreadable_since: Option<Instant> = None;
     loop {
         let Some(run) = graphs.run(&run_id) else { return };
         if run.status != RunStatus::Running {
@@ -252,9 +257,28 @@ async fn drive(graphs: Arc<Graphs>, run_id: String) {
         };
         let inputs: Value = serde_json::from_str(&run.inputs).unwrap_or(Value::Null);
         let results = match graphs.results(&run).await {
-            Ok(r) => r,
+            Ok(r) => {
+                unreadable_since = None;
+                r
+            }
             Err(e) => {
                 warn!(error = %e, "reading the run's committed results");
+                // A large output no live coordinator holds: after a grace period, drop
+                // that result so the step runs again (the only case a committed step does).
+                if unreadable_since.get_or_insert_with(Instant::now).elapsed() >= LOST_OUTPUT_GRACE {
+                    for s in run.steps.values().filter(|s| !graphs.holds_output(s)) {
+                        warn!(step = %s.id, sha256 = %s.output_sha256, "a step's output is lost: running the step again");
+                        let cmd = Command::ForgetStep {
+                            run: run_id.clone(),
+                            step: s.id.clone(),
+                            output_sha256: s.output_sha256.clone(),
+                        };
+                        if !commit(&graphs, cmd).await {
+                            return;
+                        }
+                    }
+                    unreadable_since = None;
+                }
                 tokio::time::sleep(RECHECK).await;
                 continue;
             }
