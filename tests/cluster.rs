@@ -428,6 +428,44 @@ fn keys_have_scopes_models_limits_and_can_be_revoked() {
     let out = run(&["key", "revoke", &admin_id, "--gateway", &gw]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("last admin key"));
+
+    // The audit log recorded the mutations, the admin reads and every refusal, with the
+    // key's id and name, and never a secret.
+    let audit = || get_json(&coord.url("/v1/audit")).expect("audit")["data"].as_array().cloned().unwrap_or_default();
+    wait_until(Duration::from_secs(10), "the revocation is in the audit log", || {
+        audit().iter().any(|r| r["uri"] == format!("/v1/keys/{id}") && r["verb"] == "delete" && r["code"] == 200)
+    });
+    let records = audit();
+    let has = |pred: &dyn Fn(&serde_json::Value) -> bool, what: &str| {
+        assert!(records.iter().any(pred), "no audit record of {what} in {records:#?}");
+    };
+    has(
+        &|r| r["uri"] == "/v1/keys" && r["method"] == "POST" && r["code"] == 201 && r["key_id"] == admin_id,
+        "the key creation",
+    );
+    has(
+        &|r| r["uri"] == "/v1/keys" && r["code"] == 403 && r["key_name"] == "app" && r["reason"] == "auth_failure",
+        "the user key's admin read",
+    );
+    has(&|r| r["uri"] == "/v1/tokens" && r["code"] == 403 && r["key_id"] == id, "the user key's token request");
+    has(&|r| r["uri"] == "/v1/models" && r["code"] == 401 && r["key_id"] == "", "the revoked key");
+    has(
+        &|r| r["uri"] == "/v1/keys" && r["method"] == "GET" && r["code"] == 200 && r["reason"] == "admin_read",
+        "an admin read",
+    );
+    has(&|r| r["uri"] == format!("/v1/keys/{admin_id}") && r["code"].as_u64() >= Some(400), "the refused revocation");
+    assert!(records.iter().all(|r| r["source"].as_str().is_some_and(|s| s.starts_with("127.0.0.1:"))), "{records:#?}");
+    assert!(!records.iter().any(|r| r["uri"] == "/v1/models" && r["code"] == 200), "plain reads are not audited");
+    let out = run(&["audit", "--failed", "--key", "app", "--gateway", &gw]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("/v1/tokens") && text.contains("403") && !text.contains(" 201 "), "{text}");
+    let files: Vec<_> = walk(&coord.dir).into_iter().filter(|p| p.to_string_lossy().contains("audit.jsonl")).collect();
+    assert!(!files.is_empty(), "no audit file under {}", coord.dir.display());
+    for f in files {
+        let text = std::fs::read_to_string(&f).expect("audit file");
+        assert!(!text.contains(&key) && !text.contains(API_KEY), "a secret in {}", f.display());
+    }
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

@@ -7,6 +7,7 @@
 //! write to them. Any number can run; `shoal up` and `shoal coordinator` embed one.
 //! What it must not do: decide placements or write the state other than through a proposal.
 
+pub mod audit;
 pub mod cluster;
 pub mod error;
 pub mod graphs;

@@ -36,6 +36,8 @@ pub struct GatewayOptions {
     pub configured: Vec<(u64, String, String)>,
     /// Where `hf://` sources are downloaded.
     pub downloads: PathBuf,
+    /// Where the audit log is kept (`None`: no audit log).
+    pub audit_dir: Option<PathBuf>,
 }
 
 /// A running gateway.
@@ -61,6 +63,10 @@ impl Gateway {
         let retrieval =
             Arc::new(crate::retrieval::Retrieval::new(cluster.clone(), router.clone(), opts.client.clone(), clock)?);
         let held = Arc::new(Mutex::new(opts.hold_ready.clone()));
+        let audit = match &opts.audit_dir {
+            Some(dir) => Some(crate::audit::AuditLog::open(dir).map_err(|e| GatewayError::io(dir, e))?),
+            None => None,
+        };
         let graphs = crate::graphs::Graphs::new(
             cluster.clone(),
             router.clone(),
@@ -88,6 +94,7 @@ impl Gateway {
             artifacts: opts.artifacts.clone(),
             downloads: opts.downloads.clone(),
             graphs,
+            audit,
         });
         tokio::spawn(async move {
             http::server::serve(listener, http::router(gw), http::server::HttpLimits::default()).await;
@@ -124,6 +131,7 @@ impl Gateway {
             artifacts: Some((coord.artifacts.clone(), coord.id)),
             configured: config.coordinators.iter().map(|c| (c.id, c.quic.to_string(), c.http.to_string())).collect(),
             downloads: data_dir.join("downloads"),
+            audit_dir: Some(data_dir.join("audit")),
         })
         .await
     }

@@ -133,3 +133,5 @@ pub const GRAPH_RUNS_IN_FLIGHT: &str = "shoal_graph_runs_in_flight";
 pub const GRAPH_STEP_SECONDS: &str = "shoal_graph_step_duration_seconds";
 /// Step tries after the first, by step `kind`.
 pub const GRAPH_STEP_RETRIES: &str = "shoal_graph_step_retries_total";
+/// Audit records dropped (the writer's queue was full, or the disk refused them).
+pub const AUDIT_DROPPED: &str = "shoal_audit_dropped_total";

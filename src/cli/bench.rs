@@ -35,6 +35,13 @@ pub enum BenchCommand {
     /// memory per node, heartbeat round trip p50/p99, dead-node detection time, and the
     /// scheduler's time to place 1,000 deployments.
     Scale(super::bench_scale::ScaleBench),
+    /// Task graphs: per-step overhead of durable runs (a chain of 10 template steps, each
+    /// committed through raft), sequential and concurrent, beside LangGraph with its SQLite
+    /// checkpointer in the same run.
+    Graphs(super::bench_graphs::GraphsBench),
+    /// Text-to-SQL execution accuracy on the first questions of Spider's dev set through the
+    /// product's qa-db prompts, per chat model, on generated SQLite files (several seeds).
+    Sql(super::bench_sql::SqlBench),
 }
 
 #[derive(Debug, Args)]
@@ -74,6 +81,8 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Recall(a) => tokio::task::spawn_blocking(move || super::bench_recall::run(a)).await?,
         BenchCommand::Chaos(a) => tokio::task::spawn_blocking(move || super::bench_chaos::run(a)).await?,
         BenchCommand::Scale(a) => super::bench_scale::run(a).await,
+        BenchCommand::Graphs(a) => tokio::task::spawn_blocking(move || super::bench_graphs::run(a)).await?,
+        BenchCommand::Sql(a) => tokio::task::spawn_blocking(move || super::bench_sql::run(a)).await?,
     }
 }
 

@@ -85,6 +85,7 @@ pub async fn run(a: GatewayArgs) -> anyhow::Result<()> {
         artifacts: None,
         configured: Vec::new(),
         downloads: a.data_dir.join("downloads"),
+        audit_dir: Some(a.data_dir.join("audit")),
     })
     .await
     .context("the gateway failed to start")?;

@@ -1,9 +1,12 @@
+mod audit;
 mod bench;
 mod bench_chaos;
+mod bench_graphs;
 mod bench_pipeline;
 mod bench_recall;
 mod bench_scale;
 mod bench_serve;
+mod bench_sql;
 mod chat;
 mod client;
 mod coordinator;
@@ -71,6 +74,8 @@ pub enum Command {
         #[command(subcommand)]
         command: key::KeyCommand,
     },
+    /// The gateway's audit log: mutations, admin reads, authentication failures.
+    Audit(audit::AuditArgs),
     /// Run benchmarks and print their figures.
     Bench {
         #[command(subcommand)]
@@ -108,6 +113,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Graph { command } => graph::run(command).await,
         Command::Db { command } => graph::run_db(command).await,
         Command::Bench { command } => bench::run(command).await,
+        Command::Audit(a) => audit::run(a).await,
     }
 }
 

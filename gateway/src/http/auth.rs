@@ -115,8 +115,11 @@ pub async fn layer(State(gw): State<Arc<GatewayState>>, mut req: Request, next: 
         )
         .into_response();
     }
-    req.extensions_mut().insert(caller);
-    next.run(req).await
+    req.extensions_mut().insert(caller.clone());
+    let mut response = next.run(req).await;
+    // The audit layer, outside this one, records who it was.
+    response.extensions_mut().insert(caller);
+    response
 }
 
 #[cfg(test)]

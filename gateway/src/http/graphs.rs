@@ -257,6 +257,9 @@ fn stream_run(
         }
         let mut seen: BTreeSet<String> = BTreeSet::new();
         let mut changes = gw.cluster.index_changes();
+        // A live event waits until the view's finished steps are out, so a client sees
+        // `step_finished` of a step before `step_started` of the steps after it.
+        let mut pending: Option<Value> = None;
         loop {
             let Some(now) = graphs(&gw).run(&id) else { return };
             for (sid, s) in &now.steps {
@@ -275,9 +278,14 @@ fn stream_run(
                 let _ = tx.send(ev).await;
                 return;
             }
+            if let Some(ev) = pending.take() {
+                if tx.send(ev).await.is_err() {
+                    return;
+                }
+            }
             tokio::select! {
                 ev = live.recv() => match ev {
-                    Ok(ev) => { if tx.send(ev).await.is_err() { return; } }
+                    Ok(ev) => pending = Some(ev),
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => live = graphs(&gw).events.subscribe(&id),
                 },

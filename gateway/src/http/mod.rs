@@ -1,6 +1,7 @@
 //! The HTTP gateway (axum): health, readiness, metrics, and the admin API.
 //! Errors use the OpenAI error shape.
 
+pub mod audit;
 pub mod auth;
 pub mod deployments;
 mod error;
@@ -63,6 +64,8 @@ pub struct GatewayState {
     pub downloads: std::path::PathBuf,
     /// Task graphs: definitions, runs, and (embedded gateways) the runner.
     pub graphs: Arc<crate::graphs::Graphs>,
+    /// The audit log (every gateway started with a data dir keeps one).
+    pub audit: Option<crate::audit::AuditLog>,
 }
 
 pub fn router(state: Arc<GatewayState>) -> Router {
@@ -111,6 +114,7 @@ pub fn router(state: Arc<GatewayState>) -> Router {
         .route("/v1/databases", post(graphs::add_database).get(graphs::list_databases))
         .route("/v1/databases/{name}", delete(graphs::remove_database))
         .route("/v1/databases/{name}/query", post(graphs::query_database))
+        .route("/v1/audit", get(audit::list))
         .route("/v1/keys", post(keys::create).get(keys::list))
         .route("/v1/keys/{id}", delete(keys::revoke));
     #[cfg(feature = "fault-injection")]
@@ -119,6 +123,7 @@ pub fn router(state: Arc<GatewayState>) -> Router {
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::layer))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), audit::layer))
         .with_state(state)
 }
 

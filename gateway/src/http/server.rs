@@ -60,7 +60,13 @@ pub async fn serve(listener: TcpListener, app: Router, limits: HttpLimits) {
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
+        let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+            app.clone(),
+            move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(super::audit::PeerAddr(peer));
+                req
+            },
+        ));
         let builder = builder.clone();
         tokio::spawn(async move {
             metrics::gauge!(m::HTTP_CONNECTIONS).increment(1.0);
