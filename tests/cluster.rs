@@ -45,6 +45,35 @@ fn nodes_join_report_capacity_die_on_sigkill_return_fenced_and_survive_a_coordin
         coord.node("alpha").map(|n| n["last_heartbeat_unix_ms"].as_u64().is_some()).unwrap_or(false)
     });
 
+    // Every node serves its metrics by default (the second on this host on a free port), and
+    // Prometheus finds both nodes and the coordinator through HTTP service discovery.
+    let groups = get_json(&coord.url("/v1/prometheus/targets")).expect("targets");
+    let target = |role: &str, label: &str, value: &str| {
+        groups.as_array().and_then(|g| {
+            g.iter()
+                .find(|t| t["labels"]["shoal_role"] == role && t["labels"][label] == value)
+                .and_then(|t| t["targets"][0].as_str().map(String::from))
+        })
+    };
+    assert_eq!(
+        target("coordinator", "shoal_coordinator", "1").as_deref(),
+        Some(coord.http.to_string().as_str()),
+        "{groups}"
+    );
+    let (alpha_metrics, beta_metrics) = (target("node", "shoal_node", "alpha"), target("node", "shoal_node", "beta"));
+    let (alpha_metrics, beta_metrics) =
+        (alpha_metrics.expect("alpha is a target"), beta_metrics.expect("beta is a target"));
+    assert_ne!(alpha_metrics, beta_metrics);
+    for t in [&alpha_metrics, &beta_metrics] {
+        let (status, text) = get(&format!("http://{t}/metrics"), None).expect("node metrics");
+        assert_eq!(status, 200);
+        assert!(text.contains("shoal_node_heartbeats_sent_total"), "{text}");
+    }
+    assert_eq!(coord.node("alpha").expect("alpha")["metrics"], format!("http://{alpha_metrics}/metrics"));
+    let out = run(&["prometheus", "config", "--gateway", &coord.gateway()]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success() && text.contains(&format!("http://{}/v1/prometheus/targets", coord.http)), "{text}");
+
     // `shoal status` shows the same, as a table.
     let out = run(&["status", "--gateway", &coord.gateway()]);
     let text = String::from_utf8_lossy(&out.stdout);

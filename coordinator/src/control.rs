@@ -285,6 +285,7 @@ impl ControlPlane {
             address: r.address,
             capacity: r.capacity,
             labels: r.labels,
+            metrics: r.metrics,
             incarnation: r.incarnation,
             at_ms: self.clock.unix_ms(),
         };

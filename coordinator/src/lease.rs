@@ -113,6 +113,7 @@ mod tests {
                 address: String::new(),
                 capacity: Default::default(),
                 labels: vec![],
+                metrics: String::new(),
                 incarnation: 1,
                 at_ms: 0,
             },

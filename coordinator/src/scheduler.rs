@@ -474,6 +474,7 @@ pub(crate) mod tests {
             address: "127.0.0.1:1".into(),
             capacity: Capacity { cpu_cores: 2, memory_total_bytes: mem_gib << 30, accelerators: vec![] },
             labels: vec![],
+            metrics: String::new(),
             state: NodeState::Ready,
             generation: 1,
             incarnation: 1,
@@ -650,6 +651,7 @@ pub(crate) mod tests {
             address: "127.0.0.1:1".into(),
             capacity: s.nodes["a"].capacity.clone(),
             labels: vec![],
+            metrics: String::new(),
             incarnation,
             at_ms: 9,
         };
@@ -806,6 +808,7 @@ pub(crate) mod tests {
             address: "127.0.0.1:2".into(),
             capacity,
             labels: vec![],
+            metrics: String::new(),
             incarnation: 7,
             at_ms: 10,
         };

@@ -100,6 +100,7 @@ fn command(op: &Op) -> Option<Command> {
             address: String::new(),
             capacity: Default::default(),
             labels: vec![],
+            metrics: String::new(),
             incarnation: 0,
             at_ms: 0,
         }),

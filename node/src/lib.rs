@@ -41,6 +41,9 @@ pub struct NodeOptions {
     pub listen: SocketAddr,
     pub accelerators: Vec<Accelerator>,
     pub labels: Vec<Label>,
+    /// Where this node serves Prometheus metrics, reported to the coordinators so that
+    /// `GET /v1/prometheus/targets` lists it (`None`: it serves none of its own).
+    pub metrics: Option<SocketAddr>,
     /// How long one step of a split model may take from this node's stage to the end of its chain.
     pub stage_timeout: std::time::Duration,
 }
@@ -95,6 +98,7 @@ impl Node {
             data_address: data_addr.to_string(),
             capacity: capacity.clone(),
             labels: opts.labels,
+            metrics: opts.metrics.map(|a| a.to_string()).unwrap_or_default(),
             host: host.clone(),
             incarnation: rand::random::<u64>() | 1,
             known_coordinators: Default::default(),

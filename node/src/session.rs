@@ -24,6 +24,8 @@ pub struct SessionContext {
     pub data_address: String,
     pub capacity: Capacity,
     pub labels: Vec<Label>,
+    /// Where the node serves Prometheus metrics (empty: none).
+    pub metrics: String,
     /// The coordinator the last session broke on.
     pub suspect: std::sync::Mutex<Option<String>>,
     /// Every coordinator's QUIC address, as the cluster last told us.
@@ -88,6 +90,7 @@ async fn run_with(
             address: ctx.data_address.clone(),
             capacity: ctx.capacity.clone(),
             labels: ctx.labels.clone(),
+            metrics: ctx.metrics.clone(),
             incarnation: ctx.incarnation,
         };
         let (generation, interval, lease) = match stream.call(&Request::Register(register)).await? {

@@ -44,6 +44,7 @@ fn messages() -> Vec<(&'static str, Request)> {
                 address: "10.0.0.17:7200".into(),
                 capacity: capacity(),
                 labels: vec![Label { key: "zone".into(), value: "a".into() }],
+                metrics: "10.0.0.17:9100".into(),
                 incarnation: 7,
             }),
         ),

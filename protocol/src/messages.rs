@@ -129,6 +129,8 @@ pub struct RegisterRequest {
     pub address: String,
     pub capacity: Capacity,
     pub labels: Vec<Label>,
+    /// Where the node serves Prometheus metrics (`host:port`); empty when it serves none.
+    pub metrics: String,
     /// Random per node process: a reconnect of the same process (e.g. after a coordinator
     /// leader change) keeps its replicas; a restarted process starts empty.
     pub incarnation: u64,

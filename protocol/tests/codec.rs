@@ -55,6 +55,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
                 address,
                 capacity,
                 labels: labels.into_iter().map(|(key, value)| Label { key, value }).collect(),
+                metrics: "127.0.0.1:9100".into(),
                 incarnation: 7,
             })),
         (arb_string(), any::<u64>(), any::<u64>(), any::<u32>(), prop::collection::vec(any::<u64>(), 0..4)).prop_map(

@@ -299,6 +299,7 @@ async fn register(
         address: "127.0.0.1:9".into(),
         capacity: Capacity { cpu_cores: 8, memory_total_bytes: 32 << 30, accelerators: vec![] },
         labels: vec![],
+        metrics: String::new(),
         incarnation: rand::random(),
     };
     match stream.call(&Request::Register(register)).await? {

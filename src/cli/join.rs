@@ -46,6 +46,7 @@ impl NodeArgs {
             listen,
             accelerators,
             labels,
+            metrics: None,
             stage_timeout: std::time::Duration::from_secs_f64(self.stage_timeout),
         })
     }
@@ -76,10 +77,15 @@ pub struct JoinArgs {
     /// 127.0.0.1:7200, or a free port when that is taken (another node on this machine).
     #[arg(long)]
     pub listen: Option<SocketAddr>,
-    /// Serve this node's Prometheus metrics (replicas, batching, KV cache, artifacts) on
-    /// http://ADDR/metrics.
+    /// Where this node serves its Prometheus metrics (replicas, batching, KV cache,
+    /// artifacts) on http://ADDR/metrics; the coordinators list it in
+    /// `GET /v1/prometheus/targets`. Default: 127.0.0.1:9100, or a free loopback port when
+    /// that is taken. Use 0.0.0.0:PORT for a Prometheus on another machine.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+    /// Serve no metrics.
+    #[arg(long, conflicts_with = "metrics")]
+    pub no_metrics: bool,
     #[command(flatten)]
     pub node: NodeArgs,
 }
@@ -136,6 +142,39 @@ fn choose_listen(given: Option<SocketAddr>, data_dir: &std::path::Path) -> anyho
     Ok(free)
 }
 
+/// The default metrics address when none is given.
+const DEFAULT_METRICS: &str = "127.0.0.1:9100";
+
+/// Serves metrics on `--metrics`, else on the default address, else on a free loopback
+/// port (another node on this host has the default); the address it serves on.
+fn install_metrics(given: Option<SocketAddr>) -> anyhow::Result<SocketAddr> {
+    if let Some(addr) = given {
+        super::preflight::check_tcp(addr, "metrics", "--metrics")?;
+        shoal_coordinator::telemetry::install_with(Some(addr))?;
+        return Ok(addr);
+    }
+    let wanted: SocketAddr = DEFAULT_METRICS.parse()?;
+    if shoal_coordinator::telemetry::install_with(Some(wanted)).is_ok() {
+        return Ok(wanted);
+    }
+    // Taken: a free port, retried in case another process takes it first.
+    let mut last = None;
+    for _ in 0..5 {
+        let free = std::net::TcpListener::bind((wanted.ip(), 0))?.local_addr()?;
+        match shoal_coordinator::telemetry::install_with(Some(free)) {
+            Ok(_) => {
+                println!("{wanted} is taken (another node on this machine?); serving metrics on {free} instead (--metrics chooses)");
+                return Ok(free);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(anyhow::anyhow!(
+        "cannot serve metrics on any loopback port: {}",
+        last.map(|e| e.to_string()).unwrap_or_default()
+    ))
+}
+
 pub async fn run(a: JoinArgs) -> anyhow::Result<()> {
     let _lock = super::preflight::lock_data_dir(&a.data_dir, "--data-dir")?;
     let listen = choose_listen(a.listen, &a.data_dir)?;
@@ -144,12 +183,11 @@ pub async fn run(a: JoinArgs) -> anyhow::Result<()> {
     let mut opts = a.node.options(a.data_dir, a.coordinator, listen)?;
     opts.token = a.token.as_deref().map(JoinToken::parse).transpose().context("--token")?;
     opts.ca_hash = a.ca_hash.as_deref().map(parse_ca_hash).transpose().context("--ca-hash")?;
-    if a.metrics.is_some() {
-        shoal_coordinator::telemetry::install_with(a.metrics)?;
-    }
+    let metrics = if a.no_metrics { None } else { Some(install_metrics(a.metrics)?) };
+    opts.metrics = metrics;
     let node = Node::start(opts).await?;
     println!("node {} joined: {} · data plane {}", node.node_id, describe(&node), node.data_addr);
-    if let Some(addr) = a.metrics {
+    if let Some(addr) = metrics {
         println!("metrics on http://{addr}/metrics");
     }
     super::shutdown_signal().await;

@@ -18,6 +18,7 @@ mod join;
 mod kb;
 mod key;
 mod preflight;
+mod prometheus;
 mod status;
 mod token;
 mod up;
@@ -74,6 +75,11 @@ pub enum Command {
         #[command(subcommand)]
         command: key::KeyCommand,
     },
+    /// Prometheus: a prometheus.yml that discovers every coordinator and node.
+    Prometheus {
+        #[command(subcommand)]
+        command: prometheus::PrometheusCommand,
+    },
     /// The gateway's audit log: mutations, admin reads, authentication failures.
     Audit(audit::AuditArgs),
     /// Run benchmarks and print their figures.
@@ -114,6 +120,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Db { command } => graph::run_db(command).await,
         Command::Bench { command } => bench::run(command).await,
         Command::Audit(a) => audit::run(a).await,
+        Command::Prometheus { command } => prometheus::run(command).await,
     }
 }
 

@@ -58,6 +58,7 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Outcome {
                     address: String::new(),
                     capacity: Default::default(),
                     labels: Vec::new(),
+                    metrics: String::new(),
                     state: NodeState::Joining,
                     generation: 0,
                     incarnation: 0,
@@ -67,7 +68,7 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Outcome {
             );
             Outcome::Applied
         }
-        Command::NodeUp { id, name, address, capacity, labels, incarnation, at_ms } => {
+        Command::NodeUp { id, name, address, capacity, labels, metrics, incarnation, at_ms } => {
             let Some(node) = state.nodes.get_mut(id) else {
                 return Outcome::rejected("unknown node");
             };
@@ -76,6 +77,7 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Outcome {
             node.address = address.clone();
             node.capacity = capacity.clone();
             node.labels = labels.clone();
+            node.metrics = metrics.clone();
             if node.state != NodeState::Ready {
                 node.state_changed_at_ms = *at_ms;
             }
@@ -398,6 +400,7 @@ mod tests {
             address: "127.0.0.1:1".into(),
             capacity: Default::default(),
             labels: vec![],
+            metrics: String::new(),
             incarnation: at,
             at_ms: at,
         }

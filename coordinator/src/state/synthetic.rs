@@ -120,8 +120,16 @@ fn admit_nodes(s: &mut ClusterState, nodes: usize, cpu_cores: u32, memory_total_
             let capacity =
                 shoal_protocol::messages::Capacity { cpu_cores, memory_total_bytes, accelerators: Vec::new() };
             let address = format!("10.{}.{}.{}:7200", i >> 16 & 255, i >> 8 & 255, i & 255);
-            let up =
-                Command::NodeUp { id: id.clone(), name, address, capacity, labels: vec![], incarnation: 1, at_ms: 2 };
+            let up = Command::NodeUp {
+                id: id.clone(),
+                name,
+                address,
+                capacity,
+                labels: vec![],
+                metrics: String::new(),
+                incarnation: 1,
+                at_ms: 2,
+            };
             apply(s, &up);
             id
         })

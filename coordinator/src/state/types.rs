@@ -36,6 +36,8 @@ pub struct NodeRecord {
     pub address: String,
     pub capacity: Capacity,
     pub labels: Vec<Label>,
+    /// Where the node serves Prometheus metrics (`host:port`; empty: none).
+    pub metrics: String,
     pub state: NodeState,
     /// Incremented on every registration; fences everything addressed to older ones.
     pub generation: u64,
@@ -360,6 +362,8 @@ pub enum Command {
         address: String,
         capacity: Capacity,
         labels: Vec<Label>,
+        /// Where the node serves Prometheus metrics; empty when it serves none.
+        metrics: String,
         /// Random per node process. The same process registering again (it reconnected,
         /// e.g. to a new leader) keeps its replicas under the new generation; another
         /// process (a restart) starts with none.

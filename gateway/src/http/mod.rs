@@ -10,6 +10,7 @@ pub mod graphs;
 pub mod keys;
 pub mod knowledge;
 pub mod openai;
+pub mod prometheus;
 pub mod quota;
 pub mod rag;
 mod routes;
@@ -115,6 +116,7 @@ pub fn router(state: Arc<GatewayState>) -> Router {
         .route("/v1/databases/{name}", delete(graphs::remove_database))
         .route("/v1/databases/{name}/query", post(graphs::query_database))
         .route("/v1/audit", get(audit::list))
+        .route("/v1/prometheus/targets", get(prometheus::targets))
         .route("/v1/keys", post(keys::create).get(keys::list))
         .route("/v1/keys/{id}", delete(keys::revoke));
     #[cfg(feature = "fault-injection")]

@@ -91,23 +91,29 @@ pub async fn metrics(State(gw): Gw) -> impl IntoResponse {
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], gw.prometheus.render())
 }
 
+/// Every coordinator this gateway knows of, `id → (quic, http)`: from the cluster config,
+/// the soft view and the replicated membership (the last wins).
+pub fn known_coordinators(gw: &GatewayState) -> std::collections::BTreeMap<u64, (String, String)> {
+    let soft = gw.cluster.status().soft;
+    let mut known: std::collections::BTreeMap<u64, (String, String)> =
+        gw.configured.iter().map(|(id, quic, http)| (*id, (quic.clone(), http.clone()))).collect();
+    for (id, quic, http) in &soft.coordinators {
+        known.entry(*id).or_insert_with(|| (quic.clone(), http.clone()));
+    }
+    let state = gw.cluster.state().read().unwrap_or_else(|p| p.into_inner());
+    for c in state.coordinators.values() {
+        known.insert(c.id, (c.quic.clone(), c.http.clone()));
+    }
+    known
+}
+
 pub async fn cluster(State(gw): Gw, headers: HeaderMap, Query(opts): Query<ReadOpts>) -> Result<Json<Value>, ApiError> {
     count("cluster");
     require(&headers, &gw, Scope::User)?;
     consistent(&gw, &opts).await?;
     let v = gw.cluster.status();
     let s = &v.soft;
-    let mut known: std::collections::BTreeMap<u64, (String, String)> =
-        gw.configured.iter().map(|(id, quic, http)| (*id, (quic.clone(), http.clone()))).collect();
-    for (id, quic, http) in &s.coordinators {
-        known.entry(*id).or_insert_with(|| (quic.clone(), http.clone()));
-    }
-    {
-        let state = gw.cluster.state().read().unwrap_or_else(|p| p.into_inner());
-        for c in state.coordinators.values() {
-            known.insert(c.id, (c.quic.clone(), c.http.clone()));
-        }
-    }
+    let known = known_coordinators(&gw);
     let members: Vec<Value> = known
         .iter()
         .map(|(id, (quic, http))| {
@@ -167,6 +173,7 @@ fn node_json(gw: &GatewayState, n: &NodeRecord) -> Value {
         "address": n.address,
         "capacity": n.capacity,
         "labels": labels,
+        "metrics": (!n.metrics.is_empty()).then(|| format!("http://{}/metrics", n.metrics)),
         "load": lease.map(|l| &l.load),
         "last_heartbeat_unix_ms": lease.map(|l| l.last_heartbeat_unix_ms),
         "last_heartbeat_age_ms": lease.map(|l| now.saturating_sub(l.last_heartbeat_unix_ms)),
