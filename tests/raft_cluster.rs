@@ -456,3 +456,132 @@ fn rand_suffix() -> u64 {
         .map(|d| d.as_nanos() as u64 % 1_000_000)
         .unwrap_or(0)
 }
+
+/// What a user sees of the replicated state, for comparing before and after a restore.
+fn visible_state(url: &dyn Fn(&str) -> String) -> Value {
+    let names = |path: &str, list: &str, field: &str| -> Vec<String> {
+        let v = get_json(&url(path)).unwrap_or(Value::Null);
+        let mut out: Vec<String> = v[list]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|x| x[field].as_str().map(String::from))
+            .collect();
+        out.sort();
+        out
+    };
+    json!({
+        "deployments": names("/v1/deployments", "data", "name"),
+        "models": names("/v1/models", "data", "id"),
+        "keys": names("/v1/keys", "data", "id"),
+        "tokens": names("/v1/tokens", "data", "id"),
+        "knowledge_bases": names("/v1/knowledge-bases", "data", "name"),
+        "nodes": names("/v1/nodes", "nodes", "name"),
+    })
+}
+
+#[test]
+fn a_group_destroyed_entirely_is_restored_from_a_backup() {
+    let tmp = tempfile::Builder::new().prefix("shoal-backup-").tempdir().expect("tmp");
+    let mut g = Group::new(tmp.path(), 3, 0);
+    let leader = g.start_all_ready(3);
+    let gw = format!("http://{}", g.member(leader).http);
+    let out = run(&["token", "create", "--gateway", &gw, "--ttl", "1h"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let field = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string());
+    let (token, hash) = (field("token:").expect("token"), field("ca-hash:").expect("hash"));
+    let _node = join_at(&g.member(leader).quic.to_string(), tmp.path(), "node-1", Some((&token, &hash)), &[]);
+    let minilm = models_dir().join("all-minilm-l6-v2");
+    for (name, source) in [("echo", "builtin://echo".to_string()), ("minilm", minilm.display().to_string())] {
+        let (status, v) = post(&format!("{gw}/v1/deployments"), json!({"name": name, "source": source}));
+        assert_eq!(status, 201, "{v}");
+    }
+    for name in ["echo", "minilm"] {
+        wait_until(Duration::from_secs(120), &format!("{name} ready"), || {
+            get_json(&format!("{gw}/v1/deployments/{name}")).and_then(|d| d["ready_replicas"].as_u64()) == Some(1)
+        });
+    }
+    let (status, v) =
+        post(&format!("{gw}/v1/knowledge-bases"), json!({"name": "docs", "embedding_model": "minilm", "replicas": 1}));
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = post(&format!("{gw}/v1/keys"), json!({"name": "app", "models": ["echo"]}));
+    assert_eq!(status, 201, "{v}");
+    let user_key = v["key"].as_str().expect("key").to_string();
+    let chat = |base: &str| {
+        post_raw(
+            &format!("{base}/v1/chat/completions"),
+            &json!({"model": "echo", "messages": [{"role": "user", "content": "restored"}]}).to_string(),
+            Some(&user_key),
+        )
+    };
+    assert_eq!(chat(&gw).0, 200);
+    let before = visible_state(&|p| format!("{gw}{p}"));
+
+    // A backup with the model files; it verifies, and a damaged copy does not.
+    let file = tmp.path().join("cluster.backup");
+    let out = run(&["backup", file.to_str().expect("utf8"), "--with-artifacts", "--gateway", &gw]);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("(verified)") && text.contains("deployments 2") && text.contains("api_keys 2"), "{text}");
+    let out = run(&["backup", "inspect", file.to_str().expect("utf8")]);
+    assert!(out.status.success());
+    let damaged = tmp.path().join("damaged.backup");
+    let mut bytes = std::fs::read(&file).expect("backup");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&damaged, &bytes).expect("write");
+    let out = run(&["backup", "inspect", damaged.to_str().expect("utf8")]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("corrupt"));
+    std::fs::write(&damaged, &bytes[..mid]).expect("write");
+    let out = run(&["backup", "inspect", damaged.to_str().expect("utf8")]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("truncated"));
+
+    // Every coordinator destroyed: processes, data dirs and the shared CA.
+    for id in 1..=3 {
+        g.kill(id);
+        std::fs::remove_dir_all(tmp.path().join(format!("c{id}"))).expect("remove data dir");
+    }
+    std::fs::remove_dir_all(tmp.path().join("ca")).expect("remove the CA");
+    // A fresh group from the same file; an existing data dir is refused.
+    let config = g.config.to_str().expect("utf8").to_string();
+    let existing = tmp.path().join("busy");
+    std::fs::create_dir_all(existing.join("x")).expect("dir");
+    let out = run(&[
+        "restore",
+        file.to_str().expect("utf8"),
+        "--config",
+        &config,
+        "--id",
+        "1",
+        "--data-dir",
+        existing.to_str().expect("utf8"),
+    ]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not empty"));
+    for id in 1..=3 {
+        let dir = tmp.path().join(format!("c{id}"));
+        let out = run(&[
+            "restore",
+            file.to_str().expect("utf8"),
+            "--config",
+            &config,
+            "--id",
+            &id.to_string(),
+            "--data-dir",
+            dir.to_str().expect("utf8"),
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let leader = g.start_all_ready(3);
+    let gw = format!("http://{}", g.member(leader).http);
+    // The node reconnects by itself (same CA, same addresses), and serving resumes with
+    // the keys from before.
+    wait_until(Duration::from_secs(60), "the node is back and echo serves", || chat(&gw).0 == 200);
+    let (status, v) = chat(&gw);
+    assert_eq!((status, v["choices"][0]["message"]["content"].as_str()), (200, Some("restored")), "{v}");
+    let after = visible_state(&|p| format!("{gw}{p}"));
+    assert_eq!(after, before, "the restored state differs");
+    wait_until(Duration::from_secs(60), "minilm serves again", || {
+        post(&format!("{gw}/v1/embeddings"), json!({"model": "minilm", "input": ["x"]})).0 == 200
+    });
+}

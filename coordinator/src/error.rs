@@ -33,6 +33,8 @@ pub enum CoordinatorError {
     Forward(String),
     #[error("{0}")]
     Model(String),
+    #[error("backup: {0}")]
+    Backup(String),
     #[error("metrics: {0}")]
     Metrics(String),
 }

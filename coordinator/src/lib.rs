@@ -7,6 +7,7 @@
 
 pub mod api_keys;
 pub mod assign;
+pub mod backup;
 pub mod clock;
 pub mod config;
 pub mod control;

@@ -58,7 +58,7 @@ pub fn owner_only_tree(dir: &Path) -> Result<(), CoordinatorError> {
     Ok(())
 }
 
-fn owner_only_dir(dir: &Path) -> Result<(), CoordinatorError> {
+pub fn owner_only_dir(dir: &Path) -> Result<(), CoordinatorError> {
     fs::create_dir_all(dir).map_err(|e| CoordinatorError::io(dir, e))?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| CoordinatorError::io(dir, e))
 }

@@ -38,6 +38,8 @@ pub struct GatewayOptions {
     pub downloads: PathBuf,
     /// Where the audit log is kept (`None`: no audit log).
     pub audit_dir: Option<PathBuf>,
+    /// The cluster CA's certificate and key (a coordinator's embedded gateway), for backups.
+    pub ca_files: Option<(PathBuf, PathBuf)>,
 }
 
 /// A running gateway.
@@ -95,6 +97,7 @@ impl Gateway {
             downloads: opts.downloads.clone(),
             graphs,
             audit,
+            ca_files: opts.ca_files.clone(),
         });
         tokio::spawn(async move {
             http::server::serve(listener, http::router(gw), http::server::HttpLimits::default()).await;
@@ -132,6 +135,10 @@ impl Gateway {
             configured: config.coordinators.iter().map(|c| (c.id, c.quic.to_string(), c.http.to_string())).collect(),
             downloads: data_dir.join("downloads"),
             audit_dir: Some(data_dir.join("audit")),
+            ca_files: {
+                let home = config.pki.ca_dir.clone().unwrap_or_else(|| data_dir.join("pki"));
+                Some((home.join("ca.crt"), home.join("ca.key")))
+            },
         })
         .await
     }

@@ -166,6 +166,26 @@ impl GatewayArgs {
         .await?
     }
 
+    /// GET a binary document into `dest` (no overall timeout: a backup with artifacts is
+    /// large); the bytes written.
+    pub async fn download(&self, path: &str, dest: std::path::PathBuf) -> anyhow::Result<u64> {
+        let (url, key) = (self.url(path), self.key()?);
+        tokio::task::spawn_blocking(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+            let resp = agent.get(&url).header("Authorization", &format!("Bearer {key}")).call();
+            let mut resp = resp.with_context(|| format!("cannot reach the gateway at {url}"))?;
+            if !resp.status().is_success() {
+                return finish(&url, Ok(resp)).map(|_| 0);
+            }
+            let mut out = std::fs::File::create(&dest).with_context(|| format!("cannot write {}", dest.display()))?;
+            let n = std::io::copy(&mut resp.body_mut().as_reader(), &mut out)
+                .with_context(|| format!("downloading {url} into {}", dest.display()))?;
+            out.sync_all()?;
+            Ok(n)
+        })
+        .await?
+    }
+
     /// POST raw bytes (e.g. a YAML document), read a JSON answer.
     pub async fn post_bytes(&self, path: &str, content_type: &str, bytes: Vec<u8>) -> anyhow::Result<Value> {
         let (url, key, ct) = (self.url(path), self.key()?, content_type.to_string());

@@ -86,6 +86,7 @@ pub async fn run(a: GatewayArgs) -> anyhow::Result<()> {
         configured: Vec::new(),
         downloads: a.data_dir.join("downloads"),
         audit_dir: Some(a.data_dir.join("audit")),
+        ca_files: None,
     })
     .await
     .context("the gateway failed to start")?;

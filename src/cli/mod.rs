@@ -1,4 +1,5 @@
 mod audit;
+mod backup;
 mod bench;
 mod bench_chaos;
 mod bench_graphs;
@@ -80,6 +81,10 @@ pub enum Command {
         #[command(subcommand)]
         command: prometheus::PrometheusCommand,
     },
+    /// Back up the replicated state (and the cluster CA) to a file, or inspect a backup.
+    Backup(backup::BackupArgs),
+    /// Write a new coordinator data dir from a backup (every member from the same file).
+    Restore(backup::RestoreArgs),
     /// The gateway's audit log: mutations, admin reads, authentication failures.
     Audit(audit::AuditArgs),
     /// Run benchmarks and print their figures.
@@ -120,6 +125,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Db { command } => graph::run_db(command).await,
         Command::Bench { command } => bench::run(command).await,
         Command::Audit(a) => audit::run(a).await,
+        Command::Backup(a) => backup::run_backup(a).await,
+        Command::Restore(a) => backup::run_restore(a),
         Command::Prometheus { command } => prometheus::run(command).await,
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod backup;
 pub mod deployments;
 mod error;
 pub mod fuzzing;
@@ -67,6 +68,8 @@ pub struct GatewayState {
     pub graphs: Arc<crate::graphs::Graphs>,
     /// The audit log (every gateway started with a data dir keeps one).
     pub audit: Option<crate::audit::AuditLog>,
+    /// The cluster CA's certificate and key files (embedded gateways: backups include them).
+    pub ca_files: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 pub fn router(state: Arc<GatewayState>) -> Router {
@@ -116,6 +119,7 @@ pub fn router(state: Arc<GatewayState>) -> Router {
         .route("/v1/databases/{name}", delete(graphs::remove_database))
         .route("/v1/databases/{name}/query", post(graphs::query_database))
         .route("/v1/audit", get(audit::list))
+        .route("/v1/backup", get(backup::backup))
         .route("/v1/prometheus/targets", get(prometheus::targets))
         .route("/v1/keys", post(keys::create).get(keys::list))
         .route("/v1/keys/{id}", delete(keys::revoke));
