@@ -585,3 +585,77 @@ fn a_group_destroyed_entirely_is_restored_from_a_backup() {
         post(&format!("{gw}/v1/embeddings"), json!({"model": "minilm", "input": ["x"]})).0 == 200
     });
 }
+
+#[test]
+fn a_rolling_restart_of_every_coordinator_and_node_fails_no_request() {
+    let tmp = tempfile::Builder::new().prefix("shoal-rolling-").tempdir().expect("tmp");
+    let mut g = Group::new(tmp.path(), 3, 0);
+    let leader = g.start_all_ready(3);
+    let embedded = format!("http://{}", g.member(leader).http);
+    let out = run(&["token", "create", "--gateway", &embedded, "--ttl", "1h"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let field = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string());
+    let (token, hash) = (field("token:").expect("token"), field("ca-hash:").expect("hash"));
+    let coordinators: Vec<String> = (1..=3).map(|id| g.member(id).quic.to_string()).collect();
+    let mut nodes: Vec<Proc> = ["node-1", "node-2"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| join_at(&coordinators[i], tmp.path(), name, Some((&token, &hash)), &[]))
+        .collect();
+    let (status, v) =
+        post(&format!("{embedded}/v1/deployments"), json!({"name": "echo", "source": "builtin://echo", "replicas": 2}));
+    assert_eq!(status, 201, "{v}");
+    let replicas_ready =
+        |url: &str| get_json(&format!("{url}/v1/deployments/echo")).and_then(|d| d["ready_replicas"].as_u64());
+    wait_until(Duration::from_secs(60), "two echo replicas", || replicas_ready(&embedded) == Some(2));
+    // The steady client talks to a standalone gateway (it outlives every coordinator restart).
+    let h = addr(free_port());
+    let _gw = standalone_gateway(tmp.path(), "gw", h, Some((&coordinators.join(","), &token, &hash)));
+    let gw = format!("http://{h}");
+    wait_until(Duration::from_secs(30), "the gateway ready", || {
+        matches!(get(&format!("{gw}/readyz"), None), Some((200, _)))
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let results: Arc<Mutex<Vec<(u16, String)>>> = Arc::default();
+    let client = {
+        let (stop, results, gw) = (stop.clone(), results.clone(), gw.clone());
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let body = json!({"model": "echo", "messages": [{"role": "user", "content": format!("request {i}")}]});
+                let (status, v) = call(&format!("{gw}/v1/chat/completions"), body);
+                let ok = status == 200 && v["choices"][0]["message"]["content"] == format!("request {i}");
+                results.lock().expect("results").push((if ok { 200 } else { status }, v.to_string()));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    // Coordinators one by one: SIGTERM (a leader hands over first), restart, wait for the
+    // group to agree on a leader again.
+    for id in 1..=3 {
+        let status = g.terminate(id).expect("running");
+        assert!(status.success() || status.code().is_some(), "coordinator {id} exited: {status:?}");
+        g.start(id);
+        let url = g.url(id, "/readyz");
+        wait_until(Duration::from_secs(30), "the member ready again", || matches!(get(&url, None), Some((200, _))));
+        g.wait_leader(Duration::from_secs(20), None);
+    }
+    // Nodes one by one: SIGTERM drains (no new work, running work finishes), restart from
+    // the data dir, wait until both replicas serve again.
+    for (i, name) in ["node-1", "node-2"].iter().enumerate() {
+        let status = nodes[i].terminate();
+        assert!(status.success(), "{name} did not drain cleanly: {status:?}\n{}", nodes[i].log_text());
+        assert!(nodes[i].log_text().contains("drained"), "{}", nodes[i].log_text());
+        nodes[i] = join_at(&coordinators[i], tmp.path(), name, None, &[]);
+        wait_until(Duration::from_secs(60), "both replicas serving again", || replicas_ready(&gw) == Some(2));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    client.join().expect("client");
+    let results = results.lock().expect("results");
+    let failed: Vec<&(u16, String)> = results.iter().filter(|(s, _)| *s != 200).collect();
+    assert!(results.len() > 100, "only {} requests were made", results.len());
+    assert!(failed.is_empty(), "{} of {} requests failed, first: {:?}", failed.len(), results.len(), failed.first());
+}

@@ -90,6 +90,8 @@ pub struct Cluster {
     soft: RwLock<Arc<SoftView>>,
     /// The soft state's load reports, by placement.
     loads: RwLock<std::collections::HashMap<String, u32>>,
+    /// Nodes whose last heartbeat said they are draining (shutting down).
+    draining: RwLock<std::collections::HashSet<String>>,
     loaded: AtomicBool,
     connected: AtomicBool,
     source: Source,
@@ -115,6 +117,7 @@ impl Cluster {
             index: watch::channel(0).0,
             soft: RwLock::new(Arc::new(SoftView::default())),
             loads: RwLock::new(Default::default()),
+            draining: RwLock::new(Default::default()),
             // An embedded gateway's view is its coordinator's state: there from the start.
             loaded: AtomicBool::new(embedded),
             connected: AtomicBool::new(embedded),
@@ -165,6 +168,11 @@ impl Cluster {
     }
 
     /// Outstanding work on `placement` as its node last reported it to the leader.
+    /// Whether a node's last heartbeat said it is draining.
+    pub fn is_draining(&self, node: &str) -> bool {
+        self.draining.read().unwrap_or_else(|p| p.into_inner()).contains(node)
+    }
+
     pub fn reported_load(&self, placement: &str) -> u32 {
         self.loads.read().unwrap_or_else(|p| p.into_inner()).get(placement).copied().unwrap_or(0)
     }
@@ -362,6 +370,8 @@ impl Cluster {
         self.learn(&soft);
         let loads = soft.loads.iter().cloned().collect();
         *self.loads.write().unwrap_or_else(|p| p.into_inner()) = loads;
+        let draining = soft.leases.iter().filter(|l| l.load.draining).map(|l| l.node.clone()).collect();
+        *self.draining.write().unwrap_or_else(|p| p.into_inner()) = draining;
         *self.soft.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(soft);
     }
 

@@ -164,15 +164,23 @@ impl Router {
             };
             return Err(RouteError::WrongKind(format!("the model '{deployment}' does not serve {what}")));
         }
-        // Unsplit replicas, and the heads of chains whose every stage is serving.
-        let targets: Vec<Target> = state
+        // Unsplit replicas, and the heads of chains whose every stage is serving; replicas on
+        // draining nodes only when nothing else serves (they refuse new work anyway, and
+        // the refusal is retried elsewhere).
+        let all: Vec<(bool, Target)> = state
             .entry_points(deployment)
             .into_iter()
             .filter_map(|p| {
                 let node = state.nodes.get(&p.node)?;
-                Some(Target { placement: p.id.clone(), address: node.address.parse().ok()? })
+                let target = Target { placement: p.id.clone(), address: node.address.parse().ok()? };
+                Some((self.cluster.is_draining(&p.node), target))
             })
             .collect();
+        let targets: Vec<Target> = if all.iter().any(|(draining, _)| !draining) {
+            all.into_iter().filter(|(draining, _)| !draining).map(|(_, t)| t).collect()
+        } else {
+            all.into_iter().map(|(_, t)| t).collect()
+        };
         if targets.is_empty() {
             return Err(RouteError::NoReplica(format!(
                 "no replica of '{deployment}' is ready: {}",

@@ -39,6 +39,12 @@ pub async fn handle(host: Arc<ModelHost>, conn: quinn::Connection, mut stream: S
                     return;
                 }
             }
+            Ok(Some(Request::Generate(_) | Request::Embed { .. } | Request::EmbedDocument { .. }))
+                if host.is_draining() =>
+            {
+                // Retryable: the router sends it to another replica.
+                return stream.refuse(RefusalCode::Unavailable, "this node is draining (shutting down)").await;
+            }
             Ok(Some(Request::Generate(req))) => return generate(&host, stream, req).await,
             Ok(Some(Request::Embed { placement_id, inputs })) => {
                 embed(&host, &mut stream, &placement_id, inputs).await;

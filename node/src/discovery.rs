@@ -96,6 +96,7 @@ pub fn sample_load(capacity: &Capacity) -> Load {
         cpu_load_milli: (one_min * 1000.0) as u32,
         memory_available_bytes: meminfo_field(&meminfo, "MemAvailable:").unwrap_or(0),
         accelerator_free_bytes: capacity.accelerators.iter().map(|a| a.memory_free_bytes).collect(),
+        draining: false,
     }
 }
 

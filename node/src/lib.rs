@@ -114,6 +114,22 @@ impl Node {
         ractor::call!(self.agent, AgentMsg::Status).map_err(|e| NodeError::Actor(e.to_string()))
     }
 
+    /// Drains the node before it stops: new sequences and embeddings are refused (the
+    /// router sends them elsewhere), heartbeats tell the coordinators (gateways stop
+    /// routing here), and what is running finishes, for at most `grace`. Returns the
+    /// number of requests still running when it gave up waiting (0: a clean drain).
+    pub async fn drain(&self, grace: std::time::Duration) -> u32 {
+        self.host.drain();
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let left = self.host.in_flight();
+            if left == 0 || tokio::time::Instant::now() >= deadline {
+                return left;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn stop(&self) {
         self.agent.stop(None);
         self.endpoint.close(0u32.into(), b"stopping");

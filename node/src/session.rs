@@ -141,6 +141,7 @@ async fn heartbeat_loop(
             load: {
                 let mut load = discovery::sample_load(&ctx.capacity);
                 load.in_flight = ctx.host.in_flight();
+                load.draining = ctx.host.is_draining();
                 load
             },
             replicas: {

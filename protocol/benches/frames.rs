@@ -60,6 +60,7 @@ fn messages() -> Vec<(&'static str, Request)> {
                     cpu_load_milli: 1500,
                     memory_available_bytes: 200 << 30,
                     accelerator_free_bytes: vec![100 << 30; 8],
+                    draining: false,
                 },
                 replicas: Vec::new(),
             }),

@@ -59,6 +59,9 @@ pub struct Load {
     pub memory_available_bytes: u64,
     /// Free memory per accelerator, in the order of [`Capacity::accelerators`].
     pub accelerator_free_bytes: Vec<u64>,
+    /// The node is shutting down: it finishes what it has and takes nothing new.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// A key/value label on a node (e.g. `zone=a`).

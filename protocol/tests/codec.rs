@@ -68,7 +68,8 @@ fn arb_request() -> impl Strategy<Value = Request> {
                     queue_depth: q / 2,
                     cpu_load_milli: 5,
                     memory_available_bytes: 7,
-                    accelerator_free_bytes: free
+                    accelerator_free_bytes: free,
+                    draining: q % 2 == 1,
                 },
                 replicas: Vec::new(),
             })

@@ -86,6 +86,10 @@ pub struct JoinArgs {
     /// Serve no metrics.
     #[arg(long, conflicts_with = "metrics")]
     pub no_metrics: bool,
+    /// On SIGTERM or Ctrl-C, how long running requests may take to finish while the node
+    /// takes nothing new (a second signal stops it at once).
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    pub drain_timeout: f64,
     #[command(flatten)]
     pub node: NodeArgs,
 }
@@ -191,6 +195,22 @@ pub async fn run(a: JoinArgs) -> anyhow::Result<()> {
         println!("metrics on http://{addr}/metrics");
     }
     super::shutdown_signal().await;
+    let grace = std::time::Duration::from_secs_f64(a.drain_timeout.clamp(0.0, 3600.0));
+    println!(
+        "draining: taking no new requests, waiting up to {:.0} s for {} running",
+        grace.as_secs_f64(),
+        node.host.in_flight()
+    );
+    tokio::select! {
+        left = node.drain(grace) => {
+            if left == 0 {
+                println!("drained; stopping");
+            } else {
+                println!("{left} requests still running after {:.0} s; stopping (the router resumes them elsewhere)", grace.as_secs_f64());
+            }
+        }
+        _ = super::shutdown_signal() => println!("second signal: stopping now"),
+    }
     node.stop();
     Ok(())
 }

@@ -432,6 +432,12 @@ impl Group {
         }
     }
 
+    /// Stops a member with SIGTERM (a planned stop: a leader hands over first).
+    pub fn terminate(&mut self, id: u64) -> Option<std::process::ExitStatus> {
+        let m = self.members.iter_mut().find(|m| m.id == id).expect("member");
+        m.proc.take().map(|mut p| p.terminate())
+    }
+
     pub fn live(&self) -> Vec<u64> {
         self.members.iter().filter(|m| m.proc.is_some()).map(|m| m.id).collect()
     }

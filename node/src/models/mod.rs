@@ -92,6 +92,8 @@ pub struct ModelHost {
     pub index: Arc<crate::index::IndexHost>,
     /// Artifact downloads in progress (one per hash).
     fetches: artifacts::Fetches,
+    /// Set when the node shuts down: new sequences and embeddings are refused.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl ModelHost {
@@ -111,6 +113,7 @@ impl ModelHost {
             slots: Mutex::new(HashMap::new()),
             stage_timeout,
             fetches: artifacts::Fetches::default(),
+            draining: Default::default(),
         }))
     }
 
@@ -216,6 +219,16 @@ impl ModelHost {
     }
 
     /// Sequences and embedding requests in flight on this node.
+    /// Stops taking new sequences and embeddings (they are refused as retryable, so the
+    /// router sends them to another replica); what is running goes on.
+    pub fn drain(&self) {
+        self.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub fn in_flight(&self) -> u32 {
         self.lock().values().filter_map(|s| s.engine.as_ref()).map(|e| e.outstanding() as u32).sum()
     }
