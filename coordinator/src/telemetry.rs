@@ -57,6 +57,10 @@ fn builder() -> Result<PrometheusBuilder, CoordinatorError> {
         .map_err(|e| CoordinatorError::Metrics(e.to_string()))?
         .set_buckets_for_metric(Matcher::Full(m::NODE_MODEL_LOAD_SECONDS.into()), GENERATION_BUCKETS)
         .map_err(|e| CoordinatorError::Metrics(e.to_string()))?
+        .set_buckets_for_metric(Matcher::Full(m::GRAPH_STEP_SECONDS.into()), GENERATION_BUCKETS)
+        .map_err(|e| CoordinatorError::Metrics(e.to_string()))?
+        .set_buckets_for_metric(Matcher::Full(m::KB_INGEST_SECONDS.into()), GENERATION_BUCKETS)
+        .map_err(|e| CoordinatorError::Metrics(e.to_string()))?
         .set_buckets_for_metric(Matcher::Full(m::NODE_BATCH_SIZE.into()), BATCH_BUCKETS)
         .map_err(|e| CoordinatorError::Metrics(e.to_string()))?
         .set_buckets_for_metric(Matcher::Full(m::NODE_EMBED_BATCH_SIZE.into()), BATCH_BUCKETS)
@@ -99,5 +103,47 @@ pub fn refresh_raft(status: &RaftStatus) {
 pub fn refresh_state(state: &ClusterState) {
     for s in NodeState::ALL {
         metrics::gauge!(m::NODES, "state" => s.as_str()).set(state.count_nodes(s) as f64);
+    }
+    let mut accelerators: std::collections::BTreeMap<(String, String), u64> = Default::default();
+    for n in state.nodes.values().filter(|n| n.state == NodeState::Ready) {
+        for a in &n.capacity.accelerators {
+            *accelerators.entry((format!("{:?}", a.kind).to_lowercase(), a.vendor.clone())).or_default() += 1;
+        }
+    }
+    for ((kind, vendor), count) in accelerators {
+        metrics::gauge!(m::ACCELERATORS, "kind" => kind, "vendor" => vendor).set(count as f64);
+    }
+    let mut replicas: std::collections::BTreeMap<(String, &'static str), u64> = Default::default();
+    for n in state.nodes.values() {
+        for phase in ["assigned", "loading", "ready", "failed"] {
+            replicas.insert((n.name.clone(), phase), 0);
+        }
+    }
+    for p in state.placements.values() {
+        if let Some(n) = state.nodes.get(&p.node) {
+            let phase = match p.phase_str() {
+                "ready" => "ready",
+                "loading" => "loading",
+                "failed" => "failed",
+                _ => "assigned",
+            };
+            *replicas.entry((n.name.clone(), phase)).or_default() += 1;
+        }
+    }
+    for ((node, phase), count) in replicas {
+        metrics::gauge!(m::NODE_REPLICAS, "node" => node, "phase" => phase).set(count as f64);
+    }
+}
+
+/// The age of each ready node's last heartbeat, from the leader's lease view (only a
+/// process that sees the leases publishes these).
+pub fn refresh_leases(leases: &[crate::view::LeaseView], state: &ClusterState, now_ms: u64) {
+    for l in leases.iter().filter(|l| l.last_heartbeat_unix_ms > 0) {
+        let Some(n) = state.nodes.get(&l.node) else { continue };
+        if n.state != NodeState::Ready || n.generation != l.generation {
+            continue;
+        }
+        let age = now_ms.saturating_sub(l.last_heartbeat_unix_ms) as f64 / 1000.0;
+        metrics::gauge!(m::NODE_HEARTBEAT_AGE, "node" => n.name.clone()).set(age);
     }
 }

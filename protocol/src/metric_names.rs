@@ -135,3 +135,12 @@ pub const GRAPH_STEP_SECONDS: &str = "shoal_graph_step_duration_seconds";
 pub const GRAPH_STEP_RETRIES: &str = "shoal_graph_step_retries_total";
 /// Audit records dropped (the writer's queue was full, or the disk refused them).
 pub const AUDIT_DROPPED: &str = "shoal_audit_dropped_total";
+/// The most KV-cache entries a replica's batch can hold (every row at full context), by
+/// `model`: `shoal_node_kv_cache_tokens / this` is the KV cache's use.
+pub const NODE_KV_CAPACITY_TOKENS: &str = "shoal_node_kv_cache_capacity_tokens";
+/// Seconds since each ready node's last heartbeat, by `node` (the leader's view).
+pub const NODE_HEARTBEAT_AGE: &str = "shoal_cluster_node_heartbeat_age_seconds";
+/// Accelerators of ready nodes, by `kind` and `vendor`.
+pub const ACCELERATORS: &str = "shoal_cluster_accelerators";
+/// Replicas (and stages) placed on each node, by `node` and `phase`.
+pub const NODE_REPLICAS: &str = "shoal_cluster_node_replicas";

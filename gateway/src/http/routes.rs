@@ -86,6 +86,7 @@ pub async fn metrics(State(gw): Gw) -> impl IntoResponse {
     {
         let state = gw.cluster.state().read().unwrap_or_else(|p| p.into_inner());
         telemetry::refresh_state(&state);
+        telemetry::refresh_leases(&gw.cluster.status().soft.leases, &state, gw.clock.unix_ms());
         crate::retrieval::Retrieval::publish_gauges(&state);
     }
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], gw.prometheus.render())

@@ -213,10 +213,13 @@ struct Waiting {
 }
 
 fn decode_loop(llm: Arc<Llm>, rx: std_mpsc::Receiver<Cmd>, outstanding: Arc<AtomicUsize>, model: Arc<str>) {
+    // The most KV entries the batch can hold: every row at the model's full context.
+    let kv_capacity = (MAX_BATCH * llm.context_length()) as f64;
     let mut batcher = Batcher::new(llm, MAX_BATCH);
     let mut queue: VecDeque<Waiting> = VecDeque::new();
     let mut owners: HashMap<u64, EventSender> = HashMap::new();
     let label = model.to_string();
+    metrics::gauge!(m::NODE_KV_CAPACITY_TOKENS, "model" => label.clone()).set(kv_capacity);
     let finish = |owners: &mut HashMap<u64, EventSender>, id: u64, ev: Option<SeqEvent>| {
         if let Some(tx) = owners.remove(&id) {
             if let Some(ev) = ev {
