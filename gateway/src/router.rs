@@ -303,7 +303,11 @@ impl Router {
 
     /// Checks a generation request can be routed at all (unknown model, wrong kind, no replica).
     pub fn check_generate(&self, deployment: &str) -> Result<(), RouteError> {
-        self.targets(deployment, EngineKind::Generate).map(|_| ())
+        let r = self.targets(deployment, EngineKind::Generate).map(|_| ());
+        if matches!(r, Err(RouteError::NoReplica(_))) {
+            metrics::counter!(m::ROUTER_NO_REPLICA).increment(1);
+        }
+        r
     }
 
     /// Starts a generation; its events arrive on the returned channel. Dropping the

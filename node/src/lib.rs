@@ -62,6 +62,8 @@ impl Node {
     /// Joins if needed, discovers capacity, opens the data plane and starts the agent.
     pub async fn start(opts: NodeOptions) -> Result<Self, NodeError> {
         shoal_protocol::install_crypto_provider();
+        // Visible at zero before the first reconnect (dashboards and alerts read it).
+        metrics::counter!(shoal_protocol::metric_names::NODE_RECONNECTS).increment(0);
         let identity = match NodeIdentity::load(&opts.data_dir)? {
             Some(id) => {
                 info!(node = %id.node_id, "using the identity in {}", opts.data_dir.display());
