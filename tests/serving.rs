@@ -238,8 +238,16 @@ fn openai_sdk_bad_input_and_registration_against_shoal_up() {
     let out = run(&["status", "--gateway", &gw]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // One deployment per model folder (`fetch-models.sh --all` adds a fourth).
+    let folders = std::fs::read_dir(models_dir())
+        .expect("models")
+        .filter(|e| e.as_ref().is_ok_and(|e| e.path().is_dir()))
+        .count();
     assert!(
-        text.contains("DEPLOYMENTS (3)") && text.contains(CHAT) && text.contains(QWEN) && text.contains("ready"),
+        text.contains(&format!("DEPLOYMENTS ({folders})"))
+            && text.contains(CHAT)
+            && text.contains(QWEN)
+            && text.contains("ready"),
         "{text}"
     );
 
