@@ -363,9 +363,13 @@ fn hostile_clients_are_refused_before_their_bodies_are_read() {
 fn made_up_names_do_not_grow_the_metrics() {
     let tmp = tempfile::tempdir().expect("tmp");
     let coord = Coord::start(&tmp.path().join("c"), 300, 1500);
-    let series = |coord: &Coord| {
+    // Series by name and labels (values dropped).
+    let series = |coord: &Coord| -> std::collections::BTreeSet<String> {
         let (_, text) = get(&coord.url("/metrics"), None).expect("metrics");
-        text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).count()
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| l.rsplit_once(' ').map_or(l, |(k, _)| k).to_string())
+            .collect()
     };
     let flood = |coord: &Coord, n: usize| {
         for i in 0..n {
@@ -387,7 +391,14 @@ fn made_up_names_do_not_grow_the_metrics() {
     let after_first = series(&coord);
     flood(&coord, 300);
     let after_many = series(&coord);
-    assert_eq!(after_first, after_many, "300 more made-up model and knowledge-base names added series");
+    // Series that appear with time (a raft checkpoint, a histogram's first sample of some
+    // unrelated kind) may come; none may be keyed by a requested name.
+    let added: Vec<&String> = after_many.difference(&after_first).collect();
+    assert!(
+        added.iter().all(|s| !s.contains("model=") && !s.contains("kb=") && !s.contains("deployment=")),
+        "300 more made-up model and knowledge-base names added series: {added:?}"
+    );
+    assert!(added.len() <= 3, "300 more made-up names added {} series: {added:?}", added.len());
     let (_, text) = get(&coord.url("/metrics"), None).expect("metrics");
     assert!(!text.contains("made-up-") && !text.contains("kb-1"), "a made-up name became a label");
     assert!(text.contains(r#"model="other""#), "unknown models are counted under other");
