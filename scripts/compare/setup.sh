@@ -14,6 +14,10 @@
 #    So the default CUDA-enabled wheel is installed with its nvidia-* packages
 #    (~3 GB download, ~6 GB venv); it runs on the CPU just fine.
 #  - ray[serve].
+#  - langgraph + langgraph-checkpoint-sqlite (`shoal bench graphs`' peer): plain wheels.
+# Only some groups: COMPARE_GROUPS="langgraph" scripts/compare/setup.sh (a space-separated
+# subset of: llama torch ray langgraph; default all). The SQLite files of `shoal bench sql`
+# need no package here (scripts/compare/spider.py uses only the standard library).
 # Versions are pinned via scripts/compare/constraints.txt (a freeze of a venv on which
 # all four scripts were run). Writes scripts/compare/sentences.json at the end.
 set -euo pipefail
@@ -28,6 +32,8 @@ LLAMA_CPP_PYTHON_VERSION=0.3.36
 TORCH_VERSION=2.15.0
 SENTENCE_TRANSFORMERS_VERSION=6.2.0
 RAY_VERSION=2.60.0
+LANGGRAPH_VERSION=1.2.24
+LANGGRAPH_CHECKPOINT_SQLITE_VERSION=3.1.2
 
 log() { echo "[setup] $*" >&2; }
 die() { echo "setup.sh: $*" >&2; exit 1; }
@@ -45,9 +51,13 @@ PIP=("$PY" -m pip install --disable-pip-version-check)
 [ -f "$CONSTRAINTS" ] && PIP+=(-c "$CONSTRAINTS")
 
 importable() { "$PY" -c "$1" >/dev/null 2>&1; }
+GROUPS_WANTED=" ${COMPARE_GROUPS:-llama torch ray langgraph} "
+wanted() { case "$GROUPS_WANTED" in *" $1 "*) return 0 ;; *) log "$1: not in COMPARE_GROUPS: skip"; return 1 ;; esac; }
 
 # --- llama-cpp-python -------------------------------------------------------------------
-if importable "import llama_cpp"; then
+if ! wanted llama; then
+  :
+elif importable "import llama_cpp"; then
   log "llama-cpp-python already installed: skip"
 else
   need=()
@@ -72,7 +82,9 @@ else
 fi
 
 # --- sentence-transformers + torch ------------------------------------------------------
-if importable "import torch, sentence_transformers"; then
+if ! wanted torch; then
+  :
+elif importable "import torch, sentence_transformers"; then
   log "torch + sentence-transformers already installed: skip"
 else
   log "installing torch $TORCH_VERSION (PyPI default wheel, pulls nvidia-* ~3 GB) + sentence-transformers $SENTENCE_TRANSFORMERS_VERSION"
@@ -82,13 +94,27 @@ else
 fi
 
 # --- ray[serve] -------------------------------------------------------------------------
-if importable "import ray, ray.serve, starlette"; then
+if ! wanted ray; then
+  :
+elif importable "import ray, ray.serve, starlette"; then
   log "ray[serve] already installed: skip"
 else
   log "installing ray[serve] $RAY_VERSION"
   t=$(date +%s)
   "${PIP[@]}" "ray[serve]==$RAY_VERSION" >&2
   log "ray[serve] installed in $(( $(date +%s) - t ))s"
+fi
+
+# --- langgraph + its SQLite checkpointer (shoal bench graphs) ----------------------------
+if ! wanted langgraph; then
+  :
+elif importable "import langgraph.graph, langgraph.checkpoint.sqlite"; then
+  log "langgraph + langgraph-checkpoint-sqlite already installed: skip"
+else
+  log "installing langgraph $LANGGRAPH_VERSION + langgraph-checkpoint-sqlite $LANGGRAPH_CHECKPOINT_SQLITE_VERSION"
+  t=$(date +%s)
+  "${PIP[@]}" "langgraph==$LANGGRAPH_VERSION" "langgraph-checkpoint-sqlite==$LANGGRAPH_CHECKPOINT_SQLITE_VERSION" >&2
+  log "langgraph installed in $(( $(date +%s) - t ))s"
 fi
 
 "$PY" "$HERE/sentences.py" >&2
@@ -105,4 +131,10 @@ for mod, name in [("llama_cpp", "llama-cpp-python"), ("torch", "torch"),
         print(f"{name} {m.__version__}")
     except Exception as e:
         print(f"{name} MISSING ({e!r})")
+from importlib.metadata import version, PackageNotFoundError
+for name in ["langgraph", "langgraph-checkpoint-sqlite"]:
+    try:
+        print(f"{name} {version(name)}")
+    except PackageNotFoundError:
+        print(f"{name} MISSING")
 PY
