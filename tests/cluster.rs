@@ -576,6 +576,12 @@ fn command_line_mistakes_get_one_line_with_the_fix() {
     let e =
         one_error(&["join", &bare, "--token", &token, "--ca-hash", &hash, "--data-dir", data.to_str().expect("utf8")]);
     assert!(e.contains("not its HTTP port"), "{e}");
+    // A placeholder admin key (as left in a manifest) is refused before anything starts.
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/cluster-configs/local-1.toml");
+    let data = tmp.path().join("short-key");
+    let data = data.to_str().expect("utf8");
+    let e = one_error(&["coordinator", "--config", config, "--id", "1", "--data-dir", data, "--api-key", "replace-me"]);
+    assert!(e.contains("is 10 characters; it needs at least 16") && e.contains("openssl rand"), "{e}");
     // A reader that went away before the output (`| true` closes the pipe at once; `| head -1`
     // does the same once it has its line): quiet, no panic.
     let out = std::process::Command::new("sh")

@@ -133,10 +133,12 @@ fn three_coordinators_survive_leader_kills_isolation_and_a_follower_restart() {
     assert!(sets[0].len() >= acked.lock().expect("acked").len());
 }
 
+/// The members are named by DNS name (`localhost:PORT`, as a Kubernetes StatefulSet names
+/// its pods): raft, forwarding, joining, redirects and membership changes all go by name.
 #[test]
 fn coordinators_are_added_and_removed_while_serving() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let mut g = Group::new(tmp.path(), 3, 1);
+    let mut g = Group::new_named(tmp.path(), 3, 1);
     for id in 1..=4 {
         g.start(id);
     }
@@ -153,7 +155,8 @@ fn coordinators_are_added_and_removed_while_serving() {
     let follower = (1..=3).find(|id| *id != leader).expect("a follower");
     let (_, tok) = post_opt(&g.url(follower, "/v1/tokens"), json!({})).expect("token");
     let (token, hash) = (tok["token"].as_str().expect("token"), tok["ca_hash"].as_str().expect("hash"));
-    let quic = g.member(follower).quic.to_string();
+    let (quic, _) = g.advertised(follower);
+    assert!(quic.starts_with("localhost:"), "{quic}");
     let _node = join_at(&quic, &g.dir, "via-follower", Some((token, hash)), &[]);
     wait_until(Duration::from_secs(20), "the node joined through a follower is ready", || {
         get_json(&g.url(follower, "/v1/nodes?consistent=true"))
@@ -176,18 +179,8 @@ fn coordinators_are_added_and_removed_while_serving() {
         let log = std::fs::read_to_string(g.dir.join("c4.log")).unwrap_or_default();
         panic!("member 4 never answered at {health}; its log:\n{log}");
     }
-    let m4 = g.member(4);
-    let out = run(&[
-        "coordinator",
-        "add",
-        "4",
-        "--quic",
-        &m4.quic.to_string(),
-        "--http",
-        &m4.http.to_string(),
-        "--gateway",
-        &gw,
-    ]);
+    let (quic4, http4) = g.advertised(4);
+    let out = run(&["coordinator", "add", "4", "--quic", &quic4, "--http", &http4, "--gateway", &gw]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // The membership printed is the committed one, even through a follower.
     let printed = |out: &std::process::Output| -> Vec<u64> {
@@ -204,7 +197,7 @@ fn coordinators_are_added_and_removed_while_serving() {
     });
     let status = run(&["status", "--gateway", &gw]);
     let text = String::from_utf8_lossy(&status.stdout);
-    assert!(text.contains(&m4.quic.to_string()), "{text}");
+    assert!(text.contains(&quic4), "{text}");
 
     let out = run(&["coordinator", "remove", "2", "--gateway", &format!("http://{}", g.member(1).http)]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use shoal_protocol::address::{check_host_port, listen_for};
 
 use crate::CoordinatorError;
 
@@ -30,12 +31,44 @@ pub const DEFAULT_COMPACT_AFTER: u64 = 10_000;
 #[serde(deny_unknown_fields)]
 pub struct MemberConfig {
     pub id: u64,
-    pub quic: SocketAddr,
-    pub http: SocketAddr,
+    /// The QUIC address other members, nodes and gateways reach this one at: `ip:port`, or
+    /// `dns-name:port` (resolved at each connection, so a member may come back at a new IP).
+    pub quic: String,
+    /// The gateway's HTTP address, in the same form (clients are redirected to it).
+    pub http: String,
+    /// The UDP address to bind for QUIC. Default: `quic` when its host is an IP address,
+    /// else every interface on its port.
+    #[serde(default)]
+    pub listen_quic: Option<SocketAddr>,
+    /// The TCP address to bind for HTTP; default as for `listen_quic`.
+    #[serde(default)]
+    pub listen_http: Option<SocketAddr>,
     /// Part of the group when it is first bootstrapped. A member with `initial = false`
     /// starts empty and waits to be added (`shoal coordinator add`).
     #[serde(default = "yes")]
     pub initial: bool,
+}
+
+impl MemberConfig {
+    /// A member bound where it is reached (IP addresses).
+    pub fn at(id: u64, quic: SocketAddr, http: SocketAddr) -> Self {
+        Self { id, quic: quic.to_string(), http: http.to_string(), listen_quic: None, listen_http: None, initial: true }
+    }
+
+    /// Where this member binds its QUIC endpoint.
+    pub fn quic_listen(&self) -> SocketAddr {
+        self.listen_quic.or_else(|| listen_for(&self.quic)).unwrap_or_else(|| unchecked(&self.quic))
+    }
+
+    /// Where this member's gateway binds.
+    pub fn http_listen(&self) -> SocketAddr {
+        self.listen_http.or_else(|| listen_for(&self.http)).unwrap_or_else(|| unchecked(&self.http))
+    }
+}
+
+/// Only reached for a config that skipped [`ClusterConfig::validate`].
+fn unchecked(addr: &str) -> SocketAddr {
+    panic!("member address '{addr}' was not validated")
 }
 
 fn yes() -> bool {
@@ -120,7 +153,7 @@ impl ClusterConfig {
     /// A single-coordinator group (what `shoal up` runs).
     pub fn single(quic: SocketAddr, http: SocketAddr) -> Self {
         Self {
-            coordinators: vec![MemberConfig { id: 1, quic, http, initial: true }],
+            coordinators: vec![MemberConfig::at(1, quic, http)],
             timing: TimingConfig::default(),
             raft: RaftConfig::default(),
             pki: PkiConfig::default(),
@@ -153,8 +186,9 @@ impl ClusterConfig {
             if !ids.insert(m.id) {
                 return Err(format!("coordinator id {} is listed twice", m.id));
             }
-            for a in [m.quic, m.http] {
-                if !addrs.insert(a) {
+            for (field, a) in [("quic", &m.quic), ("http", &m.http)] {
+                check_host_port(a).map_err(|why| format!("coordinator {} {field}: {why}", m.id))?;
+                if !addrs.insert(a.to_ascii_lowercase()) {
                     return Err(format!("address {a} is used twice"));
                 }
             }
@@ -220,11 +254,38 @@ mod tests {
         let a: SocketAddr = "127.0.0.1:1".parse().expect("addr");
         let b: SocketAddr = "127.0.0.1:2".parse().expect("addr");
         let mut dup = ClusterConfig::single(a, b);
-        dup.coordinators.push(MemberConfig { id: 1, quic: b, http: a, initial: true });
+        dup.coordinators.push(MemberConfig::at(1, b, a));
         dup.pki.ca_dir = Some("ca".into());
         assert!(dup.validate().expect_err("duplicate id").contains("id 1"));
         let mut short = ClusterConfig::single(a, b);
         short.timing.lease_ms = 100;
         assert!(short.validate().expect_err("short lease").contains("lease_ms (100)"));
+        let mut no_port = ClusterConfig::single(a, b);
+        no_port.coordinators[0].quic = "shoal-0.shoal".into();
+        assert!(no_port.validate().expect_err("no port").contains("coordinator 1 quic"));
+    }
+
+    #[test]
+    fn dns_names_are_reached_by_name_and_bound_on_every_interface() {
+        let text = r#"
+            [[coordinators]]
+            id = 1
+            quic = "shoal-coordinator-0.shoal-coordinator.shoal.svc:7100"
+            http = "shoal-coordinator-0.shoal-coordinator.shoal.svc:8080"
+            [[coordinators]]
+            id = 2
+            quic = "shoal-coordinator-1.shoal-coordinator.shoal.svc:7100"
+            http = "shoal-coordinator-1.shoal-coordinator.shoal.svc:8080"
+            listen_quic = "10.0.0.7:7100"
+            [pki]
+            ca_dir = "/etc/shoal/ca"
+        "#;
+        let cfg: ClusterConfig = toml::from_str(text).expect("parses");
+        let cfg = cfg.validate().expect("valid");
+        let one = cfg.member(1).expect("member 1");
+        assert_eq!(one.quic_listen(), "0.0.0.0:7100".parse::<SocketAddr>().expect("addr"));
+        assert_eq!(one.http_listen(), "0.0.0.0:8080".parse::<SocketAddr>().expect("addr"));
+        let two = cfg.member(2).expect("member 2");
+        assert_eq!(two.quic_listen(), "10.0.0.7:7100".parse::<SocketAddr>().expect("addr"));
     }
 }

@@ -93,6 +93,24 @@ fn ensure_shared_ca(ca_dir: &Path) -> Result<(), CoordinatorError> {
     }
 }
 
+/// Creates a cluster CA in `ca_dir` (for `[pki] ca_dir`, e.g. to put in a Kubernetes
+/// Secret) and returns its hash; refuses a directory that already holds one.
+pub fn create_ca(ca_dir: &Path) -> Result<String, CoordinatorError> {
+    if ca_dir.join("ca.crt").exists() || ca_dir.join("ca.key").exists() {
+        return Err(pki_err(ca_dir, "already holds a CA; it is kept as it is"));
+    }
+    if ca_dir.exists() && fs::read_dir(ca_dir).map_err(|e| CoordinatorError::io(ca_dir, e))?.next().is_some() {
+        return Err(pki_err(ca_dir, "exists and is not empty; name a new directory"));
+    }
+    if ca_dir.exists() {
+        fs::remove_dir(ca_dir).map_err(|e| CoordinatorError::io(ca_dir, e))?;
+    }
+    ensure_shared_ca(ca_dir)?;
+    let ca = ClusterCa::from_pem(read(&ca_dir.join("ca.crt"))?, read(&ca_dir.join("ca.key"))?)
+        .map_err(|e| pki_err(ca_dir, e))?;
+    ca.hash().map_err(|e| pki_err(ca_dir, e))
+}
+
 /// Loads the PKI in `dir`, creating the CA (in `dir`, or in the shared `ca_dir`) and the
 /// member certificate on first start.
 pub fn load_or_create(dir: &Path, ca_dir: Option<&Path>, id: u64) -> Result<CoordinatorPki, CoordinatorError> {
@@ -158,6 +176,18 @@ mod tests {
             .collect();
         let hashes: Vec<String> = handles.into_iter().map(|h| h.join().expect("thread").expect("pki")).collect();
         assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
+    }
+
+    #[test]
+    fn a_created_ca_is_the_one_coordinators_load_and_is_not_overwritten() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let shared = dir.path().join("ca");
+        let hash = create_ca(&shared).expect("create");
+        let loaded = load_or_create(&dir.path().join("c1"), Some(&shared), 1).expect("load");
+        assert_eq!(loaded.ca_hash, hash);
+        let again = create_ca(&shared).expect_err("a second CA over the first");
+        assert!(again.to_string().contains("already holds a CA"), "{again}");
+        assert_eq!(load_or_create(&dir.path().join("c2"), Some(&shared), 2).expect("load").ca_hash, hash);
     }
 
     #[test]

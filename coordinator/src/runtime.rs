@@ -81,12 +81,12 @@ impl Coordinator {
         std::fs::set_permissions(&opts.data_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .map_err(|e| CoordinatorError::io(&opts.data_dir, e))?;
         let book: AddressBook =
-            Arc::new(std::sync::RwLock::new(opts.config.coordinators.iter().map(|m| (m.id, m.quic)).collect()));
+            Arc::new(std::sync::RwLock::new(opts.config.coordinators.iter().map(|m| (m.id, m.quic.clone())).collect()));
         if let Some(stored) = crate::raft::store::RaftStore::load_state(&storage)? {
             let mut b = book.write().unwrap_or_else(|p| p.into_inner());
             for c in stored.state.coordinators.values() {
-                if let Ok(addr) = c.quic.parse::<SocketAddr>() {
-                    b.insert(c.id, addr);
+                if shoal_protocol::address::split_host_port(&c.quic).is_some() {
+                    b.insert(c.id, c.quic.clone());
                 }
             }
         }
@@ -132,7 +132,8 @@ impl Coordinator {
             key_hasher: keys.clone(),
             configured_http: opts.config.coordinators.iter().map(|c| (c.id, c.http.to_string())).collect(),
         });
-        let endpoint = quic::server_endpoint_keyed(member.quic, identity.server_config()?, &identity.reset_secret())?;
+        let endpoint =
+            quic::server_endpoint_keyed(member.quic_listen(), identity.server_config()?, &identity.reset_secret())?;
         let quic_addr = endpoint.local_addr().map_err(|e| CoordinatorError::io("quic endpoint", e))?;
         {
             let control = control.clone();

@@ -3,7 +3,6 @@
 //! (bounded) for a leader instead of failing at once.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -95,16 +94,19 @@ impl Writer {
         if let Some(c) = conns.get(&leader).filter(|c| c.close_reason().is_none()) {
             return Ok((c.clone(), false));
         }
-        let addr: SocketAddr = self
+        let addr: String = self
             .book
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&leader)
-            .copied()
+            .cloned()
             .ok_or(CoordinatorError::NotLeader { leader: Some(leader) })?;
         let client = self.client.clone().ok_or(CoordinatorError::NotLeader { leader: Some(leader) })?;
-        let endpoint = quic::client_endpoint(addr)?;
-        let connect = quic::connect(&endpoint, addr, (*client).clone(), COORDINATOR_SERVER_NAME);
+        let connect = async {
+            let to = quic::resolve(&addr).await?;
+            let endpoint = quic::client_endpoint(to)?;
+            quic::connect(&endpoint, to, (*client).clone(), COORDINATOR_SERVER_NAME).await
+        };
         // A leader that just died does not answer: do not wait out QUIC's idle timeout.
         let conn = tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await

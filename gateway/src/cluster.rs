@@ -58,8 +58,8 @@ pub enum Source {
         writer: shoal_coordinator::writer::Writer,
         control: Arc<shoal_coordinator::control::ControlPlane>,
     },
-    /// Any of these coordinators, and any other the view names.
-    Any(Vec<SocketAddr>),
+    /// Any of these coordinators (`host:port`), and any other the view names.
+    Any(Vec<String>),
 }
 
 impl std::fmt::Debug for Source {
@@ -96,11 +96,11 @@ pub struct Cluster {
     connected: AtomicBool,
     source: Source,
     /// Coordinators heard of (given, and from soft state), in the order to try them.
-    known: Mutex<Vec<SocketAddr>>,
+    known: Mutex<Vec<String>>,
     /// The coordinator the view comes from now.
-    watching: Mutex<Option<SocketAddr>>,
+    watching: Mutex<Option<String>>,
     /// The leader this gateway moved its view to, and when.
-    preferred: Mutex<Option<(SocketAddr, Instant)>>,
+    preferred: Mutex<Option<(String, Instant)>>,
     pool: Pool,
 }
 
@@ -109,7 +109,7 @@ impl Cluster {
     pub fn new(source: Source, client: quinn::ClientConfig) -> Result<Arc<Self>, GatewayError> {
         let embedded = matches!(source, Source::Embedded { .. });
         let (known, state) = match &source {
-            Source::Embedded { quic, writer, .. } => (vec![*quic], writer.raft().state().clone()),
+            Source::Embedded { quic, writer, .. } => (vec![quic.to_string()], writer.raft().state().clone()),
             Source::Any(list) => (list.clone(), Arc::new(RwLock::new(ClusterState::default()))),
         };
         Ok(Arc::new(Self {
@@ -206,11 +206,11 @@ impl Cluster {
 
     /// The coordinators to try, in order: the leader this gateway moved to, the one it
     /// watches, then every other it knows.
-    fn targets(&self) -> Vec<SocketAddr> {
+    fn targets(&self) -> Vec<String> {
         let mut list = self.known.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let first = [
-            self.preferred.lock().unwrap_or_else(|p| p.into_inner()).map(|(a, _)| a),
-            *self.watching.lock().unwrap_or_else(|p| p.into_inner()),
+            self.preferred.lock().unwrap_or_else(|p| p.into_inner()).clone().map(|(a, _)| a),
+            self.watching.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         ];
         for a in first.into_iter().flatten().rev() {
             list.retain(|x| *x != a);
@@ -222,15 +222,16 @@ impl Cluster {
     /// The leader's address when `soft` (from the coordinator at `watching`) names another
     /// member as leader, and this gateway has not moved in the last [`MOVE_AT_MOST_EVERY`]
     /// (a leader it cannot reach must not make it bounce).
-    fn leader_elsewhere(&self, soft: &SoftView, watching: SocketAddr) -> Option<SocketAddr> {
+    fn leader_elsewhere(&self, soft: &SoftView, watching: &str) -> Option<String> {
         if soft.leader_id == 0 || soft.leader_id == soft.coordinator_id {
             return None;
         }
-        let leader = soft.coordinators.iter().find(|(id, _, _)| *id == soft.leader_id)?.1.parse().ok()?;
+        let leader = soft.coordinators.iter().find(|(id, _, _)| *id == soft.leader_id)?.1.clone();
         let recent = self
             .preferred
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
             .is_some_and(|(_, at)| at.elapsed() < MOVE_AT_MOST_EVERY);
         (leader != watching && !recent).then_some(leader)
     }
@@ -260,6 +261,13 @@ impl Cluster {
             if tokio::time::Instant::now() >= deadline {
                 break;
             }
+            let addr = match shoal_protocol::quic::resolve(&addr).await {
+                Ok(a) => a,
+                Err(e) => {
+                    why.push(e.to_string());
+                    continue;
+                }
+            };
             match self.pool.call(addr, COORDINATOR_SERVER_NAME, &request, deadline).await {
                 Ok(Response::Proposed { outcome, index }) => {
                     let outcome: Outcome = shoal_protocol::frame::decode(&outcome)?;
@@ -299,6 +307,13 @@ impl Cluster {
             if tokio::time::Instant::now() >= deadline {
                 break;
             }
+            let addr = match shoal_protocol::quic::resolve(&addr).await {
+                Ok(a) => a,
+                Err(e) => {
+                    why.push(e.to_string());
+                    continue;
+                }
+            };
             match self.pool.call(addr, COORDINATOR_SERVER_NAME, &Request::ReadIndex, deadline).await {
                 Ok(Response::ReadIndexed { index }) => {
                     self.catch_up(index, CATCH_UP).await;
@@ -319,7 +334,7 @@ impl Cluster {
         loop {
             let mut moved = false;
             for addr in self.targets() {
-                match self.watch_one(addr).await {
+                match self.watch_one(&addr).await {
                     // Left on purpose, for the leader: go to it at once.
                     Ok(()) => {
                         moved = true;
@@ -376,7 +391,8 @@ impl Cluster {
     }
 
     /// Follows one coordinator's view until it ends or goes silent.
-    async fn watch_one(&self, addr: SocketAddr) -> Result<(), GatewayError> {
+    async fn watch_one(&self, name: &str) -> Result<(), GatewayError> {
+        let addr = shoal_protocol::quic::resolve(name).await?;
         let conn = self.pool.connection(addr, COORDINATOR_SERVER_NAME).await?;
         let mut stream = ClientStream::open(&conn).await?;
         let from = *self.index.borrow();
@@ -404,7 +420,7 @@ impl Cluster {
                         metrics::counter!(m::VIEW_STATES_RECEIVED).increment(1);
                         metrics::gauge!(m::VIEW_INDEX).set(index as f64);
                         self.loaded.store(true, Ordering::Release);
-                        *self.watching.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr);
+                        *self.watching.lock().unwrap_or_else(|p| p.into_inner()) = Some(name.to_string());
                         if !self.connected.swap(true, Ordering::AcqRel) {
                             metrics::gauge!(m::VIEW_CONNECTED).set(1.0);
                             info!(%addr, index, "receiving the cluster view");
@@ -428,7 +444,7 @@ impl Cluster {
                 }
                 Ok(Response::ViewSoft { data }) => {
                     let soft: SoftView = shoal_protocol::frame::decode(&data)?;
-                    let leader = self.leader_elsewhere(&soft, addr);
+                    let leader = self.leader_elsewhere(&soft, name);
                     self.set_soft(soft);
                     if let Some(leader) = leader {
                         // Only the leader hears heartbeats: watching it gives the router the
@@ -455,10 +471,8 @@ impl Cluster {
         }
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         for (_, addr, _) in &soft.coordinators {
-            if let Ok(a) = addr.parse::<SocketAddr>() {
-                if !known.contains(&a) {
-                    known.push(a);
-                }
+            if shoal_protocol::address::split_host_port(addr).is_some() && !known.contains(addr) {
+                known.push(addr.clone());
             }
         }
     }

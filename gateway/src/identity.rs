@@ -32,8 +32,8 @@ pub struct GatewayIdentity {
     pub key_pem: String,
     pub ca_pem: String,
     pub key_secret: Vec<u8>,
-    /// The coordinators' QUIC addresses.
-    pub coordinators: Vec<SocketAddr>,
+    /// The coordinators' QUIC addresses (`host:port`).
+    pub coordinators: Vec<String>,
     /// Where the HTTP API listens.
     pub http: SocketAddr,
 }
@@ -65,7 +65,12 @@ impl GatewayIdentity {
         };
         let coordinators = field("coordinators")?
             .split(',')
-            .map(|a| a.trim().parse::<SocketAddr>().map_err(|e| bad(format!("coordinator address '{a}': {e}"))))
+            .map(|a| {
+                let a = a.trim();
+                shoal_protocol::address::check_host_port(a)
+                    .map(|()| a.to_string())
+                    .map_err(|e| bad(format!("coordinator address: {e}")))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let http = field("http")?.parse().map_err(|e| bad(format!("http address: {e}")))?;
         let key_secret = hex::decode(read(SECRET_FILE)?.trim()).map_err(|e| bad(format!("{SECRET_FILE}: {e}")))?;
@@ -105,7 +110,7 @@ fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), GatewayError
 /// Joins as a gateway through the first of `coordinators` that takes the token (a follower
 /// redirects to the leader).
 pub async fn join(
-    coordinators: &[SocketAddr],
+    coordinators: &[String],
     token: &JoinToken,
     ca_hash: &str,
     name: &str,
@@ -113,9 +118,9 @@ pub async fn join(
 ) -> Result<GatewayIdentity, GatewayError> {
     let (csr_der, key_pem) = tls::new_csr(name)?;
     let mut errors = Vec::new();
-    let mut queue: Vec<SocketAddr> = coordinators.to_vec();
+    let mut queue: Vec<String> = coordinators.to_vec();
     let mut tried = 0;
-    while let Some(addr) = queue.first().copied() {
+    while let Some(addr) = queue.first().cloned() {
         queue.remove(0);
         tried += 1;
         if tried > coordinators.len() + 3 {
@@ -128,7 +133,7 @@ pub async fn join(
             csr_der: csr_der.clone(),
             gateway: true,
         };
-        match join_one(addr, &req, ca_hash).await {
+        match join_one(&addr, &req, ca_hash).await {
             Ok(Response::GatewayJoined { gateway_id, cert_pem, ca_pem, key_secret }) => {
                 let got = tls::spki_sha256(&tls::pem_cert_der(&ca_pem)?)?;
                 if got != tls::parse_ca_hash(ca_hash)? {
@@ -146,10 +151,12 @@ pub async fn join(
                 });
             }
             Ok(Response::Refused { message, .. }) => return Err(GatewayError::JoinRefused(message)),
-            Ok(Response::Redirect { leader_address }) => match leader_address.parse() {
-                Ok(leader) => queue.insert(0, leader),
-                Err(_) => errors.push(format!("{addr} redirected to '{leader_address}'")),
-            },
+            Ok(Response::Redirect { leader_address }) => {
+                match shoal_protocol::address::check_host_port(&leader_address) {
+                    Ok(()) => queue.insert(0, leader_address),
+                    Err(_) => errors.push(format!("{addr} redirected to '{leader_address}'")),
+                }
+            }
             Ok(_) => errors.push(format!("{addr}: unexpected answer")),
             Err(GatewayError::CaMismatch { expected, presented }) => {
                 return Err(GatewayError::CaMismatch { expected, presented })
@@ -163,8 +170,9 @@ pub async fn join(
     )))
 }
 
-async fn join_one(addr: SocketAddr, req: &JoinRequest, ca_hash: &str) -> Result<Response, GatewayError> {
+async fn join_one(addr: &str, req: &JoinRequest, ca_hash: &str) -> Result<Response, GatewayError> {
     let (config, pin) = tls::pinned_client_config(ca_hash)?;
+    let addr = quic::resolve(addr).await?;
     let endpoint = quic::client_endpoint(addr)?;
     let connecting = quic::connect(&endpoint, addr, config, COORDINATOR_SERVER_NAME);
     let conn = match tokio::time::timeout(JOIN_TIMEOUT, connecting).await {

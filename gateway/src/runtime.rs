@@ -119,7 +119,7 @@ impl Gateway {
             .member(coord.id)
             .ok_or_else(|| GatewayError::Model(format!("coordinator {} is not listed in the config", coord.id)))?;
         Self::start(GatewayOptions {
-            http: member.http,
+            http: member.http_listen(),
             source: Source::Embedded {
                 quic: coord.quic_addr,
                 writer: coord.writer.clone(),

@@ -310,6 +310,9 @@ async fn generate(host: &ModelHost, stream: ServerStream, req: GenerateRequest) 
     generate_llm(engine, stream, req).await
 }
 
+/// How often a sequence that has no token yet says it is still being worked on.
+const STILL_WORKING_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn generate_llm(engine: Option<Engine>, mut stream: ServerStream, req: GenerateRequest) {
     let Some(Engine::Generate(h)) = engine else {
         let msg = format!("no ready generation replica {} here", req.placement_id);
@@ -349,9 +352,20 @@ async fn generate_llm(engine: Option<Engine>, mut stream: ServerStream, req: Gen
     // also while the sequence is still queued and has sent nothing.
     let abandoned = stream.abandoned();
     tokio::pin!(abandoned);
+    // Until the first token, `GenerationStarted` is repeated: a sequence queued behind others
+    // or prefilling a long prompt on a slow CPU is busy, not silent (the gateway gives a
+    // replica that sends nothing for 30 s up).
+    let mut waiting = tokio::time::interval_at(tokio::time::Instant::now() + STILL_WORKING_EVERY, STILL_WORKING_EVERY);
+    let mut first_token = false;
     loop {
         let ev = tokio::select! {
             ev = events.recv() => ev,
+            _ = waiting.tick(), if !first_token => {
+                if stream.send(&Response::GenerationStarted { prompt_tokens }).await.is_err() {
+                    return;
+                }
+                continue;
+            }
             _ = &mut abandoned => {
                 debug!(placement = %req.placement_id, "client went away before the answer; cancelling the sequence");
                 return;
@@ -359,7 +373,10 @@ async fn generate_llm(engine: Option<Engine>, mut stream: ServerStream, req: Gen
         };
         let Some(ev) = ev else { break };
         let frame = match ev {
-            SeqEvent::Token { token, text } => Response::Generated { tokens: vec![token], text },
+            SeqEvent::Token { token, text } => {
+                first_token = true;
+                Response::Generated { tokens: vec![token], text }
+            }
             SeqEvent::Finished { stop, prompt_tokens, completion_tokens } => {
                 let finish = if stop { Finish::Stop } else { Finish::Length };
                 let done = Response::GenerationDone {

@@ -66,13 +66,9 @@ fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), NodeError> {
     shoal_protocol::files::write_atomic(path, contents, mode).map_err(|e| NodeError::io(path, e))
 }
 
-/// Resolves `host:port`.
+/// Resolves `host:port` (IPv4 first, as every Shoal process does).
 pub async fn resolve(addr: &str) -> Result<SocketAddr, NodeError> {
-    tokio::net::lookup_host(addr)
-        .await
-        .map_err(|_| NodeError::Address(addr.to_string()))?
-        .next()
-        .ok_or_else(|| NodeError::Address(addr.to_string()))
+    shoal_protocol::quic::resolve(addr).await.map_err(|_| NodeError::Address(addr.to_string()))
 }
 
 /// How long joining waits for the coordinator to answer at all.

@@ -6,6 +6,7 @@
 //! What it must not do: decide anything about the cluster. Message types and the codec are
 //! pure (no clock, no sockets); only [`quic`] touches tokio and quinn.
 
+pub mod address;
 pub mod artifact;
 pub mod error;
 pub mod files;

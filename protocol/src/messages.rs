@@ -355,7 +355,8 @@ pub enum Response {
     ReadIndexed {
         index: u64,
     },
-    /// The prompt was accepted: its length in tokens.
+    /// The prompt was accepted: its length in tokens. Repeated every 10 s until the first
+    /// token (queued or prefilling: busy, not silent); receivers act on the first only.
     GenerationStarted {
         prompt_tokens: u32,
     },

@@ -240,6 +240,28 @@ pub fn client_endpoint(for_peer: SocketAddr) -> Result<Endpoint, ProtocolError> 
     Endpoint::client(bind).map_err(|e| ProtocolError::Connect(e.to_string()))
 }
 
+/// How long resolving a member's DNS name may take.
+pub const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Resolves a member address (`ip:port` at once, `name:port` through the system resolver,
+/// at most [`RESOLVE_TIMEOUT`]); the first address wins.
+pub async fn resolve(addr: &str) -> Result<SocketAddr, ProtocolError> {
+    if let Ok(a) = addr.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if crate::address::split_host_port(addr).is_none() {
+        return Err(ProtocolError::Connect(format!("'{addr}' is not host:port")));
+    }
+    let found = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(addr))
+        .await
+        .map_err(|_| ProtocolError::Connect(format!("resolving {addr} timed out")))?
+        .map_err(|e| ProtocolError::Connect(format!("cannot resolve {addr}: {e}")))?;
+    let mut found: Vec<SocketAddr> = found.collect();
+    // IPv4 first: the client endpoint of a dual-stack name is then the common one.
+    found.sort_by_key(|a| a.is_ipv6());
+    found.into_iter().next().ok_or_else(|| ProtocolError::Connect(format!("{addr} resolves to no address")))
+}
+
 /// Connects to `addr`, expecting the peer to present `server_name`.
 pub async fn connect(
     endpoint: &Endpoint,

@@ -13,7 +13,7 @@ use anyhow::{anyhow, Context};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
-const KEY: &str = "sk-bench";
+const KEY: &str = "sk-bench-local-admin";
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {

@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 
 use super::bench::{free_port, Group};
 
-const KEY: &str = "sk-bench";
+const KEY: &str = "sk-bench-local-admin";
 const EMBED: &str = "minilm";
 const KB: &str = "chaos";
 /// How long the load's client waits for one gateway before trying the next (a stopped

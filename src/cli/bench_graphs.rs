@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use super::bench_serve::{agent, get, percentile, post, shoal_command};
 
-const KEY: &str = "sk-bench";
+const KEY: &str = "sk-bench-local-admin";
 /// Steps in the benchmark's chain.
 const STEPS: usize = 10;
 const GRAPH: &str = "chain10";

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use super::bench_serve::{agent, get, percentile, post, shoal_command, start_up};
 
-const KEY: &str = "sk-bench";
+const KEY: &str = "sk-bench-local-admin";
 const EMBED: &str = "all-minilm-l6-v2";
 
 #[derive(Debug, Args)]

@@ -23,7 +23,7 @@ use shoal_protocol::{Capacity, Heartbeat, JoinRequest, Load, RegisterRequest, Re
 
 use super::bench::Group;
 
-const KEY: &str = "sk-bench";
+const KEY: &str = "sk-bench-local-admin";
 
 #[derive(Debug, Args)]
 pub struct ScaleBench {

@@ -13,7 +13,7 @@ use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use serde_json::{json, Value};
 
-const KEY: &str = "sk-bench";
+const KEY: &str = "sk-bench-local-admin";
 const CHAT: &str = "smollm2-135m-instruct";
 const EMBED: &str = "all-minilm-l6-v2";
 const STORY: &str = "Write a long story about a dragon who learns to fly.";

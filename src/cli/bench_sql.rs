@@ -463,6 +463,11 @@ fn cause(p: &Prediction) -> String {
     first_line(e, 48)
 }
 
+/// A JSON value as text, strings without quotes.
+fn plain(v: &Value) -> String {
+    v.as_str().map_or_else(|| v.to_string(), String::from)
+}
+
 fn print_table(a: &SqlBench, built: &Value, scored: &[Scored], report: &Value, details: &Value) {
     println!(
         "shoal bench sql — one run, this machine ({} cores): Spider dev (from {}), first {} questions on {} \
@@ -476,13 +481,17 @@ fn print_table(a: &SqlBench, built: &Value, scored: &[Scored], report: &Value, d
     println!(
         "Through `shoal up`: a graph of qa-db's schema + write + query steps (the product's prompts, greedy, \
          max 256 tokens); a question is correct when the SQL Shoal ran gives the gold result on every seed \
-         (rows as multisets, ordered when the gold's outer query has ORDER BY; ints = floats when equal). \
+         (rows as multisets, in order when the gold's outer query has ORDER BY; columns in any order; \
+         ints = floats when equal). \
          {} run(s) at a time.",
         a.concurrency
     );
     println!(
         "Gold results empty on every seed: {} of {} questions; gold SQL failing: {}; foreign keys pointing nowhere: {}.",
-        built["gold_empty_all"], built["questions"], built["gold_errors"], built["foreign_key_violations"]
+        plain(&built["gold_empty_all"]),
+        plain(&built["questions"]),
+        plain(&built["gold_errors"]),
+        plain(&built["foreign_key_violations"])
     );
     println!();
     println!(

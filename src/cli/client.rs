@@ -52,6 +52,25 @@ pub fn resolve_key(key: Option<&str>, file: Option<&std::path::Path>) -> anyhow:
     }
 }
 
+/// The fewest characters an admin key given to `shoal up`/`shoal coordinator` may have.
+pub const MIN_ADMIN_KEY_CHARS: usize = 16;
+
+/// The admin key a server is started with ([`resolve_key`]), refused when it is too short
+/// to be a secret (a placeholder left in a manifest, say).
+pub fn admin_key(key: Option<&str>, file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+    let key = resolve_key(key, file)?;
+    if let Some(k) = &key {
+        if k.chars().count() < MIN_ADMIN_KEY_CHARS {
+            return Err(anyhow!(
+                "the admin API key (SHOAL_API_KEY, --api-key or --api-key-file) is {} characters; it needs at \
+                 least {MIN_ADMIN_KEY_CHARS}: generate one with `openssl rand -hex 24`",
+                k.chars().count()
+            ));
+        }
+    }
+    Ok(key)
+}
+
 impl GatewayArgs {
     fn agent() -> ureq::Agent {
         ureq::Agent::config_builder()

@@ -1,4 +1,3 @@
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{anyhow, Context};
@@ -42,12 +41,12 @@ pub enum MemberCommand {
     Add {
         /// The new member's id.
         id: u64,
-        /// Its QUIC address.
-        #[arg(long)]
-        quic: SocketAddr,
-        /// Its gateway address.
-        #[arg(long)]
-        http: SocketAddr,
+        /// Its QUIC address, host:port (an IP address or a DNS name).
+        #[arg(long, value_parser = super::gateway::host_port)]
+        quic: String,
+        /// Its gateway address, host:port.
+        #[arg(long, value_parser = super::gateway::host_port)]
+        http: String,
         /// Add it even if it does not answer yet (it must then be started with an empty data
         /// dir and `initial = false`).
         #[arg(long)]
@@ -85,21 +84,18 @@ async fn serve(a: CoordinatorArgs) -> anyhow::Result<()> {
     let path = a.config.ok_or_else(|| anyhow!("--config is required to run a coordinator"))?;
     let id = a.id.ok_or_else(|| anyhow!("--id is required to run a coordinator"))?;
     let config = ClusterConfig::load(&path)?;
+    let api_key = super::client::admin_key(a.api_key.as_deref(), a.api_key_file.as_deref())?;
     let _lock = super::preflight::lock_data_dir(&a.data_dir, "--data-dir")?;
     if let Some(m) = config.member(id) {
         let fix = format!("the address of member {id} in {}", path.display());
-        super::preflight::check_tcp(m.http, "gateway", &fix)?;
-        super::preflight::check_udp(m.quic, "coordinator QUIC", &fix)?;
+        super::preflight::check_tcp(m.http_listen(), "gateway", &fix)?;
+        super::preflight::check_udp(m.quic_listen(), "coordinator QUIC", &fix)?;
     }
     let fault_injection = std::env::var(FAULT_INJECTION_ENV).is_ok_and(|v| v == "1");
-    let mut coord = Coordinator::start(CoordinatorOptions {
-        config: config.clone(),
-        id,
-        data_dir: a.data_dir.clone(),
-        api_key: super::client::resolve_key(a.api_key.as_deref(), a.api_key_file.as_deref())?,
-    })
-    .await
-    .context("coordinator failed to start")?;
+    let mut coord =
+        Coordinator::start(CoordinatorOptions { config: config.clone(), id, data_dir: a.data_dir.clone(), api_key })
+            .await
+            .context("coordinator failed to start")?;
     let gateway = Gateway::embedded(&coord, &config, &a.data_dir, None, fault_injection)
         .await
         .context("the embedded gateway failed to start")?;

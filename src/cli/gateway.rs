@@ -16,13 +16,13 @@ use shoal_protocol::token::JoinToken;
 #[derive(Debug, Args)]
 pub struct GatewayArgs {
     /// The coordinators' QUIC addresses, comma-separated (as `shoal token create` prints them).
-    #[arg(long, value_delimiter = ',')]
-    pub coordinators: Vec<SocketAddr>,
+    #[arg(long, value_delimiter = ',', value_parser = host_port)]
+    pub coordinators: Vec<String>,
     /// A join token from `shoal token create` (first start only).
     #[arg(long, env = "SHOAL_JOIN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// The cluster CA's hash from `shoal token create` (first start only).
-    #[arg(long)]
+    #[arg(long, env = "SHOAL_CA_HASH")]
     pub ca_hash: Option<String>,
     /// Where the HTTP API listens (first start; saved for restarts).
     #[arg(long)]
@@ -95,4 +95,9 @@ pub async fn run(a: GatewayArgs) -> anyhow::Result<()> {
     println!("  cluster view from {}", coordinators.join(", "));
     super::shutdown_signal().await;
     Ok(())
+}
+
+/// A `host:port` argument (an IP address or a DNS name).
+pub fn host_port(s: &str) -> Result<String, String> {
+    shoal_protocol::address::check_host_port(s).map(|()| s.to_string())
 }

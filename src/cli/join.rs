@@ -65,10 +65,10 @@ pub struct JoinArgs {
     /// The coordinator's QUIC address (host:port), as printed by `shoal token create`.
     pub coordinator: String,
     /// The join token (<id>.<secret>); only needed the first time.
-    #[arg(long)]
+    #[arg(long, env = "SHOAL_JOIN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// The cluster CA's hash (sha256:…); only needed the first time.
-    #[arg(long)]
+    #[arg(long, env = "SHOAL_CA_HASH")]
     pub ca_hash: Option<String>,
     /// Where this node keeps its identity.
     #[arg(long, default_value = "./shoal-node")]

@@ -8,6 +8,7 @@ mod bench_recall;
 mod bench_scale;
 mod bench_serve;
 mod bench_sql;
+mod ca;
 mod chat;
 mod client;
 mod coordinator;
@@ -18,6 +19,8 @@ mod graph;
 mod join;
 mod kb;
 mod key;
+#[cfg(test)]
+mod kubernetes_manifests;
 mod preflight;
 mod prometheus;
 mod status;
@@ -43,6 +46,11 @@ pub enum Command {
     Coordinator(coordinator::CoordinatorArgs),
     /// Run a standalone gateway (HTTP API) that serves from the coordinators' cluster view.
     Gateway(gateway::GatewayArgs),
+    /// The cluster CA shared by a group's coordinators (create one for a Kubernetes Secret).
+    Ca {
+        #[command(subcommand)]
+        command: ca::CaCommand,
+    },
     /// Manage join tokens.
     Token {
         #[command(subcommand)]
@@ -114,6 +122,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up(a) => up::run(a).await,
         Command::Coordinator(a) => coordinator::run(a).await,
         Command::Gateway(a) => gateway::run(a).await,
+        Command::Ca { command } => ca::run(command),
         Command::Token { command } => token::run(command).await,
         Command::Join(a) => join::run(a).await,
         Command::Status(a) => status::run(a).await,

@@ -18,8 +18,24 @@ pub struct CreateArgs {
     /// A note stored with the token.
     #[arg(long)]
     pub description: Option<String>,
+    /// How to print it: text (with the commands to run), env (SHOAL_JOIN_TOKEN=…,
+    /// SHOAL_CA_HASH=…, SHOAL_COORDINATOR=… lines, e.g. for a Kubernetes Secret), or json.
+    #[arg(long, value_enum, default_value_t = TokenFormat::Text)]
+    pub format: TokenFormat,
     #[command(flatten)]
     pub gateway: GatewayArgs,
+}
+
+/// `--format env`: each variable and the answer's field it holds. The first two are what
+/// `shoal join` and `shoal gateway` read.
+pub const ENV_FORMAT: [(&str, &str); 3] =
+    [("SHOAL_JOIN_TOKEN", "token"), ("SHOAL_CA_HASH", "ca_hash"), ("SHOAL_COORDINATOR", "coordinator")];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TokenFormat {
+    Text,
+    Env,
+    Json,
 }
 
 pub async fn run(cmd: TokenCommand) -> anyhow::Result<()> {
@@ -28,6 +44,19 @@ pub async fn run(cmd: TokenCommand) -> anyhow::Result<()> {
             let body = json!({ "ttl_seconds": a.ttl, "description": a.description });
             let r = a.gateway.post("/v1/tokens", body).await?;
             let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+            match a.format {
+                TokenFormat::Json => {
+                    println!("{}", serde_json::to_string_pretty(&r)?);
+                    return Ok(());
+                }
+                TokenFormat::Env => {
+                    for (name, field) in ENV_FORMAT {
+                        println!("{name}={}", s(field));
+                    }
+                    return Ok(());
+                }
+                TokenFormat::Text => {}
+            }
             println!("token:    {}", s("token"));
             println!("ca-hash:  {}", s("ca_hash"));
             println!("expires:  in {}s", a.ttl);

@@ -80,6 +80,7 @@ pub struct UpArgs {
 }
 
 pub async fn run(a: UpArgs) -> anyhow::Result<()> {
+    let api_key = super::client::admin_key(a.api_key.as_deref(), a.api_key_file.as_deref())?;
     let _lock = super::preflight::lock_data_dir(&a.data_dir, "--data-dir")?;
     super::preflight::check_tcp(a.http, "gateway", "--http")?;
     super::preflight::check_udp(a.listen, "coordinator QUIC", "--listen")?;
@@ -92,7 +93,7 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
         config: cfg.clone(),
         id: 1,
         data_dir: a.data_dir.join("coordinator"),
-        api_key: super::client::resolve_key(a.api_key.as_deref(), a.api_key_file.as_deref())?,
+        api_key,
     })
     .await
     .context("coordinator failed to start")?;

@@ -352,6 +352,9 @@ pub struct Group {
     pub dir: PathBuf,
     pub config: PathBuf,
     pub members: Vec<GroupMember>,
+    /// Members are written in the config as `localhost:PORT` (DNS names, resolved by every
+    /// process at each connection) and bound on 127.0.0.1.
+    pub named: bool,
 }
 
 /// POSTs with the admin key; `None` when nothing answered.
@@ -369,25 +372,47 @@ pub fn post_opt(url: &str, body: Value) -> Option<(u16, Value)> {
 impl Group {
     /// Writes a config for `n` members (the last `extra` not part of the bootstrap group).
     pub fn new(dir: &Path, n: u64, extra: u64) -> Group {
+        Self::write(dir, n, extra, false)
+    }
+
+    /// As [`Group::new`], with the members named `localhost:PORT` in the config.
+    pub fn new_named(dir: &Path, n: u64, extra: u64) -> Group {
+        Self::write(dir, n, extra, true)
+    }
+
+    /// How member `id`'s QUIC and HTTP addresses are written in the config.
+    pub fn advertised(&self, id: u64) -> (String, String) {
+        let m = self.member(id);
+        if self.named {
+            (format!("localhost:{}", m.quic.port()), format!("localhost:{}", m.http.port()))
+        } else {
+            (m.quic.to_string(), m.http.to_string())
+        }
+    }
+
+    fn write(dir: &Path, n: u64, extra: u64, named: bool) -> Group {
         let members: Vec<GroupMember> = (1..=n + extra)
             .map(|id| GroupMember { id, quic: addr(free_port()), http: addr(free_port()), proc: None })
             .collect();
         let mut cfg = String::new();
         for m in &members {
-            cfg += &format!(
-                "[[coordinators]]\nid = {}\nquic = \"{}\"\nhttp = \"{}\"\ninitial = {}\n\n",
-                m.id,
-                m.quic,
-                m.http,
-                m.id <= n
-            );
+            let (quic, http) = if named {
+                (format!("localhost:{}", m.quic.port()), format!("localhost:{}", m.http.port()))
+            } else {
+                (m.quic.to_string(), m.http.to_string())
+            };
+            cfg += &format!("[[coordinators]]\nid = {}\nquic = \"{quic}\"\nhttp = \"{http}\"\n", m.id);
+            if named {
+                cfg += &format!("listen_quic = \"{}\"\nlisten_http = \"{}\"\n", m.quic, m.http);
+            }
+            cfg += &format!("initial = {}\n\n", m.id <= n);
         }
         cfg +=
             "[pki]\nca_dir = \"ca\"\n\n[timing]\nheartbeat_ms = 300\nlease_ms = 1500\n\n[raft]\ncompact_after = 40\n";
         std::fs::create_dir_all(dir).expect("dir");
         let config = dir.join("group.toml");
         std::fs::write(&config, cfg).expect("config");
-        Group { dir: dir.to_path_buf(), config, members }
+        Group { dir: dir.to_path_buf(), config, members, named }
     }
 
     pub fn member(&self, id: u64) -> &GroupMember {

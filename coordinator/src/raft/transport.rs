@@ -6,7 +6,6 @@
 //! broken link drops messages (raft retransmits) and reports the peer unreachable.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -57,7 +56,8 @@ impl Faults {
 }
 
 /// Where each coordinator listens, shared with whoever learns about new members.
-pub type AddressBook = Arc<RwLock<HashMap<u64, SocketAddr>>>;
+/// Each member's QUIC address (`host:port`; names are resolved at each connection).
+pub type AddressBook = Arc<RwLock<HashMap<u64, String>>>;
 
 /// The raft driver's outbox.
 pub struct Transport {
@@ -107,8 +107,10 @@ impl Transport {
     pub fn learn(&mut self, state: &ClusterState, cs: &ConfState) {
         let mut book = self.book.write().unwrap_or_else(|p| p.into_inner());
         for id in cs.voters.iter().chain(cs.learners.iter()) {
-            if let Some(addr) = state.coordinators.get(id).and_then(|c| c.quic.parse().ok()) {
-                book.insert(*id, addr);
+            if let Some(c) = state.coordinators.get(id) {
+                if shoal_protocol::address::split_host_port(&c.quic).is_some() {
+                    book.insert(*id, c.quic.clone());
+                }
             }
         }
     }
@@ -149,7 +151,7 @@ impl Transport {
     }
 
     fn start_peer(&mut self, to: u64) -> bool {
-        let addr = self.book.read().unwrap_or_else(|p| p.into_inner()).get(&to).copied();
+        let addr = self.book.read().unwrap_or_else(|p| p.into_inner()).get(&to).cloned();
         let (Some(addr), Some(client), Some(rt), Some(reports)) =
             (addr, self.client.clone(), self.runtime.clone(), self.reports.clone())
         else {
@@ -165,19 +167,15 @@ impl Transport {
 async fn peer_loop(
     self_id: u64,
     peer: u64,
-    addr: SocketAddr,
+    addr: String,
     client: Arc<quinn::ClientConfig>,
     mut rx: mpsc::Receiver<Message>,
     reports: mpsc::Sender<Report>,
     faults: Arc<Faults>,
 ) {
-    let endpoint = match quic::client_endpoint(addr) {
-        Ok(e) => e,
-        Err(e) => {
-            warn!(peer, error = %e, "cannot create a client endpoint for a raft peer");
-            return;
-        }
-    };
+    // One endpoint per address family, made when first needed: a name may resolve to
+    // another address (and family) after the peer moves.
+    let mut endpoints: HashMap<bool, quinn::Endpoint> = HashMap::new();
     let mut conn: Option<quinn::Connection> = None;
     let mut stream: Option<ClientStream> = None;
     while let Some(msg) = rx.recv().await {
@@ -186,7 +184,18 @@ async fn peer_loop(
         }
         if conn.as_ref().is_none_or(|c| c.close_reason().is_some()) {
             stream = None;
-            let connect = quic::connect(&endpoint, addr, (*client).clone(), COORDINATOR_SERVER_NAME);
+            let connect = async {
+                let to = quic::resolve(&addr).await?;
+                let endpoint = match endpoints.get(&to.is_ipv6()) {
+                    Some(e) => e.clone(),
+                    None => {
+                        let e = quic::client_endpoint(to)?;
+                        endpoints.insert(to.is_ipv6(), e.clone());
+                        e
+                    }
+                };
+                quic::connect(&endpoint, to, (*client).clone(), COORDINATOR_SERVER_NAME).await
+            };
             let connected = tokio::time::timeout(CONNECT_TIMEOUT, connect)
                 .await
                 .unwrap_or_else(|_| Err(shoal_protocol::ProtocolError::Connect("timed out".into())));

@@ -216,7 +216,7 @@ impl Graphs {
             holders.sort_by_key(|(id, _)| *id != stored_by);
             let mut why = Vec::new();
             for (id, quic) in holders {
-                let Ok(addr) = quic.parse::<std::net::SocketAddr>() else { continue };
+                let Ok(addr) = shoal_protocol::quic::resolve(&quic).await else { continue };
                 let fetched = async {
                     let mut stream = self
                         .cluster

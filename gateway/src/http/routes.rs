@@ -291,8 +291,10 @@ pub async fn list_tokens(
 #[serde(deny_unknown_fields)]
 pub struct AddCoordinator {
     pub id: u64,
-    pub quic: std::net::SocketAddr,
-    pub http: std::net::SocketAddr,
+    /// Its QUIC address, `host:port` (an IP address or a DNS name).
+    pub quic: String,
+    /// Its gateway's HTTP address, `host:port`.
+    pub http: String,
     /// Add it even when it does not answer at `http` (it will be started later).
     #[serde(default)]
     pub force: bool,
@@ -306,7 +308,7 @@ const MEMBER_START_GRACE: std::time::Duration = std::time::Duration::from_secs(8
 /// Whether a coordinator answers `GET /healthz` at `http` (a plain HTTP/1.0 exchange).
 /// [`answers`], retried for a few seconds when nothing listens yet: a member started a
 /// moment before `coordinator add` (a pasted procedure) binds its port within that time.
-async fn answers_soon(http: std::net::SocketAddr) -> Result<(), String> {
+async fn answers_soon(http: &str) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + MEMBER_START_GRACE;
     loop {
         match answers(http).await {
@@ -317,7 +319,7 @@ async fn answers_soon(http: std::net::SocketAddr) -> Result<(), String> {
     }
 }
 
-async fn answers(http: std::net::SocketAddr) -> Result<(), String> {
+async fn answers(http: &str) -> Result<(), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let exchange = async {
         let mut s = tokio::net::TcpStream::connect(http).await.map_err(|e| e.to_string())?;
@@ -367,11 +369,14 @@ pub async fn add_coordinator(
     if req.id == 0 {
         return Err(ApiError::bad_request("coordinator id 0 is reserved"));
     }
+    for (field, a) in [("quic", &req.quic), ("http", &req.http)] {
+        shoal_protocol::address::check_host_port(a).map_err(|why| ApiError::bad_request(format!("{field}: {why}")))?;
+    }
     if gw.cluster.status().soft.voters.contains(&req.id) {
         return Err(ApiError::bad_request(format!("coordinator {} is already a voter", req.id)));
     }
     if !req.force {
-        answers_soon(req.http).await.map_err(|why| {
+        answers_soon(&req.http).await.map_err(|why| {
             ApiError::bad_request(format!(
                 "coordinator {} does not answer at http://{} ({why}): start it first with `initial = false` in its \
                  config (see docs/guarantees.md), or pass --force to add it anyway",
@@ -379,7 +384,7 @@ pub async fn add_coordinator(
             ))
         })?;
     }
-    let member = CoordinatorRecord { id: req.id, quic: req.quic.to_string(), http: req.http.to_string() };
+    let member = CoordinatorRecord { id: req.id, quic: req.quic.clone(), http: req.http.clone() };
     outcome_ok(gw.cluster.submit(Proposal::AddMember(member)).await?)?;
     tracing::info!(id = req.id, "admin added a coordinator");
     Ok(Json(json!({ "added": req.id, "voters": committed_voters(&gw).await? })))

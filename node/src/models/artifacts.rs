@@ -7,7 +7,6 @@
 //! When that fetch fails the next waiter tries at once.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -92,7 +91,13 @@ fn place(target: &Path, link: &Path) -> Result<(), NodeError> {
 async fn fetch_one(host: &ModelHost, a: &Assignment, sha256: &str, size: u64) -> Result<(), NodeError> {
     let mut errors = Vec::new();
     for source in &a.sources {
-        let Ok(addr) = source.address.parse::<SocketAddr>() else { continue };
+        let addr = match shoal_protocol::quic::resolve(&source.address).await {
+            Ok(a) => a,
+            Err(e) => {
+                errors.push(e.to_string());
+                continue;
+            }
+        };
         let name = if source.coordinator { COORDINATOR_SERVER_NAME } else { NODE_SERVER_NAME };
         for _ in 0..ATTEMPTS_PER_SOURCE {
             let progress = |got: u64, total: u64| {
@@ -142,7 +147,7 @@ mod tests {
         ca: &ClusterCa,
         store: ArtifactStore,
         refuse_first: usize,
-    ) -> (quinn::Endpoint, SocketAddr, Arc<AtomicUsize>) {
+    ) -> (quinn::Endpoint, std::net::SocketAddr, Arc<AtomicUsize>) {
         let cert = ca.issue_with_new_key(MemberRole::Node, "holder", &[]).expect("cert");
         let id = Identity::from_pem(&cert.cert_pem, &cert.key_pem, &ca.material.cert_pem).expect("id");
         let endpoint = quic::server_endpoint("127.0.0.1:0".parse().expect("addr"), id.server_config().expect("cfg"))
