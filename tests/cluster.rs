@@ -402,6 +402,14 @@ fn made_up_names_do_not_grow_the_metrics() {
     let (_, text) = get(&coord.url("/metrics"), None).expect("metrics");
     assert!(!text.contains("made-up-") && !text.contains("kb-1"), "a made-up name became a label");
     assert!(text.contains(r#"model="other""#), "unknown models are counted under other");
+    // Responses are counted by route template and status, never by the path asked for.
+    assert!(
+        text.lines().any(|l| l.starts_with("shoal_gateway_http_responses_total{")
+            && l.contains(r#"route="/v1/knowledge-bases/{name}/search""#)
+            && l.contains(r#"code="4"#)),
+        "no refused search counted by its route: {}",
+        text.lines().filter(|l| l.contains("http_responses")).collect::<Vec<_>>().join("\n")
+    );
 }
 
 #[test]

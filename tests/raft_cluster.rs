@@ -662,7 +662,6 @@ const NOT_PROVOKED: &[(&str, &str)] = &[
     ("Failed ingests by knowledge base", "needs a node failing mid-ingest"),
     ("Shard failovers by knowledge base", "needs a copy failing mid-search"),
     ("Shards with no ready copy", "needs every copy of a shard lost"),
-    ("Shards below their recent copy count", "needs a copy lost"),
     ("Documents rebuilt from peers", "needs a copy rebuilt on a spare node (tests/knowledge.rs)"),
     ("Stage failures", "needs a split model losing a stage mid-generation (tests/pipeline.rs)"),
     ("Sequences cancelled by model", "needs a client leaving mid-generation"),

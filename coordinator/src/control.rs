@@ -537,6 +537,8 @@ impl ControlPlane {
                 for d in state.deployments.values() {
                     let ready = state.entry_points(&d.name).len();
                     metrics::gauge!(m::DEPLOYMENT_REPLICAS, "deployment" => d.name.clone()).set(ready as f64);
+                    metrics::gauge!(m::DEPLOYMENT_REPLICAS_WANTED, "deployment" => d.name.clone())
+                        .set(f64::from(d.replicas));
                 }
                 let now = self.clock.unix_ms();
                 let mut commands = crate::scheduler::plan(&state, now);

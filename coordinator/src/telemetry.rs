@@ -55,6 +55,8 @@ fn builder() -> Result<PrometheusBuilder, CoordinatorError> {
         .map_err(|e| CoordinatorError::Metrics(e.to_string()))?
         .set_buckets_for_metric(Matcher::Full(m::TTFT_SECONDS.into()), GENERATION_BUCKETS)
         .map_err(|e| CoordinatorError::Metrics(e.to_string()))?
+        .set_buckets_for_metric(Matcher::Full(m::INTER_TOKEN_SECONDS.into()), LATENCY_BUCKETS)
+        .map_err(|e| CoordinatorError::Metrics(e.to_string()))?
         .set_buckets_for_metric(Matcher::Full(m::NODE_MODEL_LOAD_SECONDS.into()), GENERATION_BUCKETS)
         .map_err(|e| CoordinatorError::Metrics(e.to_string()))?
         .set_buckets_for_metric(Matcher::Full(m::GRAPH_STEP_SECONDS.into()), GENERATION_BUCKETS)

@@ -666,6 +666,8 @@ impl Retrieval {
                 let ready = Self::copies(state, &kb.name, shard).iter().filter(|c| c.ready).count();
                 metrics::gauge!(m::KB_SHARD_READY_COPIES, "kb" => kb.name.clone(), "shard" => shard.to_string())
                     .set(ready as f64);
+                metrics::gauge!(m::KB_SHARD_WANTED_COPIES, "kb" => kb.name.clone(), "shard" => shard.to_string())
+                    .set(f64::from(kb.replicas));
             }
         }
     }

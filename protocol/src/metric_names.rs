@@ -44,6 +44,11 @@ pub const JOINS: &str = "shoal_cluster_joins_total";
 pub const JOINS_REFUSED: &str = "shoal_cluster_joins_refused_total";
 
 pub const HTTP_REQUESTS: &str = "shoal_gateway_requests_total";
+/// Every answered HTTP request, by route (the matched path template, such as
+/// `/v1/knowledge-bases/{name}/search`) and status code; unmatched paths are not counted.
+pub const HTTP_RESPONSES: &str = "shoal_gateway_http_responses_total";
+/// The time between two tokens of one generation, as the gateway passes them on, by model.
+pub const INTER_TOKEN_SECONDS: &str = "shoal_gateway_inter_token_seconds";
 pub const HTTP_AUTH_REFUSED: &str = "shoal_gateway_auth_refused_total";
 /// Requests refused by a per-key limit (`limit`: requests, tokens).
 pub const HTTP_RATE_LIMITED: &str = "shoal_gateway_rate_limited_total";
@@ -58,6 +63,8 @@ pub const NODE_RECONNECTS: &str = "shoal_node_reconnects_total";
 
 pub const MODELS_REGISTERED: &str = "shoal_models_registered_total";
 pub const DEPLOYMENT_REPLICAS: &str = "shoal_deployment_replicas";
+/// The replicas a deployment asks for (compare with [`DEPLOYMENT_REPLICAS`], the ready ones).
+pub const DEPLOYMENT_REPLICAS_WANTED: &str = "shoal_deployment_replicas_wanted";
 pub const REQUEST_SECONDS: &str = "shoal_gateway_request_duration_seconds";
 pub const TTFT_SECONDS: &str = "shoal_gateway_time_to_first_token_seconds";
 pub const GATEWAY_TOKENS: &str = "shoal_gateway_tokens_generated_total";
@@ -121,6 +128,8 @@ pub const KB_SEARCH_SECONDS: &str = "shoal_kb_search_duration_seconds";
 pub const KB_SHARD_FAILOVERS: &str = "shoal_kb_shard_failovers_total";
 /// Ready copies of each index shard (`kb`, `shard`), as the leader sees them.
 pub const KB_SHARD_READY_COPIES: &str = "shoal_kb_shard_ready_copies";
+/// The copies each shard of a knowledge base should have (its `replicas`).
+pub const KB_SHARD_WANTED_COPIES: &str = "shoal_kb_shard_wanted_copies";
 /// Documents and chunks in each knowledge base's catalog (`kb`).
 pub const KB_DOCUMENTS: &str = "shoal_kb_documents";
 pub const KB_CHUNKS: &str = "shoal_kb_chunks";

@@ -14,6 +14,7 @@ pub mod openai;
 pub mod prometheus;
 pub mod quota;
 pub mod rag;
+mod responses;
 mod routes;
 pub mod server;
 
@@ -130,6 +131,7 @@ pub fn router(state: Arc<GatewayState>) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::layer))
         .layer(axum::middleware::from_fn_with_state(state.clone(), audit::layer))
+        .layer(axum::middleware::from_fn(responses::layer))
         .with_state(state)
 }
 

@@ -331,9 +331,20 @@ struct Meter {
     /// The model's metric label (see [`GatewayState::model_label`]).
     label: String,
     started: Instant,
+    /// When the last token was passed on (for the inter-token latency).
+    last_token: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Meter {
+    fn new(gw: &Arc<GatewayState>, caller: Caller, model: &str) -> Self {
+        Self {
+            label: gw.model_label(model),
+            gw: gw.clone(),
+            caller,
+            started: Instant::now(),
+            last_token: std::sync::Mutex::new(None),
+        }
+    }
     fn observe(&self, outcome: &'static str) {
         metrics::histogram!(m::REQUEST_SECONDS, "model" => self.label.clone(), "outcome" => outcome)
             .record(self.started.elapsed().as_secs_f64());
@@ -344,6 +355,16 @@ impl Meter {
     }
     fn tokens(&self, n: u32) {
         metrics::counter!(m::GATEWAY_TOKENS, "model" => self.label.clone()).increment(u64::from(n));
+        let now = Instant::now();
+        let previous = self.last_token.lock().unwrap_or_else(|p| p.into_inner()).replace(now);
+        if let (Some(previous), Some(n)) = (previous, std::num::NonZeroU32::new(n)) {
+            // Tokens that arrive together share the gap.
+            let gap = now.duration_since(previous).as_secs_f64() / f64::from(n.get());
+            let h = metrics::histogram!(m::INTER_TOKEN_SECONDS, "model" => self.label.clone());
+            for _ in 0..n.get() {
+                h.record(gap);
+            }
+        }
     }
     /// Charges the caller's token budget for a finished generation.
     fn spend(&self, prompt_tokens: u32, completion_tokens: u32) {
@@ -366,7 +387,7 @@ async fn generate(
         let msg = format!("the API key '{}' used its {} tokens this minute", caller.name, caller.tokens_per_minute);
         return Err(ApiError::rate_limited(msg, retry_ms));
     }
-    let meter = Meter { label: gw.model_label(&model), gw: gw.clone(), caller, started: Instant::now() };
+    let meter = Meter::new(&gw, caller, &model);
     let mut rx = gw.router.generate(model.clone(), prompt, sampling);
     let id = request_id(out.kind.id_prefix());
     if out.stream {
@@ -619,7 +640,7 @@ pub async fn embeddings(
     let caller = require(&headers, &gw, Scope::User)?;
     caller.require_model(&req.model)?;
     let (inputs, base64) = embedding_inputs(req.input, req.encoding_format.as_deref(), req.dimensions)?;
-    let meter = Meter { label: gw.model_label(&req.model), gw: gw.clone(), caller, started: Instant::now() };
+    let meter = Meter::new(&gw, caller, &req.model);
     let (vectors, tokens) = match gw.router.embed(&req.model, inputs).await {
         Ok(v) => v,
         Err(e) => {
