@@ -350,6 +350,41 @@ fn knowledge_bases_ingest_search_answer_and_survive_lost_nodes() {
     assert_eq!((status, v["status"].as_str()), (200, Some("indexed")), "{v}");
     assert_eq!(top_doc(&search(&gw, "What time does the boat to Sannet depart?", "dense", json!({}))), "notes/json");
 
+    // Export and import (what a control-plane backup does not hold): every document with its
+    // chunks and vectors to a file, then into a new base without embedding anything again;
+    // the copy answers as the original does.
+    let kb_doc = get_json(&format!("{gw}/v1/knowledge-bases/{KB}")).expect("kb");
+    let held = kb_doc["documents"].as_u64().or(kb_doc["documents"].as_array().map(|a| a.len() as u64)).expect("count");
+    let file = dir.path().join("facts.kb.jsonl");
+    let file_s = file.to_str().expect("utf8");
+    let out = shoal_ok(&["kb", "export", KB, file_s, "--gateway", &gw]);
+    assert!(out.contains(&format!("exported {held} documents of {KB}")), "{out}");
+    shoal_ok(&["kb", "create", "facts-copy", "--embedding", EMBED, "--shards", "1", "--gateway", &gw]);
+    let out = shoal_ok(&["kb", "import", "facts-copy", file_s, "--gateway", &gw]);
+    assert!(out.contains(&format!("imported {held} documents into facts-copy (0 already")), "{out}");
+    let out = shoal_ok(&["kb", "import", "facts-copy", file_s, "--gateway", &gw]);
+    assert!(out.contains(&format!("imported 0 documents into facts-copy ({held} already there unchanged)")), "{out}");
+    for (q, mode) in [("When did the volcano on Sannet last erupt?", "dense"), ("八达岭", "sparse")] {
+        let (status, copy) =
+            post(&format!("{gw}/v1/knowledge-bases/facts-copy/search"), json!({"query": q, "mode": mode, "top_k": 5}));
+        assert_eq!(status, 200, "{copy}");
+        assert_eq!(top_doc(&copy), top_doc(&search(&gw, q, mode, json!({}))), "{q}: {copy}");
+    }
+    // An export cut short is refused before anything is imported, and so are vectors of
+    // another dimension.
+    let text = std::fs::read_to_string(&file).expect("export");
+    let cut = dir.path().join("cut.kb.jsonl");
+    std::fs::write(&cut, text.lines().take(3).collect::<Vec<_>>().join("\n")).expect("write");
+    let out = run(&["kb", "import", "facts-copy", cut.to_str().expect("utf8"), "--gateway", &gw]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("cut short"), "{err}");
+    let mut doc: Value = serde_json::from_str(text.lines().nth(1).expect("a document line")).expect("json");
+    doc["id"] = json!("short-vectors");
+    doc["chunks"][0]["vector"] = json!([0.5, 0.5]);
+    let (status, v) = post(&format!("{gw}/v1/knowledge-bases/facts-copy/import"), doc);
+    assert!(status == 400 && v.to_string().contains("2-dimensional"), "{status} {v}");
+    shoal_ok(&["kb", "delete", "facts-copy", "--gateway", &gw]);
+
     // Metrics: ingest progress, index sizes, search latency per mode, copy health.
     assert!(metric_sum(&gw, "shoal_kb_ingest_documents_total") >= 13.0);
     assert!(metric_sum(&gw, "shoal_kb_ingest_chunks_total") >= 7.0);

@@ -45,6 +45,42 @@ pub const MAX_DOCUMENT_TEXT_BYTES: usize = 4 << 20;
 /// Longest query text.
 const MAX_QUERY_BYTES: usize = 8 * 1024;
 
+/// What the catalog records of a stored document besides its record and chunks.
+struct Stored {
+    sha256: String,
+    bytes: u64,
+    replaced: bool,
+    /// Tokens embedded for it (0 for an import).
+    tokens: u32,
+}
+
+/// Checks the chunks of an imported document: some, each with a vector of the base's
+/// dimension holding finite numbers, text within the per-document limit.
+pub fn check_imported_chunks(chunks: &[shoal_protocol::IndexChunk], dimension: usize) -> Result<(), RecallFailure> {
+    if chunks.is_empty() {
+        return Err(RecallFailure::BadRequest("the document has no chunks".into()));
+    }
+    if let Some((i, c)) = chunks.iter().enumerate().find(|(_, c)| c.vector.len() != dimension) {
+        return Err(RecallFailure::BadRequest(format!(
+            "chunk {i} has a {}-dimensional vector; this knowledge base holds {dimension}-dimensional ones \
+             (was it exported from a base with another embedding model?)",
+            c.vector.len()
+        )));
+    }
+    if let Some(i) = chunks.iter().position(|c| c.vector.iter().any(|x| !x.is_finite())) {
+        return Err(RecallFailure::BadRequest(format!("chunk {i} has a vector value that is not a finite number")));
+    }
+    let text: usize = chunks.iter().map(|c| c.text.len()).sum();
+    if text > MAX_DOCUMENT_TEXT_BYTES {
+        return Err(RecallFailure::TooLarge(format!(
+            "the document's chunks hold {} MiB of text; at most {} MiB per document",
+            text >> 20,
+            MAX_DOCUMENT_TEXT_BYTES >> 20
+        )));
+    }
+    Ok(())
+}
+
 /// Why a knowledge-base operation failed (each maps to one HTTP status).
 #[derive(Debug)]
 pub enum RecallFailure {
@@ -399,6 +435,21 @@ impl Retrieval {
                 kb.dimension
             )));
         }
+        let stored =
+            Stored { sha256: fingerprint, bytes: upload.bytes.len() as u64, replaced: earlier.is_some(), tokens };
+        self.store(&kb, shard, record, chunks, stored).await
+    }
+
+    /// Writes a chunked and embedded document to every copy of its shard (or PostgreSQL),
+    /// then commits its catalog entry.
+    async fn store(
+        &self,
+        kb: &KnowledgeBase,
+        shard: u32,
+        record: DocumentRecord,
+        chunks: Vec<shoal_protocol::IndexChunk>,
+        stored: Stored,
+    ) -> Result<Ingested, RecallFailure> {
         let n = chunks.len() as u32;
         let written = match &kb.backend {
             IndexBackend::Builtin => {
@@ -407,23 +458,24 @@ impl Retrieval {
                     document: wire::document_to_wire(&record),
                     chunks: chunks.clone(),
                 };
-                self.write_copies(&kb, shard, req).await?
+                self.write_copies(kb, shard, req).await?
             }
             IndexBackend::Postgres { .. } => {
                 let chunks: Vec<_> = chunks.into_iter().map(wire::chunk_from_wire).collect();
-                self.postgres(&kb).await?.upsert_document(&record, &chunks).await?;
+                self.postgres(kb).await?.upsert_document(&record, &chunks).await?;
                 Written { copies_written: 1, copies_wanted: 1, degraded: false }
             }
         };
         metrics::counter!(m::KB_INGEST_CHUNKS, "kb" => kb.name.clone()).increment(u64::from(n));
+        let title = record.title.clone().unwrap_or_else(|| record.doc_id.clone());
         let document = KbDocument {
-            id: upload.doc_id.clone(),
+            id: record.doc_id.clone(),
             title: title.clone(),
             source: record.source.clone().unwrap_or_default(),
-            tags: upload.tags.clone(),
-            sha256: fingerprint,
+            tags: record.tags.clone(),
+            sha256: stored.sha256,
             chunks: n,
-            bytes: upload.bytes.len() as u64,
+            bytes: stored.bytes,
             updated_at_ms: self.clock.unix_ms(),
         };
         match self.cluster.command(Command::PutDocument { kb: kb.name.clone(), document }).await {
@@ -431,19 +483,87 @@ impl Retrieval {
             Ok(other) => return Err(RecallFailure::NotFound(format!("the catalog refused the document: {other:?}"))),
             Err(e) => return Err(RecallFailure::Unavailable(format!("could not record the document: {e}"))),
         }
+        let tokens = stored.tokens;
         info!(chunks = n, tokens, copies = written.copies_written, degraded = written.degraded, "document indexed");
         Ok(Ingested {
-            id: upload.doc_id,
+            id: record.doc_id,
             title,
             shard,
             chunks: n,
             tokens,
             unchanged: false,
-            replaced: earlier.is_some(),
+            replaced: stored.replaced,
             copies_written: written.copies_written,
             copies_wanted: written.copies_wanted,
             degraded: written.degraded,
         })
+    }
+
+    /// Adds a document exported from a knowledge base (`GET …/export`) with its chunks and
+    /// vectors as they are: nothing is embedded again. The vectors must have this base's
+    /// dimension; the same document with the same fingerprint is left as it is.
+    pub async fn import_document(
+        &self,
+        kb_name: &str,
+        record: DocumentRecord,
+        chunks: Vec<shoal_protocol::IndexChunk>,
+        sha256: String,
+        bytes: u64,
+    ) -> Result<Ingested, RecallFailure> {
+        let kb = self.knowledge_base(kb_name)?;
+        record.validate()?;
+        let shard = kb.shard_of(&record.doc_id);
+        let earlier = kb.documents.get(&record.doc_id);
+        if let Some(d) = earlier.filter(|d| d.sha256 == sha256) {
+            return Ok(Ingested {
+                id: d.id.clone(),
+                title: d.title.clone(),
+                shard,
+                chunks: d.chunks,
+                tokens: 0,
+                unchanged: true,
+                replaced: false,
+                copies_written: 0,
+                copies_wanted: kb.replicas as usize,
+                degraded: false,
+            });
+        }
+        check_imported_chunks(&chunks, kb.dimension as usize)?;
+        let stored = Stored { sha256, bytes, replaced: earlier.is_some(), tokens: 0 };
+        let result = self.store(&kb, shard, record, chunks, stored).await;
+        let outcome = if result.is_ok() { "imported" } else { "failed" };
+        metrics::counter!(m::KB_INGEST_DOCUMENTS, "kb" => kb.name.clone(), "outcome" => outcome).increment(1);
+        result
+    }
+
+    /// Opens an export of one shard from one of its ready copies (the next copy when one
+    /// cannot be reached): the stream answers `IndexExported` frames until one is `last`.
+    pub async fn open_export(
+        &self,
+        kb: &KnowledgeBase,
+        shard: u32,
+    ) -> Result<shoal_protocol::quic::ClientStream, RecallFailure> {
+        let copies: Vec<CopyAddr> = {
+            let state = self.cluster.state().read().unwrap_or_else(|p| p.into_inner());
+            Self::copies(&state, &kb.name, shard).into_iter().filter(|c| c.ready).collect()
+        };
+        let mut why = Vec::new();
+        for c in &copies {
+            let opened = async {
+                let mut s = self.pool.open(c.address, NODE_SERVER_NAME).await.map_err(|e| e.to_string())?;
+                s.send(&Request::IndexExport { shard_id: c.id.clone() }).await.map_err(|e| e.to_string())?;
+                Ok::<_, String>(s)
+            };
+            match opened.await {
+                Ok(s) => return Ok(s),
+                Err(e) => why.push(format!("{} on {}: {e}", c.id, c.node)),
+            }
+        }
+        Err(RecallFailure::Unavailable(if why.is_empty() {
+            format!("shard {shard} of '{}' has no ready copy to export from", kb.name)
+        } else {
+            format!("no ready copy of shard {shard} of '{}' could be read: {}", kb.name, why.join("; "))
+        }))
     }
 
     /// Removes a document from every copy of its shard and from the catalog.

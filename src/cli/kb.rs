@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{anyhow, Context};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
@@ -29,6 +29,35 @@ pub enum KbCommand {
     Rm(RemoveArgs),
     /// Search a knowledge base.
     Search(SearchArgs),
+    /// Write every document of a knowledge base, with its chunks and vectors, to a JSON-lines
+    /// file (what a `shoal backup` does not hold: the index copies live on the nodes).
+    Export(ExportArgs),
+    /// Add the documents of an export file to a knowledge base as they are (nothing is
+    /// embedded again); documents already there unchanged are skipped.
+    Import(ImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    pub kb: String,
+    /// The file to write (JSON lines).
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The knowledge base to add to (create it first, with the same embedding model).
+    pub kb: String,
+    /// A file written by `shoal kb export`.
+    pub file: PathBuf,
+    /// Import into a base whose embedding deployment has another name (it must be the same
+    /// model: the vectors are used as they are).
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
 }
 
 #[derive(Debug, Args)]
@@ -174,6 +203,54 @@ pub async fn run(cmd: KbCommand) -> anyhow::Result<()> {
                 a.gateway.delete(&route).await?;
                 println!("removed {id}");
             }
+            Ok(())
+        }
+        KbCommand::Export(a) => {
+            let tmp = a.file.with_extension("partial");
+            let bytes = a.gateway.download(&format!("/v1/knowledge-bases/{}/export", a.kb), tmp.clone()).await?;
+            let checked = check_export(&tmp);
+            let summary = match checked {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(e.context("the export was cut short; nothing was written"));
+                }
+            };
+            std::fs::rename(&tmp, &a.file).with_context(|| format!("cannot write {}", a.file.display()))?;
+            println!(
+                "exported {} documents of {} (embedding {}, {} dimensions) to {} ({bytes} bytes)",
+                summary.documents.len(),
+                a.kb,
+                summary.embedding,
+                summary.dimension,
+                a.file.display()
+            );
+            Ok(())
+        }
+        KbCommand::Import(a) => {
+            let summary = check_export(&a.file)?;
+            let path = match a.force {
+                true => format!("/v1/knowledge-bases/{}/import", a.kb),
+                false => format!("/v1/knowledge-bases/{}/import?embedding={}", a.kb, summary.embedding),
+            };
+            let text = std::fs::read_to_string(&a.file).with_context(|| format!("cannot read {}", a.file.display()))?;
+            let (mut added, mut unchanged) = (0, 0);
+            let total = summary.documents.len();
+            for (i, l) in text.lines().skip(1).take(total).enumerate() {
+                let doc: Value = serde_json::from_str(l).with_context(|| format!("line {}", i + 2))?;
+                let r =
+                    a.gateway.post(&path, doc).await.with_context(|| format!("document {}", summary.documents[i]))?;
+                if r["status"] == "unchanged" {
+                    unchanged += 1;
+                } else {
+                    added += 1;
+                }
+                eprint!("\r{}/{total} documents", i + 1);
+            }
+            if total > 0 {
+                eprintln!();
+            }
+            println!("imported {added} documents into {} ({unchanged} already there unchanged)", a.kb);
             Ok(())
         }
         KbCommand::Search(a) => {
@@ -460,4 +537,53 @@ pub fn hits_text(v: &Value) -> String {
         out.push_str(&format!("(partial: {} shards did not answer)\n", failed.len()));
     }
     out
+}
+
+/// What a whole export file holds, read before anything is imported.
+#[derive(Debug)]
+pub struct ExportSummary {
+    pub embedding: String,
+    pub dimension: u64,
+    /// Document ids, in file order.
+    pub documents: Vec<String>,
+}
+
+/// Checks an export file: the header first, one document per line, the end line last with
+/// the count of documents. A file cut short (no end line) or changed is refused whole.
+pub fn check_export(path: &std::path::Path) -> anyhow::Result<ExportSummary> {
+    use std::io::BufRead;
+    let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut lines = std::io::BufReader::new(file).lines().enumerate();
+    let bad = |n: usize, why: &str| anyhow!("{} line {}: {why}", path.display(), n + 1);
+    let (n, head) = lines.next().ok_or_else(|| anyhow!("{} is empty", path.display()))?;
+    let head: String = head?;
+    let head: Value = serde_json::from_str(&head).map_err(|e| bad(n, &e.to_string()))?;
+    if head["object"] != "shoal.knowledge_base.export" {
+        return Err(bad(n, "not a `shoal kb export` file (no export header)"));
+    }
+    let mut summary = ExportSummary {
+        embedding: head["embedding"].as_str().unwrap_or_default().to_string(),
+        dimension: head["dimension"].as_u64().unwrap_or(0),
+        documents: Vec::new(),
+    };
+    for (n, l) in lines {
+        let l: String = l?;
+        let v: Value = serde_json::from_str(&l).map_err(|e| bad(n, &e.to_string()))?;
+        if v["object"] == "shoal.knowledge_base.export_end" {
+            if v["documents"].as_u64() != Some(summary.documents.len() as u64) {
+                return Err(bad(
+                    n,
+                    &format!(
+                        "the end line counts {} documents; the file holds {}",
+                        v["documents"],
+                        summary.documents.len()
+                    ),
+                ));
+            }
+            return Ok(summary);
+        }
+        let id = v["id"].as_str().ok_or_else(|| bad(n, "a document line without an id"))?;
+        summary.documents.push(id.to_string());
+    }
+    Err(anyhow!("{} has no end line: the export was cut short", path.display()))
 }

@@ -154,7 +154,7 @@ impl From<RecallFailure> for ApiError {
     }
 }
 
-fn ingested(i: &Ingested) -> Value {
+pub(super) fn ingested(i: &Ingested) -> Value {
     json!({
         "object": "knowledge_base.document",
         "id": i.id,

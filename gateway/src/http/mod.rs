@@ -8,6 +8,7 @@ pub mod deployments;
 mod error;
 pub mod fuzzing;
 pub mod graphs;
+pub mod kb_export;
 pub mod keys;
 pub mod knowledge;
 pub mod openai;
@@ -109,6 +110,13 @@ pub fn router(state: Arc<GatewayState>) -> Router {
                 .layer(axum::middleware::from_fn_with_state(state.clone(), knowledge::upload_slot)),
         )
         .route("/v1/knowledge-bases/{name}/search", post(knowledge::search))
+        .route("/v1/knowledge-bases/{name}/export", get(kb_export::export))
+        .route(
+            "/v1/knowledge-bases/{name}/import",
+            post(kb_export::import)
+                .layer(DefaultBodyLimit::max(knowledge::MAX_DOCUMENT_BYTES * 4))
+                .layer(axum::middleware::from_fn_with_state(state.clone(), knowledge::upload_slot)),
+        )
         .route("/v1/graphs", get(graphs::list).post(graphs::apply))
         .route("/v1/graphs/schema", get(graphs::schema))
         .route("/v1/graphs/{name}", get(graphs::get_one).delete(graphs::delete))
