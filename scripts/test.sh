@@ -6,7 +6,8 @@
 # pgvector (./scripts/fetch-pgserver.sh, sha256-verified; started by the tests themselves, as
 # an unprivileged user when run as root), and Debian's Prometheus (apt-get, as root) for the
 # test that scrapes a real cluster and checks every dashboard panel and alert rule. Checks
-# the Kubernetes manifests against their schemas (./scripts/check-kubernetes.sh).
+# the Kubernetes manifests against their schemas (./scripts/check-kubernetes.sh), builds the web
+# console (npm) and installs Chromium and Playwright for its browser test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,6 +44,28 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   fi
 fi
 ./scripts/check-kubernetes.sh
+
+echo "== web console: npm ci and build (the committed console/dist must be what the sources build)"
+(cd console && npm ci --no-audit --no-fund --loglevel=error && npm run build --silent)
+if ! git diff --quiet -- console/dist console/src/api-schema.d.ts 2>/dev/null; then
+  git status --short -- console/dist console/src/api-schema.d.ts
+  echo "error: console/dist is not what console/src builds: run (cd console && npm run build) and commit dist/" >&2
+  exit 1
+fi
+echo "== Chromium and Playwright (the console's browser test)"
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+      || echo "note: apt-get install chromium failed: the console test will say SKIPPED"
+  else
+    echo "note: no chromium (apt-get install chromium as root): the console test will say SKIPPED"
+  fi
+fi
+if ! python3 -c "import playwright, jsonschema" 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check playwright==1.65.2 jsonschema 2>/dev/null \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages playwright==1.65.2 jsonschema \
+    || echo "note: pip install playwright failed: the console test will say SKIPPED"
+fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -11,6 +11,7 @@ pub mod audit;
 pub mod cluster;
 pub mod error;
 pub mod graphs;
+pub mod history;
 pub mod http;
 pub mod identity;
 pub mod registry;

@@ -80,6 +80,8 @@ impl Gateway {
             // Runs execute on the leader's embedded gateway; the runner idles elsewhere.
             tokio::spawn(crate::graphs::runner::run(graphs.clone()));
         }
+        let history = Arc::new(crate::history::History::default());
+        tokio::spawn(sample_history(history.clone(), cluster.clone(), clock));
         let gw = Arc::new(GatewayState {
             cluster: cluster.clone(),
             faults: opts.faults,
@@ -98,6 +100,7 @@ impl Gateway {
             graphs,
             audit,
             ca_files: opts.ca_files.clone(),
+            history,
         });
         tokio::spawn(async move {
             http::server::serve(listener, http::router(gw), http::server::HttpLimits::default()).await;
@@ -151,5 +154,28 @@ impl Gateway {
     /// Registers (if `source` is given) and deploys a model, as `POST /v1/deployments` does.
     pub async fn deploy(&self, req: crate::registry::DeployRequest) -> Result<(String, u32), GatewayError> {
         crate::registry::deploy(&self.cluster, self.artifacts.as_ref(), &self.downloads, req).await
+    }
+}
+
+/// Samples the gateway's counters and the nodes' load for the console's charts.
+async fn sample_history(history: Arc<crate::history::History>, cluster: Arc<Cluster>, clock: Clock) {
+    let mut tick = tokio::time::interval(crate::history::SAMPLE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let soft = cluster.status().soft;
+        let nodes = {
+            let state = cluster.state().read().unwrap_or_else(|p| p.into_inner());
+            soft.leases
+                .iter()
+                .map(|l| crate::history::NodeLoad {
+                    node: state.nodes.get(&l.node).map(|n| n.name.clone()).unwrap_or_else(|| l.node.clone()),
+                    cpu_load: f64::from(l.load.cpu_load_milli) / 1000.0,
+                    in_flight: l.load.in_flight,
+                    queue_depth: l.load.queue_depth,
+                })
+                .collect()
+        };
+        history.sample(clock.unix_ms(), nodes);
     }
 }

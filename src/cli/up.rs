@@ -113,6 +113,7 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
 
     println!("Shoal is up.");
     println!("  gateway      http://{}", gateway.http_addr);
+    println!("  console      http://{}/  (sign in with the admin key)", gateway.http_addr);
     println!("  coordinator  {} (QUIC)", coord.quic_addr);
     println!("  CA hash      {}", coord.ca_hash);
     println!("  node         {} ({})", node.node_id, describe(&node));

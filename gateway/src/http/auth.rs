@@ -44,9 +44,10 @@ impl Caller {
     }
 }
 
-/// Paths served without a key (probes, the scrape endpoint and the API's description).
+/// Paths served without a key (probes, the scrape endpoint, the API's description, and the
+/// console's static files, which hold no data).
 pub fn is_open(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz" | "/metrics" | "/v1/openapi.json")
+    matches!(path, "/" | "/healthz" | "/readyz" | "/metrics" | "/v1/openapi.json") || path.starts_with("/assets/")
 }
 
 fn refuse(reason: &'static str, err: ApiError) -> ApiError {
@@ -127,11 +128,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_probes_and_metrics_are_open() {
-        for p in ["/healthz", "/readyz", "/metrics"] {
+    fn only_probes_metrics_and_console_files_are_open() {
+        for p in ["/healthz", "/readyz", "/metrics", "/", "/assets/index-abc123.js"] {
             assert!(is_open(p), "{p}");
         }
-        for p in ["/", "/v1/models", "/v1/debug/faults", "/metrics/", "/healthz/x", "/v1/keys"] {
+        for p in ["/v1/models", "/v1/debug/faults", "/metrics/", "/healthz/x", "/v1/keys", "/v1/console/metrics", "//"]
+        {
             assert!(!is_open(p), "{p}");
         }
     }

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod auth;
 pub mod backup;
+pub mod console;
 pub mod deployments;
 mod error;
 pub mod fuzzing;
@@ -72,10 +73,15 @@ pub struct GatewayState {
     pub audit: Option<crate::audit::AuditLog>,
     /// The cluster CA's certificate and key files (embedded gateways: backups include them).
     pub ca_files: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// This gateway's last 15 minutes, for the console's charts.
+    pub history: Arc<crate::history::History>,
 }
 
 pub fn router(state: Arc<GatewayState>) -> Router {
     let routes = Router::new()
+        .route("/", get(console::index))
+        .route("/assets/{name}", get(console::asset))
+        .route("/v1/console/metrics", get(console::metrics))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))

@@ -346,14 +346,17 @@ impl Meter {
         }
     }
     fn observe(&self, outcome: &'static str) {
+        self.gw.history.counters.request(outcome == "ok");
         metrics::histogram!(m::REQUEST_SECONDS, "model" => self.label.clone(), "outcome" => outcome)
             .record(self.started.elapsed().as_secs_f64());
     }
     fn first_token(&self) {
+        self.gw.history.counters.first_token(self.started.elapsed());
         metrics::histogram!(m::TTFT_SECONDS, "model" => self.label.clone())
             .record(self.started.elapsed().as_secs_f64());
     }
     fn tokens(&self, n: u32) {
+        self.gw.history.counters.tokens(u64::from(n));
         metrics::counter!(m::GATEWAY_TOKENS, "model" => self.label.clone()).increment(u64::from(n));
         let now = Instant::now();
         let previous = self.last_token.lock().unwrap_or_else(|p| p.into_inner()).replace(now);
