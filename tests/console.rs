@@ -52,6 +52,30 @@ fn the_console_works_in_a_real_browser_on_every_screen_size() {
         &gw,
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A graph run for the runs page: two steps on the echo model, one after the other.
+    let out = run(&["deploy", "echo-runs", "--source", "builtin://echo", "--wait-ready", "1", "--gateway", &gw]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let graph = mesh.dir.path().join("console-probe.yaml");
+    let yaml = r#"name: console-probe
+inputs:
+  question: {type: string}
+steps:
+  - id: draft
+    kind: chat
+    model: echo-runs
+    prompt: "{{ inputs.question }}"
+  - id: answer
+    kind: chat
+    model: echo-runs
+    prompt: "Improve: {{ steps.draft.text }}"
+outputs:
+  answer: ${steps.answer.text}
+"#;
+    std::fs::write(&graph, yaml).expect("graph");
+    let out = run(&["graph", "apply", graph.to_str().expect("utf8"), "--gateway", &gw]);
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = run(&["graph", "run", "console-probe", "--input", "question=Hello?", "--gateway", &gw]);
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let screenshots = root.join("target/console-screenshots");
     let victim = mesh.nodes.iter_mut().find(|m| m.name == "victim").expect("victim");
     let pid = victim.proc.child.id().to_string();
@@ -73,7 +97,7 @@ fn the_console_works_in_a_real_browser_on_every_screen_size() {
     println!("{text}");
     assert!(out.status.success(), "console checks failed:\n{text}");
     let shots = std::fs::read_dir(&screenshots).map(|d| d.count()).unwrap_or(0);
-    assert!(shots >= 21, "expected a screenshot of 7 pages × 3 sizes in {}, found {shots}", screenshots.display());
+    assert!(shots >= 24, "expected a screenshot of 8 pages × 3 sizes in {}, found {shots}", screenshots.display());
     // The SIGKILLed node is gone; nothing else should be left running.
     wait_until(Duration::from_secs(10), "the victim is dead in the state", || {
         mesh.coord.node("victim").is_some_and(|n| n["state"] == "dead")

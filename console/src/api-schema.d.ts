@@ -4131,6 +4131,8 @@ export interface components {
             inputs?: unknown;
             output?: unknown;
             error?: string;
+            /** @description the steps this one waits for (data it reads, branches that decide whether it runs) */
+            after: string[];
         } & {
             [key: string]: unknown;
         };

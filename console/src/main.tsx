@@ -9,6 +9,7 @@ import { KnowledgePage } from './pages/Knowledge';
 import { RunsPage } from './pages/Runs';
 import { MetricsPage } from './pages/Metrics';
 import { WallPage } from './pages/Wall';
+import { AuditPage } from './pages/Audit';
 import './styles.css';
 
 /** The pages, in navigation order; the hash (#/cluster) names the one shown. */
@@ -19,6 +20,7 @@ const PAGES = [
   { id: 'knowledge', title: 'Knowledge bases', view: KnowledgePage },
   { id: 'runs', title: 'Graph runs', view: RunsPage },
   { id: 'metrics', title: 'Metrics', view: MetricsPage },
+  { id: 'audit', title: 'Audit log', view: AuditPage },
   { id: 'wall', title: 'Ops wall', view: WallPage },
 ] as const;
 

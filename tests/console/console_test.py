@@ -25,7 +25,7 @@ import time
 import jsonschema
 from playwright.sync_api import sync_playwright
 
-PAGES = ["cluster", "deployments", "chat", "knowledge", "runs", "metrics", "wall"]
+PAGES = ["cluster", "deployments", "chat", "knowledge", "runs", "metrics", "audit", "wall"]
 VIEWPORTS = {"desktop": (1440, 900), "phone": (390, 844), "wall": (3840, 2160)}
 CHROMIUM_ARGS = [
     "--headless=new",
@@ -174,6 +174,11 @@ def main():
                 page.screenshot(path=os.path.join(args.screenshots, f"{size}-{name}.png"), full_page=True)
                 errors = watch.take()
                 check(not errors, f"{size}/{name}: loads with no console error or failed request {errors}")
+                overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+                wide = page.evaluate("""() => [...document.querySelectorAll('body *')]
+                    .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1 && !e.closest('.card table, .card pre'))
+                    .slice(0, 3).map(e => e.tagName.toLowerCase() + (e.className ? '.' + e.className : ''))""")
+                check(overflow <= 0, f"{size}/{name}: nothing overflows the screen sideways ({overflow} px: {wide})")
                 if size == "desktop":
                     seen, controls = keyboard_reaches_every_control(page)
                     check(seen >= controls, f"{size}/{name}: Tab reaches every control ({seen} of {controls})")
@@ -181,6 +186,7 @@ def main():
                     check(not serious, f"{size}/{name}: axe-core finds no serious violation {serious}")
             if size == "phone":
                 page.goto(f"{gw}/#/cluster")
+                page.get_by_role("heading", name="Cluster", exact=True).wait_for()
                 nav_hidden = not page.get_by_role("link", name="Chat").is_visible()
                 open_menu_if_collapsed(page)
                 page.get_by_role("link", name="Chat").click()
@@ -190,64 +196,14 @@ def main():
                 check(box is not None and box["y"] > h * 0.6, f"phone: Send is within thumb reach ({box})")
             ctx.close()
 
-        # The desktop flows.
+        # The desktop flows (a screenshot of the page is kept if one of them gives up).
         ctx = browser.new_context(viewport={"width": 1440, "height": 900})
         page = ctx.new_page()
-        watch = Watch(page)
-        login(page, gw, args.key)
-        page.get_by_role("heading", name="Cluster", exact=True).wait_for()
-
-        page.goto(f"{gw}/#/deployments")
-        page.get_by_label("Name").fill("echo")
-        page.get_by_label("Source").fill("builtin://echo")
-        page.get_by_role("button", name="Deploy").click()
-        page.get_by_role("region", name="echo").wait_for(timeout=30_000)
-        page.get_by_text("1 / 1 ready").wait_for(timeout=60_000)
-        check(True, "the echo model is deployed from the page and becomes ready")
-
-        page.goto(f"{gw}/#/chat")
-        page.get_by_label("Model or graph").select_option("echo")
-        page.get_by_label("Message").fill("streams into the page")
-        page.get_by_role("button", name="Send").click()
-        page.get_by_test_id("chat-log").get_by_text("streams into the page").nth(1).wait_for(timeout=30_000)
-        check(True, "a chat answer streams into the page")
-
-        page.goto(f"{gw}/#/deployments")
-        page.once("dialog", lambda d: d.accept())
-        page.get_by_role("region", name="echo").get_by_role("button", name="Delete").click()
-        page.get_by_role("region", name="echo").wait_for(state="detached", timeout=30_000)
-        check(True, "the echo model is deleted from the page")
-
-        page.goto(f"{gw}/#/knowledge")
-        page.get_by_label("Name").fill("console-docs")
-        page.get_by_role("button", name="Create").click()
-        page.get_by_role("button", name="console-docs").wait_for(timeout=60_000)
-        with tempfile.TemporaryDirectory() as d:
-            f = os.path.join(d, "otters.txt")
-            with open(f, "w") as out:
-                out.write("Sea otters hold hands while they sleep so that they do not drift apart.\n")
-            page.locator("input[type=file]").set_input_files(f)
-            page.get_by_text("indexed").wait_for(timeout=120_000)
-        check(True, "a file is uploaded to a knowledge base with progress and indexed")
-        page.get_by_label("Query").fill("why do otters hold hands")
-        page.get_by_role("button", name="Search").click()
-        page.get_by_test_id("hits").get_by_text("otters.txt").first.wait_for(timeout=30_000)
-        check(page.locator("mark").count() > 0, "the search finds the file and highlights the query's words")
-        errors = watch.take()
-        check(not errors, f"the desktop flows ran with no console error or failed request {errors}")
-        # With a knowledge base and a deployment history, the answers still match their schemas.
-        answers_match_the_openapi_schemas(gw, args.key, args.openapi)
-
-        page.goto(f"{gw}/#/cluster")
-        row = page.locator(f"tr[data-node='{args.victim}']")
-        row.get_by_text("ready").wait_for(timeout=10_000)
-        killed = time.monotonic()
-        os.kill(args.victim_pid, signal.SIGKILL)
-        limit = args.lease_ms / 1000 + 3
-        row.get_by_text("dead").wait_for(timeout=limit * 1000)
-        took = time.monotonic() - killed
-        check(took <= limit, f"the cluster page shows the SIGKILLed node dead after {took:.1f} s (lease {args.lease_ms} ms)")
-        page.screenshot(path=os.path.join(args.screenshots, "desktop-cluster-node-dead.png"), full_page=True)
+        try:
+            desktop_flows(page, gw, args)
+        except Exception:
+            page.screenshot(path=os.path.join(args.screenshots, "failed-step.png"), full_page=True)
+            raise
         ctx.close()
         browser.close()
 
@@ -257,5 +213,80 @@ def main():
     print("\nevery console check passed")
 
 
+def desktop_flows(page, gw, args):
+    watch = Watch(page)
+    login(page, gw, args.key)
+    page.get_by_role("heading", name="Cluster", exact=True).wait_for()
+
+    page.goto(f"{gw}/#/deployments")
+    page.get_by_label("Name").fill("echo")
+    page.get_by_label("Source").fill("builtin://echo")
+    page.get_by_role("button", name="Deploy").click()
+    page.get_by_role("region", name="echo", exact=True).wait_for(timeout=30_000)
+    page.get_by_role("region", name="echo", exact=True).get_by_text("1 / 1 ready").wait_for(timeout=60_000)
+    check(True, "the echo model is deployed from the page and becomes ready")
+
+    page.goto(f"{gw}/#/chat")
+    page.get_by_label("Model or graph").select_option("echo")
+    page.get_by_label("Message").fill("streams into the page")
+    page.get_by_role("button", name="Send").click()
+    page.get_by_test_id("chat-log").get_by_text("streams into the page").nth(1).wait_for(timeout=30_000)
+    check(True, "a chat answer streams into the page")
+
+    page.goto(f"{gw}/#/deployments")
+    page.once("dialog", lambda d: d.accept())
+    page.get_by_role("region", name="echo", exact=True).get_by_role("button", name="Delete").click()
+    page.get_by_role("region", name="echo", exact=True).wait_for(state="detached", timeout=30_000)
+    check(True, "the echo model is deleted from the page")
+
+    page.goto(f"{gw}/#/knowledge")
+    page.get_by_label("Name").fill("console-docs")
+    page.get_by_role("button", name="Create").click()
+    page.get_by_role("button", name="console-docs").wait_for(timeout=60_000)
+    with tempfile.TemporaryDirectory() as d:
+        f = os.path.join(d, "otters.txt")
+        with open(f, "w") as out:
+            out.write("Sea otters hold hands while they sleep so that they do not drift apart.\n")
+        page.locator("input[type=file]").set_input_files(f)
+        page.get_by_text("indexed").wait_for(timeout=120_000)
+    check(True, "a file is uploaded to a knowledge base with progress and indexed")
+    page.get_by_label("Query").fill("why do otters hold hands")
+    page.get_by_role("button", name="Search").click()
+    page.get_by_test_id("hits").get_by_text("otters.txt").first.wait_for(timeout=30_000)
+    check(page.locator("mark").count() > 0, "the search finds the file and highlights the query's words")
+    errors = watch.take()
+    check(not errors, f"the desktop flows ran with no console error or failed request {errors}")
+    # With a knowledge base and a deployment history, the answers still match their schemas.
+    answers_match_the_openapi_schemas(gw, args.key, args.openapi)
+
+    page.goto(f"{gw}/#/runs")
+    page.get_by_role("button", name="console-probe").first.click()
+    page.locator(".dag .step").first.wait_for(timeout=10_000)
+    levels = page.locator(".dag .dag-level").count()
+    check(levels == 2, f"a run's steps are drawn by dependency level ({levels} levels for draft, then answer)")
+    before = page.locator(".runs li").count()
+    page.locator(".dag .step summary").last.click()
+    page.get_by_role("button", name="Rerun from here").last.click()
+    page.wait_for_function(f"() => document.querySelectorAll('.runs li').length > {before}", timeout=30_000)
+    check(True, "a run is rerun from its last step")
+
+    page.goto(f"{gw}/#/cluster")
+    row = page.locator(f"tr[data-node='{args.victim}']")
+    row.get_by_text("ready").wait_for(timeout=10_000)
+    killed = time.monotonic()
+    os.kill(args.victim_pid, signal.SIGKILL)
+    limit = args.lease_ms / 1000 + 3
+    row.get_by_text("dead").wait_for(timeout=limit * 1000)
+    took = time.monotonic() - killed
+    check(took <= limit, f"the cluster page shows the SIGKILLed node dead after {took:.1f} s (lease {args.lease_ms} ms)")
+    page.screenshot(path=os.path.join(args.screenshots, "desktop-cluster-node-dead.png"), full_page=True)
+
+
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except Exception:
+        # Whatever page was open when a step gave up is in the last screenshot taken by
+        # the failing step's context; say which check was under way.
+        print(f"\nstopped after {len(failures)} failed check(s); the last step raised:", flush=True)
+        raise

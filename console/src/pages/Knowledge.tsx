@@ -131,7 +131,7 @@ export function KnowledgePage() {
           </label>
           <label>
             Embedding model
-            <select value={form.embedding} onChange={(e) => setForm({ ...form, embedding: (e.target as HTMLSelectElement).value })}>
+            <select value={form.embedding || embedders[0]?.id || ''} onChange={(e) => setForm({ ...form, embedding: (e.target as HTMLSelectElement).value })}>
               {embedders.map((m) => (
                 <option key={m.id} value={m.id}>
                   {m.id}

@@ -3,6 +3,27 @@ import { get, post, type Run, type RunSummary } from '../api';
 import { usePoll } from '../hooks';
 import { Badge, ErrorLine, Section, Stale } from '../ui';
 
+type Step = Run['steps'][number];
+
+/** The steps in rows: a step sits one row below the last of the steps it waits for. */
+function levels(steps: Step[]): Step[][] {
+  const byId = new Map(steps.map((s) => [s.id, s]));
+  const level = new Map<string, number>();
+  const of = (s: Step, seen: Set<string>): number => {
+    const known = level.get(s.id);
+    if (known != null) return known;
+    if (seen.has(s.id)) return 0;
+    seen.add(s.id);
+    const deps = s.after.map((id) => byId.get(id)).filter((d): d is Step => !!d);
+    const l = deps.length ? 1 + Math.max(...deps.map((d) => of(d, seen))) : 0;
+    level.set(s.id, l);
+    return l;
+  };
+  const rows: Step[][] = [];
+  for (const s of steps) (rows[of(s, new Set())] ??= []).push(s);
+  return rows.filter(Boolean);
+}
+
 function when(ms?: number) {
   return ms ? new Date(ms).toLocaleTimeString() : '—';
 }
@@ -53,32 +74,37 @@ export function RunsPage() {
               {run.data.graph} v{run.data.version} · <Badge state={run.data.status} />
               {run.data.error && <span class="error"> {run.data.error}</span>}
             </p>
-            <ol class="dag" aria-label="Steps in order">
-              {run.data.steps.map((s) => (
-                <li key={s.id} class={`step s-${s.status}`}>
-                  <details>
-                    <summary>
-                      <strong>{s.id}</strong> {s.kind && <span class="muted">{s.kind}</span>} <Badge state={s.status} />
-                      {s.duration_ms ? <span class="muted"> {s.duration_ms} ms</span> : null}
-                    </summary>
-                    {s.error && <p class="error">{s.error}</p>}
-                    {s.inputs != null && (
-                      <>
-                        <h4>Inputs</h4>
-                        <pre>{JSON.stringify(s.inputs, null, 2)}</pre>
-                      </>
-                    )}
-                    {s.output != null && (
-                      <>
-                        <h4>Output</h4>
-                        <pre>{JSON.stringify(s.output, null, 2)}</pre>
-                      </>
-                    )}
-                    <button onClick={() => rerun(s.id)}>Rerun from here</button>
-                  </details>
-                </li>
+            <div class="dag" role="list" aria-label="Steps by dependency level">
+              {levels(run.data.steps).map((row, level) => (
+                <div class="dag-level" key={level} role="presentation">
+                  {row.map((s) => (
+                    <div key={s.id} role="listitem" class={`step s-${s.status}`}>
+                      <details>
+                        <summary>
+                          <strong>{s.id}</strong> {s.kind && <span class="muted">{s.kind}</span>} <Badge state={s.status} />
+                          {s.duration_ms ? <span class="muted"> {s.duration_ms} ms</span> : null}
+                        </summary>
+                        {s.after.length > 0 && <p class="muted">after {s.after.join(', ')}</p>}
+                        {s.error && <p class="error">{s.error}</p>}
+                        {s.inputs != null && (
+                          <>
+                            <h4>Inputs</h4>
+                            <pre>{JSON.stringify(s.inputs, null, 2)}</pre>
+                          </>
+                        )}
+                        {s.output != null && (
+                          <>
+                            <h4>Output</h4>
+                            <pre>{JSON.stringify(s.output, null, 2)}</pre>
+                          </>
+                        )}
+                        <button onClick={() => rerun(s.id)}>Rerun from here</button>
+                      </details>
+                    </div>
+                  ))}
+                </div>
               ))}
-            </ol>
+            </div>
             {run.data.outputs != null && (
               <>
                 <h3>Outputs</h3>

@@ -312,16 +312,21 @@ fn stream_run(
 /// A run as the API shows it: every step's inputs, output, attempts, timing, place and error.
 pub async fn run_json(gw: &GatewayState, run: &RunRecord) -> Value {
     let g = graphs(gw);
-    let order: Vec<String> = match g.definition(&run.graph, Some(run.version).filter(|v| *v != 0)) {
-        Ok((_, def)) => def.steps.iter().map(|s| s.id.clone()).collect(),
-        Err(_) => run.steps.keys().cloned().collect(),
-    };
+    let (order, deps): (Vec<String>, std::collections::BTreeMap<String, shoal_graph::deps::Deps>) =
+        match g.definition(&run.graph, Some(run.version).filter(|v| *v != 0)) {
+            Ok((_, def)) => (def.steps.iter().map(|s| s.id.clone()).collect(), dependencies(&def)),
+            Err(_) => (run.steps.keys().cloned().collect(), Default::default()),
+        };
+    // The steps each one waits for (data it reads, and branches that decide whether it runs).
+    let after = |id: &str| -> Vec<String> { deps.get(id).map(|d| d.all().cloned().collect()).unwrap_or_default() };
     let mut steps = Vec::new();
     for id in &order {
         let Some(s) = run.steps.get(id) else {
-            steps.push(
-                json!({"id": id, "status": if run.status == RunStatus::Running { "pending" } else { "not_run" }}),
-            );
+            steps.push(json!({
+                "id": id,
+                "status": if run.status == RunStatus::Running { "pending" } else { "not_run" },
+                "after": after(id),
+            }));
             continue;
         };
         let output = g.output_of(s).await.unwrap_or_else(|e| json!({"unavailable": e}));
@@ -331,7 +336,7 @@ pub async fn run_json(gw: &GatewayState, run: &RunRecord) -> Value {
             "id": id, "kind": s.kind, "status": s.outcome, "attempts": s.attempts,
             "started_at_ms": s.started_at_ms, "finished_at_ms": s.finished_at_ms,
             "duration_ms": s.finished_at_ms.saturating_sub(s.started_at_ms),
-            "ran_on": s.ran_on, "inputs": inputs, "output": output, "error": s.error,
+            "ran_on": s.ran_on, "inputs": inputs, "output": output, "error": s.error, "after": after(id),
         });
         if !s.output_sha256.is_empty() {
             v["output_sha256"] = json!(s.output_sha256);
