@@ -7,6 +7,7 @@ interface Turn {
   content: string;
   citations?: { index: number; title?: string; document_id?: string; text?: string }[];
   extra?: string;
+  tools?: { name: string; arguments: string }[];
 }
 
 /** A playground: a model, a knowledge base or a graph; answers stream in. */
@@ -66,7 +67,10 @@ export function ChatPage() {
     let answer = '';
     let citations: Turn['citations'];
     let extra: string | undefined;
-    const show = () => setTurns([...history, { role: 'assistant', content: answer, citations, extra }]);
+    // Tool calls stream as OpenAI deltas: the first carries the name, later ones argument pieces.
+    const tools: { name: string; arguments: string }[] = [];
+    const show = () =>
+      setTurns([...history, { role: 'assistant', content: answer, citations, extra, tools: tools.length ? [...tools] : undefined }]);
     try {
       await streamChat(
         body,
@@ -76,8 +80,19 @@ export function ChatPage() {
         },
         (chunk) => {
           if (Array.isArray(chunk.citations)) citations = chunk.citations as Turn['citations'];
-          const sql = (chunk as { sql?: string }).sql;
-          if (sql) extra = sql;
+          const calls = (chunk.choices as { delta?: { tool_calls?: { index: number; function?: { name?: string; arguments?: string } }[] } }[] | undefined)?.[0]
+            ?.delta?.tool_calls;
+          for (const c of calls ?? []) {
+            const t = (tools[c.index] ??= { name: '', arguments: '' });
+            t.name += c.function?.name ?? '';
+            t.arguments += c.function?.arguments ?? '';
+          }
+          // A graph's answer carries the run's outputs: the SQL it ran, its citations.
+          const outputs = (chunk.graph_run as { outputs?: Record<string, unknown> } | undefined)?.outputs;
+          if (outputs) {
+            if (typeof outputs.sql === 'string' && outputs.sql) extra = outputs.sql;
+            if (Array.isArray(outputs.citations)) citations = outputs.citations as Turn['citations'];
+          }
           show();
         },
         controller.signal,
@@ -150,6 +165,11 @@ export function ChatPage() {
             <div class="who">{t.role === 'user' ? 'You' : 'Shoal'}</div>
             <div class="text">{t.content || (streaming && i === turns.length - 1 ? '…' : '')}</div>
             {t.extra && <pre class="sql">{t.extra}</pre>}
+            {t.tools?.map((c, j) => (
+              <pre class="tool" key={j}>
+                {c.name}({c.arguments})
+              </pre>
+            ))}
             {t.citations && t.citations.length > 0 && (
               <ol class="citations">
                 {t.citations.map((c) => (
