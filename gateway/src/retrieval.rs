@@ -45,6 +45,24 @@ pub const MAX_DOCUMENT_TEXT_BYTES: usize = 4 << 20;
 /// Longest query text.
 const MAX_QUERY_BYTES: usize = 8 * 1024;
 
+impl Ingested {
+    /// The answer for a document already indexed with the same fingerprint: nothing done.
+    fn unchanged(d: &KbDocument, shard: u32, kb: &KnowledgeBase) -> Self {
+        Ingested {
+            id: d.id.clone(),
+            title: d.title.clone(),
+            shard,
+            chunks: d.chunks,
+            tokens: 0,
+            unchanged: true,
+            replaced: false,
+            copies_written: 0,
+            copies_wanted: kb.replicas as usize,
+            degraded: false,
+        }
+    }
+}
+
 /// What the catalog records of a stored document besides its record and chunks.
 struct Stored {
     sha256: String,
@@ -383,18 +401,7 @@ impl Retrieval {
         let shard = kb.shard_of(&upload.doc_id);
         let earlier = kb.documents.get(&upload.doc_id);
         if let Some(d) = earlier.filter(|d| d.sha256 == fingerprint) {
-            return Ok(Ingested {
-                id: d.id.clone(),
-                title: d.title.clone(),
-                shard,
-                chunks: d.chunks,
-                tokens: 0,
-                unchanged: true,
-                replaced: false,
-                copies_written: 0,
-                copies_wanted: kb.replicas as usize,
-                degraded: false,
-            });
+            return Ok(Ingested::unchanged(d, shard, &kb));
         }
         let (bytes, content_type, file_name) =
             (upload.bytes.clone(), upload.content_type.clone(), upload.file_name.clone());
@@ -515,18 +522,7 @@ impl Retrieval {
         let shard = kb.shard_of(&record.doc_id);
         let earlier = kb.documents.get(&record.doc_id);
         if let Some(d) = earlier.filter(|d| d.sha256 == sha256) {
-            return Ok(Ingested {
-                id: d.id.clone(),
-                title: d.title.clone(),
-                shard,
-                chunks: d.chunks,
-                tokens: 0,
-                unchanged: true,
-                replaced: false,
-                copies_written: 0,
-                copies_wanted: kb.replicas as usize,
-                degraded: false,
-            });
+            return Ok(Ingested::unchanged(d, shard, &kb));
         }
         check_imported_chunks(&chunks, kb.dimension as usize)?;
         let stored = Stored { sha256, bytes, replaced: earlier.is_some(), tokens: 0 };
