@@ -254,6 +254,10 @@ def desktop_flows(page, gw, args):
     page.get_by_role("button", name="Search").click()
     page.get_by_test_id("hits").get_by_text("otters.txt").first.wait_for(timeout=30_000)
     check(page.locator("mark").count() > 0, "the search finds the file and highlights the query's words")
+    page.once("dialog", lambda d: d.accept())
+    page.get_by_role("button", name="Remove otters.txt").click()
+    page.get_by_role("button", name="Remove otters.txt").wait_for(state="detached", timeout=30_000)
+    check(True, "a document is removed from the knowledge base")
     errors = watch.take()
     check(not errors, f"the desktop flows ran with no console error or failed request {errors}")
     # With a knowledge base and a deployment history, the answers still match their schemas.

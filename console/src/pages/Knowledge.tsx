@@ -107,6 +107,17 @@ export function KnowledgePage() {
     }
   };
 
+  const removeDoc = async (id: string) => {
+    if (!selected || !confirm(`Remove ${id} from ${selected}? Its chunks leave every index copy.`)) return;
+    try {
+      await del(`/v1/knowledge-bases/${encodeURIComponent(selected)}/documents/${encodeURIComponent(id)}`);
+      docs.refresh();
+      bases.refresh();
+    } catch (err) {
+      setError(err instanceof Error ? err.message : String(err));
+    }
+  };
+
   const remove = async (name: string) => {
     if (!confirm(`Delete knowledge base ${name} and its index?`)) return;
     try {
@@ -228,14 +239,22 @@ export function KnowledgePage() {
                   <th scope="col">Id</th>
                   <th scope="col">Title</th>
                   <th scope="col">Chunks</th>
+                  <th scope="col">
+                    <span class="sr-only">Actions</span>
+                  </th>
                 </tr>
               </thead>
-              <tbody>
+              <tbody data-testid="documents">
                 {(docs.data?.data ?? []).map((d) => (
                   <tr key={d.id}>
                     <td>{d.id}</td>
                     <td>{d.title}</td>
                     <td>{d.chunks}</td>
+                    <td>
+                      <button class="danger" aria-label={`Remove ${d.id}`} onClick={() => removeDoc(d.id)}>
+                        Remove
+                      </button>
+                    </td>
                   </tr>
                 ))}
               </tbody>
