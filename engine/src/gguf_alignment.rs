@@ -3,16 +3,22 @@
 //! candle divides by it (a file declaring 0 panics the process), so the header's key/value
 //! section is walked here first, allocation-free and bounded by the file's length, and a
 //! declared alignment that is not a power of two is refused with a clear error.
+//!
+//! The walk reads keys the way candle does, so that no file gets past it with a value candle
+//! would use: trailing NUL bytes of a key are ignored, a key given twice counts by its last
+//! value (candle keeps the last in a map), and arrays nest as deep as candle allows.
 
 use std::io::{Read, Seek, SeekFrom};
 
 const MAGIC: u32 = 0x4655_4747; // "GGUF", little-endian
 const KEY: &[u8] = b"general.alignment";
-const MAX_DEPTH: u32 = 4;
+/// candle's own cap on nested arrays (`GGUF_MAX_VALUE_DEPTH`).
+const MAX_DEPTH: u32 = 64;
 
 /// The integer value of `general.alignment` when the header declares one (negative values
-/// as they are); `None` when it declares none or the header is malformed (candle's reader
-/// then reports the problem). The reader is left where it started.
+/// as they are; the last one when it is declared more than once); `None` when it declares
+/// none. Where the header is malformed the walk stops, with what it found before (candle's
+/// reader then reports the problem). The reader is left where it started.
 pub(crate) fn declared_alignment<R: Read + Seek>(reader: &mut R, file_len: u64) -> Option<i128> {
     let start = reader.stream_position().ok()?;
     let found = walk(reader, file_len);
@@ -48,26 +54,59 @@ fn walk<R: Read + Seek>(reader: &mut R, file_len: u64) -> Option<i128> {
     let mut w = Walker { reader, wide, file_len };
     let _tensors = w.length()?;
     let entries = w.length()?;
+    let mut found = None;
     for _ in 0..entries {
-        let key_len = w.length()?;
-        let is_key = if key_len == KEY.len() as u64 {
-            let mut key = [0u8; KEY.len()];
-            w.reader.read_exact(&mut key).ok()?;
-            key == KEY
-        } else {
-            w.skip(key_len)?;
-            false
-        };
-        let value_type = read_u32(w.reader)?;
-        if is_key {
-            return w.integer(value_type);
+        let Some(value) = w.entry() else { break };
+        if value.is_some() {
+            found = value;
         }
-        w.skip_value(value_type, 0)?;
     }
-    None
+    found
 }
 
 impl<R: Read + Seek> Walker<'_, R> {
+    /// One key/value entry: `Some(Some(v))` for `general.alignment` with an integer value,
+    /// `Some(None)` for any other entry, `None` when the header is malformed here.
+    fn entry(&mut self) -> Option<Option<i128>> {
+        let key_len = self.length()?;
+        let is_key = self.key_matches(key_len)?;
+        let value_type = read_u32(self.reader)?;
+        if is_key {
+            if fixed_size(value_type).is_some() {
+                return Some(self.integer(value_type));
+            }
+            self.skip_value(value_type, 0)?;
+            return Some(None);
+        }
+        self.skip_value(value_type, 0)?;
+        Some(None)
+    }
+
+    /// Reads a key of `len` bytes; whether it is [`KEY`] followed by nothing but NUL bytes
+    /// (candle drops trailing NULs from strings).
+    fn key_matches(&mut self, len: u64) -> Option<bool> {
+        if len < KEY.len() as u64 {
+            self.skip(len)?;
+            return Some(false);
+        }
+        let here = self.reader.stream_position().ok()?;
+        if here.checked_add(len)? > self.file_len {
+            return None;
+        }
+        let mut head = [0u8; KEY.len()];
+        self.reader.read_exact(&mut head).ok()?;
+        let mut rest = len - KEY.len() as u64;
+        let mut all_nul = true;
+        let mut chunk = [0u8; 256];
+        while rest > 0 {
+            let n = rest.min(chunk.len() as u64) as usize;
+            self.reader.read_exact(&mut chunk[..n]).ok()?;
+            all_nul &= chunk[..n].iter().all(|&b| b == 0);
+            rest -= n as u64;
+        }
+        Some(head == KEY && all_nul)
+    }
+
     fn length(&mut self) -> Option<u64> {
         if self.wide {
             read_u64(self.reader)
@@ -87,6 +126,8 @@ impl<R: Read + Seek> Walker<'_, R> {
         Some(())
     }
 
+    /// The value of a fixed-size entry as an integer; `None` for floats and booleans (candle
+    /// ignores those and uses its default) or when the file ends inside it.
     fn integer(&mut self, value_type: u32) -> Option<i128> {
         let mut b = [0u8; 8];
         let n = fixed_size(value_type)?;
@@ -223,6 +264,42 @@ mod tests {
         let mut huge = 8u32.to_le_bytes().to_vec();
         huge.extend_from_slice(&(1u64 << 60).to_le_bytes());
         assert_eq!(alignment_of(&header(&[key("x", 9, &huge)])), None);
+    }
+
+    #[test]
+    fn keys_are_read_as_candle_reads_them() {
+        // The last of two declarations is the one candle uses.
+        let twice = header(&[
+            key("general.alignment", 4, &32u32.to_le_bytes()),
+            key("general.alignment", 4, &0u32.to_le_bytes()),
+        ]);
+        assert_eq!(alignment_of(&twice), Some(0));
+        // A key followed by NUL bytes is the same key to candle.
+        let padded = header(&[key("general.alignment\0\0", 2, &0u16.to_le_bytes())]);
+        assert_eq!(alignment_of(&padded), Some(0));
+        let longer = header(&[key("general.alignmentx", 2, &0u16.to_le_bytes())]);
+        assert_eq!(alignment_of(&longer), None);
+        // Arrays nested deeper than a few levels are walked past.
+        let mut nested = Vec::new();
+        for _ in 0..10 {
+            nested.extend_from_slice(&9u32.to_le_bytes());
+            nested.extend_from_slice(&1u64.to_le_bytes());
+        }
+        nested.extend_from_slice(&4u32.to_le_bytes());
+        nested.extend_from_slice(&1u64.to_le_bytes());
+        nested.extend_from_slice(&7u32.to_le_bytes());
+        let deep = header(&[key("x", 9, &nested), key("general.alignment", 4, &0u32.to_le_bytes())]);
+        assert_eq!(alignment_of(&deep), Some(0));
+        // A float value is not an alignment candle uses, and does not hide a later one.
+        let float_then_zero = header(&[
+            key("general.alignment", 6, &1.0f32.to_le_bytes()),
+            key("general.alignment", 5, &0i32.to_le_bytes()),
+        ]);
+        assert_eq!(alignment_of(&float_then_zero), Some(0));
+        for bytes in [twice, padded] {
+            let err = crate::inspect_gguf_bytes(&bytes).expect_err("refused").to_string();
+            assert!(err.contains("general.alignment is 0"), "{err}");
+        }
     }
 
     #[test]

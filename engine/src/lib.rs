@@ -1,6 +1,7 @@
 //! Shoal model engines: GGUF llama-family text generation (own forward with per-sequence KV caches, batched
 //! decoding and layer-range stages) and BERT-family sentence embeddings.
 
+pub mod constraint;
 mod embed;
 mod error;
 mod generate;
