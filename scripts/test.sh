@@ -18,9 +18,9 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 echo "== models"
 ./scripts/fetch-models.sh ./models
 echo "== openai SDK"
-if ! python3 -c "import openai" 2>/dev/null; then
-  python3 -m pip install --quiet --disable-pip-version-check openai 2>/dev/null \
-    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages openai
+if ! python3 -c "import openai, jsonschema" 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check openai jsonschema 2>/dev/null \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages openai jsonschema
 fi
 python3 -c "import openai; print('openai', openai.__version__)"
 echo "== PostgreSQL + pgvector (for the knowledge-base PostgreSQL backend tests)"

@@ -89,6 +89,16 @@ fn openai_sdk_bad_input_and_registration_against_shoal_up() {
         );
         assert!(stdout.contains("all openai SDK checks passed"), "{stdout}");
     }
+    // Tool calling and structured output with the SDK, on the default chat model.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/openai_tools.py");
+    let out = Command::new("python3").arg(&script).args([&gw, API_KEY, QWEN]).output().expect("python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "tool-calling checks failed:\n{stdout}\n{}\n(install: python3 -m pip install openai jsonschema)",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("all tool-calling checks passed"), "{stdout}");
 
     // Bad input answers the right 4xx in OpenAI's shape, and the server keeps serving.
     let chat_url = format!("{gw}/v1/chat/completions");

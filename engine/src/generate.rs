@@ -130,7 +130,7 @@ impl Batcher {
         if let Some(bad) = prompt.iter().chain(resume.iter()).find(|&&t| t as usize >= vocab) {
             return Err(EngineError::InvalidRequest(format!("token id {bad} is outside the vocabulary of {vocab}")));
         }
-        let mut sampler = Sampler::new(params.seed);
+        let mut sampler = Sampler::for_params(&params, &self.llm)?;
         let mut utf8 = Utf8Stream::default();
         let mut stop = StopMatcher::new(&params.stop);
         let mut resumed_text = String::new();

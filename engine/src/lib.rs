@@ -1,11 +1,13 @@
 //! Shoal model engines: GGUF llama-family text generation (own forward with per-sequence KV caches, batched
 //! decoding and layer-range stages) and BERT-family sentence embeddings.
 
+mod chat;
 pub mod constraint;
 mod embed;
 mod error;
 mod generate;
 mod gguf_alignment;
+mod guided;
 mod half;
 mod inspect;
 mod llama;
@@ -19,10 +21,11 @@ mod tokenizer;
 pub use embed::{Embedder, Embeddings};
 pub use error::EngineError;
 pub use generate::{Batcher, Event, FinishReason, ForwardStep, StepRows};
+pub use guided::ConstraintSpec;
 pub use inspect::{
     inspect, inspect_gguf_bytes, safetensors_weight_bytes_of, Capability, ModelFormat, ModelInfo, RecommendedSampling,
 };
-pub use llama::{ChatMessage, HiddenStates, KvCache, Llm, LlmOptions, StageInput, StageOutput};
+pub use llama::{ChatMessage, ChatToolCall, HiddenStates, KvCache, Llm, LlmOptions, StageInput, StageOutput};
 pub use sampling::{SamplingParams, SequenceSampler};
 pub use source::{resolve_source, resolve_source_with_endpoint, HfUri};
 pub use tokenizer::Utf8Stream;

@@ -20,18 +20,7 @@ use crate::q4::{q4_from_q4_0, q4_from_q4_1, Q4Matrix};
 use crate::q8::{q8_from_f32, q8_from_q8_0, Q8Matrix};
 use crate::tokenizer::GgufTokenizer;
 
-/// One chat message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChatMessage {
-    pub role: String,
-    pub content: String,
-}
-
-impl ChatMessage {
-    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        ChatMessage { role: role.into(), content: content.into() }
-    }
-}
+pub use crate::chat::{ChatMessage, ChatToolCall};
 
 /// How to load a GGUF model.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,6 +211,8 @@ pub struct Llm {
     head: Option<Head>,
     pub(crate) tokenizer: GgufTokenizer,
     template: Option<minijinja::Environment<'static>>,
+    /// Whether the chat template reads `tools` itself.
+    template_knows_tools: bool,
     bos_token: String,
     eos_token: String,
 }
@@ -405,7 +396,9 @@ impl Llm {
         };
         let embed = if first { embed_q } else { None };
 
-        let template = match md_str(&content, "tokenizer.chat_template") {
+        let template_src = md_str(&content, "tokenizer.chat_template");
+        let template_knows_tools = template_src.is_some_and(|s| crate::chat::template_knows_tools(s));
+        let template = match template_src {
             Some(src) => Some(build_template(src.clone())?),
             None => None,
         };
@@ -419,7 +412,19 @@ impl Llm {
             ms = started.elapsed().as_millis() as u64,
             "loaded GGUF model"
         );
-        Ok(Llm { info, cfg, range, layers, embed, head, tokenizer, template, bos_token, eos_token })
+        Ok(Llm {
+            info,
+            cfg,
+            range,
+            layers,
+            embed,
+            head,
+            tokenizer,
+            template,
+            template_knows_tools,
+            bos_token,
+            eos_token,
+        })
     }
 
     pub fn info(&self) -> &ModelInfo {
@@ -459,21 +464,35 @@ impl Llm {
 
     /// Render the chat template with `add_generation_prompt = true`.
     pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, EngineError> {
+        self.render_chat_with_tools(messages, &[])
+    }
+
+    /// Render the chat template with `add_generation_prompt = true`, offering `tools` (OpenAI's
+    /// `tools` entries). See [`crate::chat`] for templates that do not know tools.
+    pub fn render_chat_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[serde_json::Value],
+    ) -> Result<String, EngineError> {
         let env = self.template.as_ref().ok_or_else(|| {
             EngineError::Template(format!("model {} has no chat template", self.info.files.join(",")))
         })?;
         let tmpl = env.get_template("chat").map_err(|e| EngineError::Template(e.to_string()))?;
-        let messages: Vec<minijinja::Value> = messages
-            .iter()
-            .map(|m| {
-                let mut map = std::collections::BTreeMap::new();
-                map.insert("role".to_string(), minijinja::Value::from(m.role.as_str()));
-                map.insert("content".to_string(), minijinja::Value::from(m.content.as_str()));
-                minijinja::Value::from(map)
-            })
-            .collect();
+        let uses_tools = !tools.is_empty() || messages.iter().any(|m| !m.tool_calls.is_empty() || m.role == "tool");
+        let (messages, tools) = if !uses_tools || self.template_knows_tools {
+            (crate::chat::template_messages(messages), tools.to_vec())
+        } else {
+            let plain = crate::chat::messages_without_tool_support(messages, tools);
+            (crate::chat::template_messages(&plain), Vec::new())
+        };
+        let tools = if tools.is_empty() {
+            minijinja::Value::from(())
+        } else {
+            crate::chat::template_value(&serde_json::Value::Array(tools))
+        };
         tmpl.render(minijinja::context! {
-            messages => messages,
+            messages => crate::chat::template_value(&serde_json::Value::Array(messages)),
+            tools => tools,
             add_generation_prompt => true,
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
@@ -499,6 +518,11 @@ impl Llm {
     }
 
     /// The raw bytes a token stands for (empty for control tokens).
+    /// Every token's bytes, by id (for samplers that constrain the output).
+    pub(crate) fn token_table(&self) -> Arc<Vec<Vec<u8>>> {
+        self.tokenizer.table()
+    }
+
     pub fn token_bytes(&self, id: u32) -> &[u8] {
         self.tokenizer.bytes(id)
     }

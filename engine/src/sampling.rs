@@ -6,6 +6,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use crate::error::EngineError;
+use crate::guided::{ConstraintSpec, Guide};
+use crate::llama::Llm;
+
 /// How to pick tokens for one request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -20,6 +24,8 @@ pub struct SamplingParams {
     pub presence_penalty: f32,
     pub frequency_penalty: f32,
     pub stop: Vec<String>,
+    /// The shape the answer must have (`None`: free text).
+    pub constraint: Option<ConstraintSpec>,
 }
 
 impl Default for SamplingParams {
@@ -33,6 +39,7 @@ impl Default for SamplingParams {
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             stop: Vec::new(),
+            constraint: None,
         }
     }
 }
@@ -44,11 +51,13 @@ impl SamplingParams {
     }
 }
 
-/// Per-sequence sampler state: the RNG and the counts of generated tokens (for penalties).
+/// Per-sequence sampler state: the RNG, the counts of generated tokens (for penalties) and,
+/// for a constrained answer, where the answer is in its shape.
 pub(crate) struct Sampler {
     rng: StdRng,
     counts: HashMap<u32, u32>,
     candidates: Vec<(u32, f32)>,
+    guide: Option<Guide>,
 }
 
 impl Sampler {
@@ -57,15 +66,29 @@ impl Sampler {
             Some(s) => StdRng::seed_from_u64(s),
             None => StdRng::from_rng(&mut rand::rng()),
         };
-        Sampler { rng, counts: HashMap::new(), candidates: Vec::new() }
+        Sampler { rng, counts: HashMap::new(), candidates: Vec::new(), guide: None }
     }
 
-    /// Record a generated token (penalty history).
+    /// The sampler for `params` on `llm`'s vocabulary (an error when the constraint's schema
+    /// cannot be used).
+    pub(crate) fn for_params(params: &SamplingParams, llm: &Llm) -> Result<Self, EngineError> {
+        let mut s = Sampler::new(params.seed);
+        if let Some(spec) = &params.constraint {
+            s.guide = Some(Guide::new(spec, llm.token_table(), llm.eos_tokens())?);
+        }
+        Ok(s)
+    }
+
+    /// Record a generated token (penalty history, the constraint's progress).
     pub(crate) fn observe(&mut self, token: u32) {
         *self.counts.entry(token).or_insert(0) += 1;
+        if let Some(g) = &mut self.guide {
+            g.advance(token);
+        }
     }
 
-    /// Pick the next token from `logits` (modified in place by the penalties).
+    /// Pick the next token from `logits` (modified in place by the penalties and, for a
+    /// constrained answer, by masking the tokens the constraint refuses).
     pub(crate) fn sample(&mut self, logits: &mut [f32], p: &SamplingParams) -> u32 {
         if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
             for (&tok, &count) in &self.counts {
@@ -74,6 +97,18 @@ impl Sampler {
                 }
             }
         }
+        match self.guide.take() {
+            Some(guide) => {
+                let t = guide.choose(logits, |l| self.draw(l, p));
+                self.guide = Some(guide);
+                t
+            }
+            None => self.draw(logits, p),
+        }
+    }
+
+    /// Draws from `logits` with the temperature, top-k and top-p of `p`.
+    fn draw(&mut self, logits: &mut [f32], p: &SamplingParams) -> u32 {
         if p.temperature <= 0.0 || p.top_k == 1 {
             return argmax(logits);
         }
@@ -134,13 +169,14 @@ pub struct SequenceSampler {
 }
 
 impl SequenceSampler {
-    /// `history` = tokens generated for this request before (they count for penalties).
-    pub fn new(params: SamplingParams, history: &[u32]) -> Self {
-        let mut sampler = Sampler::new(params.seed);
+    /// `history` = tokens generated for this request before (they count for penalties and
+    /// for the constraint); `llm` = the model whose logits are sampled (its vocabulary).
+    pub fn new(params: SamplingParams, history: &[u32], llm: &Llm) -> Result<Self, EngineError> {
+        let mut sampler = Sampler::for_params(&params, llm)?;
         for &t in history {
             sampler.observe(t);
         }
-        SequenceSampler { sampler, params }
+        Ok(SequenceSampler { sampler, params })
     }
 
     /// Picks the next token and records it.

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::quantized::gguf_file;
 use tokenizers::models::bpe::{Vocab, BPE};
@@ -27,7 +28,7 @@ const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p
 pub(crate) struct GgufTokenizer {
     tokenizer: Tokenizer,
     /// The raw bytes each token stands for (empty for control tokens).
-    token_bytes: Vec<Vec<u8>>,
+    token_bytes: Arc<Vec<Vec<u8>>>,
     pub(crate) eos: Vec<u32>,
     pub(crate) bos: Option<u32>,
     pub(crate) add_bos: bool,
@@ -114,7 +115,7 @@ impl GgufTokenizer {
 
         let table = byte_to_char_table();
         let char_to_byte: HashMap<char, u8> = table.iter().enumerate().map(|(b, &c)| (c, b as u8)).collect();
-        let token_bytes = tokens
+        let token_bytes: Vec<Vec<u8>> = tokens
             .iter()
             .zip(types.iter())
             .map(|(tok, &ty)| match ty {
@@ -152,7 +153,7 @@ impl GgufTokenizer {
         let bos = id_of("tokenizer.ggml.bos_token_id");
         let add_bos =
             content.metadata.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(false);
-        Ok(GgufTokenizer { tokenizer, token_bytes, eos, bos, add_bos })
+        Ok(GgufTokenizer { tokenizer, token_bytes: Arc::new(token_bytes), eos, bos, add_bos })
     }
 
     pub(crate) fn token_string(&self, id: u32) -> Option<String> {
@@ -167,6 +168,11 @@ impl GgufTokenizer {
     /// The raw bytes of a token (empty for control tokens and unknown ids).
     pub(crate) fn bytes(&self, id: u32) -> &[u8] {
         self.token_bytes.get(id as usize).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Every token's bytes, by id (shared with samplers that constrain the output).
+    pub(crate) fn table(&self) -> Arc<Vec<Vec<u8>>> {
+        Arc::clone(&self.token_bytes)
     }
 
     pub(crate) fn vocab_size(&self) -> usize {

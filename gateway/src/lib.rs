@@ -19,6 +19,7 @@ pub mod retrieval;
 pub mod router;
 pub mod routing;
 pub mod runtime;
+pub mod tools;
 
 // The pure parts of the coordinator crate the gateway reads the state with.
 pub(crate) use shoal_coordinator::{clock, knowledge, planner, scheduler, state, telemetry};

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use shoal_engine::ChatMessage;
+use shoal_engine::{ChatMessage, ChatToolCall};
 use shoal_protocol::quic::{self, ServerStream};
 use shoal_protocol::tls::MemberRole;
 use std::time::{Duration, Instant};
@@ -287,6 +287,7 @@ async fn embed_document(
 async fn echo(mut stream: ServerStream, req: GenerateRequest) {
     let text = match req.prompt {
         Prompt::Chat(turns) => turns.last().map(|t| t.content.clone()).unwrap_or_default(),
+        Prompt::ToolChat(chat) => chat.turns.last().map(|t| t.content.clone()).unwrap_or_default(),
         Prompt::Text(t) => t,
     };
     let frames = [
@@ -300,6 +301,23 @@ async fn echo(mut stream: ServerStream, req: GenerateRequest) {
         }
     }
     stream.finish();
+}
+
+/// The engine's messages for a chat's turns (with their tool calls and results).
+fn chat_messages(turns: &[shoal_protocol::ChatTurn]) -> Vec<ChatMessage> {
+    turns
+        .iter()
+        .map(|t| {
+            let mut m = ChatMessage::new(&t.role, &t.content);
+            m.tool_call_id = t.tool_call_id.clone();
+            m.tool_calls = t
+                .tool_calls
+                .iter()
+                .map(|c| ChatToolCall { id: c.id.clone(), name: c.name.clone(), arguments: c.arguments.clone() })
+                .collect();
+            m
+        })
+        .collect()
 }
 
 async fn generate(host: &ModelHost, stream: ServerStream, req: GenerateRequest) {
@@ -319,10 +337,24 @@ async fn generate_llm(engine: Option<Engine>, mut stream: ServerStream, req: Gen
         return stream.refuse(RefusalCode::NotFound, msg).await;
     };
     let text = match &req.prompt {
-        Prompt::Chat(turns) => {
-            let msgs: Vec<ChatMessage> = turns.iter().map(|t| ChatMessage::new(&t.role, &t.content)).collect();
-            match h.llm.render_chat(&msgs) {
-                Ok(t) => t,
+        Prompt::Chat(turns) => match h.llm.render_chat(&chat_messages(turns)) {
+            Ok(t) => t,
+            Err(e) => return stream.refuse(RefusalCode::BadRequest, e.to_string()).await,
+        },
+        Prompt::ToolChat(chat) => {
+            let tools: Vec<serde_json::Value> = if chat.tools.is_empty() {
+                Vec::new()
+            } else {
+                match serde_json::from_str(&chat.tools) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        let msg = format!("the tools are not a JSON list: {e}");
+                        return stream.refuse(RefusalCode::BadRequest, msg).await;
+                    }
+                }
+            };
+            match h.llm.render_chat_with_tools(&chat_messages(&chat.turns), &tools) {
+                Ok(t) => t + &chat.answer_prefix,
                 Err(e) => return stream.refuse(RefusalCode::BadRequest, e.to_string()).await,
             }
         }

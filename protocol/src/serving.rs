@@ -107,6 +107,41 @@ pub struct ReplicaReport {
 pub struct ChatTurn {
     pub role: String,
     pub content: String,
+    /// The tools an assistant turn called (OpenAI `tool_calls`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallTurn>,
+    /// For a `tool` turn: the call it answers (OpenAI `tool_call_id`); empty otherwise.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tool_call_id: String,
+}
+
+impl ChatTurn {
+    /// A plain message: a role and its text.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> ChatTurn {
+        ChatTurn { role: role.into(), content: content.into(), tool_calls: Vec::new(), tool_call_id: String::new() }
+    }
+}
+
+/// A tool call made by an assistant turn.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ToolCallTurn {
+    pub id: String,
+    /// The function's name.
+    pub name: String,
+    /// The arguments as JSON text.
+    pub arguments: String,
+}
+
+/// A chat that offers the model tools, or that starts the answer with given text.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ToolChat {
+    pub turns: Vec<ChatTurn>,
+    /// The tools offered, as OpenAI's `tools` JSON array (empty: none). Rendered through the
+    /// model's chat template (or a generic tool prompt when the template has no tool support).
+    pub tools: String,
+    /// Text the answer starts with, appended to the rendered prompt (not generated, not
+    /// returned): e.g. the opening of a tool call the answer must make.
+    pub answer_prefix: String,
 }
 
 /// What to generate from.
@@ -114,6 +149,8 @@ pub struct ChatTurn {
 pub enum Prompt {
     /// Rendered through the model's chat template.
     Chat(Vec<ChatTurn>),
+    /// A chat with tools (see [`ToolChat`]).
+    ToolChat(ToolChat),
     /// Used as is.
     Text(String),
 }
@@ -130,6 +167,19 @@ pub struct SamplingSettings {
     pub presence_penalty: f32,
     pub frequency_penalty: f32,
     pub stop: Vec<String>,
+    /// Constrained generation: the answer must match this (`None`: free text).
+    pub constraint: Option<OutputConstraint>,
+}
+
+/// What a constrained answer must look like.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct OutputConstraint {
+    /// A JSON Schema (as JSON text) the answer's JSON value must satisfy.
+    pub schema: String,
+    /// Empty: the whole answer is the JSON value and it ends there. Otherwise the text is
+    /// free until it ends with this trigger (e.g. `<tool_call>`); then a JSON value must
+    /// follow (after at most one space or newline), and the text is free again after it.
+    pub trigger: String,
 }
 
 /// A generation request to a replica.

@@ -45,6 +45,7 @@ fn sampling() -> SamplingSettings {
         presence_penalty: 0.0,
         frequency_penalty: 0.5,
         stop: vec!["\n".into()],
+        constraint: None,
     }
 }
 
@@ -81,7 +82,7 @@ fn requests() -> Vec<(&'static str, Request)> {
             "generate",
             Request::Generate(GenerateRequest {
                 placement_id: "p-1".into(),
-                prompt: Prompt::Chat(vec![ChatTurn { role: "user".into(), content: "Hi!".into() }]),
+                prompt: Prompt::Chat(vec![ChatTurn::new("user", "Hi!")]),
                 resume: vec![1, 2],
                 sampling: sampling(),
             }),

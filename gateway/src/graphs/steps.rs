@@ -82,13 +82,13 @@ pub fn execute<'a>(cx: &'a StepContext, step: &'a Step, scope: &'a Value) -> Box
                     ));
                 }
                 if !system_text.trim().is_empty() {
-                    turns.push(ChatTurn { role: "system".into(), content: system_text.trim().to_string() });
+                    turns.push(ChatTurn::new("system", system_text.trim().to_string()));
                 }
                 for m in messages {
-                    turns.push(ChatTurn { role: m.role.clone(), content: render(&m.content, scope)? });
+                    turns.push(ChatTurn::new(m.role.clone(), render(&m.content, scope)?));
                 }
                 if let Some(p) = prompt {
-                    turns.push(ChatTurn { role: "user".into(), content: render(p, scope)? });
+                    turns.push(ChatTurn::new("user", render(p, scope)?));
                 }
                 let sampling = sampling(temperature.unwrap_or(0.0), max_tokens.unwrap_or(512));
                 let inputs = json!({
@@ -279,6 +279,7 @@ fn sampling(temperature: f64, max_tokens: u32) -> SamplingSettings {
         presence_penalty: 0.0,
         frequency_penalty: 0.0,
         stop: Vec::new(),
+        constraint: None,
     }
 }
 
@@ -444,10 +445,7 @@ async fn classify_by_llm(
     for (label, ex) in examples {
         system.push_str(&format!("\nExamples of {label}: {}", ex.join(" | ")));
     }
-    let turns = vec![
-        ChatTurn { role: "system".into(), content: system },
-        ChatTurn { role: "user".into(), content: text.into() },
-    ];
+    let turns = vec![ChatTurn::new("system", system), ChatTurn::new("user", text)];
     let (answer, _, ran_on) = chat(cx, step, model, turns, sampling(0.0, 16)).await?;
     let lower = answer.to_lowercase();
     // The label named first in the answer.

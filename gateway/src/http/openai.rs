@@ -15,7 +15,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use shoal_protocol::metric_names as m;
-use shoal_protocol::{ChatTurn, Finish, Prompt, SamplingSettings};
+use shoal_protocol::{ChatTurn, Finish, Prompt, SamplingSettings, ToolCallTurn, ToolChat};
 use tokio::sync::mpsc;
 
 use super::auth::require;
@@ -23,6 +23,7 @@ use super::rag::{self, Citations, RagField};
 use super::{ApiError, Body, Caller, GatewayState};
 use crate::router::{GenEvent, RouteError};
 use crate::state::Scope;
+use crate::tools::{self, CallParser, ParsedCall, Piece, Reading};
 
 type Gw = State<Arc<GatewayState>>;
 
@@ -157,6 +158,7 @@ impl SamplingFields {
             presence_penalty: self.presence_penalty.unwrap_or(0.0),
             frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
             stop,
+            constraint: None,
         })
     }
 }
@@ -172,6 +174,15 @@ pub struct ChatRequest {
     /// Shoal's extension: answer from a knowledge base (see `gateway::rag`).
     #[serde(default)]
     pub(crate) knowledge_base: Option<RagField>,
+    /// OpenAI tool calling and structured output (see `gateway::tools`).
+    #[serde(default)]
+    pub(crate) tools: Option<Value>,
+    #[serde(default)]
+    pub(crate) tool_choice: Option<Value>,
+    #[serde(default)]
+    pub(crate) parallel_tool_calls: Option<bool>,
+    #[serde(default)]
+    pub(crate) response_format: Option<Value>,
     #[serde(flatten)]
     pub(crate) sampling: SamplingFields,
 }
@@ -181,6 +192,40 @@ pub struct ChatMessageIn {
     role: String,
     #[serde(default)]
     content: Option<Value>,
+    /// An assistant message's calls: `[{"id", "type": "function", "function": {"name", "arguments"}}]`.
+    #[serde(default)]
+    tool_calls: Option<Value>,
+    /// A tool message's call.
+    #[serde(default)]
+    tool_call_id: Option<String>,
+}
+
+/// An assistant message's `tool_calls`, checked.
+fn message_tool_calls(calls: &Option<Value>) -> Result<Vec<ToolCallTurn>, ApiError> {
+    let list = match calls {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(list)) => list,
+        Some(_) => return Err(ApiError::bad_request("tool_calls must be a list")),
+    };
+    list.iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let f = c
+                .get("function")
+                .ok_or_else(|| ApiError::bad_request(format!("tool_calls[{i}].function is missing")))?;
+            let name = f
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| ApiError::bad_request(format!("tool_calls[{i}].function.name is missing")))?;
+            let arguments = match f.get("arguments") {
+                None | Some(Value::Null) => "{}".to_string(),
+                Some(Value::String(a)) => a.clone(),
+                Some(a) => a.to_string(),
+            };
+            let id = c.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+            Ok(ToolCallTurn { id, name: name.to_string(), arguments })
+        })
+        .collect()
 }
 
 /// A message's text: a string, or the text parts of a list of content parts.
@@ -213,7 +258,14 @@ pub(crate) fn chat_turns(messages: &[ChatMessageIn]) -> Result<Vec<ChatTurn>, Ap
             return Err(ApiError::bad_request(format!("unknown message role '{}'", m.role)));
         }
         let role = if m.role == "developer" { "system".to_string() } else { m.role.clone() };
-        turns.push(ChatTurn { role, content: message_text(&m.content)? });
+        let mut turn = ChatTurn::new(role, message_text(&m.content)?);
+        if m.role == "assistant" {
+            turn.tool_calls = message_tool_calls(&m.tool_calls)?;
+        }
+        if m.role == "tool" {
+            turn.tool_call_id = m.tool_call_id.clone().unwrap_or_default();
+        }
+        turns.push(turn);
     }
     Ok(turns)
 }
@@ -230,7 +282,14 @@ pub async fn chat_completions(
     }
     caller.require_model(&req.model)?;
     let mut turns = chat_turns(&req.messages)?;
-    let sampling = req.sampling.settings()?;
+    let mut sampling = req.sampling.settings()?;
+    let plan = tools::plan(
+        req.tools.as_ref(),
+        req.tool_choice.as_ref(),
+        req.parallel_tool_calls,
+        req.response_format.as_ref(),
+    )
+    .map_err(ApiError::bad_request)?;
     let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
     let citations = match req.knowledge_base {
         Some(field) => {
@@ -239,8 +298,27 @@ pub async fn chat_completions(
         }
         None => None,
     };
-    let out = Output { stream: req.stream, include_usage, kind: Kind::Chat, citations };
-    generate(gw, caller, req.model, Prompt::Chat(turns), sampling, out).await
+    let calls = match &plan.reading {
+        Reading::Text => None,
+        Reading::Calls { names, forced, single } => Some(CallParser::new(names.clone(), *single, *forced)),
+    };
+    let prompt = if plan.shown.is_empty() && plan.answer_prefix.is_empty() && !uses_tools(&turns) {
+        Prompt::Chat(turns)
+    } else {
+        Prompt::ToolChat(ToolChat {
+            turns,
+            tools: if plan.shown.is_empty() { String::new() } else { Value::Array(plan.shown).to_string() },
+            answer_prefix: plan.answer_prefix,
+        })
+    };
+    sampling.constraint = plan.constraint;
+    let out = Output { stream: req.stream, include_usage, kind: Kind::Chat, citations, calls };
+    generate(gw, caller, req.model, prompt, sampling, out).await
+}
+
+/// Whether a conversation holds tool calls or tool results (it is rendered with tool support).
+fn uses_tools(turns: &[ChatTurn]) -> bool {
+    turns.iter().any(|t| !t.tool_calls.is_empty() || t.role == "tool")
 }
 
 #[derive(Debug, Deserialize)]
@@ -285,7 +363,7 @@ pub async fn completions(
     let prompt = completion_prompt(req.prompt)?;
     let sampling = req.sampling.settings()?;
     let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
-    let out = Output { stream: req.stream, include_usage, kind: Kind::Completion, citations: None };
+    let out = Output { stream: req.stream, include_usage, kind: Kind::Completion, citations: None, calls: None };
     generate(gw, caller, req.model, Prompt::Text(prompt), sampling, out).await
 }
 
@@ -322,6 +400,8 @@ struct Output {
     kind: Kind,
     /// Set for a chat answered from a knowledge base.
     citations: Option<Citations>,
+    /// Set when tool calls are read from the answer.
+    calls: Option<CallParser>,
 }
 
 /// Who asked and how their request is accounted for.
@@ -409,7 +489,7 @@ async fn generate(
         };
         Ok(stream_response(first, rx, id, model, out, meter).into_response())
     } else {
-        collect_response(rx, id, model, out.kind, out.citations, meter).await
+        collect_response(rx, id, model, out, meter).await
     }
 }
 
@@ -417,10 +497,10 @@ async fn collect_response(
     mut rx: mpsc::Receiver<GenEvent>,
     id: String,
     model: String,
-    kind: Kind,
-    citations: Option<Citations>,
+    out: Output,
     meter: Meter,
 ) -> Result<Response, ApiError> {
+    let Output { kind, citations, calls: mut parser, .. } = out;
     let mut text = String::new();
     let mut first = true;
     while let Some(ev) = rx.recv().await {
@@ -437,7 +517,28 @@ async fn collect_response(
             GenEvent::Done { finish, prompt_tokens, completion_tokens } => {
                 meter.observe("ok");
                 meter.spend(prompt_tokens, completion_tokens);
+                let mut calls = Vec::new();
+                if let Some(parser) = parser.as_mut() {
+                    let mut content = String::new();
+                    for piece in parser.push(&text).into_iter().chain(parser.finish()) {
+                        match piece {
+                            Piece::Text(t) => content.push_str(&t),
+                            Piece::Call(c) => calls.push(c),
+                        }
+                    }
+                    text = content;
+                }
                 let choice = match kind {
+                    Kind::Chat if !calls.is_empty() => json!({
+                        "index": 0,
+                        "message": {
+                            "role": "assistant",
+                            "content": if text.trim().is_empty() { Value::Null } else { json!(text) },
+                            "tool_calls": calls.iter().map(call_json).collect::<Vec<_>>(),
+                        },
+                        "logprobs": null,
+                        "finish_reason": "tool_calls",
+                    }),
                     Kind::Chat => json!({
                         "index": 0,
                         "message": {"role": "assistant", "content": text},
@@ -469,6 +570,24 @@ async fn collect_response(
     }
     meter.observe("error");
     Err(ApiError::unavailable("the generation ended without an answer"))
+}
+
+/// A call as a message's `tool_calls` entry.
+fn call_json(c: &ParsedCall) -> Value {
+    json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}})
+}
+
+/// A call as stream chunks (OpenAI's delta shape): the first names it, the second carries
+/// its arguments.
+fn call_chunks(id: &str, model: &str, c: &ParsedCall) -> [Value; 2] {
+    let delta = |d: Value| {
+        json!({"id": id, "object": "chat.completion.chunk", "created": unix_secs(), "model": model,
+            "choices": [{"index": 0, "delta": {"tool_calls": [d]}, "logprobs": null, "finish_reason": null}]})
+    };
+    [
+        delta(json!({"index": c.index, "id": c.id, "type": "function", "function": {"name": c.name, "arguments": ""}})),
+        delta(json!({"index": c.index, "function": {"arguments": c.arguments}})),
+    ]
 }
 
 fn chunk(id: &str, model: &str, kind: Kind, text: Option<&str>, finish: Option<Finish>, role: bool) -> Value {
@@ -506,10 +625,19 @@ fn stream_response(
         first: bool,
         /// The answer so far (kept only for citations).
         text: String,
+        /// Reads tool calls out of the answer.
+        calls: Option<CallParser>,
     }
     let (kind, include_usage, citations) = (out.kind, out.include_usage, out.citations);
-    let init =
-        S { first_event: Some(first), rx, pending: Default::default(), done: false, first: true, text: String::new() };
+    let init = S {
+        first_event: Some(first),
+        rx,
+        pending: Default::default(),
+        done: false,
+        first: true,
+        text: String::new(),
+        calls: out.calls,
+    };
     let meter = Arc::new(meter);
     let stream = futures_util::stream::unfold(init, move |mut s| {
         let (id, model, citations, meter) = (id.clone(), model.clone(), citations.clone(), meter.clone());
@@ -542,18 +670,43 @@ fn stream_response(
                             meter.first_token();
                         }
                         meter.tokens(tokens);
-                        if !text.is_empty() {
-                            s.pending.push_back(data(chunk(&id, &model, kind, Some(&text), None, false)));
-                            if citations.is_some() {
-                                s.text.push_str(&text);
+                        let pieces = match s.calls.as_mut() {
+                            Some(parser) => parser.push(&text),
+                            None => vec![Piece::Text(text)],
+                        };
+                        for piece in pieces {
+                            match piece {
+                                Piece::Text(text) if !text.is_empty() => {
+                                    s.pending.push_back(data(chunk(&id, &model, kind, Some(&text), None, false)));
+                                    if citations.is_some() {
+                                        s.text.push_str(&text);
+                                    }
+                                }
+                                Piece::Text(_) => {}
+                                Piece::Call(c) => s.pending.extend(call_chunks(&id, &model, &c).map(data)),
                             }
                         }
                     }
                     Some(GenEvent::Done { finish, prompt_tokens, completion_tokens }) => {
                         meter.observe("ok");
                         meter.spend(prompt_tokens, completion_tokens);
+                        let mut called = false;
+                        if let Some(parser) = s.calls.as_mut() {
+                            for piece in parser.finish() {
+                                match piece {
+                                    Piece::Text(text) => {
+                                        s.pending.push_back(data(chunk(&id, &model, kind, Some(&text), None, false)))
+                                    }
+                                    Piece::Call(c) => s.pending.extend(call_chunks(&id, &model, &c).map(data)),
+                                }
+                            }
+                            called = parser.calls() > 0;
+                        }
                         let text = if kind == Kind::Chat { None } else { Some("") };
                         let mut last = chunk(&id, &model, kind, text, Some(finish), false);
+                        if called {
+                            last["choices"][0]["finish_reason"] = json!("tool_calls");
+                        }
                         if let Some(c) = &citations {
                             last["cited"] = json!(c.cited(&s.text));
                         }

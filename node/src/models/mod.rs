@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use shoal_engine::{Embedder, Llm, LlmOptions, SamplingParams};
+use shoal_engine::{ConstraintSpec, Embedder, Llm, LlmOptions, SamplingParams};
 use shoal_protocol::artifact::ArtifactStore;
 use shoal_protocol::metric_names as m;
 use shoal_protocol::pool::Pool;
@@ -38,6 +38,10 @@ pub fn sampling_params(s: &SamplingSettings) -> SamplingParams {
         presence_penalty: s.presence_penalty,
         frequency_penalty: s.frequency_penalty,
         stop: s.stop.clone(),
+        constraint: s
+            .constraint
+            .as_ref()
+            .map(|c| ConstraintSpec { schema: c.schema.clone(), trigger: c.trigger.clone() }),
     }
 }
 

@@ -19,7 +19,8 @@ use shoal_protocol::metric_names as m;
 use shoal_protocol::pool::{CallError, Pool};
 use shoal_protocol::tls::NODE_SERVER_NAME;
 use shoal_protocol::{
-    Request, Response, SamplingSettings, SequenceStart, StageForward, StageHop, StageResult, StageRows, TensorFrame,
+    OutputConstraint, Request, Response, SamplingSettings, SequenceStart, StageForward, StageHop, StageResult,
+    StageRows, TensorFrame,
 };
 use tracing::{debug, warn};
 
@@ -126,6 +127,10 @@ pub fn settings_of(p: &SamplingParams) -> SamplingSettings {
         presence_penalty: p.presence_penalty,
         frequency_penalty: p.frequency_penalty,
         stop: p.stop.clone(),
+        constraint: p
+            .constraint
+            .as_ref()
+            .map(|c| OutputConstraint { schema: c.schema.clone(), trigger: c.trigger.clone() }),
     }
 }
 

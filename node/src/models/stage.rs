@@ -199,7 +199,10 @@ impl Worker {
         for r in &frame.sequences {
             let state = if r.start == 0 {
                 let sampler = match (&r.begin, last) {
-                    (Some(b), true) => Some(SequenceSampler::new(super::sampling_params(&b.sampling), &b.history)),
+                    (Some(b), true) => {
+                        let params = super::sampling_params(&b.sampling);
+                        Some(SequenceSampler::new(params, &b.history, &self.llm).map_err(|e| e.to_string())?)
+                    }
                     (None, true) => {
                         return Err(format!("sequence {} starts without its sampling settings", r.sequence))
                     }
@@ -295,6 +298,7 @@ mod tests {
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             stop: vec![],
+            constraint: None,
         };
         Some(SequenceStart { sampling, history: vec![] })
     }
