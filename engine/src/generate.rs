@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::EngineError;
 use crate::llama::{KvCache, Llm, StageInput, StageOutput};
+use crate::prefix_cache::PrefixCache;
 use crate::sampling::{Sampler, SamplingParams, StopCheck, StopMatcher};
 use crate::tokenizer::Utf8Stream;
 
@@ -54,6 +55,8 @@ struct Sequence {
     stop: StopMatcher,
     /// Set when the sequence must finish before generating anything more.
     finish_now: Option<FinishReason>,
+    /// The prompt, until its prefill is kept in the prefix cache.
+    to_cache: Option<Vec<u32>>,
 }
 
 /// Runs many sequences through one model, one token per sequence per step.
@@ -63,6 +66,8 @@ pub struct Batcher {
     /// Rows (tokens) one forward pass may take; longer prompts are prefilled in chunks.
     max_rows: usize,
     seqs: Vec<Sequence>,
+    /// Recent prompts' KV caches (off unless [`Batcher::with_prefix_cache`]).
+    prefix: Option<PrefixCache>,
 }
 
 /// One sequence's rows in a forward pass.
@@ -85,7 +90,20 @@ pub struct ForwardStep {
 
 impl Batcher {
     pub fn new(llm: Arc<Llm>, max_batch: usize) -> Batcher {
-        Batcher { llm, max_batch: max_batch.max(1), max_rows: usize::MAX, seqs: Vec::new() }
+        Batcher { llm, max_batch: max_batch.max(1), max_rows: usize::MAX, seqs: Vec::new(), prefix: None }
+    }
+
+    /// Keeps recent prompts' KV caches (up to `budget_bytes`) and starts a new sequence from
+    /// the longest cached beginning of its prompt. Only for a model with all its layers (a
+    /// pipeline's later stages would not hold the skipped positions).
+    pub fn with_prefix_cache(mut self, budget_bytes: usize) -> Batcher {
+        self.prefix = Some(PrefixCache::new(budget_bytes));
+        self
+    }
+
+    /// Prompts held in the prefix cache and their bytes.
+    pub fn prefix_cache_usage(&self) -> (usize, usize) {
+        self.prefix.as_ref().map_or((0, 0), |p| (p.len(), p.bytes()))
     }
 
     /// Limits the rows of one forward pass (chunked prefill; decoding sequences go first).
@@ -146,12 +164,23 @@ impl Batcher {
         }
         let prompt_tokens = prompt.len();
         let completion_tokens = resume.len();
-        let mut feed = prompt;
+        // The last prompt token is always fed, so the sequence gets logits to sample from.
+        let (cache, to_cache) = match &mut self.prefix {
+            Some(pc) => match pc.lookup(&prompt, prompt_tokens - 1) {
+                Some(cache) => (cache, None),
+                None => (self.llm.new_cache(), Some(prompt.clone())),
+            },
+            None => (self.llm.new_cache(), None),
+        };
+        let shared = cache.len();
+        let mut feed = prompt[shared..].to_vec();
         feed.extend_from_slice(&resume);
-        tracing::debug!(id, prompt_tokens, resumed = completion_tokens, "admitted sequence");
+        let to_cache =
+            to_cache.or_else(|| (self.prefix.is_some() && shared + 1 < prompt_tokens).then(|| prompt.clone()));
+        tracing::debug!(id, prompt_tokens, cached = shared, resumed = completion_tokens, "admitted sequence");
         self.seqs.push(Sequence {
             id,
-            cache: self.llm.new_cache(),
+            cache,
             feed,
             prompt_tokens,
             completion_tokens,
@@ -160,6 +189,7 @@ impl Batcher {
             utf8,
             stop,
             finish_now,
+            to_cache,
         });
         Ok(())
     }
@@ -255,7 +285,19 @@ impl Batcher {
             return (events, None);
         }
         match self.llm.forward_stage(&mut caches, StageInput::Tokens(feeds)) {
-            Ok(output) => (events, Some(ForwardStep { rows, output })),
+            Ok(output) => {
+                drop(caches);
+                if let Some(pc) = &mut self.prefix {
+                    for s in &mut self.seqs {
+                        if s.to_cache.as_ref().is_some_and(|p| s.cache.len() >= p.len()) {
+                            if let Some(p) = s.to_cache.take() {
+                                pc.insert(&p, &s.cache);
+                            }
+                        }
+                    }
+                }
+                (events, Some(ForwardStep { rows, output }))
+            }
             Err(e) => {
                 tracing::error!(error = %e, "forward failed; failing the batch");
                 let message = e.to_string();

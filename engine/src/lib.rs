@@ -12,6 +12,7 @@ mod half;
 mod inspect;
 mod llama;
 mod matmul;
+mod prefix_cache;
 mod q4;
 mod q8;
 mod sampling;

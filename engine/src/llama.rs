@@ -105,6 +105,38 @@ impl KvCache {
         }
     }
 
+    #[cfg(test)]
+    pub(crate) fn new_for_tests(layers: usize, kv_dim: usize) -> Self {
+        KvCache::new(layers, kv_dim, 0)
+    }
+
+    /// Appends one position whose keys and values are all `x` (tests).
+    #[cfg(test)]
+    pub(crate) fn push_for_tests(&mut self, x: f32) {
+        for buf in self.k.iter_mut().chain(self.v.iter_mut()) {
+            buf.extend(std::iter::repeat_n(x, self.kv_dim));
+        }
+        self.len += 1;
+    }
+
+    /// The first layer's keys, position by position (tests).
+    #[cfg(test)]
+    pub(crate) fn values_for_tests(&self) -> Vec<f32> {
+        self.k[0].chunks(self.kv_dim).map(|c| c[0]).collect()
+    }
+
+    /// A copy of the first `len` tokens (all of them when it holds fewer).
+    pub(crate) fn prefix(&self, len: usize) -> KvCache {
+        let len = len.min(self.len);
+        let n = len * self.kv_dim;
+        KvCache {
+            k: self.k.iter().map(|b| b[..n].to_vec()).collect(),
+            v: self.v.iter().map(|b| b[..n].to_vec()).collect(),
+            len,
+            kv_dim: self.kv_dim,
+        }
+    }
+
     /// Bytes of memory held by this cache.
     pub fn bytes(&self) -> usize {
         self.k.iter().chain(self.v.iter()).map(|b| b.capacity() * 4).sum()

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use shoal_engine::{
-    inspect, Batcher, Capability, ChatMessage, Embedder, Event, FinishReason, KvCache, Llm, LlmOptions, ModelFormat,
-    SamplingParams, StageInput, StageOutput,
+    inspect, Batcher, Capability, ChatMessage, ConstraintSpec, Embedder, Event, FinishReason, KvCache, Llm, LlmOptions,
+    ModelFormat, SamplingParams, StageInput, StageOutput,
 };
 
 fn models_dir() -> PathBuf {
@@ -154,6 +154,65 @@ fn batched_decoding_equals_decoding_alone() {
     for (i, a) in alone.iter().enumerate() {
         assert_eq!(&out[&(i as u64)], a, "sequence {i}");
     }
+}
+
+#[test]
+fn prompts_started_from_the_prefix_cache_give_the_same_tokens() {
+    // Chat prompts sharing a long system message, as agents send them turn after turn.
+    let llm = llm();
+    let system = "You are a careful assistant for a travel agency. Answer in one short sentence, \
+                  and never invent prices or dates.";
+    let prompts: Vec<Vec<u32>> = ["Where is Lisbon?", "Name a city in Peru.", "Where is Lisbon?"]
+        .iter()
+        .map(|q| {
+            let text =
+                llm.render_chat(&[ChatMessage::new("system", system), ChatMessage::new("user", *q)]).expect("render");
+            llm.encode(&text).expect("encode")
+        })
+        .collect();
+    let alone: Vec<Outcome> = prompts.iter().map(|p| generate_alone(p, &[], SamplingParams::greedy(16))).collect();
+    let mut b = Batcher::new(llm.clone(), 8).with_prefix_cache(64 << 20);
+    for (i, p) in prompts.iter().enumerate() {
+        b.admit(i as u64, p.clone(), vec![], SamplingParams::greedy(16)).expect("admit");
+        let mut out = HashMap::new();
+        run_to_end(&mut b, &mut out);
+        assert_eq!(out[&(i as u64)], alone[i], "prompt {i}");
+    }
+    let (prompts_held, bytes) = b.prefix_cache_usage();
+    assert_eq!(prompts_held, 2, "the repeated prompt is not stored twice");
+    assert!(bytes > 0);
+}
+
+#[test]
+fn constrained_generation_follows_the_schema() {
+    // SmolLM2 left alone does not answer in JSON; constrained, greedy decoding gives a value
+    // that parses and satisfies the schema, and the sequence ends right after it.
+    let llm = llm();
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 20}, "country": {"enum": ["France", "Spain"]},
+            "population_millions": {"type": "number"}},
+        "required": ["city", "country", "population_millions"],
+    });
+    let prompt = chat_prompt(&llm, PARIS);
+    let mut params = SamplingParams::greedy(96);
+    params.constraint = Some(ConstraintSpec { schema: schema.to_string(), trigger: String::new() });
+    let out = generate_alone(&prompt, &[], params.clone());
+    assert_eq!(out.reason, Some(FinishReason::Stop), "{out:?}");
+    let v: serde_json::Value = serde_json::from_str(&out.text).expect("JSON");
+    assert!(v["city"].as_str().is_some_and(|c| c.chars().count() <= 20), "{v}");
+    assert!(["France", "Spain"].contains(&v["country"].as_str().unwrap_or("")), "{v}");
+    assert!(v["population_millions"].is_number(), "{v}");
+    // The same with resumed tokens (failover replays what was generated): the same answer.
+    let half = out.tokens.len() / 2;
+    let resumed = generate_alone(&prompt, &out.tokens[..half], params);
+    assert_eq!(resumed.tokens, out.tokens[half..], "resuming continues the constrained answer");
+    // A schema the engine cannot enforce is refused at admission.
+    let mut bad = SamplingParams::greedy(8);
+    bad.constraint =
+        Some(ConstraintSpec { schema: r#"{"type":"string","format":"uri"}"#.into(), trigger: String::new() });
+    let err = Batcher::new(llm, 1).admit(1, prompt, vec![], bad).expect_err("refused").to_string();
+    assert!(err.contains("format"), "{err}");
 }
 
 #[test]

@@ -22,6 +22,9 @@ pub const MAX_BATCH: usize = 16;
 /// keep getting tokens (one pass over thousands of prompt rows takes tens of seconds on a
 /// small CPU, and the gateway gives up on a replica silent for 30 s).
 pub const MAX_STEP_ROWS: usize = 512;
+/// Memory for recent prompts' KV caches, from which new sequences sharing their beginning
+/// (the same system prompt, tools or conversation so far) start without prefilling it.
+pub const PREFIX_CACHE_BYTES: usize = 256 << 20;
 /// Sequences that may wait for a place in the batch; beyond this requests are refused.
 pub const MAX_QUEUED: usize = 64;
 /// Events a sequence's reader may fall behind by. A reader further behind (a client that
@@ -220,7 +223,7 @@ struct Waiting {
 fn decode_loop(llm: Arc<Llm>, rx: std_mpsc::Receiver<Cmd>, outstanding: Arc<AtomicUsize>, model: Arc<str>) {
     // The most KV entries the batch can hold: every row at the model's full context.
     let kv_capacity = (MAX_BATCH * llm.context_length()) as f64;
-    let mut batcher = Batcher::new(llm, MAX_BATCH).with_max_rows(MAX_STEP_ROWS);
+    let mut batcher = Batcher::new(llm, MAX_BATCH).with_max_rows(MAX_STEP_ROWS).with_prefix_cache(PREFIX_CACHE_BYTES);
     let mut queue: VecDeque<Waiting> = VecDeque::new();
     let mut owners: HashMap<u64, EventSender> = HashMap::new();
     let label = model.to_string();
