@@ -42,6 +42,10 @@ pub enum BenchCommand {
     /// Text-to-SQL execution accuracy on the first questions of Spider's dev set through the
     /// product's qa-db prompts, per chat model, on generated SQLite files (several seeds).
     Sql(super::bench_sql::SqlBench),
+    /// Tool calling: the decode cost of schema-constrained answers, and how many tool calls
+    /// come out valid on generated prompts, beside llama.cpp's `llama-server --jinja` with the
+    /// same GGUF file in the same run.
+    Tools(super::bench_tools::ToolsBench),
 }
 
 #[derive(Debug, Args)]
@@ -83,6 +87,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Scale(a) => super::bench_scale::run(a).await,
         BenchCommand::Graphs(a) => tokio::task::spawn_blocking(move || super::bench_graphs::run(a)).await?,
         BenchCommand::Sql(a) => tokio::task::spawn_blocking(move || super::bench_sql::run(a)).await?,
+        BenchCommand::Tools(a) => tokio::task::spawn_blocking(move || super::bench_tools::run(a)).await?,
     }
 }
 

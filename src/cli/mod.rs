@@ -8,6 +8,7 @@ mod bench_recall;
 mod bench_scale;
 mod bench_serve;
 mod bench_sql;
+mod bench_tools;
 mod ca;
 mod chat;
 mod client;
