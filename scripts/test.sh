@@ -23,6 +23,12 @@ if ! python3 -c "import openai, jsonschema" 2>/dev/null; then
     || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages openai jsonschema
 fi
 python3 -c "import openai; print('openai', openai.__version__)"
+echo "== MCP SDK (tests/mcp.rs drives the gateway's /mcp with it)"
+if ! python3 -c "import importlib.metadata as m, sys; sys.exit(m.version('mcp') != '2.3.0')" 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check mcp==2.3.0 2>/dev/null \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages mcp==2.3.0 \
+    || echo "note: pip install mcp==2.3.0 failed: the MCP test will fail saying so"
+fi
 echo "== PostgreSQL + pgvector (for the knowledge-base PostgreSQL backend tests)"
 ./scripts/fetch-pgserver.sh ./pgserver
 

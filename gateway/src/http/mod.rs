@@ -12,6 +12,7 @@ pub mod graphs;
 pub mod kb_export;
 pub mod keys;
 pub mod knowledge;
+pub mod mcp;
 pub mod openai;
 pub mod prometheus;
 pub mod quota;
@@ -144,6 +145,8 @@ pub fn router(state: Arc<GatewayState>) -> Router {
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::layer))
+        // `/mcp` checks keys itself: its 401s carry the challenge MCP clients follow.
+        .merge(mcp::router(state.clone()))
         .layer(axum::middleware::from_fn_with_state(state.clone(), audit::layer))
         .layer(axum::middleware::from_fn(responses::layer))
         .with_state(state)
