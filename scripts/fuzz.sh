@@ -2,6 +2,7 @@
 # Coverage-guided fuzzing (libFuzzer through libfuzzer-sys, on stable Rust; see docs/fuzzing.md).
 #
 #   ./scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]   run each target (default: all, 600 s)
+#   ./scripts/fuzz.sh --build                             only build the targets (CI builds them while the tests run)
 #   ./scripts/fuzz.sh --seeds                             rewrite the seed corpora (fuzz/corpus/*/seed-*)
 #   ./scripts/fuzz.sh --merge [TARGET...]                 minimise the committed corpora (set-cover merge
 #                                                         on edges, then at most FUZZ_CORPUS_BYTES=320 KiB each)
@@ -37,6 +38,7 @@ build() {
 
 mode=run
 case "${1:-}" in
+  --build) build; exit 0 ;;
   --seeds) mode=seeds; shift ;;
   --merge) mode=merge; shift ;;
 esac

@@ -288,6 +288,29 @@ fn graphs_on_one_process() {
     assert!(step(&run, "answer")["inputs"]["messages"][0]["content"].as_str().unwrap_or("").contains("Margaret Olsen"));
     assert_eq!(tool.count("/weather?city=Oslo"), 1);
 
+    // A chat step with an output schema is generated to it: even the 135M model, which on its
+    // own answers in prose, gives JSON that follows the schema.
+    let structured = r#"
+name: structured
+inputs: {fact: {type: string}}
+steps:
+  - id: extract
+    kind: chat
+    model: smol
+    prompt: "{{ inputs.fact }} Give the place and the year."
+    output_schema: {type: object, properties: {place: {type: string, maxLength: 60}, year: {type: integer}}, required: [place, year]}
+outputs:
+  place: "${steps.extract.json.place}"
+  year: "${steps.extract.json.year}"
+"#;
+    let (s, v) = apply(&gw, structured);
+    assert_eq!(s, 201, "{v}");
+    let extracted = run_graph(&gw, "structured", json!({"fact": doc}));
+    assert_eq!(extracted["status"], "succeeded", "{extracted:#}");
+    let out = &extracted["outputs"];
+    assert!(out["year"].is_i64(), "{extracted:#}");
+    assert!(out["place"].as_str().is_some_and(|p| !p.is_empty() && p.chars().count() <= 60), "{extracted:#}");
+
     // The same definition again is the same version; a changed one is version 2.
     let (s, v) = apply(&gw, TINY);
     assert_eq!((s, v["version"].as_u64()), (200, Some(1)), "{v}");

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use shoal_graph::definition::{ClassifyMethod, Graph, Step, StepKind};
 use shoal_graph::expr::{eval, render, resolve, resolve_text};
 use shoal_graph::plan::{bind_inputs, next_steps, outputs, take_branch, with_item, Plan, StepResult, StepStatus};
-use shoal_protocol::{ChatTurn, Prompt, SamplingSettings};
+use shoal_protocol::{ChatTurn, OutputConstraint, Prompt, SamplingSettings};
 use shoal_recall::{MetadataFilter, SearchMode};
 
 use super::Graphs;
@@ -90,7 +90,16 @@ pub fn execute<'a>(cx: &'a StepContext, step: &'a Step, scope: &'a Value) -> Box
                 if let Some(p) = prompt {
                     turns.push(ChatTurn::new("user", render(p, scope)?));
                 }
-                let sampling = sampling(temperature.unwrap_or(0.0), max_tokens.unwrap_or(512));
+                let mut sampling = sampling(temperature.unwrap_or(0.0), max_tokens.unwrap_or(512));
+                if let Some(schema) = output_schema {
+                    // The answer is generated to the schema (its structure; validation keywords
+                    // the engine cannot enforce are checked below); after the reasoning when
+                    // there is one.
+                    let schema = crate::tools::schema::loosen(schema, json!({}));
+                    let trigger = if *reasoning { "</think>" } else { "" };
+                    sampling.constraint =
+                        Some(OutputConstraint { schema: schema.to_string(), trigger: trigger.to_string() });
+                }
                 let inputs = json!({
                     "model": model,
                     "messages": turns.iter().map(|t| json!({"role": t.role, "content": t.content})).collect::<Vec<_>>(),

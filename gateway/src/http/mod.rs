@@ -213,8 +213,12 @@ mod tests {
                 described.insert((method.to_uppercase(), path.clone()));
             }
         }
-        let declared = declared_routes();
+        let mut declared = declared_routes();
         assert!(declared.len() > 25, "the router parse found {declared:?}");
+        // The MCP router (merged in, with its own guard).
+        declared.insert(("POST".into(), super::mcp::PATH.into()));
+        declared.insert(("GET".into(), super::mcp::METADATA_PATH.into()));
+        declared.insert(("GET".into(), format!("{}{}", super::mcp::METADATA_PATH, super::mcp::PATH)));
         assert_eq!(described, declared, "the OpenAPI document and the router disagree");
     }
 
