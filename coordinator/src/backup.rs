@@ -67,6 +67,7 @@ pub fn counts(s: &ClusterState) -> std::collections::BTreeMap<String, u64> {
         ("graphs", s.graphs.len()),
         ("runs", s.runs.len()),
         ("databases", s.databases.len()),
+        ("mcp_servers", s.mcp_servers.len()),
         ("coordinators", s.coordinators.len()),
     ]
     .into_iter()

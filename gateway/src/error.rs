@@ -24,6 +24,9 @@ pub enum GatewayError {
     CaMismatch { expected: String, presented: String },
     #[error("{0}")]
     Coordinator(#[from] shoal_coordinator::CoordinatorError),
+    /// An MCP server could not be reached or used (the message holds none of its secrets).
+    #[error("MCP server '{server}': {message}")]
+    Mcp { server: String, message: String },
 }
 
 impl GatewayError {

@@ -29,8 +29,8 @@ pub struct Graph {
     #[serde(default)]
     pub outputs: BTreeMap<String, Value>,
     pub steps: Vec<Step>,
-    /// Hosts (`host` or `host:port`) that `http` steps may call. Loopback, link-local and
-    /// cloud-metadata addresses are refused unless listed here.
+    /// Hosts (`host` or `host:port`) that `http` steps and `mcp` steps (of HTTP servers) may
+    /// call. Loopback, link-local and cloud-metadata addresses are refused unless listed here.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_hosts: Vec<String>,
 }
@@ -295,6 +295,17 @@ pub enum StepKind {
         #[serde(default = "one")]
         parallelism: u32,
     },
+    /// Calls a tool of a registered MCP server (`shoal mcp add`). The arguments are checked
+    /// against the tool's `inputSchema` before the call. Output: `content` (the result's
+    /// content blocks), `text` (its text parts joined), `json` (the structured content, or the
+    /// text parsed as JSON when it parses), `is_error`.
+    Mcp {
+        server: String,
+        tool: String,
+        /// Values (`${…}`), as other steps' values.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        arguments: BTreeMap<String, Value>,
+    },
     /// Runs another graph. Output: `outputs` (its outputs).
     Graph {
         graph: String,
@@ -323,13 +334,14 @@ impl StepKind {
             StepKind::Classify { .. } => "classify",
             StepKind::Branch { .. } => "branch",
             StepKind::Map { .. } => "map",
+            StepKind::Mcp { .. } => "mcp",
             StepKind::Graph { .. } => "graph",
         }
     }
 
     /// Every kind's name.
-    pub const NAMES: [&'static str; 10] =
-        ["template", "chat", "embed", "recall", "sql", "http", "classify", "branch", "map", "graph"];
+    pub const NAMES: [&'static str; 11] =
+        ["template", "chat", "embed", "recall", "sql", "http", "classify", "branch", "map", "mcp", "graph"];
 
     /// The fields a kind's step may have besides [`COMMON_FIELDS`].
     pub fn fields(kind: &str) -> &'static [&'static str] {
@@ -345,6 +357,7 @@ impl StepKind {
             "classify" => &["input", "labels", "method", "model", "examples"],
             "branch" => &["cases", "else"],
             "map" => &["over", "step", "parallelism"],
+            "mcp" => &["server", "tool", "arguments"],
             "graph" => &["graph", "inputs"],
             _ => &[],
         }
@@ -372,6 +385,7 @@ impl StepKind {
             StepKind::Classify { .. } => &[("label", String), ("score", Number)],
             StepKind::Branch { .. } => &[("taken", Array)],
             StepKind::Map { .. } => &[("results", Array)],
+            StepKind::Mcp { .. } => &[("content", Array), ("text", String), ("json", Any), ("is_error", Boolean)],
             StepKind::Graph { .. } => return None,
         })
     }

@@ -75,6 +75,13 @@ pub fn texts(step: &Step) -> Vec<(String, TextSort, String)> {
             out.push(("over".into(), TextSort::Expression, over.clone()));
             out.extend(texts(step).into_iter().map(|(f, s, x)| (format!("step.{f}"), s, x)));
         }
+        StepKind::Mcp { server, tool, arguments } => {
+            out.push(v("server", server));
+            out.push(v("tool", tool));
+            for (k, x) in arguments {
+                value(&format!("arguments.{k}"), x, &mut out);
+            }
+        }
         StepKind::Graph { inputs, .. } => {
             for (k, x) in inputs {
                 value(&format!("inputs.{k}"), x, &mut out);

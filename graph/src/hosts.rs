@@ -1,4 +1,4 @@
-//! Which hosts `http` steps may call: only those the graph lists in `allow_hosts`.
+//! Which hosts `http` and `mcp` steps may call: only those the graph lists in `allow_hosts`.
 
 use std::net::IpAddr;
 
@@ -71,6 +71,21 @@ pub fn check_url(url: &str, allow: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// The `scheme://host:port/` of a URL, without its user info, path and query (which may
+/// hold secrets): what an MCP server's URL is checked and named by.
+pub fn origin(url: &str) -> Result<String, String> {
+    let (scheme, rest) = url.split_once("://").ok_or("the URL has no scheme (http:// or https://)")?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    Ok(format!("{}://{host}/", scheme.to_ascii_lowercase()))
+}
+
+/// Checks an MCP server's URL against the allow-list: its host and port, whatever user
+/// info or query it carries (errors never quote those).
+pub fn check_mcp_url(url: &str, allow: &[String]) -> Result<(), String> {
+    check_url(&origin(url)?, allow)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,6 +101,16 @@ mod tests {
         assert!(check_url("http://169.254.169.254/latest/meta-data", &allow).is_err());
         assert!(check_url("file:///etc/passwd", &allow).expect_err("an error").contains("scheme"));
         assert!(check_url("http://user@api.example.com/", &allow).is_err());
+    }
+
+    #[test]
+    fn mcp_urls_are_checked_by_host_without_their_secrets() {
+        let allow = vec!["127.0.0.1:9000".to_string()];
+        assert_eq!(origin("HTTP://u:p@127.0.0.1:9000/mcp?token=t").expect("ok"), "http://127.0.0.1:9000/");
+        assert!(check_mcp_url("http://u:p@127.0.0.1:9000/mcp?token=t", &allow).is_ok());
+        let e = check_mcp_url("http://u:secret@10.0.0.1:9000/mcp?token=tok", &allow).expect_err("refused");
+        assert!(e.contains("10.0.0.1:9000") && !e.contains("secret") && !e.contains("tok"), "{e}");
+        assert!(check_mcp_url("ftp://h/x?token=tok", &allow).expect_err("refused").contains("scheme"));
     }
 
     #[test]

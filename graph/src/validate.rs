@@ -37,6 +37,9 @@ pub struct Catalog {
     pub databases: BTreeSet<String>,
     /// Registered graphs (for `graph` steps: their inputs, and cycles between graphs).
     pub graphs: BTreeMap<String, Graph>,
+    /// Registered MCP servers: the URL of a Streamable HTTP one (its host must be allowed),
+    /// `None` for a stdio one.
+    pub mcp_servers: BTreeMap<String, Option<String>>,
 }
 
 /// Parses YAML or JSON (YAML is a superset) into a JSON value.
@@ -359,6 +362,32 @@ fn check_step(
                 }
             }
         },
+        StepKind::Mcp { server, tool, .. } => {
+            if tool.trim().is_empty() {
+                problems.push(problem(format!("{at}.tool"), "missing tool name: give the name of the tool to call"));
+            }
+            if let Some(name) = literal(server) {
+                match catalog.mcp_servers.get(name) {
+                    None => {
+                        let known = if catalog.mcp_servers.is_empty() {
+                            "none registered".to_string()
+                        } else {
+                            catalog.mcp_servers.keys().cloned().collect::<Vec<_>>().join(", ")
+                        };
+                        problems.push(problem(
+                            format!("{at}.server"),
+                            format!("unknown MCP server {name:?} (registered: {known}; add one with `shoal mcp add`)"),
+                        ));
+                    }
+                    Some(Some(url)) => {
+                        if let Err(e) = crate::hosts::check_mcp_url(url, &g.allow_hosts) {
+                            problems.push(problem(format!("{at}.server"), format!("MCP server {name:?}: {e}")));
+                        }
+                    }
+                    Some(None) => {}
+                }
+            }
+        }
         StepKind::Template { .. } => {}
     }
 }

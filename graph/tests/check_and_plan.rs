@@ -14,6 +14,7 @@ fn catalog() -> Catalog {
         knowledge_bases: ["docs".to_string()].into(),
         databases: ["shop".to_string()].into(),
         graphs: shoal_graph::builtin::builtins(),
+        mcp_servers: BTreeMap::new(),
     }
 }
 

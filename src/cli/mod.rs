@@ -22,6 +22,7 @@ mod kb;
 mod key;
 #[cfg(test)]
 mod kubernetes_manifests;
+mod mcp;
 mod preflight;
 mod prometheus;
 mod status;
@@ -80,6 +81,11 @@ pub enum Command {
         #[command(subcommand)]
         command: graph::DbCommand,
     },
+    /// External MCP servers that `mcp` graph steps call (Streamable HTTP or stdio).
+    Mcp {
+        #[command(subcommand)]
+        command: mcp::McpCommand,
+    },
     /// Manage API keys: scopes, allowed models, rate and token limits.
     Key {
         #[command(subcommand)]
@@ -133,6 +139,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Key { command } => key::run(command).await,
         Command::Graph { command } => graph::run(command).await,
         Command::Db { command } => graph::run_db(command).await,
+        Command::Mcp { command } => mcp::run(command).await,
         Command::Bench { command } => bench::run(command).await,
         Command::Audit(a) => audit::run(a).await,
         Command::Backup(a) => backup::run_backup(a).await,

@@ -361,6 +361,17 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Outcome {
             None => Outcome::rejected("no such database"),
         },
         Command::Noop => Outcome::Applied,
+        Command::AddMcpServer(server) => {
+            if state.mcp_servers.contains_key(&server.name) {
+                return Outcome::rejected("an MCP server with that name exists");
+            }
+            state.mcp_servers.insert(server.name.clone(), (**server).clone());
+            Outcome::Applied
+        }
+        Command::RemoveMcpServer { name } => match state.mcp_servers.remove(name) {
+            Some(_) => Outcome::Applied,
+            None => Outcome::rejected("no such MCP server"),
+        },
     }
 }
 

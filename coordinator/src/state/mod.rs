@@ -7,6 +7,7 @@
 mod apply;
 mod graphs;
 mod knowledge;
+mod mcp;
 mod synthetic;
 mod types;
 
@@ -15,5 +16,6 @@ pub use graphs::{
     DatabaseKind, DatabaseRecord, GraphRecord, GraphVersion, RunRecord, RunStatus, StepOutcome, StepRecord,
 };
 pub use knowledge::*;
+pub use mcp::{redact_url, McpHeader, McpServerRecord, McpTransport, REDACTED};
 pub use synthetic::{synthetic_cluster, synthetic_state};
 pub use types::*;

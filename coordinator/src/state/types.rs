@@ -265,6 +265,8 @@ pub struct ClusterState {
     pub runs: BTreeMap<String, super::RunRecord>,
     /// Databases graphs may read, by name.
     pub databases: BTreeMap<String, super::DatabaseRecord>,
+    /// External MCP servers `mcp` graph steps call, by name.
+    pub mcp_servers: BTreeMap<String, super::McpServerRecord>,
 }
 
 impl ClusterState {
@@ -492,6 +494,10 @@ pub enum Command {
     },
     /// Appended by a new leader; changes nothing.
     Noop,
+    AddMcpServer(Box<super::McpServerRecord>),
+    RemoveMcpServer {
+        name: String,
+    },
 }
 
 impl Command {
@@ -527,6 +533,8 @@ impl Command {
             Command::AddDatabase(_) => "add_database",
             Command::RemoveDatabase { .. } => "remove_database",
             Command::Noop => "noop",
+            Command::AddMcpServer(_) => "add_mcp_server",
+            Command::RemoveMcpServer { .. } => "remove_mcp_server",
         }
     }
 }

@@ -3,6 +3,7 @@
 //! executor. The pure part (definitions, checks, the planner) is the `shoal-graph` crate.
 
 pub mod events;
+pub mod mcp;
 pub mod runner;
 pub mod steps;
 pub mod tool;
@@ -11,7 +12,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::Value;
-use shoal_coordinator::state::{ClusterState, DatabaseKind, RunRecord, RunStatus, StepOutcome, StepRecord};
+use shoal_coordinator::state::{
+    ClusterState, DatabaseKind, McpServerRecord, McpTransport, RunRecord, RunStatus, StepOutcome, StepRecord,
+};
 use shoal_graph::plan::{StepResult, StepStatus};
 use shoal_graph::{Catalog, Graph};
 use shoal_protocol::artifact::ArtifactStore;
@@ -139,6 +142,11 @@ impl Graphs {
         }
         catalog.knowledge_bases = state.knowledge_bases.keys().cloned().collect();
         catalog.databases = state.databases.keys().cloned().collect();
+        catalog.mcp_servers = state
+            .mcp_servers
+            .values()
+            .map(|s| (s.name.clone(), (s.transport == McpTransport::Http).then(|| s.url.clone())))
+            .collect();
         drop(state);
         catalog.graphs = self.builtins.clone();
         let names: Vec<String> = self.read().graphs.keys().cloned().collect();
@@ -160,6 +168,15 @@ impl Graphs {
         Ok(match db.kind {
             DatabaseKind::Sqlite => shoal_sql::Database::Sqlite { path: db.location.clone().into() },
             DatabaseKind::Postgres => shoal_sql::Database::Postgres { url: db.location.clone() },
+        })
+    }
+
+    /// A registered MCP server.
+    pub fn mcp_server(&self, name: &str) -> Result<McpServerRecord, String> {
+        let state = self.read();
+        state.mcp_servers.get(name).cloned().ok_or_else(|| {
+            let known: Vec<&String> = state.mcp_servers.keys().collect();
+            format!("no MCP server named '{name}' (registered: {known:?}; add one with `shoal mcp add`)")
         })
     }
 

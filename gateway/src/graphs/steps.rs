@@ -1,6 +1,7 @@
 //! Executes one step of a graph: model steps through the router, recalls through
-//! retrieval, SQL and HTTP here on the runner's process. Pure steps (template, branch) are
-//! computed in place. Each returns the step's output and the parameters it ran with.
+//! retrieval, SQL, HTTP and MCP tool calls here on the runner's process. Pure steps
+//! (template, branch) are computed in place. Each returns the step's output and the
+//! parameters it ran with.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use serde_json::{json, Value};
+use shoal_coordinator::state::McpTransport;
 use shoal_graph::definition::{ClassifyMethod, Graph, Step, StepKind};
 use shoal_graph::expr::{eval, render, resolve, resolve_text};
 use shoal_graph::plan::{bind_inputs, next_steps, outputs, take_branch, with_item, Plan, StepResult, StepStatus};
@@ -255,6 +257,26 @@ pub fn execute<'a>(cx: &'a StepContext, step: &'a Step, scope: &'a Value) -> Box
                     output: json!({"results": results}),
                     inputs: json!({"items": n}),
                     ran_on: cx.graphs.here(),
+                })
+            }
+            StepKind::Mcp { server, tool, arguments } => {
+                let name = resolve_text(server, scope)?;
+                let record = cx.graphs.mcp_server(&name)?;
+                let tool = resolve_text(tool, scope)?;
+                let args = resolve(&Value::Object(arguments.clone().into_iter().collect()), scope)?;
+                let output = super::mcp::run_step(&record, &cx.graph.allow_hosts, &tool, &args)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let at = match record.transport {
+                    McpTransport::Http => {
+                        shoal_graph::hosts::host_port(&shoal_graph::hosts::origin(&record.url)?).map(|(h, _)| h)?
+                    }
+                    McpTransport::Stdio => "stdio".to_string(),
+                };
+                Ok(Executed {
+                    output,
+                    inputs: json!({"server": name, "tool": tool, "arguments": args}),
+                    ran_on: format!("{} → mcp {name} ({at})", cx.graphs.here()),
                 })
             }
             StepKind::Graph { graph, inputs } => {

@@ -23,20 +23,7 @@ pub async fn call(
 ) -> Result<Value, String> {
     shoal_graph::hosts::check_url(url, allow)?;
     let (host, port) = host_port(url)?;
-    // A name may resolve to a loopback, link-local or metadata address (DNS rebinding):
-    // only an address listed itself may be one.
-    if host.parse::<std::net::IpAddr>().is_err() {
-        let addrs =
-            tokio::net::lookup_host((host.as_str(), port)).await.map_err(|e| format!("cannot resolve {host}: {e}"))?;
-        for a in addrs {
-            if is_sensitive(a.ip()) && !allowed(&a.ip().to_string(), port, allow) {
-                return Err(format!(
-                    "{host} resolves to {}, which is not allowed unless listed in allow_hosts",
-                    a.ip()
-                ));
-            }
-        }
-    }
+    check_resolved(&host, port, allow).await?;
     let (method, url) = (method.to_string(), url.to_string());
     let headers = headers.clone();
     let body = body.cloned();
@@ -45,6 +32,23 @@ pub async fn call(
     tokio::task::spawn_blocking(move || blocking_call(&method, &url, &headers, body.as_ref(), &key, timeout))
         .await
         .map_err(|e| format!("the call was lost: {e}"))?
+}
+
+/// A name may resolve to a loopback, link-local or metadata address (DNS rebinding): only
+/// an address listed itself may be one. The addresses the name resolved to (none for an IP
+/// address), so a caller can connect to exactly those.
+pub async fn check_resolved(host: &str, port: u16, allow: &[String]) -> Result<Vec<std::net::SocketAddr>, String> {
+    if host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_ok() {
+        return Ok(Vec::new());
+    }
+    let addrs: Vec<std::net::SocketAddr> =
+        tokio::net::lookup_host((host, port)).await.map_err(|e| format!("cannot resolve {host}: {e}"))?.collect();
+    for a in &addrs {
+        if is_sensitive(a.ip()) && !allowed(&a.ip().to_string(), port, allow) {
+            return Err(format!("{host} resolves to {}, which is not allowed unless listed in allow_hosts", a.ip()));
+        }
+    }
+    Ok(addrs)
 }
 
 fn blocking_call(

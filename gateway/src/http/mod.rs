@@ -13,6 +13,7 @@ pub mod kb_export;
 pub mod keys;
 pub mod knowledge;
 pub mod mcp;
+pub mod mcp_servers;
 pub mod openai;
 pub mod prometheus;
 pub mod quota;
@@ -134,6 +135,9 @@ pub fn router(state: Arc<GatewayState>) -> Router {
         .route("/v1/databases", post(graphs::add_database).get(graphs::list_databases))
         .route("/v1/databases/{name}", delete(graphs::remove_database))
         .route("/v1/databases/{name}/query", post(graphs::query_database))
+        .route("/v1/mcp-servers", post(mcp_servers::add).get(mcp_servers::list))
+        .route("/v1/mcp-servers/{name}", get(mcp_servers::get_one).delete(mcp_servers::remove))
+        .route("/v1/mcp-servers/{name}/tools", get(mcp_servers::tools))
         .route("/v1/audit", get(audit::list))
         .route("/v1/backup", get(backup::backup))
         .route("/v1/prometheus/targets", get(prometheus::targets))

@@ -1,0 +1,79 @@
+"""A small MCP server on the official Python SDK (`mcp` 2.x, `MCPServer`) for
+tests/mcp_client.rs: tools `add(a: int, b: int)`, `echo(text)`, `big(n)` (n bytes of text),
+`sleep(seconds, pid_file)` and `calls()` (how many times `add` and `echo` ran: a refused call
+must not reach them).
+
+Usage: mcp_server.py http PORT TOKEN   Streamable HTTP at http://127.0.0.1:PORT/mcp; every
+                                       request must carry `Authorization: Bearer TOKEN`
+       mcp_server.py stdio             over stdin/stdout
+"""
+
+import os
+
+import anyio
+import sys
+
+from mcp.server.mcpserver import MCPServer
+
+server = MCPServer("shoal-test-tools")
+CALLS = {"n": 0}
+
+
+@server.tool()
+def add(a: int, b: int) -> int:
+    """Adds two integers."""
+    CALLS["n"] += 1
+    return a + b
+
+
+@server.tool()
+def echo(text: str) -> dict:
+    """Returns the text, and what the process's environment holds (names only)."""
+    CALLS["n"] += 1
+    return {"text": text, "env": sorted(os.environ)}
+
+
+@server.tool()
+def big(n: int) -> str:
+    """n bytes of text."""
+    return "x" * n
+
+
+@server.tool()
+async def sleep(seconds: float, pid_file: str) -> str:
+    """Writes the server's process id to pid_file, then sleeps."""
+    with open(pid_file, "w") as f:
+        f.write(str(os.getpid()))
+    await anyio.sleep(seconds)
+    return "slept"
+
+
+@server.tool()
+def calls() -> int:
+    """How many times add and echo ran."""
+    return CALLS["n"]
+
+
+def bearer_only(app, token):
+    """An ASGI wrapper answering 401 to a request without the right bearer token."""
+    want = f"Bearer {token}".encode()
+
+    async def guarded(scope, receive, send):
+        if scope["type"] == "http" and dict(scope.get("headers", [])).get(b"authorization") != want:
+            await send({"type": "http.response.start", "status": 401, "headers": [(b"content-type", b"text/plain")]})
+            await send({"type": "http.response.body", "body": b"wrong or missing token"})
+            return
+        await app(scope, receive, send)
+
+    return guarded
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "stdio":
+        server.run("stdio")
+    else:
+        import uvicorn
+
+        port, token = int(sys.argv[2]), sys.argv[3]
+        app = server.streamable_http_app(host="127.0.0.1")
+        uvicorn.run(bearer_only(app, token), host="127.0.0.1", port=port, log_level="warning")
