@@ -42,7 +42,19 @@ const STDERR_KEPT: usize = 2048;
 type Client = RunningService<RoleClient, ()>;
 
 fn fail(server: &McpServerRecord, message: impl AsRef<str>) -> GatewayError {
-    GatewayError::Mcp { server: server.name.clone(), message: server.scrub(message.as_ref()) }
+    GatewayError::Mcp { server: server.name.clone(), message: server.scrub(&tidy(message.as_ref())) }
+}
+
+/// An SDK error without the Rust type names it quotes (`Transport [rmcp::…<…>] error`).
+fn tidy(message: &str) -> String {
+    let mut out = message.to_string();
+    while let Some(start) = out.find(" [rmcp::") {
+        match out[start..].find(']') {
+            Some(len) => out.replace_range(start..start + len + 1, ""),
+            None => break,
+        }
+    }
+    out
 }
 
 /// A connection to one server, closed when dropped (a stdio server's process group is
@@ -445,6 +457,14 @@ mod tests {
 
         let failed = CallToolResult::error(vec![Content::text("boom")]);
         assert_eq!(shape_output(&failed)["is_error"], true);
+    }
+
+    #[test]
+    fn errors_lose_the_sdks_type_names() {
+        let e = "Send message error Transport [rmcp::transport::worker::WorkerTransport<rmcp::X<reqwest::Client>>] \
+                 error: unexpected server response: HTTP 401 Unauthorized";
+        assert_eq!(tidy(e), "Send message error Transport error: unexpected server response: HTTP 401 Unauthorized");
+        assert_eq!(tidy("plain"), "plain");
     }
 
     #[test]
