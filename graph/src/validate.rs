@@ -116,7 +116,11 @@ fn typed_step(s: &Value, at: &str, problems: &mut Vec<Problem>) -> Option<Step> 
         if !COMMON_FIELDS.contains(&k.as_str()) && !StepKind::fields(kind).contains(&k.as_str()) {
             problems.push(problem(
                 format!("{at}.{k}"),
-                format!("unknown field for a {kind} step (it takes: {})", StepKind::fields(kind).join(", ")),
+                format!(
+                    "unknown field for {} {kind} step (it takes: {})",
+                    article(kind),
+                    StepKind::fields(kind).join(", ")
+                ),
             ));
             ok = false;
         }
@@ -133,6 +137,15 @@ fn typed_step(s: &Value, at: &str, problems: &mut Vec<Problem>) -> Option<Step> 
             problems.push(problem(at, e.to_string()));
             None
         }
+    }
+}
+
+/// `a` or `an` before a step kind's name (`an mcp step`: the letter is read as a name).
+fn article(kind: &str) -> &'static str {
+    if kind == "mcp" || kind.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
     }
 }
 
@@ -476,7 +489,8 @@ fn check_text(
                 problems.push(problem(
                     at,
                     format!(
-                        "type mismatch: a {} step's output has no field `{field}` (it has: {})",
+                        "type mismatch: {} {} step's output has no field `{field}` (it has: {})",
+                        article(step.kind.name()),
                         step.kind.name(),
                         has.join(", ")
                     ),

@@ -56,10 +56,10 @@ outputs: {x: "${steps.a.txt}"}
         "steps[0].server: unknown MCP server \"nowhere\" (registered: calc, local",
         "steps[1].tool: missing tool name",
         "steps[1].server: MCP server \"calc\": host 127.0.0.1:9100 is not in the graph's allow_hosts",
-        "steps[2].colour: unknown field for a mcp step (it takes: server, tool, arguments)",
+        "steps[2].colour: unknown field for an mcp step (it takes: server, tool, arguments)",
         "steps[3]: missing field `server`",
         "missing input: `inputs.which`",
-        "a mcp step's output has no field `txt` (it has: content, text, json, is_error)",
+        "an mcp step's output has no field `txt` (it has: content, text, json, is_error)",
     ] {
         assert!(text.iter().any(|t| t.contains(want)), "no problem {want:?} in {text:#?}");
     }
