@@ -338,7 +338,7 @@ fn tokenizer(root: &Path) {
 fn http(root: &Path) {
     let dir = root.join("http_bodies");
     let routes = shoal_gateway::http::fuzzing::ROUTES;
-    for (route, body) in shoal_gateway::http::fuzzing::example_bodies() {
+    for (i, (route, body)) in shoal_gateway::http::fuzzing::example_bodies().into_iter().enumerate() {
         assert!(
             shoal_gateway::http::fuzzing::check_body(route, &body),
             "{} refused its example body",
@@ -346,7 +346,7 @@ fn http(root: &Path) {
         );
         let mut v = vec![route];
         v.extend_from_slice(&body);
-        write(&dir, &format!("route-{route:02}"), &v);
+        write(&dir, &format!("route-{route:02}-{i:02}"), &v);
     }
     // Bodies from docs/api.md-style requests that the checks refuse.
     let refused: &[(u8, &str)] = &[

@@ -45,7 +45,28 @@ pub fn check_body(route: u8, body: &[u8]) -> bool {
         0 => parse::<ChatRequest>(body).is_some_and(|req| {
             let turns = chat_turns(&req.messages);
             let sampling = req.sampling.settings();
-            turns.is_ok() && sampling.is_ok()
+            // Tools and response formats: checked, their schemas compiled for constrained
+            // decoding (and the compiled constraint followed over the body's own bytes).
+            let plan = crate::tools::plan(
+                req.tools.as_ref(),
+                req.tool_choice.as_ref(),
+                req.parallel_tool_calls,
+                req.response_format.as_ref(),
+            );
+            if let Some(c) = plan.as_ref().ok().and_then(|p| p.constraint.as_ref()) {
+                if let Ok(schema) = serde_json::from_str(&c.schema) {
+                    if let Ok(g) = shoal_engine::constraint::JsonGrammar::compile(&schema) {
+                        let mut m = shoal_engine::constraint::JsonMatcher::new(std::sync::Arc::new(g));
+                        for chunk in body.chunks(7) {
+                            let _ = m.allowed_bytes();
+                            if !m.feed(chunk) {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            turns.is_ok() && sampling.is_ok() && plan.is_ok()
         }),
         1 => parse::<CompletionRequest>(body)
             .is_some_and(|req| req.sampling.settings().is_ok() && completion_prompt(req.prompt).is_ok()),
@@ -156,6 +177,29 @@ pub fn example_bodies() -> Vec<(u8, Vec<u8>)> {
                 "knowledge_base": {"name": "docs", "top_k": 3, "mode": "hybrid"}
             })),
         ),
+        (
+            0,
+            json(serde_json::json!({
+                "model": "qwen", "messages": [{"role": "user", "content": "Weather in Oslo?"},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+                    "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}],
+                "tools": [{"type": "function", "function": {"name": "get_weather", "strict": true,
+                    "parameters": {"type": "object", "properties": {"city": {"type": "string"},
+                    "days": {"type": "array", "items": {"anyOf": [{"type": "integer"}, {"$ref": "#/$defs/d"}]}, "maxItems": 3}},
+                    "required": ["city"], "$defs": {"d": {"enum": ["today", 1, null]}}}}}],
+                "tool_choice": "required", "parallel_tool_calls": false
+            })),
+        ),
+        (
+            0,
+            json(serde_json::json!({
+                "model": "qwen", "messages": [{"role": "user", "content": "A person as JSON"}],
+                "response_format": {"type": "json_schema", "json_schema": {"name": "p", "strict": true,
+                    "schema": {"type": "object", "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 9},
+                    "age": {"type": ["integer", "null"]}}, "required": ["name", "age"]}}}
+            })),
+        ),
         (1, json(serde_json::json!({"model": "smollm2", "prompt": ["Once upon"], "max_tokens": 4, "stop": "."}))),
         (2, json(serde_json::json!({"model": "minilm", "input": ["a", "b"], "encoding_format": "base64"}))),
         (3, json(serde_json::json!({"name": "smollm2", "source": "hf://org/repo/file.gguf", "replicas": 2}))),
@@ -180,7 +224,8 @@ mod tests {
     #[test]
     fn every_route_accepts_its_example_and_refuses_garbage() {
         let examples = example_bodies();
-        assert_eq!(examples.len(), ROUTES.len());
+        let routes: std::collections::BTreeSet<u8> = examples.iter().map(|e| e.0).collect();
+        assert_eq!(routes.len(), ROUTES.len(), "an example for every route");
         for (route, body) in examples {
             assert!(check_body(route, &body), "{} refused its example", ROUTES[route as usize]);
             if route != 6 {
