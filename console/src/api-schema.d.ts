@@ -925,6 +925,19 @@ export interface paths {
                             } & {
                                 [key: string]: unknown;
                             })[] | null;
+                            /** @description an assistant message's calls */
+                            tool_calls?: {
+                                id?: string;
+                                /** @enum {string} */
+                                type?: "function";
+                                function: {
+                                    name: string;
+                                    /** @description JSON text */
+                                    arguments?: string;
+                                };
+                            }[];
+                            /** @description a tool message's call */
+                            tool_call_id?: string;
                         } & {
                             [key: string]: unknown;
                         })[];
@@ -969,6 +982,40 @@ export interface paths {
                             include_usage?: boolean;
                         } & {
                             [key: string]: unknown;
+                        };
+                        /** @description functions the model may call (docs/tools.md) */
+                        tools?: {
+                            /** @enum {string} */
+                            type: "function";
+                            function: {
+                                name: string;
+                                description?: string;
+                                /** @description JSON Schema of the arguments (an object) */
+                                parameters?: Record<string, never>;
+                                /** @default false */
+                                strict?: boolean;
+                            };
+                        }[];
+                        /** @description default: auto with tools, none without */
+                        tool_choice?: ("none" | "auto" | "required") | {
+                            /** @enum {string} */
+                            type: "function";
+                            function: {
+                                name: string;
+                            };
+                        };
+                        /** @default true */
+                        parallel_tool_calls?: boolean;
+                        /** @description text, json_object, or json_schema (constrained decoding; docs/tools.md) */
+                        response_format?: {
+                            /** @enum {string} */
+                            type: "text" | "json_object" | "json_schema";
+                            json_schema?: {
+                                name?: string;
+                                schema: Record<string, never>;
+                                /** @default false */
+                                strict?: boolean;
+                            };
                         };
                     } & {
                         [key: string]: unknown;
@@ -3524,6 +3571,220 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/mcp-servers": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** registered MCP servers for mcp steps (header values, URL user info and query values shown as ***) */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description MCP servers */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": Record<string, never>;
+                    };
+                };
+            };
+        };
+        put?: never;
+        /** register an MCP server for mcp steps (admin): a Streamable HTTP url with headers, or a stdio command; it is connected to and its tools listed, and one that cannot be used is refused */
+        post: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody: {
+                content: {
+                    "application/json": {
+                        name: string;
+                        /** @description a Streamable HTTP endpoint (http or https) */
+                        url?: string;
+                        /** @description sent with every request (values are secrets: shown as ***) */
+                        headers?: {
+                            [key: string]: string;
+                        };
+                        /** @description a stdio server's command line, run on the gateway host that executes the step (cleared environment plus PATH) */
+                        command?: string;
+                        description?: string;
+                    };
+                };
+            };
+            responses: {
+                /** @description registered (with the names of its tools) */
+                201: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": Record<string, never>;
+                    };
+                };
+                /** @description malformed, or the server cannot be connected to */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content?: never;
+                };
+                /** @description the name is taken */
+                409: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content?: never;
+                };
+            };
+        };
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/mcp-servers/{name}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** one MCP server (secrets shown as ***) */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    /** @description MCP server */
+                    name: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description the server */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": Record<string, never>;
+                    };
+                };
+                /** @description no such MCP server */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content?: never;
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        /** unregister an MCP server (admin) */
+        delete: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    /** @description MCP server */
+                    name: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description deleted */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": Record<string, never>;
+                    };
+                };
+                /** @description no such MCP server */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content?: never;
+                };
+            };
+        };
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/mcp-servers/{name}/tools": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** connect to an MCP server and list its tools (name, description, input_schema) */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    /** @description MCP server */
+                    name: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description its tools */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": Record<string, never>;
+                    };
+                };
+                /** @description no such MCP server */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content?: never;
+                };
+                /** @description the server cannot be connected to */
+                502: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content?: never;
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/audit": {
         parameters: {
             query?: never;
@@ -3899,6 +4160,126 @@ export interface paths {
                 };
                 /** @description no such file */
                 404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content?: never;
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/mcp": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** MCP server (Streamable HTTP, stateless; docs/mcp.md): tools list_models, chat, recall and graph_<name> */
+        post: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody: {
+                content: {
+                    "application/json": Record<string, never>;
+                };
+            };
+            responses: {
+                /** @description the JSON-RPC answer */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content?: never;
+                };
+                /** @description no or a wrong key; WWW-Authenticate names the resource metadata */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content?: never;
+                };
+                /** @description an Origin that is not this gateway */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content?: never;
+                };
+            };
+        };
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/.well-known/oauth-protected-resource": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** OAuth protected-resource metadata of /mcp (RFC 9728; no key needed) */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description resource, resource_name, bearer_methods_supported */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content?: never;
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/.well-known/oauth-protected-resource/mcp": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** the same metadata at the path-suffixed address MCP clients try first */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description resource, resource_name, bearer_methods_supported */
+                200: {
                     headers: {
                         [name: string]: unknown;
                     };

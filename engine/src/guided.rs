@@ -28,6 +28,8 @@ pub struct ConstraintSpec {
 
 /// Draws tried before every token of the vocabulary is checked.
 const DRAWS_BEFORE_FULL_MASK: usize = 8;
+/// The longest the vocabulary check of one step may take once an allowed token is found.
+const MASK_BUDGET: std::time::Duration = std::time::Duration::from_millis(50);
 
 #[derive(Clone, Debug)]
 enum Phase {
@@ -218,12 +220,20 @@ impl Guide {
         }
         let first = self.first_bytes();
         let end_ok = self.end_allowed();
+        // Tokens from the most to the least likely: greedy decoding takes the first allowed
+        // one, so it stays exact. A pathological schema (many live alternatives inside a long
+        // string) can make checking all 150k tokens take seconds, which would stall every
+        // sequence of the batch: past MASK_BUDGET the scan stops at the allowed tokens found.
+        let mut order: Vec<u32> = (0..logits.len() as u32).filter(|&t| logits[t as usize].is_finite()).collect();
+        order.sort_unstable_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
+        let started = std::time::Instant::now();
+        let mut allowed = vec![false; logits.len()];
         let mut any = false;
-        for (t, l) in logits.iter_mut().enumerate() {
-            if !l.is_finite() {
-                continue;
+        for (checked, &t) in order.iter().enumerate() {
+            if any && checked % 256 == 0 && started.elapsed() > MASK_BUDGET {
+                tracing::debug!(checked, of = order.len(), "constraint mask cut short by its time budget");
+                break;
             }
-            let t = t as u32;
             let ok = if self.eos.contains(&t) {
                 end_ok
             } else {
@@ -234,8 +244,12 @@ impl Guide {
                 }
             };
             if ok {
+                allowed[t as usize] = true;
                 any = true;
-            } else {
+            }
+        }
+        for (l, ok) in logits.iter_mut().zip(&allowed) {
+            if !ok {
                 *l = f32::NEG_INFINITY;
             }
         }

@@ -60,6 +60,11 @@ pub const MAX_ALTERNATIVES: usize = 64;
 pub const MAX_NUMBER_DIGITS: u8 = 24;
 /// Most digits in a number's exponent.
 pub const MAX_EXPONENT_DIGITS: u8 = 2;
+/// Most values one `enum` may list (every step matches the answer against each of them).
+pub const MAX_ENUM_VALUES: usize = 500;
+/// Most schema nodes one grammar may hold (properties, items, alternatives, definitions...):
+/// the matcher's cost per token grows with the schema, and a request's schema is untrusted.
+pub const MAX_NODES: usize = 5000;
 
 /// A schema outside the supported subset, or an invalid one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -302,6 +302,12 @@ impl<'s> Compiler<'s> {
     }
 
     fn schema(&mut self, v: &'s Value, path: &str, depth: usize) -> Result<NodeId, SchemaError> {
+        if self.nodes.len() > super::MAX_NODES {
+            return Err(SchemaError::new(
+                path,
+                format!("the schema is too big: more than {} parts (at {})", super::MAX_NODES, at(path)),
+            ));
+        }
         if depth > MAX_SCHEMA_DEPTH {
             return Err(SchemaError::new(
                 path,
@@ -381,6 +387,17 @@ impl<'s> Compiler<'s> {
             None => Vec::new(),
             Some(Value::Array(a)) if a.is_empty() => {
                 return Err(SchemaError::new(format!("{path}/enum"), format!("\"enum\" at {} is empty", at(path))))
+            }
+            Some(Value::Array(a)) if a.len() > super::MAX_ENUM_VALUES => {
+                return Err(SchemaError::new(
+                    format!("{path}/enum"),
+                    format!(
+                        "\"enum\" at {} lists {} values; at most {} are supported",
+                        at(path),
+                        a.len(),
+                        super::MAX_ENUM_VALUES
+                    ),
+                ))
             }
             Some(Value::Array(a)) => a.iter().collect(),
             Some(other) => {

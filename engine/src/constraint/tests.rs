@@ -666,3 +666,18 @@ fn garbage_never_panics() {
         }
     }
 }
+
+#[test]
+fn huge_enums_and_schemas_are_refused_with_the_limit() {
+    let values: Vec<serde_json::Value> =
+        (0..=super::MAX_ENUM_VALUES).map(|i| serde_json::json!(format!("v{i}"))).collect();
+    let err = JsonGrammar::compile(&serde_json::json!({"enum": values})).expect_err("too many values");
+    assert!(err.message.contains("at most 500"), "{err}");
+    let props: serde_json::Map<String, serde_json::Value> =
+        (0..6000).map(|i| (format!("p{i}"), serde_json::json!({"type": "integer"}))).collect();
+    let err = JsonGrammar::compile(&serde_json::json!({"type": "object", "properties": props})).expect_err("too big");
+    assert!(err.message.contains("too big"), "{err}");
+    let ok: serde_json::Map<String, serde_json::Value> =
+        (0..100).map(|i| (format!("p{i}"), serde_json::json!({"enum": [1, 2, 3]}))).collect();
+    assert!(JsonGrammar::compile(&serde_json::json!({"type": "object", "properties": ok})).is_ok());
+}
