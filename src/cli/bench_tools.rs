@@ -84,28 +84,37 @@ fn prompts(n: usize) -> Vec<String> {
     const CITIES: &[&str] =
         &["Paris", "Tokyo", "Lagos", "Lima", "Oslo", "Hanoi", "Quito", "Perth", "Cairo", "Dublin", "Seoul", "Denver"];
     const WEATHER: &[&str] = &[
-        "What's the weather in {a} right now?",
-        "Is it raining in {a}?",
-        "Tell me the temperature in {a} in fahrenheit.",
-        "Should I bring a coat to {a} today?",
-        "How hot is it in {a}, in celsius?",
+        "What's the weather in {a} {when}?",
+        "Is it raining in {a} {when}?",
+        "Tell me the temperature in {a} {when}, in fahrenheit.",
+        "Should I bring a coat to {a} {when}?",
+        "How hot is it in {a} {when}, in celsius?",
     ];
+    const WHEN: &[&str] = &["right now", "this morning", "tonight", "this afternoon"];
     const FLIGHT: &[&str] = &[
         "Book {p} economy seats from {a} to {b} on 2027-03-{d}.",
         "I need a business class flight for {p} from {a} to {b}, leaving 2027-05-{d}.",
         "Please get {p} first class tickets {a} to {b} on June {d} and back on June 28.",
         "Fly me from {a} to {b} on 2027-01-{d}, {p} passengers, cheapest cabin.",
     ];
+    // Even prompts need get_weather, odd ones book_flight; each kind's k-th prompt differs
+    // from its others (city, wording, time or route, passengers and day).
     (0..n)
         .map(|i| {
-            let a = CITIES[i % CITIES.len()];
-            let b = CITIES[(i * 5 + 3) % CITIES.len()];
-            let template = if i % 2 == 0 { WEATHER[i / 2 % WEATHER.len()] } else { FLIGHT[i / 2 % FLIGHT.len()] };
+            let k = i / 2;
+            let a = CITIES[k % CITIES.len()];
+            let b = CITIES[(k * 5 + 3) % CITIES.len()];
+            let template = if i % 2 == 0 {
+                WEATHER[k / CITIES.len() % WEATHER.len()]
+            } else {
+                FLIGHT[k / CITIES.len() % FLIGHT.len()]
+            };
             template
                 .replace("{a}", a)
                 .replace("{b}", b)
-                .replace("{p}", &(i % 4 + 1).to_string())
-                .replace("{d}", &format!("{:02}", i % 27 + 1))
+                .replace("{when}", WHEN[k / (CITIES.len() * WEATHER.len()) % WHEN.len()])
+                .replace("{p}", &(k % 4 + 1).to_string())
+                .replace("{d}", &format!("{:02}", k % 27 + 1))
         })
         .collect()
 }
@@ -125,7 +134,6 @@ struct Tally {
     /// A few invalid calls, for the report.
     examples: Vec<String>,
 }
-
 /// Whether `arguments` (JSON text) satisfy the schema of tool `name`.
 fn valid_call(name: &str, arguments: &str) -> bool {
     let schema = match name {
