@@ -164,11 +164,17 @@ pub(super) fn stream_once(gateway: &str, model: &str, max_tokens: u32) -> anyhow
         "model": model, "messages": [{"role": "user", "content": STORY}], "temperature": 0,
         "max_tokens": max_tokens, "stream": true, "stream_options": {"include_usage": true},
     });
+    stream_chat(&format!("{gateway}/v1/chat/completions"), &body)
+}
+
+/// One streamed chat request to `url` (an OpenAI endpoint): (completion tokens as the usage
+/// says, seconds to the first text, first text, last text).
+pub(super) fn stream_chat(url: &str, body: &Value) -> anyhow::Result<(u64, f64, Instant, Instant)> {
     let started = Instant::now();
-    let resp = agent()
-        .post(&format!("{gateway}/v1/chat/completions"))
-        .header("Authorization", &format!("Bearer {KEY}"))
-        .send_json(body)?;
+    let resp = agent().post(url).header("Authorization", &format!("Bearer {KEY}")).send_json(body)?;
+    if !resp.status().is_success() {
+        bail!("{url} answered {}", resp.status());
+    }
     let (mut first, mut last, mut tokens) = (None, started, 0u64);
     for line in BufReader::new(resp.into_body().into_reader()).lines() {
         let line = line?;

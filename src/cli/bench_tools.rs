@@ -11,7 +11,6 @@
 //!   names one of the tools and its arguments parse and satisfy that tool's JSON Schema
 //!   (checked with the engine's schema matcher, on the compact form of the arguments).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -204,33 +203,9 @@ fn validity(url: &str, model: &str, prompts: &[String], extra: &Value, concurren
 
 /// One streamed answer: (completion tokens, decode tokens/s after the first token).
 fn stream_rate(url: &str, body: &Value) -> anyhow::Result<(u64, f64)> {
-    let resp = agent().post(url).header("Authorization", &format!("Bearer {KEY}")).send_json(body)?;
-    if !resp.status().is_success() {
-        bail!("{url} answered {}", resp.status());
-    }
-    let (mut first, mut last, mut chunks, mut tokens) = (None, Instant::now(), 0u64, 0u64);
-    for line in BufReader::new(resp.into_body().into_reader()).lines() {
-        let line = line?;
-        let Some(data) = line.strip_prefix("data: ") else { continue };
-        if data == "[DONE]" {
-            break;
-        }
-        let v: Value = serde_json::from_str(data)?;
-        if v["choices"][0]["delta"]["content"].as_str().is_some_and(|t| !t.is_empty()) {
-            let now = Instant::now();
-            first.get_or_insert(now);
-            last = now;
-            chunks += 1;
-        }
-        if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
-            tokens = n;
-        }
-    }
-    let first = first.ok_or_else(|| anyhow!("no tokens were streamed"))?;
+    let (tokens, _, first, last) = super::bench_serve::stream_chat(url, body)?;
     let secs = (last - first).as_secs_f64();
-    // Decode rate: the tokens after the first over the time they took.
-    let n = if tokens > 0 { tokens } else { chunks };
-    Ok((n, if secs > 0.0 { (n.saturating_sub(1)) as f64 / secs } else { 0.0 }))
+    Ok((tokens, if secs > 0.0 { tokens.saturating_sub(1) as f64 / secs } else { 0.0 }))
 }
 
 fn person_schema() -> Value {
