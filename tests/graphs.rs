@@ -1,6 +1,7 @@
 //! Task graphs end to end, through real processes.
 //!
-//! - One `shoal up` with the real models: a graph with every step kind; malformed graphs
+//! - One `shoal up` with the real models: a graph with every step kind; an agent step
+//!   answering with two tool calls (an MCP server's and a graph); malformed graphs
 //!   (400 listing every problem); the built-in QA graphs (`qa-db` on SQLite and on
 //!   PostgreSQL answering a counting question, `qa-auto` routing a knowledge question to
 //!   the knowledge base and a numbers question to the database); read-only SQL (every
@@ -310,6 +311,56 @@ outputs:
     let out = &extracted["outputs"];
     assert!(out["year"].is_i64(), "{extracted:#}");
     assert!(out["place"].as_str().is_some_and(|p| !p.is_empty() && p.chars().count() <= 60), "{extracted:#}");
+
+    // An agent answers a question that needs two tool calls (an MCP server's tool and a
+    // graph), each committed to the run as it completes.
+    let calc = start_mcp_server(dir.path());
+    let (s, v) = post(
+        &format!("{gw}/v1/mcp-servers"),
+        json!({"name": "calc", "url": calc.url(), "headers": {"Authorization": format!("Bearer {}", calc.token)}}),
+    );
+    assert_eq!(s, 201, "{v}");
+    let forecast = format!(
+        "name: city-weather\ndescription: Tells the weather in a city.\ninputs: {{city: {{type: string}}}}\n\
+         allow_hosts: ['127.0.0.1:{p}']\nsteps:\n  - {{id: w, kind: http, url: 'http://127.0.0.1:{p}/forecast?city=${{inputs.city}}'}}\n\
+         outputs: {{weather: '${{steps.w.json.weather}}'}}\n",
+        p = tool.port
+    );
+    let (s, v) = apply(&gw, &forecast);
+    assert_eq!(s, 201, "{v}");
+    let assistant = format!(
+        r#"
+name: assistant
+inputs: {{question: {{type: string}}}}
+allow_hosts: ["127.0.0.1:{port}"]
+steps:
+  - id: solve
+    kind: agent
+    model: qwen2.5-coder-0.5b-instruct
+    prompt: "{{{{ inputs.question }}}}"
+    tools: [{{mcp: calc, tool: add}}, {{graph: city-weather}}]
+    max_turns: 4
+outputs: {{answer: "${{steps.solve.text}}", calls: "${{steps.solve.calls}}"}}
+"#,
+        port = calc.port
+    );
+    let (s, v) = apply(&gw, &assistant);
+    assert_eq!(s, 201, "{v}");
+    let run = run_graph(&gw, "assistant", json!({"question": "What is 17 + 25? And what is the weather in Oslo?"}));
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let calls = run["outputs"]["calls"].as_array().cloned().unwrap_or_default();
+    let made = |name: &str| calls.iter().find(|c| c["name"] == name).cloned().unwrap_or(Value::Null);
+    assert_eq!(made("add")["arguments"], json!({"a": 17, "b": 25}), "{run:#}");
+    assert_eq!(made("add")["result"], "42", "{run:#}");
+    assert_eq!(made("city-weather")["arguments"], json!({"city": "Oslo"}), "{run:#}");
+    assert!(made("city-weather")["result"].as_str().unwrap_or("").contains("sunny"), "{run:#}");
+    assert_eq!(tool.count("/forecast?city=Oslo"), 1);
+    assert!(run["outputs"]["answer"].as_str().unwrap_or("").contains("42"), "{run:#}");
+    assert!(step(&run, "solve")["output"]["turns"].as_u64() >= Some(2), "{run:#}");
+    // A tool the step names that does not exist is refused when the graph is applied.
+    let (s, v) = apply(&gw, &assistant.replace("{graph: city-weather}", "{graph: no-such-graph}"));
+    assert_eq!(s, 400, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap_or("").contains("unknown graph \"no-such-graph\""), "{v}");
 
     // The same definition again is the same version; a changed one is version 2.
     let (s, v) = apply(&gw, TINY);

@@ -95,6 +95,33 @@ fn mcp_tools_auth_and_origin_through_the_python_sdk() {
     assert_eq!(s, 201, "{v}");
     let limited = v["key"].as_str().expect("the new key").to_string();
 
+    // A prompt template, added with the CLI (its arguments declared, one optional).
+    let out = run(&[
+        "prompt",
+        "add",
+        "review",
+        "--description",
+        "Reviews code",
+        "--template",
+        "Review this {{ language }} code:\n{{ code }}",
+        "--arg",
+        "code:the code",
+        "--arg",
+        "language?:its language",
+        "--gateway",
+        &gw,
+    ]);
+    let said = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && said.contains("prompt review v1 stored; arguments: code, language?"), "{said}");
+    let out = run(&["prompt", "render", "review", "code=x = 1", "language=Python", "--gateway", &gw]);
+    let said = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && said.contains("[user]\nReview this Python code:\nx = 1"), "{said}");
+    let (s, v) = post(&format!("{gw}/v1/prompts/review/render"), json!({"arguments": {}}));
+    assert!(s == 400 && v["error"]["message"].as_str().unwrap_or("").contains("missing argument 'code'"), "{v}");
+    let (s, v) = post_yaml(&format!("{gw}/v1/prompts"), "name: Bad Name\ntemplate: '{{ x'\n");
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["error"]["problems"].as_array().map(Vec::len), Some(2), "both problems listed: {v}");
+
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/mcp_client.py");
     let out = Command::new("python3").arg(&script).args([&gw, API_KEY, &limited, "facts"]).output().expect("python3");
     let stdout = String::from_utf8_lossy(&out.stdout);

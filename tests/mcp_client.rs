@@ -12,28 +12,10 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::*;
-
-const MCP_SDK: &str = "mcp==2.3.0";
-
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/mcp_server.py")
-}
-
-/// The Python server, killed when dropped.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn shoal(gw: &str, args: &[&str]) -> (bool, String) {
     let mut all: Vec<&str> = args.to_vec();
@@ -74,32 +56,11 @@ fn calls(gw: &str) -> u64 {
 
 #[test]
 fn mcp_servers_registered_listed_and_called_from_graph_steps() {
-    let import =
-        Command::new("python3").args(["-c", "import mcp.server.mcpserver, uvicorn"]).output().expect("python3");
-    assert!(
-        import.status.success(),
-        "the Python MCP SDK is not importable ({}): install it with `python3 -m pip install {MCP_SDK}` \
-         (scripts/test.sh does)",
-        String::from_utf8_lossy(&import.stderr).trim()
-    );
     let dir = tempfile::tempdir().expect("tmp");
 
     // The server, behind a bearer token.
-    let port = free_port();
-    let token = format!("tok-{}-{}", std::process::id(), port);
-    let log = std::fs::File::create(dir.path().join("mcp_server.log")).expect("log");
-    let server = Server(
-        Command::new("python3")
-            .arg(script())
-            .args(["http", &port.to_string(), &token])
-            .stdout(Stdio::from(log.try_clone().expect("clone")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("python3"),
-    );
-    wait_until(Duration::from_secs(30), "the MCP server listens", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+    let server = start_mcp_server(dir.path());
+    let (port, token) = (server.port, server.token.clone());
 
     let models = dir.path().join("models");
     std::fs::create_dir_all(&models).expect("dir");
@@ -163,6 +124,15 @@ outputs: {{sum: "${{steps.add.text}}", json: "${{steps.add.json}}", said: "${{st
     assert_eq!(add["inputs"]["arguments"], json!({"a": 2, "b": 40}), "{add}");
     assert!(add["ran_on"].as_str().is_some_and(|s| s.contains("mcp calc")), "{add}");
     assert_eq!(calls(&gw), 2);
+    // The call carried its idempotency key (the run and the step) in its `_meta`.
+    let keyed = format!(
+        "name: key\nallow_hosts: [\"127.0.0.1:{port}\"]\nsteps:\n  - {{id: k, kind: mcp, server: calc, tool: last_key}}\n\
+         outputs: {{key: \"${{steps.k.text}}\"}}\n"
+    );
+    let (s, v) = apply(&gw, &keyed);
+    assert!(s == 200 || s == 201, "{v}");
+    let k = run_graph(&gw, "key", json!({}));
+    assert_eq!(k["outputs"]["key"], format!("{}/add", r["id"].as_str().unwrap_or("?")), "{k}");
 
     // Not on the allow-list: refused when applied.
     let (s, v) =
@@ -212,7 +182,7 @@ outputs: {{sum: "${{steps.add.text}}"}}
     assert_eq!(r["status"], "succeeded", "an output over 8 KiB (kept as an artifact) is fine: {r}");
 
     // A stdio server: started on the gateway's host with nothing of its environment but PATH.
-    let command = format!("python3 {} stdio", script().display());
+    let command = format!("python3 {} stdio", mcp_server_script().display());
     let (ok, out) = shoal(&gw, &["mcp", "add", "local", "--command", &command, "--description", "stdio tools"]);
     assert!(ok && out.contains("echo"), "{out}\n{}", log_tail());
     let stdio = "name: local\ninputs: {text: {type: string}}\nsteps:\n  - {id: e, kind: mcp, server: local, tool: echo, arguments: {text: \"${inputs.text}\"}}\n\

@@ -68,6 +68,7 @@ pub fn counts(s: &ClusterState) -> std::collections::BTreeMap<String, u64> {
         ("runs", s.runs.len()),
         ("databases", s.databases.len()),
         ("mcp_servers", s.mcp_servers.len()),
+        ("prompts", s.prompts.len()),
         ("coordinators", s.coordinators.len()),
     ]
     .into_iter()

@@ -306,6 +306,30 @@ pub enum StepKind {
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         arguments: BTreeMap<String, Value>,
     },
+    /// Lets a chat model answer `prompt` by calling tools from `tools` (MCP tools, graphs,
+    /// knowledge-base searches) in a loop: each model turn either calls tools (their results
+    /// go back to the model) or answers. Bounded by `max_turns` model turns and a budget of
+    /// `max_tokens` generated tokens; the last allowed turn is asked for the answer without
+    /// tools. Every call and its result is committed to the run as it completes, so a
+    /// completed call is never made again, after a retry or a leader change. Output: `text`
+    /// (the answer), `calls` (name, arguments, result, error of each call, in order),
+    /// `turns`, `usage`.
+    Agent {
+        model: String,
+        /// The question or task (a template).
+        prompt: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        system: Option<String>,
+        tools: Vec<AgentTool>,
+        /// Model turns at most (default 6, at most 32).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_turns: Option<u32>,
+        /// Generated tokens at most, over all turns (default 2048).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_tokens: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        temperature: Option<f64>,
+    },
     /// Runs another graph. Output: `outputs` (its outputs).
     Graph {
         graph: String,
@@ -313,6 +337,60 @@ pub enum StepKind {
         inputs: BTreeMap<String, Value>,
     },
 }
+
+/// A tool an `agent` step may call: exactly one of `mcp` (a registered MCP server: all its
+/// tools, or only `tool`), `graph` (a graph, with its inputs as the arguments) or `recall`
+/// (a knowledge base, searched with a `query`).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AgentTool {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<String>,
+    /// With `mcp`: only this tool of the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graph: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recall: Option<String>,
+    /// What the model is told the tool does (default: the tool's, the graph's or the
+    /// knowledge base's own description).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+impl AgentTool {
+    /// What the entry names, or why it is malformed.
+    pub fn source(&self) -> Result<AgentToolSource<'_>, String> {
+        let given = [self.mcp.is_some(), self.graph.is_some(), self.recall.is_some()];
+        if given.iter().filter(|g| **g).count() != 1 {
+            return Err("give exactly one of mcp (a server), graph or recall (a knowledge base)".into());
+        }
+        if self.tool.is_some() && self.mcp.is_none() {
+            return Err("`tool` goes with `mcp` (a tool of that server)".into());
+        }
+        Ok(match (&self.mcp, &self.graph, &self.recall) {
+            (Some(server), _, _) => AgentToolSource::Mcp { server, tool: self.tool.as_deref() },
+            (_, Some(graph), _) => AgentToolSource::Graph(graph),
+            (_, _, Some(kb)) => AgentToolSource::Recall(kb),
+            _ => unreachable!("exactly one is set"),
+        })
+    }
+}
+
+/// What an [`AgentTool`] entry names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentToolSource<'a> {
+    Mcp { server: &'a str, tool: Option<&'a str> },
+    Graph(&'a str),
+    Recall(&'a str),
+}
+
+/// Model turns of an agent step at most, and by default.
+pub const AGENT_MAX_TURNS: u32 = 32;
+pub const AGENT_DEFAULT_TURNS: u32 = 6;
+/// Generated tokens of an agent step by default.
+pub const AGENT_DEFAULT_TOKENS: u32 = 2048;
 
 fn get() -> String {
     "GET".into()
@@ -335,13 +413,14 @@ impl StepKind {
             StepKind::Branch { .. } => "branch",
             StepKind::Map { .. } => "map",
             StepKind::Mcp { .. } => "mcp",
+            StepKind::Agent { .. } => "agent",
             StepKind::Graph { .. } => "graph",
         }
     }
 
     /// Every kind's name.
-    pub const NAMES: [&'static str; 11] =
-        ["template", "chat", "embed", "recall", "sql", "http", "classify", "branch", "map", "mcp", "graph"];
+    pub const NAMES: [&'static str; 12] =
+        ["template", "chat", "embed", "recall", "sql", "http", "classify", "branch", "map", "mcp", "agent", "graph"];
 
     /// The fields a kind's step may have besides [`COMMON_FIELDS`].
     pub fn fields(kind: &str) -> &'static [&'static str] {
@@ -358,6 +437,7 @@ impl StepKind {
             "branch" => &["cases", "else"],
             "map" => &["over", "step", "parallelism"],
             "mcp" => &["server", "tool", "arguments"],
+            "agent" => &["model", "prompt", "system", "tools", "max_turns", "max_tokens", "temperature"],
             "graph" => &["graph", "inputs"],
             _ => &[],
         }
@@ -386,13 +466,17 @@ impl StepKind {
             StepKind::Branch { .. } => &[("taken", Array)],
             StepKind::Map { .. } => &[("results", Array)],
             StepKind::Mcp { .. } => &[("content", Array), ("text", String), ("json", Any), ("is_error", Boolean)],
+            StepKind::Agent { .. } => &[("text", String), ("calls", Array), ("turns", Integer), ("usage", Object)],
             StepKind::Graph { .. } => return None,
         })
     }
 
     /// Whether the step asks a model (its default timeout is longer).
     pub fn uses_model(&self) -> bool {
-        matches!(self, StepKind::Chat { .. } | StepKind::Classify { .. } | StepKind::Embed { .. })
+        matches!(
+            self,
+            StepKind::Chat { .. } | StepKind::Classify { .. } | StepKind::Embed { .. } | StepKind::Agent { .. }
+        )
     }
 }
 

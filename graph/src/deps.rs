@@ -82,6 +82,12 @@ pub fn texts(step: &Step) -> Vec<(String, TextSort, String)> {
                 value(&format!("arguments.{k}"), x, &mut out);
             }
         }
+        StepKind::Agent { model, prompt, system, .. } => {
+            out.push(v("model", model));
+            out.push(t("prompt", prompt));
+            out.extend(system.iter().map(|p| t("system", p)));
+            // Its tools are names as written, not values (checked when the graph is applied).
+        }
         StepKind::Graph { inputs, .. } => {
             for (k, x) in inputs {
                 value(&format!("inputs.{k}"), x, &mut out);

@@ -10,6 +10,7 @@ pub mod deps;
 pub mod expr;
 pub mod hosts;
 pub mod plan;
+pub mod prompt;
 pub mod validate;
 
 pub use definition::{Graph, Step, StepKind};

@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::definition::{ClassifyMethod, Graph, OnError, Step, StepKind, ValueType, COMMON_FIELDS};
+use crate::definition::{
+    AgentToolSource, ClassifyMethod, Graph, OnError, Step, StepKind, ValueType, AGENT_MAX_TURNS, COMMON_FIELDS,
+};
 use crate::deps::{dependencies, find_cycle, text_references, texts, TextSort};
 use crate::expr::{check_expr, check_template, value_expressions, Reference};
 
@@ -380,28 +382,71 @@ fn check_step(
                 problems.push(problem(format!("{at}.tool"), "missing tool name: give the name of the tool to call"));
             }
             if let Some(name) = literal(server) {
-                match catalog.mcp_servers.get(name) {
-                    None => {
-                        let known = if catalog.mcp_servers.is_empty() {
-                            "none registered".to_string()
-                        } else {
-                            catalog.mcp_servers.keys().cloned().collect::<Vec<_>>().join(", ")
-                        };
-                        problems.push(problem(
-                            format!("{at}.server"),
-                            format!("unknown MCP server {name:?} (registered: {known}; add one with `shoal mcp add`)"),
-                        ));
-                    }
-                    Some(Some(url)) => {
-                        if let Err(e) = crate::hosts::check_mcp_url(url, &g.allow_hosts) {
-                            problems.push(problem(format!("{at}.server"), format!("MCP server {name:?}: {e}")));
+                check_mcp_server(g, catalog, name, &format!("{at}.server"), problems);
+            }
+        }
+        StepKind::Agent { model, tools, max_turns, max_tokens, temperature, .. } => {
+            check_model(model, &catalog.chat_models, "chat", &format!("{at}.model"), problems);
+            if tools.is_empty() {
+                problems.push(problem(format!("{at}.tools"), "an agent step needs at least one tool"));
+            }
+            if tools.len() > 64 {
+                problems.push(problem(format!("{at}.tools"), "at most 64 tool entries"));
+            }
+            for (i, t) in tools.iter().enumerate() {
+                let here = format!("{at}.tools[{i}]");
+                match t.source() {
+                    Err(e) => problems.push(problem(here, e)),
+                    Ok(AgentToolSource::Mcp { server, .. }) => check_mcp_server(g, catalog, server, &here, problems),
+                    Ok(AgentToolSource::Graph(name)) => match catalog.graphs.get(name) {
+                        _ if name == g.name => problems.push(problem(here, "a graph cannot run itself")),
+                        None => problems.push(problem(here, format!("unknown graph {name:?}"))),
+                        Some(_) if graph_calls(catalog, name, &g.name, &mut BTreeSet::new()) => {
+                            problems.push(problem(here, format!("graph {name:?} runs {:?} in turn", g.name)))
+                        }
+                        Some(_) => {}
+                    },
+                    Ok(AgentToolSource::Recall(kb)) => {
+                        if !catalog.knowledge_bases.contains(kb) {
+                            problems.push(problem(here, format!("unknown knowledge base {kb:?}")));
                         }
                     }
-                    Some(None) => {}
                 }
+            }
+            if matches!(max_turns, Some(0)) || max_turns.is_some_and(|n| n > AGENT_MAX_TURNS) {
+                problems.push(problem(format!("{at}.max_turns"), format!("must be 1 to {AGENT_MAX_TURNS}")));
+            }
+            if matches!(max_tokens, Some(0)) {
+                problems.push(problem(format!("{at}.max_tokens"), "must be at least 1"));
+            }
+            if temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
+                problems.push(problem(format!("{at}.temperature"), "must be 0 to 2"));
             }
         }
         StepKind::Template { .. } => {}
+    }
+}
+
+/// A registered MCP server whose host (of an HTTP one) the graph allows.
+fn check_mcp_server(g: &Graph, catalog: &Catalog, name: &str, at: &str, problems: &mut Vec<Problem>) {
+    match catalog.mcp_servers.get(name) {
+        None => {
+            let known = if catalog.mcp_servers.is_empty() {
+                "none registered".to_string()
+            } else {
+                catalog.mcp_servers.keys().cloned().collect::<Vec<_>>().join(", ")
+            };
+            problems.push(problem(
+                at,
+                format!("unknown MCP server {name:?} (registered: {known}; add one with `shoal mcp add`)"),
+            ));
+        }
+        Some(Some(url)) => {
+            if let Err(e) = crate::hosts::check_mcp_url(url, &g.allow_hosts) {
+                problems.push(problem(at, format!("MCP server {name:?}: {e}")));
+            }
+        }
+        Some(None) => {}
     }
 }
 
@@ -411,8 +456,10 @@ fn graph_calls(catalog: &Catalog, from: &str, target: &str, seen: &mut BTreeSet<
         return false;
     }
     let Some(g) = catalog.graphs.get(from) else { return false };
+    let runs = |graph: &str, seen: &mut BTreeSet<String>| graph == target || graph_calls(catalog, graph, target, seen);
     g.steps.iter().any(|s| match &s.kind {
-        StepKind::Graph { graph, .. } => graph == target || graph_calls(catalog, graph, target, seen),
+        StepKind::Graph { graph, .. } => runs(graph, seen),
+        StepKind::Agent { tools, .. } => tools.iter().filter_map(|t| t.graph.as_deref()).any(|graph| runs(graph, seen)),
         _ => false,
     })
 }

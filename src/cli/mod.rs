@@ -25,6 +25,7 @@ mod kubernetes_manifests;
 mod mcp;
 mod preflight;
 mod prometheus;
+mod prompt;
 mod status;
 mod token;
 mod up;
@@ -86,6 +87,11 @@ pub enum Command {
         #[command(subcommand)]
         command: mcp::McpCommand,
     },
+    /// Prompt templates, served as MCP prompts at /mcp.
+    Prompt {
+        #[command(subcommand)]
+        command: prompt::PromptCommand,
+    },
     /// Manage API keys: scopes, allowed models, rate and token limits.
     Key {
         #[command(subcommand)]
@@ -140,6 +146,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Graph { command } => graph::run(command).await,
         Command::Db { command } => graph::run_db(command).await,
         Command::Mcp { command } => mcp::run(command).await,
+        Command::Prompt { command } => prompt::run(command).await,
         Command::Bench { command } => bench::run(command).await,
         Command::Audit(a) => audit::run(a).await,
         Command::Backup(a) => backup::run_backup(a).await,

@@ -92,6 +92,55 @@ impl Drop for Proc {
     }
 }
 
+/// The pinned Python MCP SDK the MCP tests use (`scripts/test.sh` installs it).
+pub const MCP_SDK: &str = "mcp==2.3.0";
+
+/// `tests/python/mcp_server.py`: a small MCP server on the official Python SDK (tools
+/// `add`, `echo`, `big`, `sleep`, `calls`, `last_key`).
+pub fn mcp_server_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/mcp_server.py")
+}
+
+/// That server over Streamable HTTP on `127.0.0.1:port/mcp`, behind a bearer token; killed
+/// when dropped.
+pub struct McpServer {
+    pub proc: Proc,
+    pub port: u16,
+    pub token: String,
+}
+
+impl McpServer {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/mcp", self.port)
+    }
+}
+
+/// Starts [`McpServer`] (its log in `dir`) once the SDK imports, and waits until it listens.
+pub fn start_mcp_server(dir: &Path) -> McpServer {
+    let import =
+        Command::new("python3").args(["-c", "import mcp.server.mcpserver, uvicorn"]).output().expect("python3");
+    assert!(
+        import.status.success(),
+        "the Python MCP SDK is not importable ({}): install it with `python3 -m pip install {MCP_SDK}` \
+         (scripts/test.sh does)",
+        String::from_utf8_lossy(&import.stderr).trim()
+    );
+    let port = free_port();
+    let token = format!("tok-{}-{}", std::process::id(), port);
+    let log = dir.join("mcp_server.log");
+    let out = std::fs::File::create(&log).expect("log");
+    let child = Command::new("python3")
+        .arg(mcp_server_script())
+        .args(["http", &port.to_string(), &token])
+        .stdout(Stdio::from(out.try_clone().expect("clone")))
+        .stderr(Stdio::from(out))
+        .spawn()
+        .expect("python3");
+    let server = McpServer { proc: Proc { child, log }, port, token };
+    wait_until(Duration::from_secs(30), "the MCP server listens", || TcpStream::connect(("127.0.0.1", port)).is_ok());
+    server
+}
+
 pub fn spawn(args: &[&str], log: &Path) -> Proc {
     let out = std::fs::File::create(log).expect("log file");
     let err = out.try_clone().expect("clone");

@@ -6,8 +6,10 @@ foreign Origin).
 
 Usage: mcp_client.py GATEWAY ADMIN_KEY LIMITED_KEY KNOWLEDGE_BASE
   LIMITED_KEY may use only the `echo` model. The gateway serves `echo` (builtin://echo)
-  and `minilm`, the knowledge base holds the document `lighthouse`, and the graph `tiny`
-  (input `word`, output `loud`) is registered.
+  and `minilm`, the knowledge base holds the document `lighthouse`, the graph `tiny`
+  (input `word`, output `loud`) is registered, and so is the prompt template `review`
+  ("Review this {{ language }} code:\n{{ code }}", `code` required, `language` optional,
+  described "Reviews code").
 Prints one line per check; exits non-zero on the first failure.
 """
 
@@ -174,6 +176,33 @@ async def graph_applied_later():
         check((r.structured_content or {}).get("outputs") == {"text": "n=2"}, "graph_later runs with its default", r.structured_content)
 
 
+async def prompts():
+    async with client(LIMITED, "auto") as c:
+        print("-- prompts (any key may read them)")
+        listed = {p.name: p for p in (await c.list_prompts(cache_mode="refresh")).prompts}
+        check("review" in listed, "prompts/list has the prompt template review", sorted(listed))
+        args = {a.name: a.required for a in listed["review"].arguments or []}
+        check(args == {"code": True, "language": False}, "review's arguments and which are required", args)
+        check(listed["review"].description == "Reviews code", "review's description", listed["review"].description)
+        r = await c.get_prompt("review", {"code": "fn main() {}", "language": "Rust"})
+        m = r.messages[0]
+        check(len(r.messages) == 1 and m.role == "user", "prompts/get: one user message", r.messages)
+        check(m.content.text == "Review this Rust code:\nfn main() {}", "prompts/get renders the arguments", m.content.text)
+        r = await c.get_prompt("review", {"code": "x = 1"})
+        check(r.messages[0].content.text == "Review this  code:\nx = 1", "an optional argument may be left out", r.messages[0].content.text)
+        for args, expect in (({}, "missing argument 'code'"), ({"code": "x", "tone": "kind"}, "takes no argument 'tone'")):
+            try:
+                await c.get_prompt("review", args)
+                check(False, f"prompts/get with {args} is refused")
+            except MCPError as e:
+                check(expect in str(e), f"prompts/get with {args} is refused: {expect}", str(e))
+        try:
+            await c.get_prompt("no-such-prompt", {})
+            check(False, "an unknown prompt is refused")
+        except MCPError as e:
+            check("no prompt named 'no-such-prompt'" in str(e), "an unknown prompt is refused", str(e))
+
+
 async def limited_key():
     async with client(LIMITED, "auto") as c:
         print("-- a key limited to the model echo")
@@ -191,6 +220,7 @@ async def main():
     await admin_session("auto")
     await admin_session("legacy")
     await graph_applied_later()
+    await prompts()
     await limited_key()
     print("all MCP checks passed")
 

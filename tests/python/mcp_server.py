@@ -1,7 +1,8 @@
 """A small MCP server on the official Python SDK (`mcp` 2.x, `MCPServer`) for
-tests/mcp_client.rs: tools `add(a: int, b: int)`, `echo(text)`, `big(n)` (n bytes of text),
-`sleep(seconds, pid_file)` and `calls()` (how many times `add` and `echo` ran: a refused call
-must not reach them).
+tests/mcp_client.rs and tests/graphs.rs: tools `add(a: int, b: int)`, `echo(text)`, `big(n)`
+(n bytes of text), `sleep(seconds, pid_file)`, `calls()` (how many times `add` and `echo`
+ran: a refused call must not reach them) and `last_key()` (the idempotency key in the `_meta`
+of the last `add` call).
 
 Usage: mcp_server.py http PORT TOKEN   Streamable HTTP at http://127.0.0.1:PORT/mcp; every
                                        request must carry `Authorization: Bearer TOKEN`
@@ -13,16 +14,27 @@ import os
 import anyio
 import sys
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 
 server = MCPServer("shoal-test-tools")
-CALLS = {"n": 0}
+CALLS = {"n": 0, "key": ""}
+KEY = "io.shoal/idempotency-key"
+
+
+def idempotency_key(ctx: Context) -> str:
+    meta = ctx.request_context.meta
+    if meta is None:
+        return ""
+    if isinstance(meta, dict):
+        return str(meta.get(KEY, ""))
+    return str((getattr(meta, "model_extra", None) or {}).get(KEY, getattr(meta, KEY, "")))
 
 
 @server.tool()
-def add(a: int, b: int) -> int:
+def add(a: int, b: int, ctx: Context) -> int:
     """Adds two integers."""
     CALLS["n"] += 1
+    CALLS["key"] = idempotency_key(ctx)
     return a + b
 
 
@@ -52,6 +64,12 @@ async def sleep(seconds: float, pid_file: str) -> str:
 def calls() -> int:
     """How many times add and echo ran."""
     return CALLS["n"]
+
+
+@server.tool()
+def last_key() -> str:
+    """The idempotency key of the last add call."""
+    return CALLS["key"]
 
 
 def bearer_only(app, token):

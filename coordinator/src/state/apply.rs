@@ -331,7 +331,7 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Outcome {
             None => Outcome::ignored("no such index shard"),
         },
         Command::PutGraph { name, definition, sha256, at_ms } => {
-            super::graphs::put_graph(&mut state.graphs, name, definition, sha256, *at_ms)
+            super::graphs::put_version(&mut state.graphs, name, definition, sha256, *at_ms)
         }
         Command::DeleteGraph { name } => match state.graphs.remove(name) {
             Some(_) => Outcome::Applied,
@@ -339,6 +339,9 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Outcome {
         },
         Command::StartRun(run) => super::graphs::start_run(&mut state.runs, &state.graphs, run),
         Command::FinishStep { run, step } => super::graphs::finish_step(&mut state.runs, run, step),
+        Command::RecordToolCall { run, step, call } => {
+            super::graphs::record_tool_call(&mut state.runs, run, step, call)
+        }
         Command::ForgetStep { run, step, output_sha256 } => {
             super::graphs::forget_step(&mut state.runs, run, step, output_sha256)
         }
@@ -371,6 +374,13 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Outcome {
         Command::RemoveMcpServer { name } => match state.mcp_servers.remove(name) {
             Some(_) => Outcome::Applied,
             None => Outcome::rejected("no such MCP server"),
+        },
+        Command::PutPrompt { name, definition, sha256, at_ms } => {
+            super::graphs::put_version(&mut state.prompts, name, definition, sha256, *at_ms)
+        }
+        Command::DeletePrompt { name } => match state.prompts.remove(name) {
+            Some(_) => Outcome::Applied,
+            None => Outcome::rejected("no such prompt"),
         },
     }
 }

@@ -13,7 +13,8 @@ mod types;
 
 pub use apply::apply;
 pub use graphs::{
-    DatabaseKind, DatabaseRecord, GraphRecord, GraphVersion, RunRecord, RunStatus, StepOutcome, StepRecord,
+    DatabaseKind, DatabaseRecord, GraphRecord, GraphVersion, PromptRecord, RunRecord, RunStatus, StepOutcome,
+    StepRecord, ToolCallRecord,
 };
 pub use knowledge::*;
 pub use mcp::{redact_url, McpHeader, McpServerRecord, McpTransport, REDACTED};

@@ -267,6 +267,8 @@ pub struct ClusterState {
     pub databases: BTreeMap<String, super::DatabaseRecord>,
     /// External MCP servers `mcp` graph steps call, by name.
     pub mcp_servers: BTreeMap<String, super::McpServerRecord>,
+    /// Prompt templates (served as MCP prompts) by name.
+    pub prompts: BTreeMap<String, super::PromptRecord>,
 }
 
 impl ClusterState {
@@ -498,6 +500,22 @@ pub enum Command {
     RemoveMcpServer {
         name: String,
     },
+    /// Commits an agent step's completed tool call (the next in order; see `RunRecord::calls`).
+    RecordToolCall {
+        run: String,
+        step: String,
+        call: Box<super::ToolCallRecord>,
+    },
+    /// Adds a version of a prompt template (the same definition again adds none).
+    PutPrompt {
+        name: String,
+        definition: String,
+        sha256: String,
+        at_ms: u64,
+    },
+    DeletePrompt {
+        name: String,
+    },
 }
 
 impl Command {
@@ -535,6 +553,9 @@ impl Command {
             Command::Noop => "noop",
             Command::AddMcpServer(_) => "add_mcp_server",
             Command::RemoveMcpServer { .. } => "remove_mcp_server",
+            Command::RecordToolCall { .. } => "record_tool_call",
+            Command::PutPrompt { .. } => "put_prompt",
+            Command::DeletePrompt { .. } => "delete_prompt",
         }
     }
 }

@@ -27,6 +27,9 @@ use tracing::{debug, info_span, Instrument};
 
 use crate::GatewayError;
 
+/// The `_meta` key of a tool call's idempotency key (`RUN/STEP`, or `RUN/STEP/CALL` for an
+/// agent step's call).
+pub const IDEMPOTENCY_KEY_META: &str = "io.shoal/idempotency-key";
 /// The largest output an `mcp` step keeps; a larger result fails the step.
 pub const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
 /// The largest message read from a server: the output's text and structured content may
@@ -165,10 +168,20 @@ impl Connection {
         self.client.list_all_tools().await.map_err(|e| self.fail(format!("listing its tools: {e}")))
     }
 
-    /// Calls `tool` with `arguments` (an object), as they are.
-    pub async fn call(&self, tool: &str, arguments: &Value) -> Result<CallToolResult, GatewayError> {
+    /// Calls `tool` with `arguments` (an object), as they are. The request's `_meta` carries
+    /// `idempotency_key` as [`IDEMPOTENCY_KEY_META`] (the same for every try of the same call
+    /// in a run), so a server can tell a call made again after a failover from a new one.
+    pub async fn call(
+        &self,
+        tool: &str,
+        arguments: &Value,
+        idempotency_key: &str,
+    ) -> Result<CallToolResult, GatewayError> {
         let mut params = CallToolRequestParams::new(tool.to_string());
         params.arguments = arguments.as_object().cloned();
+        let mut meta = rmcp::model::MetaObject::new();
+        meta.insert(IDEMPOTENCY_KEY_META.into(), json!(idempotency_key));
+        params.meta = Some(rmcp::model::RequestMetaObject(meta));
         self.client.call_tool(params).await.map_err(|e| {
             let hint = if e.to_string().contains("closed") {
                 format!(
@@ -216,6 +229,7 @@ pub async fn run_step(
     allow: &[String],
     tool: &str,
     arguments: &Value,
+    idempotency_key: &str,
 ) -> Result<Value, GatewayError> {
     let span = info_span!("mcp.call", server = %record.name, tool = %tool);
     async move {
@@ -232,7 +246,7 @@ pub async fn run_step(
             validate_arguments(&Value::Object((*found.input_schema).clone()), arguments).map_err(|e| {
                 fail(record, format!("invalid arguments for tool '{tool}': {e} (the tool was not called)"))
             })?;
-            let called = conn.call(tool, arguments).await?;
+            let called = conn.call(tool, arguments, idempotency_key).await?;
             let output = shape_output(&called);
             let size = serde_json::to_vec(&output).map(|b| b.len()).unwrap_or(usize::MAX);
             if size > MAX_OUTPUT_BYTES {

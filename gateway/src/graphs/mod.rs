@@ -2,6 +2,7 @@
 //! that executes runs durably on the raft leader's embedded gateway, and the step
 //! executor. The pure part (definitions, checks, the planner) is the `shoal-graph` crate.
 
+pub mod agent;
 pub mod events;
 pub mod mcp;
 pub mod runner;

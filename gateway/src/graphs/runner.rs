@@ -329,6 +329,7 @@ async fn drive(graphs: Arc<Graphs>, run_id: String) {
                         run: run_id.clone(),
                         models: Arc::new(key_models.clone()),
                         depth: 0,
+                        journal: true,
                     };
                     graphs.events.step_started(&run_id, &id, step.kind.name());
                     let scope = scope.clone();

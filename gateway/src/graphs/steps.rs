@@ -10,20 +10,22 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use serde_json::{json, Value};
 use shoal_coordinator::state::McpTransport;
-use shoal_graph::definition::{ClassifyMethod, Graph, Step, StepKind};
+use shoal_graph::definition::{
+    ClassifyMethod, Graph, Step, StepKind, AGENT_DEFAULT_TOKENS, AGENT_DEFAULT_TURNS, AGENT_MAX_TURNS,
+};
 use shoal_graph::expr::{eval, render, resolve, resolve_text};
 use shoal_graph::plan::{bind_inputs, next_steps, outputs, take_branch, with_item, Plan, StepResult, StepStatus};
 use shoal_protocol::{ChatTurn, OutputConstraint, Prompt, SamplingSettings};
 use shoal_recall::{MetadataFilter, SearchMode};
 
-use super::Graphs;
+use super::{agent, Graphs};
 use crate::retrieval::Search;
 use crate::router::GenEvent;
 
 /// Most bytes of an HTTP tool's answer that are read.
 pub const MAX_HTTP_BODY: u64 = 1024 * 1024;
 /// Sub-graphs nest at most this deep.
-const MAX_DEPTH: u32 = 8;
+pub const MAX_DEPTH: u32 = 8;
 
 /// A finished attempt: the output, and the parameters it ran with.
 pub struct Executed {
@@ -42,6 +44,9 @@ pub struct StepContext {
     /// Models the run's API key may use (empty: any).
     pub models: Arc<Vec<String>>,
     pub depth: u32,
+    /// Whether the step is one of the run's own (its agent calls are committed one by one);
+    /// false inside a map or a sub-graph, whose results are committed only as a whole.
+    pub journal: bool,
 }
 
 impl StepContext {
@@ -108,7 +113,7 @@ pub fn execute<'a>(cx: &'a StepContext, step: &'a Step, scope: &'a Value) -> Box
                     "temperature": sampling.temperature,
                     "max_tokens": sampling.max_tokens,
                 });
-                let (text, usage, ran_on) = chat(cx, &step.id, &model, turns, sampling).await?;
+                let (text, usage, ran_on) = generate(cx, &step.id, &model, Prompt::Chat(turns), sampling).await?;
                 let (reasoning_text, answer) = if *reasoning { split_reasoning(&text) } else { (String::new(), text) };
                 let mut output = json!({"text": answer.trim(), "usage": usage});
                 if *reasoning {
@@ -168,19 +173,7 @@ pub fn execute<'a>(cx: &'a StepContext, step: &'a Step, scope: &'a Value) -> Box
                                "score": h.score, "text": h.text, "chunk_id": h.chunk_id.to_string()})
                     })
                     .collect();
-                let context = found
-                    .hits
-                    .iter()
-                    .enumerate()
-                    .map(|(i, h)| {
-                        let text: String = h.text.chars().take(2000).collect();
-                        match &h.title {
-                            Some(t) if !t.is_empty() => format!("[{}] {t}: {}", i + 1, text.trim()),
-                            _ => format!("[{}] {}", i + 1, text.trim()),
-                        }
-                    })
-                    .collect::<Vec<_>>()
-                    .join("\n\n");
+                let context = recall_context(&found.hits);
                 Ok(Executed {
                     output: json!({"hits": hits, "context": context}),
                     inputs: json!({"knowledge_base": kb, "query": q, "top_k": k, "mode": mode}),
@@ -264,7 +257,8 @@ pub fn execute<'a>(cx: &'a StepContext, step: &'a Step, scope: &'a Value) -> Box
                 let record = cx.graphs.mcp_server(&name)?;
                 let tool = resolve_text(tool, scope)?;
                 let args = resolve(&Value::Object(arguments.clone().into_iter().collect()), scope)?;
-                let output = super::mcp::run_step(&record, &cx.graph.allow_hosts, &tool, &args)
+                let key = format!("{}/{}", cx.run, step.id);
+                let output = super::mcp::run_step(&record, &cx.graph.allow_hosts, &tool, &args, &key)
                     .await
                     .map_err(|e| e.to_string())?;
                 let at = match record.transport {
@@ -279,6 +273,40 @@ pub fn execute<'a>(cx: &'a StepContext, step: &'a Step, scope: &'a Value) -> Box
                     ran_on: format!("{} → mcp {name} ({at})", cx.graphs.here()),
                 })
             }
+            StepKind::Agent { model, prompt, system, tools, max_turns, max_tokens, temperature } => {
+                let model = resolve_text(model, scope)?;
+                cx.allow_model(&model)?;
+                let task = agent::Task {
+                    system: system.as_deref().map(|s| render(s, scope)).transpose()?,
+                    prompt: render(prompt, scope)?,
+                    max_turns: max_turns.unwrap_or(AGENT_DEFAULT_TURNS).clamp(1, AGENT_MAX_TURNS),
+                    max_tokens: max_tokens.unwrap_or(AGENT_DEFAULT_TOKENS).max(1),
+                };
+                let offered = agent::resolve_tools(cx, tools).await?;
+                let recorded = if cx.journal {
+                    cx.graphs.run(&cx.run).and_then(|r| r.calls.get(&step.id).cloned()).unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                let inputs = json!({
+                    "model": model, "system": task.system, "prompt": task.prompt,
+                    "tools": offered.iter().map(|t| t.name.clone()).collect::<Vec<_>>(),
+                    "max_turns": task.max_turns, "max_tokens": task.max_tokens,
+                });
+                let temperature = temperature.unwrap_or(0.0) as f32;
+                let mut io = agent::StepIo { cx, step: &step.id, model: model.clone(), temperature };
+                let done = agent::run_loop(&mut io, &task, &offered, recorded).await?;
+                Ok(Executed {
+                    output: json!({
+                        "text": done.text,
+                        "calls": agent::calls_json(&done.calls),
+                        "turns": done.turns,
+                        "usage": {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens},
+                    }),
+                    inputs,
+                    ran_on: format!("deployment {model}"),
+                })
+            }
             StepKind::Graph { graph, inputs } => {
                 if cx.depth >= MAX_DEPTH {
                     return Err(format!("sub-graphs nest more than {MAX_DEPTH} deep"));
@@ -288,7 +316,7 @@ pub fn execute<'a>(cx: &'a StepContext, step: &'a Step, scope: &'a Value) -> Box
                 let bound = bind_inputs(&sub, &given)
                     .map_err(|p| p.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("; "))?;
                 let sub = Arc::new(sub);
-                let inner = StepContext { graph: sub.clone(), depth: cx.depth + 1, ..cx.clone() };
+                let inner = StepContext { graph: sub.clone(), depth: cx.depth + 1, journal: false, ..cx.clone() };
                 let outs = run_inline(&inner, &sub, &bound).await?;
                 Ok(Executed {
                     output: json!({"outputs": outs}),
@@ -300,7 +328,7 @@ pub fn execute<'a>(cx: &'a StepContext, step: &'a Step, scope: &'a Value) -> Box
     })
 }
 
-fn sampling(temperature: f64, max_tokens: u32) -> SamplingSettings {
+pub(super) fn sampling(temperature: f64, max_tokens: u32) -> SamplingSettings {
     SamplingSettings {
         max_tokens,
         temperature: temperature as f32,
@@ -314,16 +342,32 @@ fn sampling(temperature: f64, max_tokens: u32) -> SamplingSettings {
     }
 }
 
-/// Generates on a chat deployment, forwarding tokens as run events.
-async fn chat(
+/// Numbered passages for a prompt: `[1] Title: text` (each at most 2,000 characters).
+pub fn recall_context(hits: &[shoal_recall::Hit]) -> String {
+    hits.iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let text: String = h.text.chars().take(2000).collect();
+            match &h.title {
+                Some(t) if !t.is_empty() => format!("[{}] {t}: {}", i + 1, text.trim()),
+                _ => format!("[{}] {}", i + 1, text.trim()),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
+
+/// Generates on a chat deployment, forwarding tokens as run events: the text, the usage
+/// (`prompt_tokens`, `completion_tokens`, `finish_reason`) and where it ran.
+pub(super) async fn generate(
     cx: &StepContext,
     step: &str,
     model: &str,
-    turns: Vec<ChatTurn>,
+    prompt: Prompt,
     sampling: SamplingSettings,
 ) -> Result<(String, Value, String), String> {
     cx.allow_model(model)?;
-    let mut rx = cx.graphs.router.generate(model.to_string(), Prompt::Chat(turns), sampling);
+    let mut rx = cx.graphs.router.generate(model.to_string(), prompt, sampling);
     let mut text = String::new();
     while let Some(ev) = rx.recv().await {
         match ev {
@@ -477,7 +521,7 @@ async fn classify_by_llm(
         system.push_str(&format!("\nExamples of {label}: {}", ex.join(" | ")));
     }
     let turns = vec![ChatTurn::new("system", system), ChatTurn::new("user", text)];
-    let (answer, _, ran_on) = chat(cx, step, model, turns, sampling(0.0, 16)).await?;
+    let (answer, _, ran_on) = generate(cx, step, model, Prompt::Chat(turns), sampling(0.0, 16)).await?;
     let lower = answer.to_lowercase();
     // The label named first in the answer.
     let found = labels
@@ -499,6 +543,7 @@ async fn map_items(
     parallelism: usize,
 ) -> Result<Vec<Value>, String> {
     use futures_util::stream::{self, StreamExt, TryStreamExt};
+    let cx = &StepContext { journal: false, ..cx.clone() };
     let futures = items.into_iter().enumerate().map(|(i, item)| {
         let sc = with_item(scope, &item, i);
         async move {

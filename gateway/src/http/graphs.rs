@@ -186,6 +186,7 @@ pub async fn start_run(
         steps: Default::default(),
         rerun_of: String::new(),
         key_id: caller_id.to_string(),
+        calls: Default::default(),
     };
     commit_run(gw, run).await.map(Ok)
 }
@@ -322,11 +323,16 @@ pub async fn run_json(gw: &GatewayState, run: &RunRecord) -> Value {
     let mut steps = Vec::new();
     for id in &order {
         let Some(s) = run.steps.get(id) else {
-            steps.push(json!({
+            let mut v = json!({
                 "id": id,
                 "status": if run.status == RunStatus::Running { "pending" } else { "not_run" },
                 "after": after(id),
-            }));
+            });
+            // An agent step's calls committed so far.
+            if let Some(calls) = run.calls.get(id) {
+                v["calls"] = crate::graphs::agent::calls_json(calls);
+            }
+            steps.push(v);
             continue;
         };
         let output = g.output_of(s).await.unwrap_or_else(|e| json!({"unavailable": e}));
@@ -465,6 +471,8 @@ pub async fn rerun(
         steps: kept,
         rerun_of: old.id.clone(),
         key_id: caller.id.clone(),
+        // Steps run again make their calls again.
+        calls: Default::default(),
         ..old
     };
     let run = commit_run(&gw, run).await?;

@@ -13,7 +13,10 @@
 //!   an `Origin` (every non-browser client) pass. See [`origin_allowed`].
 //! - **Tools:** `list_models`, `chat`, `recall`, and one `graph_<name>` per task graph, read
 //!   from the replicated state when the list is asked for (a graph applied later appears
-//!   without a restart). There are no prompts: the platform keeps no prompt templates.
+//!   without a restart).
+//! - **Prompts:** the registered prompt templates (`/v1/prompts`, `shoal prompt add`), each
+//!   with its arguments; `prompts/get` renders one (a missing or unknown argument is an
+//!   invalid-params error).
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -27,8 +30,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use rmcp::model::{
-    CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, JsonObject,
-    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
+    CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, GetPromptRequestParams,
+    GetPromptResponse, GetPromptResult, Implementation, JsonObject, ListPromptsResult, ListToolsResult,
+    PaginatedRequestParams, PromptMessage, Role, ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
 };
 use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
@@ -458,7 +462,7 @@ struct Shoal {
 
 impl ServerHandler for Shoal {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_prompts().build())
             .with_server_info(
                 Implementation::new("shoal", env!("CARGO_PKG_VERSION"))
                     .with_title("Shoal")
@@ -467,8 +471,61 @@ impl ServerHandler for Shoal {
             .with_instructions(
                 "Shoal serves models, knowledge bases and task graphs. list_models shows the models this key \
                  may use; chat generates with one; recall searches a knowledge base; each graph_<name> tool \
-                 runs a task graph with its declared inputs.",
+                 runs a task graph with its declared inputs. The prompts are the cluster's prompt templates.",
             )
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        caller_of(&context)?;
+        let prompts: Vec<rmcp::model::Prompt> = super::prompts::all(&self.gw)
+            .into_iter()
+            .map(|(_, p)| {
+                let arguments = p
+                    .effective_arguments()
+                    .into_iter()
+                    .map(|a| {
+                        let arg = rmcp::model::PromptArgument::new(a.name).with_required(a.required);
+                        if a.description.is_empty() {
+                            arg
+                        } else {
+                            arg.with_description(a.description)
+                        }
+                    })
+                    .collect();
+                let description = (!p.description.is_empty()).then(|| p.description.clone());
+                rmcp::model::Prompt::new(p.name, description, Some(arguments))
+            })
+            .collect();
+        // Prompts come and go with the replicated state, as graphs do.
+        Ok(ListPromptsResult::with_all_items(prompts).with_ttl_ms(0).with_cache_scope(CacheScope::Private))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        caller_of(&context)?;
+        let (_, p) =
+            super::prompts::prompt(&self.gw, &request.name).map_err(|e| ErrorData::invalid_params(e.message, None))?;
+        let args = request.arguments.unwrap_or_default();
+        let rendered = p.render(&args).map_err(|e| ErrorData::invalid_params(e, None))?;
+        let messages = rendered
+            .into_iter()
+            .map(|(role, text)| {
+                let role = if role == "assistant" { Role::Assistant } else { Role::User };
+                PromptMessage::new_text(role, text)
+            })
+            .collect();
+        let mut result = GetPromptResult::new(messages);
+        if !p.description.is_empty() {
+            result = result.with_description(p.description);
+        }
+        Ok(result.into())
     }
 
     async fn list_tools(

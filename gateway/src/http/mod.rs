@@ -16,6 +16,7 @@ pub mod mcp;
 pub mod mcp_servers;
 pub mod openai;
 pub mod prometheus;
+pub mod prompts;
 pub mod quota;
 pub mod rag;
 mod responses;
@@ -138,6 +139,9 @@ pub fn router(state: Arc<GatewayState>) -> Router {
         .route("/v1/mcp-servers", post(mcp_servers::add).get(mcp_servers::list))
         .route("/v1/mcp-servers/{name}", get(mcp_servers::get_one).delete(mcp_servers::remove))
         .route("/v1/mcp-servers/{name}/tools", get(mcp_servers::tools))
+        .route("/v1/prompts", post(prompts::apply).get(prompts::list))
+        .route("/v1/prompts/{name}", get(prompts::get_one).delete(prompts::delete))
+        .route("/v1/prompts/{name}/render", post(prompts::render))
         .route("/v1/audit", get(audit::list))
         .route("/v1/backup", get(backup::backup))
         .route("/v1/prometheus/targets", get(prometheus::targets))
