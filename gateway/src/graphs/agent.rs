@@ -34,6 +34,9 @@ use crate::tools::{self, CallParser, Piece, Reading};
 pub const MAX_RESULT_CHARS: usize = 8000;
 /// The most calls one model turn may make (more are answered with an error).
 pub const MAX_CALLS_PER_TURN: usize = 8;
+/// The most tokens a turn offered tools may generate (calls are short; a model repeating
+/// itself stops here). The last turn, asked for the answer, may use the rest of the budget.
+pub const MAX_TOOL_TURN_TOKENS: u32 = 512;
 
 /// A tool as the agent's model sees it, and what it calls.
 #[derive(Debug, Clone, PartialEq)]
@@ -105,13 +108,20 @@ pub struct Answered {
     pub completion_tokens: u32,
 }
 
+/// What an agent is told when its step gives no `system` message.
+pub const DEFAULT_SYSTEM: &str = "You are a helpful assistant with tools. Call a tool when you need \
+    information you do not have. Once the tool results answer the question, reply to the user with the \
+    answer in plain words, using those results, and call no more tools.";
+
+/// Asked of the last turn (without tools) once tools were called.
+pub const ANSWER_NOW: &str = "Now answer my question in plain words, using the tool results above. Do not call tools.";
+
 /// The conversation after `calls`: the system message and the task, then per model turn
 /// an assistant message with its calls followed by one `tool` message per result.
 pub fn conversation(task: &Task, calls: &[ToolCallRecord]) -> Vec<ChatTurn> {
     let mut turns = Vec::new();
-    if let Some(s) = task.system.as_deref().filter(|s| !s.trim().is_empty()) {
-        turns.push(ChatTurn::new("system", s.trim()));
-    }
+    let system = task.system.as_deref().filter(|s| !s.trim().is_empty()).unwrap_or(DEFAULT_SYSTEM);
+    turns.push(ChatTurn::new("system", system.trim()));
     turns.push(ChatTurn::new("user", task.prompt.clone()));
     let mut i = 0;
     while i < calls.len() {
@@ -134,11 +144,15 @@ pub fn conversation(task: &Task, calls: &[ToolCallRecord]) -> Vec<ChatTurn> {
 }
 
 /// The OpenAI `tools` entries for `tools`; `strict` where the schema can be enforced.
+/// Schema `title`s are left out of what the model is shown: SDKs title a tool's arguments
+/// (`addArguments`), and small models take that title for the tool's name.
 pub fn tool_entries(tools: &[AgentToolDef], strict: bool) -> Vec<Value> {
     tools
         .iter()
         .map(|t| {
-            let mut f = json!({"name": t.name, "description": t.description, "parameters": t.parameters});
+            let mut parameters = t.parameters.clone();
+            strip_titles(&mut parameters, 0);
+            let mut f = json!({"name": t.name, "description": t.description, "parameters": parameters});
             if strict && tools::schema::check_strict(&t.parameters).is_ok() {
                 f["strict"] = json!(true);
             }
@@ -159,6 +173,9 @@ pub async fn run_loop<Io: AgentIo>(
     let mut spent: u32 = calls.iter().map(|c| c.completion_tokens).sum();
     let mut prompt_tokens = 0u32;
     let names: Vec<String> = tools.iter().map(|t| t.name.clone()).collect();
+    // Set when the model only repeats calls it made, or writes a call it does not make:
+    // the next turn is asked for the answer, without tools.
+    let mut answer_now = false;
     loop {
         let remaining = task.max_tokens.saturating_sub(spent);
         if remaining == 0 {
@@ -170,11 +187,28 @@ pub async fn run_loop<Io: AgentIo>(
         }
         // The last turn allowed (or any turn after it, when resuming under a smaller bound)
         // is asked for the answer.
-        let offered = (turn + 1 < task.max_turns).then(|| tool_entries(tools, true));
-        let g = io.generate(conversation(task, &calls), offered.clone(), remaining).await?;
+        let offered = (!answer_now && turn + 1 < task.max_turns).then(|| tool_entries(tools, true));
+        let limit = if offered.is_some() { remaining.min(MAX_TOOL_TURN_TOKENS) } else { remaining };
+        let mut turns = conversation(task, &calls);
+        if offered.is_none() && !calls.is_empty() {
+            turns.push(ChatTurn::new("user", ANSWER_NOW));
+        }
+        let g = io.generate(turns, offered.clone(), limit).await?;
         spent = spent.saturating_add(g.completion_tokens);
         prompt_tokens = prompt_tokens.saturating_add(g.prompt_tokens);
-        let (text, made) = if offered.is_some() { read_calls(&g.text, &names) } else { (g.text.clone(), Vec::new()) };
+        let (text, mut made) =
+            if offered.is_some() { read_calls(&g.text, &names) } else { (g.text.clone(), Vec::new()) };
+        // The same call twice is a model repeating itself: it is made once, and a call made in
+        // an earlier turn is not made again (its result is in the conversation).
+        let asked = !made.is_empty();
+        let mut seen: std::collections::HashSet<(String, String)> =
+            calls.iter().map(|c| (c.name.clone(), c.arguments.clone())).collect();
+        made.retain(|(_, name, arguments)| seen.insert((name.clone(), arguments.clone())));
+        if made.is_empty() && offered.is_some() && (asked || mentions_call(&text, &names)) {
+            answer_now = true;
+            turn += 1;
+            continue;
+        }
         if made.is_empty() {
             return Ok(Answered {
                 text: text.trim().to_string(),
@@ -219,6 +253,15 @@ pub async fn run_loop<Io: AgentIo>(
         }
         turn += 1;
     }
+}
+
+/// Whether `text` holds a JSON object naming one of the tools (a call the model wrote but did
+/// not make: mixed with other text, or followed by a result it made up).
+fn mentions_call(text: &str, names: &[String]) -> bool {
+    text.char_indices().filter(|(_, c)| *c == '{').any(|(i, _)| {
+        let mut values = serde_json::Deserializer::from_str(&text[i..]).into_iter::<Value>();
+        matches!(values.next(), Some(Ok(v)) if v["name"].as_str().is_some_and(|n| names.iter().any(|x| x == n)))
+    })
 }
 
 /// The answer's text and the calls it makes (id, name, arguments as JSON text).
@@ -440,6 +483,31 @@ impl AgentIo for StepIo<'_> {
     }
 }
 
+/// Removes the `title` keyword from a schema and its subschemas (a property *named* `title`
+/// stays).
+fn strip_titles(schema: &mut Value, depth: usize) {
+    let Value::Object(map) = schema else { return };
+    if depth > 64 {
+        return;
+    }
+    map.remove("title");
+    for key in ["properties", "$defs", "definitions", "patternProperties"] {
+        if let Some(Value::Object(children)) = map.get_mut(key) {
+            children.values_mut().for_each(|c| strip_titles(c, depth + 1));
+        }
+    }
+    for key in ["items", "additionalProperties", "not"] {
+        if let Some(child) = map.get_mut(key) {
+            strip_titles(child, depth + 1);
+        }
+    }
+    for key in ["anyOf", "oneOf", "allOf", "prefixItems"] {
+        if let Some(Value::Array(list)) = map.get_mut(key) {
+            list.iter_mut().for_each(|c| strip_titles(c, depth + 1));
+        }
+    }
+}
+
 fn strip_strict(tools: &Value) -> Value {
     let mut v = tools.clone();
     if let Value::Array(list) = &mut v {
@@ -574,10 +642,11 @@ mod tests {
         // The third turn saw both calls and both results, paired by id.
         let last = &io.conversations[2];
         let roles: Vec<&str> = last.iter().map(|t| t.role.as_str()).collect();
-        assert_eq!(roles, ["user", "assistant", "tool", "assistant", "tool"]);
-        assert_eq!(last[1].tool_calls[0].id, last[2].tool_call_id);
-        assert!(!last[1].tool_calls[0].id.is_empty());
-        assert_eq!(last[4].content, "50");
+        assert_eq!(roles, ["system", "user", "assistant", "tool", "assistant", "tool"]);
+        assert_eq!(last[0].content, DEFAULT_SYSTEM);
+        assert_eq!(last[2].tool_calls[0].id, last[3].tool_call_id);
+        assert!(!last[2].tool_calls[0].id.is_empty());
+        assert_eq!(last[5].content, "50");
         assert_eq!(done.completion_tokens, (ADD_1.len() + ADD_2.len() + "The answer is 50.".len()) as u32);
     }
 
@@ -592,7 +661,7 @@ mod tests {
         let mut second = Script::new(&[ADD_2, "50"]);
         let done = block_on(run_loop(&mut second, &task(6, 1000), &tools(), first.recorded.clone())).expect("answered");
         assert_eq!(second.called, vec![("add".into(), json!({"a": 42, "b": 8}))], "call 0 was not made again");
-        assert_eq!(second.conversations[0].len(), 3, "user, the committed call, its result");
+        assert_eq!(second.conversations[0].len(), 4, "system, user, the committed call, its result");
         assert_eq!(done.calls.len(), 2);
         assert_eq!(done.calls[1].turn, 1);
         assert_eq!(done.turns, 3);
@@ -626,11 +695,50 @@ mod tests {
     }
 
     #[test]
+    fn a_call_repeated_in_one_turn_is_made_once() {
+        let twice: &'static str = "{\"name\": \"add\", \"arguments\": {\"a\": 1, \"b\": 2}}\n{\"name\": \"add\", \"arguments\": {\"a\": 1, \"b\": 2}}\n{\"name\": \"add\", \"arguments\": {\"a\": 2, \"b\": 2}}";
+        let mut io = Script::new(&[twice, "3 and 4"]);
+        let done = block_on(run_loop(&mut io, &task(6, 1000), &tools(), Vec::new())).expect("answered");
+        assert_eq!(io.called.len(), 2, "{:?}", io.called);
+        assert_eq!(done.calls.iter().map(|c| c.result.as_str()).collect::<Vec<_>>(), ["3", "4"]);
+    }
+
+    #[test]
+    fn repeated_or_unmade_calls_lead_to_the_answer_without_tools() {
+        // Turn 1 adds; turn 2 asks for the same call again: not made, the answer is asked for.
+        let mut io = Script::new(&[ADD_1, ADD_1, "42"]);
+        let done = block_on(run_loop(&mut io, &task(6, 1000), &tools(), Vec::new())).expect("answered");
+        assert_eq!((io.called.len(), done.text.as_str(), done.turns), (1, "42", 3));
+        assert_eq!(io.offered, vec![true, true, false]);
+        assert_eq!(io.conversations[2].last().map(|t| t.content.as_str()), Some(ANSWER_NOW));
+        // A call written among other text (with a result the model made up) is not made.
+        let mixed = "{\"name\": \"weather\", \"arguments\": {\"city\": \"Oslo\"}}\n{\"weather\": \"sunny\"}";
+        let mut io = Script::new(&[mixed, "It is sunny."]);
+        let done = block_on(run_loop(&mut io, &task(6, 1000), &tools(), Vec::new())).expect("answered");
+        assert_eq!((io.called.len(), done.text.as_str()), (0, "It is sunny."));
+        assert_eq!(io.offered, vec![true, false]);
+        assert!(!mentions_call("{\"name\": \"Ada\"} is not a tool", &["add".to_string()]));
+    }
+
+    #[test]
     fn an_answer_without_calls_ends_at_once() {
         let mut io = Script::new(&["Just 50."]);
         let done = block_on(run_loop(&mut io, &task(6, 1000), &tools(), Vec::new())).expect("answered");
         assert_eq!((done.text.as_str(), done.turns, done.calls.len()), ("Just 50.", 1, 0));
         assert!(io.called.is_empty());
+    }
+
+    #[test]
+    fn schema_titles_are_not_shown_to_the_model() {
+        let mut t = tools();
+        t[0].parameters = json!({"title": "addArguments", "type": "object",
+            "properties": {"a": {"title": "A", "type": "integer"}, "title": {"title": "Title", "type": "string"}}});
+        let shown = &tool_entries(&t, false)[0]["function"]["parameters"];
+        assert_eq!(
+            shown,
+            &json!({"type": "object", "properties": {"a": {"type": "integer"}, "title": {"type": "string"}}})
+        );
+        assert_eq!(t[0].parameters["title"], "addArguments", "the tool's own schema is kept for checking");
     }
 
     #[test]

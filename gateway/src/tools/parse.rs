@@ -116,10 +116,12 @@ impl CallParser {
         let mut out = Vec::new();
         if self.bare == Some(true) {
             self.bare = Some(false);
-            if let Some((name, arguments)) = self.read_call(unfenced(&self.held)) {
+            if let Some(calls) = self.read_bare_calls(unfenced(&self.held)) {
                 self.held.clear();
-                out.push(Piece::Call(ParsedCall { index: 0, id: call_id(), name, arguments }));
-                self.calls = 1;
+                for (name, arguments) in calls {
+                    out.push(Piece::Call(ParsedCall { index: self.calls, id: call_id(), name, arguments }));
+                    self.calls += 1;
+                }
                 return out;
             }
             // Not a bare call: read it as any answer.
@@ -177,9 +179,34 @@ impl CallParser {
         }
     }
 
+    /// An answer that is nothing but calls written as bare JSON objects (one, or several one
+    /// after the other, as small models write parallel calls; a last one cut off by the
+    /// token limit is dropped): their names and arguments. `None` when anything else is in
+    /// it.
+    fn read_bare_calls(&self, text: &str) -> Option<Vec<(String, String)>> {
+        let mut calls = Vec::new();
+        for v in serde_json::Deserializer::from_str(text.trim()).into_iter::<Value>() {
+            match v {
+                Ok(v) => calls.push(self.call_of(&v)?),
+                Err(e) if e.is_eof() && !calls.is_empty() => break,
+                Err(_) => return None,
+            }
+        }
+        if calls.is_empty() {
+            return None;
+        }
+        if self.single {
+            calls.truncate(1);
+        }
+        Some(calls)
+    }
+
     /// The name and compact arguments of a block's JSON, when it is a call to a known tool.
     fn read_call(&self, body: &str) -> Option<(String, String)> {
-        let v: Value = serde_json::from_str(body.trim()).ok()?;
+        self.call_of(&serde_json::from_str(body.trim()).ok()?)
+    }
+
+    fn call_of(&self, v: &Value) -> Option<(String, String)> {
         let name = v.get("name")?.as_str()?.to_string();
         if !self.names.contains(&name) {
             return None;
@@ -332,6 +359,22 @@ mod tests {
         let then_tagged = format!("{{}} {TWO_CALLS}");
         let (text, calls) = run(parser(), &[&then_tagged]);
         assert_eq!((text.as_str(), calls.len()), ("{} ", 2), "tagged calls after other JSON are still read");
+    }
+
+    #[test]
+    fn bare_calls_one_after_the_other_are_read_as_parallel_calls() {
+        let two = "{\"name\": \"add\", \"arguments\": {\"a\": 1, \"b\": 2}}\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}";
+        let (text, calls) = run(parser(), &[two]);
+        assert_eq!(text, "");
+        assert_eq!(calls.iter().map(|c| c.0.as_str()).collect::<Vec<_>>(), ["add", "get_weather"]);
+        // The last one cut off by the token limit is dropped; the complete ones stay.
+        let cut = format!("{two}\n{{\"name\": \"add\", \"arguments\": {{\"a\": 4");
+        assert_eq!(run(parser(), &[&cut]).1.len(), 2);
+        // One call only when parallel calls are off.
+        assert_eq!(run(CallParser::new(vec!["get_weather".into(), "add".into()], true, false), &[two]).1.len(), 1);
+        // Anything else among them: the whole answer is content.
+        let mixed = format!("{two}\n{{\"name\": \"Ada\"}}");
+        assert_eq!(run(parser(), &[&mixed]), (mixed.clone(), vec![]));
     }
 
     #[test]
