@@ -221,7 +221,7 @@ outputs: {loud: "${steps.up.text}"}
 #[test]
 fn graphs_on_one_process() {
     let dir = tempfile::tempdir().expect("tmp");
-    let up = start_up_models(dir.path());
+    let mut up = start_up_models(dir.path());
     let gw = format!("http://{}", up.http);
     let tool = Tool::start(3000);
     deploy_and_wait(&gw);
@@ -504,6 +504,37 @@ outputs: {{answer: "${{steps.solve.text}}", calls: "${{steps.solve.calls}}"}}
     let schema = get_json(&format!("{gw}/v1/graphs/schema")).expect("schema");
     assert!(schema.to_string().contains("\"recall\""));
     assert!(metric_sum(&gw, "shoal_graph_runs_total") >= 8.0);
+
+    // A crash in the middle of an agent step: `shoal up` is SIGKILLed as soon as the step's
+    // first call (a graph on a path that takes 3 s) is committed, and started again on the
+    // same data dir. The run goes on from the committed call, which is not made again.
+    let slow = forecast.replace("city-weather", "slow-weather").replace("/forecast?", "/slow/forecast?");
+    assert_eq!(apply(&gw, &slow).0, 201);
+    let crashy = "name: crashy\nsteps:\n  - id: solve\n    kind: agent\n    model: qwen2.5-coder-0.5b-instruct\n    \
+                  prompt: What is the weather in Oslo, and in Bergen?\n    tools: [{graph: slow-weather}]\n    max_turns: 4\n\
+                  outputs: {answer: '${steps.solve.text}'}\n";
+    assert_eq!(apply(&gw, crashy).0, 201);
+    let run_id = start_and_hang_up(&gw, "crashy");
+    let first_call = || -> Option<Value> {
+        let r = get_json(&format!("{gw}/v1/runs/{run_id}"))?;
+        let s = step(&r, "solve");
+        s["calls"].get(0).or_else(|| s["output"]["calls"].get(0)).cloned()
+    };
+    wait_until(Duration::from_secs(300), "the agent's first call is committed", || first_call().is_some());
+    let before = first_call().expect("a call");
+    up.crash_and_restart();
+    wait_until(Duration::from_secs(120), "shoal up serves again", || {
+        matches!(get(&format!("{gw}/readyz"), None), Some((200, _)))
+    });
+    wait_until(Duration::from_secs(400), "the agent's run finishes after the restart", || {
+        get_json(&format!("{gw}/v1/runs/{run_id}")).is_some_and(|r| r["status"] != "running")
+    });
+    let after = get_json(&format!("{gw}/v1/runs/{run_id}")).expect("run");
+    assert_eq!(after["status"], "succeeded", "{after:#}");
+    let calls = step(&after, "solve")["output"]["calls"].as_array().cloned().unwrap_or_default();
+    assert_eq!(calls.first(), Some(&before), "the committed call is kept as it was: {after:#}");
+    let city = before["arguments"]["city"].as_str().expect("a city").to_string();
+    assert_eq!(tool.count(&format!("/slow/forecast?city={city}")), 1, "the committed call was made again: {after:#}");
 }
 
 /// Starts a streaming run, reads its first event, and hangs up; the run's id.

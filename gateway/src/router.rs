@@ -301,6 +301,26 @@ impl Router {
         Err(last)
     }
 
+    /// Waits up to `within` for a ready replica of `deployment` serving `kind` (a replica
+    /// being placed or loaded, e.g. after a restart); an unknown model or a wrong kind is
+    /// answered at once, no replica after `within` with why.
+    pub async fn wait_ready(&self, deployment: &str, kind: EngineKind, within: Duration) -> Result<(), RouteError> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut changes = self.cluster.index_changes();
+        loop {
+            match self.targets(deployment, kind) {
+                Err(RouteError::NoReplica(why)) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(deployment, why = %why, "waiting for a ready replica");
+                    tokio::select! {
+                        _ = changes.changed() => {}
+                        _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    }
+                }
+                other => return other.map(|_| ()),
+            }
+        }
+    }
+
     /// Checks a generation request can be routed at all (unknown model, wrong kind, no replica).
     pub fn check_generate(&self, deployment: &str) -> Result<(), RouteError> {
         let r = self.targets(deployment, EngineKind::Generate).map(|_| ());

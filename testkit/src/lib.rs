@@ -294,6 +294,20 @@ pub struct Up {
     pub proc: Proc,
     pub http: SocketAddr,
     pub quic: SocketAddr,
+    /// Its command line (without the binary), to start it again.
+    pub args: Vec<String>,
+}
+
+impl Up {
+    /// SIGKILLs the process and starts it again on the same data dir and addresses (its log
+    /// is appended to the same file's sibling `up.N.log`).
+    pub fn crash_and_restart(&mut self) {
+        self.proc.kill();
+        let n = (1..).find(|n| !self.proc.log.with_extension(format!("{n}.log")).exists()).unwrap_or(1);
+        let log = self.proc.log.with_extension(format!("{n}.log"));
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.proc = spawn(&args, &log);
+    }
 }
 
 /// Starts `shoal up --models models` on free ports, its data dir and log under `dir`.
@@ -315,7 +329,7 @@ pub fn start_up(dir: &Path, models: &Path) -> Up {
         "--models",
         models.to_str().expect("utf8"),
     ];
-    Up { proc: spawn(&args, &dir.join("up.log")), http, quic }
+    Up { proc: spawn(&args, &dir.join("up.log")), http, quic, args: args.iter().map(|a| a.to_string()).collect() }
 }
 
 /// Starts `shoal join` for a node named `name` with its own data dir under `dir`.

@@ -15,7 +15,7 @@ use shoal_graph::definition::{
 };
 use shoal_graph::expr::{eval, render, resolve, resolve_text};
 use shoal_graph::plan::{bind_inputs, next_steps, outputs, take_branch, with_item, Plan, StepResult, StepStatus};
-use shoal_protocol::{ChatTurn, OutputConstraint, Prompt, SamplingSettings};
+use shoal_protocol::{ChatTurn, EngineKind, OutputConstraint, Prompt, SamplingSettings};
 use shoal_recall::{MetadataFilter, SearchMode};
 
 use super::{agent, Graphs};
@@ -132,6 +132,7 @@ pub fn execute<'a>(cx: &'a StepContext, step: &'a Step, scope: &'a Value) -> Box
                 let model = resolve_text(model, scope)?;
                 cx.allow_model(&model)?;
                 let text = resolve_text(input, scope)?;
+                wait_for_replica(cx, &model, EngineKind::Embed).await?;
                 let (mut vectors, _) =
                     cx.graphs.router.embed(&model, vec![text.clone()]).await.map_err(|e| e.to_string())?;
                 let vector = vectors.pop().unwrap_or_default();
@@ -342,6 +343,14 @@ pub(super) fn sampling(temperature: f64, max_tokens: u32) -> SamplingSettings {
     }
 }
 
+/// How long a model step waits for a replica that is being placed or loaded (after a restart,
+/// say) before it fails; the step's own timeout bounds it too.
+const REPLICA_WAIT: Duration = Duration::from_secs(180);
+
+async fn wait_for_replica(cx: &StepContext, model: &str, kind: EngineKind) -> Result<(), String> {
+    cx.graphs.router.wait_ready(model, kind, REPLICA_WAIT).await.map_err(|e| e.to_string())
+}
+
 /// Numbered passages for a prompt: `[1] Title: text` (each at most 2,000 characters).
 pub fn recall_context(hits: &[shoal_recall::Hit]) -> String {
     hits.iter()
@@ -367,6 +376,7 @@ pub(super) async fn generate(
     sampling: SamplingSettings,
 ) -> Result<(String, Value, String), String> {
     cx.allow_model(model)?;
+    wait_for_replica(cx, model, EngineKind::Generate).await?;
     let mut rx = cx.graphs.router.generate(model.to_string(), prompt, sampling);
     let mut text = String::new();
     while let Some(ev) = rx.recv().await {
@@ -498,6 +508,7 @@ async fn classify_by_examples(
             owners.push(label.clone());
         }
     }
+    wait_for_replica(cx, model, EngineKind::Embed).await?;
     let (vectors, _) = cx.graphs.router.embed(model, inputs).await.map_err(|e| e.to_string())?;
     let (query, rest) = vectors.split_first().ok_or("the embedding model returned nothing")?;
     let pairs: Vec<(String, Vec<f32>)> = owners.into_iter().zip(rest.iter().cloned()).collect();
