@@ -329,6 +329,10 @@ pub enum StepKind {
         max_tokens: Option<u32>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         temperature: Option<f64>,
+        /// `auto` (the default: the model decides) or `required` (its first turn must call a
+        /// tool, generated to the tools' schemas: for models that answer from memory).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tool_choice: Option<String>,
     },
     /// Runs another graph. Output: `outputs` (its outputs).
     Graph {
@@ -437,7 +441,7 @@ impl StepKind {
             "branch" => &["cases", "else"],
             "map" => &["over", "step", "parallelism"],
             "mcp" => &["server", "tool", "arguments"],
-            "agent" => &["model", "prompt", "system", "tools", "max_turns", "max_tokens", "temperature"],
+            "agent" => &["model", "prompt", "system", "tools", "max_turns", "max_tokens", "temperature", "tool_choice"],
             "graph" => &["graph", "inputs"],
             _ => &[],
         }

@@ -385,7 +385,10 @@ fn check_step(
                 check_mcp_server(g, catalog, name, &format!("{at}.server"), problems);
             }
         }
-        StepKind::Agent { model, tools, max_turns, max_tokens, temperature, .. } => {
+        StepKind::Agent { model, tools, max_turns, max_tokens, temperature, tool_choice, .. } => {
+            if tool_choice.as_deref().is_some_and(|c| c != "auto" && c != "required") {
+                problems.push(problem(format!("{at}.tool_choice"), "must be auto or required"));
+            }
             check_model(model, &catalog.chat_models, "chat", &format!("{at}.model"), problems);
             if tools.is_empty() {
                 problems.push(problem(format!("{at}.tools"), "an agent step needs at least one tool"));

@@ -65,6 +65,7 @@ steps:
     tools: [{mcp: calc}, {graph: helper}, {graph: missing}, {recall: nowhere}, {mcp: calc, graph: sum}, {tool: add}, {}]
     max_turns: 40
     max_tokens: 0
+    tool_choice: always
   - {id: b, kind: agent, model: qwen, prompt: hi, tools: []}
 outputs: {x: "${steps.a.answer}"}
 "#;
@@ -81,6 +82,7 @@ outputs: {x: "${steps.a.answer}"}
         "steps[0].tools[6]: give exactly one of mcp",
         "steps[0].max_turns: must be 1 to 32",
         "steps[0].max_tokens: must be at least 1",
+        "steps[0].tool_choice: must be auto or required",
         "steps[1].tools: an agent step needs at least one tool",
         "an agent step's output has no field `answer` (it has: text, calls, turns, usage)",
     ] {

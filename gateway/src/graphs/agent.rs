@@ -68,11 +68,14 @@ pub struct Generated {
 /// What the loop needs from the world.
 pub trait AgentIo {
     /// One model turn over `turns`, offered `tools` (OpenAI `tools` entries; `None`: the
-    /// answer is asked for, without tools), at most `max_tokens` generated.
+    /// answer is asked for, without tools), at most `max_tokens` generated. `required`: the
+    /// turn must call one of them (the answer then starts inside the call, its opening
+    /// written into the prompt).
     fn generate(
         &mut self,
         turns: Vec<ChatTurn>,
         tools: Option<Vec<Value>>,
+        required: bool,
         max_tokens: u32,
     ) -> impl std::future::Future<Output = Result<Generated, String>> + Send;
     /// Calls a tool with checked arguments (`index`: the call's position in the step, the
@@ -95,6 +98,8 @@ pub struct Task {
     pub prompt: String,
     pub max_turns: u32,
     pub max_tokens: u32,
+    /// The first turn must call a tool.
+    pub first_call_required: bool,
 }
 
 /// How the loop ended well.
@@ -193,11 +198,12 @@ pub async fn run_loop<Io: AgentIo>(
         if offered.is_none() && !calls.is_empty() {
             turns.push(ChatTurn::new("user", ANSWER_NOW));
         }
-        let g = io.generate(turns, offered.clone(), limit).await?;
+        let required = task.first_call_required && calls.is_empty() && offered.is_some();
+        let g = io.generate(turns, offered.clone(), required, limit).await?;
         spent = spent.saturating_add(g.completion_tokens);
         prompt_tokens = prompt_tokens.saturating_add(g.prompt_tokens);
         let (text, mut made) =
-            if offered.is_some() { read_calls(&g.text, &names) } else { (g.text.clone(), Vec::new()) };
+            if offered.is_some() { read_calls(&g.text, &names, required) } else { (g.text.clone(), Vec::new()) };
         // The same call twice is a model repeating itself: it is made once, and a call made in
         // an earlier turn is not made again (its result is in the conversation).
         let asked = !made.is_empty();
@@ -264,9 +270,10 @@ fn mentions_call(text: &str, names: &[String]) -> bool {
     })
 }
 
-/// The answer's text and the calls it makes (id, name, arguments as JSON text).
-fn read_calls(text: &str, names: &[String]) -> (String, Vec<(String, String, String)>) {
-    let mut parser = CallParser::new(names.to_vec(), false, false);
+/// The answer's text and the calls it makes (id, name, arguments as JSON text). `in_call`:
+/// the answer starts inside a call (its opening was in the prompt).
+fn read_calls(text: &str, names: &[String], in_call: bool) -> (String, Vec<(String, String, String)>) {
+    let mut parser = CallParser::new(names.to_vec(), in_call, in_call);
     let mut pieces = parser.push(text);
     pieces.extend(parser.finish());
     let mut said = String::new();
@@ -388,9 +395,11 @@ impl AgentIo for StepIo<'_> {
         &mut self,
         turns: Vec<ChatTurn>,
         offered: Option<Vec<Value>>,
+        required: bool,
         max_tokens: u32,
     ) -> Result<Generated, String> {
         let (tools_json, choice) = match &offered {
+            Some(entries) if required => (Some(Value::Array(entries.clone())), json!("required")),
             Some(entries) => (Some(Value::Array(entries.clone())), json!("auto")),
             None => (None, json!("none")),
         };
@@ -546,6 +555,7 @@ mod tests {
     struct Script {
         answers: VecDeque<&'static str>,
         offered: Vec<bool>,
+        required: Vec<bool>,
         conversations: Vec<Vec<ChatTurn>>,
         called: Vec<(String, Value)>,
         recorded: Vec<ToolCallRecord>,
@@ -557,6 +567,7 @@ mod tests {
             Script {
                 answers: answers.iter().copied().collect(),
                 offered: Vec::new(),
+                required: Vec::new(),
                 conversations: Vec::new(),
                 called: Vec::new(),
                 recorded: Vec::new(),
@@ -570,8 +581,10 @@ mod tests {
             &mut self,
             turns: Vec<ChatTurn>,
             tools: Option<Vec<Value>>,
+            required: bool,
             _max: u32,
         ) -> Result<Generated, String> {
+            self.required.push(required);
             self.offered.push(tools.is_some());
             self.conversations.push(turns);
             let text = self.answers.pop_front().ok_or("the script ran out")?.to_string();
@@ -615,7 +628,13 @@ mod tests {
     }
 
     fn task(max_turns: u32, max_tokens: u32) -> Task {
-        Task { system: None, prompt: "What is (17 + 25) + 8?".into(), max_turns, max_tokens }
+        Task {
+            system: None,
+            prompt: "What is (17 + 25) + 8?".into(),
+            max_turns,
+            max_tokens,
+            first_call_required: false,
+        }
     }
 
     const ADD_1: &str = "<tool_call>\n{\"name\": \"add\", \"arguments\": {\"a\": 17, \"b\": 25}}\n</tool_call>";
@@ -718,6 +737,17 @@ mod tests {
         assert_eq!((io.called.len(), done.text.as_str()), (0, "It is sunny."));
         assert_eq!(io.offered, vec![true, false]);
         assert!(!mentions_call("{\"name\": \"Ada\"} is not a tool", &["add".to_string()]));
+    }
+
+    #[test]
+    fn a_required_first_call_is_read_from_inside_the_call() {
+        // With the call's opening in the prompt, the answer is the rest of the call.
+        let inside: &'static str = "{\"name\": \"add\", \"arguments\": {\"a\": 2, \"b\": 3}}\n</tool_call>";
+        let mut io = Script::new(&[inside, "5"]);
+        let t = Task { first_call_required: true, ..task(6, 1000) };
+        let done = block_on(run_loop(&mut io, &t, &tools(), Vec::new())).expect("answered");
+        assert_eq!(io.required, vec![true, false], "only the first turn must call");
+        assert_eq!((io.called.len(), done.text.as_str()), (1, "5"));
     }
 
     #[test]

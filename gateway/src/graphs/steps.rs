@@ -274,7 +274,7 @@ pub fn execute<'a>(cx: &'a StepContext, step: &'a Step, scope: &'a Value) -> Box
                     ran_on: format!("{} → mcp {name} ({at})", cx.graphs.here()),
                 })
             }
-            StepKind::Agent { model, prompt, system, tools, max_turns, max_tokens, temperature } => {
+            StepKind::Agent { model, prompt, system, tools, max_turns, max_tokens, temperature, tool_choice } => {
                 let model = resolve_text(model, scope)?;
                 cx.allow_model(&model)?;
                 let task = agent::Task {
@@ -282,6 +282,7 @@ pub fn execute<'a>(cx: &'a StepContext, step: &'a Step, scope: &'a Value) -> Box
                     prompt: render(prompt, scope)?,
                     max_turns: max_turns.unwrap_or(AGENT_DEFAULT_TURNS).clamp(1, AGENT_MAX_TURNS),
                     max_tokens: max_tokens.unwrap_or(AGENT_DEFAULT_TOKENS).max(1),
+                    first_call_required: tool_choice.as_deref() == Some("required"),
                 };
                 let offered = agent::resolve_tools(cx, tools).await?;
                 let recorded = if cx.journal {
