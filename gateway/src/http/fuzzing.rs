@@ -32,6 +32,7 @@ pub const ROUTES: &[&str] = &[
     "POST /v1/tokens",
     "POST /v1/coordinators",
     "POST /v1/keys",
+    "POST /v1/prompts",
 ];
 
 /// Content types a `PUT …/documents/{id}` body is tried as (the first body byte picks one).
@@ -42,6 +43,17 @@ const CONTENT_TYPES: &[Option<&str>] =
 /// Returns whether the body would get past the checks (the rest needs the cluster).
 pub fn check_body(route: u8, body: &[u8]) -> bool {
     match route as usize % ROUTES.len() {
+        // A prompt template (YAML or JSON), checked, then rendered with every argument set to
+        // the definition's own text (bounded by the template fuel and the output cap).
+        11 => std::str::from_utf8(body).ok().and_then(|t| shoal_graph::prompt::parse_prompt(t).ok()).is_some_and(|p| {
+            let args: serde_json::Map<String, serde_json::Value> = p
+                .effective_arguments()
+                .into_iter()
+                .map(|a| (a.name, serde_json::Value::String(String::from_utf8_lossy(body).into_owned())))
+                .collect();
+            let _ = p.render(&args);
+            true
+        }),
         0 => parse::<ChatRequest>(body).is_some_and(|req| {
             let turns = chat_turns(&req.messages);
             let sampling = req.sampling.settings();
@@ -214,6 +226,10 @@ pub fn example_bodies() -> Vec<(u8, Vec<u8>)> {
         (8, json(serde_json::json!({"ttl_seconds": 600, "description": "node"}))),
         (9, json(serde_json::json!({"id": 2, "quic": "127.0.0.1:7001", "http": "127.0.0.1:8001"}))),
         (10, json(serde_json::json!({"name": "ci", "scope": "user", "models": ["smollm2"], "rate_per_s": 5}))),
+        (
+            11,
+            b"name: review\ndescription: Reviews code\nmessages:\n  - {role: user, content: \"Review {{ code }}{% if lang %} ({{ lang }}){% endif %}\"}\n  - {role: assistant, content: Sure.}\narguments: [{name: code}, {name: lang, required: false}]\n".to_vec(),
+        ),
     ]
 }
 
