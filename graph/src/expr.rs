@@ -16,7 +16,8 @@ fn environment() -> Environment<'static> {
     env
 }
 
-fn one_line(e: &minijinja::Error) -> String {
+/// A minijinja error on one line: its kind and detail.
+pub(crate) fn one_line(e: &minijinja::Error) -> String {
     let mut s = e.kind().to_string();
     if let Some(d) = e.detail() {
         s.push_str(": ");

@@ -10,6 +10,8 @@
 use std::collections::BTreeSet;
 
 use minijinja::{Environment, UndefinedBehavior};
+
+use crate::expr::one_line;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -71,15 +73,6 @@ fn environment() -> Environment<'static> {
     env.set_undefined_behavior(UndefinedBehavior::Lenient);
     env.set_fuel(Some(FUEL));
     env
-}
-
-fn one_line(e: &minijinja::Error) -> String {
-    let mut s = e.kind().to_string();
-    if let Some(d) = e.detail() {
-        s.push_str(": ");
-        s.push_str(d);
-    }
-    s
 }
 
 fn is_name(s: &str) -> bool {

@@ -156,7 +156,7 @@ pub fn tool_entries(tools: &[AgentToolDef], strict: bool) -> Vec<Value> {
         .iter()
         .map(|t| {
             let mut parameters = t.parameters.clone();
-            strip_titles(&mut parameters, 0);
+            strip_titles(&mut parameters);
             let mut f = json!({"name": t.name, "description": t.description, "parameters": parameters});
             if strict && tools::schema::check_strict(&t.parameters).is_ok() {
                 f["strict"] = json!(true);
@@ -494,27 +494,10 @@ impl AgentIo for StepIo<'_> {
 
 /// Removes the `title` keyword from a schema and its subschemas (a property *named* `title`
 /// stays).
-fn strip_titles(schema: &mut Value, depth: usize) {
-    let Value::Object(map) = schema else { return };
-    if depth > 64 {
-        return;
-    }
-    map.remove("title");
-    for key in ["properties", "$defs", "definitions", "patternProperties"] {
-        if let Some(Value::Object(children)) = map.get_mut(key) {
-            children.values_mut().for_each(|c| strip_titles(c, depth + 1));
-        }
-    }
-    for key in ["items", "additionalProperties", "not"] {
-        if let Some(child) = map.get_mut(key) {
-            strip_titles(child, depth + 1);
-        }
-    }
-    for key in ["anyOf", "oneOf", "allOf", "prefixItems"] {
-        if let Some(Value::Array(list)) = map.get_mut(key) {
-            list.iter_mut().for_each(|c| strip_titles(c, depth + 1));
-        }
-    }
+fn strip_titles(schema: &mut Value) {
+    super::mcp::for_each_schema(schema, 0, &mut |map| {
+        map.remove("title");
+    });
 }
 
 fn strip_strict(tools: &Value) -> Value {

@@ -295,7 +295,7 @@ pub fn shape_output(result: &CallToolResult) -> Value {
 pub fn validate_arguments(schema: &Value, arguments: &Value) -> Result<(), String> {
     super::steps::check_schema(schema, arguments)?;
     let mut open = schema.clone();
-    open_objects(&mut open, 0);
+    open_objects(&mut open);
     let Ok(grammar) = JsonGrammar::compile(&open) else {
         return Ok(());
     };
@@ -317,31 +317,35 @@ pub fn validate_arguments(schema: &Value, arguments: &Value) -> Result<(), Strin
 /// JSON Schema lets an object have properties it does not list unless
 /// `additionalProperties` says otherwise; the engine's matcher is strict by default, so the
 /// default is written out before compiling.
-fn open_objects(s: &mut Value, depth: usize) {
-    let Value::Object(map) = s else { return };
+fn open_objects(schema: &mut Value) {
+    for_each_schema(schema, 0, &mut |map| {
+        if map.contains_key("properties") && !map.contains_key("additionalProperties") {
+            map.insert("additionalProperties".into(), Value::Bool(true));
+        }
+    });
+}
+
+/// Calls `f` on a schema object and then on each of its subschemas (properties,
+/// definitions, items, alternatives…), at most 64 deep.
+pub fn for_each_schema(schema: &mut Value, depth: usize, f: &mut impl FnMut(&mut serde_json::Map<String, Value>)) {
+    let Value::Object(map) = schema else { return };
     if depth > 64 {
         return;
     }
-    if map.contains_key("properties") && !map.contains_key("additionalProperties") {
-        map.insert("additionalProperties".into(), Value::Bool(true));
-    }
+    f(map);
     for key in ["properties", "$defs", "definitions", "patternProperties"] {
         if let Some(Value::Object(children)) = map.get_mut(key) {
-            for child in children.values_mut() {
-                open_objects(child, depth + 1);
-            }
+            children.values_mut().for_each(|c| for_each_schema(c, depth + 1, f));
         }
     }
     for key in ["items", "additionalProperties", "not"] {
         if let Some(child) = map.get_mut(key) {
-            open_objects(child, depth + 1);
+            for_each_schema(child, depth + 1, f);
         }
     }
     for key in ["anyOf", "oneOf", "allOf", "prefixItems"] {
         if let Some(Value::Array(list)) = map.get_mut(key) {
-            for child in list {
-                open_objects(child, depth + 1);
-            }
+            list.iter_mut().for_each(|c| for_each_schema(c, depth + 1, f));
         }
     }
 }
