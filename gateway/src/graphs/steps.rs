@@ -20,7 +20,7 @@ use shoal_recall::{MetadataFilter, SearchMode};
 
 use super::{agent, Graphs};
 use crate::retrieval::Search;
-use crate::router::GenEvent;
+use crate::router::{GenEvent, RouteError};
 
 /// Most bytes of an HTTP tool's answer that are read.
 pub const MAX_HTTP_BODY: u64 = 1024 * 1024;
@@ -377,25 +377,41 @@ pub(super) async fn generate(
     sampling: SamplingSettings,
 ) -> Result<(String, Value, String), String> {
     cx.allow_model(model)?;
-    wait_for_replica(cx, model, EngineKind::Generate).await?;
-    let mut rx = cx.graphs.router.generate(model.to_string(), prompt, sampling);
-    let mut text = String::new();
-    while let Some(ev) = rx.recv().await {
-        match ev {
-            GenEvent::Started { .. } => {}
-            GenEvent::Delta { text: t, .. } => {
-                cx.graphs.events.token(&cx.run, step, &t);
-                text.push_str(&t);
+    let give_up = tokio::time::Instant::now() + REPLICA_WAIT;
+    loop {
+        wait_for_replica(cx, model, EngineKind::Generate).await?;
+        let mut rx = cx.graphs.router.generate(model.to_string(), prompt.clone(), sampling.clone());
+        let mut text = String::new();
+        let failed = loop {
+            match rx.recv().await {
+                Some(GenEvent::Started { .. }) => {}
+                Some(GenEvent::Delta { text: t, .. }) => {
+                    cx.graphs.events.token(&cx.run, step, &t);
+                    text.push_str(&t);
+                }
+                Some(GenEvent::Done { finish, prompt_tokens, completion_tokens }) => {
+                    let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "finish_reason": finish.as_str()});
+                    return Ok((text, usage, format!("deployment {model}")));
+                }
+                Some(GenEvent::Failed(e)) => break e,
+                None => return Err("the generation ended without an answer".into()),
             }
-            GenEvent::Done { finish, prompt_tokens, completion_tokens } => {
-                let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "finish_reason": finish.as_str()});
-                return Ok((text, usage, format!("deployment {model}")));
-            }
-            GenEvent::Failed(e) => return Err(e.to_string()),
+        };
+        // A replica the view still calls ready may not be loaded yet (the view is older than
+        // a node's restart): before any token, try again until the replica wait is spent.
+        let retry = text.is_empty()
+            && matches!(failed, RouteError::NoReplica(_))
+            && tokio::time::Instant::now() + REPLICA_RETRY_PAUSE < give_up;
+        if !retry {
+            return Err(failed.to_string());
         }
+        tracing::debug!(model, error = %failed, "no replica answered yet; trying again");
+        tokio::time::sleep(REPLICA_RETRY_PAUSE).await;
     }
-    Err("the generation ended without an answer".into())
 }
+
+/// The pause before a model step tries again after every replica refused it.
+const REPLICA_RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 /// `(reasoning, answer)` of a chain-of-thought answer: `<think>…</think>` then the answer.
 pub fn split_reasoning(text: &str) -> (String, String) {
