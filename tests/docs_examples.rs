@@ -236,12 +236,13 @@ fn every_documented_example_runs_as_written() {
             .iter()
             .all(|m| ready_replicas(&gateway, m) == 1)
     });
-    // A second node, joined as the README describes, so that two-copy examples have room.
+    // A second node, joined as the README describes, so that two-copy examples have room; it
+    // runs stdio MCP servers, as docs/graphs.md asks of one node.
     let out = run(&["token", "create", "--gateway", &gateway]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let field = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string());
     let (token, hash) = (field("token:").expect("token"), field("ca-hash:").expect("ca hash"));
-    let _second = join_at(&quic.to_string(), tmp.path(), "second", Some((&token, &hash)), &[]);
+    let _second = join_at(&quic.to_string(), tmp.path(), "second", Some((&token, &hash)), &["--mcp-stdio"]);
     wait_until(Duration::from_secs(60), "the second node is ready", || {
         get_json(&format!("{gateway}/v1/nodes"))
             .and_then(|v| v["nodes"].as_array().cloned())

@@ -7,8 +7,9 @@
 //! arguments come from its inputs; a graph without the server's host in `allow_hosts`
 //! refused at apply; arguments of the wrong type, an unknown tool and an output over the
 //! cap failing the step (the first two without the tool being called: the server counts
-//! calls); a stdio server started with a cleared environment, and killed when its call
-//! times out; `shoal mcp rm`.
+//! calls); a stdio server refused while no node runs them, then started by a node joined
+//! with `--mcp-stdio` (the node process is its parent) with a cleared environment, and
+//! killed when its call times out; `shoal mcp rm`.
 
 mod support;
 
@@ -35,6 +36,19 @@ fn apply(gw: &str, yaml: &str) -> (u16, Value) {
     let status = resp.status().as_u16();
     let text = resp.body_mut().read_to_string().unwrap_or_default();
     (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+/// `shoal token create`: (token, CA hash).
+fn token_and_hash(gw: &str) -> (String, String) {
+    let (ok, out) = shoal(gw, &["token", "create"]);
+    assert!(ok, "{out}");
+    let field = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("no {name} in {out}"))
+    };
+    (field("token:"), field("ca-hash:"))
 }
 
 fn run_graph(gw: &str, name: &str, inputs: Value) -> Value {
@@ -181,10 +195,21 @@ outputs: {{sum: "${{steps.add.text}}"}}
     let r = run_graph(&gw, "big", json!({"n": 20_000}));
     assert_eq!(r["status"], "succeeded", "an output over 8 KiB (kept as an artifact) is fine: {r}");
 
-    // A stdio server: started on the gateway's host with nothing of its environment but PATH.
+    // A stdio server runs on a node started with --mcp-stdio, and on no other: `shoal up`'s
+    // own node was not, so it is refused until one that is joins.
     let command = format!("python3 {} stdio", mcp_server_script().display());
     let (ok, out) = shoal(&gw, &["mcp", "add", "local", "--command", &command, "--description", "stdio tools"]);
-    assert!(ok && out.contains("echo"), "{out}\n{}", log_tail());
+    assert!(!ok && out.contains("no node runs stdio MCP servers") && out.contains("--mcp-stdio"), "{out}");
+    let (join_token, ca_hash) = token_and_hash(&gw);
+    let tools_node =
+        join_at(&up.quic.to_string(), dir.path(), "tools", Some((&join_token, &ca_hash)), &["--mcp-stdio"]);
+    wait_until(Duration::from_secs(60), "the tools node is ready", || {
+        get_json(&format!("{gw}/v1/nodes")).is_some_and(|v| {
+            v["nodes"].as_array().into_iter().flatten().any(|n| n["name"] == "tools" && n["mcp_stdio"] == true)
+        })
+    });
+    let (ok, out) = shoal(&gw, &["mcp", "add", "local", "--command", &command, "--description", "stdio tools"]);
+    assert!(ok && out.contains("echo"), "{out}\n{}\n{}", log_tail(), tools_node.log_text());
     let stdio = "name: local\ninputs: {text: {type: string}}\nsteps:\n  - {id: e, kind: mcp, server: local, tool: echo, arguments: {text: \"${inputs.text}\"}}\n\
                  outputs: {echo: \"${steps.e.json}\"}\n";
     let (s, v) = apply(&gw, stdio);
@@ -195,6 +220,8 @@ outputs: {{sum: "${{steps.add.text}}"}}
     let env: Vec<&str> =
         r["outputs"]["echo"]["env"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
     assert!(env.contains(&"PATH") && !env.contains(&"SHOAL_API_KEY"), "a cleared environment plus PATH: {env:?}");
+    assert_eq!(r["outputs"]["echo"]["ppid"], tools_node.child.id(), "the node process started it: {r}");
+    assert!(step(&r, "e")["ran_on"].as_str().unwrap_or("").contains("node tools"), "{r}");
 
     // A call past its step's timeout fails the step, and the stdio server is killed.
     let pid_file = dir.path().join("sleeper.pid");

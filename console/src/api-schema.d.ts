@@ -3618,7 +3618,7 @@ export interface paths {
                         headers?: {
                             [key: string]: string;
                         };
-                        /** @description a stdio server's command line, run on the gateway host that executes the step (cleared environment plus PATH) */
+                        /** @description a stdio server's command line, run for each call on a node started with --mcp-stdio (the first such node by name; cleared environment plus PATH) */
                         command?: string;
                         description?: string;
                     };
@@ -4589,6 +4589,8 @@ export interface components {
             labels?: {
                 [key: string]: string;
             };
+            /** @description whether the node runs stdio MCP servers (started with --mcp-stdio) */
+            mcp_stdio?: boolean;
             capacity: {
                 cpu_cores: number;
                 memory_total_bytes: number;

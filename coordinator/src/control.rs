@@ -160,8 +160,9 @@ impl ControlPlane {
                 | Request::IndexSearch { .. }
                 | Request::IndexExport { .. }
                 | Request::StageForward(_)
-                | Request::StageRelease { .. } => {
-                    stream.refuse(RefusalCode::BadRequest, "models run on nodes; send this to a node").await
+                | Request::StageRelease { .. }
+                | Request::McpStdio { .. } => {
+                    stream.refuse(RefusalCode::BadRequest, "models and tools run on nodes; send this to a node").await
                 }
             }
         }
@@ -287,6 +288,7 @@ impl ControlPlane {
             labels: r.labels,
             metrics: r.metrics,
             incarnation: r.incarnation,
+            mcp_stdio: r.mcp_stdio,
             at_ms: self.clock.unix_ms(),
         };
         let generation = match self.writer.command(cmd).await {

@@ -115,6 +115,7 @@ mod tests {
                 labels: vec![],
                 metrics: String::new(),
                 incarnation: 1,
+                mcp_stdio: false,
                 at_ms: 0,
             },
         );

@@ -478,6 +478,7 @@ pub(crate) mod tests {
             state: NodeState::Ready,
             generation: 1,
             incarnation: 1,
+            mcp_stdio: false,
             joined_at_ms: 0,
             state_changed_at_ms: 0,
         }
@@ -653,6 +654,7 @@ pub(crate) mod tests {
             labels: vec![],
             metrics: String::new(),
             incarnation,
+            mcp_stdio: false,
             at_ms: 9,
         };
         let (same, other) = (up(1), up(2));
@@ -810,6 +812,7 @@ pub(crate) mod tests {
             labels: vec![],
             metrics: String::new(),
             incarnation: 7,
+            mcp_stdio: false,
             at_ms: 10,
         };
         assert_eq!(apply(&mut s, &up), Outcome::NodeUp { generation: 2 });

@@ -102,6 +102,7 @@ fn command(op: &Op) -> Option<Command> {
             labels: vec![],
             metrics: String::new(),
             incarnation: 0,
+            mcp_stdio: false,
             at_ms: 0,
         }),
         Op::Dead(k, g) => Some(Command::NodeDead { id: k.to_string(), generation: *g, at_ms: 0 }),

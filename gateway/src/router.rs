@@ -75,6 +75,17 @@ pub fn not_ready_reason(state: &ClusterState, deployment: &str) -> String {
     }
 }
 
+/// A stdio MCP server started on a node: the stream that carries its stdin (`Chunk`
+/// frames) and its stdout (`StdioOut`, then `StdioExited`).
+pub struct StdioSession {
+    pub sender: shoal_protocol::quic::ClientSender,
+    pub receiver: shoal_protocol::quic::ClientReceiver,
+    /// The node's name.
+    pub node: String,
+    /// The server's process id there.
+    pub pid: u32,
+}
+
 /// How many replicas one request may try.
 const MAX_ATTEMPTS: usize = 4;
 /// The longest a replica may stay silent before it is given up on.
@@ -319,6 +330,69 @@ impl Router {
                 other => return other.map(|_| ()),
             }
         }
+    }
+
+    /// Starts stdio MCP server `server` (`command`) on a node started with `--mcp-stdio`,
+    /// trying them in [`crate::routing::stdio_hosts`] order until one has started it or
+    /// `deadline` passes.
+    pub async fn start_stdio(
+        &self,
+        server: &str,
+        command: &[String],
+        deadline: tokio::time::Instant,
+    ) -> Result<StdioSession, String> {
+        let hosts: Vec<(String, Option<SocketAddr>)> = {
+            let state = self.cluster.state().read().unwrap_or_else(|p| p.into_inner());
+            let nodes: Vec<&crate::state::NodeRecord> = state.nodes.values().collect();
+            let seen: Vec<crate::routing::ToolHost<'_>> = nodes
+                .iter()
+                .map(|n| crate::routing::ToolHost {
+                    name: &n.name,
+                    ready: n.state == crate::state::NodeState::Ready,
+                    mcp_stdio: n.mcp_stdio,
+                    draining: self.cluster.is_draining(&n.id),
+                })
+                .collect();
+            crate::routing::stdio_hosts(&seen)
+                .into_iter()
+                .map(|i| (nodes[i].name.clone(), nodes[i].address.parse().ok()))
+                .collect()
+        };
+        if hosts.is_empty() {
+            return Err("no node runs stdio MCP servers: start one with `shoal join --mcp-stdio` \
+                        (or `shoal up --mcp-stdio`)"
+                .into());
+        }
+        let request = Request::McpStdio { server: server.to_string(), command: command.to_vec() };
+        let mut failures = Vec::new();
+        for (node, addr) in hosts {
+            let Some(addr) = addr else {
+                failures.push(format!("node {node}: no address"));
+                continue;
+            };
+            let started = async {
+                let mut stream = self.pool.send(addr, NODE_SERVER_NAME, &request).await.map_err(|e| e.to_string())?;
+                match stream.recv().await {
+                    Ok(Response::StdioStarted { pid }) => Ok((stream, pid)),
+                    Ok(Response::Refused { message, .. }) => Err(message),
+                    Ok(other) => Err(format!("answered {other:?}")),
+                    Err(e) => Err(e.to_string()),
+                }
+            };
+            match tokio::time::timeout_at(deadline, started).await {
+                Ok(Ok((stream, pid))) => {
+                    debug!(server, node = %node, pid, "stdio MCP server started");
+                    let (sender, receiver) = stream.split();
+                    return Ok(StdioSession { sender, receiver, node, pid });
+                }
+                Ok(Err(why)) => failures.push(format!("node {node}: {why}")),
+                Err(_) => {
+                    failures.push(format!("node {node}: no answer in time"));
+                    break;
+                }
+            }
+        }
+        Err(failures.join("; "))
     }
 
     /// Checks a generation request can be routed at all (unknown model, wrong kind, no replica).

@@ -24,9 +24,46 @@ pub fn choose(loads: &[u32], tried: &[bool], rng: &mut impl Rng) -> Option<usize
     }
 }
 
+/// A node as [`stdio_hosts`] sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ToolHost<'a> {
+    pub name: &'a str,
+    /// Its lease is live.
+    pub ready: bool,
+    /// It was started with `--mcp-stdio`.
+    pub mcp_stdio: bool,
+    pub draining: bool,
+}
+
+/// The nodes to try, in order, for starting a stdio MCP server: ready, started with
+/// `--mcp-stdio`, not draining, by name (so a server starts on the same node while that
+/// node is up), then by position for equal names.
+pub fn stdio_hosts(nodes: &[ToolHost<'_>]) -> Vec<usize> {
+    let mut order: Vec<usize> =
+        (0..nodes.len()).filter(|&i| nodes[i].ready && nodes[i].mcp_stdio && !nodes[i].draining).collect();
+    order.sort_by(|&a, &b| nodes[a].name.cmp(nodes[b].name).then(a.cmp(&b)));
+    order
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stdio_servers_start_on_ready_opted_in_nodes_by_name() {
+        let host = |name, ready, mcp_stdio, draining| ToolHost { name, ready, mcp_stdio, draining };
+        assert!(stdio_hosts(&[]).is_empty());
+        let nodes = [
+            host("gpu-2", true, true, false),
+            host("gpu-1", true, false, false),
+            host("cpu-9", false, true, false),
+            host("cpu-1", true, true, true),
+            host("cpu-3", true, true, false),
+            host("gpu-2", true, true, false),
+        ];
+        assert_eq!(stdio_hosts(&nodes), vec![4, 0, 5]);
+        assert!(stdio_hosts(&nodes[1..4]).is_empty(), "not opted in, down, or draining");
+    }
     use rand::rngs::StdRng;
     use rand::SeedableRng;
 

@@ -22,7 +22,7 @@ use crate::models::stage::{ForwardError, StageOut};
 use crate::models::{sampling_params, Engine, ModelHost};
 
 /// Serves one data-plane stream.
-pub async fn handle(host: Arc<ModelHost>, conn: quinn::Connection, mut stream: ServerStream) {
+pub async fn handle(host: Arc<ModelHost>, mcp_stdio: bool, conn: quinn::Connection, mut stream: ServerStream) {
     let Some((role, member)) = quic::peer_member(&conn) else {
         return stream.refuse(RefusalCode::Unauthenticated, "data-plane streams need a member certificate").await;
     };
@@ -80,6 +80,9 @@ pub async fn handle(host: Arc<ModelHost>, conn: quinn::Connection, mut stream: S
                 answer(&mut stream, r.map(|hits| Response::IndexHits { hits })).await;
             }
             Ok(Some(Request::IndexExport { shard_id })) => return export(&host, stream, &shard_id).await,
+            Ok(Some(Request::McpStdio { server, command })) => {
+                return crate::mcp_stdio::serve(stream, mcp_stdio, server, command).await
+            }
             Ok(Some(other)) => {
                 let msg = format!("a node does not serve '{}' requests", other.kind());
                 return stream.refuse(RefusalCode::BadRequest, msg).await;
@@ -103,6 +106,10 @@ pub fn authorize(role: MemberRole, member: &str, req: &Request) -> Result<(), St
         // Gateways route requests; model files go only to the members that run models.
         (MemberRole::Gateway, Request::FetchArtifact { .. }) => {
             Err(format!("artifacts are served to coordinators and nodes; gateway {member} may not fetch them"))
+        }
+        // Tools run for the gateways that execute graph steps, never for another node.
+        (MemberRole::Node, Request::McpStdio { .. }) => {
+            Err(format!("stdio MCP servers run for gateways and coordinators; node {member} may not start one"))
         }
         _ => Ok(()),
     }
@@ -514,5 +521,14 @@ mod tests {
             assert_eq!(authorize(MemberRole::Node, "n2", req), Ok(()));
             assert_eq!(authorize(MemberRole::Coordinator, "c1", req), Ok(()));
         }
+    }
+
+    #[test]
+    fn only_gateways_and_coordinators_start_stdio_servers() {
+        let start = Request::McpStdio { server: "calc".into(), command: vec!["python3".into()] };
+        assert_eq!(authorize(MemberRole::Gateway, "g-1", &start), Ok(()));
+        assert_eq!(authorize(MemberRole::Coordinator, "c1", &start), Ok(()));
+        let why = authorize(MemberRole::Node, "n2", &start).expect_err("a node may not start one");
+        assert!(why.contains("n2") && why.contains("stdio MCP"), "{why}");
     }
 }

@@ -11,6 +11,7 @@ pub mod error;
 pub mod gpu;
 pub mod identity;
 pub mod index;
+pub mod mcp_stdio;
 pub mod models;
 pub mod session;
 
@@ -46,6 +47,8 @@ pub struct NodeOptions {
     pub metrics: Option<SocketAddr>,
     /// How long one step of a split model may take from this node's stage to the end of its chain.
     pub stage_timeout: std::time::Duration,
+    /// Run stdio MCP servers for the gateways (`--mcp-stdio`).
+    pub mcp_stdio: bool,
 }
 
 /// A running node.
@@ -88,8 +91,9 @@ impl Node {
         let host = models::ModelHost::new(&opts.data_dir, tls.client_config()?, opts.stage_timeout)?;
         {
             let host = host.clone();
+            let mcp_stdio = opts.mcp_stdio;
             tokio::spawn(quic::serve(endpoint.clone(), move |conn, stream| {
-                dataplane::handle(host.clone(), conn, stream)
+                dataplane::handle(host.clone(), mcp_stdio, conn, stream)
             }));
         }
         let ctx = Arc::new(session::SessionContext {
@@ -100,6 +104,7 @@ impl Node {
             data_address: data_addr.to_string(),
             capacity: capacity.clone(),
             labels: opts.labels,
+            mcp_stdio: opts.mcp_stdio,
             metrics: opts.metrics.map(|a| a.to_string()).unwrap_or_default(),
             host: host.clone(),
             incarnation: rand::random::<u64>() | 1,

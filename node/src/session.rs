@@ -24,6 +24,8 @@ pub struct SessionContext {
     pub data_address: String,
     pub capacity: Capacity,
     pub labels: Vec<Label>,
+    /// Whether this node runs stdio MCP servers.
+    pub mcp_stdio: bool,
     /// Where the node serves Prometheus metrics (empty: none).
     pub metrics: String,
     /// The coordinator the last session broke on.
@@ -90,6 +92,7 @@ async fn run_with(
             address: ctx.data_address.clone(),
             capacity: ctx.capacity.clone(),
             labels: ctx.labels.clone(),
+            mcp_stdio: ctx.mcp_stdio,
             metrics: ctx.metrics.clone(),
             incarnation: ctx.incarnation,
         };

@@ -46,6 +46,7 @@ fn messages() -> Vec<(&'static str, Request)> {
                 labels: vec![Label { key: "zone".into(), value: "a".into() }],
                 metrics: "10.0.0.17:9100".into(),
                 incarnation: 7,
+                mcp_stdio: false,
             }),
         ),
         (

@@ -137,6 +137,9 @@ pub struct RegisterRequest {
     /// Random per node process: a reconnect of the same process (e.g. after a coordinator
     /// leader change) keeps its replicas; a restarted process starts empty.
     pub incarnation: u64,
+    /// Whether the node runs stdio MCP servers (`Request::McpStdio`): started with
+    /// `--mcp-stdio`.
+    pub mcp_stdio: bool,
 }
 
 /// The periodic liveness and load report of one node incarnation.
@@ -253,6 +256,15 @@ pub enum Request {
     IndexExport {
         shard_id: String,
     },
+    /// Start the stdio MCP server `server` (`command`: the program and its arguments) on
+    /// this node for the caller's session; answered by `StdioStarted`. The stream then
+    /// carries the server's stdin as `Chunk` frames (`last`: stdin is closed) and its
+    /// stdout as `StdioOut` frames, until `StdioExited`. The process is killed when the
+    /// caller ends the stream. Only nodes started with `--mcp-stdio` run them.
+    McpStdio {
+        server: String,
+        command: Vec<String>,
+    },
 }
 
 impl Request {
@@ -279,6 +291,7 @@ impl Request {
             Request::IndexDelete { .. } => "index_delete",
             Request::IndexSearch { .. } => "index_search",
             Request::IndexExport { .. } => "index_export",
+            Request::McpStdio { .. } => "mcp_stdio",
         }
     }
 }
@@ -402,6 +415,20 @@ pub enum Response {
     IndexExported {
         documents: Vec<IndexExportedDocument>,
         last: bool,
+    },
+    /// A stdio MCP server started (its process id on the node).
+    StdioStarted {
+        pid: u32,
+    },
+    /// Bytes the stdio MCP server wrote to its stdout.
+    StdioOut {
+        data: Vec<u8>,
+    },
+    /// The stdio MCP server exited: how (`exit status 1`, `signal 9`), and the end of what
+    /// it wrote to stderr.
+    StdioExited {
+        status: String,
+        stderr: String,
     },
 }
 

@@ -123,6 +123,47 @@ impl ClientStream {
     pub fn finish(&mut self) {
         let _ = self.send.finish();
     }
+
+    /// The stream's two directions, to send requests while reading responses (a byte
+    /// relay). Read the first response before splitting: it carries the server's welcome.
+    pub fn split(self) -> (ClientSender, ClientReceiver) {
+        debug_assert!(self.welcomed, "split after the first response");
+        (ClientSender { send: self.send }, ClientReceiver { recv: self.recv })
+    }
+}
+
+/// The sending direction of a [`ClientStream`]; dropping it resets the stream.
+pub struct ClientSender {
+    send: SendStream,
+}
+
+impl ClientSender {
+    pub async fn send(&mut self, req: &Request) -> Result<(), ProtocolError> {
+        write_frame(&mut self.send, req).await
+    }
+
+    pub fn finish(&mut self) {
+        let _ = self.send.finish();
+    }
+}
+
+/// The reading direction of a [`ClientStream`], after its first response.
+pub struct ClientReceiver {
+    recv: RecvStream,
+}
+
+impl ClientReceiver {
+    /// The next response; a bad frame stops the stream.
+    pub async fn recv(&mut self) -> Result<Response, ProtocolError> {
+        match read_frame::<Response>(&mut self.recv, MAX_FRAME_BYTES).await {
+            Ok(Some(r)) => Ok(r),
+            Ok(None) => Err(ProtocolError::Closed),
+            Err(e) => {
+                let _ = self.recv.stop(VarInt::from_u32(e.stream_code()));
+                Err(e)
+            }
+        }
+    }
 }
 
 /// The server half of a stream: reads requests, sends responses.
@@ -196,6 +237,63 @@ impl ServerStream {
 
     pub fn finish(&mut self) {
         let _ = self.send.finish();
+    }
+
+    /// The stream's two directions, to read requests while sending responses (a byte relay).
+    pub fn split(self) -> (ServerSender, ServerReceiver) {
+        (ServerSender { send: self.send }, ServerReceiver { recv: self.recv })
+    }
+}
+
+/// The sending direction of a [`ServerStream`].
+pub struct ServerSender {
+    send: SendStream,
+}
+
+impl ServerSender {
+    pub async fn send(&mut self, resp: &Response) -> Result<(), ProtocolError> {
+        write_frame(&mut self.send, resp).await
+    }
+
+    /// Resolves when the peer stops reading (it dropped the stream) or the connection is lost.
+    pub fn abandoned(&self) -> impl Future<Output = ()> + Send + 'static {
+        let stopped = self.send.stopped();
+        async move {
+            let _ = stopped.await;
+        }
+    }
+
+    pub fn finish(&mut self) {
+        let _ = self.send.finish();
+    }
+}
+
+/// The reading direction of a [`ServerStream`].
+pub struct ServerReceiver {
+    recv: RecvStream,
+}
+
+impl ServerReceiver {
+    /// The next request, `None` when the peer finished its direction cleanly. A bad frame
+    /// stops the stream and is counted.
+    pub async fn recv(&mut self) -> Result<Option<Request>, ProtocolError> {
+        match read_frame::<Request>(&mut self.recv, MAX_FRAME_BYTES).await {
+            Ok(r) => {
+                if r.is_some() {
+                    metrics::counter!(m::FRAMES_RECEIVED).increment(1);
+                }
+                Ok(r)
+            }
+            Err(e) => {
+                if matches!(e, ProtocolError::Oversized { .. } | ProtocolError::Truncated | ProtocolError::Malformed(_))
+                {
+                    metrics::counter!(m::FRAMES_REFUSED, "reason" => e.reason()).increment(1);
+                    warn!(error = %e, "refused a frame; closing the stream");
+                }
+                let _ = self.recv.stop(VarInt::from_u32(e.stream_code()));
+                Err(e)
+            }
+        }
     }
 }
 

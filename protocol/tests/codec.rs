@@ -57,6 +57,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
                 labels: labels.into_iter().map(|(key, value)| Label { key, value }).collect(),
                 metrics: "127.0.0.1:9100".into(),
                 incarnation: 7,
+                mcp_stdio: false,
             })),
         (arb_string(), any::<u64>(), any::<u64>(), any::<u32>(), prop::collection::vec(any::<u64>(), 0..4)).prop_map(
             |(node_id, generation, seq, q, free)| Request::Heartbeat(Heartbeat {
@@ -78,10 +79,30 @@ fn arb_request() -> impl Strategy<Value = Request> {
             .prop_map(|(seq, payload)| Request::Ping { seq, payload }),
         (any::<u64>(), prop::collection::vec(any::<u8>(), 0..512))
             .prop_map(|(from, message)| Request::Raft { from, message }),
+        (arb_string(), prop::collection::vec(arb_string(), 0..4))
+            .prop_map(|(server, command)| Request::McpStdio { server, command }),
+        (prop::collection::vec(any::<u8>(), 0..512), any::<bool>())
+            .prop_map(|(data, last)| Request::Chunk { data, last }),
+    ]
+}
+
+fn arb_stdio_response() -> impl Strategy<Value = Response> {
+    prop_oneof![
+        any::<u32>().prop_map(|pid| Response::StdioStarted { pid }),
+        prop::collection::vec(any::<u8>(), 0..512).prop_map(|data| Response::StdioOut { data }),
+        (arb_string(), arb_string()).prop_map(|(status, stderr)| Response::StdioExited { status, stderr }),
     ]
 }
 
 proptest! {
+    #[test]
+    fn stdio_relay_frames_round_trip(resp in arb_stdio_response()) {
+        let bytes = frame::encode(&resp).expect("encode");
+        let (back, used) = frame::decode_frame::<Response>(&bytes, MAX_FRAME_BYTES).expect("valid").expect("whole");
+        prop_assert_eq!(used, bytes.len());
+        prop_assert_eq!(back, resp);
+    }
+
     #[test]
     fn every_request_round_trips(req in arb_request()) {
         let bytes = frame::encode(&req).expect("encode");

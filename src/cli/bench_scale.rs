@@ -301,6 +301,7 @@ async fn register(
         labels: vec![],
         metrics: String::new(),
         incarnation: rand::random(),
+        mcp_stdio: false,
     };
     match stream.call(&Request::Register(register)).await? {
         Response::Registered { generation, heartbeat_interval_ms, .. } => {

@@ -26,6 +26,12 @@ pub struct NodeArgs {
     /// the end of its chain before the requests in it fail (seconds).
     #[arg(long, value_name = "SECS", default_value_t = 30.0)]
     pub stage_timeout: f64,
+    /// Run the stdio MCP servers registered with `shoal mcp add --command` on this node,
+    /// when graph steps call them (each as a child process with only PATH in its
+    /// environment, killed when its call ends). Off by default: it lets admins run commands
+    /// on this machine.
+    #[arg(long)]
+    pub mcp_stdio: bool,
 }
 
 impl NodeArgs {
@@ -48,6 +54,7 @@ impl NodeArgs {
             labels,
             metrics: None,
             stage_timeout: std::time::Duration::from_secs_f64(self.stage_timeout),
+            mcp_stdio: self.mcp_stdio,
         })
     }
 }

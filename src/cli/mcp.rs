@@ -35,8 +35,8 @@ pub struct AddArgs {
     /// line (`--header "Authorization=Bearer $TOKEN"`).
     #[arg(long = "header", value_name = "NAME=VALUE", requires = "url")]
     pub headers: Vec<String>,
-    /// A stdio server's command line ("CMD ARGS"), started on the gateway host that runs
-    /// the step, with a cleared environment plus PATH.
+    /// A stdio server's command line ("CMD ARGS"), run for each call on a node started
+    /// with --mcp-stdio (the first such node by name), with a cleared environment plus PATH.
     #[arg(long)]
     pub command: Option<String>,
     #[arg(long, default_value = "")]

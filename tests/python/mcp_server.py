@@ -40,9 +40,9 @@ def add(a: int, b: int, ctx: Context) -> int:
 
 @server.tool()
 def echo(text: str) -> dict:
-    """Returns the text, and what the process's environment holds (names only)."""
+    """Returns the text, what the process's environment holds (names only), and its parent's pid."""
     CALLS["n"] += 1
-    return {"text": text, "env": sorted(os.environ)}
+    return {"text": text, "env": sorted(os.environ), "ppid": os.getppid()}
 
 
 @server.tool()

@@ -62,13 +62,14 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Outcome {
                     state: NodeState::Joining,
                     generation: 0,
                     incarnation: 0,
+                    mcp_stdio: false,
                     joined_at_ms: *at_ms,
                     state_changed_at_ms: *at_ms,
                 },
             );
             Outcome::Applied
         }
-        Command::NodeUp { id, name, address, capacity, labels, metrics, incarnation, at_ms } => {
+        Command::NodeUp { id, name, address, capacity, labels, metrics, incarnation, mcp_stdio, at_ms } => {
             let Some(node) = state.nodes.get_mut(id) else {
                 return Outcome::rejected("unknown node");
             };
@@ -78,6 +79,7 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Outcome {
             node.capacity = capacity.clone();
             node.labels = labels.clone();
             node.metrics = metrics.clone();
+            node.mcp_stdio = *mcp_stdio;
             if node.state != NodeState::Ready {
                 node.state_changed_at_ms = *at_ms;
             }
@@ -423,6 +425,7 @@ mod tests {
             labels: vec![],
             metrics: String::new(),
             incarnation: at,
+            mcp_stdio: false,
             at_ms: at,
         }
     }

@@ -128,6 +128,7 @@ fn admit_nodes(s: &mut ClusterState, nodes: usize, cpu_cores: u32, memory_total_
                 labels: vec![],
                 metrics: String::new(),
                 incarnation: 1,
+                mcp_stdio: false,
                 at_ms: 2,
             };
             apply(s, &up);

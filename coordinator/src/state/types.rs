@@ -43,6 +43,8 @@ pub struct NodeRecord {
     pub generation: u64,
     /// The node process behind the current generation (see `Command::NodeUp`).
     pub incarnation: u64,
+    /// Whether it runs stdio MCP servers (started with `--mcp-stdio`).
+    pub mcp_stdio: bool,
     pub joined_at_ms: u64,
     pub state_changed_at_ms: u64,
 }
@@ -372,6 +374,8 @@ pub enum Command {
         /// e.g. to a new leader) keeps its replicas under the new generation; another
         /// process (a restart) starts with none.
         incarnation: u64,
+        /// Whether it runs stdio MCP servers.
+        mcp_stdio: bool,
         at_ms: u64,
     },
     /// The lease of incarnation `generation` ran out.

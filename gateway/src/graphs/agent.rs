@@ -313,7 +313,7 @@ pub async fn resolve_tools(cx: &StepContext, entries: &[AgentTool]) -> Result<Ve
         match entry.source()? {
             AgentToolSource::Mcp { server, tool } => {
                 let record = cx.graphs.mcp_server(server)?;
-                let listed = list_mcp_tools(&record, &cx.graph.allow_hosts).await?;
+                let listed = list_mcp_tools(&record, &cx.graph.allow_hosts, &cx.graphs.router).await?;
                 if let Some(want) = tool {
                     if !listed.iter().any(|t| t.name == want) {
                         let names: Vec<&str> = listed.iter().map(|t| t.name.as_ref()).collect();
@@ -375,8 +375,12 @@ pub async fn resolve_tools(cx: &StepContext, entries: &[AgentTool]) -> Result<Ve
     Ok(out)
 }
 
-async fn list_mcp_tools(record: &McpServerRecord, allow: &[String]) -> Result<Vec<rmcp::model::Tool>, String> {
-    let conn = super::mcp::connect(record, Some(allow)).await.map_err(|e| e.to_string())?;
+async fn list_mcp_tools(
+    record: &McpServerRecord,
+    allow: &[String],
+    router: &crate::router::Router,
+) -> Result<Vec<rmcp::model::Tool>, String> {
+    let conn = super::mcp::connect(record, Some(allow), router).await.map_err(|e| e.to_string())?;
     let listed = conn.tools().await.map_err(|e| e.to_string());
     conn.close().await;
     listed
@@ -434,9 +438,10 @@ impl AgentIo for StepIo<'_> {
             Target::Mcp { server, tool: name } => {
                 let record = cx.graphs.mcp_server(server)?;
                 let key = format!("{}/{}/{index}", cx.run, self.step);
-                let out = super::mcp::run_step(&record, &cx.graph.allow_hosts, name, arguments, &key)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let (out, _) =
+                    super::mcp::run_step(&record, &cx.graph.allow_hosts, &cx.graphs.router, name, arguments, &key)
+                        .await
+                        .map_err(|e| e.to_string())?;
                 let text = match out["text"].as_str() {
                     Some(t) if !t.is_empty() => t.to_string(),
                     _ => out["content"].to_string(),

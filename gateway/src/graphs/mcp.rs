@@ -1,10 +1,12 @@
 //! `mcp` steps and `shoal mcp tools`: the MCP client side. A call connects to a registered
 //! server with the official SDK's client (`rmcp`): Streamable HTTP through reqwest (no
 //! redirects, the graph's `allow_hosts` checked first, names resolving to loopback,
-//! link-local or metadata addresses refused unless listed), or a child process on this
-//! host speaking MCP over stdio (a cleared environment plus `PATH`, its own process group,
-//! killed when the call ends or times out). It lists the tools, checks the arguments
-//! against the tool's `inputSchema`, calls it, and shapes the result as the step's output.
+//! link-local or metadata addresses refused unless listed), or MCP over stdio with a child
+//! process that a node started with `--mcp-stdio` runs for the session (a cleared
+//! environment plus `PATH`, its own process group, killed when the call ends or times out;
+//! its stdin and stdout relayed over a QUIC stream, see `shoal_node::mcp_stdio`). It lists
+//! the tools, checks the arguments against the tool's `inputSchema`, calls it, and shapes
+//! the result as the step's output.
 //!
 //! The pure parts (argument validation, output shaping, command splitting) are functions
 //! of their inputs, tested below; every error that leaves this module has the server's
@@ -18,13 +20,16 @@ use axum::http::{HeaderName, HeaderValue};
 use rmcp::model::{CallToolRequestParams, CallToolResult, Tool};
 use rmcp::service::RunningService;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
+use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::{RoleClient, ServiceExt};
 use serde_json::{json, Value};
 use shoal_coordinator::state::{McpServerRecord, McpTransport};
 use shoal_engine::constraint::{JsonGrammar, JsonMatcher};
+use shoal_protocol::{Request, Response};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info_span, Instrument};
 
+use crate::router::{Router, StdioSession};
 use crate::GatewayError;
 
 /// The `_meta` key of a tool call's idempotency key (`RUN/STEP`, or `RUN/STEP/CALL` for an
@@ -39,8 +44,8 @@ const MAX_MESSAGE_BYTES: usize = 4 * MAX_OUTPUT_BYTES;
 /// The longest registering a server or listing its tools may take (within the CLI's 15 s
 /// request timeout); a step's calls have the step's timeout instead.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(12);
-/// The most stderr kept from a stdio server, quoted when it fails to start.
-const STDERR_KEPT: usize = 2048;
+/// The buffer between the MCP client and the relay of a stdio server's stream.
+const RELAY_BUFFER: usize = 256 * 1024;
 
 type Client = RunningService<RoleClient, ()>;
 
@@ -60,25 +65,43 @@ fn tidy(message: &str) -> String {
     out
 }
 
-/// A connection to one server, closed when dropped (a stdio server's process group is
-/// killed).
+/// A connection to one server, closed when dropped (a stdio server's stream to its node
+/// is dropped, and the node kills its process group).
 pub struct Connection {
     client: Client,
     record: McpServerRecord,
+    /// What a stdio server wrote to stderr and how it exited, once it has.
     stderr: Arc<Mutex<String>>,
+    _relay: Option<Relay>,
+    /// Where the server runs: its host, or `node NAME` for a stdio server.
+    at: String,
 }
 
 /// Connects to `record`. With `allow` (a graph's `allow_hosts`), an HTTP server's host must
-/// be on it; without (an admin listing tools), any host is reached.
-pub async fn connect(record: &McpServerRecord, allow: Option<&[String]>) -> Result<Connection, GatewayError> {
+/// be on it; without (an admin listing tools), any host is reached. A stdio server is
+/// started on a node through `router`.
+pub async fn connect(
+    record: &McpServerRecord,
+    allow: Option<&[String]>,
+    router: &Router,
+) -> Result<Connection, GatewayError> {
     let span = info_span!("mcp.connect", server = %record.name, transport = ?record.transport);
     async move {
         let stderr = Arc::new(Mutex::new(String::new()));
-        let client = match record.transport {
-            McpTransport::Http => connect_http(record, allow).await?,
-            McpTransport::Stdio => connect_stdio(record, stderr.clone()).await?,
+        let (client, relay, at) = match record.transport {
+            McpTransport::Http => {
+                let host = shoal_graph::hosts::origin(&record.url)
+                    .and_then(|o| shoal_graph::hosts::host_port(&o))
+                    .map(|(h, _)| h)
+                    .unwrap_or_default();
+                (connect_http(record, allow).await?, None, host)
+            }
+            McpTransport::Stdio => {
+                let (client, relay, node) = connect_stdio(record, router, stderr.clone()).await?;
+                (client, Some(relay), format!("node {node}"))
+            }
         };
-        Ok(Connection { client, record: record.clone(), stderr })
+        Ok(Connection { client, record: record.clone(), stderr, _relay: relay, at })
     }
     .instrument(span)
     .await
@@ -117,52 +140,103 @@ async fn connect_http(record: &McpServerRecord, allow: Option<&[String]>) -> Res
     ().serve(transport).await.map_err(|e| fail(record, format!("cannot connect to {}: {e}", record.shown_url())))
 }
 
-async fn connect_stdio(record: &McpServerRecord, stderr: Arc<Mutex<String>>) -> Result<Client, GatewayError> {
-    use process_wrap::tokio::{CommandWrap, KillOnDrop, ProcessGroup};
-    let (program, args) = record.command.split_first().ok_or_else(|| fail(record, "no command to run"))?;
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args).env_clear().kill_on_drop(true);
-    if let Some(path) = std::env::var_os("PATH") {
-        cmd.env("PATH", path);
+async fn connect_stdio(
+    record: &McpServerRecord,
+    router: &Router,
+    stderr: Arc<Mutex<String>>,
+) -> Result<(Client, Relay, String), GatewayError> {
+    if record.command.is_empty() {
+        return Err(fail(record, "no command to run"));
     }
-    let mut wrapped = CommandWrap::from(cmd);
-    wrapped.wrap(ProcessGroup::leader()).wrap(KillOnDrop);
-    let (transport, err) = TokioChildProcess::builder(wrapped)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
+    let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+    let session = router
+        .start_stdio(&record.name, &record.command, deadline)
+        .await
         .map_err(|e| fail(record, format!("cannot start `{}`: {e}", record.command.join(" "))))?;
-    if let Some(mut err) = err {
-        let kept = stderr.clone();
-        tokio::spawn(async move {
-            use tokio::io::AsyncReadExt;
-            let mut buf = [0u8; 1024];
-            while let Ok(n) = err.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-                let mut k = kept.lock().unwrap_or_else(|p| p.into_inner());
-                k.push_str(&String::from_utf8_lossy(&buf[..n]));
-                if k.len() > STDERR_KEPT {
-                    let cut = k.len() - STDERR_KEPT;
-                    let cut = (cut..k.len()).find(|i| k.is_char_boundary(*i)).unwrap_or(k.len());
-                    k.drain(..cut);
-                }
-            }
-        });
-    }
-    match ().serve(transport).await {
-        Ok(c) => Ok(c),
+    let node = session.node.clone();
+    let (ours, theirs) = tokio::io::duplex(RELAY_BUFFER);
+    let relay = Relay::start(session, ours, stderr.clone());
+    match ().serve(tokio::io::split(theirs)).await {
+        Ok(c) => Ok((c, relay, node)),
         Err(e) => {
-            // Let the stderr reader catch the process's last words.
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // Let the relay catch the process's exit and last words.
+            tokio::time::sleep(Duration::from_millis(300)).await;
             let said = stderr.lock().unwrap_or_else(|p| p.into_inner()).trim().to_string();
             let said = if said.is_empty() { String::new() } else { format!("; it wrote: {said}") };
-            Err(fail(record, format!("`{}` did not start as an MCP server: {e}{said}", record.command.join(" "))))
+            Err(fail(
+                record,
+                format!("`{}` did not start as an MCP server on node {node}: {e}{said}", record.command.join(" ")),
+            ))
+        }
+    }
+}
+
+/// Relays a stdio server's stream to the MCP client's end of a pipe: the client's messages
+/// become `Chunk` frames (its stdin), `StdioOut` frames become the client's input, and
+/// `StdioExited` keeps the server's stderr and exit status for error messages. Dropping it
+/// drops the stream, and the node kills the server.
+struct Relay {
+    tasks: [tokio::task::JoinHandle<()>; 2],
+}
+
+impl Relay {
+    fn start(session: StdioSession, ours: tokio::io::DuplexStream, stderr: Arc<Mutex<String>>) -> Self {
+        let StdioSession { mut sender, mut receiver, .. } = session;
+        let (mut from_client, mut to_client) = tokio::io::split(ours);
+        let stdin = tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match from_client.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if sender.send(&Request::Chunk { data: buf[..n].to_vec(), last: false }).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = sender.send(&Request::Chunk { data: Vec::new(), last: true }).await;
+            // Keep the stream open (the server may still be writing) until the relay is dropped.
+            std::future::pending::<()>().await;
+        });
+        let stdout = tokio::spawn(async move {
+            loop {
+                match receiver.recv().await {
+                    Ok(Response::StdioOut { data }) => {
+                        if to_client.write_all(&data).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(Response::StdioExited { status, stderr: said }) => {
+                        let said = said.trim();
+                        let text = if said.is_empty() { format!("[{status}]") } else { format!("{said} [{status}]") };
+                        *stderr.lock().unwrap_or_else(|p| p.into_inner()) = text;
+                        break;
+                    }
+                    Ok(_) | Err(_) => break,
+                }
+            }
+            // The client reads the end of its input: the server is gone.
+            let _ = to_client.shutdown().await;
+        });
+        Self { tasks: [stdin, stdout] }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
         }
     }
 }
 
 impl Connection {
+    /// Where the server runs: its host, or `node NAME` for a stdio server.
+    pub fn at(&self) -> &str {
+        &self.at
+    }
+
     /// Every tool the server has.
     pub async fn tools(&self) -> Result<Vec<Tool>, GatewayError> {
         self.client.list_all_tools().await.map_err(|e| self.fail(format!("listing its tools: {e}")))
@@ -227,16 +301,17 @@ pub fn tool_json(t: &Tool) -> Value {
 pub async fn run_step(
     record: &McpServerRecord,
     allow: &[String],
+    router: &Router,
     tool: &str,
     arguments: &Value,
     idempotency_key: &str,
-) -> Result<Value, GatewayError> {
+) -> Result<(Value, String), GatewayError> {
     let span = info_span!("mcp.call", server = %record.name, tool = %tool);
     async move {
         if !arguments.is_object() {
             return Err(fail(record, "arguments must be an object"));
         }
-        let conn = connect(record, Some(allow)).await?;
+        let conn = connect(record, Some(allow), router).await?;
         let result = async {
             let tools = conn.tools().await?;
             let Some(found) = tools.iter().find(|t| t.name == tool) else {
@@ -261,8 +336,9 @@ pub async fn run_step(
             Ok(output)
         }
         .await;
+        let at = conn.at().to_string();
         conn.close().await;
-        result
+        result.map(|output| (output, at))
     }
     .instrument(span)
     .await

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use serde_json::{json, Value};
-use shoal_coordinator::state::McpTransport;
 use shoal_graph::definition::{
     ClassifyMethod, Graph, Step, StepKind, AGENT_DEFAULT_TOKENS, AGENT_DEFAULT_TURNS, AGENT_MAX_TURNS,
 };
@@ -259,15 +258,10 @@ pub fn execute<'a>(cx: &'a StepContext, step: &'a Step, scope: &'a Value) -> Box
                 let tool = resolve_text(tool, scope)?;
                 let args = resolve(&Value::Object(arguments.clone().into_iter().collect()), scope)?;
                 let key = format!("{}/{}", cx.run, step.id);
-                let output = super::mcp::run_step(&record, &cx.graph.allow_hosts, &tool, &args, &key)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let at = match record.transport {
-                    McpTransport::Http => {
-                        shoal_graph::hosts::host_port(&shoal_graph::hosts::origin(&record.url)?).map(|(h, _)| h)?
-                    }
-                    McpTransport::Stdio => "stdio".to_string(),
-                };
+                let (output, at) =
+                    super::mcp::run_step(&record, &cx.graph.allow_hosts, &cx.graphs.router, &tool, &args, &key)
+                        .await
+                        .map_err(|e| e.to_string())?;
                 Ok(Executed {
                     output,
                     inputs: json!({"server": name, "tool": tool, "arguments": args}),

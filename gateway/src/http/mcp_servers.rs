@@ -2,6 +2,7 @@
 //! listed by anyone with a key, always shown with their secrets as `***` (header values,
 //! URL user info and query values), errors included.
 
+use crate::router::Router;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
@@ -79,7 +80,7 @@ fn unreachable_error(e: GatewayError) -> ApiError {
 }
 
 /// Registers a server after connecting to it and listing its tools (one that cannot be
-/// used is refused). A stdio server is started on this gateway's host for the check.
+/// used is refused). A stdio server is started on a node run with `--mcp-stdio` for the check.
 pub async fn add(
     State(gw): Gw,
     headers: HeaderMap,
@@ -87,7 +88,7 @@ pub async fn add(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     require(&headers, &gw, Scope::Admin)?;
     let record = record_of(&req, gw.clock.unix_ms()).map_err(ApiError::bad_request)?;
-    let tools = list_tools(&record).await.map_err(unreachable_error)?;
+    let tools = list_tools(&record, &gw.router).await.map_err(unreachable_error)?;
     match gw.cluster.command(Command::AddMcpServer(Box::new(record.clone()))).await? {
         Outcome::Applied => {
             let mut shown = record.shown();
@@ -99,9 +100,9 @@ pub async fn add(
     }
 }
 
-async fn list_tools(record: &McpServerRecord) -> Result<Vec<rmcp::model::Tool>, GatewayError> {
+async fn list_tools(record: &McpServerRecord, router: &Router) -> Result<Vec<rmcp::model::Tool>, GatewayError> {
     let listing = async {
-        let conn = mcp::connect(record, None).await?;
+        let conn = mcp::connect(record, None, router).await?;
         let tools = conn.tools().await;
         conn.close().await;
         tools
@@ -135,7 +136,7 @@ pub async fn get_one(State(gw): Gw, headers: HeaderMap, Path(name): Path<String>
 pub async fn tools(State(gw): Gw, headers: HeaderMap, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
     require(&headers, &gw, Scope::User)?;
     let record = lookup(&gw, &name)?;
-    let tools = list_tools(&record)
+    let tools = list_tools(&record, &gw.router)
         .await
         .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "server_error", "mcp_unreachable", e.to_string()))?;
     let data: Vec<Value> = tools.iter().map(mcp::tool_json).collect();

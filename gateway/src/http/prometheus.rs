@@ -57,6 +57,7 @@ mod tests {
             state: st,
             generation: 1,
             incarnation: 1,
+            mcp_stdio: false,
             joined_at_ms: 0,
             state_changed_at_ms: 0,
         };

@@ -174,6 +174,7 @@ fn node_json(gw: &GatewayState, n: &NodeRecord) -> Value {
         "address": n.address,
         "capacity": n.capacity,
         "labels": labels,
+        "mcp_stdio": n.mcp_stdio,
         "metrics": (!n.metrics.is_empty()).then(|| format!("http://{}/metrics", n.metrics)),
         "load": lease.map(|l| &l.load),
         "last_heartbeat_unix_ms": lease.map(|l| l.last_heartbeat_unix_ms),
