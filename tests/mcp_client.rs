@@ -210,6 +210,15 @@ outputs: {{sum: "${{steps.add.text}}"}}
     });
     let (ok, out) = shoal(&gw, &["mcp", "add", "local", "--command", &command, "--description", "stdio tools"]);
     assert!(ok && out.contains("echo"), "{out}\n{}\n{}", log_tail(), tools_node.log_text());
+    // One that dies at start is refused, quoting its stderr and exit status from the node.
+    let broken = r#"python3 -c "import sys; sys.exit('no config file at /etc/calc.toml')""#;
+    let (ok, out) = shoal(&gw, &["mcp", "add", "broken", "--command", broken]);
+    assert!(
+        !ok && out.contains("on node tools")
+            && out.contains("no config file at /etc/calc.toml")
+            && out.contains("exit status 1"),
+        "{out}"
+    );
     let stdio = "name: local\ninputs: {text: {type: string}}\nsteps:\n  - {id: e, kind: mcp, server: local, tool: echo, arguments: {text: \"${inputs.text}\"}}\n\
                  outputs: {echo: \"${steps.e.json}\"}\n";
     let (s, v) = apply(&gw, stdio);
