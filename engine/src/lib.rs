@@ -3,6 +3,7 @@
 
 mod chat;
 pub mod constraint;
+pub mod e5;
 mod embed;
 mod error;
 mod generate;
@@ -19,7 +20,7 @@ mod sampling;
 mod source;
 mod tokenizer;
 
-pub use embed::{Embedder, Embeddings};
+pub use embed::{Embedder, Embeddings, Purpose};
 pub use error::EngineError;
 pub use generate::{Batcher, Event, FinishReason, ForwardStep, StepRows};
 pub use guided::ConstraintSpec;

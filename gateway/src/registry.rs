@@ -40,7 +40,7 @@ pub fn prepare_version(
         files.push(ArtifactRef { name: name.clone(), sha256, size });
     }
     let sha256 = match (info.format, files.as_slice()) {
-        (ModelFormat::Gguf, [only]) => only.sha256.clone(),
+        (ModelFormat::Gguf | ModelFormat::E5, [only]) => only.sha256.clone(),
         _ => manifest_hash(&files),
     };
     if let Some(expected) = expected_sha256 {
@@ -69,6 +69,7 @@ pub fn prepare_version(
         format: match info.format {
             ModelFormat::Gguf => WeightFormat::Gguf,
             ModelFormat::Safetensors => WeightFormat::Safetensors,
+            ModelFormat::E5 => WeightFormat::E5,
         },
         architecture: info.architecture.clone(),
         capabilities,
@@ -139,9 +140,10 @@ pub fn discover_models(dir: &Path) -> std::io::Result<Vec<(String, String)>> {
                 out.push((name, source_uri(&entry)));
                 continue;
             }
+            // A GGUF file, or a packed e5 file (`E5S1`).
             let mut ggufs: Vec<PathBuf> = std::fs::read_dir(&entry)?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
+                .filter(|p| p.extension().is_some_and(|e| e == "gguf") || shoal_engine::e5::is_e5_file(p))
                 .collect();
             ggufs.sort();
             if let Some(first) = ggufs.first() {
@@ -160,6 +162,27 @@ fn source_uri(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn discovery_finds_gguf_files_model_folders_and_e5_files() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = dir.path();
+        std::fs::write(d.join("Tiny.gguf"), b"GGUF").expect("write");
+        std::fs::create_dir_all(d.join("bert")).expect("dir");
+        std::fs::write(d.join("bert/config.json"), b"{}").expect("write");
+        std::fs::create_dir_all(d.join("qwen")).expect("dir");
+        std::fs::write(d.join("qwen/b.gguf"), b"GGUF").expect("write");
+        std::fs::write(d.join("qwen/a.gguf"), b"GGUF").expect("write");
+        std::fs::create_dir_all(d.join("e5")).expect("dir");
+        std::fs::write(d.join("e5/e5-small-q4.bin"), b"E5S1\x01\0\0\0").expect("write");
+        std::fs::create_dir_all(d.join("junk")).expect("dir");
+        std::fs::write(d.join("junk/notes.bin"), b"not a model").expect("write");
+        let found = discover_models(d).expect("discover");
+        let names: Vec<(&str, &str)> =
+            found.iter().map(|(n, s)| (n.as_str(), s.rsplit('/').next().unwrap_or_default())).collect();
+        // In path order (upper case first); names in lower case.
+        assert_eq!(names, vec![("tiny", "Tiny.gguf"), ("bert", "bert"), ("e5", "e5-small-q4.bin"), ("qwen", "a.gguf")]);
+    }
 
     #[test]
     fn names_are_checked() {

@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use shoal_protocol::metric_names as m;
 use shoal_protocol::pool::{CallError, Pool};
 use shoal_protocol::tls::NODE_SERVER_NAME;
-use shoal_protocol::{RefusalCode, ReplicaPhase, Request, Response};
+use shoal_protocol::{EmbedAs, RefusalCode, ReplicaPhase, Request, Response};
 use shoal_recall::{wire, DocumentRecord, Hit, MetadataFilter, PgIndex, RecallError, SearchMode, SearchQuery};
 use tracing::{debug, info, warn};
 
@@ -683,8 +683,10 @@ impl Retrieval {
         let vector = if search.mode == SearchMode::Sparse {
             None
         } else {
-            let (mut v, _) =
-                self.router.embed_within(&kb.embedding, vec![text.to_string()], QUERY_EMBED_PATIENCE).await?;
+            let (mut v, _) = self
+                .router
+                .embed_within(&kb.embedding, vec![text.to_string()], EmbedAs::Query, QUERY_EMBED_PATIENCE)
+                .await?;
             v.pop()
         };
         let query = SearchQuery {

@@ -14,7 +14,8 @@ use shoal_protocol::metric_names as m;
 use shoal_protocol::pool::{CallError, Pool};
 use shoal_protocol::tls::NODE_SERVER_NAME;
 use shoal_protocol::{
-    EngineKind, Finish, GenerateRequest, Prompt, RefusalCode, ReplicaPhase, Request, Response, SamplingSettings,
+    EmbedAs, EngineKind, Finish, GenerateRequest, Prompt, RefusalCode, ReplicaPhase, Request, Response,
+    SamplingSettings,
 };
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -228,22 +229,24 @@ impl Router {
         let mut vectors = Vec::with_capacity(inputs.len());
         let mut tokens = 0u32;
         for piece in inputs.chunks(EMBED_PIECE) {
-            let (v, t) = self.embed_within(deployment, piece.to_vec(), REPLICA_SILENCE).await?;
+            let (v, t) = self.embed_within(deployment, piece.to_vec(), EmbedAs::Given, REPLICA_SILENCE).await?;
             vectors.extend(v);
             tokens = tokens.saturating_add(t);
         }
         Ok((vectors, tokens))
     }
 
-    /// Like [`Router::embed`], moving to another replica when one is silent for `patience`
-    /// (short for a search's query, so a replica on a node that just died costs little).
+    /// Like [`Router::embed`] for inputs used as `purpose` (a search's queries: see
+    /// [`EmbedAs`]), moving to another replica when one is silent for `patience` (short for
+    /// a search's query, so a replica on a node that just died costs little).
     pub async fn embed_within(
         &self,
         deployment: &str,
         inputs: Vec<String>,
+        purpose: EmbedAs,
         patience: Duration,
     ) -> Result<(Vec<Vec<f32>>, u32), RouteError> {
-        let make = |placement_id: String| Request::Embed { placement_id, inputs: inputs.clone() };
+        let make = |placement_id: String| Request::Embed { placement_id, inputs: inputs.clone(), purpose };
         match self.embedding_call(deployment, make, patience).await? {
             Response::Embedded { vectors, tokens } => Ok((vectors, tokens)),
             other => Err(RouteError::NoReplica(format!("replica answered {other:?}"))),

@@ -3,13 +3,13 @@
 
 use std::sync::Arc;
 
-use shoal_engine::{ChatMessage, ChatToolCall};
+use shoal_engine::{ChatMessage, ChatToolCall, Purpose};
 use shoal_protocol::quic::{self, ServerStream};
 use shoal_protocol::tls::MemberRole;
 use std::time::{Duration, Instant};
 
 use shoal_protocol::{
-    Finish, GenerateRequest, IndexChunk, Prompt, RefusalCode, Request, Response, StageForward, StageResult,
+    EmbedAs, Finish, GenerateRequest, IndexChunk, Prompt, RefusalCode, Request, Response, StageForward, StageResult,
     MAX_DOCUMENT_CHUNK_BYTES,
 };
 use shoal_recall::{chunk_text, ChunkConfig};
@@ -46,8 +46,8 @@ pub async fn handle(host: Arc<ModelHost>, mcp_stdio: bool, conn: quinn::Connecti
                 return stream.refuse(RefusalCode::Unavailable, "this node is draining (shutting down)").await;
             }
             Ok(Some(Request::Generate(req))) => return generate(&host, stream, req).await,
-            Ok(Some(Request::Embed { placement_id, inputs })) => {
-                embed(&host, &mut stream, &placement_id, inputs).await;
+            Ok(Some(Request::Embed { placement_id, inputs, purpose })) => {
+                embed(&host, &mut stream, &placement_id, inputs, purpose).await;
             }
             Ok(Some(Request::FetchArtifact { sha256, offset })) => {
                 return host.store.serve(&mut stream, &sha256, offset).await
@@ -175,10 +175,16 @@ async fn stage_release(host: &ModelHost, mut stream: ServerStream, placement: St
     stream.finish();
 }
 
-async fn embed(host: &ModelHost, stream: &mut ServerStream, placement: &str, inputs: Vec<String>) {
+async fn embed(host: &ModelHost, stream: &mut ServerStream, placement: &str, inputs: Vec<String>, purpose: EmbedAs) {
     let Some(Engine::Embed(h)) = host.engine(placement) else {
         return stream.refuse(RefusalCode::NotFound, format!("no ready embedding replica {placement} here")).await;
     };
+    let purpose = match purpose {
+        EmbedAs::Given => Purpose::AsGiven,
+        EmbedAs::Query => Purpose::Query,
+        EmbedAs::Passage => Purpose::Passage,
+    };
+    let inputs = inputs.iter().map(|t| h.embedder.prefixed(t, purpose)).collect();
     let Some(result) = unless_abandoned(stream, h.embed(inputs)).await else { return };
     match result {
         Ok((vectors, tokens)) => {
@@ -267,7 +273,7 @@ async fn embed_document(
         return stream.refuse(RefusalCode::BadRequest, msg).await;
     }
     // One request: the batcher embeds it in pieces, sharing each batch with other callers.
-    let texts: Vec<String> = chunks.iter().map(|c| c.text.clone()).collect();
+    let texts: Vec<String> = chunks.iter().map(|c| h.embedder.prefixed(&c.text, Purpose::Passage)).collect();
     let Some(result) = unless_abandoned(stream, h.embed(texts)).await else { return };
     let (vectors, tokens) = match result {
         Ok(r) => r,

@@ -73,6 +73,18 @@ pub struct Label {
     pub value: String,
 }
 
+/// What texts are embedded as: a model trained with prefixes (multilingual-e5: `query: `,
+/// `passage: `) is given the matching one; other models embed every text as given.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmbedAs {
+    /// As the caller wrote them (`/v1/embeddings`).
+    Given,
+    /// Search queries.
+    Query,
+    /// Documents.
+    Passage,
+}
+
 /// Why a request was refused.
 #[derive(Archive, RkyvSerialize, RkyvDeserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefusalCode {
@@ -209,6 +221,7 @@ pub enum Request {
     Embed {
         placement_id: String,
         inputs: Vec<String>,
+        purpose: EmbedAs,
     },
     /// Send the artifact with this SHA-256 from byte `offset`: `Artifact` then `ArtifactChunk`s.
     FetchArtifact {

