@@ -124,6 +124,6 @@ fn the_file_is_inspected_and_a_truncated_one_is_refused() {
     assert!(err.contains("cut.bin") && err.contains("past the end"), "{err}");
     // Cut inside the tokenizer.
     std::fs::write(&cut, &bytes[..100_000]).expect("write");
-    let err = shoal_engine::inspect(&cut).err().expect("refused").to_string();
+    let err = shoal_engine::inspect(&cut).expect_err("refused").to_string();
     assert!(err.contains("truncated E5S1 file"), "{err}");
 }
