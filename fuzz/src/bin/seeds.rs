@@ -87,7 +87,11 @@ fn requests() -> Vec<(&'static str, Request)> {
                 sampling: sampling(),
             }),
         ),
-        ("embed", Request::Embed { placement_id: "p-2".into(), inputs: vec!["a".into(), "bb".into()] }),
+        (
+            "embed",
+            Request::Embed { placement_id: "p-2".into(), inputs: vec!["a".into(), "bb".into()], purpose: EmbedAs::Query },
+        ),
+        ("mcp-stdio", Request::McpStdio { server: "calc".into(), command: vec!["python3".into(), "calc.py".into()] }),
         ("fetch-artifact", Request::FetchArtifact { sha256: "ab".repeat(32), offset: 5 }),
         ("stage-release", Request::StageRelease { placement_id: "p-3".into(), sequences: vec![1, 9] }),
         (
@@ -101,6 +105,7 @@ fn requests() -> Vec<(&'static str, Request)> {
         ),
         ("index-delete", Request::IndexDelete { shard_id: "kb/0/a".into(), doc_id: "d".into() }),
         ("index-export", Request::IndexExport { shard_id: "kb/0/a".into() }),
+        ("stdin-chunk", Request::Chunk { data: b"{\"jsonrpc\":\"2.0\"}\n".to_vec(), last: false }),
         (
             "index-upsert",
             Request::IndexUpsert { shard_id: "kb/0/a".into(), document: IndexDocument::default(), chunks: vec![] },
@@ -129,6 +134,9 @@ fn responses() -> Vec<(&'static str, Response)> {
         ("artifact-chunk", Response::ArtifactChunk { data: vec![9; 16], last: false }),
         ("index-written", Response::IndexWritten { chunks: 2, unchanged: false, existed: true }),
         ("heartbeat-ack", Response::HeartbeatAck { generation: 2, seq: 3, assignments: vec![], index_shards: vec![] }),
+        ("stdio-started", Response::StdioStarted { pid: 4242 }),
+        ("stdio-out", Response::StdioOut { data: b"{\"jsonrpc\":\"2.0\",\"id\":1}\n".to_vec() }),
+        ("stdio-exited", Response::StdioExited { status: "exit status 1".into(), stderr: "no config".into() }),
     ]
 }
 
