@@ -1,4 +1,5 @@
-//! Quick decode timing: `cargo run --example perf -p shoal-engine [streams] [steps]`. Besides the mean it prints
+//! Quick decode timing: `cargo run --release --example perf -p shoal-engine [streams] [steps]` (`PERF_MODEL` names
+//! another GGUF file). Besides the mean it prints
 //! the median and fastest step and the process CPU time per step, which are steadier on a busy machine.
 
 use std::time::Instant;
@@ -11,32 +12,36 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let steps: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(32);
     let dir =
         std::env::var("SHOAL_MODELS_DIR").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../models").into());
-    let path = std::path::Path::new(&dir).join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    // PERF_MODEL: another GGUF file, relative to the models folder or absolute.
+    let model =
+        std::env::var("PERF_MODEL").unwrap_or_else(|_| "smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf".into());
+    let path = std::path::Path::new(&dir).join(model);
     let requantize = std::env::var("NO_REQUANT").is_err();
     let llm = Llm::load(&path, &LlmOptions { requantize, ..Default::default() })?;
-    let prompt = llm.encode(&llm.render_chat(&[ChatMessage::new("user", "Write a long story about a dragon.")])?)?;
+    let user = std::env::var("PERF_PROMPT").unwrap_or_else(|_| "Write a long story about a dragon.".into());
+    let prompt = llm.encode(&llm.render_chat(&[ChatMessage::new("user", &user)])?)?;
     let mut caches: Vec<KvCache> = (0..streams).map(|_| llm.new_cache()).collect();
     let mut refs: Vec<&mut KvCache> = caches.iter_mut().collect();
     let t = Instant::now();
-    llm.forward_stage(&mut refs, StageInput::Tokens(vec![prompt.clone(); streams]))?;
+    let first = llm.forward_stage(&mut refs, StageInput::Tokens(vec![prompt.clone(); streams]))?;
     println!("prefill {} x {} tokens: {:.1} ms", streams, prompt.len(), t.elapsed().as_secs_f64() * 1e3);
     let t = Instant::now();
     let cpu0 = cpu_seconds();
     let mut step_ms = Vec::with_capacity(steps);
-    let mut feed = vec![vec![1u32]; streams];
+    let argmax = |row: &[f32]| {
+        row.iter().enumerate().fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0 as u32
+    };
+    let mut feed = match first {
+        StageOutput::Logits(l) => l.iter().map(|row| vec![argmax(row)]).collect(),
+        StageOutput::Hidden(_) => vec![vec![1u32]; streams],
+    };
+    let mut text = vec![feed[0][0]];
     for _ in 0..steps {
         let ts = Instant::now();
         let out = llm.forward_stage(&mut refs, StageInput::Tokens(feed.clone()))?;
         if let StageOutput::Logits(l) = out {
-            feed = l
-                .iter()
-                .map(|row| {
-                    vec![
-                        row.iter().enumerate().fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0
-                            as u32,
-                    ]
-                })
-                .collect();
+            feed = l.iter().map(|row| vec![argmax(row)]).collect();
+            text.push(feed[0][0]);
         }
         step_ms.push(ts.elapsed().as_secs_f64() * 1e3);
     }
@@ -55,6 +60,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         step_ms[0],
         cpu * 1e3 / steps as f64
     );
+    println!("greedy: {:?}", llm.decode(&text)?);
     Ok(())
 }
 

@@ -15,6 +15,9 @@ mod llama;
 mod matmul;
 mod prefix_cache;
 mod q4;
+mod q4k;
+mod q5;
+mod q6k;
 mod q8;
 mod sampling;
 mod source;
@@ -28,6 +31,7 @@ pub use inspect::{
     inspect, inspect_gguf_bytes, safetensors_weight_bytes_of, Capability, ModelFormat, ModelInfo, RecommendedSampling,
 };
 pub use llama::{ChatMessage, ChatToolCall, HiddenStates, KvCache, Llm, LlmOptions, StageInput, StageOutput};
+pub use matmul::kernel_path;
 pub use sampling::{SamplingParams, SequenceSampler};
 pub use source::{resolve_source, resolve_source_with_endpoint, HfUri};
 pub use tokenizer::Utf8Stream;

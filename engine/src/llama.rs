@@ -14,10 +14,14 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::EngineError;
+use crate::half::{f16_to_f32, f32_to_f16};
 use crate::inspect::{inspect_gguf, md_str, ModelInfo};
-use crate::matmul::vectorized;
-use crate::q4::{q4_from_q4_0, q4_from_q4_1, Q4Matrix};
-use crate::q8::{q8_from_f32, q8_from_q8_0, Q8Matrix};
+use crate::matmul::{vectorized, WeightMatrix};
+use crate::q4::{q4_from_q4_0, q4_from_q4_1};
+use crate::q4k::q4k_from_q4_k;
+use crate::q5::q5_from_q5_0;
+use crate::q6k::q6k_from_q6_k;
+use crate::q8::{q8_from_f32, q8_from_q8_0};
 use crate::tokenizer::GgufTokenizer;
 
 pub use crate::chat::{ChatMessage, ChatToolCall};
@@ -28,9 +32,9 @@ pub struct LlmOptions {
     /// Only this contiguous range of transformer layers (a pipeline stage); `None` = all layers.
     pub layers: Option<Range<usize>>,
     /// Run all weight matrices on the engine's own batched kernels, which read each weight once per step for all
-    /// sequences (much faster on CPU than candle's kernels): Q4_0/Q4_1 and Q8_0 weights keep their values, all
-    /// others are re-quantised at load to the engine's 8-bit format (Q8_0). `false` runs candle's kernels on the
-    /// file's own quantisation.
+    /// sequences (much faster on CPU than candle's kernels): Q4_0, Q4_1, Q5_0, Q8_0, Q4_K and Q6_K weights are
+    /// read as stored; other types are re-quantised at load to the engine's 8-bit format (Q8_0). `false` runs
+    /// candle's kernels on the file's own quantisation.
     pub requantize: bool,
 }
 
@@ -158,12 +162,15 @@ struct Config {
     context_length: usize,
 }
 
-/// A weight matrix: our own batched kernels (4-bit for Q4_0/Q4_1 files, 8-bit for everything else), or candle's
-/// quantized matmul in the file's own format.
+/// A weight matrix: our own batched kernels on the file's blocks (or on 8-bit blocks re-quantised at load for
+/// the types they do not read), several such matrices of different types stacked along their output rows, or
+/// candle's quantized matmul in the file's own format.
 #[derive(Clone)]
 enum Linear {
-    Q4(Arc<Q4Matrix>),
-    Q8(Arc<Q8Matrix>),
+    Blocks(Arc<dyn WeightMatrix>),
+    /// Matrices with the same input size whose outputs are concatenated (q, k and v stored in different types:
+    /// each run of parts of one type is one matrix).
+    Stack(Vec<Arc<dyn WeightMatrix>>),
     Candle(QMatMul),
 }
 
@@ -171,8 +178,18 @@ impl Linear {
     /// `x @ w^T` for `rows` rows of `x`.
     fn forward(&self, x: Vec<f32>, rows: usize) -> Result<Vec<f32>, EngineError> {
         match self {
-            Linear::Q4(q) => Ok(q.matmul(&x, rows)),
-            Linear::Q8(q) => Ok(q.matmul(&x, rows)),
+            Linear::Blocks(q) => Ok(q.matmul(&x, rows)),
+            Linear::Stack(parts) => {
+                let outs: Vec<Vec<f32>> = parts.iter().map(|p| p.matmul(&x, rows)).collect();
+                let widths: Vec<usize> = parts.iter().map(|p| p.rows()).collect();
+                let mut y = Vec::with_capacity(rows * widths.iter().sum::<usize>());
+                for r in 0..rows {
+                    for (out, &w) in outs.iter().zip(&widths) {
+                        y.extend_from_slice(&out[r * w..(r + 1) * w]);
+                    }
+                }
+                Ok(y)
+            }
             Linear::Candle(w) => {
                 let k = x.len() / rows.max(1);
                 let t = Tensor::from_vec(x, (rows, k), &Device::Cpu)?;
@@ -183,8 +200,8 @@ impl Linear {
 
     fn rows(&self) -> Result<usize, EngineError> {
         match self {
-            Linear::Q4(q) => Ok(q.rows()),
-            Linear::Q8(q) => Ok(q.rows()),
+            Linear::Blocks(q) => Ok(q.rows()),
+            Linear::Stack(parts) => Ok(parts.iter().map(|p| p.rows()).sum()),
             Linear::Candle(QMatMul::QTensor(t)) => Ok(t.shape().dims2()?.0),
             Linear::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => Ok(t.dims2()?.0),
         }
@@ -193,20 +210,14 @@ impl Linear {
     /// Rows `ids` of the matrix (embedding lookup).
     fn embedding(&self, ids: Vec<u32>) -> Result<Vec<f32>, EngineError> {
         match self {
-            Linear::Q4(q) => {
+            Linear::Blocks(q) => {
                 let mut out = Vec::new();
                 for id in ids {
                     q.row(id as usize, &mut out);
                 }
                 Ok(out)
             }
-            Linear::Q8(q) => {
-                let mut out = Vec::new();
-                for id in ids {
-                    q.row(id as usize, &mut out);
-                }
-                Ok(out)
-            }
+            Linear::Stack(_) => Err(EngineError::InvalidRequest("an embedding table is one matrix".into())),
             Linear::Candle(w) => {
                 let n = ids.len();
                 let ids = Tensor::from_vec(ids, n, &Device::Cpu)?;
@@ -297,27 +308,27 @@ impl Loader<'_> {
             }
             rows += n;
         }
-        if self.requantize && same_dtype && matches!(dtype, GgmlDType::Q4_0 | GgmlDType::Q4_1) {
-            // 4-bit files keep their values: the 4-bit kernel reads half the bytes of the 8-bit one.
-            let mut bytes = Vec::new();
-            for p in &parts {
-                bytes.extend_from_slice(&p.data()?);
+        if self.requantize && parts.iter().all(|p| reads_as_stored(p.dtype())) {
+            // The file's blocks as they are: fewer bytes to read per token than re-quantised ones, and the
+            // values the file holds. Parts of one type are one matrix; parts of different types a stack.
+            let unreadable = || EngineError::model(self.path, format!("cannot read the blocks of {names:?}"));
+            if same_dtype {
+                let mut bytes = Vec::new();
+                for p in &parts {
+                    bytes.extend_from_slice(&p.data()?);
+                }
+                return Ok(Linear::Blocks(as_stored(dtype, &bytes, rows, k).ok_or_else(unreadable)?));
             }
-            let q = match dtype {
-                GgmlDType::Q4_1 => q4_from_q4_1(&bytes, rows, k),
-                _ => q4_from_q4_0(&bytes, rows, k),
-            };
-            let q = q.ok_or_else(|| EngineError::model(self.path, format!("cannot read {names:?} as 4-bit")))?;
-            return Ok(Linear::Q4(Arc::new(q)));
-        }
-        if self.requantize && same_dtype && dtype == GgmlDType::Q8_0 {
-            let mut bytes = Vec::new();
-            for p in &parts {
-                bytes.extend_from_slice(&p.data()?);
+            let mut stack = Vec::with_capacity(parts.len());
+            for run in parts.chunk_by(|a, b| a.dtype() == b.dtype()) {
+                let (mut bytes, mut n) = (Vec::new(), 0);
+                for p in run {
+                    bytes.extend_from_slice(&p.data()?);
+                    n += p.shape().dims2()?.0;
+                }
+                stack.push(as_stored(run[0].dtype(), &bytes, n, k).ok_or_else(unreadable)?);
             }
-            let q = q8_from_q8_0(&bytes, rows, k)
-                .ok_or_else(|| EngineError::model(self.path, format!("cannot read {names:?} as Q8_0")))?;
-            return Ok(Linear::Q8(Arc::new(q)));
+            return Ok(Linear::Stack(stack));
         }
         if (self.requantize || !same_dtype) && k.is_multiple_of(crate::matmul::BLOCK) {
             let mut dense = Vec::with_capacity(rows * k);
@@ -326,7 +337,7 @@ impl Loader<'_> {
             }
             let q = q8_from_f32(&dense, rows, k)
                 .ok_or_else(|| EngineError::model(self.path, format!("cannot quantise {names:?}")))?;
-            return Ok(Linear::Q8(Arc::new(q)));
+            return Ok(Linear::Blocks(Arc::new(q)));
         }
         if parts.len() == 1 {
             return qmatmul(Arc::new(parts.remove(0)));
@@ -340,6 +351,29 @@ impl Loader<'_> {
         }
         let storage = QStorage::from_data(Cow::Owned(bytes), &Device::Cpu, dtype)?;
         qmatmul(Arc::new(QTensor::new(storage, (rows, k))?))
+    }
+}
+
+/// Whether the engine's kernels read this GGML type's blocks as stored.
+fn reads_as_stored(dtype: GgmlDType) -> bool {
+    use GgmlDType::*;
+    matches!(dtype, Q4_0 | Q4_1 | Q5_0 | Q8_0 | Q4K | Q6K)
+}
+
+/// A `[n, k]` matrix of stored GGML blocks on the engine's kernels (`None`: not such a type, or sizes that do
+/// not fit its blocks).
+fn as_stored(dtype: GgmlDType, bytes: &[u8], n: usize, k: usize) -> Option<Arc<dyn WeightMatrix>> {
+    fn shared<M: WeightMatrix + 'static>(m: Option<M>) -> Option<Arc<dyn WeightMatrix>> {
+        m.map(|m| Arc::new(m) as Arc<dyn WeightMatrix>)
+    }
+    match dtype {
+        GgmlDType::Q4_0 => shared(q4_from_q4_0(bytes, n, k)),
+        GgmlDType::Q4_1 => shared(q4_from_q4_1(bytes, n, k)),
+        GgmlDType::Q5_0 => shared(q5_from_q5_0(bytes, n, k)),
+        GgmlDType::Q8_0 => shared(q8_from_q8_0(bytes, n, k)),
+        GgmlDType::Q4K => shared(q4k_from_q4_k(bytes, n, k)),
+        GgmlDType::Q6K => shared(q6k_from_q6_k(bytes, n, k)),
+        _ => None,
     }
 }
 
@@ -378,6 +412,12 @@ impl Llm {
         };
         if n_head == 0 || n_kv_head == 0 || n_head % n_kv_head != 0 || hidden % n_head != 0 {
             return Err(EngineError::model(gguf, format!("bad head counts {n_head}/{n_kv_head} for hidden {hidden}")));
+        }
+        if head_dim > MAX_HEAD_DIM {
+            return Err(EngineError::model(
+                gguf,
+                format!("attention heads of {head_dim} values (at most {MAX_HEAD_DIM})"),
+            ));
         }
         let range = opts.layers.clone().unwrap_or(0..cfg.n_layer);
         if range.start >= range.end || range.end > cfg.n_layer {
@@ -658,11 +698,12 @@ impl Llm {
                     rope.apply(r, head);
                 }
             }
-            // Append the new keys and values to each sequence's cache.
+            // Append the new keys and values to each sequence's cache, at half precision (llama.cpp's default
+            // cache type).
             for (r, row) in qkv.chunks_exact(qkv_dim).enumerate() {
                 let cache = &mut caches[row_seq[r]];
-                cache.k[li].extend_from_slice(&row[q_dim..q_dim + kv_dim]);
-                cache.v[li].extend_from_slice(&row[q_dim + kv_dim..]);
+                cache.k[li].extend(row[q_dim..q_dim + kv_dim].iter().map(|&v| to_half_precision(v)));
+                cache.v[li].extend(row[q_dim + kv_dim..].iter().map(|&v| to_half_precision(v)));
             }
             let kv: Vec<(&[f32], &[f32])> = caches.iter().map(|c| (c.k[li].as_slice(), c.v[li].as_slice())).collect();
             let attn = attention(cfg, &qkv, &kv, &row_seq, &row_pos);
@@ -724,8 +765,9 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     let d = w.len();
     let mut out = Vec::with_capacity(x.len());
     for row in x.chunks_exact(d) {
-        let ss = dot(row, row);
-        let scale = 1.0 / (ss / d as f32 + eps).sqrt();
+        // The sum of squares in f64, as llama.cpp takes it.
+        let ss: f64 = row.iter().map(|&v| (v * v) as f64).sum();
+        let scale = 1.0 / ((ss / d as f64) as f32 + eps).sqrt();
         out.extend(row.iter().zip(w).map(|(&v, &w)| v * scale * w));
     }
     out
@@ -756,16 +798,18 @@ struct RopeTable {
 
 impl RopeTable {
     fn new(cfg: &Config, positions: &[usize]) -> Self {
+        // As llama.cpp computes the angles (in f32, each frequency the previous one times a constant), so
+        // that both rotate by the same values.
         let half = cfg.rope_dim / 2;
-        let inv: Vec<f64> =
-            (0..half).map(|i| 1.0 / (cfg.rope_theta as f64).powf(2.0 * i as f64 / cfg.rope_dim as f64)).collect();
+        let step = cfg.rope_theta.powf(-2.0 / cfg.rope_dim as f32);
         let mut cos = Vec::with_capacity(positions.len() * half);
         let mut sin = Vec::with_capacity(positions.len() * half);
         for &p in positions {
-            for f in &inv {
-                let a = (p as f64 * f) as f32;
-                cos.push(a.cos());
-                sin.push(a.sin());
+            let mut angle = p as f32;
+            for _ in 0..half {
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+                angle *= step;
             }
         }
         RopeTable { half, neox: cfg.rope_neox, cos, sin }
@@ -791,6 +835,15 @@ impl RopeTable {
     }
 }
 
+/// The largest attention head size the engine runs.
+const MAX_HEAD_DIM: usize = 256;
+
+/// `v` rounded to the nearest half-precision value.
+#[inline(always)]
+fn to_half_precision(v: f32) -> f32 {
+    f16_to_f32(f32_to_f16(v))
+}
+
 /// One query head against the cached positions of its key/value head.
 struct HeadAttention<'a> {
     q: &'a [f32],
@@ -804,15 +857,21 @@ struct HeadAttention<'a> {
 }
 
 impl HeadAttention<'_> {
-    /// `o = softmax(q . k * scale) . v`; `scores` is scratch space.
+    /// `o = softmax(q . k * scale) . v`; `scores` is scratch space. As llama.cpp with its default half-precision
+    /// cache, the query and the attention weights are rounded to half precision before they meet the cache.
     #[inline(always)]
     fn run(&self, scores: &mut Vec<f32>, o: &mut [f32]) {
         let hd = self.q.len();
         let (from, to) = (self.offset, self.offset + hd);
         scores.clear();
+        let mut q = [0f32; MAX_HEAD_DIM];
+        let q = &mut q[..hd];
+        for (a, &b) in q.iter_mut().zip(self.q) {
+            *a = to_half_precision(b);
+        }
         let mut max = f32::NEG_INFINITY;
         for k in self.keys.chunks_exact(self.kv_dim).map(|row| &row[from..to]) {
-            let s = dot(self.q, k) * self.scale;
+            let s = dot(q, k) * self.scale;
             max = max.max(s);
             scores.push(s);
         }
@@ -824,7 +883,7 @@ impl HeadAttention<'_> {
         let inv = 1.0 / sum;
         o.fill(0.0);
         for (&w, v) in scores.iter().zip(self.values.chunks_exact(self.kv_dim).map(|row| &row[from..to])) {
-            let w = w * inv;
+            let w = to_half_precision(w * inv);
             for (a, b) in o.iter_mut().zip(v) {
                 *a += w * b;
             }

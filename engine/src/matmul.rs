@@ -6,6 +6,8 @@
 //! Also `vectorized`, which compiles other hot loops for AVX2 where the CPU has it.
 
 use pulp::{Arch, NullaryFnOnce, Simd, WithSimd};
+
+use crate::half::{f16_to_f32, f32_to_f16};
 use rayon::prelude::*;
 
 /// Values per quantisation block.
@@ -30,6 +32,15 @@ pub(crate) fn vectorized<Op: NullaryFnOnce>(op: Op) -> Op::Output {
     op.call()
 }
 
+/// Which of the kernels' code paths this CPU runs (for benchmark reports).
+pub fn kernel_path() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    if pulp::x86::V3::try_new().is_some() {
+        return "AVX2+FMA (x86-64-v3)";
+    }
+    "portable (no AVX2)"
+}
+
 /// Input rows quantised to 8 bits per 32-value block (value = `d * q`; `s = d * sum(q)` serves the weight
 /// formats with an offset), in groups of 8, 4, 2 or 1 rows that the kernels process together. Within a group
 /// the data is block-major: block `b` of row `i` is entry `b * rows + i`, so the scales of all the group's rows
@@ -43,22 +54,27 @@ struct XGroup {
     s: Vec<f32>,
 }
 
-/// Quantise `m` rows of `x` (`[m, k]`) into groups of at most `ROWS` rows.
-fn quantize_groups(x: &[f32], m: usize, k: usize) -> Vec<XGroup> {
+/// Quantise `m` rows of `x` (`[m, k]`) into groups of at most `ROWS` rows, as llama.cpp quantises the inputs
+/// of the same weight format (so that both compute the same products): for 32-value weight blocks one scale
+/// per 32 inputs (GGML's Q8_0), for the 256-value K-quant super-blocks one per 256 (GGML's Q8_K).
+fn quantize_groups(x: &[f32], m: usize, k: usize, span: usize) -> Vec<XGroup> {
     let blocks = k / BLOCK;
     let mut groups = Vec::new();
     let mut row0 = 0;
+    let mut q = vec![[0i8; BLOCK]; span / BLOCK];
     while row0 < m {
         let left = m - row0;
         let rows = if left >= ROWS { ROWS } else { 1 << left.ilog2() };
         let n = blocks * rows;
         let mut g = XGroup { row0, rows, q: vec![[0; BLOCK]; n], d: vec![0.0; n], s: vec![0.0; n] };
         for (i, row) in x[row0 * k..(row0 + rows) * k].chunks_exact(k).enumerate() {
-            for (b, xb) in row.chunks_exact(BLOCK).enumerate() {
-                let (q, d) = quantize_block(xb);
-                let sum: i32 = q.iter().map(|&v| v as i32).sum();
-                let at = b * rows + i;
-                (g.q[at], g.d[at], g.s[at]) = (q, d, d * sum as f32);
+            for (c, xs) in row.chunks_exact(span).enumerate() {
+                let d = if span == BLOCK { quantize_q8_0(xs, &mut q[0]) } else { quantize_q8_k(xs, &mut q) };
+                for (p, q) in q.iter().enumerate() {
+                    let sum: i32 = q.iter().map(|&v| v as i32).sum();
+                    let at = (c * (span / BLOCK) + p) * rows + i;
+                    (g.q[at], g.d[at], g.s[at]) = (*q, d, d * sum as f32);
+                }
             }
         }
         groups.push(g);
@@ -67,43 +83,88 @@ fn quantize_groups(x: &[f32], m: usize, k: usize) -> Vec<XGroup> {
     groups
 }
 
-/// Symmetric 8-bit quantisation of one block: values in -127..=127 and the scale.
-fn quantize_block(xb: &[f32]) -> ([i8; BLOCK], f32) {
+/// GGML's Q8_0 quantisation of 32 inputs as llama.cpp's AVX2 code does it: `q = round(x * 127 / amax)` (ties
+/// to even), scale `amax / 127` rounded to half precision. Returns the scale.
+fn quantize_q8_0(xb: &[f32], q: &mut [i8; BLOCK]) -> f32 {
     let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let scale = amax / 127.0;
-    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-    let mut q = [0i8; BLOCK];
+    let inv = if amax != 0.0 { 127.0 / amax } else { 0.0 };
     for (q, &v) in q.iter_mut().zip(xb) {
-        // Round half away from zero without a libm call (the cast truncates).
-        let r = v * inv;
-        *q = (r + 0.5f32.copysign(r)).clamp(-127.0, 127.0) as i8;
+        *q = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
     }
-    (q, scale)
+    f16_to_f32(f32_to_f16(amax / 127.0))
 }
 
-/// A weight block format: 32 values `d * q (+ m)` with integer `q`.
+/// GGML's Q8_K quantisation of 256 inputs (one scale for all): with `max` the input of largest magnitude,
+/// `q = min(127, round(x * -127 / max))` (ties to even) and scale `1 / (-127 / max)`. Returns the scale.
+fn quantize_q8_k(xs: &[f32], q: &mut [[i8; BLOCK]]) -> f32 {
+    let (mut max, mut amax) = (0f32, 0f32);
+    for &v in xs {
+        if v.abs() > amax {
+            (amax, max) = (v.abs(), v);
+        }
+    }
+    if amax == 0.0 {
+        q.iter_mut().for_each(|b| *b = [0; BLOCK]);
+        return 0.0;
+    }
+    let iscale = -127.0 / max;
+    for (qb, xb) in q.iter_mut().zip(xs.chunks_exact(BLOCK)) {
+        for (q, &v) in qb.iter_mut().zip(xb) {
+            *q = (iscale * v).round_ties_even().clamp(-128.0, 127.0) as i8;
+        }
+    }
+    1.0 / iscale
+}
+
+/// A weight block format as stored in the file: `PARTS` parts of 32 values `scale * q (+ offset)` with integer
+/// `q` (a part's integer dot product may already weigh sub-parts by small integer scales, as Q6_K's do).
 pub(crate) trait WeightBlock: Copy + Send + Sync {
-    /// Whether values carry an offset `m` (multiplied by the input block's `s`).
+    /// 32-value parts per block: 1, or 8 for the 256-value K-quant super-blocks.
+    const PARTS: usize = 1;
+    /// Whether values carry an offset (multiplied by the input block's `s`).
     const OFFSET: bool;
     /// Bytes read per block (for the parallel-work threshold).
     const BYTES: usize;
-    fn scale(&self) -> f32;
-    fn offset(&self) -> f32;
-    /// Integer dot product of the `q` values with an input block.
-    fn dot(&self, x: &[i8; BLOCK]) -> i32;
-    /// Appends the 32 dequantised values.
+    fn scale(&self, part: usize) -> f32;
+    fn offset(&self, part: usize) -> f32;
+    /// Integer dot product of part `part`'s `q` values with an input block.
+    fn dot(&self, part: usize, x: &[i8; BLOCK]) -> i32;
+    /// Appends the block's `32 * PARTS` dequantised values.
     fn dequantize(&self, out: &mut Vec<f32>);
-    /// The block loaded into registers, once for all input rows.
+    /// A part loaded into registers, once for all input rows.
     #[cfg(target_arch = "x86_64")]
     type Loaded: Copy;
     #[cfg(target_arch = "x86_64")]
-    fn load_v3(&self, v: pulp::x86::V3) -> Self::Loaded;
+    fn load_v3(&self, v: pulp::x86::V3, part: usize) -> Self::Loaded;
     /// Integer dot product with an input block as eight i32 partial sums.
     #[cfg(target_arch = "x86_64")]
     fn dot_v3(v: pulp::x86::V3, w: Self::Loaded, x: core::arch::x86_64::__m256i) -> core::arch::x86_64::__m256i;
 }
 
-/// A `[n, k]` matrix of weight blocks, row-major (`k / 32` blocks per row).
+/// A weight matrix on the engine's batched kernels, whatever its block format.
+pub(crate) trait WeightMatrix: Send + Sync {
+    /// `x @ self^T` for `m` rows of `x` (`[m, k]`); returns `[m, n]`.
+    fn matmul(&self, x: &[f32], m: usize) -> Vec<f32>;
+    fn rows(&self) -> usize;
+    /// Appends dequantised row `i` (embedding lookups).
+    fn row(&self, i: usize, out: &mut Vec<f32>);
+}
+
+impl<B: WeightBlock> WeightMatrix for BlockMatrix<B> {
+    fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+        BlockMatrix::matmul(self, x, m)
+    }
+
+    fn rows(&self) -> usize {
+        self.n
+    }
+
+    fn row(&self, i: usize, out: &mut Vec<f32>) {
+        BlockMatrix::row(self, i, out)
+    }
+}
+
+/// A `[n, k]` matrix of weight blocks, row-major (`k / (32 * PARTS)` blocks per row).
 pub(crate) struct BlockMatrix<B> {
     n: usize,
     k: usize,
@@ -111,17 +172,16 @@ pub(crate) struct BlockMatrix<B> {
 }
 
 impl<B: WeightBlock> BlockMatrix<B> {
-    /// From `n * k / 32` row-major blocks; `k` must be a multiple of 32.
-    pub(crate) fn new(n: usize, k: usize, blocks: Vec<B>) -> Option<Self> {
-        (k.is_multiple_of(BLOCK) && blocks.len() == n * k / BLOCK).then_some(BlockMatrix { n, k, blocks })
-    }
+    /// Values per block.
+    const VALUES: usize = BLOCK * B::PARTS;
 
-    pub(crate) fn rows(&self) -> usize {
-        self.n
+    /// From `n * k / (32 * PARTS)` row-major blocks; `k` must be a multiple of `32 * PARTS`.
+    pub(crate) fn new(n: usize, k: usize, blocks: Vec<B>) -> Option<Self> {
+        (k.is_multiple_of(Self::VALUES) && blocks.len() == n * k / Self::VALUES).then_some(BlockMatrix { n, k, blocks })
     }
 
     fn row_blocks(&self, j: usize) -> &[B] {
-        let per_row = self.k / BLOCK;
+        let per_row = self.k / Self::VALUES;
         &self.blocks[j * per_row..(j + 1) * per_row]
     }
 
@@ -140,11 +200,11 @@ impl<B: WeightBlock> BlockMatrix<B> {
     /// `matmul`, on the explicit AVX2 kernel when `simd` and the CPU allow, else on the portable one.
     fn matmul_with(&self, x: &[f32], m: usize, simd: bool) -> Vec<f32> {
         let (n, k) = (self.n, self.k);
-        let groups = quantize_groups(x, m, k);
+        let groups = quantize_groups(x, m, k, Self::VALUES);
         let arch = Arch::new();
         #[cfg(target_arch = "x86_64")]
         let v3 = pulp::x86::V3::try_new().filter(|_| simd);
-        let work = n * m * (k / BLOCK) * B::BYTES;
+        let work = n * m * (k / Self::VALUES) * B::BYTES;
         let kernel = |col0: usize, out: &mut [f32]| {
             let kernel = Kernel { w: self, groups: &groups, m, col0, out };
             #[cfg(target_arch = "x86_64")]
@@ -203,10 +263,12 @@ impl<B: WeightBlock> WithSimd for Kernel<'_, B> {
                     let mut acc = 0f32;
                     let mut macc = 0f32;
                     for (b, wb) in wrow.iter().enumerate() {
-                        let at = b * g.rows + i;
-                        acc += wb.dot(&g.q[at]) as f32 * (wb.scale() * g.d[at]);
-                        if B::OFFSET {
-                            macc += wb.offset() * g.s[at];
+                        for p in 0..B::PARTS {
+                            let at = (b * B::PARTS + p) * g.rows + i;
+                            acc += wb.dot(p, &g.q[at]) as f32 * (wb.scale(p) * g.d[at]);
+                            if B::OFFSET {
+                                macc += wb.offset(p) * g.s[at];
+                            }
                         }
                     }
                     *o = acc + macc;
@@ -253,12 +315,15 @@ fn column_v3<B: WeightBlock, const R: usize>(
     if R == 1 {
         // One row: everything in one pass (the scale goes from a register straight to the broadcast).
         let mut acc = v.avx._mm256_setzero_ps();
-        for (((wb, q), d), s) in wrow.iter().zip(q).zip(d).zip(s) {
-            let dot = B::dot_v3(v, wb.load_v3(v), pulp::cast(q[0]));
-            let scale = v.avx._mm256_set1_ps(wb.scale() * d[0]);
-            acc = v.fma._mm256_fmadd_ps(v.avx._mm256_cvtepi32_ps(dot), scale, acc);
-            if B::OFFSET {
-                macc[0] += wb.offset() * s[0];
+        let parts = q.chunks_exact(B::PARTS).zip(d.chunks_exact(B::PARTS)).zip(s.chunks_exact(B::PARTS));
+        for (wb, ((q, d), s)) in wrow.iter().zip(parts) {
+            for p in 0..B::PARTS {
+                let dot = B::dot_v3(v, wb.load_v3(v, p), pulp::cast(q[p][0]));
+                let scale = v.avx._mm256_set1_ps(wb.scale(p) * d[p][0]);
+                acc = v.fma._mm256_fmadd_ps(v.avx._mm256_cvtepi32_ps(dot), scale, acc);
+                if B::OFFSET {
+                    macc[0] += wb.offset(p) * s[p][0];
+                }
             }
         }
         let l: [f32; 8] = pulp::cast(acc);
@@ -268,22 +333,28 @@ fn column_v3<B: WeightBlock, const R: usize>(
     // become vector operations), so that the dot-product loop only loads them (computing them in the loop
     // costs a stalled store-to-load round trip per row).
     scales.clear();
-    for ((wb, d), s) in wrow.iter().zip(d).zip(s) {
-        let dw = wb.scale();
-        scales.push(core::array::from_fn(|i| dw * d[i]));
-        if B::OFFSET {
-            let mw = wb.offset();
-            for i in 0..R {
-                macc[i] += mw * s[i];
+    for (wb, (d, s)) in wrow.iter().zip(d.chunks_exact(B::PARTS).zip(s.chunks_exact(B::PARTS))) {
+        for p in 0..B::PARTS {
+            let dw = wb.scale(p);
+            scales.push(core::array::from_fn(|i| dw * d[p][i]));
+            if B::OFFSET {
+                let mw = wb.offset(p);
+                for i in 0..R {
+                    macc[i] += mw * s[p][i];
+                }
             }
         }
     }
     let mut acc: [__m256; R] = [v.avx._mm256_setzero_ps(); R];
-    for ((wb, q), scale) in wrow.iter().zip(q).zip(scales.iter()) {
-        let loaded = wb.load_v3(v);
-        for i in 0..R {
-            let dot = B::dot_v3(v, loaded, pulp::cast(q[i]));
-            acc[i] = v.fma._mm256_fmadd_ps(v.avx._mm256_cvtepi32_ps(dot), v.avx._mm256_set1_ps(scale[i]), acc[i]);
+    let parts = q.chunks_exact(B::PARTS).zip(scales.chunks_exact(B::PARTS));
+    for (wb, (q, scale)) in wrow.iter().zip(parts) {
+        for p in 0..B::PARTS {
+            let loaded = wb.load_v3(v, p);
+            for i in 0..R {
+                let dot = B::dot_v3(v, loaded, pulp::cast(q[p][i]));
+                let sc = v.avx._mm256_set1_ps(scale[p][i]);
+                acc[i] = v.fma._mm256_fmadd_ps(v.avx._mm256_cvtepi32_ps(dot), sc, acc[i]);
+            }
         }
     }
     let mut out = [0f32; R];
@@ -298,6 +369,97 @@ fn column_v3<B: WeightBlock, const R: usize>(
 pub(crate) mod tests {
     use super::*;
 
+    /// A small deterministic generator (xorshift64*), for test data.
+    pub(crate) struct TestRng(u64);
+
+    impl TestRng {
+        pub(crate) fn new(seed: u64) -> Self {
+            TestRng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+        }
+
+        pub(crate) fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        /// Uniform in `[-1, 1)`.
+        pub(crate) fn unit(&mut self) -> f32 {
+            (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        }
+    }
+
+    /// `count` stored blocks of `bytes` random bytes each, with the half-precision scales at `f16_at` set to
+    /// random finite values of either sign between about 2^-10 and 2^-4 (weights of a real model's size).
+    pub(crate) fn random_blocks(count: usize, bytes: usize, f16_at: &[usize], seed: u64) -> Vec<u8> {
+        let mut rng = TestRng::new(seed);
+        let mut out = Vec::with_capacity(count * bytes);
+        for _ in 0..count {
+            let start = out.len();
+            out.extend((0..bytes).map(|_| rng.next() as u8));
+            for &at in f16_at {
+                let magnitude = (2f32).powf(-10.0 + 6.0 * (rng.unit() + 1.0) / 2.0);
+                let h = crate::half::f32_to_f16(magnitude.copysign(rng.unit()));
+                out[start + at..start + at + 2].copy_from_slice(&h.to_le_bytes());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn inputs_are_quantised_as_llama_cpp_quantises_them() {
+        // Q8_0: scale 127 / amax, ties to even, the block scale in half precision.
+        let mut xb = [0f32; BLOCK];
+        xb[..5].copy_from_slice(&[127.0, 2.5, -0.5, 3.5, -2.5]);
+        let mut q = [0i8; BLOCK];
+        assert_eq!(quantize_q8_0(&xb, &mut q), 1.0);
+        assert_eq!(q[..5], [127, 2, 0, 4, -2]);
+        xb[0] = 0.1;
+        let d = quantize_q8_0(&xb[..1].repeat(BLOCK), &mut q);
+        assert_eq!(d, f16_to_f32(f32_to_f16(0.1 / 127.0)));
+        assert_ne!(d, 0.1 / 127.0, "the scale is rounded to half precision");
+        // Q8_K: one scale for 256 inputs; the input of largest magnitude becomes -127.
+        let mut xs = vec![0f32; 256];
+        xs[7] = 254.0;
+        xs[200] = 5.0;
+        xs[201] = 3.0;
+        let mut parts = vec![[0i8; BLOCK]; 8];
+        assert_eq!(quantize_q8_k(&xs, &mut parts), -2.0);
+        assert_eq!((parts[0][7], parts[6][8], parts[6][9]), (-127, -2, -2), "-2.5 and -1.5 to even");
+        assert_eq!(quantize_q8_k(&[0.0; 256], &mut parts), 0.0);
+        assert!(parts.iter().all(|p| p.iter().all(|&v| v == 0)));
+    }
+
+    /// Checks a matrix read from stored `data` of GGML type `dtype`: its rows dequantise to exactly what
+    /// candle's GGML reader gives for the same bytes, and `check_matmul` holds for random inputs (8 rows, so
+    /// every group size of the kernels runs).
+    pub(crate) fn check_against_candle<B: WeightBlock>(
+        q: &BlockMatrix<B>,
+        data: &[u8],
+        dtype: candle_core::quantized::GgmlDType,
+        n: usize,
+        k: usize,
+    ) {
+        use candle_core::quantized::{QStorage, QTensor};
+        use candle_core::Device;
+        let storage = QStorage::from_data(std::borrow::Cow::Borrowed(data), &Device::Cpu, dtype).expect("storage");
+        let reference = QTensor::new(storage, (n, k)).expect("tensor");
+        let reference: Vec<f32> =
+            reference.dequantize(&Device::Cpu).and_then(|t| t.flatten_all()?.to_vec1()).expect("dequantize");
+        let mut ours = Vec::new();
+        for j in 0..n {
+            q.row(j, &mut ours);
+        }
+        assert_eq!(ours.len(), reference.len());
+        for (i, (a, b)) in ours.iter().zip(&reference).enumerate() {
+            assert!(a == b, "value {i}: {a} vs candle's {b}");
+        }
+        let mut rng = TestRng::new(k as u64);
+        let x: Vec<f32> = (0..15 * k).map(|_| rng.unit() * 2.0).collect();
+        check_matmul(q, &x);
+    }
+
     /// Checks a matrix against its dequantised values: close to the exact product, the same for a row alone
     /// as in a batch (for every batch size up to `x`'s rows), and the portable kernel close to the SIMD one.
     pub(crate) fn check_matmul<B: WeightBlock>(q: &BlockMatrix<B>, x: &[f32]) {
@@ -310,11 +472,22 @@ pub(crate) mod tests {
         let y = q.matmul(x, m);
         let portable = q.matmul_with(x, m, false);
         for r in 0..m {
+            let xr = &x[r * k..(r + 1) * k];
+            // Each input value is off by at most half a step of its block's 8-bit quantisation (one scale per
+            // 32 or per 256 inputs), and a 32-value block's scale by half-precision rounding.
+            let span = BlockMatrix::<B>::VALUES;
+            let step: Vec<f32> = xr
+                .chunks_exact(span)
+                .flat_map(|b| vec![b.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0; span])
+                .collect();
             for j in 0..n {
-                let exact: f32 = (0..k).map(|i| x[r * k + i] * dense[j * k + i]).sum();
+                let w = &dense[j * k..(j + 1) * k];
+                let exact: f32 = xr.iter().zip(w).map(|(a, b)| a * b).sum();
+                let size: f32 = xr.iter().zip(w).map(|(a, b)| (a * b).abs()).sum();
+                let bound: f32 = w.iter().zip(&step).map(|(w, s)| w.abs() * s).sum::<f32>() * 0.5 + 6e-4 * size + 1e-6;
                 let got = y[r * n + j];
-                assert!((got - exact).abs() < 0.05 * (1.0 + exact.abs()), "{r},{j}: {got} vs {exact}");
-                assert!((portable[r * n + j] - got).abs() < 1e-3 * (1.0 + got.abs()), "{r},{j}");
+                assert!((got - exact).abs() <= bound, "{r},{j}: {got} vs {exact} (bound {bound})");
+                assert!((portable[r * n + j] - got).abs() <= 1e-5 * size + 1e-6, "{r},{j}: portable kernel");
             }
         }
         for rows in 1..m {

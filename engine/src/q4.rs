@@ -70,17 +70,17 @@ impl WeightBlock for Q4Block {
     const BYTES: usize = 20;
 
     #[inline(always)]
-    fn scale(&self) -> f32 {
+    fn scale(&self, _part: usize) -> f32 {
         f16_to_f32(self.d)
     }
 
     #[inline(always)]
-    fn offset(&self) -> f32 {
+    fn offset(&self, _part: usize) -> f32 {
         f16_to_f32(self.m)
     }
 
     #[inline(always)]
-    fn dot(&self, x: &[i8; BLOCK]) -> i32 {
+    fn dot(&self, _part: usize, x: &[i8; BLOCK]) -> i32 {
         let (lo, hi) = x.split_at(NIBBLES);
         self.q
             .iter()
@@ -90,7 +90,7 @@ impl WeightBlock for Q4Block {
     }
 
     fn dequantize(&self, out: &mut Vec<f32>) {
-        let (d, m) = (self.scale(), self.offset());
+        let (d, m) = (self.scale(0), self.offset(0));
         out.extend(self.q.iter().map(|&v| (v & 15) as f32 * d + m));
         out.extend(self.q.iter().map(|&v| (v >> 4) as f32 * d + m));
     }
@@ -101,7 +101,7 @@ impl WeightBlock for Q4Block {
 
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    fn load_v3(&self, v: pulp::x86::V3) -> Self::Loaded {
+    fn load_v3(&self, v: pulp::x86::V3, _part: usize) -> Self::Loaded {
         let raw: core::arch::x86_64::__m128i = pulp::cast(self.q);
         let both = v.avx._mm256_set_m128i(v.sse2._mm_srli_epi16::<4>(raw), raw);
         v.avx2._mm256_and_si256(both, v.avx._mm256_set1_epi8(15))
@@ -139,6 +139,17 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn q4_0_and_q4_1_blocks_dequantise_as_ggml_and_multiply_on_every_path() {
+        use crate::matmul::tests::{check_against_candle, random_blocks};
+        use candle_core::quantized::GgmlDType;
+        let (n, k) = (40, 96);
+        let data = random_blocks(n * k / BLOCK, 18, &[0], 4);
+        check_against_candle(&q4_from_q4_0(&data, n, k).expect("q4_0"), &data, GgmlDType::Q4_0, n, k);
+        let data = random_blocks(n * k / BLOCK, 20, &[0, 2], 5);
+        check_against_candle(&q4_from_q4_1(&data, n, k).expect("q4_1"), &data, GgmlDType::Q4_1, n, k);
     }
 
     #[test]

@@ -56,22 +56,22 @@ impl WeightBlock for Q8Block {
     const BYTES: usize = 34;
 
     #[inline(always)]
-    fn scale(&self) -> f32 {
+    fn scale(&self, _part: usize) -> f32 {
         f16_to_f32(self.d)
     }
 
     #[inline(always)]
-    fn offset(&self) -> f32 {
+    fn offset(&self, _part: usize) -> f32 {
         0.0
     }
 
     #[inline(always)]
-    fn dot(&self, x: &[i8; BLOCK]) -> i32 {
+    fn dot(&self, _part: usize, x: &[i8; BLOCK]) -> i32 {
         self.q.iter().zip(x).map(|(&a, &b)| a as i32 * b as i32).sum()
     }
 
     fn dequantize(&self, out: &mut Vec<f32>) {
-        let d = self.scale();
+        let d = self.scale(0);
         out.extend(self.q.iter().map(|&v| v as f32 * d));
     }
 
@@ -81,7 +81,7 @@ impl WeightBlock for Q8Block {
 
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    fn load_v3(&self, v: pulp::x86::V3) -> Self::Loaded {
+    fn load_v3(&self, v: pulp::x86::V3, _part: usize) -> Self::Loaded {
         let w: core::arch::x86_64::__m256i = pulp::cast(self.q);
         (v.avx2._mm256_sign_epi8(w, w), w)
     }
@@ -110,6 +110,15 @@ mod tests {
         q.row(3, &mut row);
         assert!(row.iter().zip(&w[3 * k..4 * k]).all(|(a, b)| (a - b).abs() < 0.01));
         crate::matmul::tests::check_matmul(&q, &x);
+    }
+
+    #[test]
+    fn q8_0_blocks_dequantise_as_ggml_and_multiply_on_every_path() {
+        use crate::matmul::tests::{check_against_candle, random_blocks};
+        let (n, k) = (40, 96);
+        let data = random_blocks(n * k / BLOCK, 34, &[0], 6);
+        let q = q8_from_q8_0(&data, n, k).expect("q8_0");
+        check_against_candle(&q, &data, candle_core::quantized::GgmlDType::Q8_0, n, k);
     }
 
     #[test]

@@ -91,6 +91,18 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     }
 }
 
+/// The CPU's model name from /proc/cpuinfo (empty where there is none).
+pub fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default()
+}
+
 pub fn free_port() -> u16 {
     loop {
         let Ok(udp) = UdpSocket::bind("127.0.0.1:0") else { continue };

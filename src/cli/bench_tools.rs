@@ -317,14 +317,7 @@ fn line(what: &str, t: &Tally) {
 
 pub fn run(a: ToolsBench) -> anyhow::Result<()> {
     let gguf = gguf_of(&a.models, &a.model)?;
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
+    let cpu = super::bench::cpu_name();
     println!(
         "model {} ({}), {} prompts per configuration, {} in flight; CPU: {cpu}, {} cores",
         a.model,
