@@ -1,5 +1,5 @@
 //! Quick decode timing: `cargo run --release --example perf -p shoal-engine [streams] [steps]` (`PERF_MODEL` names
-//! another GGUF file). Besides the mean it prints
+//! another GGUF file, `LLAMA_CPP_NUMERICS=1` loads it with `LlmOptions::llama_cpp_numerics`). Besides the mean it prints
 //! the median and fastest step and the process CPU time per step, which are steadier on a busy machine.
 
 use std::time::Instant;
@@ -17,7 +17,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::env::var("PERF_MODEL").unwrap_or_else(|_| "smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf".into());
     let path = std::path::Path::new(&dir).join(model);
     let requantize = std::env::var("NO_REQUANT").is_err();
-    let llm = Llm::load(&path, &LlmOptions { requantize, ..Default::default() })?;
+    let llama_cpp_numerics = std::env::var("LLAMA_CPP_NUMERICS").is_ok();
+    let llm = Llm::load(&path, &LlmOptions { requantize, llama_cpp_numerics, ..Default::default() })?;
     let user = std::env::var("PERF_PROMPT").unwrap_or_else(|_| "Write a long story about a dragon.".into());
     let prompt = llm.encode(&llm.render_chat(&[ChatMessage::new("user", &user)])?)?;
     let mut caches: Vec<KvCache> = (0..streams).map(|_| llm.new_cache()).collect();

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::EngineError;
 use crate::half::{f16_to_f32, f32_to_f16};
 use crate::inspect::{inspect_gguf, md_str, ModelInfo};
-use crate::matmul::{vectorized, WeightMatrix};
+use crate::matmul::{vectorized, BlockMatrix, InputQuant, WeightBlock, WeightMatrix};
 use crate::q4::{q4_from_q4_0, q4_from_q4_1};
 use crate::q4k::q4k_from_q4_k;
 use crate::q5::q5_from_q5_0;
@@ -32,15 +32,21 @@ pub struct LlmOptions {
     /// Only this contiguous range of transformer layers (a pipeline stage); `None` = all layers.
     pub layers: Option<Range<usize>>,
     /// Run all weight matrices on the engine's own batched kernels, which read each weight once per step for all
-    /// sequences (much faster on CPU than candle's kernels): Q4_0, Q4_1, Q5_0, Q8_0, Q4_K and Q6_K weights are
-    /// read as stored; other types are re-quantised at load to the engine's 8-bit format (Q8_0). `false` runs
-    /// candle's kernels on the file's own quantisation.
+    /// sequences (much faster on CPU than candle's kernels): Q4_0, Q4_1 and Q8_0 weights are read as stored
+    /// (and Q5_0, Q4_K, Q6_K with `llama_cpp_numerics`); other types are re-quantised at load to the engine's
+    /// 8-bit format (Q8_0). `false` runs candle's kernels on the file's own quantisation.
     pub requantize: bool,
+    /// Compute as llama.cpp's CPU backend does by default, to give its greedy tokens: every weight type it
+    /// stores in blocks read as stored (Q5_0, Q4_K and Q6_K too), inputs quantised as GGML's Q8_0 / Q8_K, a
+    /// half-precision KV cache (and query and attention weights rounded to half precision where they meet
+    /// it), RoPE angles and RMS sums as ggml computes them. Off by default: on the machines measured so far
+    /// the stored K-quant and Q5_0 blocks decode slower than the 8-bit re-quantisation.
+    pub llama_cpp_numerics: bool,
 }
 
 impl Default for LlmOptions {
     fn default() -> Self {
-        LlmOptions { layers: None, requantize: true }
+        LlmOptions { layers: None, requantize: true, llama_cpp_numerics: false }
     }
 }
 
@@ -160,6 +166,8 @@ struct Config {
     rope_neox: bool,
     eps: f32,
     context_length: usize,
+    /// `LlmOptions::llama_cpp_numerics`.
+    llama_cpp: bool,
 }
 
 /// A weight matrix: our own batched kernels on the file's blocks (or on 8-bit blocks re-quantised at load for
@@ -265,6 +273,8 @@ struct Loader<'a> {
     reader: BufReader<File>,
     path: &'a Path,
     requantize: bool,
+    /// `LlmOptions::llama_cpp_numerics`.
+    llama_cpp: bool,
 }
 
 impl Loader<'_> {
@@ -308,7 +318,8 @@ impl Loader<'_> {
             }
             rows += n;
         }
-        if self.requantize && parts.iter().all(|p| reads_as_stored(p.dtype())) {
+        let input = if self.llama_cpp { InputQuant::LlamaCpp } else { InputQuant::Engine };
+        if self.requantize && parts.iter().all(|p| reads_as_stored(p.dtype(), self.llama_cpp)) {
             // The file's blocks as they are: fewer bytes to read per token than re-quantised ones, and the
             // values the file holds. Parts of one type are one matrix; parts of different types a stack.
             let unreadable = || EngineError::model(self.path, format!("cannot read the blocks of {names:?}"));
@@ -317,7 +328,7 @@ impl Loader<'_> {
                 for p in &parts {
                     bytes.extend_from_slice(&p.data()?);
                 }
-                return Ok(Linear::Blocks(as_stored(dtype, &bytes, rows, k).ok_or_else(unreadable)?));
+                return Ok(Linear::Blocks(as_stored(dtype, &bytes, rows, k, input).ok_or_else(unreadable)?));
             }
             let mut stack = Vec::with_capacity(parts.len());
             for run in parts.chunk_by(|a, b| a.dtype() == b.dtype()) {
@@ -326,7 +337,7 @@ impl Loader<'_> {
                     bytes.extend_from_slice(&p.data()?);
                     n += p.shape().dims2()?.0;
                 }
-                stack.push(as_stored(run[0].dtype(), &bytes, n, k).ok_or_else(unreadable)?);
+                stack.push(as_stored(run[0].dtype(), &bytes, n, k, input).ok_or_else(unreadable)?);
             }
             return Ok(Linear::Stack(stack));
         }
@@ -337,7 +348,7 @@ impl Loader<'_> {
             }
             let q = q8_from_f32(&dense, rows, k)
                 .ok_or_else(|| EngineError::model(self.path, format!("cannot quantise {names:?}")))?;
-            return Ok(Linear::Blocks(Arc::new(q)));
+            return Ok(Linear::Blocks(Arc::new(q.with_input(input))));
         }
         if parts.len() == 1 {
             return qmatmul(Arc::new(parts.remove(0)));
@@ -354,25 +365,26 @@ impl Loader<'_> {
     }
 }
 
-/// Whether the engine's kernels read this GGML type's blocks as stored.
-fn reads_as_stored(dtype: GgmlDType) -> bool {
+/// Whether the engine's kernels read this GGML type's blocks as stored (Q5_0 and the K-quants only with
+/// `LlmOptions::llama_cpp_numerics`).
+fn reads_as_stored(dtype: GgmlDType, llama_cpp: bool) -> bool {
     use GgmlDType::*;
-    matches!(dtype, Q4_0 | Q4_1 | Q5_0 | Q8_0 | Q4K | Q6K)
+    matches!(dtype, Q4_0 | Q4_1 | Q8_0) || (llama_cpp && matches!(dtype, Q5_0 | Q4K | Q6K))
 }
 
 /// A `[n, k]` matrix of stored GGML blocks on the engine's kernels (`None`: not such a type, or sizes that do
 /// not fit its blocks).
-fn as_stored(dtype: GgmlDType, bytes: &[u8], n: usize, k: usize) -> Option<Arc<dyn WeightMatrix>> {
-    fn shared<M: WeightMatrix + 'static>(m: Option<M>) -> Option<Arc<dyn WeightMatrix>> {
-        m.map(|m| Arc::new(m) as Arc<dyn WeightMatrix>)
+fn as_stored(dtype: GgmlDType, bytes: &[u8], n: usize, k: usize, input: InputQuant) -> Option<Arc<dyn WeightMatrix>> {
+    fn shared<B: WeightBlock + 'static>(m: Option<BlockMatrix<B>>, input: InputQuant) -> Option<Arc<dyn WeightMatrix>> {
+        m.map(|m| Arc::new(m.with_input(input)) as Arc<dyn WeightMatrix>)
     }
     match dtype {
-        GgmlDType::Q4_0 => shared(q4_from_q4_0(bytes, n, k)),
-        GgmlDType::Q4_1 => shared(q4_from_q4_1(bytes, n, k)),
-        GgmlDType::Q5_0 => shared(q5_from_q5_0(bytes, n, k)),
-        GgmlDType::Q8_0 => shared(q8_from_q8_0(bytes, n, k)),
-        GgmlDType::Q4K => shared(q4k_from_q4_k(bytes, n, k)),
-        GgmlDType::Q6K => shared(q6k_from_q6_k(bytes, n, k)),
+        GgmlDType::Q4_0 => shared(q4_from_q4_0(bytes, n, k), input),
+        GgmlDType::Q4_1 => shared(q4_from_q4_1(bytes, n, k), input),
+        GgmlDType::Q5_0 => shared(q5_from_q5_0(bytes, n, k), input),
+        GgmlDType::Q8_0 => shared(q8_from_q8_0(bytes, n, k), input),
+        GgmlDType::Q4K => shared(q4k_from_q4_k(bytes, n, k), input),
+        GgmlDType::Q6K => shared(q6k_from_q6_k(bytes, n, k), input),
         _ => None,
     }
 }
@@ -409,6 +421,7 @@ impl Llm {
             rope_neox: arch == "qwen2",
             eps: md("attention.layer_norm_rms_epsilon").and_then(|v| v.to_f32().ok()).unwrap_or(1e-5),
             context_length: md_usize("context_length")?,
+            llama_cpp: opts.llama_cpp_numerics,
         };
         if n_head == 0 || n_kv_head == 0 || n_head % n_kv_head != 0 || hidden % n_head != 0 {
             return Err(EngineError::model(gguf, format!("bad head counts {n_head}/{n_kv_head} for hidden {hidden}")));
@@ -428,8 +441,13 @@ impl Llm {
         }
         let tokenizer = GgufTokenizer::from_gguf(&content, gguf)?;
         let file = File::open(gguf).map_err(|e| EngineError::model(gguf, format!("cannot open: {e}")))?;
-        let mut loader =
-            Loader { content: &content, reader: BufReader::new(file), path: gguf, requantize: opts.requantize };
+        let mut loader = Loader {
+            content: &content,
+            reader: BufReader::new(file),
+            path: gguf,
+            requantize: opts.requantize,
+            llama_cpp: opts.llama_cpp_numerics,
+        };
 
         let mut layers = Vec::with_capacity(range.len());
         for i in range.clone() {
@@ -682,7 +700,7 @@ impl Llm {
         let qkv_dim = q_dim + 2 * kv_dim;
 
         for (li, layer) in self.layers.iter().enumerate() {
-            let h = rms_norm(&x, &layer.attn_norm, cfg.eps);
+            let h = rms_norm(&x, &layer.attn_norm, cfg);
             let mut qkv = layer.wqkv.forward(h, n)?;
             if let Some(b) = &layer.bqkv {
                 for row in qkv.chunks_exact_mut(qkv_dim) {
@@ -698,19 +716,25 @@ impl Llm {
                     rope.apply(r, head);
                 }
             }
-            // Append the new keys and values to each sequence's cache, at half precision (llama.cpp's default
-            // cache type).
+            // Append the new keys and values to each sequence's cache (rounded to half precision, llama.cpp's
+            // default cache type, with `llama_cpp_numerics`).
             for (r, row) in qkv.chunks_exact(qkv_dim).enumerate() {
                 let cache = &mut caches[row_seq[r]];
-                cache.k[li].extend(row[q_dim..q_dim + kv_dim].iter().map(|&v| to_half_precision(v)));
-                cache.v[li].extend(row[q_dim + kv_dim..].iter().map(|&v| to_half_precision(v)));
+                let (k, v) = (&row[q_dim..q_dim + kv_dim], &row[q_dim + kv_dim..]);
+                if cfg.llama_cpp {
+                    cache.k[li].extend(k.iter().map(|&v| to_half_precision(v)));
+                    cache.v[li].extend(v.iter().map(|&v| to_half_precision(v)));
+                } else {
+                    cache.k[li].extend_from_slice(k);
+                    cache.v[li].extend_from_slice(v);
+                }
             }
             let kv: Vec<(&[f32], &[f32])> = caches.iter().map(|c| (c.k[li].as_slice(), c.v[li].as_slice())).collect();
             let attn = attention(cfg, &qkv, &kv, &row_seq, &row_pos);
             let o = layer.wo.forward(attn, n)?;
             add_in_place(&mut x, &o);
 
-            let h = rms_norm(&x, &layer.ffn_norm, cfg.eps);
+            let h = rms_norm(&x, &layer.ffn_norm, cfg);
             let gu = layer.w_gate_up.forward(h, n)?;
             let ffn = cfg.ffn;
             let mut act = Vec::with_capacity(n * ffn);
@@ -735,7 +759,7 @@ impl Llm {
                     end += c;
                     last_rows.extend_from_slice(&x[(end - 1) * hsz..end * hsz]);
                 }
-                let h = rms_norm(&last_rows, &head.norm, cfg.eps);
+                let h = rms_norm(&last_rows, &head.norm, cfg);
                 let logits = head.output.forward(h, counts.len())?;
                 let vocab = logits.len() / counts.len();
                 Ok(StageOutput::Logits(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect()))
@@ -761,13 +785,17 @@ fn add_in_place(x: &mut [f32], y: &[f32]) {
     }
 }
 
-fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+fn rms_norm(x: &[f32], w: &[f32], cfg: &Config) -> Vec<f32> {
     let d = w.len();
     let mut out = Vec::with_capacity(x.len());
     for row in x.chunks_exact(d) {
-        // The sum of squares in f64, as llama.cpp takes it.
-        let ss: f64 = row.iter().map(|&v| (v * v) as f64).sum();
-        let scale = 1.0 / ((ss / d as f64) as f32 + eps).sqrt();
+        let mean = if cfg.llama_cpp {
+            // The sum of squares in f64, as llama.cpp takes it.
+            (row.iter().map(|&v| (v * v) as f64).sum::<f64>() / d as f64) as f32
+        } else {
+            dot(row, row) / d as f32
+        };
+        let scale = 1.0 / (mean + cfg.eps).sqrt();
         out.extend(row.iter().zip(w).map(|(&v, &w)| v * scale * w));
     }
     out
@@ -798,18 +826,29 @@ struct RopeTable {
 
 impl RopeTable {
     fn new(cfg: &Config, positions: &[usize]) -> Self {
-        // As llama.cpp computes the angles (in f32, each frequency the previous one times a constant), so
-        // that both rotate by the same values.
         let half = cfg.rope_dim / 2;
-        let step = cfg.rope_theta.powf(-2.0 / cfg.rope_dim as f32);
         let mut cos = Vec::with_capacity(positions.len() * half);
         let mut sin = Vec::with_capacity(positions.len() * half);
-        for &p in positions {
-            let mut angle = p as f32;
-            for _ in 0..half {
-                cos.push(angle.cos());
-                sin.push(angle.sin());
-                angle *= step;
+        if cfg.llama_cpp {
+            // As llama.cpp computes the angles: in f32, each frequency the previous one times a constant.
+            let step = cfg.rope_theta.powf(-2.0 / cfg.rope_dim as f32);
+            for &p in positions {
+                let mut angle = p as f32;
+                for _ in 0..half {
+                    cos.push(angle.cos());
+                    sin.push(angle.sin());
+                    angle *= step;
+                }
+            }
+        } else {
+            let inv: Vec<f64> =
+                (0..half).map(|i| 1.0 / (cfg.rope_theta as f64).powf(2.0 * i as f64 / cfg.rope_dim as f64)).collect();
+            for &p in positions {
+                for f in &inv {
+                    let a = (p as f64 * f) as f32;
+                    cos.push(a.cos());
+                    sin.push(a.sin());
+                }
             }
         }
         RopeTable { half, neox: cfg.rope_neox, cos, sin }
@@ -854,11 +893,14 @@ struct HeadAttention<'a> {
     /// Where the key/value head starts in a cached row.
     offset: usize,
     scale: f32,
+    /// Round the query and the attention weights to half precision (`llama_cpp_numerics`).
+    half_precision: bool,
 }
 
 impl HeadAttention<'_> {
-    /// `o = softmax(q . k * scale) . v`; `scores` is scratch space. As llama.cpp with its default half-precision
-    /// cache, the query and the attention weights are rounded to half precision before they meet the cache.
+    /// `o = softmax(q . k * scale) . v`; `scores` is scratch space. With `half_precision`, as llama.cpp with its
+    /// default half-precision cache, the query and the attention weights are rounded to half precision before
+    /// they meet the cache.
     #[inline(always)]
     fn run(&self, scores: &mut Vec<f32>, o: &mut [f32]) {
         let hd = self.q.len();
@@ -867,7 +909,7 @@ impl HeadAttention<'_> {
         let mut q = [0f32; MAX_HEAD_DIM];
         let q = &mut q[..hd];
         for (a, &b) in q.iter_mut().zip(self.q) {
-            *a = to_half_precision(b);
+            *a = if self.half_precision { to_half_precision(b) } else { b };
         }
         let mut max = f32::NEG_INFINITY;
         for k in self.keys.chunks_exact(self.kv_dim).map(|row| &row[from..to]) {
@@ -883,7 +925,7 @@ impl HeadAttention<'_> {
         let inv = 1.0 / sum;
         o.fill(0.0);
         for (&w, v) in scores.iter().zip(self.values.chunks_exact(self.kv_dim).map(|row| &row[from..to])) {
-            let w = to_half_precision(w * inv);
+            let w = if self.half_precision { to_half_precision(w * inv) } else { w * inv };
             for (a, b) in o.iter_mut().zip(v) {
                 *a += w * b;
             }
@@ -927,6 +969,7 @@ fn attention(cfg: &Config, qkv: &[f32], kv: &[(&[f32], &[f32])], row_seq: &[usiz
             kv_dim,
             offset: h / group * hd,
             scale,
+            half_precision: cfg.llama_cpp,
         };
         vectorized(Attend { head, scores, o })
     };

@@ -54,10 +54,22 @@ struct XGroup {
     s: Vec<f32>,
 }
 
-/// Quantise `m` rows of `x` (`[m, k]`) into groups of at most `ROWS` rows, as llama.cpp quantises the inputs
-/// of the same weight format (so that both compute the same products): for 32-value weight blocks one scale
-/// per 32 inputs (GGML's Q8_0), for the 256-value K-quant super-blocks one per 256 (GGML's Q8_K).
-fn quantize_groups(x: &[f32], m: usize, k: usize, span: usize) -> Vec<XGroup> {
+/// How a matmul quantises its inputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub(crate) enum InputQuant {
+    /// One f32 scale per 32 inputs, rounding half away from zero (the most precise).
+    #[default]
+    Engine,
+    /// As llama.cpp quantises the inputs of the same weight format (so that both compute the same products):
+    /// for 32-value weight blocks one half-precision scale per 32 inputs (GGML's Q8_0), for the 256-value
+    /// K-quant super-blocks one scale per 256 (GGML's Q8_K).
+    LlamaCpp,
+}
+
+/// Quantise `m` rows of `x` (`[m, k]`) into groups of at most `ROWS` rows; `span` is the weight format's
+/// block size (used by `InputQuant::LlamaCpp`).
+fn quantize_groups(x: &[f32], m: usize, k: usize, span: usize, style: InputQuant) -> Vec<XGroup> {
+    let span = if style == InputQuant::Engine { BLOCK } else { span };
     let blocks = k / BLOCK;
     let mut groups = Vec::new();
     let mut row0 = 0;
@@ -69,7 +81,11 @@ fn quantize_groups(x: &[f32], m: usize, k: usize, span: usize) -> Vec<XGroup> {
         let mut g = XGroup { row0, rows, q: vec![[0; BLOCK]; n], d: vec![0.0; n], s: vec![0.0; n] };
         for (i, row) in x[row0 * k..(row0 + rows) * k].chunks_exact(k).enumerate() {
             for (c, xs) in row.chunks_exact(span).enumerate() {
-                let d = if span == BLOCK { quantize_q8_0(xs, &mut q[0]) } else { quantize_q8_k(xs, &mut q) };
+                let d = match style {
+                    InputQuant::Engine => quantize_block(xs, &mut q[0]),
+                    InputQuant::LlamaCpp if span == BLOCK => quantize_q8_0(xs, &mut q[0]),
+                    InputQuant::LlamaCpp => quantize_q8_k(xs, &mut q),
+                };
                 for (p, q) in q.iter().enumerate() {
                     let sum: i32 = q.iter().map(|&v| v as i32).sum();
                     let at = (c * (span / BLOCK) + p) * rows + i;
@@ -81,6 +97,20 @@ fn quantize_groups(x: &[f32], m: usize, k: usize, span: usize) -> Vec<XGroup> {
         row0 += rows;
     }
     groups
+}
+
+/// Symmetric 8-bit quantisation of 32 inputs: values in -127..=127 (rounded half away from zero) and the
+/// f32 scale, which it returns.
+fn quantize_block(xb: &[f32], q: &mut [i8; BLOCK]) -> f32 {
+    let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let scale = amax / 127.0;
+    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+    for (q, &v) in q.iter_mut().zip(xb) {
+        // Round half away from zero without a libm call (the cast truncates).
+        let r = v * inv;
+        *q = (r + 0.5f32.copysign(r)).clamp(-127.0, 127.0) as i8;
+    }
+    scale
 }
 
 /// GGML's Q8_0 quantisation of 32 inputs as llama.cpp's AVX2 code does it: `q = round(x * 127 / amax)` (ties
@@ -169,6 +199,7 @@ pub(crate) struct BlockMatrix<B> {
     n: usize,
     k: usize,
     blocks: Vec<B>,
+    input: InputQuant,
 }
 
 impl<B: WeightBlock> BlockMatrix<B> {
@@ -177,7 +208,17 @@ impl<B: WeightBlock> BlockMatrix<B> {
 
     /// From `n * k / (32 * PARTS)` row-major blocks; `k` must be a multiple of `32 * PARTS`.
     pub(crate) fn new(n: usize, k: usize, blocks: Vec<B>) -> Option<Self> {
-        (k.is_multiple_of(Self::VALUES) && blocks.len() == n * k / Self::VALUES).then_some(BlockMatrix { n, k, blocks })
+        (k.is_multiple_of(Self::VALUES) && blocks.len() == n * k / Self::VALUES).then_some(BlockMatrix {
+            n,
+            k,
+            blocks,
+            input: InputQuant::Engine,
+        })
+    }
+
+    /// The same matrix, quantising its inputs as `input` says.
+    pub(crate) fn with_input(self, input: InputQuant) -> Self {
+        BlockMatrix { input, ..self }
     }
 
     fn row_blocks(&self, j: usize) -> &[B] {
@@ -200,7 +241,7 @@ impl<B: WeightBlock> BlockMatrix<B> {
     /// `matmul`, on the explicit AVX2 kernel when `simd` and the CPU allow, else on the portable one.
     fn matmul_with(&self, x: &[f32], m: usize, simd: bool) -> Vec<f32> {
         let (n, k) = (self.n, self.k);
-        let groups = quantize_groups(x, m, k, Self::VALUES);
+        let groups = quantize_groups(x, m, k, Self::VALUES, self.input);
         let arch = Arch::new();
         #[cfg(target_arch = "x86_64")]
         let v3 = pulp::x86::V3::try_new().filter(|_| simd);
@@ -432,10 +473,10 @@ pub(crate) mod tests {
     }
 
     /// Checks a matrix read from stored `data` of GGML type `dtype`: its rows dequantise to exactly what
-    /// candle's GGML reader gives for the same bytes, and `check_matmul` holds for random inputs (8 rows, so
-    /// every group size of the kernels runs).
+    /// candle's GGML reader gives for the same bytes, and `check_matmul` holds for random inputs (15 rows, so
+    /// every group size of the kernels runs) with either input quantisation.
     pub(crate) fn check_against_candle<B: WeightBlock>(
-        q: &BlockMatrix<B>,
+        q: BlockMatrix<B>,
         data: &[u8],
         dtype: candle_core::quantized::GgmlDType,
         n: usize,
@@ -457,7 +498,8 @@ pub(crate) mod tests {
         }
         let mut rng = TestRng::new(k as u64);
         let x: Vec<f32> = (0..15 * k).map(|_| rng.unit() * 2.0).collect();
-        check_matmul(q, &x);
+        check_matmul(&q, &x);
+        check_matmul(&q.with_input(InputQuant::LlamaCpp), &x);
     }
 
     /// Checks a matrix against its dequantised values: close to the exact product, the same for a row alone

@@ -147,9 +147,9 @@ mod tests {
         use candle_core::quantized::GgmlDType;
         let (n, k) = (40, 96);
         let data = random_blocks(n * k / BLOCK, 18, &[0], 4);
-        check_against_candle(&q4_from_q4_0(&data, n, k).expect("q4_0"), &data, GgmlDType::Q4_0, n, k);
+        check_against_candle(q4_from_q4_0(&data, n, k).expect("q4_0"), &data, GgmlDType::Q4_0, n, k);
         let data = random_blocks(n * k / BLOCK, 20, &[0, 2], 5);
-        check_against_candle(&q4_from_q4_1(&data, n, k).expect("q4_1"), &data, GgmlDType::Q4_1, n, k);
+        check_against_candle(q4_from_q4_1(&data, n, k).expect("q4_1"), &data, GgmlDType::Q4_1, n, k);
     }
 
     #[test]

@@ -123,7 +123,7 @@ mod tests {
         let (n, k) = (24, 512);
         let data = random_blocks(n * k / VALUES, BYTES, &[0, 2], 2);
         let q = q4k_from_q4_k(&data, n, k).expect("q4_k");
-        check_against_candle(&q, &data, GgmlDType::Q4K, n, k);
+        check_against_candle(q, &data, GgmlDType::Q4K, n, k);
         assert!(q4k_from_q4_k(&data[..data.len() - 1], n, k).is_none());
         assert!(q4k_from_q4_k(&data, n, k - 32).is_none(), "rows of whole super-blocks only");
     }

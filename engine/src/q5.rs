@@ -114,7 +114,7 @@ mod tests {
         let (n, k) = (40, 96);
         let data = random_blocks(n * k / BLOCK, BYTES, &[0], 1);
         let q = q5_from_q5_0(&data, n, k).expect("q5_0");
-        check_against_candle(&q, &data, GgmlDType::Q5_0, n, k);
+        check_against_candle(q, &data, GgmlDType::Q5_0, n, k);
         assert!(q5_from_q5_0(&data[1..], n, k).is_none());
         assert!(q5_from_q5_0(&data, n, k + 1).is_none());
     }

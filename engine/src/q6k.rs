@@ -147,7 +147,7 @@ mod tests {
         let (n, k) = (24, 512);
         let data = random_blocks(n * k / VALUES, BYTES, &[208], 3);
         let q = q6k_from_q6_k(&data, n, k).expect("q6_k");
-        check_against_candle(&q, &data, GgmlDType::Q6K, n, k);
+        check_against_candle(q, &data, GgmlDType::Q6K, n, k);
         assert!(q6k_from_q6_k(&data[..data.len() - 1], n, k).is_none());
         assert!(q6k_from_q6_k(&data, n, k - 32).is_none(), "rows of whole super-blocks only");
     }

@@ -118,7 +118,7 @@ mod tests {
         let (n, k) = (40, 96);
         let data = random_blocks(n * k / BLOCK, 34, &[0], 6);
         let q = q8_from_q8_0(&data, n, k).expect("q8_0");
-        check_against_candle(&q, &data, candle_core::quantized::GgmlDType::Q8_0, n, k);
+        check_against_candle(q, &data, candle_core::quantized::GgmlDType::Q8_0, n, k);
     }
 
     #[test]
