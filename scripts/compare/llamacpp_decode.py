@@ -43,6 +43,14 @@ def fail(msg):
     sys.exit(1)
 
 
+def cpu_has_amx():
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return any(line.startswith("flags") and " amx_int8" in line for line in f)
+    except OSError:
+        return False
+
+
 def eog_tokens(llama_cpp, vocab, n_vocab):
     return [t for t in range(n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t)]
 
@@ -210,6 +218,20 @@ def main():
         fail(f"import failed ({e!r}); run scripts/compare/setup.sh")
 
     log("llama.cpp system info:", llama_cpp.llama_print_system_info().decode(errors="replace").strip())
+    if cpu_has_amx():
+        # llama.cpp b11434's extra buffer types (weight repacking, AMX) crash in llama_decode
+        # (SIGSEGV) on the AMX Xeons this project runs on; its plain CPU kernels still run.
+        import llama_cpp.llama
+        default_params = llama_cpp.llama_model_default_params
+
+        def params():
+            p = default_params()
+            p.use_extra_bufts = False
+            return p
+
+        llama_cpp.llama_model_default_params = params
+        llama_cpp.llama.llama_cpp.llama_model_default_params = params
+        log("CPU has AMX: extra buffer types (repack, AMX) off")
     t = time.perf_counter()
     llm = Llama(model_path=a.model, n_ctx=a.n_ctx, n_threads=a.threads,
                 n_threads_batch=a.threads, n_gpu_layers=0, seed=0, verbose=False)
