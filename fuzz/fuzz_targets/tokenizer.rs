@@ -22,7 +22,7 @@ fn llm() -> &'static Llm {
         let path = dir.join(GGUF);
         // Only the first layer: the tokenizer and template are the whole model's; the
         // weights are not used here.
-        let opts = LlmOptions { layers: Some(0..1), requantize: true };
+        let opts = LlmOptions { layers: Some(0..1), requantize: true, llama_cpp_numerics: false };
         Llm::load(&path, &opts)
             .unwrap_or_else(|e| panic!("cannot load {} (run ./scripts/fetch-models.sh): {e}", path.display()))
     })
