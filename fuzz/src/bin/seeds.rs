@@ -89,7 +89,11 @@ fn requests() -> Vec<(&'static str, Request)> {
         ),
         (
             "embed",
-            Request::Embed { placement_id: "p-2".into(), inputs: vec!["a".into(), "bb".into()], purpose: EmbedAs::Query },
+            Request::Embed {
+                placement_id: "p-2".into(),
+                inputs: vec!["a".into(), "bb".into()],
+                purpose: EmbedAs::Query,
+            },
         ),
         ("mcp-stdio", Request::McpStdio { server: "calc".into(), command: vec!["python3".into(), "calc.py".into()] }),
         ("fetch-artifact", Request::FetchArtifact { sha256: "ab".repeat(32), offset: 5 }),
