@@ -146,6 +146,34 @@ fn quantize_q8_k(xs: &[f32], q: &mut [[i8; BLOCK]]) -> f32 {
     1.0 / iscale
 }
 
+/// Dot products of unsigned weight bytes `w` with signed inputs `x` as eight i32 sums of four lanes each
+/// (`maddubs` then `madd`; the weights must be small enough that pairs do not saturate 16 bits).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) fn unsigned_dot_v3(
+    v: pulp::x86::V3,
+    w: core::arch::x86_64::__m256i,
+    x: core::arch::x86_64::__m256i,
+) -> core::arch::x86_64::__m256i {
+    v.avx2._mm256_madd_epi16(v.avx2._mm256_maddubs_epi16(w, x), v.avx._mm256_set1_epi16(1))
+}
+
+/// `(w - offset) * x` for unsigned weight bytes stored with an offset, as `w * x - offset * x` in 16-bit lanes,
+/// then summed in pairs weighted by the 16-bit lanes of `weights` (ones, or per-lane scales).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) fn offset_dot_v3(
+    v: pulp::x86::V3,
+    w: core::arch::x86_64::__m256i,
+    x: core::arch::x86_64::__m256i,
+    offset: i8,
+    weights: core::arch::x86_64::__m256i,
+) -> core::arch::x86_64::__m256i {
+    let products = v.avx2._mm256_maddubs_epi16(w, x);
+    let bias = v.avx2._mm256_maddubs_epi16(v.avx._mm256_set1_epi8(offset), x);
+    v.avx2._mm256_madd_epi16(v.avx2._mm256_sub_epi16(products, bias), weights)
+}
+
 /// A weight block format as stored in the file: `PARTS` parts of 32 values `scale * q (+ offset)` with integer
 /// `q` (a part's integer dot product may already weigh sub-parts by small integer scales, as Q6_K's do).
 pub(crate) trait WeightBlock: Copy + Send + Sync {

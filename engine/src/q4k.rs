@@ -108,7 +108,7 @@ impl WeightBlock for Q4KBlock {
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     fn dot_v3(v: pulp::x86::V3, w: Self::Loaded, x: core::arch::x86_64::__m256i) -> core::arch::x86_64::__m256i {
-        v.avx2._mm256_madd_epi16(v.avx2._mm256_maddubs_epi16(w, x), v.avx._mm256_set1_epi16(1))
+        crate::matmul::unsigned_dot_v3(v, w, x)
     }
 }
 

@@ -97,9 +97,7 @@ impl WeightBlock for Q5Block {
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     fn dot_v3(v: pulp::x86::V3, w: Self::Loaded, x: core::arch::x86_64::__m256i) -> core::arch::x86_64::__m256i {
-        let products = v.avx2._mm256_maddubs_epi16(w, x);
-        let bias = v.avx2._mm256_maddubs_epi16(v.avx._mm256_set1_epi8(16), x);
-        v.avx2._mm256_madd_epi16(v.avx2._mm256_sub_epi16(products, bias), v.avx._mm256_set1_epi16(1))
+        crate::matmul::offset_dot_v3(v, w, x, 16, v.avx._mm256_set1_epi16(1))
     }
 }
 

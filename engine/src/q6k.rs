@@ -130,9 +130,7 @@ impl WeightBlock for Q6KBlock {
         (q, scales): Self::Loaded,
         x: core::arch::x86_64::__m256i,
     ) -> core::arch::x86_64::__m256i {
-        let products = v.avx2._mm256_maddubs_epi16(q, x);
-        let bias = v.avx2._mm256_maddubs_epi16(v.avx._mm256_set1_epi8(32), x);
-        v.avx2._mm256_madd_epi16(v.avx2._mm256_sub_epi16(products, bias), scales)
+        crate::matmul::offset_dot_v3(v, q, x, 32, scales)
     }
 }
 

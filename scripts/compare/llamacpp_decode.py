@@ -51,6 +51,24 @@ def cpu_has_amx():
         return False
 
 
+def without_extra_buffer_types():
+    """Load models with use_extra_bufts off (no weight repacking, no AMX buffers): on the Intel
+    Xeon machines with AMX that this project runs on, that path of llama.cpp b11434 crashes in
+    llama_decode (SIGSEGV). The plain CPU kernels (AVX-512/AVX2) still run."""
+    import llama_cpp
+    import llama_cpp.llama
+
+    default = llama_cpp.llama_model_default_params
+
+    def params():
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    llama_cpp.llama_model_default_params = params
+    llama_cpp.llama.llama_cpp.llama_model_default_params = params
+
+
 def eog_tokens(llama_cpp, vocab, n_vocab):
     return [t for t in range(n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t)]
 
@@ -219,18 +237,7 @@ def main():
 
     log("llama.cpp system info:", llama_cpp.llama_print_system_info().decode(errors="replace").strip())
     if cpu_has_amx():
-        # llama.cpp b11434's extra buffer types (weight repacking, AMX) crash in llama_decode
-        # (SIGSEGV) on the AMX Xeons this project runs on; its plain CPU kernels still run.
-        import llama_cpp.llama
-        default_params = llama_cpp.llama_model_default_params
-
-        def params():
-            p = default_params()
-            p.use_extra_bufts = False
-            return p
-
-        llama_cpp.llama_model_default_params = params
-        llama_cpp.llama.llama_cpp.llama_model_default_params = params
+        without_extra_buffer_types()
         log("CPU has AMX: extra buffer types (repack, AMX) off")
     t = time.perf_counter()
     llm = Llama(model_path=a.model, n_ctx=a.n_ctx, n_threads=a.threads,

@@ -6,7 +6,7 @@ written out here so that both sides read the same text) are tokenized by llama.c
 tokens parsed, no BOS, as the Qwen2.5 GGUFs say) and decoded greedily: after each step the
 argmax of the last logits (the first on ties), up to --tokens tokens or an end-of-generation
 token (kept), with the gap between the two largest logits at each step (how near a tie
-the choice was). llama.cpp runs its plain CPU kernels (see without_extra_buffer_types). Writes JSON: {"llama_cpp_python": VERSION, "models": {NAME: {"prompts": [{"text",
+the choice was). llama.cpp runs its plain CPU kernels (llamacpp_decode.without_extra_buffer_types). Writes JSON: {"llama_cpp_python": VERSION, "models": {NAME: {"prompts": [{"text",
 "prompt_tokens", "tokens", "gaps"}]}}} to --out (default: print).
 
   .bench-venv/bin/python scripts/compare/llamacpp_tokens.py --out engine/tests/fixtures/llama_cpp_tokens.json \\
@@ -22,8 +22,9 @@ import os
 import sys
 
 import llama_cpp
-import llama_cpp.llama
 import numpy as np
+
+from llamacpp_decode import without_extra_buffer_types
 
 SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 QUESTIONS = [
@@ -59,21 +60,6 @@ def greedy(llm, prompt, n_tokens):
             break
         llm.eval([best])
     return out, gaps
-
-
-def without_extra_buffer_types():
-    """Load models with use_extra_bufts off (no weight repacking, no AMX buffers): on the Intel
-    Xeon machines with AMX that this project runs on, that path of llama.cpp b11434 crashes in
-    llama_decode (SIGSEGV). The plain CPU kernels (AVX-512/AVX2) still run."""
-    default = llama_cpp.llama_model_default_params
-
-    def params():
-        p = default()
-        p.use_extra_bufts = False
-        return p
-
-    llama_cpp.llama_model_default_params = params
-    llama_cpp.llama.llama_cpp.llama_model_default_params = params
 
 
 def main():
