@@ -24,7 +24,7 @@ use linearizability::{check_partitioned, Event, Model};
 use raft::prelude::{Message, MessageType};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use shoal_coordinator::raft::core::{CoreConfig, RaftCore};
+use shoal_coordinator::raft::core::{encode_command, CoreConfig, RaftCore};
 use shoal_coordinator::raft::mem_store::{Durable, MemStore};
 use shoal_coordinator::state::{ClusterState, Command, NodeState, Outcome, TokenRecord};
 
@@ -375,8 +375,31 @@ impl World {
             .copied()
             .find(|id| self.members[id].core.as_ref().is_some_and(|c| c.is_leader()) && self.rng.random_bool(0.8))
             .unwrap_or(live[self.rng.random_range(0..live.len())]);
+        // Now and then a second write goes with it in one proposal (as the driver batches).
+        let second = match self.rng.random_range(0..4) {
+            0 => Some(Op::Up(KEYS[self.rng.random_range(0..KEYS.len())])),
+            1 => Some(Op::Dead(KEYS[self.rng.random_range(0..KEYS.len())], self.rng.random_range(0..4))),
+            _ => None,
+        };
+        let batched = self.rng.random_bool(0.5);
         let core = self.members.get_mut(&target).and_then(|m| m.core.as_mut()).expect("live");
         let waiting = match command(&op) {
+            Some(cmd) if batched => {
+                let mut ops = vec![(op, cmd)];
+                if let Some(o) = second {
+                    let c = command(&o).expect("a write");
+                    ops.push((o, c));
+                }
+                let encoded = ops.iter().map(|(_, c)| encode_command(c).expect("encodes")).collect();
+                let Ok(seqs) = core.propose_batch(encoded) else { return }; // refused outright
+                for ((op, _), seq) in ops.into_iter().zip(seqs) {
+                    self.history.push(Event { op, invoke: self.now, complete: None });
+                    let event = self.history.len() - 1;
+                    let waiting = Waiting::Proposal { member: target, seq };
+                    self.pending.push(Pending { event, waiting, deadline: self.now + OP_TIMEOUT });
+                }
+                return;
+            }
             Some(cmd) => match core.propose(&cmd) {
                 Ok(seq) => Waiting::Proposal { member: target, seq },
                 Err(_) => return, // refused outright: it never happened

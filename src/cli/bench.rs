@@ -264,8 +264,16 @@ fn write(agent: &ureq::Agent, addr: SocketAddr) -> bool {
         .post(&format!("http://{addr}/v1/tokens"))
         .header("Authorization", &format!("Bearer {KEY}"))
         .send_json(json!({"ttl_seconds": 600}))
-        .map(|r| r.status() == 200)
+        .map(answered_ok)
         .unwrap_or(false)
+}
+
+/// Whether a write was acknowledged (200). Reads the whole body, as a client does, so that
+/// the connection goes back to the agent's pool and the next write reuses it (an unread
+/// body closes it: every write would pay for a new TCP connection on both sides).
+fn answered_ok(mut r: ureq::http::Response<ureq::Body>) -> bool {
+    let ok = r.status() == 200;
+    ok && r.body_mut().read_to_vec().is_ok()
 }
 
 fn pct(sorted: &[Duration], q: f64) -> f64 {
@@ -435,7 +443,7 @@ fn etcd_put(agent: &ureq::Agent, addr: SocketAddr, n: usize) -> bool {
     agent
         .post(&format!("http://{addr}/v3/kv/put"))
         .send_json(json!({"key": enc(&key), "value": enc("0123456789abcdef0123456789abcdef")}))
-        .map(|r| r.status() == 200)
+        .map(answered_ok)
         .unwrap_or(false)
 }
 

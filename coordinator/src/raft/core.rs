@@ -11,7 +11,8 @@ use std::sync::{Arc, RwLock};
 
 use protobuf::Message as PbMessage;
 use raft::prelude::{
-    ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message, Snapshot,
+    ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType,
+    Snapshot,
 };
 use raft::{RawNode, SnapshotStatus, StateRole};
 use shoal_protocol::metric_names as m;
@@ -85,6 +86,11 @@ fn proposal_context(node: u64, incarnation: u64, seq: u64) -> Vec<u8> {
 fn parse_context(c: &[u8]) -> Option<(u64, u64, u64)> {
     let word = |i: usize| Some(u64::from_be_bytes(c.get(i * 8..i * 8 + 8)?.try_into().ok()?));
     Some((word(0)?, word(1)?, word(2)?))
+}
+
+/// A command as a raft entry carries it.
+pub fn encode_command(cmd: &Command) -> Result<Vec<u8>, CoordinatorError> {
+    Ok(shoal_protocol::frame::to_payload(cmd)?.to_vec())
 }
 
 /// FNV-1a, for comparing entries cheaply in tests.
@@ -224,11 +230,39 @@ impl<S: RaftStore> RaftCore<S> {
         if !self.is_leader() {
             return Err(self.not_leader());
         }
-        let data = shoal_protocol::frame::to_payload(cmd)?.to_vec();
+        let data = encode_command(cmd)?;
         let seq = self.next_seq;
         self.next_seq += 1;
         self.node.propose(proposal_context(self.id, self.incarnation, seq), data)?;
         Ok(seq)
+    }
+
+    /// Proposes several commands as one raft message, so that followers get them in one
+    /// append (raft sends an append to every follower per proposal message). Returns their
+    /// sequence numbers, in order; all are dropped together or none is.
+    /// `encoded` are commands as [`encode_command`] gives them.
+    pub fn propose_batch(&mut self, encoded: Vec<Vec<u8>>) -> Result<Vec<u64>, CoordinatorError> {
+        if !self.is_leader() {
+            return Err(self.not_leader());
+        }
+        let first = self.next_seq;
+        let n = encoded.len() as u64;
+        let entries: Vec<Entry> = encoded
+            .into_iter()
+            .zip(first..)
+            .map(|(data, seq)| Entry {
+                data: data.into(),
+                context: proposal_context(self.id, self.incarnation, seq).into(),
+                ..Default::default()
+            })
+            .collect();
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgPropose);
+        m.from = self.id;
+        m.set_entries(entries.into());
+        self.node.raft.step(m)?;
+        self.next_seq += n;
+        Ok((first..self.next_seq).collect())
     }
 
     /// Proposes a membership change. `member` is recorded with an added coordinator.
@@ -289,9 +323,14 @@ impl<S: RaftStore> RaftCore<S> {
         if let Some(hs) = ready.hs() {
             self.node.mut_store().set_hard_state(hs)?;
         }
-        // Persist before anything that depends on it leaves this process, and before the
-        // applied index that follows from the commit index can be saved.
-        self.node.mut_store().flush()?;
+        // Persist before anything that depends on it leaves this process. A Ready that only
+        // moves the commit index needs no flush (as in etcd): no message depends on it being
+        // durable, the entries it commits were flushed when they were appended, and a commit
+        // index lost in a crash is learned again from the leader. The write is made; the next
+        // flush (or sled's own, within half a second) carries it.
+        if ready.must_sync() {
+            self.node.mut_store().flush()?;
+        }
         if !ready.persisted_messages().is_empty() {
             send(ready.take_persisted_messages());
         }

@@ -14,7 +14,7 @@ use super::core::{CoreConfig, RaftCore};
 use super::storage::SledStorage;
 use super::transport::{Report, Transport};
 use super::Proposal;
-use crate::state::{ClusterState, Outcome};
+use crate::state::{ClusterState, Command, Outcome};
 use crate::CoordinatorError;
 use std::sync::{Arc, RwLock};
 
@@ -279,13 +279,17 @@ impl Driver {
                 input = rx.recv() => match input {
                     None => break,
                     Some(first) => {
-                        self.handle(first);
+                        let mut commands = Vec::new();
+                        self.handle(first, &mut commands);
                         if self.batch {
-                            // Fold whatever else is already waiting into the same Ready.
+                            // Fold whatever else is already waiting into the same Ready, and
+                            // the commands among it into one proposal (one append per
+                            // follower instead of one per command).
                             while let Ok(more) = rx.try_recv() {
-                                self.handle(more);
+                                self.handle(more, &mut commands);
                             }
                         }
+                        self.propose_commands(commands);
                     }
                 },
             }
@@ -301,28 +305,91 @@ impl Driver {
         }
     }
 
-    fn handle(&mut self, input: Input) {
-        match input {
-            Input::Propose { proposal, reply } => {
-                let seq = match *proposal {
-                    Proposal::Command(cmd) => self.core.propose(&cmd),
-                    Proposal::AddMember(member) => {
-                        let cc = single_change(ConfChangeType::AddNode, member.id);
-                        self.core.propose_conf_change(cc, Some(&member))
-                    }
-                    Proposal::RemoveMember { id } => {
-                        self.core.propose_conf_change(single_change(ConfChangeType::RemoveNode, id), None)
-                    }
-                };
-                match seq {
-                    Ok(seq) => {
-                        self.pending.insert(seq, Pending { reply, proposed_at: Instant::now() });
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                    }
+    /// Proposes the commands gathered in one pass as one raft message.
+    fn propose_commands(&mut self, commands: Vec<(Command, Reply<Applied>)>) {
+        if commands.is_empty() {
+            return;
+        }
+        let mut encoded = Vec::with_capacity(commands.len());
+        let mut replies = Vec::with_capacity(commands.len());
+        for (cmd, reply) in commands {
+            match super::core::encode_command(&cmd) {
+                Ok(bytes) => {
+                    encoded.push(bytes);
+                    replies.push(reply);
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
                 }
             }
+        }
+        if encoded.is_empty() {
+            return;
+        }
+        match self.core.propose_batch(encoded) {
+            Ok(seqs) => {
+                let now = Instant::now();
+                for (seq, reply) in seqs.into_iter().zip(replies) {
+                    self.pending.insert(seq, Pending { reply, proposed_at: now });
+                }
+            }
+            Err(e) => {
+                // Refused as a whole: not the leader, or raft dropped the proposal (a
+                // leadership transfer is under way).
+                for reply in replies {
+                    let again = match &e {
+                        CoordinatorError::NotLeader { leader } => CoordinatorError::NotLeader { leader: *leader },
+                        CoordinatorError::Raft(raft::Error::ProposalDropped) => {
+                            CoordinatorError::Raft(raft::Error::ProposalDropped)
+                        }
+                        _ => CoordinatorError::Rejected("proposal refused by raft"),
+                    };
+                    let _ = reply.send(Err(again));
+                }
+            }
+        }
+    }
+
+    fn propose_one(&mut self, proposal: Proposal, reply: Reply<Applied>) {
+        let seq = match proposal {
+            Proposal::Command(cmd) => self.core.propose(&cmd),
+            Proposal::AddMember(member) => {
+                let cc = single_change(ConfChangeType::AddNode, member.id);
+                self.core.propose_conf_change(cc, Some(&member))
+            }
+            Proposal::RemoveMember { id } => {
+                self.core.propose_conf_change(single_change(ConfChangeType::RemoveNode, id), None)
+            }
+        };
+        match seq {
+            Ok(seq) => {
+                self.pending.insert(seq, Pending { reply, proposed_at: Instant::now() });
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    /// Handles one input; with batching on, commands are gathered into `commands` (and
+    /// proposed before any other input, to keep their order).
+    fn handle(&mut self, input: Input, commands: &mut Vec<(Command, Reply<Applied>)>) {
+        if let Input::Propose { proposal, reply } = input {
+            match *proposal {
+                Proposal::Command(cmd) if self.batch => {
+                    commands.push((cmd, reply));
+                    return;
+                }
+                other => {
+                    self.propose_commands(std::mem::take(commands));
+                    self.propose_one(other, reply);
+                    return;
+                }
+            }
+        }
+        self.propose_commands(std::mem::take(commands));
+        match input {
+            Input::Propose { .. } => {}
             Input::Read { reply } => {
                 let ctx = self.next_read;
                 self.next_read += 1;
