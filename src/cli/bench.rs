@@ -165,7 +165,8 @@ impl Group {
 
     pub(super) fn start(&mut self, id: u64) -> anyhow::Result<()> {
         let exe = std::env::current_exe()?;
-        let log = std::fs::File::create(self.dir.join(format!("c{id}.log")))?;
+        // Appended to across restarts, so that a member's earlier runs can be read afterwards.
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("c{id}.log")))?;
         let child = Command::new(exe)
             .args(["coordinator", "--config"])
             .arg(&self.config)
