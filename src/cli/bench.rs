@@ -321,9 +321,8 @@ where
     Ok((l.len() as f64 / elapsed.as_secs_f64(), pct(&l, 0.5), pct(&l, 0.99)))
 }
 
-/// Writes made (and not counted) before each measured row, for Shoal and etcd alike: in a
-/// group just started the first ones wait on members still settling (a pre-filled state
-/// being copied to each member's gateway, for one).
+/// Writes made (and not counted) before each measured row, for Shoal and etcd alike, so that
+/// a row measures a group that has settled rather than its first moments after start.
 fn warm_up(writes: usize) -> usize {
     (writes / 10).min(200)
 }

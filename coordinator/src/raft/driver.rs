@@ -376,20 +376,17 @@ impl Driver {
     fn handle(&mut self, input: Input, commands: &mut Vec<(Command, Reply<Applied>)>) {
         if let Input::Propose { proposal, reply } = input {
             match *proposal {
-                Proposal::Command(cmd) if self.batch => {
-                    commands.push((cmd, reply));
-                    return;
-                }
+                Proposal::Command(cmd) if self.batch => commands.push((cmd, reply)),
                 other => {
                     self.propose_commands(std::mem::take(commands));
                     self.propose_one(other, reply);
-                    return;
                 }
             }
+            return;
         }
         self.propose_commands(std::mem::take(commands));
         match input {
-            Input::Propose { .. } => {}
+            Input::Propose { .. } => {} // handled above
             Input::Read { reply } => {
                 let ctx = self.next_read;
                 self.next_read += 1;
