@@ -1,13 +1,20 @@
 //! IEEE half-precision conversions for the weight scales (GGML stores them as f16; keeping them so halves the
 //! bytes the scales take, and decoding is bound by memory traffic).
 
-/// Decode a half-precision value (exact for every finite value; GGML scales are never inf/NaN): move sign,
-/// exponent and mantissa to their f32 places, then rebias the exponent (and normalise subnormals) by
-/// multiplying with 2^112.
+/// Decode a half-precision value (exact for every finite value; GGML scales are never inf/NaN): move exponent
+/// and mantissa to their f32 places and rebias the exponent by adding 112 to it. A subnormal `h` (exponent 0)
+/// becomes `2^-14 * (1 + m/1024) - 2^-14`: every operand and the result are normal f32 values. (Multiplying
+/// the moved bits by 2^112 instead makes a subnormal f32 operand out of each subnormal `h`, and the CPU takes a
+/// slow assist of a hundred cycles or more for it; small models' weight scales are often f16 subnormals.)
 #[inline(always)]
 pub(crate) fn f16_to_f32(h: u16) -> f32 {
     let h = h as u32;
-    f32::from_bits(((h & 0x7fff) << 13) | ((h & 0x8000) << 16)) * f32::from_bits(0x7780_0000)
+    let bits = ((h & 0x7fff) << 13) + (112 << 23);
+    let subnormal = (f32::from_bits(bits + (1 << 23)) - f32::from_bits(113 << 23)).to_bits();
+    // Chosen with a mask, not a branch: whether a scale is subnormal follows no pattern a branch predictor
+    // could learn, and the kernels convert one or two scales per 32 weights.
+    let is_subnormal = ((h & 0x7c00 == 0) as u32).wrapping_neg();
+    f32::from_bits((subnormal & is_subnormal) | (bits & !is_subnormal) | ((h & 0x8000) << 16))
 }
 
 /// Round to the nearest half-precision value (ties to even; overflow gives infinity, NaN a quiet NaN).

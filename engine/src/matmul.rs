@@ -372,6 +372,16 @@ fn kernel_v3<B: WeightBlock>(v: pulp::x86::V3, kernel: Kernel<'_, B>) {
     }
 }
 
+/// Asks for the cache lines `PREFETCH_BYTES` past block `wb` (every line of it: the K-quant blocks span 3 or 4).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch_v3<B>(v: pulp::x86::V3, wb: &B) {
+    let ahead = (wb as *const B).cast::<i8>().wrapping_add(PREFETCH_BYTES);
+    for line in (0..size_of::<B>()).step_by(64) {
+        v.sse._mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(ahead.wrapping_add(line));
+    }
+}
+
 /// Dot products of one weight row with the `R` input rows of a group; `scales` is scratch space.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
@@ -391,8 +401,7 @@ fn column_v3<B: WeightBlock, const R: usize>(
         let mut acc = v.avx._mm256_setzero_ps();
         let parts = q.chunks_exact(B::PARTS).zip(d.chunks_exact(B::PARTS)).zip(s.chunks_exact(B::PARTS));
         for (wb, ((q, d), s)) in wrow.iter().zip(parts) {
-            let ahead = (wb as *const B).cast::<i8>().wrapping_add(PREFETCH_BYTES);
-            v.sse._mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(ahead);
+            prefetch_v3(v, wb);
             for p in 0..B::PARTS {
                 let dot = B::dot_v3(v, wb.load_v3(v, p), pulp::cast(q[p][0]));
                 let scale = v.avx._mm256_set1_ps(wb.scale(p) * d[p][0]);
@@ -424,8 +433,7 @@ fn column_v3<B: WeightBlock, const R: usize>(
     let mut acc: [__m256; R] = [v.avx._mm256_setzero_ps(); R];
     let parts = q.chunks_exact(B::PARTS).zip(scales.chunks_exact(B::PARTS));
     for (wb, (q, scale)) in wrow.iter().zip(parts) {
-        let ahead = (wb as *const B).cast::<i8>().wrapping_add(PREFETCH_BYTES);
-        v.sse._mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(ahead);
+        prefetch_v3(v, wb);
         for p in 0..B::PARTS {
             let loaded = wb.load_v3(v, p);
             for i in 0..R {
