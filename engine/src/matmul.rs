@@ -1,7 +1,8 @@
 //! Batched matmul of block-quantised weight matrices (the formats are in `q4` and `q8`): the input rows are
 //! quantised to 8 bits per 32-value block, each weight block is read once per call and used for every input row
 //! (so a batch of B tokens costs little more memory traffic than one), integer dot products per block with f32
-//! scales, explicit AVX2 through `pulp` where the CPU has it (a portable loop elsewhere), threads via rayon over
+//! scales, explicit AVX2 through `pulp` where the CPU has it (its byte dot products on AVX-512 VNNI where that is
+//! present; a portable loop elsewhere), threads via rayon over
 //! column ranges. Results for one input row do not depend on the other rows in the batch, nor on the threads.
 //! Also `vectorized`, which compiles other hot loops for AVX2 where the CPU has it.
 
@@ -39,11 +40,47 @@ pub(crate) fn vectorized<Op: NullaryFnOnce>(op: Op) -> Op::Output {
 
 /// Which of the kernels' code paths this CPU runs (for benchmark reports).
 pub fn kernel_path() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    if pulp::x86::V3::try_new().is_some() {
-        return "AVX2+FMA (x86-64-v3)";
+    match KernelPath::best() {
+        KernelPath::Vnni => "AVX-512 VNNI dot products, AVX2+FMA (x86-64-v3)",
+        KernelPath::Avx2 => "AVX2+FMA (x86-64-v3)",
+        KernelPath::Portable => "portable (no AVX2)",
     }
-    "portable (no AVX2)"
+}
+
+/// The kernels' code paths, each tested against the others.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KernelPath {
+    /// Portable Rust (auto-vectorised for what the build targets).
+    Portable,
+    /// Explicit AVX2/FMA.
+    Avx2,
+    /// The AVX2 kernels with their byte dot products on AVX-512 VNNI (`vpdpbusd` on 256-bit vectors: one
+    /// instruction for what takes `maddubs` then `madd`), for CPUs with AVX512-VNNI and AVX512-VL.
+    Vnni,
+}
+
+impl KernelPath {
+    /// The fastest path this CPU runs.
+    pub(crate) fn best() -> KernelPath {
+        #[cfg(target_arch = "x86_64")]
+        if pulp::x86::V3::try_new().is_some() {
+            if std::arch::is_x86_feature_detected!("avx512vnni") && std::arch::is_x86_feature_detected!("avx512vl") {
+                return KernelPath::Vnni;
+            }
+            return KernelPath::Avx2;
+        }
+        KernelPath::Portable
+    }
+
+    /// Every path this CPU runs (for tests).
+    #[cfg(test)]
+    pub(crate) fn available() -> Vec<KernelPath> {
+        match KernelPath::best() {
+            KernelPath::Vnni => vec![KernelPath::Portable, KernelPath::Avx2, KernelPath::Vnni],
+            KernelPath::Avx2 => vec![KernelPath::Portable, KernelPath::Avx2],
+            KernelPath::Portable => vec![KernelPath::Portable],
+        }
+    }
 }
 
 /// Input rows quantised to 8 bits per 32-value block (value = `d * q`; `s = d * sum(q)` serves the weight
@@ -155,12 +192,31 @@ fn quantize_q8_k(xs: &[f32], q: &mut [[i8; BLOCK]]) -> f32 {
 /// (`maddubs` then `madd`; the weights must be small enough that pairs do not saturate 16 bits).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-pub(crate) fn unsigned_dot_v3(
+pub(crate) fn unsigned_dot_v3<const VNNI: bool>(
     v: pulp::x86::V3,
     w: core::arch::x86_64::__m256i,
     x: core::arch::x86_64::__m256i,
 ) -> core::arch::x86_64::__m256i {
+    if VNNI {
+        return vnni_dot(v, w, x);
+    }
     v.avx2._mm256_madd_epi16(v.avx2._mm256_maddubs_epi16(w, x), v.avx._mm256_set1_epi16(1))
+}
+
+/// `vpdpbusd` from zero: unsigned bytes `w` times signed bytes `x`, summed in fours into eight i32 lanes (no
+/// 16-bit intermediate, so no saturation either). Only for code compiled with `VNNI` set, which runs only
+/// inside `kernel_vnni`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(unsafe_code)]
+pub(crate) fn vnni_dot(
+    v: pulp::x86::V3,
+    w: core::arch::x86_64::__m256i,
+    x: core::arch::x86_64::__m256i,
+) -> core::arch::x86_64::__m256i {
+    // SAFETY: this is reached only through `kernel_vnni`, which is entered only on CPUs that report AVX512-VNNI
+    // and AVX512-VL (`KernelPath::best`) and is compiled with those features, into which this is inlined.
+    unsafe { core::arch::x86_64::_mm256_dpbusd_epi32(v.avx._mm256_setzero_si256(), w, x) }
 }
 
 /// `(w - offset) * x` for unsigned weight bytes stored with an offset, as `w * x - offset * x` in 16-bit lanes,
@@ -199,9 +255,13 @@ pub(crate) trait WeightBlock: Copy + Send + Sync {
     type Loaded: Copy;
     #[cfg(target_arch = "x86_64")]
     fn load_v3(&self, v: pulp::x86::V3, part: usize) -> Self::Loaded;
-    /// Integer dot product with an input block as eight i32 partial sums.
+    /// Integer dot product with an input block as eight i32 partial sums (with `VNNI`, on `vnni_dot`).
     #[cfg(target_arch = "x86_64")]
-    fn dot_v3(v: pulp::x86::V3, w: Self::Loaded, x: core::arch::x86_64::__m256i) -> core::arch::x86_64::__m256i;
+    fn dot_v3<const VNNI: bool>(
+        v: pulp::x86::V3,
+        w: Self::Loaded,
+        x: core::arch::x86_64::__m256i,
+    ) -> core::arch::x86_64::__m256i;
 }
 
 /// A weight matrix on the engine's batched kernels, whatever its block format.
@@ -268,25 +328,34 @@ impl<B: WeightBlock> BlockMatrix<B> {
 
     /// `x @ self^T` for `m` rows of `x` (`[m, k]`); returns `[m, n]`.
     pub(crate) fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
-        self.matmul_with(x, m, true)
+        self.matmul_with(x, m, KernelPath::best())
     }
 
-    /// `matmul`, on the explicit AVX2 kernel when `simd` and the CPU allow, else on the portable one.
-    fn matmul_with(&self, x: &[f32], m: usize, simd: bool) -> Vec<f32> {
+    /// `matmul` on the given code path (which the CPU must run: `KernelPath::best` or a slower one).
+    fn matmul_with(&self, x: &[f32], m: usize, path: KernelPath) -> Vec<f32> {
         let (n, k) = (self.n, self.k);
         let groups = quantize_groups(x, m, k, Self::VALUES, self.input);
         let arch = Arch::new();
         #[cfg(target_arch = "x86_64")]
-        let v3 = pulp::x86::V3::try_new().filter(|_| simd);
+        let v3 = pulp::x86::V3::try_new().filter(|_| path != KernelPath::Portable);
         let work = n * m * (k / Self::VALUES) * B::BYTES;
         let kernel = |col0: usize, out: &mut [f32]| {
             let kernel = Kernel { w: self, groups: &groups, m, col0, out };
             #[cfg(target_arch = "x86_64")]
             if let Some(v3) = v3 {
-                v3.vectorize(move || kernel_v3(v3, kernel));
+                if path == KernelPath::Vnni {
+                    #[allow(unsafe_code)]
+                    // SAFETY: `path` is `Vnni` only where `KernelPath::best` found AVX512-VNNI and AVX512-VL (and
+                    // `v3` proves AVX2 and FMA), the features `kernel_vnni` is compiled for.
+                    unsafe {
+                        kernel_vnni(v3, kernel)
+                    };
+                } else {
+                    v3.vectorize(move || kernel_v3::<B, false>(v3, kernel));
+                }
                 return;
             }
-            if simd {
+            if path != KernelPath::Portable {
                 arch.dispatch(kernel);
             } else {
                 pulp::Scalar::new().vectorize(kernel);
@@ -352,9 +421,16 @@ impl<B: WeightBlock> WithSimd for Kernel<'_, B> {
     }
 }
 
+/// `kernel_v3` with `vnni_dot`, compiled for the CPUs of `KernelPath::Vnni`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn kernel_vnni<B: WeightBlock>(v: pulp::x86::V3, kernel: Kernel<'_, B>) {
+    kernel_v3::<B, true>(v, kernel)
+}
+
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn kernel_v3<B: WeightBlock>(v: pulp::x86::V3, kernel: Kernel<'_, B>) {
+fn kernel_v3<B: WeightBlock, const VNNI: bool>(v: pulp::x86::V3, kernel: Kernel<'_, B>) {
     let Kernel { w, groups, m, col0, out } = kernel;
     let (mut s8, mut s4, mut s2, mut s1) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (c, col_out) in out.chunks_exact_mut(m).enumerate() {
@@ -363,10 +439,10 @@ fn kernel_v3<B: WeightBlock>(v: pulp::x86::V3, kernel: Kernel<'_, B>) {
         for g in groups {
             let o = &mut col_out[g.row0..g.row0 + g.rows];
             match g.rows {
-                8 => o.copy_from_slice(&column_v3::<B, 8>(v, wrow, g, &mut s8)),
-                4 => o.copy_from_slice(&column_v3::<B, 4>(v, wrow, g, &mut s4)),
-                2 => o.copy_from_slice(&column_v3::<B, 2>(v, wrow, g, &mut s2)),
-                _ => o.copy_from_slice(&column_v3::<B, 1>(v, wrow, g, &mut s1)),
+                8 => o.copy_from_slice(&column_v3::<B, 8, VNNI>(v, wrow, g, &mut s8)),
+                4 => o.copy_from_slice(&column_v3::<B, 4, VNNI>(v, wrow, g, &mut s4)),
+                2 => o.copy_from_slice(&column_v3::<B, 2, VNNI>(v, wrow, g, &mut s2)),
+                _ => o.copy_from_slice(&column_v3::<B, 1, VNNI>(v, wrow, g, &mut s1)),
             }
         }
     }
@@ -385,7 +461,7 @@ fn prefetch_v3<B>(v: pulp::x86::V3, wb: &B) {
 /// Dot products of one weight row with the `R` input rows of a group; `scales` is scratch space.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn column_v3<B: WeightBlock, const R: usize>(
+fn column_v3<B: WeightBlock, const R: usize, const VNNI: bool>(
     v: pulp::x86::V3,
     wrow: &[B],
     g: &XGroup,
@@ -403,7 +479,7 @@ fn column_v3<B: WeightBlock, const R: usize>(
         for (wb, ((q, d), s)) in wrow.iter().zip(parts) {
             prefetch_v3(v, wb);
             for p in 0..B::PARTS {
-                let dot = B::dot_v3(v, wb.load_v3(v, p), pulp::cast(q[p][0]));
+                let dot = B::dot_v3::<VNNI>(v, wb.load_v3(v, p), pulp::cast(q[p][0]));
                 let scale = v.avx._mm256_set1_ps(wb.scale(p) * d[p][0]);
                 acc = v.fma._mm256_fmadd_ps(v.avx._mm256_cvtepi32_ps(dot), scale, acc);
                 if B::OFFSET {
@@ -437,7 +513,7 @@ fn column_v3<B: WeightBlock, const R: usize>(
         for p in 0..B::PARTS {
             let loaded = wb.load_v3(v, p);
             for i in 0..R {
-                let dot = B::dot_v3(v, loaded, pulp::cast(q[p][i]));
+                let dot = B::dot_v3::<VNNI>(v, loaded, pulp::cast(q[p][i]));
                 let sc = v.avx._mm256_set1_ps(scale[p][i]);
                 acc[i] = v.fma._mm256_fmadd_ps(v.avx._mm256_cvtepi32_ps(dot), sc, acc[i]);
             }
@@ -548,7 +624,7 @@ pub(crate) mod tests {
     }
 
     /// Checks a matrix against its dequantised values: close to the exact product, the same for a row alone
-    /// as in a batch (for every batch size up to `x`'s rows), and the portable kernel close to the SIMD one.
+    /// as in a batch (for every batch size up to `x`'s rows), and every kernel path this CPU runs close to the others.
     pub(crate) fn check_matmul<B: WeightBlock>(q: &BlockMatrix<B>, x: &[f32]) {
         let (n, k) = (q.n, q.k);
         let m = x.len() / k;
@@ -557,7 +633,8 @@ pub(crate) mod tests {
             q.row(j, &mut dense);
         }
         let y = q.matmul(x, m);
-        let portable = q.matmul_with(x, m, false);
+        let paths: Vec<(KernelPath, Vec<f32>)> =
+            KernelPath::available().into_iter().map(|p| (p, q.matmul_with(x, m, p))).collect();
         for r in 0..m {
             let xr = &x[r * k..(r + 1) * k];
             // Each input value is off by at most half a step of its block's 8-bit quantisation (one scale per
@@ -574,7 +651,9 @@ pub(crate) mod tests {
                 let bound: f32 = w.iter().zip(&step).map(|(w, s)| w.abs() * s).sum::<f32>() * 0.5 + 6e-4 * size + 1e-6;
                 let got = y[r * n + j];
                 assert!((got - exact).abs() <= bound, "{r},{j}: {got} vs {exact} (bound {bound})");
-                assert!((portable[r * n + j] - got).abs() <= 1e-5 * size + 1e-6, "{r},{j}: portable kernel");
+                for (path, y) in &paths {
+                    assert!((y[r * n + j] - got).abs() <= 1e-5 * size + 1e-6, "{r},{j}: {path:?} kernel");
+                }
             }
         }
         for rows in 1..m {

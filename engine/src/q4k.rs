@@ -107,8 +107,12 @@ impl WeightBlock for Q4KBlock {
     /// Unsigned nibbles times signed inputs (at most 2 * 15 * 127 per 16-bit lane: no saturation).
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    fn dot_v3(v: pulp::x86::V3, w: Self::Loaded, x: core::arch::x86_64::__m256i) -> core::arch::x86_64::__m256i {
-        crate::matmul::unsigned_dot_v3(v, w, x)
+    fn dot_v3<const VNNI: bool>(
+        v: pulp::x86::V3,
+        w: Self::Loaded,
+        x: core::arch::x86_64::__m256i,
+    ) -> core::arch::x86_64::__m256i {
+        crate::matmul::unsigned_dot_v3::<VNNI>(v, w, x)
     }
 }
 

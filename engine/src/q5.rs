@@ -96,7 +96,16 @@ impl WeightBlock for Q5Block {
     /// saturation).
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    fn dot_v3(v: pulp::x86::V3, w: Self::Loaded, x: core::arch::x86_64::__m256i) -> core::arch::x86_64::__m256i {
+    fn dot_v3<const VNNI: bool>(
+        v: pulp::x86::V3,
+        w: Self::Loaded,
+        x: core::arch::x86_64::__m256i,
+    ) -> core::arch::x86_64::__m256i {
+        if VNNI {
+            // `q * x - 16 * x` as two dot products in 32-bit lanes.
+            let bias = crate::matmul::vnni_dot(v, v.avx._mm256_set1_epi8(16), x);
+            return v.avx2._mm256_sub_epi32(crate::matmul::vnni_dot(v, w, x), bias);
+        }
         crate::matmul::offset_dot_v3(v, w, x, 16, v.avx._mm256_set1_epi16(1))
     }
 }

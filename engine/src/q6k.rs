@@ -125,7 +125,7 @@ impl WeightBlock for Q6KBlock {
     /// saturation), then summed in pairs weighted by the half's scale.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    fn dot_v3(
+    fn dot_v3<const VNNI: bool>(
         v: pulp::x86::V3,
         (q, scales): Self::Loaded,
         x: core::arch::x86_64::__m256i,

@@ -90,8 +90,15 @@ impl WeightBlock for Q8Block {
     /// (at most 2 * 128 * 127 per 16-bit lane: no saturation; `|-128|` wraps to -128, read as unsigned 128).
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    fn dot_v3(v: pulp::x86::V3, (abs, w): Self::Loaded, x: core::arch::x86_64::__m256i) -> core::arch::x86_64::__m256i {
+    fn dot_v3<const VNNI: bool>(
+        v: pulp::x86::V3,
+        (abs, w): Self::Loaded,
+        x: core::arch::x86_64::__m256i,
+    ) -> core::arch::x86_64::__m256i {
         let sx = v.avx2._mm256_sign_epi8(x, w);
+        if VNNI {
+            return crate::matmul::vnni_dot(v, abs, sx);
+        }
         v.avx2._mm256_madd_epi16(v.avx2._mm256_maddubs_epi16(abs, sx), v.avx._mm256_set1_epi16(1))
     }
 }
