@@ -21,7 +21,7 @@ use crate::q4::{q4_from_q4_0, q4_from_q4_1};
 use crate::q4k::q4k_from_q4_k;
 use crate::q5::q5_from_q5_0;
 use crate::q6k::q6k_from_q6_k;
-use crate::q8::{q8_from_f32, q8_from_q8_0};
+use crate::q8::{q8_from_f32, q8_from_q8_0, Q8Matrix};
 use crate::tokenizer::GgufTokenizer;
 
 pub use crate::chat::{ChatMessage, ChatToolCall};
@@ -340,6 +340,21 @@ impl Loader<'_> {
                 stack.push(as_stored(run[0].dtype(), &bytes, n, k, input).ok_or_else(unreadable)?);
             }
             return Ok(Linear::Stack(stack));
+        }
+        if self.requantize && parts.iter().all(|p| matches!(p.dtype(), GgmlDType::Q8_0 | GgmlDType::Q5_0)) {
+            // Q5_0 (alone or stacked with Q8_0 parts) on the 8-bit kernels, holding exactly the file's values.
+            let mut blocks = Vec::new();
+            for p in &parts {
+                let data = p.data()?;
+                let read = match p.dtype() {
+                    GgmlDType::Q5_0 => crate::q5::q8_blocks_from_q5_0(&data),
+                    _ => crate::q8::q8_blocks_from_q8_0(&data),
+                };
+                blocks.extend(read.ok_or_else(|| EngineError::model(self.path, format!("cannot read {names:?}")))?);
+            }
+            let q = Q8Matrix::new(rows, k, blocks)
+                .ok_or_else(|| EngineError::model(self.path, format!("cannot read the blocks of {names:?}")))?;
+            return Ok(Linear::Blocks(Arc::new(q.with_input(input))));
         }
         if (self.requantize || !same_dtype) && k.is_multiple_of(crate::matmul::BLOCK) {
             let mut dense = Vec::with_capacity(rows * k);

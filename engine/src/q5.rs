@@ -5,6 +5,7 @@
 
 use crate::half::f16_to_f32;
 use crate::matmul::{BlockMatrix, WeightBlock, BLOCK};
+use crate::q8::Q8Block;
 
 /// Bytes of one stored block.
 const BYTES: usize = 22;
@@ -24,18 +25,28 @@ pub(crate) fn q5_from_q5_0(data: &[u8], n: usize, k: usize) -> Option<Q5Matrix> 
     if !k.is_multiple_of(BLOCK) || data.len() != n * k / BLOCK * BYTES {
         return None;
     }
-    let blocks = data
-        .chunks_exact(BYTES)
-        .map(|b| Q5Block {
-            d: u16::from_le_bytes([b[0], b[1]]),
-            qh: [b[2], b[3], b[4], b[5]],
-            qs: core::array::from_fn(|i| b[6 + i]),
-        })
-        .collect();
-    BlockMatrix::new(n, k, blocks)
+    BlockMatrix::new(n, k, data.chunks_exact(BYTES).map(Q5Block::read).collect())
+}
+
+/// GGML Q5_0 blocks as 8-bit blocks that hold exactly the same values (`q - 16`, in -16..=15, with the block's
+/// own scale): more bytes than as stored, but the 8-bit kernels and no rounding (`None`: not whole blocks).
+pub(crate) fn q8_blocks_from_q5_0(data: &[u8]) -> Option<Vec<Q8Block>> {
+    data.len().is_multiple_of(BYTES).then(|| {
+        let widen = |b: Q5Block| Q8Block::new(b.d, core::array::from_fn(|i| b.q(i) as i8 - 16));
+        data.chunks_exact(BYTES).map(|b| widen(Q5Block::read(b))).collect()
+    })
 }
 
 impl Q5Block {
+    /// From the file's 22 bytes.
+    fn read(b: &[u8]) -> Q5Block {
+        Q5Block {
+            d: u16::from_le_bytes([b[0], b[1]]),
+            qh: [b[2], b[3], b[4], b[5]],
+            qs: core::array::from_fn(|i| b[6 + i]),
+        }
+    }
+
     /// The unsigned 5-bit value `i` (0..=31).
     #[inline(always)]
     fn q(&self, i: usize) -> u8 {
@@ -124,5 +135,9 @@ mod tests {
         check_against_candle(q, &data, GgmlDType::Q5_0, n, k);
         assert!(q5_from_q5_0(&data[1..], n, k).is_none());
         assert!(q5_from_q5_0(&data, n, k + 1).is_none());
+        // Widened to 8 bits: the same values exactly, on the 8-bit kernels.
+        let widened = crate::q8::Q8Matrix::new(n, k, q8_blocks_from_q5_0(&data).expect("whole blocks")).expect("q8");
+        check_against_candle(widened, &data, GgmlDType::Q5_0, n, k);
+        assert!(q8_blocks_from_q5_0(&data[1..]).is_none());
     }
 }

@@ -14,6 +14,13 @@ pub(crate) struct Q8Block {
     q: [i8; BLOCK],
 }
 
+impl Q8Block {
+    /// From a half-precision scale and 32 values.
+    pub(crate) fn new(d: u16, q: [i8; BLOCK]) -> Q8Block {
+        Q8Block { d, q }
+    }
+}
+
 pub(crate) type Q8Matrix = BlockMatrix<Q8Block>;
 
 /// Quantise a dense row-major `[n, k]` matrix; `k` must be a multiple of 32.
@@ -44,11 +51,16 @@ pub(crate) fn q8_from_q8_0(data: &[u8], n: usize, k: usize) -> Option<Q8Matrix> 
     if !k.is_multiple_of(BLOCK) || data.len() != n * k / BLOCK * 34 {
         return None;
     }
-    let blocks = data
-        .chunks_exact(34)
-        .map(|b| Q8Block { d: u16::from_le_bytes([b[0], b[1]]), q: core::array::from_fn(|i| b[2 + i] as i8) })
-        .collect();
-    BlockMatrix::new(n, k, blocks)
+    BlockMatrix::new(n, k, q8_blocks_from_q8_0(data)?)
+}
+
+/// GGML Q8_0 blocks as they are (`None`: not whole blocks).
+pub(crate) fn q8_blocks_from_q8_0(data: &[u8]) -> Option<Vec<Q8Block>> {
+    data.len().is_multiple_of(34).then(|| {
+        data.chunks_exact(34)
+            .map(|b| Q8Block { d: u16::from_le_bytes([b[0], b[1]]), q: core::array::from_fn(|i| b[2 + i] as i8) })
+            .collect()
+    })
 }
 
 impl WeightBlock for Q8Block {
