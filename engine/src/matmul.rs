@@ -433,10 +433,14 @@ fn kernel_vnni<B: WeightBlock>(v: pulp::x86::V3, kernel: Kernel<'_, B>) {
 fn kernel_v3<B: WeightBlock, const VNNI: bool>(v: pulp::x86::V3, kernel: Kernel<'_, B>) {
     let Kernel { w, groups, m, col0, out } = kernel;
     let (mut s8, mut s4, mut s2, mut s1) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (c, col_out) in out.chunks_exact_mut(m).enumerate() {
-        let wrow = w.row_blocks(col0 + c);
-        // The rows of a group share each loaded weight block; every row's arithmetic is the same as alone.
-        for g in groups {
+    // Group by group, each over all of the task's columns: a group's inputs (8 rows: 7 KiB for 896 inputs per
+    // row) stay in the first-level cache while the task's weights (a few hundred KiB) come from the second;
+    // column by column, every column would read all the inputs again from the second-level cache, 8 times the
+    // bytes (a prefill of 8 x 37 tokens of Qwen2.5-0.5B took 2.3 s that way, 2.05 s this way).
+    for g in groups {
+        for (c, col_out) in out.chunks_exact_mut(m).enumerate() {
+            let wrow = w.row_blocks(col0 + c);
+            // The rows of a group share each loaded weight block; every row's arithmetic is the same as alone.
             let o = &mut col_out[g.row0..g.row0 + g.rows];
             match g.rows {
                 8 => o.copy_from_slice(&column_v3::<B, 8, VNNI>(v, wrow, g, &mut s8)),
