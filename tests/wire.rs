@@ -66,6 +66,12 @@ async fn garbage_and_oversized_frames_are_refused_counted_and_survived() {
         Err(ProtocolError::Refused(msg)) => assert!(msg.contains("version 99"), "{msg}"),
         other => panic!("expected a version refusal, got {other:?}"),
     }
+    // The same when the stream is split at once (as a stage link is): the receiving half checks the welcome.
+    let (_sender, mut receiver) = ClientStream::open_with_version(&conn, 98).await.expect("open").split();
+    match receiver.recv().await {
+        Err(ProtocolError::Refused(msg)) => assert!(msg.contains("version 98"), "{msg}"),
+        other => panic!("expected a version refusal on the split stream, got {other:?}"),
+    }
 
     // Without a member certificate, nothing but a join is served.
     let mut s = ClientStream::open(&conn).await.expect("open");

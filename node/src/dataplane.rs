@@ -52,7 +52,7 @@ pub async fn handle(host: Arc<ModelHost>, mcp_stdio: bool, conn: quinn::Connecti
             Ok(Some(Request::FetchArtifact { sha256, offset })) => {
                 return host.store.serve(&mut stream, &sha256, offset).await
             }
-            Ok(Some(Request::StageForward(frame))) => return stage_forward(&host, stream, frame).await,
+            Ok(Some(Request::StageForward(frame))) => return stage_link(host, (role, member), stream, frame).await,
             Ok(Some(Request::StageRelease { placement_id, sequences })) => {
                 return stage_release(&host, stream, placement_id, sequences).await
             }
@@ -115,13 +115,68 @@ pub fn authorize(role: MemberRole, member: &str, req: &Request) -> Result<(), St
     }
 }
 
+/// Frames in flight on one link before the stage stops reading more (a chain has as many
+/// micro-batches in flight as stages).
+const LINK_FRAMES: usize = 16;
+
+/// Serves a stage link: the previous stage sends its activation frames on one stream, back to
+/// back. Each frame starts as it arrives (and goes on down the chain without waiting for the
+/// frames before it); the answers go back in the order of the frames. A frame that fails is
+/// answered with its refusal and the link goes on; anything but a frame ends the link.
+async fn stage_link(host: Arc<ModelHost>, peer: (MemberRole, String), stream: ServerStream, first: StageForward) {
+    let (mut sender, mut receiver) = stream.split();
+    let (answers_tx, mut answers) = tokio::sync::mpsc::channel::<tokio::task::JoinHandle<Response>>(LINK_FRAMES);
+    let read = async move {
+        let mut frame = Some(first);
+        loop {
+            let next = match frame.take() {
+                Some(f) => f,
+                None => match receiver.recv().await {
+                    Ok(Some(req)) => match (authorize(peer.0, &peer.1, &req), req) {
+                        (Ok(()), Request::StageForward(f)) => f,
+                        (allowed, other) => {
+                            let (code, why) = match allowed {
+                                Err(why) => (RefusalCode::Unauthenticated, why),
+                                Ok(()) => (
+                                    RefusalCode::BadRequest,
+                                    format!("a stage link carries activation frames, not '{}'", other.kind()),
+                                ),
+                            };
+                            let refusal = Response::refused(code, why);
+                            let _ = answers_tx.send(tokio::spawn(async move { refusal })).await;
+                            return;
+                        }
+                    },
+                    Ok(None) | Err(_) => return,
+                },
+            };
+            let host = Arc::clone(&host);
+            if answers_tx.send(tokio::spawn(async move { stage_answer(&host, next).await })).await.is_err() {
+                return;
+            }
+        }
+    };
+    let write = async move {
+        while let Some(work) = answers.recv().await {
+            let answer = work
+                .await
+                .unwrap_or_else(|e| Response::refused(RefusalCode::Unavailable, format!("the stage failed: {e}")));
+            if sender.send(&answer).await.is_err() {
+                return;
+            }
+        }
+        sender.finish();
+    };
+    tokio::join!(read, write);
+}
+
 /// Runs this stage's layers over a frame, then relays the activations to the next stage and
-/// its answer back (or answers with the sampled tokens on the last stage).
-async fn stage_forward(host: &ModelHost, mut stream: ServerStream, frame: StageForward) {
+/// returns its answer (or the sampled tokens on the last stage), or the refusal.
+async fn stage_answer(host: &ModelHost, frame: StageForward) -> Response {
     let received = Instant::now();
     let Some(Engine::Stage(h)) = host.engine(&frame.placement_id) else {
         let msg = format!("no ready stage {} on this node (it moved or is still loading)", frame.placement_id);
-        return stream.refuse(RefusalCode::NotFound, msg).await;
+        return Response::refused(RefusalCode::NotFound, msg);
     };
     let budget = Duration::from_millis(frame.budget_ms as u64);
     let result = h.forward(frame).await;
@@ -129,16 +184,13 @@ async fn stage_forward(host: &ModelHost, mut stream: ServerStream, frame: StageF
     // is measured as the round trip less this and what follows.
     let here_us = received.elapsed().as_micros() as u64;
     match result {
-        Err(ForwardError::Overloaded(msg)) => stream.refuse(RefusalCode::Overloaded, msg).await,
-        Err(ForwardError::Failed(msg)) => stream.refuse(RefusalCode::Unavailable, msg).await,
-        Ok(StageOut::Tokens { tokens }) => {
-            let _ = stream.send(&Response::StageDone(StageResult { tokens, compute_us: here_us, hops_us: 0 })).await;
-            stream.finish();
-        }
+        Err(ForwardError::Overloaded(msg)) => Response::refused(RefusalCode::Overloaded, msg),
+        Err(ForwardError::Failed(msg)) => Response::refused(RefusalCode::Unavailable, msg),
+        Ok(StageOut::Tokens { tokens }) => Response::StageDone(StageResult { tokens, compute_us: here_us, hops_us: 0 }),
         Ok(StageOut::Hidden { sequences, hidden }) => {
             let Some(hop) = h.link.next() else {
                 let msg = format!("stage {} has no next stage placed yet", h.index);
-                return stream.refuse(RefusalCode::Unavailable, msg).await;
+                return Response::refused(RefusalCode::Unavailable, msg);
             };
             let budget = remaining_budget(budget, received);
             let next = StageForward {
@@ -149,12 +201,12 @@ async fn stage_forward(host: &ModelHost, mut stream: ServerStream, frame: StageF
             };
             let labels = [("model", h.model.clone()), ("stage", h.index.to_string())];
             match forward_onward(&h.link, &hop, next, budget, &labels).await {
-                Ok(r) => {
-                    let done = StageResult { tokens: r.tokens, compute_us: r.compute_us + here_us, hops_us: r.hops_us };
-                    let _ = stream.send(&Response::StageDone(done)).await;
-                    stream.finish();
-                }
-                Err(msg) => stream.refuse(RefusalCode::Unavailable, msg).await,
+                Ok(r) => Response::StageDone(StageResult {
+                    tokens: r.tokens,
+                    compute_us: r.compute_us + here_us,
+                    hops_us: r.hops_us,
+                }),
+                Err(msg) => Response::refused(RefusalCode::Unavailable, msg),
             }
         }
     }

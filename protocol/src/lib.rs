@@ -29,7 +29,7 @@ pub use serving::*;
 
 /// The protocol version carried in every stream's `Hello`. A peer with another version is
 /// refused with [`RefusalCode::VersionMismatch`].
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The ALPN identifier every Shoal QUIC connection negotiates.
 pub const ALPN: &[u8] = b"shoal/1";

@@ -86,14 +86,8 @@ impl ClientStream {
     /// refused `Hello`, which is an error.
     pub async fn recv(&mut self) -> Result<Response, ProtocolError> {
         if !self.welcomed {
-            match self.next().await? {
-                Response::Welcome { .. } => self.welcomed = true,
-                Response::Refused { code: RefusalCode::VersionMismatch, message } => {
-                    return Err(ProtocolError::Refused(message))
-                }
-                Response::Refused { message, .. } => return Err(ProtocolError::Refused(message)),
-                _ => return Err(ProtocolError::Unexpected { expected: "welcome" }),
-            }
+            welcome(self.next().await?)?;
+            self.welcomed = true;
         }
         self.next().await
     }
@@ -125,10 +119,19 @@ impl ClientStream {
     }
 
     /// The stream's two directions, to send requests while reading responses (a byte
-    /// relay). Read the first response before splitting: it carries the server's welcome.
+    /// relay, a pipeline link). The receiver checks the server's welcome first if it has not
+    /// been read yet.
     pub fn split(self) -> (ClientSender, ClientReceiver) {
-        debug_assert!(self.welcomed, "split after the first response");
-        (ClientSender { send: self.send }, ClientReceiver { recv: self.recv })
+        (ClientSender { send: self.send }, ClientReceiver { recv: self.recv, welcomed: self.welcomed })
+    }
+}
+
+/// The server's answer to `Hello`: `Welcome`, or the refusal as an error.
+fn welcome(first: Response) -> Result<(), ProtocolError> {
+    match first {
+        Response::Welcome { .. } => Ok(()),
+        Response::Refused { message, .. } => Err(ProtocolError::Refused(message)),
+        _ => Err(ProtocolError::Unexpected { expected: "welcome" }),
     }
 }
 
@@ -147,14 +150,24 @@ impl ClientSender {
     }
 }
 
-/// The reading direction of a [`ClientStream`], after its first response.
+/// The reading direction of a [`ClientStream`].
 pub struct ClientReceiver {
     recv: RecvStream,
+    welcomed: bool,
 }
 
 impl ClientReceiver {
-    /// The next response; a bad frame stops the stream.
+    /// The next response (after the server's welcome, checked first if not read yet); a bad
+    /// frame stops the stream.
     pub async fn recv(&mut self) -> Result<Response, ProtocolError> {
+        if !self.welcomed {
+            welcome(self.next().await?)?;
+            self.welcomed = true;
+        }
+        self.next().await
+    }
+
+    async fn next(&mut self) -> Result<Response, ProtocolError> {
         match read_frame::<Response>(&mut self.recv, MAX_FRAME_BYTES).await {
             Ok(Some(r)) => Ok(r),
             Ok(None) => Err(ProtocolError::Closed),

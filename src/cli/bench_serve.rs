@@ -16,6 +16,9 @@ use serde_json::{json, Value};
 
 const KEY: &str = "sk-bench-local-admin";
 const CHAT: &str = "smollm2-135m-instruct";
+/// The default chat model of `shoal up`, measured too when its file is there.
+const QWEN: &str = "qwen2.5-coder-0.5b-instruct";
+const QWEN_GGUF: &str = "qwen2.5-coder-0.5b-instruct/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
 const EMBED: &str = "all-minilm-l6-v2";
 /// The multilingual embedding model (measured when `fetch-models.sh` put it in the models dir).
 const E5: &str = "multilingual-e5-small";
@@ -138,17 +141,33 @@ pub(super) fn start_up(models: &Path, core: Option<usize>) -> anyhow::Result<Up>
         &format!("{}/v1/deployments", up.gateway),
         &json!({"name": "echo", "source": "builtin://echo", "replicas": 1}),
     )?;
-    let deadline = Instant::now() + Duration::from_secs(300);
+    // Every deployment `shoal up` made, not only the ones measured: a model still loading (the
+    // 1.5B one takes a minute or two to convert) takes the cores from the measurements.
+    let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let ready = |n: &str| {
             get(&format!("{}/v1/deployments/{n}", up.gateway)).and_then(|d| d["ready_replicas"].as_u64()).unwrap_or(0)
                 >= 1
         };
-        if ready(CHAT) && ready(EMBED) && ready("echo") && (!models.join(E5).is_dir() || ready(E5)) {
+        let deployments = get(&format!("{}/v1/deployments", up.gateway)).unwrap_or(Value::Null);
+        let loading: Vec<String> = deployments["data"]
+            .as_array()
+            .or(deployments.as_array())
+            .into_iter()
+            .flatten()
+            .filter(|d| d["ready_replicas"].as_u64().unwrap_or(0) == 0)
+            .filter_map(|d| d["name"].as_str().map(str::to_string))
+            .collect();
+        if ready(CHAT)
+            && ready(EMBED)
+            && ready("echo")
+            && (!models.join(E5).is_dir() || ready(E5))
+            && loading.is_empty()
+        {
             return Ok(up);
         }
         if Instant::now() > deadline {
-            bail!("the models did not become ready within 300 s");
+            bail!("the models did not become ready within 600 s (still loading: {})", loading.join(", "));
         }
         std::thread::sleep(Duration::from_millis(300));
     }
@@ -200,6 +219,7 @@ pub(super) fn stream_chat(url: &str, body: &Value) -> anyhow::Result<(u64, f64, 
 }
 
 /// Decode rates of one model through the gateway.
+#[derive(Clone, Copy)]
 pub(super) struct Decode {
     /// Tokens/s of one stream, decode only (after its first token).
     pub single: f64,
@@ -379,9 +399,19 @@ pub fn run(a: ServeBench) -> anyhow::Result<()> {
     inproc.sort_by(f64::total_cmp);
     via.sort_by(f64::total_cmp);
 
-    // Decode through the gateway.
-    eprintln!("decode: 1 stream, then {} concurrent streams of {} tokens…", a.decode.streams, a.decode.tokens);
-    let Decode { single, ttft: ttft1, aggregate, end_to_end } = decode(&gw, CHAT, a.decode.tokens, a.decode.streams)?;
+    // Decode through the gateway, each chat model whose file is there.
+    let mut chat_models = vec![(CHAT, gguf.clone())];
+    if a.decode.models.join(QWEN_GGUF).is_file() {
+        chat_models.push((QWEN, a.decode.models.join(QWEN_GGUF)));
+    }
+    let mut decodes = Vec::new();
+    for (model, _) in &chat_models {
+        eprintln!(
+            "decode {model}: 1 stream, then {} concurrent streams of {} tokens…",
+            a.decode.streams, a.decode.tokens
+        );
+        decodes.push(decode(&gw, model, a.decode.tokens, a.decode.streams)?);
+    }
 
     // Embeddings through the gateway, 32 per request.
     let mut embed_rates = Vec::new();
@@ -407,59 +437,50 @@ pub fn run(a: ServeBench) -> anyhow::Result<()> {
 
     eprintln!("comparisons (llama.cpp, sentence-transformers, Ray Serve)…");
     let t = a.threads.to_string();
-    let gguf_s = gguf.display().to_string();
-    let lc1 = compare(
-        &a.venv,
-        "llamacpp_decode.py",
-        &[
-            "--model".into(),
-            gguf_s.clone(),
-            "--threads".into(),
-            t.clone(),
-            "--tokens".into(),
-            a.decode.tokens.to_string(),
-            "--streams".into(),
-            "1".into(),
-        ],
-    );
-    let lcn = compare(
-        &a.venv,
-        "llamacpp_decode.py",
-        &[
-            "--model".into(),
-            gguf_s,
-            "--threads".into(),
-            t.clone(),
-            "--tokens".into(),
-            a.decode.tokens.to_string(),
-            "--streams".into(),
-            a.decode.streams.to_string(),
-        ],
-    );
     let lc_rate = |r: &Result<Value, String>, key: &str| r.as_ref().ok().and_then(|v| v[key].as_f64());
     let describe = |r: &Result<Value, String>| match r {
         Ok(v) => format!("{} {}", v["tool"].as_str().unwrap_or(""), v["version"].as_str().unwrap_or("")),
         Err(e) => e.clone(),
     };
-    let lc_single = lc_rate(&lc1, "decode_tok_s");
-    let lc_multi = lc_rate(&lcn, "aggregate_tok_s").or(lc_rate(&lcn, "decode_tok_s"));
-    rows.push(row(
-        "decode tok/s, 1 stream (gateway, greedy)",
-        format!("{single:.1}"),
-        lc_single.map(|x| format!("{x:.1}")).unwrap_or_else(|| describe(&lc1)),
-        format!("{} vs llama.cpp; TTFT {:.0} ms", ratio(single, lc_single), ttft1 * 1e3),
-    ));
-    rows.push(row(
-        format!("decode tok/s, {} streams aggregate", a.decode.streams),
-        format!("{aggregate:.1}"),
-        lc_multi.map(|x| format!("{x:.1}")).unwrap_or_else(|| describe(&lcn)),
-        format!(
-            "{} of Shoal's 1 stream; {end_to_end:.1} tok/s with prefill; {} vs llama.cpp{}",
-            ratio(aggregate, Some(single)),
-            ratio(aggregate, lc_multi),
-            lcn.as_ref().ok().and_then(|v| v["method"].as_str()).map(|m| format!(" ({m})")).unwrap_or_default()
-        ),
-    ));
+    for ((model, path), d) in chat_models.iter().zip(&decodes) {
+        let Decode { single, ttft: ttft1, aggregate, end_to_end } = *d;
+        let llama_cpp = |streams: usize| {
+            compare(
+                &a.venv,
+                "llamacpp_decode.py",
+                &[
+                    "--model".into(),
+                    path.display().to_string(),
+                    "--threads".into(),
+                    t.clone(),
+                    "--tokens".into(),
+                    a.decode.tokens.to_string(),
+                    "--streams".into(),
+                    streams.to_string(),
+                ],
+            )
+        };
+        let (lc1, lcn) = (llama_cpp(1), llama_cpp(a.decode.streams));
+        let lc_single = lc_rate(&lc1, "decode_tok_s");
+        let lc_multi = lc_rate(&lcn, "aggregate_tok_s").or(lc_rate(&lcn, "decode_tok_s"));
+        rows.push(row(
+            format!("{model}: decode tok/s, 1 stream (gateway, greedy)"),
+            format!("{single:.1}"),
+            lc_single.map(|x| format!("{x:.1}")).unwrap_or_else(|| describe(&lc1)),
+            format!("{} vs llama.cpp; TTFT {:.0} ms", ratio(single, lc_single), ttft1 * 1e3),
+        ));
+        rows.push(row(
+            format!("{model}: decode tok/s, {} streams aggregate", a.decode.streams),
+            format!("{aggregate:.1}"),
+            lc_multi.map(|x| format!("{x:.1}")).unwrap_or_else(|| describe(&lcn)),
+            format!(
+                "{} of Shoal's 1 stream; {end_to_end:.1} tok/s with prefill; {} vs llama.cpp{}",
+                ratio(aggregate, Some(single)),
+                ratio(aggregate, lc_multi),
+                lcn.as_ref().ok().and_then(|v| v["method"].as_str()).map(|m| format!(" ({m})")).unwrap_or_default()
+            ),
+        ));
+    }
     for (kind, rate) in &embed_rates {
         let st = compare(
             &a.venv,

@@ -284,6 +284,7 @@ impl Actor for ModelReplica {
                     timeout: host.stage_timeout,
                     stages: stage.count,
                     runtime: tokio::runtime::Handle::current(),
+                    channel: Default::default(),
                 };
                 if stage.index == 0 {
                     Engine::Generate(LlmHandle::start_head(llm, &model, link)?)

@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use shoal_engine::{Batcher, Event, Llm, SamplingParams, StageOutput};
 use shoal_protocol::metric_names as m;
 use shoal_protocol::pool::{CallError, Pool};
+use shoal_protocol::quic::{ClientReceiver, ClientSender};
 use shoal_protocol::tls::NODE_SERVER_NAME;
 use shoal_protocol::{
     OutputConstraint, Request, Response, SamplingSettings, SequenceStart, StageForward, StageHop, StageResult,
@@ -40,6 +41,125 @@ pub struct Link {
     /// Stages in the chain.
     pub stages: u32,
     pub runtime: tokio::runtime::Handle,
+    /// The stream that carries this stage's frames to the next one.
+    pub channel: Arc<StageChannel>,
+}
+
+/// One long-lived stream to the next stage for all of a stage's activation frames: frames go out
+/// back to back without waiting for the answers before them (the next stage starts each as it
+/// arrives and relays it onwards), and the answers come back in the order of the frames. A
+/// stream per frame cost a stream opening and its own round trip each time. The stream is opened
+/// again after it breaks, after an answer is late (a stage that stalls must not hold back the
+/// frames behind it) or when the next stage moves.
+#[derive(Default)]
+pub struct StageChannel {
+    open: tokio::sync::Mutex<Option<OpenLink>>,
+}
+
+/// Whoever waits for each answer still to come on a link, oldest first.
+type Waiting = Arc<Mutex<VecDeque<tokio::sync::oneshot::Sender<Result<Response, String>>>>>;
+
+struct OpenLink {
+    addr: SocketAddr,
+    sender: ClientSender,
+    /// Shared with the task that reads the answers.
+    waiting: Waiting,
+    broken: Arc<AtomicBool>,
+}
+
+impl StageChannel {
+    /// Sends `frame` to the stage at `hop` and waits for its answer, at most `budget`.
+    pub async fn call(
+        &self,
+        pool: &Pool,
+        hop: &StageHop,
+        frame: StageForward,
+        budget: Duration,
+    ) -> Result<Response, String> {
+        let addr: SocketAddr =
+            hop.address.parse().map_err(|_| format!("the next stage's address '{}' is not valid", hop.address))?;
+        let deadline = tokio::time::Instant::now() + budget;
+        let unreachable = |e: String| format!("the stage on node {} ({}) is unreachable: {e}", hop.node, hop.address);
+        let answer = {
+            let mut open = self.open.lock().await;
+            if !open.as_ref().is_some_and(|o| o.addr == addr && !o.broken.load(Ordering::Acquire)) {
+                // Dropping the old sender resets that stream.
+                *open = None;
+                let stream = tokio::time::timeout_at(deadline, pool.open(addr, NODE_SERVER_NAME))
+                    .await
+                    .map_err(|_| unreachable("no connection before the deadline".into()))?
+                    .map_err(|e| unreachable(e.to_string()))?;
+                let (sender, receiver) = stream.split();
+                let waiting = Arc::new(Mutex::new(VecDeque::new()));
+                let broken = Arc::new(AtomicBool::new(false));
+                tokio::spawn(read_answers(receiver, Arc::clone(&waiting), Arc::clone(&broken)));
+                *open = Some(OpenLink { addr, sender, waiting, broken });
+            }
+            let Some(link) = open.as_mut() else { unreachable!("opened above") };
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            link.waiting.lock().unwrap_or_else(|p| p.into_inner()).push_back(tx);
+            if let Err(e) = link.sender.send(&Request::StageForward(frame)).await {
+                *open = None;
+                pool.forget(addr, NODE_SERVER_NAME);
+                return Err(unreachable(e.to_string()));
+            }
+            rx
+        };
+        match tokio::time::timeout_at(deadline, answer).await {
+            Err(_) => {
+                // A stalled or dead stage: the frames behind this one would wait too. A peer that died
+                // keeps its connection looking open until QUIC's idle timeout, so connect afresh.
+                self.close(addr).await;
+                pool.forget(addr, NODE_SERVER_NAME);
+                Err(format!(
+                    "the stage on node {} ({}) did not answer within {} ms",
+                    hop.node,
+                    hop.address,
+                    budget.as_millis()
+                ))
+            }
+            Ok(Err(_)) => Err(unreachable("the stream to it closed".into())),
+            Ok(Ok(Ok(Response::Refused { message, .. }))) => Err(message),
+            Ok(Ok(Ok(answer))) => Ok(answer),
+            Ok(Ok(Err(e))) => {
+                pool.forget(addr, NODE_SERVER_NAME);
+                Err(unreachable(e))
+            }
+        }
+    }
+
+    /// Drops the stream to `addr` (if that is the open one): it is reset, and what waits on it fails.
+    async fn close(&self, addr: SocketAddr) {
+        let mut open = self.open.lock().await;
+        if open.as_ref().is_some_and(|o| o.addr == addr) {
+            *open = None;
+        }
+    }
+}
+
+/// Hands each answer on the stream to the oldest caller waiting; when the stream breaks, every
+/// waiting caller gets the error.
+async fn read_answers(mut receiver: ClientReceiver, waiting: Waiting, broken: Arc<AtomicBool>) {
+    let why = loop {
+        let answer = receiver.recv().await;
+        let next = waiting.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+        match (answer, next) {
+            (Ok(answer), Some(tx)) => {
+                let _ = tx.send(Ok(answer));
+            }
+            (Ok(_), None) => break "an answer came for no frame".to_string(),
+            (Err(e), next) => {
+                if let Some(tx) = next {
+                    let _ = tx.send(Err(e.to_string()));
+                }
+                break e.to_string();
+            }
+        }
+    };
+    broken.store(true, Ordering::Release);
+    for tx in waiting.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        let _ = tx.send(Err(why.clone()));
+    }
 }
 
 impl Link {
@@ -82,7 +202,7 @@ pub async fn forward_onward(
     let bytes = frame.hidden.data.len() as u64;
     let rows = frame.sequences.iter().map(|s| s.rows as u64).sum::<u64>();
     let started = Instant::now();
-    let answer = onward(&link.pool, hop, &Request::StageForward(frame), budget).await;
+    let answer = link.channel.call(&link.pool, hop, frame, budget).await;
     let rtt = started.elapsed().as_micros() as u64;
     match answer {
         Ok(Response::StageDone(r)) => {
