@@ -214,9 +214,21 @@ pub(crate) fn vnni_dot(
     w: core::arch::x86_64::__m256i,
     x: core::arch::x86_64::__m256i,
 ) -> core::arch::x86_64::__m256i {
+    vnni_dot_from(v.avx._mm256_setzero_si256(), w, x)
+}
+
+/// `vpdpbusd`: `vnni_dot` added to `start`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(unsafe_code)]
+pub(crate) fn vnni_dot_from(
+    start: core::arch::x86_64::__m256i,
+    w: core::arch::x86_64::__m256i,
+    x: core::arch::x86_64::__m256i,
+) -> core::arch::x86_64::__m256i {
     // SAFETY: this is reached only through `kernel_vnni`, which is entered only on CPUs that report AVX512-VNNI
     // and AVX512-VL (`KernelPath::best`) and is compiled with those features, into which this is inlined.
-    unsafe { core::arch::x86_64::_mm256_dpbusd_epi32(v.avx._mm256_setzero_si256(), w, x) }
+    unsafe { core::arch::x86_64::_mm256_dpbusd_epi32(start, w, x) }
 }
 
 /// `(w - offset) * x` for unsigned weight bytes stored with an offset, as `w * x - offset * x` in 16-bit lanes,

@@ -107,10 +107,19 @@ impl WeightBlock for Q8Block {
         (abs, w): Self::Loaded,
         x: core::arch::x86_64::__m256i,
     ) -> core::arch::x86_64::__m256i {
-        let sx = v.avx2._mm256_sign_epi8(x, w);
         if VNNI {
-            return crate::matmul::vnni_dot(v, abs, sx);
+            // The inputs as unsigned bytes (`x + 128`: the sign bit flipped) against the signed weights, started
+            // from `-128 * sum(q)` so that the sum is exactly `q . x`: one instruction per input row besides the
+            // flip, where the sign trick takes two (the start depends on the weights only: made once per block
+            // for all rows).
+            let start = v.avx2._mm256_sub_epi32(
+                v.avx._mm256_setzero_si256(),
+                crate::matmul::vnni_dot(v, v.avx._mm256_set1_epi8(i8::MIN), w),
+            );
+            let unsigned = v.avx2._mm256_xor_si256(x, v.avx._mm256_set1_epi8(i8::MIN));
+            return crate::matmul::vnni_dot_from(start, unsigned, w);
         }
+        let sx = v.avx2._mm256_sign_epi8(x, w);
         v.avx2._mm256_madd_epi16(v.avx2._mm256_maddubs_epi16(abs, sx), v.avx._mm256_set1_epi16(1))
     }
 }
