@@ -47,8 +47,8 @@ pub fn kernel_path() -> &'static str {
     }
 }
 
-/// The kernels' code paths, each tested against the others.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The kernels' code paths, each tested against the others (in the order of what they need of the CPU).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum KernelPath {
     /// Portable Rust (auto-vectorised for what the build targets).
     Portable,
@@ -75,11 +75,8 @@ impl KernelPath {
     /// Every path this CPU runs (for tests).
     #[cfg(test)]
     pub(crate) fn available() -> Vec<KernelPath> {
-        match KernelPath::best() {
-            KernelPath::Vnni => vec![KernelPath::Portable, KernelPath::Avx2, KernelPath::Vnni],
-            KernelPath::Avx2 => vec![KernelPath::Portable, KernelPath::Avx2],
-            KernelPath::Portable => vec![KernelPath::Portable],
-        }
+        let best = KernelPath::best();
+        [KernelPath::Portable, KernelPath::Avx2, KernelPath::Vnni].into_iter().filter(|&p| p <= best).collect()
     }
 }
 
@@ -208,7 +205,6 @@ pub(crate) fn unsigned_dot_v3<const VNNI: bool>(
 /// inside `kernel_vnni`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-#[allow(unsafe_code)]
 pub(crate) fn vnni_dot(
     v: pulp::x86::V3,
     w: core::arch::x86_64::__m256i,

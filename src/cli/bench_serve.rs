@@ -145,18 +145,15 @@ pub(super) fn start_up(models: &Path, core: Option<usize>) -> anyhow::Result<Up>
     // 1.5B one takes a minute or two to convert) takes the cores from the measurements.
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let ready = |n: &str| {
-            get(&format!("{}/v1/deployments/{n}", up.gateway)).and_then(|d| d["ready_replicas"].as_u64()).unwrap_or(0)
-                >= 1
-        };
         let deployments = get(&format!("{}/v1/deployments", up.gateway)).unwrap_or(Value::Null);
-        let loading: Vec<String> = deployments["data"]
-            .as_array()
-            .or(deployments.as_array())
-            .into_iter()
-            .flatten()
+        let listed = deployments["data"].as_array().cloned().unwrap_or_default();
+        let ready = |n: &str| {
+            listed.iter().any(|d| d["name"].as_str() == Some(n) && d["ready_replicas"].as_u64().unwrap_or(0) >= 1)
+        };
+        let loading: Vec<&str> = listed
+            .iter()
             .filter(|d| d["ready_replicas"].as_u64().unwrap_or(0) == 0)
-            .filter_map(|d| d["name"].as_str().map(str::to_string))
+            .filter_map(|d| d["name"].as_str())
             .collect();
         if ready(CHAT)
             && ready(EMBED)
