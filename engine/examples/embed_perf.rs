@@ -1,15 +1,20 @@
-//! Times the embedding engine in-process: `cargo run --release --example embed_perf -p shoal-engine [DIR]`.
+//! Times the embedding engine in-process:
+//! `cargo run --release --example embed_perf -p shoal-engine [DIR]` from the repository root (the sentences of
+//! `shoal bench serve`, scripts/compare/sentences.json: 32 short and 32 long ones).
 use std::time::Instant;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::args().nth(1).unwrap_or_else(|| "models/all-minilm-l6-v2".into());
     let e = shoal_engine::Embedder::load(std::path::Path::new(&dir))?;
-    let short: Vec<String> = (0..32).map(|i| format!("Sentence number {i} is about a cat sitting on a mat.")).collect();
-    let long: Vec<String> = (0..32)
-        .map(|i| format!("{i} ") + &"The quick brown fox jumps over the lazy dog near the river bank. ".repeat(9))
-        .collect();
+    println!("dense layers on: {}", shoal_engine::encoder_path());
+    let sentences: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string("scripts/compare/sentences.json")?)?;
+    let kind = |k: &str| -> Vec<String> {
+        sentences[k].as_array().into_iter().flatten().filter_map(|s| s.as_str().map(String::from)).collect()
+    };
+    let (short, long) = (kind("short"), kind("long"));
     let one = vec!["A man is eating food.".to_string()];
-    for (name, texts, reps) in [("one", &one, 50), ("short32", &short, 5), ("long32", &long, 2)] {
+    for (name, texts, reps) in [("one", &one, 200), ("short32", &short, 20), ("long32", &long, 5)] {
         e.embed(texts)?;
         let t = Instant::now();
         for _ in 0..reps {

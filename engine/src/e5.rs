@@ -6,7 +6,7 @@
 //! map) and a directory of tensors, each F32 or Q4_0 (blocks of 32 weights: an f16 scale and
 //! 16 bytes of nibbles, byte `j` holding weight `j` low and weight `j + 16` high, value
 //! `(q - 8) * scale`). The word embeddings stay 4-bit (rows are widened on lookup); the
-//! layer weights are widened to f32 once at load, transposed for the matmuls.
+//! layer weights are widened once at load for [`crate::encoder`]'s dense layers.
 //!
 //! e5 expects its inputs prefixed: `query: ` for search queries, `passage: ` for documents
 //! ([`QUERY_PREFIX`], [`PASSAGE_PREFIX`]).
@@ -14,8 +14,8 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
-
+use crate::dense::Dense;
+use crate::encoder::{AttentionPath, Encoder, EncoderLayer, EncoderShape, Norm, WordTable};
 use crate::error::EngineError;
 use crate::half::f16_to_f32;
 
@@ -26,9 +26,9 @@ pub const QUERY_PREFIX: &str = "query: ";
 /// The prefix of a document.
 pub const PASSAGE_PREFIX: &str = "passage: ";
 /// Weights per Q4_0 block.
-const BLOCK: usize = 32;
+pub(crate) const BLOCK: usize = 32;
 /// Bytes per Q4_0 block.
-const BLOCK_BYTES: usize = 18;
+pub(crate) const BLOCK_BYTES: usize = 18;
 /// The SentencePiece word-boundary marker.
 const METASPACE: char = '\u{2581}';
 
@@ -206,25 +206,11 @@ impl Unigram {
 pub struct E5 {
     pub shape: Shape,
     pub tokenizer: Unigram,
-    /// The word embeddings, Q4_0 rows of `hidden` weights.
-    words: Vec<u8>,
-    positions: Vec<f32>,
-    token_type: Vec<f32>,
-    norm: (Tensor, Tensor),
-    layers: Vec<Layer>,
+    encoder: Encoder,
 }
 
-struct Layer {
-    /// Q, K and V fused: `[hidden, 3 * hidden]` (transposed) and `[3 * hidden]`.
-    qkv: (Tensor, Tensor),
-    out: (Tensor, Tensor),
-    out_norm: (Tensor, Tensor),
-    up: (Tensor, Tensor),
-    down: (Tensor, Tensor),
-    ffn_norm: (Tensor, Tensor),
-}
-
-fn widen_row(blocks: &[u8], out: &mut [f32]) {
+/// Widen one Q4_0 row (`blocks`) into `out`.
+pub(crate) fn widen_row(blocks: &[u8], out: &mut [f32]) {
     for (b, o) in blocks.chunks_exact(BLOCK_BYTES).zip(out.chunks_exact_mut(BLOCK)) {
         let scale = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
         for j in 0..16 {
@@ -264,47 +250,55 @@ impl E5 {
         let floats = |name: &str, n: usize| -> Result<Vec<f32>, String> {
             Ok(tensor(name, false, n)?.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
         };
-        let vector = |name: &str, n: usize| -> Result<Tensor, String> {
-            Tensor::from_vec(floats(name, n)?, n, &Device::Cpu).map_err(|e| e.to_string())
+        let norm = |w: &str, b: &str| -> Result<Norm, String> {
+            Ok(Norm { weight: floats(w, hidden)?, bias: floats(b, hidden)? })
         };
-        // A Q4_0 `[rows, cols]` matrix, widened and transposed to `[cols, rows]`.
-        let matrix_t = |names: &[&str], rows: usize, cols: usize| -> Result<Tensor, String> {
-            let mut all = Vec::with_capacity(names.len() * rows * cols);
-            for name in names {
-                let raw = tensor(name, true, rows * cols)?;
+        // Q4_0 `[rows, cols]` matrices stacked (outputs after outputs), widened, with their biases.
+        let dense = |names: &[(&str, &str)], rows: usize, cols: usize| -> Result<Dense, String> {
+            let mut weights = Vec::with_capacity(names.len() * rows * cols);
+            let mut bias = Vec::with_capacity(names.len() * rows);
+            for (w, b) in names {
+                let raw = tensor(w, true, rows * cols)?;
                 let mut m = vec![0f32; rows * cols];
                 for (row, out) in raw.chunks_exact(cols / BLOCK * BLOCK_BYTES).zip(m.chunks_exact_mut(cols)) {
                     widen_row(row, out);
                 }
-                all.extend(m);
+                weights.extend(m);
+                bias.extend(floats(b, rows)?);
             }
-            let t = Tensor::from_vec(all, (names.len() * rows, cols), &Device::Cpu).map_err(|e| e.to_string())?;
-            t.t().and_then(|t| t.contiguous()).map_err(|e| e.to_string())
+            Dense::new(&weights, bias, names.len() * rows, cols)
         };
         let words = tensor("emb.word", true, vocab * hidden)?.to_vec();
         let positions_table = floats("emb.pos", positions * hidden)?;
         let token_type =
             floats("emb.type", hidden).or_else(|_| floats("emb.type", 2 * hidden).map(|v| v[..hidden].to_vec()))?;
-        let norm = (vector("emb.ln.w", hidden)?, vector("emb.ln.b", hidden)?);
         let mut stack = Vec::with_capacity(layers);
         for l in 0..layers {
             let n = |s: &str| format!("l{l}.{s}");
-            let qkv_b =
-                Tensor::cat(&[vector(&n("q.b"), hidden)?, vector(&n("k.b"), hidden)?, vector(&n("v.b"), hidden)?], 0)
-                    .map_err(|e| e.to_string())?;
-            stack.push(Layer {
-                qkv: (matrix_t(&[&n("q.w"), &n("k.w"), &n("v.w")], hidden, hidden)?, qkv_b),
-                out: (matrix_t(&[&n("ao.w")], hidden, hidden)?, vector(&n("ao.b"), hidden)?),
-                out_norm: (vector(&n("aln.w"), hidden)?, vector(&n("aln.b"), hidden)?),
-                up: (matrix_t(&[&n("fi.w")], ffn, hidden)?, vector(&n("fi.b"), ffn)?),
-                down: (matrix_t(&[&n("fo.w")], hidden, ffn)?, vector(&n("fo.b"), hidden)?),
-                ffn_norm: (vector(&n("oln.w"), hidden)?, vector(&n("oln.b"), hidden)?),
+            let (qw, qb, kw, kb, vw, vb) = (n("q.w"), n("q.b"), n("k.w"), n("k.b"), n("v.w"), n("v.b"));
+            stack.push(EncoderLayer {
+                qkv: dense(&[(&qw, &qb), (&kw, &kb), (&vw, &vb)], hidden, hidden)?,
+                out: dense(&[(&n("ao.w"), &n("ao.b"))], hidden, hidden)?,
+                out_norm: norm(&n("aln.w"), &n("aln.b"))?,
+                up: dense(&[(&n("fi.w"), &n("fi.b"))], ffn, hidden)?,
+                down: dense(&[(&n("fo.w"), &n("fo.b"))], hidden, ffn)?,
+                ffn_norm: norm(&n("oln.w"), &n("oln.b"))?,
             });
         }
         if tokenizer.scores.len() > vocab {
             return Err(format!("{} pieces but only {vocab} embeddings", tokenizer.scores.len()));
         }
-        Ok(E5 { shape, tokenizer, words, positions: positions_table, token_type, norm, layers: stack })
+        let encoder = Encoder {
+            shape: EncoderShape { hidden, heads: shape.heads, positions, eps: shape.eps },
+            words: WordTable::Q4(words),
+            positions: positions_table,
+            token_type,
+            norm: norm("emb.ln.w", "emb.ln.b")?,
+            layers: stack,
+            attention: AttentionPath::best(hidden, shape.heads),
+        };
+        encoder.validate()?;
+        Ok(E5 { shape, tokenizer, encoder })
     }
 
     /// The longest input in tokens, `<s>` and `</s>` included.
@@ -323,60 +317,9 @@ impl E5 {
         ids
     }
 
-    /// Unit vectors of the inputs (token ids from [`E5::ids`]), run as one padded batch.
+    /// Unit vectors of the inputs (token ids from [`E5::ids`]).
     pub fn embed_ids(&self, batch: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EngineError> {
-        let (h, heads) = (self.shape.hidden, self.shape.heads);
-        let hd = h / heads;
-        let b = batch.len();
-        let t = batch.iter().map(Vec::len).max().unwrap_or(0);
-        if b == 0 || t == 0 {
-            return Ok(vec![Vec::new(); b]);
-        }
-        let row_bytes = h / BLOCK * BLOCK_BYTES;
-        let mut x = vec![0f32; b * t * h];
-        let mut mask = vec![0f32; b * t];
-        for (i, ids) in batch.iter().enumerate() {
-            for (p, &id) in ids.iter().enumerate().take(self.shape.positions) {
-                let id = (id as usize).min(self.shape.vocab - 1);
-                let out = &mut x[(i * t + p) * h..(i * t + p + 1) * h];
-                widen_row(&self.words[id * row_bytes..(id + 1) * row_bytes], out);
-                let pos = &self.positions[p * h..(p + 1) * h];
-                for ((o, a), c) in out.iter_mut().zip(pos).zip(&self.token_type) {
-                    *o += a + c;
-                }
-                mask[i * t + p] = 1.0;
-            }
-        }
-        let cpu = Device::Cpu;
-        let eps = self.shape.eps;
-        let mut x = Tensor::from_vec(x, (b * t, h), &cpu)?;
-        x = candle_nn::ops::layer_norm(&x, &self.norm.0, &self.norm.1, eps)?;
-        let maskt = Tensor::from_vec(mask, (b, t), &cpu)?;
-        // 0 where a key is a token, a large negative where it is padding.
-        let key_bias = ((maskt.clone() - 1.0)? * 1e9)?.reshape((b, 1, 1, t))?;
-        let scale = 1.0 / (hd as f64).sqrt();
-        for layer in &self.layers {
-            let qkv = x.matmul(&layer.qkv.0)?.broadcast_add(&layer.qkv.1)?;
-            let split = |k: usize| -> Result<Tensor, candle_core::Error> {
-                qkv.narrow(1, k * h, h)?.reshape((b, t, heads, hd))?.transpose(1, 2)?.contiguous()
-            };
-            let (q, k, v) = (split(0)?, split(1)?, split(2)?);
-            let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(&key_bias)?;
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-            let ctx = probs.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((b * t, h))?;
-            let attn = ctx.matmul(&layer.out.0)?.broadcast_add(&layer.out.1)?;
-            x = candle_nn::ops::layer_norm(&(x + attn)?, &layer.out_norm.0, &layer.out_norm.1, eps)?;
-            let mid = x.matmul(&layer.up.0)?.broadcast_add(&layer.up.1)?.gelu_erf()?;
-            let ffn = mid.matmul(&layer.down.0)?.broadcast_add(&layer.down.1)?;
-            x = candle_nn::ops::layer_norm(&(x + ffn)?, &layer.ffn_norm.0, &layer.ffn_norm.1, eps)?;
-        }
-        let x = x.reshape((b, t, h))?;
-        let m = maskt.unsqueeze(2)?;
-        let summed = x.broadcast_mul(&m)?.sum(1)?;
-        let count = m.sum(1)?.clamp(1.0, f32::MAX)?;
-        let mean = summed.broadcast_div(&count)?;
-        let norm = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f32::MAX)?;
-        Ok(mean.broadcast_div(&norm)?.to_dtype(DType::F32)?.to_vec2::<f32>()?)
+        self.encoder.embed(batch)
     }
 }
 

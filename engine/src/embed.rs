@@ -5,11 +5,11 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
-use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use tokenizers::{Tokenizer, TruncationParams};
 
+use crate::dense::Dense;
 use crate::e5::E5;
+use crate::encoder::{AttentionPath, Encoder, EncoderLayer, EncoderShape, Norm, WordTable};
 use crate::error::EngineError;
 use crate::inspect::{inspect, ModelInfo};
 
@@ -33,7 +33,7 @@ enum Backend {
 }
 
 struct Bert {
-    model: BertModel,
+    encoder: Encoder,
     tokenizer: Tokenizer,
     /// The same tokenizer without padding or truncation, for counting.
     counter: Tokenizer,
@@ -97,8 +97,12 @@ impl Embedder {
         let config_path = dir.join("config.json");
         let text = std::fs::read_to_string(&config_path)
             .map_err(|e| EngineError::model(&config_path, format!("cannot read: {e}")))?;
-        let config: Config = serde_json::from_str(&text)
+        let config: BertConfig = serde_json::from_str(&text)
             .map_err(|e| EngineError::model(&config_path, format!("not a BERT config: {e}")))?;
+        if !matches!(config.hidden_act.as_str(), "gelu" | "gelu_python") {
+            let message = format!("hidden_act {:?} is not supported (only gelu)", config.hidden_act);
+            return Err(EngineError::model(&config_path, message));
+        }
         let mut tensors = std::collections::HashMap::new();
         for file in info.files.iter().filter(|f| f.ends_with(".safetensors")) {
             let path = dir.join(file);
@@ -106,25 +110,20 @@ impl Embedder {
                 .map_err(|e| EngineError::model(&path, format!("cannot load weights: {e}")))?;
             tensors.extend(loaded);
         }
-        let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
-        let model = BertModel::load(vb, &config).map_err(|e| EngineError::model(dir, format!("loading BERT: {e}")))?;
+        let encoder = bert_encoder(&config, &tensors).map_err(|m| EngineError::model(dir, m))?;
 
         let tok_path = dir.join("tokenizer.json");
         let mut tokenizer = Tokenizer::from_file(&tok_path)
             .map_err(|e| EngineError::model(&tok_path, format!("cannot load tokenizer: {e}")))?;
+        tokenizer.with_padding(None);
         let mut counter = tokenizer.clone();
-        counter.with_padding(None);
         counter.with_truncation(None).map_err(|e| EngineError::Tokenizer(format!("truncation: {e}")))?;
-        let mut padding = tokenizer.get_padding().cloned().unwrap_or_default();
-        padding.strategy = PaddingStrategy::BatchLongest;
-        padding.pad_id = config.pad_token_id as u32;
-        tokenizer.with_padding(Some(PaddingParams { ..padding }));
         let max_length = MAX_SEQ_LEN.min(config.max_position_embeddings);
         tokenizer
             .with_truncation(Some(TruncationParams { max_length, ..Default::default() }))
             .map_err(|e| EngineError::Tokenizer(format!("truncation: {e}")))?;
         tracing::info!(model = %dir.display(), ms = started.elapsed().as_millis() as u64, "loaded embedding model");
-        let backend = Backend::Bert(Box::new(Bert { model, tokenizer, counter }));
+        let backend = Backend::Bert(Box::new(Bert { encoder, tokenizer, counter }));
         Ok(Embedder { dims: config.hidden_size, info, backend, max_length })
     }
 
@@ -191,38 +190,110 @@ impl Embedder {
     }
 
     fn embed_batch(&self, texts: &[&str]) -> Result<(Vec<Vec<f32>>, Vec<usize>), EngineError> {
-        let (model, tokenizer) = match &self.backend {
-            Backend::Bert(b) => (&b.model, &b.tokenizer),
+        let (ids, encoder): (Vec<Vec<u32>>, _) = match &self.backend {
+            Backend::Bert(b) => {
+                let encodings = b
+                    .tokenizer
+                    .encode_batch(texts.to_vec(), true)
+                    .map_err(|e| EngineError::Tokenizer(format!("encode: {e}")))?;
+                (encodings.iter().map(|e| e.get_ids().to_vec()).collect(), &b.encoder)
+            }
             Backend::E5(m) => {
                 let ids: Vec<Vec<u32>> = texts.iter().map(|t| m.ids(t)).collect();
                 let counts = ids.iter().map(Vec::len).collect();
                 return Ok((m.embed_ids(&ids)?, counts));
             }
         };
-        let encodings =
-            tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| EngineError::Tokenizer(format!("encode: {e}")))?;
-        let b = encodings.len();
-        let t = encodings.iter().map(|e| e.get_ids().len()).max().unwrap_or(0);
-        let mut ids = Vec::with_capacity(b * t);
-        let mut type_ids = Vec::with_capacity(b * t);
-        let mut mask = Vec::with_capacity(b * t);
-        let mut counts = Vec::with_capacity(b);
-        for e in &encodings {
-            ids.extend_from_slice(e.get_ids());
-            type_ids.extend_from_slice(e.get_type_ids());
-            mask.extend_from_slice(e.get_attention_mask());
-            counts.push(e.get_attention_mask().iter().filter(|&&m| m != 0).count());
-        }
-        let ids = Tensor::from_vec(ids, (b, t), &Device::Cpu)?;
-        let type_ids = Tensor::from_vec(type_ids, (b, t), &Device::Cpu)?;
-        let mask = Tensor::from_vec(mask, (b, t), &Device::Cpu)?;
-        let hidden = model.forward(&ids, &type_ids, Some(&mask))?;
-        let maskf = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
-        let summed = hidden.broadcast_mul(&maskf)?.sum(1)?;
-        let n = maskf.sum(1)?.clamp(1e-9, f32::MAX)?;
-        let mean = summed.broadcast_div(&n)?;
-        let norm = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f32::MAX)?;
-        let unit = mean.broadcast_div(&norm)?;
-        Ok((unit.to_vec2::<f32>()?, counts))
+        let counts = ids.iter().map(Vec::len).collect();
+        Ok((encoder.embed(&ids)?, counts))
     }
+}
+
+/// What `config.json` says of a BERT model.
+#[derive(serde::Deserialize)]
+struct BertConfig {
+    hidden_size: usize,
+    num_attention_heads: usize,
+    num_hidden_layers: usize,
+    intermediate_size: usize,
+    max_position_embeddings: usize,
+    #[serde(default = "default_eps")]
+    layer_norm_eps: f64,
+    #[serde(default = "default_act")]
+    hidden_act: String,
+}
+
+fn default_eps() -> f64 {
+    1e-12
+}
+
+fn default_act() -> String {
+    "gelu".into()
+}
+
+/// The encoder of a BERT checkpoint (names as transformers' `BertModel` writes them, with or without a
+/// `bert.` prefix); weights in any float type are read as f32.
+fn bert_encoder(config: &BertConfig, tensors: &std::collections::HashMap<String, Tensor>) -> Result<Encoder, String> {
+    let h = config.hidden_size;
+    let get = |name: &str, len: usize| -> Result<Vec<f32>, String> {
+        let t = tensors
+            .get(name)
+            .or_else(|| tensors.get(&format!("bert.{name}")))
+            .ok_or_else(|| format!("missing tensor {name}"))?;
+        let v = t
+            .to_dtype(DType::F32)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(|e| format!("tensor {name}: {e}"))?;
+        if len != 0 && v.len() != len {
+            return Err(format!("tensor {name} holds {} values, expected {len}", v.len()));
+        }
+        Ok(v)
+    };
+    let norm = |p: &str| -> Result<Norm, String> {
+        Ok(Norm { weight: get(&format!("{p}.weight"), h)?, bias: get(&format!("{p}.bias"), h)? })
+    };
+    let dense = |parts: &[String], n: usize, k: usize| -> Result<Dense, String> {
+        let (mut w, mut b) = (Vec::new(), Vec::new());
+        for p in parts {
+            w.extend(get(&format!("{p}.weight"), n * k)?);
+            b.extend(get(&format!("{p}.bias"), n)?);
+        }
+        Dense::new(&w, b, parts.len() * n, k)
+    };
+    let f = config.intermediate_size;
+    let mut layers = Vec::with_capacity(config.num_hidden_layers);
+    for l in 0..config.num_hidden_layers {
+        let p = format!("encoder.layer.{l}");
+        let qkv: Vec<String> = ["query", "key", "value"].iter().map(|s| format!("{p}.attention.self.{s}")).collect();
+        layers.push(EncoderLayer {
+            qkv: dense(&qkv, h, h)?,
+            out: dense(&[format!("{p}.attention.output.dense")], h, h)?,
+            out_norm: norm(&format!("{p}.attention.output.LayerNorm"))?,
+            up: dense(&[format!("{p}.intermediate.dense")], f, h)?,
+            down: dense(&[format!("{p}.output.dense")], h, f)?,
+            ffn_norm: norm(&format!("{p}.output.LayerNorm"))?,
+        });
+    }
+    let words = get("embeddings.word_embeddings.weight", 0)?;
+    if words.is_empty() || words.len() % h != 0 {
+        return Err(format!("word embeddings hold {} values, not rows of {h}", words.len()));
+    }
+    let token_types = get("embeddings.token_type_embeddings.weight", 0)?;
+    let encoder = Encoder {
+        shape: EncoderShape {
+            hidden: h,
+            heads: config.num_attention_heads,
+            positions: config.max_position_embeddings,
+            eps: config.layer_norm_eps as f32,
+        },
+        words: WordTable::F32(words),
+        positions: get("embeddings.position_embeddings.weight", config.max_position_embeddings * h)?,
+        token_type: token_types.get(..h).ok_or("no token-type embeddings")?.to_vec(),
+        norm: norm("embeddings.LayerNorm")?,
+        layers,
+        attention: AttentionPath::best(h, config.num_attention_heads),
+    };
+    encoder.validate()?;
+    Ok(encoder)
 }

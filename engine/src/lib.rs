@@ -1,11 +1,15 @@
 //! Shoal model engines: GGUF llama-family text generation (own forward with per-sequence KV caches, batched
 //! decoding and layer-range stages) and BERT-family sentence embeddings.
 
+mod amx;
 mod chat;
 pub mod constraint;
+mod dense;
 pub mod e5;
 mod embed;
+mod encoder;
 mod error;
+mod fastmath;
 mod generate;
 mod gguf_alignment;
 mod guided;
@@ -23,6 +27,7 @@ mod sampling;
 mod source;
 mod tokenizer;
 
+pub use dense::encoder_path;
 pub use embed::{Embedder, Embeddings, Purpose};
 pub use error::EngineError;
 pub use generate::{Batcher, Event, FinishReason, ForwardStep, StepRows};

@@ -565,10 +565,11 @@ pub fn run(a: ServeBench) -> anyhow::Result<()> {
     ));
 
     println!(
-        "shoal bench serve — one run, this machine: {}, {} cores; engine kernels: {}",
+        "shoal bench serve — one run, this machine: {}, {} cores; engine kernels: {}; embedding encoders: {}",
         super::bench::cpu_name(),
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        shoal_engine::kernel_path()
+        shoal_engine::kernel_path(),
+        shoal_engine::encoder_path()
     );
     let w = rows.iter().map(|r| r.what.len()).max().unwrap_or(10);
     println!("{:w$}  {:>14}  {:>28}  NOTE", "MEASURE", "SHOAL", "COMPARISON");

