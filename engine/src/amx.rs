@@ -18,6 +18,42 @@ pub(crate) fn available() -> bool {
     *AVAILABLE.get_or_init(detect)
 }
 
+/// Whether the sentence encoders use the tiles: [`available`], unless `SHOAL_EMBED_F32` is set (to anything
+/// but `0`), which keeps them in f32 everywhere.
+pub(crate) fn wanted_for_encoders() -> bool {
+    static WANTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WANTED.get_or_init(|| available() && std::env::var("SHOAL_EMBED_F32").map_or(true, |v| v == "0"))
+}
+
+/// Run `op` compiled for AVX-512 where the CPU has it (every CPU with AMX does), else as
+/// [`crate::matmul::vectorized`] does: the encoders' loops (GELU, softmax, norms, packing) then work on 16 values
+/// per instruction. `op.call` must be `#[inline(always)]`.
+#[inline(always)]
+pub(crate) fn vectorized_wide<Op: pulp::NullaryFnOnce>(op: Op) -> Op::Output {
+    #[cfg(target_arch = "x86_64")]
+    if avx512() {
+        #[allow(unsafe_code)]
+        // SAFETY: `avx512` found every feature `wide` is compiled for on this CPU.
+        return unsafe { wide(op) };
+    }
+    crate::matmul::vectorized(op)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx512() -> bool {
+    static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVX512.get_or_init(|| {
+        use std::arch::is_x86_feature_detected as has;
+        has!("avx512f") && has!("avx512bw") && has!("avx512dq") && has!("avx512vl") && has!("avx2") && has!("fma")
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+fn wide<Op: pulp::NullaryFnOnce>(op: Op) -> Op::Output {
+    op.call()
+}
+
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 fn detect() -> bool {
     // CPUID leaf 7: EDX bit 22 AMX-BF16, bit 24 AMX-TILE.
@@ -37,6 +73,58 @@ fn detect() -> bool {
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
 fn detect() -> bool {
     false
+}
+
+/// bf16 values starting on a 64-byte boundary, as the tile loads want them (a tile row that straddles two cache
+/// lines costs two loads: unaligned buffers ran the kernel at a third of its speed).
+pub(crate) struct Packed {
+    data: Vec<u16>,
+    start: usize,
+    len: usize,
+}
+
+impl Packed {
+    /// `len` zeros.
+    pub(crate) fn zeroed(len: usize) -> Packed {
+        let mut p = Packed { data: Vec::new(), start: 0, len: 0 };
+        p.reset(len);
+        p
+    }
+
+    /// Make this `len` zeros, keeping the allocation where it is large enough.
+    pub(crate) fn reset(&mut self, len: usize) {
+        if self.data.len() < len + 32 {
+            self.data = vec![0u16; len + 32];
+            // `align_offset` counts elements: at most 31 u16s to the next 64-byte boundary.
+            self.start = self.data.as_ptr().align_offset(64).min(32);
+        } else {
+            self.data[self.start..self.start + len].fill(0);
+        }
+        self.len = len;
+    }
+}
+
+impl std::ops::Deref for Packed {
+    type Target = [u16];
+    fn deref(&self) -> &[u16] {
+        &self.data[self.start..self.start + self.len]
+    }
+}
+
+impl std::ops::DerefMut for Packed {
+    fn deref_mut(&mut self) -> &mut [u16] {
+        &mut self.data[self.start..self.start + self.len]
+    }
+}
+
+/// A 32 x 32 block of f32 results, on a 64-byte boundary.
+#[repr(C, align(64))]
+pub(crate) struct Block(pub [f32; BLOCK * BLOCK]);
+
+impl Block {
+    pub(crate) fn new() -> Block {
+        Block([0.0; BLOCK * BLOCK])
+    }
 }
 
 /// The tile configuration: palette 1, all eight tiles 16 rows of 64 bytes.
@@ -89,7 +177,7 @@ impl Tiles {
     /// prefetchers follow.
     ///
     /// Panics unless the slices hold what the shapes say.
-    pub(crate) fn product(&mut self, a: &[u16], b: &[u16], steps: usize, out: &mut [f32; BLOCK * BLOCK]) {
+    pub(crate) fn product(&mut self, a: &[u16], b: &[u16], steps: usize, out: &mut Block) {
         assert!(steps > 0);
         assert!(a.len() >= steps * BLOCK * DEPTH, "A holds fewer steps than asked");
         assert!(b.len() >= steps * 2 * TILE * DEPTH, "B holds fewer steps than asked");
@@ -127,8 +215,101 @@ impl Tiles {
                     b = inout(reg) b.as_ptr() => _,
                     stride = in(reg) 64usize,
                     steps = inout(reg) steps => _,
-                    c0 = in(reg) out.as_mut_ptr(),
-                    c1 = in(reg) out.as_mut_ptr().add(TILE * BLOCK),
+                    c0 = in(reg) out.0.as_mut_ptr(),
+                    c1 = in(reg) out.0.as_mut_ptr().add(TILE * BLOCK),
+                    sc = in(reg) BLOCK * 4,
+                    options(nostack),
+                );
+            }
+        }
+    }
+
+    /// [`Tiles::product`] of `A = A_hi + A_lo` and `B = B_hi + B_lo` (each pair packed as `product` reads
+    /// them, the `_lo` parts the residuals of the `_hi` ones, see [`residual`]) as
+    /// `A_hi B_hi + A_lo B_hi + A_hi B_lo`: inputs and weights then carry 16 bits of mantissa instead of 8
+    /// (the products of two residuals, below 2^-16 relative, are left out), for three times the tile products.
+    /// Plain bf16 moved all-MiniLM-L6-v2's reference cosines by up to 1e-3; this keeps them within 1e-4.
+    /// With `accumulate` the products are added to `out` (a sum over more steps in pieces whose operands stay
+    /// in the cache).
+    pub(crate) fn product_split(
+        &mut self,
+        a: [&[u16]; 2],
+        b: [&[u16]; 2],
+        steps: usize,
+        accumulate: bool,
+        out: &mut Block,
+    ) {
+        assert!(steps > 0);
+        assert!(a.iter().all(|a| a.len() >= steps * BLOCK * DEPTH), "A holds fewer steps than asked");
+        assert!(b.iter().all(|b| b.len() >= steps * 2 * TILE * DEPTH), "B holds fewer steps than asked");
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        {
+            #[allow(unsafe_code)]
+            // SAFETY: as in `product`, with two A and two B operands read the same way, each bounded by the
+            // asserts above; with `accumulate` the result tiles are first loaded from `out` (its 32 rows of 128
+            // bytes, as they are stored). The tile registers keep their contents between the two asm blocks:
+            // no compiled code uses them.
+            unsafe {
+                if accumulate {
+                    std::arch::asm!(
+                        "tileloadd tmm0, [{c0} + {sc} * 1]",
+                        "tileloadd tmm1, [{c0} + {sc} * 1 + 64]",
+                        "tileloadd tmm2, [{c1} + {sc} * 1]",
+                        "tileloadd tmm3, [{c1} + {sc} * 1 + 64]",
+                        c0 = in(reg) out.0.as_ptr(),
+                        c1 = in(reg) out.0.as_ptr().add(TILE * BLOCK),
+                        sc = in(reg) BLOCK * 4,
+                        options(nostack, readonly),
+                    );
+                } else {
+                    std::arch::asm!(
+                        "tilezero tmm0",
+                        "tilezero tmm1",
+                        "tilezero tmm2",
+                        "tilezero tmm3",
+                        options(nostack, nomem)
+                    );
+                }
+                std::arch::asm!(
+                    "2:",
+                    "tileloadd tmm4, [{a_lo} + {stride} * 1]",
+                    "tileloadd tmm6, [{b_hi} + {stride} * 1]",
+                    "tileloadd tmm5, [{a_lo} + {stride} * 1 + 1024]",
+                    "tileloadd tmm7, [{b_hi} + {stride} * 1 + 1024]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    "tileloadd tmm4, [{a_hi} + {stride} * 1]",
+                    "tileloadd tmm5, [{a_hi} + {stride} * 1 + 1024]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    "tileloadd tmm6, [{b_lo} + {stride} * 1]",
+                    "tileloadd tmm7, [{b_lo} + {stride} * 1 + 1024]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    "add {a_hi}, 2048",
+                    "add {a_lo}, 2048",
+                    "add {b_hi}, 2048",
+                    "add {b_lo}, 2048",
+                    "dec {steps}",
+                    "jnz 2b",
+                    "tilestored [{c0} + {sc} * 1], tmm0",
+                    "tilestored [{c0} + {sc} * 1 + 64], tmm1",
+                    "tilestored [{c1} + {sc} * 1], tmm2",
+                    "tilestored [{c1} + {sc} * 1 + 64], tmm3",
+                    a_hi = inout(reg) a[0].as_ptr() => _,
+                    a_lo = inout(reg) a[1].as_ptr() => _,
+                    b_hi = inout(reg) b[0].as_ptr() => _,
+                    b_lo = inout(reg) b[1].as_ptr() => _,
+                    stride = in(reg) 64usize,
+                    steps = inout(reg) steps => _,
+                    c0 = in(reg) out.0.as_mut_ptr(),
+                    c1 = in(reg) out.0.as_mut_ptr().add(TILE * BLOCK),
                     sc = in(reg) BLOCK * 4,
                     options(nostack),
                 );
@@ -184,6 +365,22 @@ pub(crate) fn pack_rows(x: &[f32], k: usize, out: &mut [u16]) {
     }
 }
 
+/// [`pack_rows`] of the values of `x` rounded to bf16 (`hi`) and of what that rounding lost (`lo`).
+#[inline(always)]
+pub(crate) fn pack_rows_split(x: &[f32], k: usize, hi: &mut [u16], lo: &mut [u16]) {
+    for (r, row) in x.chunks_exact(k).enumerate() {
+        let at = (r / BLOCK) * BLOCK * k;
+        let (hi, lo) = (&mut hi[at..], &mut lo[at..]);
+        for (s, values) in row.chunks_exact(DEPTH).enumerate() {
+            let at = s * BLOCK * DEPTH + (r % BLOCK) * DEPTH;
+            for ((h, l), &v) in hi[at..at + DEPTH].iter_mut().zip(&mut lo[at..at + DEPTH]).zip(values) {
+                *h = to_bf16(v);
+                *l = to_bf16(residual(v));
+            }
+        }
+    }
+}
+
 /// f32 to bf16, rounding to nearest even (NaN stays NaN).
 #[inline(always)]
 pub(crate) fn to_bf16(x: f32) -> u16 {
@@ -194,8 +391,13 @@ pub(crate) fn to_bf16(x: f32) -> u16 {
     ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) as u16
 }
 
+/// What `x` loses rounded to bf16: `x = bf16(x) + residual(x)`, and `bf16(residual(x))` holds 8 more bits.
+#[inline(always)]
+pub(crate) fn residual(x: f32) -> f32 {
+    x - from_bf16(to_bf16(x))
+}
+
 /// bf16 to f32 (exact).
-#[cfg(test)]
 #[inline(always)]
 pub(crate) fn from_bf16(b: u16) -> f32 {
     f32::from_bits(u32::from(b) << 16)
@@ -229,27 +431,76 @@ mod tests {
             to_bf16(((state >> 8) as f32 / (1 << 24) as f32 - 0.5) * 4.0)
         };
         let a: Vec<f32> = (0..BLOCK * k).map(|_| from_bf16(next())).collect();
-        let mut packed_a = vec![0u16; BLOCK * k];
+        let mut packed_a = Packed::zeroed(BLOCK * k);
         pack_rows(&a, k, &mut packed_a);
         let w: Vec<Vec<u16>> = (0..BLOCK).map(|_| (0..k).map(|_| next()).collect()).collect();
         let rows: Vec<&[u16]> = w.iter().map(Vec::as_slice).collect();
-        let mut b = vec![0u16; steps * 2 * TILE * DEPTH];
+        let mut b = Packed::zeroed(steps * 2 * TILE * DEPTH);
         for (s, chunk) in b.chunks_exact_mut(2 * TILE * DEPTH).enumerate() {
             pack_step(&rows, s, chunk);
         }
-        let mut out = [0f32; BLOCK * BLOCK];
+        let mut out = Block::new();
         let mut tiles = Tiles::configure();
         {
             // A nested guard neither reconfigures nor releases the outer one's tiles.
             let _inner = Tiles::configure();
         }
         tiles.product(&packed_a, &b, steps, &mut out);
-        for i in 0..BLOCK {
-            for j in 0..BLOCK {
-                let exact: f64 = (0..k).map(|kk| f64::from(a[i * k + kk]) * f64::from(from_bf16(w[j][kk]))).sum();
-                let got = f64::from(out[i * BLOCK + j]);
-                assert!((got - exact).abs() <= 1e-4 * (1.0 + exact.abs()), "({i}, {j}): {got} vs {exact}");
+        for (i, row) in out.0.chunks_exact(BLOCK).enumerate() {
+            for (got, wj) in row.iter().zip(&w) {
+                let exact: f64 = (0..k).map(|kk| f64::from(a[i * k + kk]) * f64::from(from_bf16(wj[kk]))).sum();
+                assert!((f64::from(*got) - exact).abs() <= 1e-4 * (1.0 + exact.abs()), "({i}): {got} vs {exact}");
             }
         }
+    }
+
+    /// The split product in pieces (the second accumulating onto the first) is the f32 product to about 16
+    /// bits, where plain bf16 keeps about 8.
+    #[test]
+    fn split_products_in_pieces_approach_f32() {
+        if !available() {
+            eprintln!("no AMX on this CPU: skipped");
+            return;
+        }
+        let steps = 4;
+        let k = steps * DEPTH;
+        let mut state = 3u32;
+        let mut next = move || {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            ((state >> 8) as f32 / (1 << 24) as f32 - 0.5) * 4.0
+        };
+        let a: Vec<f32> = (0..BLOCK * k).map(|_| next()).collect();
+        let w: Vec<Vec<f32>> = (0..BLOCK).map(|_| (0..k).map(|_| next()).collect()).collect();
+        let (mut a_hi, mut a_lo) = (Packed::zeroed(BLOCK * k), Packed::zeroed(BLOCK * k));
+        pack_rows_split(&a, k, &mut a_hi, &mut a_lo);
+        let pack = |part: fn(f32) -> u16| {
+            let rounded: Vec<Vec<u16>> = w.iter().map(|r| r.iter().map(|&v| part(v)).collect()).collect();
+            let rows: Vec<&[u16]> = rounded.iter().map(Vec::as_slice).collect();
+            let mut b = Packed::zeroed(steps * 2 * TILE * DEPTH);
+            for (s, chunk) in b.chunks_exact_mut(2 * TILE * DEPTH).enumerate() {
+                pack_step(&rows, s, chunk);
+            }
+            b
+        };
+        let (b_hi, b_lo) = (pack(to_bf16), pack(|v| to_bf16(residual(v))));
+        let mut tiles = Tiles::configure();
+        let (mut split, mut plain) = (Block::new(), Block::new());
+        let half = steps / 2;
+        let (a_step, b_step) = (BLOCK * DEPTH, 2 * TILE * DEPTH);
+        tiles.product_split([&a_hi, &a_lo], [&b_hi, &b_lo], half, false, &mut split);
+        let (a2, b2) = (half * a_step, half * b_step);
+        tiles.product_split([&a_hi[a2..], &a_lo[a2..]], [&b_hi[b2..], &b_lo[b2..]], steps - half, true, &mut split);
+        tiles.product(&a_hi, &b_hi, steps, &mut plain);
+        let (mut worst_split, mut worst_plain) = (0f64, 0f64);
+        for (i, (srow, prow)) in split.0.chunks_exact(BLOCK).zip(plain.0.chunks_exact(BLOCK)).enumerate() {
+            for ((s, p), wj) in srow.iter().zip(prow).zip(&w) {
+                let exact: f64 = (0..k).map(|kk| f64::from(a[i * k + kk]) * f64::from(wj[kk])).sum();
+                let scale: f64 = (0..k).map(|kk| f64::from(a[i * k + kk] * wj[kk]).abs()).sum();
+                worst_split = worst_split.max((f64::from(*s) - exact).abs() / scale);
+                worst_plain = worst_plain.max((f64::from(*p) - exact).abs() / scale);
+            }
+        }
+        assert!(worst_split < 2e-5, "split error {worst_split}");
+        assert!(worst_plain > 1e-4, "plain bf16 error {worst_plain} (the test would not see a lost half)");
     }
 }

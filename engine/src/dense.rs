@@ -29,7 +29,7 @@ pub(crate) enum DensePath {
 impl DensePath {
     /// The fastest path this CPU runs for a `[n, k]` layer.
     pub(crate) fn best(n: usize, k: usize) -> DensePath {
-        if amx::available() && n.is_multiple_of(BLOCK) && k.is_multiple_of(DEPTH) {
+        if amx::wanted_for_encoders() && n.is_multiple_of(BLOCK) && k.is_multiple_of(DEPTH) {
             DensePath::AmxBf16
         } else {
             DensePath::F32
@@ -39,7 +39,7 @@ impl DensePath {
 
 /// What the sentence encoders' dense layers run on this CPU (for benchmark reports).
 pub fn encoder_path() -> &'static str {
-    if amx::available() {
+    if amx::wanted_for_encoders() {
         "AMX bf16 tiles"
     } else {
         "f32 GEMM (candle)"
@@ -47,8 +47,9 @@ pub fn encoder_path() -> &'static str {
 }
 
 enum Weights {
-    /// 32-column blocks, each `k / 32` steps of two AMX B tiles (see `amx::pack_step`).
-    Packed(Vec<u16>),
+    /// 32-column blocks, each `k / 32` steps of two AMX B tiles (see `amx::pack_step`): the weights rounded to
+    /// bf16, and what the rounding lost (see `amx::Tiles::product_split`).
+    Packed([amx::Packed; 2]),
     /// `Wᵀ`: `[k, n]`.
     F32(Tensor),
 }
@@ -81,17 +82,21 @@ impl Dense {
         let weights = match path {
             DensePath::AmxBf16 => {
                 let steps = k / DEPTH;
-                let rounded: Vec<u16> = weights.iter().map(|&w| amx::to_bf16(w)).collect();
-                let rows: Vec<&[u16]> = rounded.chunks_exact(k).collect();
                 let step_len = 2 * TILE * DEPTH;
-                let mut packed = vec![0u16; n * k];
-                for (cb, block) in packed.chunks_exact_mut(steps * step_len).enumerate() {
-                    let cols = &rows[cb * BLOCK..(cb + 1) * BLOCK];
-                    for (s, out) in block.chunks_exact_mut(step_len).enumerate() {
-                        amx::pack_step(cols, s, out);
+                let hi: Vec<u16> = weights.iter().map(|&w| amx::to_bf16(w)).collect();
+                let lo: Vec<u16> = weights.iter().map(|&w| amx::to_bf16(amx::residual(w))).collect();
+                let pack = |rounded: &[u16]| {
+                    let rows: Vec<&[u16]> = rounded.chunks_exact(k).collect();
+                    let mut packed = amx::Packed::zeroed(n * k);
+                    for (cb, block) in packed.chunks_exact_mut(steps * step_len).enumerate() {
+                        let cols = &rows[cb * BLOCK..(cb + 1) * BLOCK];
+                        for (s, out) in block.chunks_exact_mut(step_len).enumerate() {
+                            amx::pack_step(cols, s, out);
+                        }
                     }
-                }
-                Weights::Packed(packed)
+                    packed
+                };
+                Weights::Packed([pack(&hi), pack(&lo)])
             }
             DensePath::F32 => Weights::F32(
                 Tensor::from_slice(weights, (n, k), &Device::Cpu)
@@ -110,7 +115,7 @@ impl Dense {
     #[cfg(test)]
     pub(crate) fn forward(&self, x: &[f32], m: usize, act: Activation) -> Result<Vec<f32>, EngineError> {
         let mut out = Vec::new();
-        self.forward_into(x, m, act, &mut Vec::new(), &mut out)?;
+        self.forward_into(x, m, act, &mut amx::Packed::zeroed(0), &mut out)?;
         Ok(out)
     }
 
@@ -121,7 +126,7 @@ impl Dense {
         x: &[f32],
         m: usize,
         act: Activation,
-        scratch: &mut Vec<u16>,
+        scratch: &mut amx::Packed,
         out: &mut Vec<f32>,
     ) -> Result<(), EngineError> {
         assert_eq!(x.len(), m * self.k, "input is not [m, k]");
@@ -144,13 +149,23 @@ impl Dense {
         Ok(())
     }
 
-    fn forward_amx(&self, packed: &[u16], x: &[f32], m: usize, act: Activation, a: &mut Vec<u16>, out: &mut Vec<f32>) {
+    fn forward_amx(
+        &self,
+        packed: &[amx::Packed; 2],
+        x: &[f32],
+        m: usize,
+        act: Activation,
+        a: &mut amx::Packed,
+        out: &mut Vec<f32>,
+    ) {
         let (n, k) = (self.n, self.k);
         let blocks = m.div_ceil(BLOCK);
         // The inputs in bf16 as the tiles read them, padded with zero rows to whole 32-row blocks.
-        a.clear();
-        a.resize(blocks * BLOCK * k, 0);
-        a.par_chunks_mut(BLOCK * k).zip(x.par_chunks(BLOCK * k)).for_each(|(a, x)| vectorized(PackRows(x, k, a)));
+        // Each 32-row block as its bf16 values, then their residuals (see `amx::Tiles::product_split`).
+        a.reset(blocks * 2 * BLOCK * k);
+        a.par_chunks_mut(2 * BLOCK * k)
+            .zip(x.par_chunks(BLOCK * k))
+            .for_each(|(a, x)| amx::vectorized_wide(PackRows(x, k, a)));
         let threads = rayon::current_num_threads();
         // Up to 4 row blocks per task share each block of weights from the cache.
         let chunk_blocks = (blocks / (2 * threads)).clamp(1, 4);
@@ -158,8 +173,8 @@ impl Dense {
         out.resize(m * n, 0.0);
         let a = &a[..];
         let task = |chunk: usize, out: &mut [f32]| {
-            let a = &a[chunk * chunk_rows * k..];
-            vectorized(AmxTask { weights: packed, a, bias: &self.bias, k, act, out })
+            let a = &a[chunk * 2 * chunk_rows * k..];
+            amx::vectorized_wide(AmxTask { weights: packed, a, bias: &self.bias, k, act, out })
         };
         if blocks <= 1 || threads == 1 {
             task(0, out);
@@ -171,7 +186,7 @@ impl Dense {
 
 /// `out` (some rows of `[m, n]`) = `act(A Wᵀ + b)` on the tiles, `a` holding those rows packed.
 struct AmxTask<'a> {
-    weights: &'a [u16],
+    weights: &'a [amx::Packed; 2],
     a: &'a [u16],
     bias: &'a [f32],
     k: usize,
@@ -188,16 +203,29 @@ impl pulp::NullaryFnOnce for AmxTask<'_> {
         let n = bias.len();
         let steps = k / DEPTH;
         let rows = out.len() / n;
-        let mut tile = [0f32; BLOCK * BLOCK];
+        let row_blocks = rows.div_ceil(BLOCK);
+        let mut sums: Vec<amx::Block> = (0..row_blocks).map(|_| amx::Block::new()).collect();
         let mut tiles = amx::Tiles::configure();
-        for (cb, b) in weights.chunks_exact(steps * 2 * TILE * DEPTH).enumerate() {
+        let (a_step, b_step) = (BLOCK * DEPTH, 2 * TILE * DEPTH);
+        let per_block = steps * b_step;
+        for (cb, (b_hi, b_lo)) in weights[0].chunks_exact(per_block).zip(weights[1].chunks_exact(per_block)).enumerate()
+        {
+            // K in pieces whose weights stay in L1 while every row block of the task uses them.
+            for from in (0..steps).step_by(K_PIECE_STEPS) {
+                let piece = K_PIECE_STEPS.min(steps - from);
+                let b = [&b_hi[from * b_step..], &b_lo[from * b_step..]];
+                for (rb, sum) in sums.iter_mut().enumerate() {
+                    let base = rb * 2 * BLOCK * k + from * a_step;
+                    let a = [&a[base..], &a[base + BLOCK * k..]];
+                    tiles.product_split(a, b, piece, from > 0, sum);
+                }
+            }
             let bias: &[f32; BLOCK] = bias[cb * BLOCK..(cb + 1) * BLOCK].try_into().expect("32 biases");
-            for rb in 0..rows.div_ceil(BLOCK) {
-                tiles.product(&a[rb * BLOCK * k..(rb + 1) * BLOCK * k], b, steps, &mut tile);
+            for (rb, sum) in sums.iter().enumerate() {
                 for i in 0..(rows - rb * BLOCK).min(BLOCK) {
                     let o: &mut [f32; BLOCK] =
                         (&mut out[(rb * BLOCK + i) * n + cb * BLOCK..][..BLOCK]).try_into().expect("32 outputs");
-                    let t: &[f32; BLOCK] = tile[i * BLOCK..(i + 1) * BLOCK].try_into().expect("32 sums");
+                    let t: &[f32; BLOCK] = sum.0[i * BLOCK..(i + 1) * BLOCK].try_into().expect("32 sums");
                     if act == Activation::Gelu {
                         for j in 0..BLOCK {
                             o[j] = crate::fastmath::gelu(t[j] + bias[j]);
@@ -213,6 +241,10 @@ impl pulp::NullaryFnOnce for AmxTask<'_> {
     }
 }
 
+/// Steps of 32 inputs per piece of a long sum: the piece's weights (both halves of a 32-column block, 8 KiB a
+/// step pair) stay in L1 while each row block of a task meets them.
+const K_PIECE_STEPS: usize = 4;
+
 /// `amx::pack_rows`, as an operation for `vectorized`.
 struct PackRows<'a>(&'a [f32], usize, &'a mut [u16]);
 
@@ -221,7 +253,8 @@ impl pulp::NullaryFnOnce for PackRows<'_> {
 
     #[inline(always)]
     fn call(self) {
-        amx::pack_rows(self.0, self.1, self.2);
+        let (hi, lo) = self.2.split_at_mut(self.2.len() / 2);
+        amx::pack_rows_split(self.0, self.1, hi, lo);
     }
 }
 
@@ -253,7 +286,7 @@ mod tests {
             .collect()
     }
 
-    /// Every path against the f64 sums of the values it multiplies (bf16-rounded ones for the AMX path).
+    /// Every path against the f64 sums of the f32 products (the AMX path's split bf16 products carry 16 bits).
     #[test]
     fn every_path_matches_a_scalar_reference() {
         let (n, k) = (64, 96);
@@ -265,7 +298,6 @@ mod tests {
         }
         for path in paths {
             let layer = Dense::with_path(&w, bias.clone(), n, k, path).expect("layer");
-            let round = |v: f32| if path == DensePath::AmxBf16 { amx::from_bf16(amx::to_bf16(v)) } else { v };
             // Row counts below, at and past a 32-row block and a task's rows.
             for m in [1, 5, 32, 33, 70, 300] {
                 let x = random(m * k, 3 + m as u32);
@@ -274,10 +306,9 @@ mod tests {
                     assert_eq!(y.len(), m * n);
                     for r in 0..m {
                         for c in 0..n {
-                            let sum: f64 = (0..k)
-                                .map(|i| f64::from(round(x[r * k + i])) * f64::from(round(w[c * k + i])))
-                                .sum::<f64>()
-                                + f64::from(bias[c]);
+                            let sum: f64 =
+                                (0..k).map(|i| f64::from(x[r * k + i]) * f64::from(w[c * k + i])).sum::<f64>()
+                                    + f64::from(bias[c]);
                             let want = if act == Activation::Gelu {
                                 f64::from(crate::fastmath::gelu(sum as f32))
                             } else {
