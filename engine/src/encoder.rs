@@ -215,7 +215,7 @@ impl pulp::NullaryFnOnce for AttendSequence<'_> {
 /// sequence padded to whole blocks; padded keys get no weight), the softmax in f32 between them.
 #[inline(always)]
 fn attend_sequence_amx(qkv: &[f32], len: usize, h: usize, heads: usize, out: &mut [f32]) {
-    use crate::amx::{pack_rows, pack_step, residual, to_bf16, Block, Packed, Tiles, BLOCK, DEPTH, TILE};
+    use crate::amx::{b_index, pack_rows, residual, to_bf16, Block, Packed, Tiles, BLOCK, DEPTH, TILE};
     let hd = h / heads;
     let scale = 1.0 / (hd as f32).sqrt();
     let padded = len.div_ceil(BLOCK) * BLOCK;
@@ -225,11 +225,11 @@ fn attend_sequence_amx(qkv: &[f32], len: usize, h: usize, heads: usize, out: &mu
     // Queries and keys as bf16 pairs (value and residual): the scores are `q k + q' k + q k'`, close to f32
     // products (a logit's error moves a softmax weight by as much, relatively).
     let mut q = [Packed::zeroed(padded * hd), Packed::zeroed(padded * hd)];
-    let mut keys = [vec![0u16; padded * hd], vec![0u16; padded * hd]];
-    let mut values_t = vec![0u16; hd * padded];
     let mut k_packed =
         [Packed::zeroed(padded / BLOCK * q_steps * step), Packed::zeroed(padded / BLOCK * q_steps * step)];
     let mut v_packed = Packed::zeroed(hd / BLOCK * kv_steps * step);
+    let mut keys = [vec![0u16; len * hd], vec![0u16; len * hd]];
+    let mut values = vec![0u16; len * hd];
     let mut scores = vec![0f32; padded * padded];
     let mut p = Packed::zeroed(padded * padded);
     let mut tile = Block::new();
@@ -243,31 +243,34 @@ fn attend_sequence_amx(qkv: &[f32], len: usize, h: usize, heads: usize, out: &mu
         pack_rows(&gathered, hd, &mut q[0]);
         gathered.iter_mut().for_each(|g| *g = residual(*g));
         pack_rows(&gathered, hd, &mut q[1]);
+        // Keys as B with output column j = key j, values as B with output column d = dimension d (keys past
+        // `len` stay zero): the head's keys and values in bf16 first (a pass the compiler vectorises), then
+        // moved by pairs of inputs, as B tiles hold them.
         for (j, row) in qkv.chunks_exact(3 * h).enumerate() {
             let [k_hi, k_lo] = &mut keys;
-            for ((k, k2), &v) in
-                k_hi[j * hd..(j + 1) * hd].iter_mut().zip(&mut k_lo[j * hd..(j + 1) * hd]).zip(&row[col(1)])
-            {
-                *k = to_bf16(v);
-                *k2 = to_bf16(residual(v));
+            let (k_hi, k_lo) = (&mut k_hi[j * hd..(j + 1) * hd], &mut k_lo[j * hd..(j + 1) * hd]);
+            for ((hi, lo), &k) in k_hi.iter_mut().zip(k_lo.iter_mut()).zip(&row[col(1)]) {
+                *hi = to_bf16(k);
+                *lo = to_bf16(residual(k));
             }
-            for (d, &v) in row[col(2)].iter().enumerate() {
-                values_t[d * padded + j] = to_bf16(v);
+            for (v, &x) in values[j * hd..(j + 1) * hd].iter_mut().zip(&row[col(2)]) {
+                *v = to_bf16(x);
             }
         }
-        // Keys as B: output column j is key j (rows past `len` stay zero).
         for (keys, packed) in keys.iter().zip(k_packed.iter_mut()) {
-            let key_rows: Vec<&[u16]> = keys.chunks_exact(hd).collect();
-            for (kb, block) in packed.chunks_exact_mut(q_steps * step).enumerate() {
-                for (s, out) in block.chunks_exact_mut(step).enumerate() {
-                    pack_step(&key_rows[kb * BLOCK..(kb + 1) * BLOCK], s, out);
+            for (j, key) in keys.chunks_exact(hd).enumerate() {
+                for (pair, values) in key.chunks_exact(2).enumerate() {
+                    let at = b_index(j, 2 * pair, q_steps);
+                    packed[at..at + 2].copy_from_slice(values);
                 }
             }
         }
-        let value_rows: Vec<&[u16]> = values_t.chunks_exact(padded).collect();
-        for (cb, block) in v_packed.chunks_exact_mut(kv_steps * step).enumerate() {
-            for (s, out) in block.chunks_exact_mut(step).enumerate() {
-                pack_step(&value_rows[cb * BLOCK..(cb + 1) * BLOCK], s, out);
+        for (pair, rows) in values.chunks(2 * hd).enumerate() {
+            let (first, second) = rows.split_at(hd);
+            for (d, &v) in first.iter().enumerate() {
+                let at = b_index(d, 2 * pair, kv_steps);
+                v_packed[at] = v;
+                v_packed[at + 1] = second.get(d).copied().unwrap_or(0);
             }
         }
         fn block(packed: &[u16], kb: usize, len: usize) -> &[u16] {

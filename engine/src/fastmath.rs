@@ -11,15 +11,21 @@ const LN2_LO: f32 = 1.428_606_8e-6;
 /// subnormals or 0; above 88, about 1.7e38 rather than infinity).
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
+    // 1.5 * 2^23: adding it rounds to an integer (to nearest even), which then sits in the low mantissa bits —
+    // no float-to-int conversion, which the compiler would do one lane at a time.
+    const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2_E).round_ties_even();
+    let shifted = x * LOG2_E + ROUND;
+    let n = shifted - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     // e^r for |r| <= ln2 / 2: Taylor to r^7 (the remainder is below 2e-9).
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2^n: `shifted`'s low bits hold n (two's complement), and ROUND's low 9 bits are zero, so the exponent
+    // field is n + 127.
+    p * f32::from_bits(shifted.to_bits().wrapping_add(127) << 23)
 }
 
 /// The error function, within 5e-7 absolute (Abramowitz and Stegun 7.1.26 evaluated in f32).
