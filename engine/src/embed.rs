@@ -173,6 +173,12 @@ impl Embedder {
     /// Embed texts as given: similar lengths are batched together, each batch padded to its
     /// longest text.
     pub fn embed(&self, texts: &[String]) -> Result<Embeddings, EngineError> {
+        // On a worker thread of the pool: the forward's many parallel steps then start there instead of each
+        // handing work over from the caller's thread and waiting for it (a millisecond per short sentence).
+        rayon::scope(|_| self.embed_in_pool(texts))
+    }
+
+    fn embed_in_pool(&self, texts: &[String]) -> Result<Embeddings, EngineError> {
         let mut vectors = vec![Vec::new(); texts.len()];
         let mut tokens = vec![0; texts.len()];
         let lens: Vec<usize> = texts.iter().map(|t| t.len()).collect();
