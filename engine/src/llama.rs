@@ -752,11 +752,8 @@ impl Llm {
             let h = rms_norm(&x, &layer.ffn_norm, cfg);
             let gu = layer.w_gate_up.forward(h, n)?;
             let ffn = cfg.ffn;
-            let mut act = Vec::with_capacity(n * ffn);
-            for row in gu.chunks_exact(2 * ffn) {
-                let (g, u) = row.split_at(ffn);
-                act.extend(g.iter().zip(u).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u));
-            }
+            let mut act = vec![0f32; n * ffn];
+            crate::amx::vectorized_wide(SwiGlu { gate_up: &gu, ffn, exact_exp: cfg.llama_cpp, out: &mut act });
             let d = layer.w_down.forward(act, n)?;
             add_in_place(&mut x, &d);
         }
@@ -898,6 +895,36 @@ fn to_half_precision(v: f32) -> f32 {
     f16_to_f32(f32_to_f16(v))
 }
 
+/// `silu(gate) * up` for rows of `[gate | up]`, as an operation for `vectorized_wide`: `exp` from
+/// `fastmath` (vectorised), or the standard library's with `exact_exp` (`llama_cpp_numerics`).
+struct SwiGlu<'a> {
+    gate_up: &'a [f32],
+    ffn: usize,
+    exact_exp: bool,
+    out: &'a mut [f32],
+}
+
+impl pulp::NullaryFnOnce for SwiGlu<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn call(self) {
+        let SwiGlu { gate_up, ffn, exact_exp, out } = self;
+        for (row, o) in gate_up.chunks_exact(2 * ffn).zip(out.chunks_exact_mut(ffn)) {
+            let (g, u) = row.split_at(ffn);
+            if exact_exp {
+                for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                    *o = g / (1.0 + (-g).exp()) * u;
+                }
+            } else {
+                for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                    *o = g / (1.0 + crate::fastmath::exp(-g)) * u;
+                }
+            }
+        }
+    }
+}
+
 /// One query head against the cached positions of its key/value head.
 struct HeadAttention<'a> {
     q: &'a [f32],
@@ -934,7 +961,7 @@ impl HeadAttention<'_> {
         }
         let mut sum = 0.0;
         for s in scores.iter_mut() {
-            *s = (*s - max).exp();
+            *s = if self.half_precision { (*s - max).exp() } else { crate::fastmath::exp(*s - max) };
             sum += *s;
         }
         let inv = 1.0 / sum;
