@@ -512,6 +512,27 @@ mod tests {
         assert!(from_bf16(to_bf16(f32::NAN)).is_nan());
     }
 
+    /// `n` values in [-2, 2) from a seeded generator.
+    fn random(n: usize, seed: u32) -> Vec<f32> {
+        let mut state = seed;
+        (0..n)
+            .map(|_| {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                ((state >> 8) as f32 / (1 << 24) as f32 - 0.5) * 4.0
+            })
+            .collect()
+    }
+
+    /// Weight rows (one per output column, 32 of them) packed as B.
+    fn pack_b(rows: &[Vec<u16>], steps: usize) -> Packed {
+        let rows: Vec<&[u16]> = rows.iter().map(Vec::as_slice).collect();
+        let mut b = Packed::zeroed(steps * 2 * TILE * DEPTH);
+        for (s, chunk) in b.chunks_exact_mut(2 * TILE * DEPTH).enumerate() {
+            pack_step(&rows, s, chunk);
+        }
+        b
+    }
+
     #[test]
     fn block_product_equals_the_sum_of_bf16_products() {
         if !available() {
@@ -520,20 +541,12 @@ mod tests {
         }
         let steps = 3;
         let k = steps * DEPTH;
-        let mut state = 7u32;
-        let mut next = move || {
-            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            to_bf16(((state >> 8) as f32 / (1 << 24) as f32 - 0.5) * 4.0)
-        };
-        let a: Vec<f32> = (0..BLOCK * k).map(|_| from_bf16(next())).collect();
+        let a: Vec<f32> = random(BLOCK * k, 7).into_iter().map(|v| from_bf16(to_bf16(v))).collect();
         let mut packed_a = Packed::zeroed(BLOCK * k);
         pack_rows(&a, k, &mut packed_a);
-        let w: Vec<Vec<u16>> = (0..BLOCK).map(|_| (0..k).map(|_| next()).collect()).collect();
-        let rows: Vec<&[u16]> = w.iter().map(Vec::as_slice).collect();
-        let mut b = Packed::zeroed(steps * 2 * TILE * DEPTH);
-        for (s, chunk) in b.chunks_exact_mut(2 * TILE * DEPTH).enumerate() {
-            pack_step(&rows, s, chunk);
-        }
+        let w: Vec<Vec<u16>> =
+            random(BLOCK * k, 8).chunks_exact(k).map(|r| r.iter().map(|&v| to_bf16(v)).collect()).collect();
+        let b = pack_b(&w, steps);
         let mut out = Block::new();
         let mut tiles = Tiles::configure();
         {
@@ -559,23 +572,13 @@ mod tests {
         }
         let steps = 4;
         let k = steps * DEPTH;
-        let mut state = 3u32;
-        let mut next = move || {
-            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            ((state >> 8) as f32 / (1 << 24) as f32 - 0.5) * 4.0
-        };
-        let a: Vec<f32> = (0..BLOCK * k).map(|_| next()).collect();
-        let w: Vec<Vec<f32>> = (0..BLOCK).map(|_| (0..k).map(|_| next()).collect()).collect();
+        let a = random(BLOCK * k, 3);
+        let w: Vec<Vec<f32>> = random(BLOCK * k, 4).chunks_exact(k).map(<[f32]>::to_vec).collect();
         let (mut a_hi, mut a_lo) = (Packed::zeroed(BLOCK * k), Packed::zeroed(BLOCK * k));
         pack_rows_split(&a, k, &mut a_hi, &mut a_lo);
         let pack = |part: fn(f32) -> u16| {
             let rounded: Vec<Vec<u16>> = w.iter().map(|r| r.iter().map(|&v| part(v)).collect()).collect();
-            let rows: Vec<&[u16]> = rounded.iter().map(Vec::as_slice).collect();
-            let mut b = Packed::zeroed(steps * 2 * TILE * DEPTH);
-            for (s, chunk) in b.chunks_exact_mut(2 * TILE * DEPTH).enumerate() {
-                pack_step(&rows, s, chunk);
-            }
-            b
+            pack_b(&rounded, steps)
         };
         let (b_hi, b_lo) = (pack(to_bf16), pack(|v| to_bf16(residual(v))));
         let mut tiles = Tiles::configure();
