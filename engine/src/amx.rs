@@ -25,35 +25,6 @@ pub(crate) fn wanted_for_encoders() -> bool {
     *WANTED.get_or_init(|| available() && std::env::var("SHOAL_EMBED_F32").map_or(true, |v| v == "0"))
 }
 
-/// Run `op` compiled for AVX-512 where the CPU has it (every CPU with AMX does), else as
-/// [`crate::matmul::vectorized`] does: the encoders' loops (GELU, softmax, norms, packing) then work on 16 values
-/// per instruction. `op.call` must be `#[inline(always)]`.
-#[inline(always)]
-pub(crate) fn vectorized_wide<Op: pulp::NullaryFnOnce>(op: Op) -> Op::Output {
-    #[cfg(target_arch = "x86_64")]
-    if avx512() {
-        #[allow(unsafe_code)]
-        // SAFETY: `avx512` found every feature `wide` is compiled for on this CPU.
-        return unsafe { wide(op) };
-    }
-    crate::matmul::vectorized(op)
-}
-
-#[cfg(target_arch = "x86_64")]
-fn avx512() -> bool {
-    static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AVX512.get_or_init(|| {
-        use std::arch::is_x86_feature_detected as has;
-        has!("avx512f") && has!("avx512bw") && has!("avx512dq") && has!("avx512vl") && has!("avx2") && has!("fma")
-    })
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
-fn wide<Op: pulp::NullaryFnOnce>(op: Op) -> Op::Output {
-    op.call()
-}
-
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 fn detect() -> bool {
     // CPUID leaf 7: EDX bit 22 AMX-BF16, bit 24 AMX-TILE.
@@ -272,72 +243,6 @@ impl Tiles {
                 }
                 std::arch::asm!(
                     "2:",
-                    // The inputs two steps ahead into L1 (they come from L2, and the tile loads wait on them
-                    // otherwise: twice the products per second when inputs stream from L2).
-                    "prefetcht0 [{a_hi} + 4096]",
-                    "prefetcht0 [{a_hi} + 4160]",
-                    "prefetcht0 [{a_hi} + 4224]",
-                    "prefetcht0 [{a_hi} + 4288]",
-                    "prefetcht0 [{a_hi} + 4352]",
-                    "prefetcht0 [{a_hi} + 4416]",
-                    "prefetcht0 [{a_hi} + 4480]",
-                    "prefetcht0 [{a_hi} + 4544]",
-                    "prefetcht0 [{a_hi} + 4608]",
-                    "prefetcht0 [{a_hi} + 4672]",
-                    "prefetcht0 [{a_hi} + 4736]",
-                    "prefetcht0 [{a_hi} + 4800]",
-                    "prefetcht0 [{a_hi} + 4864]",
-                    "prefetcht0 [{a_hi} + 4928]",
-                    "prefetcht0 [{a_hi} + 4992]",
-                    "prefetcht0 [{a_hi} + 5056]",
-                    "prefetcht0 [{a_hi} + 5120]",
-                    "prefetcht0 [{a_hi} + 5184]",
-                    "prefetcht0 [{a_hi} + 5248]",
-                    "prefetcht0 [{a_hi} + 5312]",
-                    "prefetcht0 [{a_hi} + 5376]",
-                    "prefetcht0 [{a_hi} + 5440]",
-                    "prefetcht0 [{a_hi} + 5504]",
-                    "prefetcht0 [{a_hi} + 5568]",
-                    "prefetcht0 [{a_hi} + 5632]",
-                    "prefetcht0 [{a_hi} + 5696]",
-                    "prefetcht0 [{a_hi} + 5760]",
-                    "prefetcht0 [{a_hi} + 5824]",
-                    "prefetcht0 [{a_hi} + 5888]",
-                    "prefetcht0 [{a_hi} + 5952]",
-                    "prefetcht0 [{a_hi} + 6016]",
-                    "prefetcht0 [{a_hi} + 6080]",
-                    "prefetcht0 [{a_lo} + 4096]",
-                    "prefetcht0 [{a_lo} + 4160]",
-                    "prefetcht0 [{a_lo} + 4224]",
-                    "prefetcht0 [{a_lo} + 4288]",
-                    "prefetcht0 [{a_lo} + 4352]",
-                    "prefetcht0 [{a_lo} + 4416]",
-                    "prefetcht0 [{a_lo} + 4480]",
-                    "prefetcht0 [{a_lo} + 4544]",
-                    "prefetcht0 [{a_lo} + 4608]",
-                    "prefetcht0 [{a_lo} + 4672]",
-                    "prefetcht0 [{a_lo} + 4736]",
-                    "prefetcht0 [{a_lo} + 4800]",
-                    "prefetcht0 [{a_lo} + 4864]",
-                    "prefetcht0 [{a_lo} + 4928]",
-                    "prefetcht0 [{a_lo} + 4992]",
-                    "prefetcht0 [{a_lo} + 5056]",
-                    "prefetcht0 [{a_lo} + 5120]",
-                    "prefetcht0 [{a_lo} + 5184]",
-                    "prefetcht0 [{a_lo} + 5248]",
-                    "prefetcht0 [{a_lo} + 5312]",
-                    "prefetcht0 [{a_lo} + 5376]",
-                    "prefetcht0 [{a_lo} + 5440]",
-                    "prefetcht0 [{a_lo} + 5504]",
-                    "prefetcht0 [{a_lo} + 5568]",
-                    "prefetcht0 [{a_lo} + 5632]",
-                    "prefetcht0 [{a_lo} + 5696]",
-                    "prefetcht0 [{a_lo} + 5760]",
-                    "prefetcht0 [{a_lo} + 5824]",
-                    "prefetcht0 [{a_lo} + 5888]",
-                    "prefetcht0 [{a_lo} + 5952]",
-                    "prefetcht0 [{a_lo} + 6016]",
-                    "prefetcht0 [{a_lo} + 6080]",
                     "tileloadd tmm4, [{a_lo} + {stride} * 1]",
                     "tileloadd tmm6, [{b_hi} + {stride} * 1]",
                     "tileloadd tmm5, [{a_lo} + {stride} * 1 + 1024]",

@@ -1,5 +1,6 @@
 //! Dense layers of the sentence encoders (`y = x Wᵀ + b`, optionally GELU), on the fastest path the CPU has:
-//! AMX tiles in bf16 where present (the weights packed once at load, the inputs rounded to bf16, f32 sums),
+//! AMX tiles where present, in split bf16 (inputs and weights each a bf16 value and a bf16 residual, see
+//! `amx::Tiles::product_split`; the weights packed once at load, f32 sums),
 //! otherwise f32 through candle's GEMM (AVX-512/AVX2 where present). On the AMX path the results for one input
 //! row do not depend on the other rows, nor on the threads.
 
@@ -22,7 +23,7 @@ pub(crate) enum Activation {
 pub(crate) enum DensePath {
     /// f32 weights and inputs, candle's GEMM.
     F32,
-    /// bf16 weights and inputs on AMX tiles, f32 sums.
+    /// Split bf16 weights and inputs on AMX tiles, f32 sums.
     AmxBf16,
 }
 
@@ -160,12 +161,12 @@ impl Dense {
     ) {
         let (n, k) = (self.n, self.k);
         let blocks = m.div_ceil(BLOCK);
-        // The inputs in bf16 as the tiles read them, padded with zero rows to whole 32-row blocks.
-        // Each 32-row block as its bf16 values, then their residuals (see `amx::Tiles::product_split`).
+        // The inputs as the tiles read them, padded with zero rows to whole 32-row blocks: each block as its
+        // bf16 values, then their residuals.
         a.reset(blocks * 2 * BLOCK * k);
         a.par_chunks_mut(2 * BLOCK * k)
             .zip(x.par_chunks(BLOCK * k))
-            .for_each(|(a, x)| amx::vectorized_wide(PackRows(x, k, a)));
+            .for_each(|(a, x)| crate::matmul::vectorized_wide(PackRows(x, k, a)));
         let threads = rayon::current_num_threads();
         // Up to 4 row blocks per task share each block of weights from the cache.
         let chunk_blocks = (blocks / (2 * threads)).clamp(1, 4);
@@ -174,7 +175,7 @@ impl Dense {
         let a = &a[..];
         let task = |chunk: usize, out: &mut [f32]| {
             let a = &a[chunk * 2 * chunk_rows * k..];
-            amx::vectorized_wide(AmxTask { weights: packed, a, bias: &self.bias, k, act, out })
+            crate::matmul::vectorized_wide(AmxTask { weights: packed, a, bias: &self.bias, k, act, out })
         };
         if blocks <= 1 || threads == 1 {
             task(0, out);
@@ -241,8 +242,8 @@ impl pulp::NullaryFnOnce for AmxTask<'_> {
     }
 }
 
-/// Steps of 32 inputs per piece of a long sum: the piece's weights (both halves of a 32-column block, 8 KiB a
-/// step pair) stay in L1 while each row block of a task meets them.
+/// Steps of 32 inputs per piece of a long sum, so that a piece's weights (both halves of a 32-column block,
+/// 4 KiB a step) can stay in L1 while each row block of a task meets them (2 and 12 measured alike).
 const K_PIECE_STEPS: usize = 4;
 
 /// `amx::pack_rows`, as an operation for `vectorized`.

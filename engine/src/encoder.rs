@@ -134,8 +134,8 @@ impl Encoder {
         let mut row = 0;
         for &len in &lens {
             let mut mean = vec![0f32; h];
-            for r in &x[row * h..(row + len) * h].chunks_exact(h).collect::<Vec<_>>() {
-                for (m, v) in mean.iter_mut().zip(r.iter()) {
+            for r in x[row * h..(row + len) * h].chunks_exact(h) {
+                for (m, v) in mean.iter_mut().zip(r) {
                     *m += v;
                 }
             }
@@ -180,7 +180,7 @@ impl Encoder {
         let amx = self.attention == AttentionPath::Tiles;
         parts.into_par_iter().for_each(|(row, len, out)| {
             let qkv = &qkv[row * 3 * h..(row + len) * 3 * h];
-            crate::amx::vectorized_wide(AttendSequence { qkv, len, h, heads, amx, out })
+            crate::matmul::vectorized_wide(AttendSequence { qkv, len, h, heads, amx, out })
         });
     }
 }
@@ -215,7 +215,9 @@ impl pulp::NullaryFnOnce for AttendSequence<'_> {
 /// sequence padded to whole blocks; padded keys get no weight), the softmax in f32 between them.
 #[inline(always)]
 fn attend_sequence_amx(qkv: &[f32], len: usize, h: usize, heads: usize, out: &mut [f32]) {
-    use crate::amx::{b_index, pack_rows, residual, to_bf16, Block, Packed, Tiles, BLOCK, DEPTH, TILE};
+    use crate::amx::{
+        b_index, pack_rows, pack_rows_split, residual, to_bf16, Block, Packed, Tiles, BLOCK, DEPTH, TILE,
+    };
     let hd = h / heads;
     let scale = 1.0 / (hd as f32).sqrt();
     let padded = len.div_ceil(BLOCK) * BLOCK;
@@ -233,16 +235,14 @@ fn attend_sequence_amx(qkv: &[f32], len: usize, h: usize, heads: usize, out: &mu
     let mut scores = vec![0f32; padded * padded];
     let mut p = Packed::zeroed(padded * padded);
     let mut tile = Block::new();
-    let mut part = Block::new();
     let mut tiles = Tiles::configure();
     for head in 0..heads {
         let col = |part: usize| part * h + head * hd..part * h + (head + 1) * hd;
         for (g, row) in gathered.chunks_exact_mut(hd).zip(qkv.chunks_exact(3 * h)) {
             g.copy_from_slice(&row[col(0)]);
         }
-        pack_rows(&gathered, hd, &mut q[0]);
-        gathered.iter_mut().for_each(|g| *g = residual(*g));
-        pack_rows(&gathered, hd, &mut q[1]);
+        let [q_hi, q_lo] = &mut q;
+        pack_rows_split(&gathered, hd, q_hi, q_lo);
         // Keys as B with output column j = key j, values as B with output column d = dimension d (keys past
         // `len` stay zero): the head's keys and values in bf16 first (a pass the compiler vectorises), then
         // moved by pairs of inputs, as B tiles hold them.
@@ -273,17 +273,12 @@ fn attend_sequence_amx(qkv: &[f32], len: usize, h: usize, heads: usize, out: &mu
                 v_packed[at + 1] = second.get(d).copied().unwrap_or(0);
             }
         }
-        fn block(packed: &[u16], kb: usize, len: usize) -> &[u16] {
-            &packed[kb * len..(kb + 1) * len]
-        }
+        let key_block = q_steps * step;
         for qb in 0..padded / BLOCK {
             let a = |which: usize| &q[which][qb * BLOCK * hd..(qb + 1) * BLOCK * hd];
             for kb in 0..padded / BLOCK {
-                tiles.product(a(0), block(&k_packed[0], kb, q_steps * step), q_steps, &mut tile);
-                for (which_q, which_k) in [(1, 0), (0, 1)] {
-                    tiles.product(a(which_q), block(&k_packed[which_k], kb, q_steps * step), q_steps, &mut part);
-                    tile.0.iter_mut().zip(&part.0).for_each(|(t, p)| *t += p);
-                }
+                let b = |which: usize| &k_packed[which][kb * key_block..(kb + 1) * key_block];
+                tiles.product_split([a(0), a(1)], [b(0), b(1)], q_steps, false, &mut tile);
                 for (i, t) in tile.0.chunks_exact(BLOCK).enumerate() {
                     scores[(qb * BLOCK + i) * padded + kb * BLOCK..][..BLOCK].copy_from_slice(t);
                 }
@@ -291,14 +286,7 @@ fn attend_sequence_amx(qkv: &[f32], len: usize, h: usize, heads: usize, out: &mu
         }
         for row in scores.chunks_exact_mut(padded).take(len) {
             let (live, pad) = row.split_at_mut(len);
-            let max = lanes_max(live);
-            for s in live.iter_mut() {
-                *s = exp((*s - max) * scale);
-            }
-            let inv = 1.0 / lanes_sum(live);
-            for s in live.iter_mut() {
-                *s *= inv;
-            }
+            softmax(live, scale);
             pad.fill(0.0);
         }
         pack_rows(&scores[..len * padded], padded, &mut p);
@@ -336,15 +324,10 @@ fn attend_sequence(qkv: &[f32], len: usize, h: usize, heads: usize, out: &mut [f
                     *s += qd * k;
                 }
             }
-            let max = lanes_max(&scores);
-            for s in scores.iter_mut() {
-                *s = exp((*s - max) * scale);
-            }
-            let inv = 1.0 / lanes_sum(&scores);
+            softmax(&mut scores, scale);
             let o = &mut out[i * h + head * hd..i * h + (head + 1) * hd];
             o.fill(0.0);
-            for (&p, vrow) in scores.iter().zip(qkv.chunks_exact(3 * h)) {
-                let w = p * inv;
+            for (&w, vrow) in scores.iter().zip(qkv.chunks_exact(3 * h)) {
                 for (a, &v) in o.iter_mut().zip(&vrow[2 * h + head * hd..2 * h + (head + 1) * hd]) {
                     *a += w * v;
                 }
@@ -357,7 +340,7 @@ fn attend_sequence(qkv: &[f32], len: usize, h: usize, heads: usize, out: &mut [f
 fn norm_rows(x: &mut [f32], add: Option<&[f32]>, norm: &Norm, h: usize, eps: f32) {
     x.par_chunks_mut(ROWS_PER_TASK * h).enumerate().for_each(|(t, rows)| {
         let add = add.map(|a| &a[t * ROWS_PER_TASK * h..t * ROWS_PER_TASK * h + rows.len()]);
-        crate::amx::vectorized_wide(NormRows { rows, add, norm, h, eps })
+        crate::matmul::vectorized_wide(NormRows { rows, add, norm, h, eps })
     });
 }
 
@@ -403,6 +386,19 @@ impl pulp::NullaryFnOnce for NormRows<'_> {
                 *v = *v * inv * w + b;
             }
         }
+    }
+}
+
+/// `scores = softmax(scores * scale)` in place.
+#[inline(always)]
+fn softmax(scores: &mut [f32], scale: f32) {
+    let max = lanes_max(scores);
+    for s in scores.iter_mut() {
+        *s = exp((*s - max) * scale);
+    }
+    let inv = 1.0 / lanes_sum(scores);
+    for s in scores.iter_mut() {
+        *s *= inv;
     }
 }
 

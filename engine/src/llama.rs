@@ -753,7 +753,7 @@ impl Llm {
             let gu = layer.w_gate_up.forward(h, n)?;
             let ffn = cfg.ffn;
             let mut act = vec![0f32; n * ffn];
-            crate::amx::vectorized_wide(SwiGlu { gate_up: &gu, ffn, exact_exp: cfg.llama_cpp, out: &mut act });
+            crate::matmul::vectorized_wide(SwiGlu { gate_up: &gu, ffn, exact_exp: cfg.llama_cpp, out: &mut act });
             let d = layer.w_down.forward(act, n)?;
             add_in_place(&mut x, &d);
         }

@@ -38,6 +38,35 @@ pub(crate) fn vectorized<Op: NullaryFnOnce>(op: Op) -> Op::Output {
     op.call()
 }
 
+/// Run `op` compiled for AVX-512 where the CPU has it (every CPU with AMX does), else as
+/// [`vectorized`] does: the encoders' loops (GELU, softmax, norms, packing) then work on 16 values
+/// per instruction. `op.call` must be `#[inline(always)]`.
+#[inline(always)]
+pub(crate) fn vectorized_wide<Op: pulp::NullaryFnOnce>(op: Op) -> Op::Output {
+    #[cfg(target_arch = "x86_64")]
+    if avx512() {
+        #[allow(unsafe_code)]
+        // SAFETY: `avx512` found every feature `wide` is compiled for on this CPU.
+        return unsafe { wide(op) };
+    }
+    vectorized(op)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx512() -> bool {
+    static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVX512.get_or_init(|| {
+        use std::arch::is_x86_feature_detected as has;
+        has!("avx512f") && has!("avx512bw") && has!("avx512dq") && has!("avx512vl") && has!("avx2") && has!("fma")
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+fn wide<Op: pulp::NullaryFnOnce>(op: Op) -> Op::Output {
+    op.call()
+}
+
 /// Which of the kernels' code paths this CPU runs (for benchmark reports).
 pub fn kernel_path() -> &'static str {
     match KernelPath::best() {
