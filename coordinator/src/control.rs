@@ -48,10 +48,6 @@ pub struct ControlPlane {
     pub clock: Clock,
     /// QUIC address of every coordinator, for redirects.
     pub coordinators: AddressBook,
-    /// Tells the raft driver when a peer shows up on a new connection.
-    pub reports: tokio::sync::mpsc::Sender<crate::raft::transport::Report>,
-    /// The connection each raft peer last reached us on.
-    pub raft_conns: Mutex<std::collections::HashMap<u64, usize>>,
     /// Model files registered through this coordinator, served to nodes by hash.
     pub artifacts: ArtifactStore,
     /// Outstanding work per placement as nodes report it (soft state, for the router).
@@ -90,7 +86,6 @@ impl ControlPlane {
                 },
                 Request::Raft { from, message } => match peer {
                     Some((MemberRole::Coordinator, id)) if id == from.to_string() => {
-                        self.note_raft_conn(from, conn.stable_id());
                         self.raft_stream(stream, from, message).await
                     }
                     _ => {
@@ -372,16 +367,6 @@ impl ControlPlane {
     fn renew(&self, id: &str, generation: u64, load: Option<shoal_protocol::Load>) {
         let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
         leases.renew(id, generation, self.clock.now_ms(), self.timing.lease_ms, self.clock.unix_ms(), load);
-    }
-
-    fn note_raft_conn(&self, from: u64, conn: usize) {
-        let mut conns = self.raft_conns.lock().unwrap_or_else(|p| p.into_inner());
-        if conns.insert(from, conn).is_some_and(|old| old != conn) {
-            let _ = self.reports.try_send(crate::raft::transport::Report::PeerReconnected(from));
-            // Forwarded writes must not go out on a connection to the peer's earlier run.
-            let writer = self.writer.clone();
-            tokio::spawn(async move { writer.forget(from).await });
-        }
     }
 
     /// A linearizable read point for a gateway: answered once this member has applied

@@ -93,7 +93,7 @@ impl Coordinator {
         let client = Arc::new(identity.client_config()?);
         let faults = Arc::new(Faults::default());
         let (report_tx, report_rx) = tokio::sync::mpsc::channel(1024);
-        let transport = Transport::new(opts.id, book.clone(), client.clone(), report_tx.clone(), faults.clone());
+        let transport = Transport::new(opts.id, book.clone(), client.clone(), report_tx, faults.clone());
         let t = &opts.config.timing;
         let driver = DriverConfig {
             core: CoreConfig {
@@ -125,8 +125,6 @@ impl Coordinator {
             timing: opts.config.timing.clone(),
             clock,
             coordinators: book.clone(),
-            reports: report_tx,
-            raft_conns: Default::default(),
             artifacts: artifacts.clone(),
             replica_load,
             key_hasher: keys.clone(),
@@ -209,11 +207,17 @@ impl Coordinator {
         }
     }
 
-    /// Stops accepting QUIC connections.
-    pub fn close(&self) {
+    /// Closes every QUIC connection and stops accepting new ones; waits (at most
+    /// [`CLOSE_GRACE`]) for the close to go out, so that peers drop their connections to
+    /// this run at once instead of sending into them until a timeout.
+    pub async fn close(&self) {
         self.endpoint.close(quinn::VarInt::from_u32(0), b"shutting down");
+        let _ = tokio::time::timeout(CLOSE_GRACE, self.endpoint.wait_idle()).await;
     }
 }
+
+/// How long a stopping coordinator waits for its connections' close to reach its peers.
+pub const CLOSE_GRACE: Duration = Duration::from_millis(200);
 
 /// Makes sure an admin key exists: the one given, or a generated one when the cluster has
 /// none yet. Goes through the leader wherever it is.

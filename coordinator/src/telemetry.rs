@@ -84,6 +84,7 @@ fn register_zeroes() {
     metrics::counter!(m::RAFT_LEADER_CHANGES).increment(0);
     metrics::counter!(m::RAFT_APPLIED_ENTRIES).increment(0);
     metrics::counter!(m::RAFT_SNAPSHOTS_SENT).increment(0);
+    metrics::counter!(m::RAFT_MESSAGES_RESENT).increment(0);
     metrics::counter!(m::RAFT_SNAPSHOTS_INSTALLED).increment(0);
     metrics::counter!(m::RAFT_CHECKPOINTS).increment(0);
     metrics::counter!(m::RAFT_READ_INDEX).increment(0);

@@ -80,14 +80,6 @@ impl Writer {
         }
     }
 
-    /// Drops the pooled connection to coordinator `id` (it restarted: the old connection
-    /// would only be found dead by QUIC's idle timeout).
-    pub async fn forget(&self, id: u64) {
-        if let Some(c) = self.conns.lock().await.remove(&id) {
-            c.close(0u32.into(), b"peer restarted");
-        }
-    }
-
     /// A connection to `leader`, and whether it was opened just now (not a pooled one).
     async fn connection(&self, leader: u64) -> Result<(quinn::Connection, bool), CoordinatorError> {
         let mut conns = self.conns.lock().await;

@@ -18,6 +18,9 @@ pub const RAFT_LEADER_CHANGES: &str = "shoal_raft_leader_changes_total";
 pub const RAFT_LOG_ENTRIES: &str = "shoal_raft_log_entries";
 pub const RAFT_COMMIT_SECONDS: &str = "shoal_raft_commit_duration_seconds";
 pub const RAFT_SNAPSHOTS_SENT: &str = "shoal_raft_snapshots_sent_total";
+/// Raft messages sent a second time on a new connection after a peer's stateless reset
+/// showed the first one went to a connection its previous run had.
+pub const RAFT_MESSAGES_RESENT: &str = "shoal_raft_messages_resent_total";
 pub const RAFT_SNAPSHOTS_INSTALLED: &str = "shoal_raft_snapshots_installed_total";
 pub const RAFT_CHECKPOINTS: &str = "shoal_raft_checkpoints_total";
 pub const RAFT_READ_INDEX: &str = "shoal_raft_read_index_total";

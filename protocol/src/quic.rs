@@ -336,7 +336,15 @@ pub fn server_endpoint_keyed(
     reset_secret: &[u8],
 ) -> Result<Endpoint, ProtocolError> {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_secret);
-    let endpoint_config = quinn::EndpointConfig::new(std::sync::Arc::new(key));
+    let mut endpoint_config = quinn::EndpointConfig::new(std::sync::Arc::new(key.clone()));
+    // quinn drops a packet whose connection id does not carry its generator's signature
+    // instead of answering it with a reset, and by default that signature's key is new in
+    // every process: a peer's packets on a connection to the previous run were dropped
+    // silently, and the connection lived on until an election timeout or QUIC's idle timeout.
+    // Connection ids signed with a key derived from the same secret stay recognisable.
+    let tag = ring::hmac::sign(&key, b"shoal connection ids v1");
+    let cid_key = u64::from_le_bytes(tag.as_ref()[..8].try_into().unwrap_or([0; 8]));
+    endpoint_config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
     let socket =
         std::net::UdpSocket::bind(addr).map_err(|e| ProtocolError::Connect(format!("cannot listen on {addr}: {e}")))?;
     Endpoint::new(endpoint_config, Some(config), socket, std::sync::Arc::new(quinn::TokioRuntime))

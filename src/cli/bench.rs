@@ -62,7 +62,9 @@ pub struct RaftBench {
     /// Only measure leader failover.
     #[arg(long)]
     pub failover_only: bool,
-    /// Where the groups' data dirs go (a temporary directory by default).
+    /// Where the groups' data dirs and each member's log go, kept afterwards (by default a
+    /// temporary directory, removed at the end). The members log at `warn`, or at the level
+    /// in SHOAL_BENCH_MEMBER_LOG (e.g. `info,shoal_coordinator::raft=debug`).
     #[arg(long)]
     pub dir: Option<PathBuf>,
     /// An etcd binary to run the same workload against in the same run (3 members on
@@ -173,7 +175,7 @@ impl Group {
             .args(["--id", &id.to_string(), "--data-dir"])
             .arg(self.dir.join(format!("c{id}")))
             .env("SHOAL_API_KEY", KEY)
-            .env("SHOAL_LOG", "warn")
+            .env("SHOAL_LOG", std::env::var("SHOAL_BENCH_MEMBER_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()
@@ -493,13 +495,14 @@ fn etcd_failover(e: &mut Etcd, kills: usize) -> anyhow::Result<Vec<Duration>> {
 }
 
 fn raft(a: RaftBench) -> anyhow::Result<()> {
+    let keep = a.dir.is_some();
     let base = match a.dir {
         Some(d) => d,
         None => std::env::temp_dir().join(format!("shoal-bench-{}", std::process::id())),
     };
     let etcd_bin = a.etcd.exists().then(|| a.etcd.clone());
     if a.failover_only {
-        return failover(&base, a.kills, etcd_bin.map(|b| Etcd::start_all(&b, &base.join("etcd"))).transpose()?);
+        return failover(&base, a.kills, etcd_bin.map(|b| Etcd::start_all(&b, &base.join("etcd"))).transpose()?, keep);
     }
     println!("raft commits through the gateway (POST /v1/tokens → leader → raft → fsync on a quorum),");
     println!("{} writes per row, {} concurrent writers, coordinators on loopback:", a.writes, a.concurrency);
@@ -541,11 +544,16 @@ fn raft(a: RaftBench) -> anyhow::Result<()> {
         None => println!("(no etcd at {}: comparison skipped)", a.etcd.display()),
     }
 
-    failover(&base, a.kills, etcd)
+    failover(&base, a.kills, etcd, keep)
 }
 
 /// Leader failover after SIGKILL, for Shoal and (when given) etcd.
-fn failover(base: &Path, kills: usize, etcd: Option<Etcd>) -> anyhow::Result<()> {
+/// Durations as whole milliseconds, space-separated.
+fn ms_list(times: &[Duration]) -> String {
+    times.iter().map(|t| t.as_millis().to_string()).collect::<Vec<_>>().join(" ")
+}
+
+fn failover(base: &Path, kills: usize, etcd: Option<Etcd>, keep: bool) -> anyhow::Result<()> {
     if kills > 0 {
         let mut g = Group::new(&base.join("failover"), 3, true)?;
         let mut times = Vec::new();
@@ -557,6 +565,7 @@ fn failover(base: &Path, kills: usize, etcd: Option<Etcd>) -> anyhow::Result<()>
             g.start(leader)?;
             g.leader(Duration::from_secs(30))?;
         }
+        let in_order = ms_list(&times);
         times.sort();
         println!();
         println!(
@@ -566,6 +575,7 @@ fn failover(base: &Path, kills: usize, etcd: Option<Etcd>) -> anyhow::Result<()>
             pct(&times, 0.9),
             pct(&times, 1.0)
         );
+        println!("  each kill in order, ms: {in_order}");
         if let Some(mut e) = etcd {
             let t = etcd_failover(&mut e, kills)?;
             println!(
@@ -591,6 +601,7 @@ fn failover(base: &Path, kills: usize, etcd: Option<Etcd>) -> anyhow::Result<()>
             g.start(leader)?;
             g.leader(Duration::from_secs(30))?;
         }
+        let in_order = ms_list(&handed);
         handed.sort();
         println!(
             "leader stopped with SIGTERM ({} stops, 3 voters; it hands leadership over first): time until a write is acknowledged again: p50 {:.0} ms, p90 {:.0} ms, max {:.0} ms",
@@ -599,6 +610,7 @@ fn failover(base: &Path, kills: usize, etcd: Option<Etcd>) -> anyhow::Result<()>
             pct(&handed, 0.9),
             pct(&handed, 1.0)
         );
+        println!("  each stop in order, ms: {in_order}");
         let t = shoal_coordinator::config::TimingConfig::default();
         println!(
             "timeouts: raft tick {} ms, leader heartbeat {} tick, election timeout randomised in {}-{} ticks (etcd defaults: 100 ms heartbeat, 1000 ms election)",
@@ -608,6 +620,8 @@ fn failover(base: &Path, kills: usize, etcd: Option<Etcd>) -> anyhow::Result<()>
             2 * t.election_ticks
         );
     }
-    let _ = std::fs::remove_dir_all(base);
+    if !keep {
+        let _ = std::fs::remove_dir_all(base);
+    }
     Ok(())
 }

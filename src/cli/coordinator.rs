@@ -112,6 +112,6 @@ async fn serve(a: CoordinatorArgs) -> anyhow::Result<()> {
     }
     super::shutdown_signal().await;
     coord.step_down().await;
-    coord.close();
+    coord.close().await;
     Ok(())
 }

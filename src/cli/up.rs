@@ -130,6 +130,6 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
     super::shutdown_signal().await;
     node.stop();
     coord.step_down().await;
-    coord.close();
+    coord.close().await;
     Ok(())
 }

@@ -273,7 +273,6 @@ impl Driver {
                 _ = ticker.tick() => self.core.tick(),
                 Some(report) = reports.recv() => match report {
                     Report::Unreachable(id) => self.core.report_unreachable(id),
-                    Report::PeerReconnected(id) => self.transport.reset_peer(id),
                     Report::Snapshot { to, ok } => self.core.report_snapshot(to, ok),
                 },
                 input = rx.recv() => match input {

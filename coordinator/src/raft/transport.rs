@@ -3,12 +3,14 @@
 //! One bounded queue and one task per peer, started the first time a message is sent to
 //! it; the task keeps a connection and a one-way stream of `Raft` frames. Snapshots go on
 //! a stream of their own, in chunks, and the receiver acknowledges them. A full queue or a
-//! broken link drops messages (raft retransmits) and reports the peer unreachable.
+//! link found dead by a peer's stateless reset (it restarted) connects again and sends
+//! the messages of the last half second once more; a peer that cannot be reached gets its
+//! messages dropped (raft retransmits) and is reported unreachable.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use protobuf::Message as PbMessage;
 use raft::prelude::{ConfState, Message, MessageType};
@@ -33,13 +35,7 @@ const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub enum Report {
     Unreachable(u64),
-    /// A peer reached us on a new connection (it restarted, or reconnected): our own
-    /// connection to it may be stale, so start a fresh one.
-    PeerReconnected(u64),
-    Snapshot {
-        to: u64,
-        ok: bool,
-    },
+    Snapshot { to: u64, ok: bool },
 }
 
 /// Test-only fault injection, switched at runtime (see `docs/guarantees.md`).
@@ -115,11 +111,6 @@ impl Transport {
         }
     }
 
-    /// Forgets the link to `id`; the next message opens a new connection.
-    pub fn reset_peer(&mut self, id: u64) {
-        self.peers.remove(&id);
-    }
-
     fn report(&self, r: Report) {
         if let Some(tx) = &self.reports {
             let _ = tx.try_send(r);
@@ -164,6 +155,125 @@ impl Transport {
     }
 }
 
+/// How long a sent raft message is kept to send again if its connection turns out to have
+/// been dead: a peer that restarted answers the first packet on a connection to its
+/// previous run with a stateless reset, one round trip after the message was lost.
+const RESEND_WINDOW: Duration = Duration::from_millis(500);
+/// At most this many messages are kept for sending again.
+const RESEND_MAX: usize = 256;
+
+/// One peer's link: the connection, its stream of `Raft` frames, and what was sent on them
+/// lately.
+struct Link {
+    self_id: u64,
+    peer: u64,
+    addr: String,
+    client: Arc<quinn::ClientConfig>,
+    /// One endpoint per address family, made when first needed: a name may resolve to
+    /// another address (and family) after the peer moves.
+    endpoints: HashMap<bool, quinn::Endpoint>,
+    conn: Option<quinn::Connection>,
+    stream: Option<ClientStream>,
+    recent: VecDeque<(Instant, Vec<u8>)>,
+}
+
+impl Link {
+    /// The live connection, connecting first when there is none.
+    async fn connection(&mut self) -> Result<quinn::Connection, shoal_protocol::ProtocolError> {
+        if let Some(c) = self.conn.as_ref().filter(|c| c.close_reason().is_none()) {
+            return Ok(c.clone());
+        }
+        self.forget();
+        let connect = async {
+            let to = quic::resolve(&self.addr).await?;
+            let endpoint = match self.endpoints.get(&to.is_ipv6()) {
+                Some(e) => e.clone(),
+                None => {
+                    let e = quic::client_endpoint(to)?;
+                    self.endpoints.insert(to.is_ipv6(), e.clone());
+                    e
+                }
+            };
+            quic::connect(&endpoint, to, (*self.client).clone(), COORDINATOR_SERVER_NAME).await
+        };
+        let c = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+            .await
+            .unwrap_or_else(|_| Err(shoal_protocol::ProtocolError::Connect("timed out".into())))?;
+        self.conn = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Drops the connection and its stream (what was sent on them stays in `recent`).
+    fn forget(&mut self) {
+        self.conn = None;
+        self.stream = None;
+    }
+
+    /// Writes one encoded message on the link's stream; false when the connection is dead.
+    async fn write(&mut self, bytes: &[u8]) -> bool {
+        let Ok(c) = self.connection().await else { return false };
+        if self.stream.is_none() {
+            self.stream = ClientStream::open(&c).await.ok();
+        }
+        let req = Request::Raft { from: self.self_id, message: bytes.to_vec() };
+        match self.stream.as_mut() {
+            Some(s) => s.send(&req).await.is_ok(),
+            None => false,
+        }
+    }
+
+    /// Sends a message and keeps it for [`RESEND_WINDOW`]. When the connection is found dead,
+    /// connects again and sends everything kept (this message included) on the new one:
+    /// raft ignores the duplicates, and a vote or an append lost on a connection to a
+    /// restarted peer's previous run is not left to an election timeout. False when the peer
+    /// cannot be reached.
+    async fn send(&mut self, bytes: Vec<u8>) -> bool {
+        let now = Instant::now();
+        while self.recent.front().is_some_and(|(t, _)| now.duration_since(*t) > RESEND_WINDOW) {
+            self.recent.pop_front();
+        }
+        if self.recent.len() == RESEND_MAX {
+            self.recent.pop_front();
+        }
+        if self.connection().await.is_err() {
+            return false;
+        }
+        let sent = self.write(&bytes).await;
+        self.recent.push_back((now, bytes));
+        sent || self.resend().await
+    }
+
+    /// Connects again and sends the messages of the last [`RESEND_WINDOW`]; false (and
+    /// nothing kept) when that fails too.
+    async fn resend(&mut self) -> bool {
+        self.forget();
+        let now = Instant::now();
+        let kept: Vec<Vec<u8>> = std::mem::take(&mut self.recent)
+            .into_iter()
+            .filter(|(t, _)| now.duration_since(*t) <= RESEND_WINDOW)
+            .map(|(_, b)| b)
+            .collect();
+        for bytes in &kept {
+            if !self.write(bytes).await {
+                self.forget();
+                return false;
+            }
+        }
+        debug!(peer = self.peer, messages = kept.len(), "sent raft messages again on a new connection");
+        metrics::counter!(m::RAFT_MESSAGES_RESENT).increment(kept.len() as u64);
+        self.recent = kept.into_iter().map(|b| (now, b)).collect();
+        true
+    }
+}
+
+/// Resolves when `conn` closes; never when there is none.
+async fn closed(conn: Option<quinn::Connection>) -> quinn::ConnectionError {
+    match conn {
+        Some(c) => c.closed().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn peer_loop(
     self_id: u64,
     peer: u64,
@@ -173,50 +283,50 @@ async fn peer_loop(
     reports: mpsc::Sender<Report>,
     faults: Arc<Faults>,
 ) {
-    // One endpoint per address family, made when first needed: a name may resolve to
-    // another address (and family) after the peer moves.
-    let mut endpoints: HashMap<bool, quinn::Endpoint> = HashMap::new();
-    let mut conn: Option<quinn::Connection> = None;
-    let mut stream: Option<ClientStream> = None;
-    while let Some(msg) = rx.recv().await {
+    let mut link = Link {
+        self_id,
+        peer,
+        addr,
+        client,
+        endpoints: HashMap::new(),
+        conn: None,
+        stream: None,
+        recent: VecDeque::new(),
+    };
+    loop {
+        let msg = tokio::select! {
+            msg = rx.recv() => match msg {
+                Some(msg) => msg,
+                None => break,
+            },
+            reason = closed(link.conn.clone()) => {
+                // A reset means the peer restarted and lost the connection: what was sent on
+                // it lately went nowhere. Any other end (a close, the idle timeout) leaves
+                // nothing to send again; the next message connects.
+                debug!(peer, %reason, "raft link closed");
+                if !matches!(reason, quinn::ConnectionError::Reset) {
+                    link.forget();
+                } else if !link.resend().await {
+                    let _ = reports.try_send(Report::Unreachable(peer));
+                }
+                continue;
+            }
+        };
         if faults.is_isolated() {
             continue;
         }
-        if conn.as_ref().is_none_or(|c| c.close_reason().is_some()) {
-            stream = None;
-            let connect = async {
-                let to = quic::resolve(&addr).await?;
-                let endpoint = match endpoints.get(&to.is_ipv6()) {
-                    Some(e) => e.clone(),
-                    None => {
-                        let e = quic::client_endpoint(to)?;
-                        endpoints.insert(to.is_ipv6(), e.clone());
-                        e
-                    }
-                };
-                quic::connect(&endpoint, to, (*client).clone(), COORDINATOR_SERVER_NAME).await
-            };
-            let connected = tokio::time::timeout(CONNECT_TIMEOUT, connect)
-                .await
-                .unwrap_or_else(|_| Err(shoal_protocol::ProtocolError::Connect("timed out".into())));
-            conn = match connected {
-                Ok(c) => Some(c),
+        if msg.get_msg_type() == MessageType::MsgSnapshot {
+            let ok = match link.connection().await {
+                Ok(c) => tokio::time::timeout(SNAPSHOT_TIMEOUT, send_snapshot(&c, self_id, msg)).await.unwrap_or(false),
                 Err(e) => {
                     debug!(peer, error = %e, "raft peer unreachable");
-                    let _ = reports.try_send(Report::Unreachable(peer));
-                    if msg.get_msg_type() == MessageType::MsgSnapshot {
-                        let _ = reports.try_send(Report::Snapshot { to: peer, ok: false });
-                    }
-                    tokio::time::sleep(RECONNECT_DELAY).await;
-                    continue;
+                    false
                 }
             };
-        }
-        let Some(c) = conn.clone() else { continue };
-        if msg.get_msg_type() == MessageType::MsgSnapshot {
-            let ok = tokio::time::timeout(SNAPSHOT_TIMEOUT, send_snapshot(&c, self_id, msg)).await.unwrap_or(false);
             if ok {
                 metrics::counter!(m::RAFT_SNAPSHOTS_SENT).increment(1);
+            } else {
+                let _ = reports.try_send(Report::Unreachable(peer));
             }
             let _ = reports.try_send(Report::Snapshot { to: peer, ok });
             continue;
@@ -228,17 +338,10 @@ async fn peer_loop(
                 continue;
             }
         };
-        if stream.is_none() {
-            stream = ClientStream::open(&c).await.ok();
-        }
-        let sent = match stream.as_mut() {
-            Some(s) => s.send(&Request::Raft { from: self_id, message: bytes }).await.is_ok(),
-            None => false,
-        };
-        if !sent {
-            stream = None;
-            conn = None;
+        if !link.send(bytes).await {
+            debug!(peer, "raft peer unreachable");
             let _ = reports.try_send(Report::Unreachable(peer));
+            tokio::time::sleep(RECONNECT_DELAY).await;
         }
     }
 }
