@@ -96,7 +96,11 @@ fn split_models_answer_like_the_whole_model_and_recover_from_lost_stages() {
         assert_eq!(text, reference[i % 3], "stream {i} through 3 stages differs from the whole model");
     }
     // Activations crossed the hops; each hop's latency was measured.
-    assert!(mesh.node_metric("shoal_node_stage_activation_bytes_total") > 0.0);
+    // f32 by default: 4 bytes per value, SmolLM2's 576 values per token.
+    let bytes = mesh.node_metric("shoal_node_stage_activation_bytes_total");
+    let rows = mesh.node_metric("shoal_node_stage_activation_rows_total");
+    assert!(rows > 0.0);
+    assert_eq!(bytes / rows, 576.0 * 4.0, "{bytes} bytes for {rows} tokens");
     assert!(mesh.node_metric("shoal_node_stage_hop_duration_seconds_count") > 0.0);
     assert!(mesh.node_metric("shoal_node_stage_forward_duration_seconds_count") > 0.0);
 
@@ -165,8 +169,9 @@ fn split_models_answer_like_the_whole_model_and_recover_from_lost_stages() {
 #[test]
 fn a_model_too_big_for_any_node_is_split_automatically() {
     // Each node declares 350 MiB of accelerator memory: the whole model (≈380 MiB with its
-    // overhead) fits on none, two stages fit on two.
-    let mesh = Mesh::start(&["node-x", "node-y"], 1500, &["--accelerator", "npu:sim:350MiB"]);
+    // overhead) fits on none, two stages fit on two. Activations go in bf16.
+    let mesh =
+        Mesh::start(&["node-x", "node-y"], 1500, &["--accelerator", "npu:sim:350MiB", "--stage-activations", "bf16"]);
     let gw = mesh.gateway();
     deploy(&gw, "auto", &[]);
     let s = stages(&gw, "auto");
@@ -175,4 +180,9 @@ fn a_model_too_big_for_any_node_is_split_automatically() {
     assert_eq!(s[1].2[1], 30);
     assert_eq!(s[0].2[1], s[1].2[0], "contiguous: {s:?}");
     assert!(chat_once(&gw, "auto", PROMPTS[0], 24).contains("Paris"));
+    // Half the bytes of f32 per token crossed the hop.
+    let bytes = mesh.node_metric("shoal_node_stage_activation_bytes_total");
+    let rows = mesh.node_metric("shoal_node_stage_activation_rows_total");
+    assert!(rows > 0.0);
+    assert_eq!(bytes / rows, 576.0 * 2.0, "{bytes} bytes for {rows} tokens");
 }

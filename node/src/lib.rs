@@ -47,6 +47,8 @@ pub struct NodeOptions {
     pub metrics: Option<SocketAddr>,
     /// How long one step of a split model may take from this node's stage to the end of its chain.
     pub stage_timeout: std::time::Duration,
+    /// How this node's stages send activations to the next stage.
+    pub stage_activations: shoal_protocol::pipeline::ActivationFormat,
     /// Run stdio MCP servers for the gateways (`--mcp-stdio`).
     pub mcp_stdio: bool,
 }
@@ -88,7 +90,8 @@ impl Node {
         let capacity = discovery::discover(&opts.accelerators);
         let endpoint = quic::server_endpoint_keyed(opts.listen, tls.server_config()?, &tls.reset_secret())?;
         let data_addr = endpoint.local_addr().map_err(|e| NodeError::io("data-plane endpoint", e))?;
-        let host = models::ModelHost::new(&opts.data_dir, tls.client_config()?, opts.stage_timeout)?;
+        let host =
+            models::ModelHost::new(&opts.data_dir, tls.client_config()?, opts.stage_timeout, opts.stage_activations)?;
         {
             let host = host.clone();
             let mcp_stdio = opts.mcp_stdio;

@@ -72,6 +72,21 @@ impl TensorFrame {
         TensorFrame { dtype: TensorDtype::F32, shape: vec![rows as u32, cols as u32], data }
     }
 
+    /// A 2-D tensor `[rows, cols]` in `format`: f32 as is, or each value rounded to the
+    /// nearest bf16 (ties to even; NaN stays NaN), half the bytes.
+    pub fn encode(format: ActivationFormat, rows: usize, cols: usize, values: &[f32]) -> TensorFrame {
+        match format {
+            ActivationFormat::F32 => TensorFrame::from_f32(rows, cols, values),
+            ActivationFormat::Bf16 => {
+                let mut data = Vec::with_capacity(values.len() * 2);
+                for v in values {
+                    data.extend_from_slice(&f32_to_bf16(*v).to_le_bytes());
+                }
+                TensorFrame { dtype: TensorDtype::Bf16, shape: vec![rows as u32, cols as u32], data }
+            }
+        }
+    }
+
     /// Elements the shape describes.
     pub fn elements(&self) -> Option<usize> {
         self.shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d as usize))
@@ -114,6 +129,27 @@ impl TensorFrame {
                 .collect(),
         }
     }
+}
+
+/// How a stage sends activations to the next one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ActivationFormat {
+    /// Bit-exact: a split model answers exactly like the whole model.
+    #[default]
+    F32,
+    /// Half the bytes per hop; each value keeps 8 bits of mantissa, so greedy output may
+    /// drift from the whole model's after some tokens.
+    Bf16,
+}
+
+/// The bf16 nearest to `v` (round to nearest, ties to even); NaN stays a (quiet) NaN.
+pub fn f32_to_bf16(v: f32) -> u16 {
+    let bits = v.to_bits();
+    if v.is_nan() {
+        return ((bits >> 16) as u16) | 0x0040;
+    }
+    let round = 0x7fff + ((bits >> 16) & 1);
+    (bits.wrapping_add(round) >> 16) as u16
 }
 
 fn f16_to_f32(h: u16) -> f32 {
@@ -182,6 +218,45 @@ pub struct StageResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bf16_frames_round_to_nearest_even_within_half_a_unit() {
+        let exact = [1.0f32, -2.5, 0.0, -0.0, 3.0, f32::INFINITY, f32::NEG_INFINITY];
+        let t = TensorFrame::encode(ActivationFormat::Bf16, 1, exact.len(), &exact);
+        assert_eq!(t.dtype, TensorDtype::Bf16);
+        assert_eq!(t.check_matrix(exact.len()), Ok(1));
+        assert_eq!(t.data.len(), exact.len() * 2);
+        let back = t.to_f32();
+        for (a, b) in exact.iter().zip(&back) {
+            assert_eq!(a.to_bits(), b.to_bits(), "{a} came back as {b}");
+        }
+        // Halfway cases go to the even mantissa.
+        let up = 2f32.powi(-7);
+        assert_eq!(f32::from_bits((f32_to_bf16(1.0 + up / 2.0) as u32) << 16), 1.0);
+        assert_eq!(f32::from_bits((f32_to_bf16(1.0 + 3.0 * up / 2.0) as u32) << 16), 1.0 + 2.0 * up);
+        assert_eq!(f32::from_bits((f32_to_bf16(-(1.0 + 3.0 * up / 2.0)) as u32) << 16), -(1.0 + 2.0 * up));
+        // Just past halfway goes up.
+        assert_eq!(f32::from_bits((f32_to_bf16(1.0 + up / 2.0 + up / 64.0) as u32) << 16), 1.0 + up);
+        assert!(f32::from_bits((f32_to_bf16(f32::NAN) as u32) << 16).is_nan());
+        assert_eq!(f32::from_bits((f32_to_bf16(f32::MAX) as u32) << 16), f32::INFINITY);
+        // Any normal value comes back within half a unit in the last place (bf16 keeps 8
+        // significant bits: at most 2^-8 of the value).
+        let mut x = 0x1234_5678u32;
+        let values: Vec<f32> = (0..10_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                (x as f32 / u32::MAX as f32 - 0.5) * 2f32.powi((x % 40) as i32 - 20)
+            })
+            .collect();
+        let t = TensorFrame::encode(ActivationFormat::Bf16, 100, 100, &values);
+        for (v, b) in values.iter().zip(t.to_f32()) {
+            assert!((v - b).abs() <= v.abs() * 2f32.powi(-8), "{v} came back as {b}");
+        }
+        // f32 frames are unchanged by `encode`.
+        assert_eq!(TensorFrame::encode(ActivationFormat::F32, 100, 100, &values).to_f32(), values);
+    }
 
     #[test]
     fn f32_round_trip_and_shape_checks() {

@@ -9,12 +9,13 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use super::bench_serve::{
     agent, concurrent_streams, get, post, shoal_command, single_stream, start_up, stream_once, Decode, DecodeArgs,
 };
+use super::join::StageActivations;
 
 const CHAT: &str = "smollm2-135m-instruct";
 
@@ -26,6 +27,9 @@ pub struct PipelineBench {
     /// compute side by side like separate machines instead of sharing every core.
     #[arg(long)]
     pub pin: bool,
+    /// How the stages send activations (every node's `--stage-activations`).
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = StageActivations::F32)]
+    pub stage_activations: StageActivations,
 }
 
 struct Joined(Vec<Child>);
@@ -106,7 +110,8 @@ pub fn run(a: PipelineBench) -> anyhow::Result<()> {
     eprintln!("starting shoal up and joining two more nodes…");
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let core = |i: usize| a.pin.then_some(i % cores);
-    let up = start_up(&a.decode.models, core(0))?;
+    let format = a.stage_activations.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default();
+    let up = start_up(&a.decode.models, core(0), &["--stage-activations", &format])?;
     let gw = up.gateway.clone();
     let ag = agent();
     let t = post(&ag, &format!("{gw}/v1/tokens"), &json!({"ttl_seconds": 3600}))?;
@@ -120,7 +125,7 @@ pub fn run(a: PipelineBench) -> anyhow::Result<()> {
             .args(["join", &up.quic, "--token", token, "--ca-hash", hash, "--data-dir"])
             .arg(up.dir.path().join(format!("node{i}")))
             .args(["--listen", &format!("127.0.0.1:{listen}"), "--metrics", &format!("127.0.0.1:{m}")])
-            .args(["--name", &format!("bench-node-{i}")])
+            .args(["--name", &format!("bench-node-{i}"), "--stage-activations", &format])
             .env("SHOAL_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
@@ -170,7 +175,9 @@ pub fn run(a: PipelineBench) -> anyhow::Result<()> {
     }
     let base = results[0].1.single;
     let base_agg = results[0].1.aggregate;
-    println!("decode tokens/s through the gateway; hops: activation bytes per token and mean transport time");
+    println!(
+        "decode tokens/s through the gateway; hops ({format} activations): activation bytes per token and mean transport time"
+    );
     for (label, d, single_hops, multi_hops) in &results {
         println!(
             "{label:<9} 1 stream {:>6.1} tok/s ({:.2}× 1 stage)   {} streams {:>6.1} tok/s ({:.2}× 1 stage)",

@@ -234,7 +234,7 @@ pub fn run(a: RecallBench) -> anyhow::Result<()> {
         bail!("{} is missing: run ./scripts/fetch-models.sh", a.models.join(EMBED).display());
     }
     eprintln!("starting shoal up and joining one more node…");
-    let up = start_up(&a.models, None)?;
+    let up = start_up(&a.models, None, &[])?;
     let gw = up.gateway.clone();
     let ag = agent();
     let t = post(&ag, &format!("{gw}/v1/tokens"), &json!({"ttl_seconds": 3600}))?;

@@ -111,7 +111,8 @@ pub(super) fn shoal_command(core: Option<usize>) -> anyhow::Result<Command> {
     })
 }
 
-pub(super) fn start_up(models: &Path, core: Option<usize>) -> anyhow::Result<Up> {
+/// Starts `shoal up` on free loopback ports with `extra` arguments, and waits for its models.
+pub(super) fn start_up(models: &Path, core: Option<usize>, extra: &[&str]) -> anyhow::Result<Up> {
     let dir = tempfile::tempdir()?;
     let port = |_: u8| super::bench::free_port();
     let (http, quic, node) = (port(0), port(1), port(2));
@@ -122,6 +123,7 @@ pub(super) fn start_up(models: &Path, core: Option<usize>) -> anyhow::Result<Up>
         .args(["--http", &format!("127.0.0.1:{http}"), "--listen", &format!("127.0.0.1:{quic}")])
         .args(["--node-listen", &format!("127.0.0.1:{node}"), "--models"])
         .arg(models)
+        .args(extra)
         .env("SHOAL_API_KEY", KEY)
         .env("SHOAL_LOG", "warn")
         .stdout(Stdio::null())
@@ -327,7 +329,7 @@ pub fn run(a: ServeBench) -> anyhow::Result<()> {
     }
     let mut rows = Vec::new();
     eprintln!("starting shoal up with the models and the built-in echo model…");
-    let up = start_up(&a.decode.models, None)?;
+    let up = start_up(&a.decode.models, None, &[])?;
     let gw = up.gateway.clone();
 
     // Gateway overhead on the no-op model: HTTP → gateway → router → QUIC → node → back.

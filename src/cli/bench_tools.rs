@@ -329,7 +329,7 @@ pub fn run(a: ToolsBench) -> anyhow::Result<()> {
     let prompts = prompts(a.prompts);
 
     eprintln!("starting shoal up…");
-    let up = start_up(&a.models, None)?;
+    let up = start_up(&a.models, None, &[])?;
     let url = format!("{}/v1/chat/completions", up.gateway);
     let deadline = Instant::now() + Duration::from_secs(300);
     while super::bench_serve::get(&format!("{}/v1/deployments/{}", up.gateway, a.model))

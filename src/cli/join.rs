@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use shoal_node::{discovery, Node, NodeOptions};
+use shoal_protocol::pipeline::ActivationFormat;
 use shoal_protocol::tls::parse_ca_hash;
 use shoal_protocol::token::JoinToken;
 
@@ -26,12 +27,24 @@ pub struct NodeArgs {
     /// the end of its chain before the requests in it fail (seconds).
     #[arg(long, value_name = "SECS", default_value_t = 30.0)]
     pub stage_timeout: f64,
+    /// For a model split across nodes: how this node's stages send activations to the next
+    /// stage. f32 is bit-exact (a split model answers exactly like the whole model); bf16
+    /// sends half the bytes per hop, and greedy answers may drift from the whole model's.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = StageActivations::F32)]
+    pub stage_activations: StageActivations,
     /// Run the stdio MCP servers registered with `shoal mcp add --command` on this node,
     /// when graph steps call them (each as a child process with only PATH in its
     /// environment, killed when its call ends). Off by default: it lets admins run commands
     /// on this machine.
     #[arg(long)]
     pub mcp_stdio: bool,
+}
+
+/// `--stage-activations`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StageActivations {
+    F32,
+    Bf16,
 }
 
 impl NodeArgs {
@@ -54,6 +67,10 @@ impl NodeArgs {
             labels,
             metrics: None,
             stage_timeout: std::time::Duration::from_secs_f64(self.stage_timeout),
+            stage_activations: match self.stage_activations {
+                StageActivations::F32 => ActivationFormat::F32,
+                StageActivations::Bf16 => ActivationFormat::Bf16,
+            },
             mcp_stdio: self.mcp_stdio,
         })
     }

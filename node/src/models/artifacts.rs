@@ -180,8 +180,13 @@ mod tests {
         let (_endpoint, addr, served) = source(&ca, holder, refuse_first).await;
         let cert = ca.issue_with_new_key(MemberRole::Node, "fetcher", &[]).expect("cert");
         let id = Identity::from_pem(&cert.cert_pem, &cert.key_pem, &ca.material.cert_pem).expect("id");
-        let host = ModelHost::new(&tmp.path().join("node"), id.client_config().expect("cfg"), Duration::from_secs(10))
-            .expect("host");
+        let host = ModelHost::new(
+            &tmp.path().join("node"),
+            id.client_config().expect("cfg"),
+            Duration::from_secs(10),
+            Default::default(),
+        )
+        .expect("host");
         let a = Assignment {
             placement_id: "p".into(),
             deployment: "d".into(),

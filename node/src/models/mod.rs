@@ -92,6 +92,8 @@ pub struct ModelHost {
     slots: Mutex<HashMap<String, Slot>>,
     /// How long one step of a split model may take from a stage to the end of its chain.
     pub stage_timeout: Duration,
+    /// How this node's stages send activations onwards.
+    pub stage_activations: shoal_protocol::pipeline::ActivationFormat,
     /// The index-shard copies of knowledge bases on this node.
     pub index: Arc<crate::index::IndexHost>,
     /// Artifact downloads in progress (one per hash).
@@ -105,6 +107,7 @@ impl ModelHost {
         data_dir: &std::path::Path,
         client: quinn::ClientConfig,
         stage_timeout: Duration,
+        stage_activations: shoal_protocol::pipeline::ActivationFormat,
     ) -> Result<Arc<Self>, crate::NodeError> {
         let store = ArtifactStore::open(data_dir.join("artifacts"))
             .map_err(|e| crate::NodeError::io(data_dir.join("artifacts").display().to_string(), e))?;
@@ -116,6 +119,7 @@ impl ModelHost {
             pool,
             slots: Mutex::new(HashMap::new()),
             stage_timeout,
+            stage_activations,
             fetches: artifacts::Fetches::default(),
             draining: Default::default(),
         }))
@@ -282,6 +286,7 @@ impl Actor for ModelReplica {
                     pool: host.pool.clone(),
                     next,
                     timeout: host.stage_timeout,
+                    activations: host.stage_activations,
                     stages: stage.count,
                     runtime: tokio::runtime::Handle::current(),
                     channel: Default::default(),

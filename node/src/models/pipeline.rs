@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use shoal_engine::{Batcher, Event, Llm, SamplingParams, StageOutput};
 use shoal_protocol::metric_names as m;
+use shoal_protocol::pipeline::ActivationFormat;
 use shoal_protocol::pool::{CallError, Pool};
 use shoal_protocol::quic::{ClientReceiver, ClientSender};
 use shoal_protocol::tls::NODE_SERVER_NAME;
@@ -40,6 +41,8 @@ pub struct Link {
     pub timeout: Duration,
     /// Stages in the chain.
     pub stages: u32,
+    /// How activations go to the next stage (f32, or bf16 at half the bytes).
+    pub activations: ActivationFormat,
     pub runtime: tokio::runtime::Handle,
     /// The stream that carries this stage's frames to the next one.
     pub channel: Arc<StageChannel>,
@@ -391,7 +394,7 @@ pub(super) fn head_loop(
                         let frame = StageForward {
                             placement_id: hop.placement_id.clone(),
                             sequences,
-                            hidden: TensorFrame::from_f32(rows, h.hidden, &h.data),
+                            hidden: TensorFrame::encode(link.activations, rows, h.hidden, &h.data),
                             budget_ms: link.timeout.as_millis().min(u32::MAX as u128) as u32,
                         };
                         groups[gi].in_flight = true;

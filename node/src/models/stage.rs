@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use shoal_engine::{HiddenStates, KvCache, Llm, SequenceSampler, StageInput, StageOutput};
 use shoal_protocol::metric_names as m;
+use shoal_protocol::pipeline::ActivationFormat;
 use shoal_protocol::{StageForward, StageRows, TensorFrame};
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
@@ -78,6 +79,7 @@ impl StageHandle {
             count: sequences.clone(),
             model: model.to_string(),
             stage: index.to_string(),
+            activations: link.activations,
         };
         std::thread::Builder::new()
             .name(format!("stage{index}-{model}"))
@@ -134,6 +136,8 @@ struct Worker {
     count: Arc<AtomicUsize>,
     model: String,
     stage: String,
+    /// How activations go to the next stage.
+    activations: ActivationFormat,
 }
 
 impl Worker {
@@ -243,7 +247,7 @@ impl Worker {
         };
         let out = match output {
             StageOutput::Hidden(h) => StageOut::Hidden {
-                hidden: TensorFrame::from_f32(rows, hidden, &h.data),
+                hidden: TensorFrame::encode(self.activations, rows, hidden, &h.data),
                 sequences: frame.sequences.clone(),
             },
             StageOutput::Logits(logits) => {
@@ -285,6 +289,7 @@ mod tests {
             count: Arc::new(AtomicUsize::new(0)),
             model: "m".into(),
             stage: "2".into(),
+            activations: ActivationFormat::F32,
         }
     }
 
