@@ -402,7 +402,10 @@ impl ControlPlane {
                 }
                 Err(e) => stream.refuse(RefusalCode::Unavailable, e.to_string()).await,
             },
-            Err(crate::CoordinatorError::NotLeader { .. }) => {
+            // raft drops a proposal it never appended while it hands leadership over: the
+            // writer can safely send it to the next leader.
+            Err(crate::CoordinatorError::NotLeader { .. })
+            | Err(crate::CoordinatorError::Raft(raft::Error::ProposalDropped)) => {
                 stream.refuse(RefusalCode::NotLeader, "not the leader").await
             }
             Err(e) => stream.refuse(RefusalCode::Unavailable, e.to_string()).await,

@@ -64,7 +64,11 @@ impl Writer {
                 Err(CoordinatorError::NotLeader { leader: None })
             };
             match result {
-                Err(CoordinatorError::NotLeader { .. }) if tokio::time::Instant::now() < deadline => {
+                // Not the leader, or raft dropped the proposal without appending it (a
+                // leadership hand-over is under way): safe to send again to the next leader.
+                Err(CoordinatorError::NotLeader { .. } | CoordinatorError::Raft(raft::Error::ProposalDropped))
+                    if tokio::time::Instant::now() < deadline =>
+                {
                     // Wait for another leader, but only briefly: the member this one takes
                     // for the leader may not know yet that it leads (it just won an election,
                     // or took over from a leader that stepped down), and then asking it again
