@@ -248,12 +248,11 @@ impl Link {
     async fn resend(&mut self) -> bool {
         self.forget();
         let now = Instant::now();
-        let kept: Vec<Vec<u8>> = std::mem::take(&mut self.recent)
-            .into_iter()
-            .filter(|(t, _)| now.duration_since(*t) <= RESEND_WINDOW)
-            .map(|(_, b)| b)
-            .collect();
-        for bytes in &kept {
+        // Each keeps the time it was first sent: a link reset again and again does not
+        // keep old messages alive.
+        self.recent.retain(|(t, _)| now.duration_since(*t) <= RESEND_WINDOW);
+        let kept = std::mem::take(&mut self.recent);
+        for (_, bytes) in &kept {
             if !self.write(bytes).await {
                 self.forget();
                 return false;
@@ -261,7 +260,7 @@ impl Link {
         }
         debug!(peer = self.peer, messages = kept.len(), "sent raft messages again on a new connection");
         metrics::counter!(m::RAFT_MESSAGES_RESENT).increment(kept.len() as u64);
-        self.recent = kept.into_iter().map(|b| (now, b)).collect();
+        self.recent = kept;
         true
     }
 }
