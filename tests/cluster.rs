@@ -257,7 +257,7 @@ fn corrupt_coordinator_storage_is_refused_with_a_clear_error() {
     let mut coord = Coord::start(&tmp.path().join("c"), 300, 1500);
     coord.token("1h"); // something committed
     coord.proc.kill();
-    let db = coord.dir.join("data/raft/raft.sled/db");
+    let db = coord.dir.join("data/raft/wal/0000000000000000.wal");
     let mut bytes = std::fs::read(&db).expect("db file");
     for i in (64..bytes.len().min(8192)).step_by(5) {
         bytes[i] ^= 0xa5;

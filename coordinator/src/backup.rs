@@ -350,7 +350,7 @@ pub fn restore(
     let raft_dir = data_dir.join("raft");
     {
         // A fresh store is written and flushed when it opens.
-        let _storage = crate::raft::storage::SledStorage::open_with(&raft_dir, &voters, state)?;
+        let _storage = crate::raft::wal_store::WalStorage::open_with(&raft_dir, &voters, state)?;
     }
     crate::pki::owner_only_tree(&raft_dir)?;
     Ok(Restored { voters, ca_written, artifacts })

@@ -25,8 +25,8 @@ use crate::config::ClusterConfig;
 use crate::control::ControlPlane;
 use crate::lease::LeaseTable;
 use crate::raft::core::CoreConfig;
-use crate::raft::storage::SledStorage;
 use crate::raft::transport::{AddressBook, Faults, Transport};
+use crate::raft::wal_store::WalStorage;
 use crate::raft::{DriverConfig, RaftHandle};
 use crate::state::{ApiKeyRecord, Command, Scope, TokenRecord};
 use crate::writer::Writer;
@@ -76,7 +76,7 @@ impl Coordinator {
 
         // A member that is not part of the bootstrap group starts empty and waits to be added.
         let voters = if member.initial { opts.config.voter_ids() } else { Vec::new() };
-        let storage = SledStorage::open(&opts.data_dir.join("raft"), &voters)?;
+        let storage = WalStorage::open(&opts.data_dir.join("raft"), &voters)?;
         pki::owner_only_tree(&opts.data_dir.join("raft"))?;
         std::fs::set_permissions(&opts.data_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .map_err(|e| CoordinatorError::io(&opts.data_dir, e))?;

@@ -154,7 +154,7 @@ impl Group {
             let ids: Vec<u64> = (1..=voters).collect();
             for id in &ids {
                 let raft = dir.join(format!("c{id}")).join("raft");
-                shoal_coordinator::raft::storage::SledStorage::open_with(&raft, &ids, state.clone())
+                shoal_coordinator::raft::wal_store::WalStorage::open_with(&raft, &ids, state.clone())
                     .with_context(|| format!("pre-filling {}", raft.display()))?;
             }
         }

@@ -11,8 +11,8 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 use super::core::{CoreConfig, RaftCore};
-use super::storage::SledStorage;
 use super::transport::{Report, Transport};
+use super::wal_store::WalStorage;
 use super::Proposal;
 use crate::state::{ClusterState, Command, Outcome};
 use crate::CoordinatorError;
@@ -200,7 +200,7 @@ impl RaftHandle {
     /// Starts the driver thread.
     pub fn start(
         cfg: DriverConfig,
-        storage: SledStorage,
+        storage: WalStorage,
         transport: Transport,
         reports: mpsc::Receiver<Report>,
     ) -> Result<(RaftHandle, std::thread::JoinHandle<()>), CoordinatorError> {
@@ -252,7 +252,7 @@ struct Pending {
 }
 
 struct Driver {
-    core: RaftCore<SledStorage>,
+    core: RaftCore<WalStorage>,
     pending: HashMap<u64, Pending>,
     reads: HashMap<u64, Reply<()>>,
     waiting_reads: Vec<(u64, Reply<()>)>,

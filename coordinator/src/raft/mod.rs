@@ -1,6 +1,7 @@
 //! The raft plane: raft-rs's `RawNode` in a pure core ([`core`]), driven by its own thread
-//! ([`driver`]), with sled as its storage ([`storage`]) and raft messages carried between
-//! coordinators in QUIC frames ([`transport`]).
+//! ([`driver`]), with a write-ahead log and checkpoint file as its storage ([`wal`],
+//! [`wal_store`]; [`storage`] reads the sled format of older data folders) and raft messages
+//! carried between coordinators in QUIC frames ([`transport`]).
 
 pub mod core;
 pub mod driver;
@@ -9,6 +10,8 @@ pub mod mem_store;
 pub mod storage;
 pub mod store;
 pub mod transport;
+pub mod wal;
+pub mod wal_store;
 
 pub use driver::{DriverConfig, RaftHandle, RaftStatus};
 

@@ -1,4 +1,6 @@
-//! raft-rs `Storage` on sled.
+//! raft-rs `Storage` on sled: the raft log's format until 2026-12-07, kept to read older data
+//! folders (moved into [`super::wal_store`] when first opened), and the home of the types both
+//! share ([`StoredState`], [`bootstrap`]).
 //!
 //! The `raft` tree holds log entries under `e/<index BE>`, and under `m/`: hard state, conf
 //! state and snapshot metadata. The `state` tree holds the last checkpoint of the state
@@ -73,7 +75,17 @@ impl StoredState {
     }
 }
 
-/// raft storage on a sled tree.
+/// What a sled store holds, read out whole.
+pub struct Exported {
+    pub hard_state: HardState,
+    pub conf_state: ConfState,
+    pub snapshot_meta: SnapshotMetadata,
+    pub entries: Vec<Entry>,
+    pub state: Option<StoredState>,
+}
+
+/// raft storage on a sled tree (the format before the write-ahead log; still read to move
+/// an older data folder over).
 pub struct SledStorage {
     db: sled::Db,
     tree: sled::Tree,
@@ -241,6 +253,24 @@ impl SledStorage {
         write_manifest(&store.manifest, store.hard_state.commit)?;
         store.manifest_commit = store.hard_state.commit;
         Ok(store)
+    }
+
+    /// Everything the store holds, for moving it into the write-ahead log
+    /// ([`super::wal_store::WalStorage`] does so when it finds a sled-era folder).
+    pub fn export(&self) -> Result<Exported, CoordinatorError> {
+        let entries = if self.last > self.snapshot_meta.index {
+            raft::Storage::entries(self, self.first(), self.last + 1, None, GetEntriesContext::empty(false))
+                .map_err(|e| corrupt(format!("reading the log to move it: {e}")))?
+        } else {
+            Vec::new()
+        };
+        Ok(Exported {
+            hard_state: self.hard_state.clone(),
+            conf_state: self.conf_state.clone(),
+            snapshot_meta: self.snapshot_meta.clone(),
+            entries,
+            state: self.load_state()?,
+        })
     }
 
     fn scan_last(&self) -> Result<u64, CoordinatorError> {
