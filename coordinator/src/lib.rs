@@ -1,4 +1,4 @@
-//! The Shoal coordinator: raft (raft-rs) with sled storage, the pure replicated state
+//! The Shoal coordinator: raft (raft-rs) on a write-ahead log of its own, the pure replicated state
 //! machine, node leases, the QUIC control plane, and the view it streams to gateways.
 //!
 //! What it owns: the cluster's source of truth and everything that changes it.

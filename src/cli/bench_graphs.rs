@@ -339,9 +339,9 @@ pub fn run(a: GraphsBench) -> anyhow::Result<()> {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
     println!(
-        "Shoal: `shoal up` (1 coordinator, raft on sled), POST /v1/graphs/{GRAPH}/runs waiting for the run; \
+        "Shoal: `shoal up` (1 coordinator, raft on its write-ahead log), POST /v1/graphs/{GRAPH}/runs waiting for the run; \
          every step's result is committed through raft and flushed to disk before the next step is planned \
-         (sled's flush: sync_file_range of each log write on Linux, fsync at segment ends)."
+         (one write and one fdatasync of the raft log per flush)."
     );
     for (sync, r) in &lg {
         match r {
@@ -390,8 +390,7 @@ pub fn run(a: GraphsBench) -> anyhow::Result<()> {
     );
     println!(
         "(ratios are Shoal ÷ LangGraph: below 1 is better for latencies, above 1 for runs/s; LG FULL fdatasyncs \
-         every commit, LG NORMAL none — sled's sync_file_range lies between: it waits for the data to reach the \
-         device, without flushing the device's cache or the file's metadata)"
+         every commit, LG NORMAL none — Shoal fdatasyncs every flush of its raft log, as LG FULL does)"
     );
     for (sync, r) in &lg {
         if let Ok(v) = r {

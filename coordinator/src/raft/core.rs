@@ -1,8 +1,9 @@
 //! The raft core: raft-rs's `RawNode` plus the state machine, with no threads, sockets or
 //! clocks. The caller ticks it, steps messages, proposes, and runs [`RaftCore::on_ready`],
 //! which persists (and flushes, once per pass) before anything that depends on it is sent,
-//! applies committed entries with [`crate::state::apply`] (checkpointing the state every
-//! `compact_after` entries), and reports what happened.
+//! applies committed entries with [`crate::state::apply`] (checkpointing the state once
+//! `compact_after` entries and as many bytes of log as the last checkpoint held have been
+//! applied since it), and reports what happened.
 //!
 //! The tokio driver ([`super::driver`]) and the deterministic simulation tests both run
 //! exactly this code.
@@ -73,6 +74,8 @@ pub struct RaftCore<S: RaftStore> {
     applied_shared: Arc<std::sync::atomic::AtomicU64>,
     next_seq: u64,
     compact_after: u64,
+    /// Bytes of entries applied since the last checkpoint.
+    log_bytes: u64,
 }
 
 fn proposal_context(node: u64, incarnation: u64, seq: u64) -> Vec<u8> {
@@ -133,6 +136,7 @@ impl<S: RaftStore> RaftCore<S> {
             applied_shared: Arc::new(std::sync::atomic::AtomicU64::new(stored.applied)),
             next_seq: 1,
             compact_after: cfg.compact_after.max(1),
+            log_bytes: 0,
         })
     }
 
@@ -327,7 +331,7 @@ impl<S: RaftStore> RaftCore<S> {
         // moves the commit index needs no flush (as in etcd): no message depends on it being
         // durable, the entries it commits were flushed when they were appended, and a commit
         // index lost in a crash is learned again from the leader. The write is made; the next
-        // flush (or sled's own, within half a second) carries it.
+        // flush carries it.
         if ready.must_sync() {
             self.node.mut_store().flush()?;
         }
@@ -353,6 +357,7 @@ impl<S: RaftStore> RaftCore<S> {
             if e.index <= self.applied {
                 continue;
             }
+            self.log_bytes += (e.data.len() + e.context.len()) as u64;
             out.applied_log.push((e.index, e.term, data_hash(&e.data)));
             let outcome = match e.get_entry_type() {
                 EntryType::EntryNormal => {
@@ -398,20 +403,31 @@ impl<S: RaftStore> RaftCore<S> {
         }
         self.applied = last.max(self.applied);
         self.applied_shared.store(self.applied, std::sync::atomic::Ordering::Release);
-        // The state is written only at checkpoints, every `compact_after` entries: a commit
-        // costs the same whatever the size of the state (the log holds what came since, and
-        // is applied again after a restart). The next Ready's flush makes it durable.
+        // The state is written only at checkpoints: a commit costs the same whatever the size
+        // of the state (the log holds what came since, and is applied again after a restart).
+        // A checkpoint waits for `compact_after` entries and for as many bytes of log as the
+        // last checkpoint held, so that its cost (encoding and writing the whole state) is
+        // spread over at least as many bytes of commits however large the state grows: the
+        // log in memory stays within about twice the state's size.
         drop(state);
-        if self.applied.saturating_sub(self.node.store().first()) >= self.compact_after {
+        if self.applied.saturating_sub(self.node.store().first()) >= self.compact_after
+            && self.log_bytes >= self.node.store().checkpoint_bytes()
+        {
             self.checkpoint()?;
         }
         Ok(())
     }
 
-    /// Saves the applied state and compacts the log up to it.
+    /// Saves the applied state and compacts the log up to it. The state is lent to the store
+    /// (no copy of it is made) while the write lock keeps everyone else out.
     fn checkpoint(&mut self) -> Result<(), CoordinatorError> {
-        let state = self.state.read().unwrap_or_else(|p| p.into_inner()).clone();
-        self.node.mut_store().checkpoint(&StoredState { applied: self.applied, state })?;
+        let mut guard = self.state.write().unwrap_or_else(|p| p.into_inner());
+        let stored = StoredState { applied: self.applied, state: std::mem::take(&mut *guard) };
+        let result = self.node.mut_store().checkpoint(&stored);
+        *guard = stored.state;
+        drop(guard);
+        result?;
+        self.log_bytes = 0;
         metrics::counter!(m::RAFT_CHECKPOINTS).increment(1);
         Ok(())
     }
@@ -467,4 +483,76 @@ fn v1_to_v2(v1: ConfChange) -> ConfChangeV2 {
     cc.set_changes(vec![single].into());
     cc.context = v1.context;
     cc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::mem_store::MemStore;
+    use crate::state::TokenRecord;
+
+    fn token(i: usize) -> Command {
+        Command::CreateToken(TokenRecord {
+            id: format!("t{i}"),
+            secret_hash: "h".repeat(64),
+            created_at_ms: 0,
+            expires_at_ms: u64::MAX,
+            description: String::new(),
+        })
+    }
+
+    /// A checkpoint waits for `compact_after` entries *and* for as many bytes of log as the
+    /// last checkpoint held: with a large state it comes exactly at the first entry where
+    /// both hold, never before.
+    #[test]
+    fn a_checkpoint_waits_for_as_many_log_bytes_as_the_state_holds() {
+        let store = MemStore::with_state(&[1], crate::state::synthetic_state(20, 200));
+        let state_bytes = store.checkpoint_bytes();
+        assert!(state_bytes > 20_000, "{state_bytes}");
+        let cfg = CoreConfig {
+            id: 1,
+            election_ticks: 10,
+            heartbeat_ticks: 1,
+            compact_after: 5,
+            election_range: None,
+            incarnation: 1,
+        };
+        let mut core = RaftCore::new(&cfg, store).expect("core");
+        core.campaign().expect("campaign");
+        let mut send = |_: Vec<Message>| {};
+        while !core.is_leader() {
+            core.on_ready(&mut send).expect("ready");
+        }
+        core.on_ready(&mut send).expect("ready");
+        let start = core.applied();
+        let first_before = core.store().first();
+        // Predict where the checkpoint must come: the first index past `compact_after` from
+        // the log's start at which the bytes applied since the start reach the state's size.
+        let mut bytes = 0u64;
+        let mut expected = None;
+        let mut compacted_at = None;
+        for i in 0..2_000 {
+            let cmd = token(i);
+            core.propose(&cmd).expect("propose");
+            core.on_ready(&mut send).expect("ready");
+            let index = core.applied();
+            assert_eq!(index, start + i as u64 + 1, "one entry applied per pass");
+            // The entry's data and its proposal context (node, incarnation, sequence: 24 bytes).
+            bytes += (encode_command(&cmd).expect("encode").len() + 24) as u64;
+            if expected.is_none() && index - first_before >= 5 && bytes >= state_bytes {
+                expected = Some(index);
+            }
+            if core.store().first() != first_before {
+                compacted_at = Some(index);
+                break;
+            }
+        }
+        assert!(
+            expected.is_some(),
+            "2,000 tokens never reached {state_bytes} bytes: {bytes} bytes, compacted at {compacted_at:?}, applied {}",
+            core.applied()
+        );
+        assert_eq!(compacted_at, expected, "entries applied since {start}");
+        assert!(compacted_at.unwrap_or(0) - start > 100, "the byte rule, not the entry count, decided");
+    }
 }

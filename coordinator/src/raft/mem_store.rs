@@ -1,6 +1,6 @@
 //! An in-memory [`RaftStore`] for deterministic simulation. Writes land in a working copy;
 //! `flush` makes them durable. A simulated crash throws the working copy away and restarts
-//! from the durable one, exactly what a process crash does to unflushed sled writes.
+//! from the durable one, exactly what a process crash does to unflushed writes of the real log.
 
 use std::sync::{Arc, Mutex};
 
@@ -30,20 +30,32 @@ pub struct MemStore {
     /// Flushes left before the simulated process dies in the middle of a flush.
     flushes_left: Option<u32>,
     checkpoint_wanted: std::sync::atomic::AtomicBool,
+    /// Encoded size of the last checkpoint (or snapshot installed) in this run.
+    checkpoint_bytes: u64,
 }
 
 impl MemStore {
     /// A fresh store bootstrapped with `voters` (empty for a member added later).
     pub fn new(voters: &[u64]) -> Self {
+        Self::with_state(voters, Default::default())
+    }
+
+    /// Like [`MemStore::new`], a bootstrap member starting from `initial`.
+    pub fn with_state(voters: &[u64], initial: crate::state::ClusterState) -> Self {
         let (snapshot_meta, hard_state, conf_state) = super::storage::bootstrap(voters);
-        let state = (!voters.is_empty())
-            .then(|| StoredState { applied: super::storage::BOOTSTRAP_INDEX, state: Default::default() });
+        let state =
+            (!voters.is_empty()).then_some(StoredState { applied: super::storage::BOOTSTRAP_INDEX, state: initial });
+        let checkpoint_bytes = match &state {
+            Some(s) => s.encode().map(|b| b.len() as u64).unwrap_or(0),
+            None => 0,
+        };
         let data = MemData { entries: Vec::new(), hard_state, conf_state, snapshot_meta, state };
         Self {
             durable: Arc::new(Mutex::new(data.clone())),
             cur: data,
             flushes_left: None,
             checkpoint_wanted: Default::default(),
+            checkpoint_bytes,
         }
     }
 
@@ -55,7 +67,17 @@ impl MemStore {
     /// A store as it is after a crash: only what was flushed.
     pub fn recover(durable: &Durable) -> Self {
         let data = durable.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        Self { cur: data, durable: durable.clone(), flushes_left: None, checkpoint_wanted: Default::default() }
+        let checkpoint_bytes = match &data.state {
+            Some(s) => s.encode().map(|b| b.len() as u64).unwrap_or(0),
+            None => 0,
+        };
+        Self {
+            cur: data,
+            durable: durable.clone(),
+            flushes_left: None,
+            checkpoint_wanted: Default::default(),
+            checkpoint_bytes,
+        }
     }
 
     /// Lets `n` more flushes succeed, then fails the next one as a process killed right
@@ -157,6 +179,7 @@ impl RaftStore for MemStore {
         self.cur.conf_state = meta.get_conf_state().clone();
         self.cur.snapshot_meta = meta;
         self.cur.state = Some(stored.clone());
+        self.checkpoint_bytes = snap.data.len() as u64;
         Ok(stored)
     }
 
@@ -173,6 +196,7 @@ impl RaftStore for MemStore {
         let cs = self.cur.conf_state.clone();
         self.cur.snapshot_meta.set_conf_state(cs);
         self.cur.state = Some(stored.clone());
+        self.checkpoint_bytes = stored.encode()?.len() as u64;
         Ok(())
     }
 
@@ -208,5 +232,9 @@ impl RaftStore for MemStore {
 
     fn checkpoint_wanted(&self) -> &std::sync::atomic::AtomicBool {
         &self.checkpoint_wanted
+    }
+
+    fn checkpoint_bytes(&self) -> u64 {
+        self.checkpoint_bytes
     }
 }

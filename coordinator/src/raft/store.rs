@@ -30,6 +30,11 @@ pub trait RaftStore: raft::Storage {
     fn conf_state(&self) -> &ConfState;
     /// The membership at the last checkpoint (or snapshot installed).
     fn snapshot_conf_state(&self) -> &ConfState;
+    /// Size of the last checkpoint as stored (0 when unknown): the core waits for as many
+    /// bytes of log before writing the next one.
+    fn checkpoint_bytes(&self) -> u64 {
+        0
+    }
     /// Set when a snapshot was asked for that the last checkpoint cannot serve (its
     /// membership does not hold the member it is for, one added since): the core then
     /// checkpoints at once, and raft-rs asks again.

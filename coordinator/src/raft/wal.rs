@@ -20,7 +20,7 @@
 //! their entries.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::CoordinatorError;
@@ -213,7 +213,14 @@ pub struct Wal {
 fn create_segment(dir: &Path, seq: u64, size: u64) -> Result<File, CoordinatorError> {
     let path = dir.join(segment_name(seq));
     let tmp = dir.join(format!("{}.tmp", segment_name(seq)));
-    let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp).map_err(io(&tmp))?;
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
     let chunk = vec![0u8; 1 << 20];
     let mut at = 0u64;
     while at < size {

@@ -48,6 +48,13 @@ fn sync_dir(dir: &Path) -> Result<(), CoordinatorError> {
     std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
+/// Creates (or truncates) a file readable by its owner only: the checkpoint holds API key
+/// hashes and the catalogue.
+fn owner_only_file(path: &Path) -> Result<std::fs::File, CoordinatorError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map_err(io(path))
+}
+
 /// Writes the checkpoint file: `magic | meta_len u32 | meta | state_len u64 | state | crc32`,
 /// the checksum over everything between the magic and itself. Whole or not at all.
 fn write_checkpoint(dir: &Path, meta: &SnapshotMetadata, state: &[u8]) -> Result<(), CoordinatorError> {
@@ -63,7 +70,7 @@ fn write_checkpoint(dir: &Path, meta: &SnapshotMetadata, state: &[u8]) -> Result
     let mut crc = crc32fast::Hasher::new();
     crc.update(&head[8..]);
     crc.update(state);
-    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    let mut f = owner_only_file(&tmp)?;
     f.write_all(&head).map_err(io(&tmp))?;
     f.write_all(state).map_err(io(&tmp))?;
     f.write_all(&crc.finalize().to_le_bytes()).map_err(io(&tmp))?;
@@ -118,14 +125,17 @@ fn read_manifest(path: &Path) -> Result<Option<u64>, CoordinatorError> {
 fn write_manifest(path: &Path, commit: u64) -> Result<(), CoordinatorError> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    let mut f = owner_only_file(&tmp)?;
     f.write_all(format!("durable_commit={commit}\n").as_bytes()).map_err(io(&tmp))?;
     f.sync_all().map_err(io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io(path))
 }
 
-/// The manifest is rewritten once the commit index has moved this far past it.
+/// The manifest is rewritten once the commit index has moved this far past it, at most once
+/// per [`MANIFEST_INTERVAL`] (each rewrite is a file creation, an fsync and a rename: at every
+/// 64 commits it cost a busy leader hundreds of metadata syncs per second).
 const MANIFEST_EVERY: u64 = 64;
+const MANIFEST_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The raft log in memory, written through to the WAL.
 pub struct WalStorage {
@@ -140,7 +150,10 @@ pub struct WalStorage {
     /// emptier than it was (lost, replaced, or cut by damage) is refused instead of served.
     manifest: PathBuf,
     manifest_commit: u64,
+    manifest_written: std::time::Instant,
     checkpoint_wanted: std::sync::atomic::AtomicBool,
+    /// Size of the checkpoint file.
+    checkpoint_bytes: u64,
 }
 
 /// The frame a segment starts with: everything the entries after it need.
@@ -196,6 +209,7 @@ impl WalStorage {
         }
         let (mut wal, segments) = Wal::open(&wal_dir, segment_bytes)?;
         let checkpoint = read_checkpoint(dir)?;
+        let checkpoint_bytes = checkpoint.as_ref().map(|(_, b)| b.len() as u64).unwrap_or(0);
         let meta = checkpoint.map(|(m, _)| m).unwrap_or_default();
         let mut entries: Vec<Entry> = Vec::new();
         let mut hs = HardState::default();
@@ -266,7 +280,9 @@ impl WalStorage {
             snapshot_meta: meta,
             manifest,
             manifest_commit: manifest_commit.unwrap_or(0),
+            manifest_written: std::time::Instant::now(),
             checkpoint_wanted: Default::default(),
+            checkpoint_bytes,
         };
         store.check_integrity()?;
         if store.hard_state.commit < store.manifest_commit {
@@ -351,9 +367,12 @@ impl RaftStore for WalStorage {
             self.wal.sync()?;
         }
         self.wal.drop_through(self.snapshot_meta.index)?;
-        if self.hard_state.commit >= self.manifest_commit + MANIFEST_EVERY {
+        if self.hard_state.commit >= self.manifest_commit + MANIFEST_EVERY
+            && self.manifest_written.elapsed() >= MANIFEST_INTERVAL
+        {
             write_manifest(&self.manifest, self.hard_state.commit)?;
             self.manifest_commit = self.hard_state.commit;
+            self.manifest_written = std::time::Instant::now();
         }
         Ok(())
     }
@@ -415,6 +434,10 @@ impl RaftStore for WalStorage {
         &self.checkpoint_wanted
     }
 
+    fn checkpoint_bytes(&self) -> u64 {
+        self.checkpoint_bytes
+    }
+
     fn load_state(&self) -> Result<Option<StoredState>, CoordinatorError> {
         match read_checkpoint(&self.dir)? {
             None => Ok(None),
@@ -429,6 +452,7 @@ impl RaftStore for WalStorage {
         let meta = snap.get_metadata().clone();
         let stored = StoredState::decode(&snap.data)?;
         write_checkpoint(&self.dir, &meta, &snap.data)?;
+        self.checkpoint_bytes = snap.data.len() as u64;
         let mut hs = self.hard_state.clone();
         hs.commit = hs.commit.max(meta.index);
         hs.term = hs.term.max(meta.term);
@@ -454,7 +478,9 @@ impl RaftStore for WalStorage {
         meta.index = index;
         meta.term = term;
         meta.set_conf_state(self.conf_state.clone());
-        write_checkpoint(&self.dir, &meta, &stored.encode()?)?;
+        let bytes = stored.encode()?;
+        write_checkpoint(&self.dir, &meta, &bytes)?;
+        self.checkpoint_bytes = bytes.len() as u64;
         self.entries.drain(..(index + 1 - self.offset()) as usize);
         self.snapshot_meta = meta;
         Ok(())

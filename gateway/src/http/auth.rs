@@ -8,7 +8,7 @@
 //! reaches, so slowness buys nothing for them; what protects a user-chosen key is that the
 //! stored value is `HMAC-SHA256(secret, key)` with a secret derived from the cluster CA's
 //! private key. That key lives in the coordinators' owner-only PKI folder and never enters the
-//! raft log or the sled database, so a copied database or backup alone does not allow
+//! raft log or its checkpoint, so a copied data folder or backup alone does not allow
 //! guessing keys offline.
 
 use axum::extract::{Request, State};
