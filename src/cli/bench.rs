@@ -77,8 +77,9 @@ pub struct RaftBench {
     /// Knowledge-base documents in the state of the pre-filled rows.
     #[arg(long, default_value_t = 100_000)]
     pub prefill_documents: usize,
-    /// Writes in the pre-filled 32-writer row (default: --writes). A checkpoint waits for as
-    /// many bytes of log as the state holds, so seeing one of a 100,000-document state takes
+    /// Writes in the pre-filled 32-writer row (default: --writes); when it differs, a row of
+    /// as many writes from an empty state comes first, to compare with. A checkpoint waits for
+    /// as many bytes of log as the state holds, so seeing one of a 100,000-document state takes
     /// about 150,000 writes.
     #[arg(long)]
     pub prefill_writes: Option<usize>,
@@ -542,6 +543,20 @@ fn raft(a: RaftBench) -> anyhow::Result<()> {
     let (rate, p50, p99) = throughput(&g, a.writes / 4, 1)?;
     println!("{:<8} {:<10} {rate:>10.0} {p50:>10.2} {p99:>10.2}   (one writer)", 3, "on");
     drop(g);
+    let prefill_writes = a.prefill_writes.unwrap_or(a.writes);
+    if prefill_writes != a.writes {
+        // A row as long as the pre-filled one, from an empty state, to compare like with like
+        // (a long row also grows the state by its own writes and rolls log segments).
+        let g = Group::new(&base.join("long-empty"), 3, true)?;
+        let before = checkpoints(&g);
+        let (rate, p50, p99) = throughput(&g, prefill_writes, a.concurrency)?;
+        let written = checkpoints(&g).saturating_sub(before);
+        println!(
+            "{:<8} {:<10} {rate:>10.0} {p50:>10.2} {p99:>10.2}   (empty state; {prefill_writes} writes, {written} checkpoints written by the members)",
+            3, "on"
+        );
+        drop(g);
+    }
     // The same with a large state: a commit must not cost more as the state grows.
     let built = Instant::now();
     let state = shoal_coordinator::state::synthetic_state(a.prefill_nodes, a.prefill_documents);
@@ -549,7 +564,6 @@ fn raft(a: RaftBench) -> anyhow::Result<()> {
     eprintln!("({label}: built in {:.1} s)", built.elapsed().as_secs_f64());
     let g = Group::new_with(&base.join("prefilled"), 3, true, Some(&state))?;
     let checkpoints_before = checkpoints(&g);
-    let prefill_writes = a.prefill_writes.unwrap_or(a.writes);
     let (rate, p50, p99) = throughput(&g, prefill_writes, a.concurrency)?;
     let written = checkpoints(&g).saturating_sub(checkpoints_before);
     println!(
