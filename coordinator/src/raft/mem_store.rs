@@ -4,9 +4,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
-use raft::{GetEntriesContext, RaftState, StorageError};
+use raft::prelude::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState};
 
+use super::log_tail::LogTail;
 use super::storage::StoredState;
 use super::store::RaftStore;
 use crate::CoordinatorError;
@@ -14,10 +15,9 @@ use crate::CoordinatorError;
 /// Everything a store holds.
 #[derive(Clone, Default)]
 pub struct MemData {
-    entries: Vec<Entry>,
+    log: LogTail,
     hard_state: HardState,
     conf_state: ConfState,
-    snapshot_meta: SnapshotMetadata,
     state: Option<StoredState>,
 }
 
@@ -49,7 +49,7 @@ impl MemStore {
             Some(s) => s.encode().map(|b| b.len() as u64).unwrap_or(0),
             None => 0,
         };
-        let data = MemData { entries: Vec::new(), hard_state, conf_state, snapshot_meta, state };
+        let data = MemData { log: LogTail::new(snapshot_meta), hard_state, conf_state, state };
         Self {
             durable: Arc::new(Mutex::new(data.clone())),
             cur: data,
@@ -90,10 +90,6 @@ impl MemStore {
     pub fn cancel_crash(&mut self) {
         self.flushes_left = None;
     }
-
-    fn offset(&self) -> u64 {
-        self.cur.snapshot_meta.index + 1
-    }
 }
 
 impl raft::Storage for MemStore {
@@ -108,33 +104,15 @@ impl raft::Storage for MemStore {
         max_size: impl Into<Option<u64>>,
         _: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        if low < self.offset() {
-            return Err(raft::Error::Store(StorageError::Compacted));
-        }
-        if high > self.last() + 1 {
-            return Err(raft::Error::Store(StorageError::Unavailable));
-        }
-        let (lo, hi) = ((low - self.offset()) as usize, (high - self.offset()) as usize);
-        let mut out: Vec<Entry> = self.cur.entries[lo..hi].to_vec();
-        raft::util::limit_size(&mut out, max_size.into());
-        Ok(out)
+        self.cur.log.slice(low, high, max_size.into())
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
-        if idx == self.cur.snapshot_meta.index {
-            return Ok(self.cur.snapshot_meta.term);
-        }
-        if idx < self.offset() {
-            return Err(raft::Error::Store(StorageError::Compacted));
-        }
-        if idx > self.last() {
-            return Err(raft::Error::Store(StorageError::Unavailable));
-        }
-        Ok(self.cur.entries[(idx - self.offset()) as usize].term)
+        self.cur.log.term(idx)
     }
 
     fn first_index(&self) -> raft::Result<u64> {
-        Ok(self.offset())
+        Ok(self.cur.log.first())
     }
 
     fn last_index(&self) -> raft::Result<u64> {
@@ -148,10 +126,7 @@ impl raft::Storage for MemStore {
 
 impl RaftStore for MemStore {
     fn append(&mut self, entries: &[Entry]) -> Result<(), CoordinatorError> {
-        let Some(first) = entries.first() else { return Ok(()) };
-        let keep = first.index.saturating_sub(self.offset()) as usize;
-        self.cur.entries.truncate(keep);
-        self.cur.entries.extend_from_slice(entries);
+        self.cur.log.append(entries);
         Ok(())
     }
 
@@ -173,11 +148,10 @@ impl RaftStore for MemStore {
     fn apply_snapshot(&mut self, snap: &Snapshot) -> Result<StoredState, CoordinatorError> {
         let meta = snap.get_metadata().clone();
         let stored = StoredState::decode(&snap.data)?;
-        self.cur.entries.clear();
         self.cur.hard_state.commit = self.cur.hard_state.commit.max(meta.index);
         self.cur.hard_state.term = self.cur.hard_state.term.max(meta.term);
         self.cur.conf_state = meta.get_conf_state().clone();
-        self.cur.snapshot_meta = meta;
+        self.cur.log.reset(meta);
         self.cur.state = Some(stored.clone());
         self.checkpoint_bytes = snap.data.len() as u64;
         Ok(stored)
@@ -185,16 +159,15 @@ impl RaftStore for MemStore {
 
     fn checkpoint(&mut self, stored: &StoredState) -> Result<(), CoordinatorError> {
         let index = stored.applied;
-        if index <= self.cur.snapshot_meta.index || index > self.last() {
+        if index <= self.cur.log.snapshot.index || index > self.last() {
             return Ok(());
         }
         let term = raft::Storage::term(self, index)?;
-        let drop = (index + 1 - self.offset()) as usize;
-        self.cur.entries.drain(..drop);
-        self.cur.snapshot_meta.index = index;
-        self.cur.snapshot_meta.term = term;
-        let cs = self.cur.conf_state.clone();
-        self.cur.snapshot_meta.set_conf_state(cs);
+        let mut meta = self.cur.log.snapshot.clone();
+        meta.index = index;
+        meta.term = term;
+        meta.set_conf_state(self.cur.conf_state.clone());
+        self.cur.log.compact(meta);
         self.cur.state = Some(stored.clone());
         self.checkpoint_bytes = stored.encode()?.len() as u64;
         Ok(())
@@ -215,11 +188,11 @@ impl RaftStore for MemStore {
     }
 
     fn first(&self) -> u64 {
-        self.offset()
+        self.cur.log.first()
     }
 
     fn last(&self) -> u64 {
-        self.cur.snapshot_meta.index + self.cur.entries.len() as u64
+        self.cur.log.last()
     }
 
     fn conf_state(&self) -> &ConfState {
@@ -227,7 +200,7 @@ impl RaftStore for MemStore {
     }
 
     fn snapshot_conf_state(&self) -> &ConfState {
-        self.cur.snapshot_meta.get_conf_state()
+        self.cur.log.snapshot.get_conf_state()
     }
 
     fn checkpoint_wanted(&self) -> &std::sync::atomic::AtomicBool {

@@ -5,6 +5,7 @@
 
 pub mod core;
 pub mod driver;
+pub mod log_tail;
 mod logger;
 pub mod mem_store;
 pub mod storage;

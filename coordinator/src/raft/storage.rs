@@ -510,103 +510,13 @@ impl raft::Storage for SledStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use raft::Storage;
 
     fn entry(index: u64, term: u64) -> Entry {
         Entry { index, term, data: vec![index as u8].into(), ..Default::default() }
     }
 
-    #[test]
-    fn entries_survive_reopen_and_conflicts_truncate() {
-        let dir = tempfile::tempdir().expect("tmp");
-        {
-            let mut s = SledStorage::open(dir.path(), &[1]).expect("open");
-            s.append(&[entry(2, 1), entry(3, 1), entry(4, 1)]).expect("append");
-            s.append(&[entry(4, 2), entry(5, 2)]).expect("append");
-            let hs = HardState { term: 2, commit: 5, ..Default::default() };
-            s.set_hard_state(&hs).expect("hs");
-            s.flush().expect("flush");
-        }
-        let s = SledStorage::open(dir.path(), &[9]).expect("reopen");
-        assert_eq!(s.initial_state().expect("state").conf_state.voters, vec![1]);
-        assert_eq!(s.last_index().expect("last"), 5);
-        assert_eq!(s.term(4).expect("term"), 2);
-        let got = s.entries(2, 6, None, GetEntriesContext::empty(false)).expect("entries");
-        assert_eq!(got.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(), vec![(2, 1), (3, 1), (4, 2), (5, 2)]);
-    }
-
-    #[test]
-    fn a_checkpoint_saves_the_state_compacts_and_serves_as_the_snapshot() {
-        let dir = tempfile::tempdir().expect("tmp");
-        {
-            let mut s = SledStorage::open(dir.path(), &[1]).expect("open");
-            s.append(&[entry(2, 1), entry(3, 1), entry(4, 2)]).expect("append");
-            s.set_hard_state(&HardState { term: 2, commit: 4, ..Default::default() }).expect("hs");
-            // A later membership is not the checkpoint's.
-            let mut state = ClusterState::default();
-            state.coordinators.insert(
-                1,
-                crate::state::CoordinatorRecord { id: 1, quic: "127.0.0.1:1".into(), http: "127.0.0.1:2".into() },
-            );
-            s.checkpoint(&StoredState { applied: 3, state }).expect("checkpoint");
-            s.set_conf_state(&ConfState { voters: vec![1, 2], ..Default::default() }).expect("cs");
-            s.flush().expect("flush");
-        }
-        let s = SledStorage::open(dir.path(), &[1]).expect("reopen");
-        assert_eq!(s.first_index().expect("first"), 4);
-        assert_eq!(s.term(3).expect("term"), 1);
-        assert!(matches!(
-            s.entries(1, 3, None, GetEntriesContext::empty(false)),
-            Err(raft::Error::Store(StorageError::Compacted))
-        ));
-        let loaded = s.load_state().expect("load").expect("a state");
-        assert_eq!((loaded.applied, loaded.state.coordinators.len()), (3, 1));
-        let snap = raft::Storage::snapshot(&s, 0, 1).expect("snapshot");
-        assert_eq!((snap.get_metadata().index, snap.get_metadata().term), (3, 1));
-        assert_eq!(snap.get_metadata().get_conf_state().voters, vec![1]);
-        assert_eq!(StoredState::decode(&snap.data).expect("decode").applied, 3);
-        // A member added after the checkpoint cannot be given it: a new checkpoint is asked for.
-        assert!(matches!(
-            raft::Storage::snapshot(&s, 0, 2),
-            Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
-        ));
-        assert!(s.checkpoint_wanted().load(std::sync::atomic::Ordering::Relaxed));
-    }
-
-    #[test]
-    fn a_state_larger_than_a_frame_is_checkpointed_and_read_back() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let big = crate::state::synthetic_state(1_000, 50_000);
-        let bytes = StoredState { applied: 1, state: big.clone() }.encode().expect("encode").len();
-        assert!(bytes > shoal_protocol::frame::MAX_FRAME_BYTES, "{bytes} bytes");
-        {
-            let mut s = SledStorage::open_with(dir.path(), &[1], big).expect("open");
-            s.append(&[entry(2, 1)]).expect("append");
-            s.checkpoint(&s.load_state().expect("load").map(|st| StoredState { applied: 2, ..st }).expect("state"))
-                .expect("checkpoint");
-            s.flush().expect("flush");
-        }
-        let s = SledStorage::open(dir.path(), &[1]).expect("reopen");
-        let loaded = s.load_state().expect("load").expect("a state");
-        assert_eq!(loaded.applied, 2);
-        assert_eq!(loaded.state.knowledge_bases["synthetic"].documents.len(), 50_000);
-        assert_eq!(loaded.state.nodes.len(), 1_000);
-    }
-
-    #[test]
-    fn a_database_that_comes_back_empty_is_refused() {
-        let dir = tempfile::tempdir().expect("tmp");
-        {
-            let mut s = SledStorage::open(dir.path(), &[1]).expect("open");
-            s.append(&(2..=100).map(|i| entry(i, 1)).collect::<Vec<_>>()).expect("append");
-            s.set_commit(100).expect("commit");
-            s.flush().expect("flush");
-        }
-        std::fs::remove_dir_all(dir.path().join("raft.sled")).expect("lose the database");
-        let err = SledStorage::open(dir.path(), &[1]).err().expect("must refuse");
-        assert!(err.to_string().contains("was lost or damaged"), "{err}");
-    }
-
+    /// An older data folder whose sled log is damaged is refused when it is moved over, and
+    /// left as it was.
     #[test]
     fn a_corrupt_entry_is_reported_on_open() {
         let dir = tempfile::tempdir().expect("tmp");
@@ -618,5 +528,8 @@ mod tests {
         }
         let err = SledStorage::open(dir.path(), &[1]).err().expect("must refuse");
         assert!(err.to_string().contains("corrupt storage"), "{err}");
+        let err = super::super::wal_store::WalStorage::open(dir.path(), &[1]).err().expect("must refuse");
+        assert!(err.to_string().contains("corrupt storage"), "{err}");
+        assert!(dir.path().join("raft.sled").exists() && !dir.path().join("wal").exists());
     }
 }

@@ -17,9 +17,10 @@ use std::path::{Path, PathBuf};
 
 use protobuf::Message as PbMessage;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
-use raft::{GetEntriesContext, RaftState, StorageError};
+use raft::{GetEntriesContext, RaftState};
 use tracing::{info, warn};
 
+use super::log_tail::LogTail;
 use super::storage::{bootstrap, StoredState, BOOTSTRAP_INDEX};
 use super::store::RaftStore;
 use super::wal::{Frame, Kind, Wal, SEGMENT_BYTES};
@@ -141,11 +142,10 @@ const MANIFEST_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1)
 pub struct WalStorage {
     dir: PathBuf,
     wal: Wal,
-    /// Entries after the snapshot, `snapshot_meta.index + 1` first.
-    entries: Vec<Entry>,
+    /// The snapshot (the checkpoint's position) and the entries after it.
+    log: LogTail,
     hard_state: HardState,
     conf_state: ConfState,
-    snapshot_meta: SnapshotMetadata,
     /// A file recording a commit index known to be durable, so that a log that comes back
     /// emptier than it was (lost, replaced, or cut by damage) is refused instead of served.
     manifest: PathBuf,
@@ -211,7 +211,7 @@ impl WalStorage {
         let checkpoint = read_checkpoint(dir)?;
         let checkpoint_bytes = checkpoint.as_ref().map(|(_, b)| b.len() as u64).unwrap_or(0);
         let meta = checkpoint.map(|(m, _)| m).unwrap_or_default();
-        let mut entries: Vec<Entry> = Vec::new();
+        let mut log = LogTail::new(meta.clone());
         let mut hs = HardState::default();
         let mut cs = ConfState::default();
         let mut term_at_snapshot: Option<u64> = None;
@@ -229,16 +229,14 @@ impl WalStorage {
                             }
                             continue;
                         }
-                        let last = meta.index + entries.len() as u64;
-                        if e.index > last + 1 {
+                        if e.index > log.last() + 1 {
                             return Err(corrupt(format!(
                                 "log has a gap: expected entry {}, found {}",
-                                last + 1,
+                                log.last() + 1,
                                 e.index
                             )));
                         }
-                        entries.truncate((e.index - meta.index - 1) as usize);
-                        entries.push(e);
+                        log.append(&[e]);
                     }
                     Kind::HardState => hs = parse_pb(&r.payload, "hard state")?,
                     Kind::ConfState => cs = parse_pb(&r.payload, "conf state")?,
@@ -251,7 +249,7 @@ impl WalStorage {
                             )));
                         }
                         if r.kind == Kind::Install {
-                            entries.clear();
+                            log.reset(meta.clone());
                             term_at_snapshot = (m.index == meta.index).then_some(m.term);
                         }
                     }
@@ -262,9 +260,9 @@ impl WalStorage {
         wal.set_max_indexes(&max_indexes);
         // A snapshot from the leader whose install record did not reach the log before a crash:
         // entries after it that do not follow from it go.
-        if term_at_snapshot.is_some_and(|t| t != meta.term) && !entries.is_empty() {
+        if term_at_snapshot.is_some_and(|t| t != meta.term) && log.last() > meta.index {
             warn!(index = meta.index, "dropping log entries that do not follow the installed snapshot");
-            entries.clear();
+            log.reset(meta.clone());
         }
         hs.commit = hs.commit.max(meta.index);
         hs.term = hs.term.max(meta.term);
@@ -274,10 +272,9 @@ impl WalStorage {
         let mut store = Self {
             dir: dir.to_path_buf(),
             wal,
-            entries,
+            log,
             hard_state: hs,
             conf_state: cs,
-            snapshot_meta: meta,
             manifest,
             manifest_commit: manifest_commit.unwrap_or(0),
             manifest_written: std::time::Instant::now(),
@@ -298,8 +295,8 @@ impl WalStorage {
 
     /// Terms never decrease and the commit index is within the log.
     fn check_integrity(&self) -> Result<(), CoordinatorError> {
-        let mut prev = self.snapshot_meta.term;
-        for e in &self.entries {
+        let mut prev = self.log.snapshot.term;
+        for e in self.log.entries() {
             if e.term < prev {
                 return Err(corrupt(format!("term goes backwards at entry {}", e.index)));
             }
@@ -313,10 +310,6 @@ impl WalStorage {
             )));
         }
         Ok(())
-    }
-
-    fn offset(&self) -> u64 {
-        self.snapshot_meta.index + 1
     }
 
     /// Where the next write goes in the newest segment (tests cut the log there).
@@ -361,12 +354,12 @@ impl RaftStore for WalStorage {
     fn flush(&mut self) -> Result<(), CoordinatorError> {
         if self.wal.has_pending() {
             if self.wal.must_roll() {
-                let mut first = state_frame(&self.snapshot_meta, &self.conf_state, &self.hard_state)?;
+                let mut first = state_frame(&self.log.snapshot, &self.conf_state, &self.hard_state)?;
                 self.wal.roll(&mut first)?;
             }
             self.wal.sync()?;
         }
-        self.wal.drop_through(self.snapshot_meta.index)?;
+        self.wal.drop_through(self.log.snapshot.index)?;
         if self.hard_state.commit >= self.manifest_commit + MANIFEST_EVERY
             && self.manifest_written.elapsed() >= MANIFEST_INTERVAL
         {
@@ -378,29 +371,28 @@ impl RaftStore for WalStorage {
     }
 
     fn first(&self) -> u64 {
-        self.offset()
+        self.log.first()
     }
 
     fn last(&self) -> u64 {
-        self.snapshot_meta.index + self.entries.len() as u64
+        self.log.last()
     }
 
     /// Appends entries, replacing any conflicting tail.
     fn append(&mut self, entries: &[Entry]) -> Result<(), CoordinatorError> {
         let Some(first) = entries.first() else { return Ok(()) };
-        if first.index < self.offset() || first.index > self.last() + 1 {
+        if first.index < self.log.first() || first.index > self.log.last() + 1 {
             return Err(corrupt(format!(
                 "append at {} outside the log ({}..={})",
                 first.index,
-                self.offset(),
-                self.last() + 1
+                self.log.first(),
+                self.log.last() + 1
             )));
         }
         for e in entries {
             self.wal.push_entry(e.index, &pb_bytes(e)?);
         }
-        self.entries.truncate((first.index - self.offset()) as usize);
-        self.entries.extend_from_slice(entries);
+        self.log.append(entries);
         Ok(())
     }
 
@@ -427,7 +419,7 @@ impl RaftStore for WalStorage {
     }
 
     fn snapshot_conf_state(&self) -> &ConfState {
-        self.snapshot_meta.get_conf_state()
+        self.log.snapshot.get_conf_state()
     }
 
     fn checkpoint_wanted(&self) -> &std::sync::atomic::AtomicBool {
@@ -459,10 +451,9 @@ impl RaftStore for WalStorage {
         self.wal.push(Kind::Install, &pb_bytes(&meta)?);
         self.wal.push(Kind::ConfState, &pb_bytes(meta.get_conf_state())?);
         self.wal.push(Kind::HardState, &pb_bytes(&hs)?);
-        self.entries.clear();
         self.conf_state = meta.get_conf_state().clone();
         self.hard_state = hs;
-        self.snapshot_meta = meta;
+        self.log.reset(meta);
         Ok(stored)
     }
 
@@ -470,19 +461,18 @@ impl RaftStore for WalStorage {
     /// covers; the segments holding only those are deleted at the next flush.
     fn checkpoint(&mut self, stored: &StoredState) -> Result<(), CoordinatorError> {
         let index = stored.applied;
-        if index <= self.snapshot_meta.index || index > self.last() {
+        if index <= self.log.snapshot.index || index > self.last() {
             return Ok(());
         }
         let term = raft::Storage::term(self, index)?;
-        let mut meta = self.snapshot_meta.clone();
+        let mut meta = self.log.snapshot.clone();
         meta.index = index;
         meta.term = term;
         meta.set_conf_state(self.conf_state.clone());
         let bytes = stored.encode()?;
         write_checkpoint(&self.dir, &meta, &bytes)?;
         self.checkpoint_bytes = bytes.len() as u64;
-        self.entries.drain(..(index + 1 - self.offset()) as usize);
-        self.snapshot_meta = meta;
+        self.log.compact(meta);
         Ok(())
     }
 }
@@ -499,33 +489,15 @@ impl raft::Storage for WalStorage {
         max_size: impl Into<Option<u64>>,
         _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        if low < self.offset() {
-            return Err(raft::Error::Store(StorageError::Compacted));
-        }
-        if high > self.last() + 1 {
-            return Err(raft::Error::Store(StorageError::Unavailable));
-        }
-        let (lo, hi) = ((low - self.offset()) as usize, (high - self.offset()) as usize);
-        let mut out = self.entries[lo..hi].to_vec();
-        raft::util::limit_size(&mut out, max_size.into());
-        Ok(out)
+        self.log.slice(low, high, max_size.into())
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
-        if idx == self.snapshot_meta.index {
-            return Ok(self.snapshot_meta.term);
-        }
-        if idx < self.offset() {
-            return Err(raft::Error::Store(StorageError::Compacted));
-        }
-        if idx > self.last() {
-            return Err(raft::Error::Store(StorageError::Unavailable));
-        }
-        Ok(self.entries[(idx - self.offset()) as usize].term)
+        self.log.term(idx)
     }
 
     fn first_index(&self) -> raft::Result<u64> {
-        Ok(self.offset())
+        Ok(self.log.first())
     }
 
     fn last_index(&self) -> raft::Result<u64> {
@@ -540,7 +512,7 @@ impl raft::Storage for WalStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use raft::Storage;
+    use raft::{Storage, StorageError};
 
     fn entry(index: u64, term: u64) -> Entry {
         Entry { index, term, data: vec![index as u8; 40].into(), ..Default::default() }
