@@ -1,6 +1,7 @@
 //! rkyv validation + deserialisation of every message that crosses the wire, and the
 //! protobuf raft messages carried inside `Raft`/`RaftSnapshot` frames. The first byte picks
 //! the type; the rest is the archive (as `frame::decode` gets it after the length prefix).
+//! Also the raft log's segment files as a coordinator reads them back from disk (kind 14).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -48,7 +49,7 @@ fn after_request(req: &Request) {
 
 fuzz_target!(|data: &[u8]| {
     let Some((&kind, payload)) = data.split_first() else { return };
-    match kind % 14 {
+    match kind % 15 {
         0 => {
             let _ = check::<Hello>(payload);
         }
@@ -101,6 +102,20 @@ fuzz_target!(|data: &[u8]| {
         }
         13 => {
             let _ = check::<SoftView>(payload);
+        }
+        // A raft log segment as read back from disk, as the newest segment (a torn tail may
+        // be cut) and as an older one (it may not).
+        14 => {
+            for last in [true, false] {
+                if let Ok(read) = shoal_coordinator::raft::wal::parse_segment(payload, last, "fuzz") {
+                    assert!(read.end as usize <= payload.len().next_multiple_of(16));
+                    for r in &read.records {
+                        if r.kind == shoal_coordinator::raft::wal::Kind::Entry {
+                            let _ = Entry::parse_from_bytes(&r.payload);
+                        }
+                    }
+                }
+            }
         }
         _ => {
             let _ = Snapshot::parse_from_bytes(payload);

@@ -240,6 +240,23 @@ fn messages(root: &Path) {
         }],
     };
     write(&dir, "soft-view", &tagged(13, &frame::to_payload(&soft).expect("soft view")));
+    // A real raft log segment: the state frame a store starts with, then two flushes.
+    let tmp = std::env::temp_dir().join(format!("shoal-seeds-wal-{}", std::process::id()));
+    {
+        use shoal_coordinator::raft::store::RaftStore;
+        let mut store = shoal_coordinator::raft::wal_store::WalStorage::open(&tmp, &[1]).expect("wal store");
+        let at = |index| raft::prelude::Entry { index, ..e.clone() };
+        store.append(&[at(2)]).expect("append");
+        store.flush().expect("flush");
+        store.set_commit(2).expect("commit");
+        store.append(&[at(3)]).expect("append");
+        store.flush().expect("flush");
+    }
+    let segment = std::fs::read(tmp.join("wal").join("0000000000000000.wal")).expect("segment");
+    let used = segment.iter().rposition(|b| *b != 0).map_or(0, |i| (i + 1).next_multiple_of(16));
+    // Followed by one zero header: where the unused rest of a segment begins.
+    write(&dir, "wal-segment", &tagged(14, &segment[..used + 16]));
+    let _ = std::fs::remove_dir_all(&tmp);
 }
 
 /// A GGUF with the real SmolLM2 header's metadata (its long arrays cut short) and one tensor.
