@@ -16,6 +16,7 @@ use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 
 use super::store::RaftStore;
+use super::wal_store::{read_manifest, write_manifest, MANIFEST_EVERY};
 use crate::state::ClusterState;
 use crate::CoordinatorError;
 
@@ -107,31 +108,6 @@ pub struct SledStorage {
     /// nor records the file's growth, so it survives a killed process but not a power cut.
     /// `fdatasync` on this descriptor does both (etcd fdatasyncs its WAL the same way).
     log_file: std::fs::File,
-}
-
-/// The manifest is rewritten once the commit index has moved this far past it.
-const MANIFEST_EVERY: u64 = 64;
-
-fn read_manifest(path: &Path) -> Result<Option<u64>, CoordinatorError> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => text
-            .lines()
-            .find_map(|l| l.strip_prefix("durable_commit="))
-            .and_then(|v| v.trim().parse().ok())
-            .map(Some)
-            .ok_or_else(|| corrupt(format!("{} is unreadable", path.display()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(CoordinatorError::io(path, e)),
-    }
-}
-
-fn write_manifest(path: &Path, commit: u64) -> Result<(), CoordinatorError> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| CoordinatorError::io(&tmp, e))?;
-    f.write_all(format!("durable_commit={commit}\n").as_bytes()).map_err(|e| CoordinatorError::io(&tmp, e))?;
-    f.sync_all().map_err(|e| CoordinatorError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| CoordinatorError::io(path, e))
 }
 
 fn get_pb<M: PbMessage>(tree: &sled::Tree, key: &[u8]) -> Result<Option<M>, CoordinatorError> {

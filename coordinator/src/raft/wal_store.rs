@@ -110,7 +110,7 @@ fn read_checkpoint(dir: &Path) -> Result<Option<(SnapshotMetadata, Vec<u8>)>, Co
     Ok(Some((meta, bytes[state_at..crc_at].to_vec())))
 }
 
-fn read_manifest(path: &Path) -> Result<Option<u64>, CoordinatorError> {
+pub(super) fn read_manifest(path: &Path) -> Result<Option<u64>, CoordinatorError> {
     match std::fs::read_to_string(path) {
         Ok(text) => text
             .lines()
@@ -123,7 +123,7 @@ fn read_manifest(path: &Path) -> Result<Option<u64>, CoordinatorError> {
     }
 }
 
-fn write_manifest(path: &Path, commit: u64) -> Result<(), CoordinatorError> {
+pub(super) fn write_manifest(path: &Path, commit: u64) -> Result<(), CoordinatorError> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
     let mut f = owner_only_file(&tmp)?;
@@ -135,7 +135,7 @@ fn write_manifest(path: &Path, commit: u64) -> Result<(), CoordinatorError> {
 /// The manifest is rewritten once the commit index has moved this far past it, at most once
 /// per [`MANIFEST_INTERVAL`] (each rewrite is a file creation, an fsync and a rename: at every
 /// 64 commits it cost a busy leader hundreds of metadata syncs per second).
-const MANIFEST_EVERY: u64 = 64;
+pub(super) const MANIFEST_EVERY: u64 = 64;
 const MANIFEST_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The raft log in memory, written through to the WAL.
