@@ -118,8 +118,43 @@ struct XGroup {
     row0: usize,
     rows: usize,
     q: Vec<[i8; BLOCK]>,
+    /// `q + 128` as unsigned bytes (what `vpdpbusd` wants of one operand).
+    qu: Vec<[u8; BLOCK]>,
+    /// `-16 *` the sums of each 4 consecutive `q` (the lanes of a `vpdpbusd` over the block): the start from
+    /// which a product with weights stored as `q + 16` comes out exact.
+    start16: Vec<[i32; 8]>,
     d: Vec<f32>,
     s: Vec<f32>,
+}
+
+/// One input block as the kernels read it (entries of an `XGroup`).
+#[derive(Clone, Copy)]
+pub(crate) struct XBlock<'a> {
+    q: &'a [i8; BLOCK],
+    qu: &'a [u8; BLOCK],
+    start16: &'a [i32; 8],
+}
+
+#[cfg(target_arch = "x86_64")]
+impl XBlock<'_> {
+    /// The signed values.
+    #[inline(always)]
+    pub(crate) fn v3(&self) -> core::arch::x86_64::__m256i {
+        pulp::cast(*self.q)
+    }
+
+    /// The values plus 128, as unsigned bytes.
+    #[inline(always)]
+    pub(crate) fn unsigned_v3(&self) -> core::arch::x86_64::__m256i {
+        pulp::cast(*self.qu)
+    }
+
+    /// `-16 * (sum of each 4 consecutive values)`: the start of a `vpdpbusd` of unsigned weights `q` that
+    /// stand for `q - 16`.
+    #[inline(always)]
+    pub(crate) fn start16_v3(&self) -> core::arch::x86_64::__m256i {
+        pulp::cast(*self.start16)
+    }
 }
 
 /// How a matmul quantises its inputs.
@@ -146,7 +181,15 @@ fn quantize_groups(x: &[f32], m: usize, k: usize, span: usize, style: InputQuant
         let left = m - row0;
         let rows = if left >= ROWS { ROWS } else { 1 << left.ilog2() };
         let n = blocks * rows;
-        let mut g = XGroup { row0, rows, q: vec![[0; BLOCK]; n], d: vec![0.0; n], s: vec![0.0; n] };
+        let mut g = XGroup {
+            row0,
+            rows,
+            q: vec![[0; BLOCK]; n],
+            qu: vec![[0; BLOCK]; n],
+            start16: vec![[0; 8]; n],
+            d: vec![0.0; n],
+            s: vec![0.0; n],
+        };
         for (i, row) in x[row0 * k..(row0 + rows) * k].chunks_exact(k).enumerate() {
             for (c, xs) in row.chunks_exact(span).enumerate() {
                 let d = match style {
@@ -158,6 +201,9 @@ fn quantize_groups(x: &[f32], m: usize, k: usize, span: usize, style: InputQuant
                     let sum: i32 = q.iter().map(|&v| v as i32).sum();
                     let at = (c * (span / BLOCK) + p) * rows + i;
                     (g.q[at], g.d[at], g.s[at]) = (*q, d, d * sum as f32);
+                    g.qu[at] = q.map(|v| (v as u8) ^ 0x80);
+                    g.start16[at] =
+                        core::array::from_fn(|l| -16 * q[4 * l..4 * l + 4].iter().map(|&v| v as i32).sum::<i32>());
                 }
             }
         }
@@ -283,6 +329,19 @@ pub(crate) trait WeightBlock: Copy + Send + Sync {
     const BYTES: usize;
     fn scale(&self, part: usize) -> f32;
     fn offset(&self, part: usize) -> f32;
+    /// `scale` and `offset` of every part (the first `PARTS` entries), for formats that decode what the parts
+    /// share once.
+    #[inline(always)]
+    fn scales_offsets(&self) -> ([f32; 8], [f32; 8]) {
+        let mut out = ([0f32; 8], [0f32; 8]);
+        for p in 0..Self::PARTS {
+            out.0[p] = self.scale(p);
+            if Self::OFFSET {
+                out.1[p] = self.offset(p);
+            }
+        }
+        out
+    }
     /// Integer dot product of part `part`'s `q` values with an input block.
     fn dot(&self, part: usize, x: &[i8; BLOCK]) -> i32;
     /// Appends the block's `32 * PARTS` dequantised values.
@@ -294,11 +353,7 @@ pub(crate) trait WeightBlock: Copy + Send + Sync {
     fn load_v3(&self, v: pulp::x86::V3, part: usize) -> Self::Loaded;
     /// Integer dot product with an input block as eight i32 partial sums (with `VNNI`, on `vnni_dot`).
     #[cfg(target_arch = "x86_64")]
-    fn dot_v3<const VNNI: bool>(
-        v: pulp::x86::V3,
-        w: Self::Loaded,
-        x: core::arch::x86_64::__m256i,
-    ) -> core::arch::x86_64::__m256i;
+    fn dot_v3<const VNNI: bool>(v: pulp::x86::V3, w: Self::Loaded, x: XBlock<'_>) -> core::arch::x86_64::__m256i;
 }
 
 /// A weight matrix on the engine's batched kernels, whatever its block format.
@@ -510,17 +565,26 @@ fn column_v3<B: WeightBlock, const R: usize, const VNNI: bool>(
 ) -> [f32; R] {
     use core::arch::x86_64::__m256;
     let (q, _) = g.q.as_chunks::<R>();
+    let (qu, _) = g.qu.as_chunks::<R>();
+    let (start16, _) = g.start16.as_chunks::<R>();
+    // The input blocks of each weight block's parts, R rows each.
+    let x = q.chunks_exact(B::PARTS).zip(qu.chunks_exact(B::PARTS)).zip(start16.chunks_exact(B::PARTS));
+    type Parts<'a, const R: usize> = ((&'a [[[i8; BLOCK]; R]], &'a [[[u8; BLOCK]; R]]), &'a [[[i32; 8]; R]]);
+    #[inline(always)]
+    fn row<const R: usize>(((q, qu), start16): Parts<'_, R>, p: usize, i: usize) -> XBlock<'_> {
+        XBlock { q: &q[p][i], qu: &qu[p][i], start16: &start16[p][i] }
+    }
     let (d, _) = g.d.as_chunks::<R>();
     let (s, _) = g.s.as_chunks::<R>();
     let mut macc = [0f32; R];
     if R == 1 {
         // One row: everything in one pass (the scale goes from a register straight to the broadcast).
         let mut acc = v.avx._mm256_setzero_ps();
-        let parts = q.chunks_exact(B::PARTS).zip(d.chunks_exact(B::PARTS)).zip(s.chunks_exact(B::PARTS));
-        for (wb, ((q, d), s)) in wrow.iter().zip(parts) {
+        let parts = x.zip(d.chunks_exact(B::PARTS)).zip(s.chunks_exact(B::PARTS));
+        for (wb, ((x, d), s)) in wrow.iter().zip(parts) {
             prefetch_v3(v, wb);
             for p in 0..B::PARTS {
-                let dot = B::dot_v3::<VNNI>(v, wb.load_v3(v, p), pulp::cast(q[p][0]));
+                let dot = B::dot_v3::<VNNI>(v, wb.load_v3(v, p), row(x, p, 0));
                 let scale = v.avx._mm256_set1_ps(wb.scale(p) * d[p][0]);
                 acc = v.fma._mm256_fmadd_ps(v.avx._mm256_cvtepi32_ps(dot), scale, acc);
                 if B::OFFSET {
@@ -536,26 +600,24 @@ fn column_v3<B: WeightBlock, const R: usize, const VNNI: bool>(
     // costs a stalled store-to-load round trip per row).
     scales.clear();
     for (wb, (d, s)) in wrow.iter().zip(d.chunks_exact(B::PARTS).zip(s.chunks_exact(B::PARTS))) {
+        let (dw, mw) = wb.scales_offsets();
         for p in 0..B::PARTS {
-            let dw = wb.scale(p);
-            scales.push(core::array::from_fn(|i| dw * d[p][i]));
+            scales.push(core::array::from_fn(|i| dw[p] * d[p][i]));
             if B::OFFSET {
-                let mw = wb.offset(p);
                 for i in 0..R {
-                    macc[i] += mw * s[p][i];
+                    macc[i] += mw[p] * s[p][i];
                 }
             }
         }
     }
     let mut acc: [__m256; R] = [v.avx._mm256_setzero_ps(); R];
-    let parts = q.chunks_exact(B::PARTS).zip(scales.chunks_exact(B::PARTS));
-    for (wb, (q, scale)) in wrow.iter().zip(parts) {
+    for (wb, (scale, x)) in wrow.iter().zip(scales.chunks_exact(B::PARTS).zip(x)) {
         prefetch_v3(v, wb);
-        for p in 0..B::PARTS {
+        for (p, scale) in scale.iter().enumerate() {
             let loaded = wb.load_v3(v, p);
             for i in 0..R {
-                let dot = B::dot_v3::<VNNI>(v, loaded, pulp::cast(q[p][i]));
-                let sc = v.avx._mm256_set1_ps(scale[p][i]);
+                let dot = B::dot_v3::<VNNI>(v, loaded, row(x, p, i));
+                let sc = v.avx._mm256_set1_ps(scale[i]);
                 acc[i] = v.fma._mm256_fmadd_ps(v.avx._mm256_cvtepi32_ps(dot), sc, acc[i]);
             }
         }

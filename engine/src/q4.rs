@@ -4,7 +4,7 @@
 //! `d * dx * dot(q, xq) + m * dx * sum(xq)` (see `matmul` for the kernel).
 
 use crate::half::{f16_to_f32, f32_to_f16};
-use crate::matmul::{BlockMatrix, WeightBlock, BLOCK};
+use crate::matmul::{BlockMatrix, WeightBlock, XBlock, BLOCK};
 
 /// Bytes of nibbles per block.
 const NIBBLES: usize = BLOCK / 2;
@@ -111,12 +111,8 @@ impl WeightBlock for Q4Block {
     /// 2 * 15 * 127 per 16-bit lane: no saturation).
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    fn dot_v3<const VNNI: bool>(
-        v: pulp::x86::V3,
-        w: Self::Loaded,
-        x: core::arch::x86_64::__m256i,
-    ) -> core::arch::x86_64::__m256i {
-        crate::matmul::unsigned_dot_v3::<VNNI>(v, w, x)
+    fn dot_v3<const VNNI: bool>(v: pulp::x86::V3, w: Self::Loaded, x: XBlock<'_>) -> core::arch::x86_64::__m256i {
+        crate::matmul::unsigned_dot_v3::<VNNI>(v, w, x.v3())
     }
 }
 

@@ -5,7 +5,7 @@
 //! fold `-dmin * m_p` into the part's offset (see `matmul`).
 
 use crate::half::f16_to_f32;
-use crate::matmul::{BlockMatrix, WeightBlock, BLOCK};
+use crate::matmul::{BlockMatrix, WeightBlock, XBlock, BLOCK};
 
 /// Values per super-block.
 const VALUES: usize = 256;
@@ -81,6 +81,18 @@ impl WeightBlock for Q4KBlock {
     }
 
     #[inline(always)]
+    fn scales_offsets(&self) -> ([f32; 8], [f32; 8]) {
+        let (d, dmin) = (f16_to_f32(self.d), f16_to_f32(self.dmin));
+        let mut out = ([0f32; 8], [0f32; 8]);
+        for p in 0..Self::PARTS {
+            let (sc, m) = self.scale_min(p);
+            out.0[p] = d * sc as f32;
+            out.1[p] = -(dmin * m as f32);
+        }
+        out
+    }
+
+    #[inline(always)]
     fn dot(&self, part: usize, x: &[i8; BLOCK]) -> i32 {
         x.iter().enumerate().map(|(l, &x)| self.q(part, l) as i32 * x as i32).sum()
     }
@@ -107,12 +119,8 @@ impl WeightBlock for Q4KBlock {
     /// Unsigned nibbles times signed inputs (at most 2 * 15 * 127 per 16-bit lane: no saturation).
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    fn dot_v3<const VNNI: bool>(
-        v: pulp::x86::V3,
-        w: Self::Loaded,
-        x: core::arch::x86_64::__m256i,
-    ) -> core::arch::x86_64::__m256i {
-        crate::matmul::unsigned_dot_v3::<VNNI>(v, w, x)
+    fn dot_v3<const VNNI: bool>(v: pulp::x86::V3, w: Self::Loaded, x: XBlock<'_>) -> core::arch::x86_64::__m256i {
+        crate::matmul::unsigned_dot_v3::<VNNI>(v, w, x.v3())
     }
 }
 

@@ -4,7 +4,7 @@
 //! unsigned `q` and subtract 16 times the inputs' sum in the same integer lanes (see `matmul`).
 
 use crate::half::f16_to_f32;
-use crate::matmul::{BlockMatrix, WeightBlock, BLOCK};
+use crate::matmul::{BlockMatrix, WeightBlock, XBlock, BLOCK};
 use crate::q8::Q8Block;
 
 /// Bytes of one stored block.
@@ -107,17 +107,13 @@ impl WeightBlock for Q5Block {
     /// saturation).
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    fn dot_v3<const VNNI: bool>(
-        v: pulp::x86::V3,
-        w: Self::Loaded,
-        x: core::arch::x86_64::__m256i,
-    ) -> core::arch::x86_64::__m256i {
+    fn dot_v3<const VNNI: bool>(v: pulp::x86::V3, w: Self::Loaded, x: XBlock<'_>) -> core::arch::x86_64::__m256i {
         if VNNI {
-            // `q * x - 16 * x` as two dot products in 32-bit lanes.
-            let bias = crate::matmul::vnni_dot(v, v.avx._mm256_set1_epi8(16), x);
-            return v.avx2._mm256_sub_epi32(crate::matmul::vnni_dot(v, w, x), bias);
+            // `q * x` started from `-16 * x` (lane by lane, made from the input block's sums): exact, one dot
+            // product per row.
+            return crate::matmul::vnni_dot_from(x.start16_v3(), w, x.v3());
         }
-        crate::matmul::offset_dot_v3(v, w, x, 16, v.avx._mm256_set1_epi16(1))
+        crate::matmul::offset_dot_v3(v, w, x.v3(), 16, v.avx._mm256_set1_epi16(1))
     }
 }
 

@@ -6,7 +6,7 @@
 //! weighs its two halves by their scales, and `d` is the part's float scale (see `matmul`).
 
 use crate::half::f16_to_f32;
-use crate::matmul::{BlockMatrix, WeightBlock, BLOCK};
+use crate::matmul::{BlockMatrix, WeightBlock, XBlock, BLOCK};
 
 /// Values per super-block.
 const VALUES: usize = 256;
@@ -92,9 +92,10 @@ impl WeightBlock for Q6KBlock {
         }
     }
 
-    /// The part's 32 unsigned values as bytes, and its two scales as 16-bit lanes (8 each).
+    /// The part's 32 unsigned values as bytes, and its two scales as 16-bit lanes (8 each) and as 32-bit lanes
+    /// (4 each).
     #[cfg(target_arch = "x86_64")]
-    type Loaded = (core::arch::x86_64::__m256i, core::arch::x86_64::__m256i);
+    type Loaded = (core::arch::x86_64::__m256i, core::arch::x86_64::__m256i, core::arch::x86_64::__m256i);
 
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
@@ -118,19 +119,27 @@ impl WeightBlock for Q6KBlock {
         let q = v.avx2._mm256_or_si256(nibbles, v.avx2._mm256_and_si256(top, v.avx._mm256_set1_epi8(0x30)));
         let (a, b) = self.part_scales(part);
         let scales = v.avx._mm256_set_m128i(v.sse2._mm_set1_epi16(b as i16), v.sse2._mm_set1_epi16(a as i16));
-        (q, scales)
+        let wide = v.avx._mm256_set_m128i(v.sse2._mm_set1_epi32(b as i32), v.sse2._mm_set1_epi32(a as i32));
+        (q, scales, wide)
     }
 
     /// `(q - 32) * x` as `q * x - 32 * x` in 16-bit lanes (at most 2 * 63 * 127 + 2 * 32 * 127 in size: no
-    /// saturation), then summed in pairs weighted by the half's scale.
+    /// saturation), then summed in pairs weighted by the half's scale. With VNNI: `q * x` started from
+    /// `-32 * x` in 32-bit lanes (lanes 0–3 hold the first 16 values, 4–7 the second), each lane then times its
+    /// half's scale.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     fn dot_v3<const VNNI: bool>(
         v: pulp::x86::V3,
-        (q, scales): Self::Loaded,
-        x: core::arch::x86_64::__m256i,
+        (q, scales, wide): Self::Loaded,
+        x: XBlock<'_>,
     ) -> core::arch::x86_64::__m256i {
-        crate::matmul::offset_dot_v3(v, q, x, 32, scales)
+        if VNNI {
+            let start = x.start16_v3();
+            let dot = crate::matmul::vnni_dot_from(v.avx2._mm256_add_epi32(start, start), q, x.v3());
+            return v.avx2._mm256_mullo_epi32(dot, wide);
+        }
+        crate::matmul::offset_dot_v3(v, q, x.v3(), 32, scales)
     }
 }
 

@@ -5,7 +5,7 @@
 use rayon::prelude::*;
 
 use crate::half::{f16_to_f32, f32_to_f16};
-use crate::matmul::{BlockMatrix, WeightBlock, BLOCK};
+use crate::matmul::{BlockMatrix, WeightBlock, XBlock, BLOCK};
 
 /// 32 weights: value = `d * q` (`d` in half precision).
 #[derive(Clone, Copy)]
@@ -105,21 +105,20 @@ impl WeightBlock for Q8Block {
     fn dot_v3<const VNNI: bool>(
         v: pulp::x86::V3,
         (abs, w): Self::Loaded,
-        x: core::arch::x86_64::__m256i,
+        x: XBlock<'_>,
     ) -> core::arch::x86_64::__m256i {
         if VNNI {
-            // The inputs as unsigned bytes (`x + 128`: the sign bit flipped) against the signed weights, started
-            // from `-128 * sum(q)` so that the sum is exactly `q . x`: one instruction per input row besides the
-            // flip, where the sign trick takes two (the start depends on the weights only: made once per block
-            // for all rows).
+            // The inputs as unsigned bytes (`x + 128`, made once per input block) against the signed weights,
+            // started from `-128 * sum(q)` so that the sum is exactly `q . x`: one instruction per input row,
+            // where the sign trick takes two (the start depends on the weights only: made once per block for all
+            // rows).
             let start = v.avx2._mm256_sub_epi32(
                 v.avx._mm256_setzero_si256(),
                 crate::matmul::vnni_dot(v, v.avx._mm256_set1_epi8(i8::MIN), w),
             );
-            let unsigned = v.avx2._mm256_xor_si256(x, v.avx._mm256_set1_epi8(i8::MIN));
-            return crate::matmul::vnni_dot_from(start, unsigned, w);
+            return crate::matmul::vnni_dot_from(start, x.unsigned_v3(), w);
         }
-        let sx = v.avx2._mm256_sign_epi8(x, w);
+        let sx = v.avx2._mm256_sign_epi8(x.v3(), w);
         v.avx2._mm256_madd_epi16(v.avx2._mm256_maddubs_epi16(abs, sx), v.avx._mm256_set1_epi16(1))
     }
 }

@@ -181,22 +181,35 @@ pub(super) fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// One streamed generation: (completion tokens, seconds to first token, first token, last token).
 pub(super) fn stream_once(gateway: &str, model: &str, max_tokens: u32) -> anyhow::Result<(u64, f64, Instant, Instant)> {
-    let body = json!({
+    stream_chat(&format!("{gateway}/v1/chat/completions"), &story(model, max_tokens))
+}
+
+/// The benchmark's streamed, greedy chat request.
+fn story(model: &str, max_tokens: u32) -> Value {
+    json!({
         "model": model, "messages": [{"role": "user", "content": STORY}], "temperature": 0,
         "max_tokens": max_tokens, "stream": true, "stream_options": {"include_usage": true},
-    });
-    stream_chat(&format!("{gateway}/v1/chat/completions"), &body)
+    })
 }
 
 /// One streamed chat request to `url` (an OpenAI endpoint): (completion tokens as the usage
 /// says, seconds to the first text, first text, last text).
 pub(super) fn stream_chat(url: &str, body: &Value) -> anyhow::Result<(u64, f64, Instant, Instant)> {
+    let (tokens, ttft, times) = stream_chat_times(url, body)?;
+    let (first, last) = (times[0], times[times.len() - 1]);
+    Ok((tokens, ttft, first, last))
+}
+
+/// As [`stream_chat`], with the arrival time of every chunk that carried text (the gateway sends
+/// one chunk per token; tokens whose text is held back, such as part of a multi-byte character,
+/// arrive with the next).
+pub(super) fn stream_chat_times(url: &str, body: &Value) -> anyhow::Result<(u64, f64, Vec<Instant>)> {
     let started = Instant::now();
     let resp = agent().post(url).header("Authorization", &format!("Bearer {KEY}")).send_json(body)?;
     if !resp.status().is_success() {
         bail!("{url} answered {}", resp.status());
     }
-    let (mut first, mut last, mut tokens) = (None, started, 0u64);
+    let (mut times, mut tokens) = (Vec::new(), 0u64);
     for line in BufReader::new(resp.into_body().into_reader()).lines() {
         let line = line?;
         let Some(data) = line.strip_prefix("data: ") else { continue };
@@ -205,16 +218,14 @@ pub(super) fn stream_chat(url: &str, body: &Value) -> anyhow::Result<(u64, f64, 
         }
         let v: Value = serde_json::from_str(data)?;
         if v["choices"][0]["delta"]["content"].as_str().is_some_and(|t| !t.is_empty()) {
-            let now = Instant::now();
-            first.get_or_insert(now);
-            last = now;
+            times.push(Instant::now());
         }
         if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
             tokens = n;
         }
     }
-    let first = first.ok_or_else(|| anyhow!("no tokens were streamed"))?;
-    Ok((tokens, (first - started).as_secs_f64(), first, last))
+    let first = *times.first().ok_or_else(|| anyhow!("no tokens were streamed"))?;
+    Ok((tokens, (first - started).as_secs_f64(), times))
 }
 
 /// Decode rates of one model through the gateway.
@@ -246,27 +257,47 @@ pub(super) fn single_stream(gw: &str, model: &str, tokens: u32) -> anyhow::Resul
 
 /// Aggregate tokens/s of `streams` concurrent streams: decode only, and counting prefill.
 pub(super) fn concurrent_streams(gw: &str, model: &str, tokens: u32, streams: usize) -> anyhow::Result<(f64, f64)> {
-    // Like llama.cpp's figure, the aggregate counts decode only: tokens after each stream's
-    // first, over the time from the first stream's first token to the last stream's last.
     let t0 = Instant::now();
     let handles: Vec<_> = (0..streams)
         .map(|_| {
             let (gw, model) = (gw.to_string(), model.to_string());
-            std::thread::spawn(move || stream_once(&gw, &model, tokens))
+            std::thread::spawn(move || stream_chat_times(&format!("{gw}/v1/chat/completions"), &story(&model, tokens)))
         })
         .collect();
-    let (mut decoded, mut total_tokens) = (0u64, 0u64);
-    let (mut earliest, mut latest) = (None::<Instant>, t0);
+    let mut runs = Vec::new();
     for h in handles {
-        let (n, _, first, last) = h.join().map_err(|_| anyhow!("stream thread panicked"))??;
-        decoded += n.saturating_sub(1);
-        total_tokens += n;
-        earliest = Some(earliest.map_or(first, |e: Instant| e.min(first)));
-        latest = latest.max(last);
+        runs.push(h.join().map_err(|_| anyhow!("stream thread panicked"))??);
     }
     let wall = t0.elapsed().as_secs_f64();
-    let aggregate = decoded as f64 / (latest - earliest.unwrap_or(t0)).as_secs_f64().max(1e-9);
-    Ok((aggregate, total_tokens as f64 / wall))
+    let total_tokens: u64 = runs.iter().map(|(n, _, _)| n).sum();
+    let times: Vec<Vec<Instant>> = runs.into_iter().map(|(_, _, t)| t).collect();
+    Ok((all_decoding_rate(&times), total_tokens as f64 / wall))
+}
+
+/// Tokens/s while every stream decodes, as llama.cpp's batched figure is taken (all sequences
+/// prefilled, then steps of one token each): the text chunks that arrived after the last stream's
+/// first one and up to the first stream's end, over that time. Requests reach the engine a few
+/// milliseconds apart, so the first is prefilled alone and decodes while the others' prompts are
+/// prefilled; timing from the first stream's first token would count those prefills as decode.
+/// Streams that never overlapped fall back to all tokens after each stream's first, from the first
+/// first token to the last last one.
+fn all_decoding_rate(times: &[Vec<Instant>]) -> f64 {
+    let start = times.iter().filter_map(|t| t.first()).max();
+    let end = times.iter().filter_map(|t| t.last()).min();
+    if let (Some(&start), Some(&end)) = (start, end) {
+        let window = (end - start).as_secs_f64();
+        let chunks = times.iter().flatten().filter(|&&t| t > start && t <= end).count();
+        if window > 0.0 && chunks >= times.len() {
+            return chunks as f64 / window;
+        }
+    }
+    let first = times.iter().filter_map(|t| t.first()).min();
+    let last = times.iter().filter_map(|t| t.last()).max();
+    let decoded: usize = times.iter().map(|t| t.len().saturating_sub(1)).sum();
+    match (first, last) {
+        (Some(&a), Some(&b)) => decoded as f64 / (b - a).as_secs_f64().max(1e-9),
+        _ => 0.0,
+    }
 }
 
 /// Runs a comparison script in the venv; its last stdout line is JSON.
