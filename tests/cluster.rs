@@ -235,6 +235,34 @@ fn the_gateway_requires_an_api_key_for_admin_endpoints_only() {
         assert_eq!(resp.status().as_u16(), 200, "{content_type:?}: {v}");
         assert!(v["token"].as_str().is_some(), "{v}");
     }
+    // The token list, whole or a page at a time in id order (`limit`, `after`, `next_after`).
+    let list = |query: &str| {
+        let (status, body) = get(&coord.url(&format!("/v1/tokens{query}")), Some(API_KEY)).expect("answer");
+        (status, serde_json::from_str::<serde_json::Value>(&body).unwrap_or(serde_json::Value::Null))
+    };
+    let ids = |v: &serde_json::Value| -> Vec<String> {
+        v["tokens"].as_array().into_iter().flatten().filter_map(|t| t["id"].as_str().map(String::from)).collect()
+    };
+    let (status, whole) = list("");
+    assert_eq!(status, 200);
+    let all = ids(&whole);
+    assert!(all.len() >= 2 && whole["next_after"].is_null(), "{whole}");
+    assert!(all.windows(2).all(|w| w[0] < w[1]), "listed in id order: {all:?}");
+    let (mut paged, mut query) = (Vec::new(), "?limit=1".to_string());
+    loop {
+        let (status, page) = list(&query);
+        assert_eq!(status, 200, "{query}");
+        assert_eq!(ids(&page).len(), 1, "{query}: {page}");
+        paged.extend(ids(&page));
+        match page["next_after"].as_str() {
+            Some(after) => query = format!("?limit=1&after={after}"),
+            None => break,
+        }
+    }
+    assert_eq!(paged, all, "one token a page lists them all once");
+    for bad in ["?limit=0", "?limit=10001", "?limit=abc"] {
+        assert_eq!(list(bad).0, 400, "{bad}");
+    }
     let mut resp = agent
         .post(&coord.url("/v1/tokens"))
         .header("Authorization", &format!("Bearer {API_KEY}"))

@@ -271,21 +271,48 @@ pub async fn create_token(
 }
 
 /// Lists join tokens (ids and expiry, never secrets), like `kubeadm token list`.
+/// `GET /v1/tokens` query: a read as `ReadOpts`, and optionally one page of the tokens in id order —
+/// at most `limit`, after the id `after` (as Kubernetes and etcd list: everything unless a limit is asked).
+#[derive(Debug, Deserialize, Default)]
+pub struct TokenPage {
+    #[serde(default)]
+    pub consistent: bool,
+    pub limit: Option<usize>,
+    pub after: Option<String>,
+}
+
+/// The largest page of `GET /v1/tokens`.
+pub const MAX_TOKEN_PAGE: usize = 10_000;
+
 pub async fn list_tokens(
     State(gw): Gw,
     headers: HeaderMap,
-    Query(opts): Query<ReadOpts>,
+    Query(page): Query<TokenPage>,
 ) -> Result<Json<Value>, ApiError> {
     count("list_tokens");
     require(&headers, &gw, Scope::Admin)?;
-    consistent(&gw, &opts).await?;
+    if page.limit.is_some_and(|l| l == 0 || l > MAX_TOKEN_PAGE) {
+        return Err(ApiError::bad_request(format!("limit must be 1 to {MAX_TOKEN_PAGE}")));
+    }
+    consistent(&gw, &ReadOpts { consistent: page.consistent }).await?;
     let state = gw.cluster.state().read().unwrap_or_else(|p| p.into_inner());
-    let tokens: Vec<Value> = state
-        .tokens
-        .values()
-        .map(|t| json!({"id": t.id, "created_at_ms": t.created_at_ms, "expires_at_ms": t.expires_at_ms, "description": t.description}))
+    let from = match &page.after {
+        Some(after) => std::ops::Bound::Excluded(after.as_str()),
+        None => std::ops::Bound::Unbounded,
+    };
+    let limit = page.limit.unwrap_or(usize::MAX);
+    let mut listed = state.tokens.range::<str, _>((from, std::ops::Bound::Unbounded));
+    let tokens: Vec<Value> = listed
+        .by_ref()
+        .take(limit)
+        .map(|(_, t)| json!({"id": t.id, "created_at_ms": t.created_at_ms, "expires_at_ms": t.expires_at_ms, "description": t.description}))
         .collect();
-    Ok(Json(json!({ "tokens": tokens })))
+    // Where the next page starts, when there is one.
+    let next_after = match listed.next() {
+        Some(_) => tokens.last().map(|t| t["id"].clone()).unwrap_or(Value::Null),
+        None => Value::Null,
+    };
+    Ok(Json(json!({ "tokens": tokens, "next_after": next_after })))
 }
 
 #[derive(Debug, Deserialize)]
