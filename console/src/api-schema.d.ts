@@ -435,12 +435,16 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** list join tokens (admin) */
+        /** list join tokens in id order (admin): all, or a page whose next_after starts the next */
         get: {
             parameters: {
                 query?: {
                     /** @description a linearizable read (raft ReadIndex) */
                     consistent?: boolean;
+                    /** @description at most this many tokens (default: all) */
+                    limit?: number;
+                    /** @description only tokens whose id sorts after this one (the next_after of the previous page) */
+                    after?: string;
                 };
                 header?: never;
                 path?: never;
