@@ -262,6 +262,18 @@ fn openai_sdk_bad_input_and_registration_against_shoal_up() {
             && text.contains("ready"),
         "{text}"
     );
+    // A question given where the model goes is answered with how to ask, naming a chat model.
+    let out = run(&["chat", "What is the capital of France?", "--gateway", &gw]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("is not a model") && err.contains("shoal chat "), "{err}");
+    let suggested = err.split("`shoal chat ").nth(1).and_then(|r| r.split(' ').next()).unwrap_or("");
+    let models = get_json(&format!("{gw}/v1/models")).expect("models");
+    let suggested = models["data"].as_array().into_iter().flatten().find(|m| m["id"] == suggested);
+    assert!(
+        suggested.is_some_and(|m| m["capabilities"].as_array().is_some_and(|c| c.iter().any(|c| c == "chat"))),
+        "the suggestion names a chat model: {err}"
+    );
 
     // Knowledge bases: bound to the embedding deployment; bad requests are refused whole.
     let kb = |args: &[&str]| {

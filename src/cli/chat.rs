@@ -107,10 +107,22 @@ pub async fn run(a: ChatArgs) -> anyhow::Result<()> {
         let list = models["data"].as_array().cloned().unwrap_or_default();
         let Some(m) = list.iter().find(|m| m["id"] == a.model.as_str()).cloned() else {
             let names: Vec<&str> = list.iter().filter_map(|m| m["id"].as_str()).collect();
+            let known = if names.is_empty() { "none yet".to_string() } else { names.join(", ") };
+            // `shoal chat "a question"`: the question came where the model goes.
+            if a.prompt.is_none() && a.model.contains(char::is_whitespace) {
+                let chats = |m: &&Value| {
+                    m["capabilities"].as_array().is_some_and(|c| c.iter().any(|c| c.as_str() == Some("chat")))
+                };
+                let first = list.iter().find(chats).and_then(|m| m["id"].as_str()).unwrap_or("MODEL");
+                return Err(anyhow!(
+                    "'{}' is not a model: name the model first, then the question, e.g. `shoal chat {first} \"{}\"` (models: {known})",
+                    a.model,
+                    a.model.replace('"', "\\\"")
+                ));
+            }
             return Err(anyhow!(
-                "no model named '{}' (models: {}); deploy one with `shoal deploy NAME --source URI`",
-                a.model,
-                if names.is_empty() { "none yet".to_string() } else { names.join(", ") }
+                "no model named '{}' (models: {known}); deploy one with `shoal deploy NAME --source URI`",
+                a.model
             ));
         };
         if m["ready_replicas"].as_u64().unwrap_or(0) > 0 || started.elapsed() > std::time::Duration::from_secs(60) {
