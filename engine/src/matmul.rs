@@ -321,7 +321,7 @@ pub(crate) fn offset_dot_v3(
 /// A weight block format as stored in the file: `PARTS` parts of 32 values `scale * q (+ offset)` with integer
 /// `q` (a part's integer dot product may already weigh sub-parts by small integer scales, as Q6_K's do).
 pub(crate) trait WeightBlock: Copy + Send + Sync {
-    /// 32-value parts per block: 1, or 8 for the 256-value K-quant super-blocks.
+    /// 32-value parts per block: 1, or 8 for the 256-value K-quant super-blocks (at most 8).
     const PARTS: usize = 1;
     /// Whether values carry an offset (multiplied by the input block's `s`).
     const OFFSET: bool;
@@ -583,12 +583,13 @@ fn column_v3<B: WeightBlock, const R: usize, const VNNI: bool>(
         let parts = x.zip(d.chunks_exact(B::PARTS)).zip(s.chunks_exact(B::PARTS));
         for (wb, ((x, d), s)) in wrow.iter().zip(parts) {
             prefetch_v3(v, wb);
+            let (dw, mw) = wb.scales_offsets();
             for p in 0..B::PARTS {
                 let dot = B::dot_v3::<VNNI>(v, wb.load_v3(v, p), row(x, p, 0));
-                let scale = v.avx._mm256_set1_ps(wb.scale(p) * d[p][0]);
+                let scale = v.avx._mm256_set1_ps(dw[p] * d[p][0]);
                 acc = v.fma._mm256_fmadd_ps(v.avx._mm256_cvtepi32_ps(dot), scale, acc);
                 if B::OFFSET {
-                    macc[0] += wb.offset(p) * s[p][0];
+                    macc[0] += mw[p] * s[p][0];
                 }
             }
         }
