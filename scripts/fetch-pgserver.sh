@@ -24,7 +24,7 @@ fi
 
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
-python3 -m pip download --quiet --no-deps --only-binary=:all: \
+python3 -m pip download --quiet --no-cache-dir --no-deps --only-binary=:all: \
   --python-version 3.11 --implementation cp --abi cp311 --platform manylinux2014_x86_64 \
   "$name==$version" -d "$tmp" >/dev/null
 whl="$(ls "$tmp"/*.whl | head -n1)"
