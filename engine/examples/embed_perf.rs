@@ -23,5 +23,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let per = t.elapsed().as_secs_f64() / reps as f64;
         println!("{name}: {:.2} ms per call, {:.1} sentences/s", per * 1e3, texts.len() as f64 / per);
     }
+    // One sentence at a time with pauses between, as a server gets them: p50 of each call.
+    for pause_us in [500u64, 5000] {
+        let mut times = Vec::new();
+        for _ in 0..200 {
+            std::thread::sleep(std::time::Duration::from_micros(pause_us));
+            let t = Instant::now();
+            e.embed(&one)?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        times.sort_by(f64::total_cmp);
+        println!("one after {pause_us} µs pauses: p50 {:.2} ms", times[times.len() / 2]);
+    }
     Ok(())
 }
