@@ -61,6 +61,7 @@ pub async fn list(
         return Err(ApiError::not_found("this gateway keeps no audit log (it was started without a data dir)"));
     };
     let filter = Filter { since_ms: q.since_ms, key: q.key.clone(), failed: q.failed };
+    log.written().await;
     let records = log
         .read(&filter, q.limit.unwrap_or(1000).min(100_000))
         .map_err(|e| ApiError::unavailable(format!("reading the audit log: {e}")))?;
