@@ -77,6 +77,11 @@ pub struct RaftBench {
     /// Knowledge-base documents in the state of the pre-filled rows.
     #[arg(long, default_value_t = 100_000)]
     pub prefill_documents: usize,
+    /// Rounds of the head-to-head comparison with etcd (0 to skip): a Shoal row then an etcd
+    /// row, for --concurrency writers and for one, alternated, both clusters running
+    /// throughout, so that a machine whose speed drifts during the run weighs on both alike.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
     /// Writes in the pre-filled 32-writer row (default: --writes); when it differs, a row of
     /// as many writes from an empty state comes first, to compare with. A checkpoint waits for
     /// as many bytes of log as the state holds, so seeing one of a 100,000-document state takes
@@ -586,8 +591,48 @@ fn raft(a: RaftBench) -> anyhow::Result<()> {
         }
         None => println!("(no etcd at {}: comparison skipped)", a.etcd.display()),
     }
+    if let Some(e) = &etcd {
+        if a.rounds > 0 {
+            head_to_head(&base, e, a.rounds, a.writes, a.concurrency)?;
+        }
+    }
 
     failover(&base, a.kills, etcd, keep)
+}
+
+/// Shoal and etcd rows alternated round by round, both clusters running throughout (each
+/// idles through the other's rows): the ratio of each round, and their median and lowest.
+fn head_to_head(base: &Path, e: &Etcd, rounds: usize, writes: usize, concurrency: usize) -> anyhow::Result<()> {
+    let g = Group::new(&base.join("head-to-head"), 3, true)?;
+    let single = (writes / 4).max(1);
+    println!();
+    println!(
+        "head to head with etcd, alternated: {} rounds of a Shoal row then an etcd row ({} writes by {} writers, then {single} by one), 3 voters each:",
+        rounds, writes, concurrency
+    );
+    println!(
+        "{:<6} {:>12} {:>12} {:>7}   {:>12} {:>12} {:>7}",
+        "round", "shoal w/s", "etcd w/s", "×", "shoal 1w w/s", "etcd 1w w/s", "×"
+    );
+    let (mut many, mut one) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        let (s, _, _) = throughput(&g, writes, concurrency)?;
+        let (t, _, _) = etcd_throughput(e, writes, concurrency)?;
+        let (s1, _, _) = throughput(&g, single, 1)?;
+        let (t1, _, _) = etcd_throughput(e, single, 1)?;
+        println!("{round:<6} {s:>12.0} {t:>12.0} {:>7.2}   {s1:>12.0} {t1:>12.0} {:>7.2}", s / t, s1 / t1);
+        many.push(s / t);
+        one.push(s1 / t1);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[0])
+    };
+    let ((m, lo), (m1, lo1)) = (median(&mut many), median(&mut one));
+    println!(
+        "ratio to etcd: {concurrency} writers median {m:.2}× (lowest {lo:.2}×); one writer median {m1:.2}× (lowest {lo1:.2}×)"
+    );
+    Ok(())
 }
 
 /// Leader failover after SIGKILL, for Shoal and (when given) etcd.
