@@ -29,6 +29,8 @@ pub const KEEP_ROTATED: u32 = 5;
 const QUEUE: usize = 8192;
 /// How long the writer rests after writing, gathering the next records.
 pub const WRITE_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+/// The longest a read of the log waits for the writer to write what is queued.
+pub const FLUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What the writer is sent: a record, or a request to write what is queued and say so.
 enum Message {
@@ -165,12 +167,13 @@ impl AuditLog {
         }
     }
 
-    /// Waits until every record queued before this call is written (at most a write pause
-    /// and a write). With a full queue it waits for nothing.
+    /// Waits until every record queued before this call is written (normally at most a
+    /// write pause and a write; never more than [`FLUSH_WAIT`], so a writer stuck on a slow
+    /// or full disk does not hold readers). With a full queue it waits for nothing.
     pub async fn written(&self) {
         let (done, written) = tokio::sync::oneshot::channel();
         if self.tx.try_send(Message::Flush(done)).is_ok() {
-            let _ = written.await;
+            let _ = tokio::time::timeout(FLUSH_WAIT, written).await;
         }
     }
 
