@@ -624,11 +624,11 @@ fn head_to_head(base: &Path, e: &Etcd, rounds: usize, writes: usize, concurrency
         many.push(s / t);
         one.push(s1 / t1);
     }
-    let median = |v: &mut Vec<f64>| {
+    let median_and_lowest = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         (v[v.len() / 2], v[0])
     };
-    let ((m, lo), (m1, lo1)) = (median(&mut many), median(&mut one));
+    let ((m, lo), (m1, lo1)) = (median_and_lowest(&mut many), median_and_lowest(&mut one));
     println!(
         "ratio to etcd: {concurrency} writers median {m:.2}× (lowest {lo:.2}×); one writer median {m1:.2}× (lowest {lo1:.2}×)"
     );
