@@ -270,7 +270,6 @@ pub async fn create_token(
     })))
 }
 
-/// Lists join tokens (ids and expiry, never secrets), like `kubeadm token list`.
 /// `GET /v1/tokens` query: a read as `ReadOpts`, and optionally one page of the tokens in id order —
 /// at most `limit`, after the id `after` (as Kubernetes and etcd list: everything unless a limit is asked).
 #[derive(Debug, Deserialize, Default)]
@@ -284,6 +283,7 @@ pub struct TokenPage {
 /// The largest page of `GET /v1/tokens`.
 pub const MAX_TOKEN_PAGE: usize = 10_000;
 
+/// Lists join tokens (ids and expiry, never secrets), like `kubeadm token list`.
 pub async fn list_tokens(
     State(gw): Gw,
     headers: HeaderMap,
