@@ -21,7 +21,7 @@ use crate::q4::{q4_from_q4_0, q4_from_q4_1};
 use crate::q4k::q4k_from_q4_k;
 use crate::q5::q5_from_q5_0;
 use crate::q6k::q6k_from_q6_k;
-use crate::q8::{q8_from_f32, q8_from_q8_0, Q8Matrix};
+use crate::q8::{q8_from_f32, q8_from_q8_0};
 use crate::tokenizer::GgufTokenizer;
 
 pub use crate::chat::{ChatMessage, ChatToolCall};
@@ -32,15 +32,15 @@ pub struct LlmOptions {
     /// Only this contiguous range of transformer layers (a pipeline stage); `None` = all layers.
     pub layers: Option<Range<usize>>,
     /// Run all weight matrices on the engine's own batched kernels, which read each weight once per step for all
-    /// sequences (much faster on CPU than candle's kernels): Q4_0, Q4_1 and Q8_0 weights are read as stored
-    /// (and Q5_0, Q4_K, Q6_K with `llama_cpp_numerics`); other types are re-quantised at load to the engine's
-    /// 8-bit format (Q8_0). `false` runs candle's kernels on the file's own quantisation.
+    /// sequences (much faster on CPU than candle's kernels): Q4_0, Q4_1, Q5_0, Q8_0, Q4_K and Q6_K weights are
+    /// read as stored; other types are quantised at load to the engine's 8-bit format (Q8_0). `false` runs
+    /// candle's kernels on the file's own quantisation.
     pub requantize: bool,
-    /// Compute as llama.cpp's CPU backend does by default, to give its greedy tokens: every weight type it
-    /// stores in blocks read as stored (Q5_0, Q4_K and Q6_K too), inputs quantised as GGML's Q8_0 / Q8_K, a
-    /// half-precision KV cache (and query and attention weights rounded to half precision where they meet
-    /// it), RoPE angles and RMS sums as ggml computes them. Off by default: on the machines measured so far
-    /// the stored K-quant and Q5_0 blocks decode slower than the 8-bit re-quantisation.
+    /// Compute as llama.cpp's CPU backend does by default, to give its greedy tokens: the inputs of 32-value
+    /// weight blocks quantised as GGML's Q8_0 (a half-precision scale; the K-quants' inputs are GGML's Q8_K
+    /// either way), a half-precision KV cache (and query and attention weights rounded to half precision where
+    /// they meet it), RoPE angles and RMS sums as ggml computes them. Off by default: the engine's own input
+    /// quantisation (an f32 scale per 32) and f32 KV cache are more precise.
     pub llama_cpp_numerics: bool,
 }
 
@@ -170,8 +170,8 @@ struct Config {
     llama_cpp: bool,
 }
 
-/// A weight matrix: our own batched kernels on the file's blocks (or on 8-bit blocks re-quantised at load for
-/// the types they do not read), several such matrices of different types stacked along their output rows, or
+/// A weight matrix: our own batched kernels on the file's blocks (or on 8-bit blocks quantised at load for the
+/// types they do not read), several such matrices of different types stacked along their output rows, or
 /// candle's quantized matmul in the file's own format.
 #[derive(Clone)]
 enum Linear {
@@ -296,7 +296,7 @@ impl Loader<'_> {
         Ok(t.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?)
     }
 
-    /// A weight matrix, possibly re-quantised.
+    /// A weight matrix (its blocks as stored where the kernels read its type).
     fn matrix(&mut self, name: &str) -> Result<Linear, EngineError> {
         self.stacked(&[name])
     }
@@ -319,8 +319,8 @@ impl Loader<'_> {
             rows += n;
         }
         let input = if self.llama_cpp { InputQuant::LlamaCpp } else { InputQuant::Engine };
-        if self.requantize && parts.iter().all(|p| reads_as_stored(p.dtype(), self.llama_cpp)) {
-            // The file's blocks as they are: fewer bytes to read per token than re-quantised ones, and the
+        if self.requantize && parts.iter().all(|p| reads_as_stored(p.dtype())) {
+            // The file's blocks as they are: fewer bytes to read per token than 8-bit ones, and the
             // values the file holds. Parts of one type are one matrix; parts of different types a stack.
             let unreadable = || EngineError::model(self.path, format!("cannot read the blocks of {names:?}"));
             if same_dtype {
@@ -340,21 +340,6 @@ impl Loader<'_> {
                 stack.push(as_stored(run[0].dtype(), &bytes, n, k, input).ok_or_else(unreadable)?);
             }
             return Ok(Linear::Stack(stack));
-        }
-        if self.requantize && parts.iter().all(|p| matches!(p.dtype(), GgmlDType::Q8_0 | GgmlDType::Q5_0)) {
-            // Q5_0 (alone or stacked with Q8_0 parts) on the 8-bit kernels, holding exactly the file's values.
-            let mut blocks = Vec::new();
-            for p in &parts {
-                let data = p.data()?;
-                let read = match p.dtype() {
-                    GgmlDType::Q5_0 => crate::q5::q8_blocks_from_q5_0(&data),
-                    _ => crate::q8::q8_blocks_from_q8_0(&data),
-                };
-                blocks.extend(read.ok_or_else(|| EngineError::model(self.path, format!("cannot read {names:?}")))?);
-            }
-            let q = Q8Matrix::new(rows, k, blocks)
-                .ok_or_else(|| EngineError::model(self.path, format!("cannot read the blocks of {names:?}")))?;
-            return Ok(Linear::Blocks(Arc::new(q.with_input(input))));
         }
         if (self.requantize || !same_dtype) && k.is_multiple_of(crate::matmul::BLOCK) {
             let mut dense = Vec::with_capacity(rows * k);
@@ -380,11 +365,10 @@ impl Loader<'_> {
     }
 }
 
-/// Whether the engine's kernels read this GGML type's blocks as stored (Q5_0 and the K-quants only with
-/// `LlmOptions::llama_cpp_numerics`).
-fn reads_as_stored(dtype: GgmlDType, llama_cpp: bool) -> bool {
+/// Whether the engine's kernels read this GGML type's blocks as stored.
+fn reads_as_stored(dtype: GgmlDType) -> bool {
     use GgmlDType::*;
-    matches!(dtype, Q4_0 | Q4_1 | Q8_0) || (llama_cpp && matches!(dtype, Q5_0 | Q4K | Q6K))
+    matches!(dtype, Q4_0 | Q4_1 | Q5_0 | Q8_0 | Q4K | Q6K)
 }
 
 /// A `[n, k]` matrix of stored GGML blocks on the engine's kernels (`None`: not such a type, or sizes that do

@@ -1,7 +1,8 @@
-//! Batched matmul of block-quantised weight matrices (the formats are in `q4` and `q8`): the input rows are
-//! quantised to 8 bits per 32-value block, each weight block is read once per call and used for every input row
-//! (so a batch of B tokens costs little more memory traffic than one), integer dot products per block with f32
-//! scales, explicit AVX2 through `pulp` where the CPU has it (its byte dot products on AVX-512 VNNI where that is
+//! Batched matmul of block-quantised weight matrices (the formats are in `q4`, `q5`, `q8`, `q4k` and `q6k`): the
+//! input rows are quantised to 8 bits per 32-value block (per 256-value block for the K-quants), each weight
+//! block is read once per call and used for every input row (so a batch of B tokens costs little more memory
+//! traffic than one), integer dot products per block with f32 scales (the K-quants' parts summed in integers
+//! first), explicit AVX2 through `pulp` where the CPU has it (its byte dot products on AVX-512 VNNI where that is
 //! present; a portable loop elsewhere), threads via rayon over
 //! column ranges. Results for one input row do not depend on the other rows in the batch, nor on the threads.
 //! Also `vectorized`, which compiles other hot loops for AVX2 where the CPU has it.
@@ -84,7 +85,7 @@ pub(crate) enum KernelPath {
     /// Explicit AVX2/FMA.
     Avx2,
     /// The AVX2 kernels with their byte dot products on AVX-512 VNNI (`vpdpbusd` on 256-bit vectors: one
-    /// instruction for what takes `maddubs` then `madd`), for CPUs with AVX512-VNNI and AVX512-VL.
+    /// instruction for what takes `maddubs` then `madd`), for CPUs with AVX512-VNNI, AVX512-VL and AVX512BW.
     Vnni,
 }
 
@@ -93,7 +94,10 @@ impl KernelPath {
     pub(crate) fn best() -> KernelPath {
         #[cfg(target_arch = "x86_64")]
         if pulp::x86::V3::try_new().is_some() {
-            if std::arch::is_x86_feature_detected!("avx512vnni") && std::arch::is_x86_feature_detected!("avx512vl") {
+            if std::arch::is_x86_feature_detected!("avx512vnni")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+            {
                 return KernelPath::Vnni;
             }
             return KernelPath::Avx2;
@@ -125,6 +129,9 @@ struct XGroup {
     start16: Vec<[i32; 8]>,
     d: Vec<f32>,
     s: Vec<f32>,
+    /// For blocks of 256 values (inputs quantised as GGML's Q8_K): the sums of each 16 consecutive `q`, per row
+    /// and block (entry `c * rows + i`), which the K-quants' offset terms multiply.
+    bsums: Vec<[i16; 16]>,
 }
 
 /// One input block as the kernels read it (entries of an `XGroup`).
@@ -157,22 +164,23 @@ impl XBlock<'_> {
     }
 }
 
-/// How a matmul quantises its inputs.
+/// How a matmul quantises the inputs of 32-value weight blocks (those of the 256-value K-quant super-blocks
+/// are GGML's Q8_K, one scale per 256, either way: see `WeightBlock::SUPER`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub(crate) enum InputQuant {
     /// One f32 scale per 32 inputs, rounding half away from zero (the most precise).
     #[default]
     Engine,
-    /// As llama.cpp quantises the inputs of the same weight format (so that both compute the same products):
-    /// for 32-value weight blocks one half-precision scale per 32 inputs (GGML's Q8_0), for the 256-value
-    /// K-quant super-blocks one scale per 256 (GGML's Q8_K).
+    /// As llama.cpp quantises them (so that both compute the same products): one half-precision scale per 32
+    /// inputs (GGML's Q8_0).
     LlamaCpp,
 }
 
 /// Quantise `m` rows of `x` (`[m, k]`) into groups of at most `ROWS` rows; `span` is the weight format's
-/// block size (used by `InputQuant::LlamaCpp`).
-fn quantize_groups(x: &[f32], m: usize, k: usize, span: usize, style: InputQuant) -> Vec<XGroup> {
-    let span = if style == InputQuant::Engine { BLOCK } else { span };
+/// block size, over which `whole_blocks` formats (`WeightBlock::SUPER`) and `InputQuant::LlamaCpp` give the
+/// inputs one scale.
+fn quantize_groups(x: &[f32], m: usize, k: usize, span: usize, style: InputQuant, whole_blocks: bool) -> Vec<XGroup> {
+    let span = if style == InputQuant::Engine && !whole_blocks { BLOCK } else { span };
     let blocks = k / BLOCK;
     let mut groups = Vec::new();
     let mut row0 = 0;
@@ -189,13 +197,14 @@ fn quantize_groups(x: &[f32], m: usize, k: usize, span: usize, style: InputQuant
             start16: vec![[0; 8]; n],
             d: vec![0.0; n],
             s: vec![0.0; n],
+            bsums: if span > BLOCK { vec![[0; 16]; k / span * rows] } else { Vec::new() },
         };
         for (i, row) in x[row0 * k..(row0 + rows) * k].chunks_exact(k).enumerate() {
             for (c, xs) in row.chunks_exact(span).enumerate() {
                 let d = match style {
+                    _ if span > BLOCK => quantize_q8_k(xs, &mut q),
                     InputQuant::Engine => quantize_block(xs, &mut q[0]),
-                    InputQuant::LlamaCpp if span == BLOCK => quantize_q8_0(xs, &mut q[0]),
-                    InputQuant::LlamaCpp => quantize_q8_k(xs, &mut q),
+                    InputQuant::LlamaCpp => quantize_q8_0(xs, &mut q[0]),
                 };
                 for (p, q) in q.iter().enumerate() {
                     let sum: i32 = q.iter().map(|&v| v as i32).sum();
@@ -204,6 +213,11 @@ fn quantize_groups(x: &[f32], m: usize, k: usize, span: usize, style: InputQuant
                     g.qu[at] = q.map(|v| (v as u8) ^ 0x80);
                     g.start16[at] =
                         core::array::from_fn(|l| -16 * q[4 * l..4 * l + 4].iter().map(|&v| v as i32).sum::<i32>());
+                }
+                if span > BLOCK {
+                    g.bsums[c * rows + i] = core::array::from_fn(|h| {
+                        q[h / 2][16 * (h % 2)..16 * (h % 2) + 16].iter().map(|&v| v as i16).sum::<i16>()
+                    });
                 }
             }
         }
@@ -233,9 +247,18 @@ fn quantize_q8_0(xb: &[f32], q: &mut [i8; BLOCK]) -> f32 {
     let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
     let inv = if amax != 0.0 { 127.0 / amax } else { 0.0 };
     for (q, &v) in q.iter_mut().zip(xb) {
-        *q = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+        *q = nearest_even(v * inv).clamp(-127.0, 127.0) as i8;
     }
     f16_to_f32(f32_to_f16(amax / 127.0))
+}
+
+/// `v` rounded to the nearest integer, ties to even, for `|v| <= 2^22` (what quantisation asks of it): adding
+/// and taking away 1.5 * 2^23 leaves no bits below the units, and the default rounding mode rounds ties to even.
+/// `f32::round_ties_even` is a libm call where the build does not target SSE4.1, one per input value.
+#[inline(always)]
+fn nearest_even(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (v + MAGIC) - MAGIC
 }
 
 /// GGML's Q8_K quantisation of 256 inputs (one scale for all): with `max` the input of largest magnitude,
@@ -254,7 +277,7 @@ fn quantize_q8_k(xs: &[f32], q: &mut [[i8; BLOCK]]) -> f32 {
     let iscale = -127.0 / max;
     for (qb, xb) in q.iter_mut().zip(xs.chunks_exact(BLOCK)) {
         for (q, &v) in qb.iter_mut().zip(xb) {
-            *q = (iscale * v).round_ties_even().clamp(-128.0, 127.0) as i8;
+            *q = nearest_even(iscale * v).clamp(-128.0, 127.0) as i8;
         }
     }
     1.0 / iscale
@@ -300,6 +323,40 @@ pub(crate) fn vnni_dot_from(
     // SAFETY: this is reached only through `kernel_vnni`, which is entered only on CPUs that report AVX512-VNNI
     // and AVX512-VL (`KernelPath::best`) and is compiled with those features, into which this is inlined.
     unsafe { core::arch::x86_64::_mm256_dpbusd_epi32(start, w, x) }
+}
+
+/// `a` plus `b` in the bytes whose bit is set in `mask`, `a` in the others (AVX512BW's masked byte add). Only for
+/// code compiled with `VNNI` set, which runs only inside `kernel_vnni`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(unsafe_code)]
+pub(crate) fn masked_add_bytes(
+    a: core::arch::x86_64::__m256i,
+    mask: u32,
+    b: core::arch::x86_64::__m256i,
+) -> core::arch::x86_64::__m256i {
+    // SAFETY: this is reached only through `kernel_vnni`, which is entered only on CPUs that report AVX512-VNNI
+    // and AVX512-VL (`KernelPath::best`, which also asks for AVX512BW) and is compiled with those features.
+    unsafe { core::arch::x86_64::_mm256_mask_add_epi8(a, mask, a, b) }
+}
+
+/// `acc` plus the 16-bit lanes of `pairs` times those of `scales`, summed in pairs into eight i32 lanes
+/// (`vpdpwssd` with `VNNI`, else `madd` then an add).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(unsafe_code)]
+pub(crate) fn scaled_pairs_v3<const VNNI: bool>(
+    v: pulp::x86::V3,
+    acc: core::arch::x86_64::__m256i,
+    pairs: core::arch::x86_64::__m256i,
+    scales: core::arch::x86_64::__m256i,
+) -> core::arch::x86_64::__m256i {
+    if VNNI {
+        // SAFETY: code compiled with `VNNI` set runs only inside `kernel_vnni`, which is entered only on CPUs that
+        // report AVX512-VNNI and AVX512-VL (`KernelPath::best`) and is compiled with those features.
+        return unsafe { core::arch::x86_64::_mm256_dpwssd_epi32(acc, pairs, scales) };
+    }
+    v.avx2._mm256_add_epi32(acc, v.avx2._mm256_madd_epi16(pairs, scales))
 }
 
 /// `(w - offset) * x` for unsigned weight bytes stored with an offset, as `w * x - offset * x` in 16-bit lanes,
@@ -350,10 +407,55 @@ pub(crate) trait WeightBlock: Copy + Send + Sync {
     #[cfg(target_arch = "x86_64")]
     type Loaded: Copy;
     #[cfg(target_arch = "x86_64")]
-    fn load_v3(&self, v: pulp::x86::V3, part: usize) -> Self::Loaded;
+    fn load_v3<const VNNI: bool>(&self, v: pulp::x86::V3, part: usize) -> Self::Loaded;
     /// Integer dot product with an input block as eight i32 partial sums (with `VNNI`, on `vnni_dot`).
     #[cfg(target_arch = "x86_64")]
     fn dot_v3<const VNNI: bool>(v: pulp::x86::V3, w: Self::Loaded, x: XBlock<'_>) -> core::arch::x86_64::__m256i;
+
+    /// The same values as an 8-bit block, for formats whose blocks take more work to unpack than 8-bit ones
+    /// (Q5_0): a call with several groups of input rows (a prefill) unpacks each of its blocks once into such
+    /// blocks, kept only for the call, instead of once per group. Same results: the integer products and
+    /// scales are the same.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn widen_v3(&self, _v: pulp::x86::V3) -> Option<crate::q8::Q8Block> {
+        None
+    }
+
+    /// Whether the parts' integer products are summed over the whole block, weighted by the parts' small integer
+    /// scales, before any float work (the K-quants, computed as llama.cpp computes them): the inputs then have
+    /// one scale per block (GGML's Q8_K) whatever the `InputQuant`, and the float multiply-adds come once per
+    /// block and input row instead of once per part.
+    const SUPER: bool = false;
+    /// For `SUPER` formats: the float scale of the block's integer sum and that of its integer offset term.
+    #[inline(always)]
+    fn block_scales(&self) -> (f32, f32) {
+        (self.scale(0), self.offset(0))
+    }
+    /// For `SUPER` formats: each part's integer weight in the block's sum (times its `dot`) and its integer offset
+    /// (times the sum of the part's inputs).
+    #[inline(always)]
+    fn part_weights(&self) -> ([i32; 8], [i32; 8]) {
+        ([1; 8], [0; 8])
+    }
+    /// `acc` plus `dot_v3` (for `SUPER` formats: plus the part's products weighted by its integer scales).
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn dot_acc_v3<const VNNI: bool>(
+        v: pulp::x86::V3,
+        acc: core::arch::x86_64::__m256i,
+        w: Self::Loaded,
+        x: XBlock<'_>,
+    ) -> core::arch::x86_64::__m256i {
+        v.avx2._mm256_add_epi32(acc, Self::dot_v3::<VNNI>(v, w, x))
+    }
+    /// For `SUPER` formats: what each sum of 16 consecutive inputs is multiplied by in the block's integer term
+    /// (with `OFFSET`, the offsets' products, scaled by `block_scales().1`; without it, a correction to the
+    /// weighted dot products' sum).
+    #[inline(always)]
+    fn term_weights(&self) -> [i16; 16] {
+        [0; 16]
+    }
 }
 
 /// A weight matrix on the engine's batched kernels, whatever its block format.
@@ -426,32 +528,22 @@ impl<B: WeightBlock> BlockMatrix<B> {
     /// `matmul` on the given code path (which the CPU must run: `KernelPath::best` or a slower one).
     fn matmul_with(&self, x: &[f32], m: usize, path: KernelPath) -> Vec<f32> {
         let (n, k) = (self.n, self.k);
-        let groups = quantize_groups(x, m, k, Self::VALUES, self.input);
+        let groups = quantize_groups(x, m, k, Self::VALUES, self.input, B::SUPER);
         let arch = Arch::new();
         #[cfg(target_arch = "x86_64")]
         let v3 = pulp::x86::V3::try_new().filter(|_| path != KernelPath::Portable);
         let work = n * m * (k / Self::VALUES) * B::BYTES;
         let kernel = |col0: usize, out: &mut [f32]| {
-            let kernel = Kernel { w: self, groups: &groups, m, col0, out };
             #[cfg(target_arch = "x86_64")]
-            if let Some(v3) = v3 {
-                if path == KernelPath::Vnni {
-                    #[allow(unsafe_code)]
-                    // SAFETY: `path` is `Vnni` only where `KernelPath::best` found AVX512-VNNI and AVX512-VL (and
-                    // `v3` proves AVX2 and FMA), the features `kernel_vnni` is compiled for.
-                    unsafe {
-                        kernel_vnni(v3, kernel)
-                    };
-                } else {
-                    v3.vectorize(move || kernel_v3::<B, false>(v3, kernel));
+            if let Some(v3) = v3.filter(|_| m > ROWS) {
+                let widen = Widen { matrix: self, v: v3, col0, columns: out.len() / m };
+                if let Some(wide) = v3.vectorize(widen) {
+                    run_task(Kernel { w: &wide, groups: &groups, m, col0: 0, out }, path, arch);
+                    WIDE_SCRATCH.set(wide.blocks);
+                    return;
                 }
-                return;
             }
-            if path != KernelPath::Portable {
-                arch.dispatch(kernel);
-            } else {
-                pulp::Scalar::new().vectorize(kernel);
-            }
+            run_task(Kernel { w: self, groups: &groups, m, col0, out }, path, arch)
         };
         // Column-major result: each task owns a contiguous run of columns.
         let mut tmp = vec![0f32; n * m];
@@ -472,6 +564,75 @@ impl<B: WeightBlock> BlockMatrix<B> {
             }
         }
         out
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+thread_local! {
+    /// Each thread's blocks for `BlockMatrix::widened`, kept from call to call (fresh memory for each call cost
+    /// a page fault per 4 KiB: a prefill's products ran 10-25% slower).
+    static WIDE_SCRATCH: std::cell::Cell<Vec<crate::q8::Q8Block>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// `BlockMatrix::widened` as a call `V3::vectorize` compiles for AVX2 (a closure is not always inlined into it,
+/// and its vector operations then run as calls).
+#[cfg(target_arch = "x86_64")]
+struct Widen<'a, B> {
+    matrix: &'a BlockMatrix<B>,
+    v: pulp::x86::V3,
+    col0: usize,
+    columns: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<B: WeightBlock> NullaryFnOnce for Widen<'_, B> {
+    type Output = Option<BlockMatrix<crate::q8::Q8Block>>;
+
+    #[inline(always)]
+    fn call(self) -> Self::Output {
+        self.matrix.widened(self.v, self.col0, self.columns)
+    }
+}
+
+impl<B: WeightBlock> BlockMatrix<B> {
+    /// Columns `col0..col0 + columns` as 8-bit blocks holding the same values, for formats that widen
+    /// (`WeightBlock::widen_v3`); `None` for the others.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn widened(&self, v: pulp::x86::V3, col0: usize, columns: usize) -> Option<BlockMatrix<crate::q8::Q8Block>> {
+        self.row_blocks(col0).first()?.widen_v3(v)?;
+        let mut wide = WIDE_SCRATCH.take();
+        wide.clear();
+        // Plain loops: a closure here would not be compiled for AVX2 (the vector operations would be calls).
+        for c in col0..col0 + columns {
+            for b in self.row_blocks(c) {
+                wide.push(b.widen_v3(v)?);
+            }
+        }
+        Some(BlockMatrix::new(columns, self.k, wide)?.with_input(self.input))
+    }
+}
+
+/// Runs one column task on the code path `path` (which the CPU must run).
+fn run_task<B: WeightBlock>(kernel: Kernel<'_, B>, path: KernelPath, arch: Arch) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(v3) = pulp::x86::V3::try_new().filter(|_| path != KernelPath::Portable) {
+        if path == KernelPath::Vnni {
+            #[allow(unsafe_code)]
+            // SAFETY: `path` is `Vnni` only where `KernelPath::best` found AVX512-VNNI and AVX512-VL (and `v3`
+            // proves AVX2 and FMA), the features `kernel_vnni` is compiled for.
+            unsafe {
+                kernel_vnni(v3, kernel)
+            };
+        } else {
+            v3.vectorize(move || kernel_v3::<B, false>(v3, kernel));
+        }
+        return;
+    }
+    if path != KernelPath::Portable {
+        arch.dispatch(kernel);
+    } else {
+        pulp::Scalar::new().vectorize(kernel);
     }
 }
 
@@ -497,6 +658,24 @@ impl<B: WeightBlock> WithSimd for Kernel<'_, B> {
                 for (i, o) in col_out[g.row0..g.row0 + g.rows].iter_mut().enumerate() {
                     let mut acc = 0f32;
                     let mut macc = 0f32;
+                    if B::SUPER {
+                        // One integer sum per block, then its float scales (as the vector kernels do).
+                        for (b, wb) in wrow.iter().enumerate() {
+                            let (weights, offsets) = wb.part_weights();
+                            let (mut dot, mut offset) = (0i32, 0i32);
+                            for p in 0..B::PARTS {
+                                let x = &g.q[(b * B::PARTS + p) * g.rows + i];
+                                dot += weights[p] * wb.dot(p, x);
+                                offset += offsets[p] * x.iter().map(|&v| v as i32).sum::<i32>();
+                            }
+                            let dx = g.d[b * B::PARTS * g.rows + i];
+                            let (scale, offset_scale) = wb.block_scales();
+                            acc += dot as f32 * (scale * dx);
+                            macc += offset as f32 * (offset_scale * dx);
+                        }
+                        *o = acc + macc;
+                        continue;
+                    }
                     for (b, wb) in wrow.iter().enumerate() {
                         for p in 0..B::PARTS {
                             let at = (b * B::PARTS + p) * g.rows + i;
@@ -534,6 +713,15 @@ fn kernel_v3<B: WeightBlock, const VNNI: bool>(v: pulp::x86::V3, kernel: Kernel<
             let wrow = w.row_blocks(col0 + c);
             // The rows of a group share each loaded weight block; every row's arithmetic is the same as alone.
             let o = &mut col_out[g.row0..g.row0 + g.rows];
+            if B::SUPER {
+                match g.rows {
+                    8 => o.copy_from_slice(&column_super_v3::<B, 8, VNNI>(v, wrow, g)),
+                    4 => o.copy_from_slice(&column_super_v3::<B, 4, VNNI>(v, wrow, g)),
+                    2 => o.copy_from_slice(&column_super_v3::<B, 2, VNNI>(v, wrow, g)),
+                    _ => o.copy_from_slice(&column_super_v3::<B, 1, VNNI>(v, wrow, g)),
+                }
+                continue;
+            }
             match g.rows {
                 8 => o.copy_from_slice(&column_v3::<B, 8, VNNI>(v, wrow, g, &mut s8)),
                 4 => o.copy_from_slice(&column_v3::<B, 4, VNNI>(v, wrow, g, &mut s4)),
@@ -585,7 +773,7 @@ fn column_v3<B: WeightBlock, const R: usize, const VNNI: bool>(
             prefetch_v3(v, wb);
             let (dw, mw) = wb.scales_offsets();
             for p in 0..B::PARTS {
-                let dot = B::dot_v3::<VNNI>(v, wb.load_v3(v, p), row(x, p, 0));
+                let dot = B::dot_v3::<VNNI>(v, wb.load_v3::<VNNI>(v, p), row(x, p, 0));
                 let scale = v.avx._mm256_set1_ps(dw[p] * d[p][0]);
                 acc = v.fma._mm256_fmadd_ps(v.avx._mm256_cvtepi32_ps(dot), scale, acc);
                 if B::OFFSET {
@@ -615,7 +803,7 @@ fn column_v3<B: WeightBlock, const R: usize, const VNNI: bool>(
     for (wb, (scale, x)) in wrow.iter().zip(scales.chunks_exact(B::PARTS).zip(x)) {
         prefetch_v3(v, wb);
         for (p, scale) in scale.iter().enumerate() {
-            let loaded = wb.load_v3(v, p);
+            let loaded = wb.load_v3::<VNNI>(v, p);
             for i in 0..R {
                 let dot = B::dot_v3::<VNNI>(v, loaded, row(x, p, i));
                 let sc = v.avx._mm256_set1_ps(scale[i]);
@@ -629,6 +817,56 @@ fn column_v3<B: WeightBlock, const R: usize, const VNNI: bool>(
         out[i] = (((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]))) + macc[i];
     }
     out
+}
+
+/// `column_v3` for `SUPER` formats: per block and row, the parts' products summed in eight i32 lanes with their
+/// integer scales (`dot_acc_v3`), the block's term from the inputs' sums of 16 (`term_weights`), then one
+/// conversion and multiply-add for the block (and one for its offsets).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn column_super_v3<B: WeightBlock, const R: usize, const VNNI: bool>(
+    v: pulp::x86::V3,
+    wrow: &[B],
+    g: &XGroup,
+) -> [f32; R] {
+    use core::arch::x86_64::{__m256, __m256i};
+    let (q, _) = g.q.as_chunks::<R>();
+    let (qu, _) = g.qu.as_chunks::<R>();
+    let (start16, _) = g.start16.as_chunks::<R>();
+    let (d, _) = g.d.as_chunks::<R>();
+    let (bsums, _) = g.bsums.as_chunks::<R>();
+    let mut acc: [__m256; R] = [v.avx._mm256_setzero_ps(); R];
+    for (b, wb) in wrow.iter().enumerate() {
+        prefetch_v3(v, wb);
+        let mut dots: [__m256i; R] = [v.avx._mm256_setzero_si256(); R];
+        for p in 0..B::PARTS {
+            let loaded = wb.load_v3::<VNNI>(v, p);
+            let at = b * B::PARTS + p;
+            for i in 0..R {
+                let x = XBlock { q: &q[at][i], qu: &qu[at][i], start16: &start16[at][i] };
+                dots[i] = B::dot_acc_v3::<VNNI>(v, dots[i], loaded, x);
+            }
+        }
+        let (scale, offset_scale) = wb.block_scales();
+        let term_weights: __m256i = pulp::cast(wb.term_weights());
+        let dx = &d[b * B::PARTS];
+        for i in 0..R {
+            let terms = v.avx2._mm256_madd_epi16(pulp::cast(bsums[b][i]), term_weights);
+            if B::OFFSET {
+                let dot = v.avx._mm256_cvtepi32_ps(dots[i]);
+                acc[i] = v.fma._mm256_fmadd_ps(dot, v.avx._mm256_set1_ps(scale * dx[i]), acc[i]);
+                let offsets = v.avx._mm256_cvtepi32_ps(terms);
+                acc[i] = v.fma._mm256_fmadd_ps(offsets, v.avx._mm256_set1_ps(offset_scale * dx[i]), acc[i]);
+            } else {
+                let dot = v.avx._mm256_cvtepi32_ps(v.avx2._mm256_add_epi32(dots[i], terms));
+                acc[i] = v.fma._mm256_fmadd_ps(dot, v.avx._mm256_set1_ps(scale * dx[i]), acc[i]);
+            }
+        }
+    }
+    core::array::from_fn(|i| {
+        let l: [f32; 8] = pulp::cast(acc[i]);
+        ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]))
+    })
 }
 
 #[cfg(test)]
@@ -671,6 +909,16 @@ pub(crate) mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn nearest_even_rounds_as_the_standard_library() {
+        let mut rng = TestRng::new(9);
+        let halves = (-600..=600).map(|i| i as f32 * 0.5);
+        let random = (0..100_000).map(|_| rng.unit() * 200.0);
+        for v in halves.chain(random).chain([0.49999997, -0.49999997, 4_194_304.0, -4_194_303.5]) {
+            assert_eq!(nearest_even(v), v.round_ties_even(), "{v}");
+        }
     }
 
     #[test]

@@ -101,7 +101,7 @@ impl WeightBlock for Q4Block {
 
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    fn load_v3(&self, v: pulp::x86::V3, _part: usize) -> Self::Loaded {
+    fn load_v3<const VNNI: bool>(&self, v: pulp::x86::V3, _part: usize) -> Self::Loaded {
         let raw: core::arch::x86_64::__m128i = pulp::cast(self.q);
         let both = v.avx._mm256_set_m128i(v.sse2._mm_srli_epi16::<4>(raw), raw);
         v.avx2._mm256_and_si256(both, v.avx._mm256_set1_epi8(15))

@@ -1,8 +1,9 @@
 //! GGML's Q4_K weight format, read as stored: super-blocks of 256 values in 8 parts of 32, 144 bytes each —
 //! half-precision `d` and `dmin`, 12 bytes packing a 6-bit scale and a 6-bit min per part, and 128 bytes of
 //! nibbles. Value `l` of part `p` is `d * sc_p * q - dmin * m_p`, where part `2c` takes the low nibbles of
-//! bytes `32c..32c + 32` and part `2c + 1` their high nibbles. The kernels multiply the unsigned nibbles and
-//! fold `-dmin * m_p` into the part's offset (see `matmul`).
+//! bytes `32c..32c + 32` and part `2c + 1` their high nibbles. The kernels multiply the unsigned nibbles, sum
+//! the parts' products weighted by their scales in integers, and take the mins times the inputs' sums once per
+//! super-block (see `matmul`).
 
 use crate::half::f16_to_f32;
 use crate::matmul::{BlockMatrix, WeightBlock, XBlock, BLOCK};
@@ -81,18 +82,6 @@ impl WeightBlock for Q4KBlock {
     }
 
     #[inline(always)]
-    fn scales_offsets(&self) -> ([f32; 8], [f32; 8]) {
-        let (d, dmin) = (f16_to_f32(self.d), f16_to_f32(self.dmin));
-        let mut out = ([0f32; 8], [0f32; 8]);
-        for p in 0..Self::PARTS {
-            let (sc, m) = self.scale_min(p);
-            out.0[p] = d * sc as f32;
-            out.1[p] = -(dmin * m as f32);
-        }
-        out
-    }
-
-    #[inline(always)]
     fn dot(&self, part: usize, x: &[i8; BLOCK]) -> i32 {
         x.iter().enumerate().map(|(l, &x)| self.q(part, l) as i32 * x as i32).sum()
     }
@@ -104,23 +93,64 @@ impl WeightBlock for Q4KBlock {
         }
     }
 
-    /// The part's 32 nibbles as bytes.
-    #[cfg(target_arch = "x86_64")]
-    type Loaded = core::arch::x86_64::__m256i;
+    /// Summed over the super-block with the parts' 6-bit scales; the mins times the inputs' sums once per block.
+    const SUPER: bool = true;
 
-    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    fn load_v3(&self, v: pulp::x86::V3, part: usize) -> Self::Loaded {
-        let raw: core::arch::x86_64::__m256i = pulp::cast(self.qs.as_chunks::<32>().0[part / 2]);
-        let shifted = if part.is_multiple_of(2) { raw } else { v.avx2._mm256_srli_epi16::<4>(raw) };
-        v.avx2._mm256_and_si256(shifted, v.avx._mm256_set1_epi8(15))
+    fn block_scales(&self) -> (f32, f32) {
+        (f16_to_f32(self.d), -f16_to_f32(self.dmin))
     }
 
-    /// Unsigned nibbles times signed inputs (at most 2 * 15 * 127 per 16-bit lane: no saturation).
+    #[inline(always)]
+    fn part_weights(&self) -> ([i32; 8], [i32; 8]) {
+        let mut out = ([0; 8], [0; 8]);
+        for p in 0..Self::PARTS {
+            let (sc, m) = self.scale_min(p);
+            (out.0[p], out.1[p]) = (sc as i32, m as i32);
+        }
+        out
+    }
+
+    /// The part's 32 nibbles as bytes, and its 6-bit scale in every 16-bit lane.
+    #[cfg(target_arch = "x86_64")]
+    type Loaded = (core::arch::x86_64::__m256i, core::arch::x86_64::__m256i);
+
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    fn dot_v3<const VNNI: bool>(v: pulp::x86::V3, w: Self::Loaded, x: XBlock<'_>) -> core::arch::x86_64::__m256i {
-        crate::matmul::unsigned_dot_v3::<VNNI>(v, w, x.v3())
+    fn load_v3<const VNNI: bool>(&self, v: pulp::x86::V3, part: usize) -> Self::Loaded {
+        let raw: core::arch::x86_64::__m256i = pulp::cast(self.qs.as_chunks::<32>().0[part / 2]);
+        let shifted = if part.is_multiple_of(2) { raw } else { v.avx2._mm256_srli_epi16::<4>(raw) };
+        let nibbles = v.avx2._mm256_and_si256(shifted, v.avx._mm256_set1_epi8(15));
+        (nibbles, v.avx._mm256_set1_epi16(self.scale_min(part).0 as i16))
+    }
+
+    /// Unsigned nibbles times signed inputs (at most 2 * 15 * 128 per 16-bit lane: no saturation), unscaled (the
+    /// form of the kernels for 32-value blocks; this format's sums go through `dot_acc_v3`).
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn dot_v3<const VNNI: bool>(v: pulp::x86::V3, (q, _): Self::Loaded, x: XBlock<'_>) -> core::arch::x86_64::__m256i {
+        crate::matmul::unsigned_dot_v3::<VNNI>(v, q, x.v3())
+    }
+
+    /// The pairs of products (`maddubs`) times the part's scale, added in pairs to `acc` (`vpdpwssd` with VNNI;
+    /// at most 2 * 3,840 * 63 per lane and part).
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn dot_acc_v3<const VNNI: bool>(
+        v: pulp::x86::V3,
+        acc: core::arch::x86_64::__m256i,
+        (q, scale): Self::Loaded,
+        x: XBlock<'_>,
+    ) -> core::arch::x86_64::__m256i {
+        let pairs = v.avx2._mm256_maddubs_epi16(q, x.v3());
+        crate::matmul::scaled_pairs_v3::<VNNI>(v, acc, pairs, scale)
+    }
+
+    /// Each part's min, for both sums of 16 of its inputs.
+    #[inline(always)]
+    fn term_weights(&self) -> [i16; 16] {
+        let mins: [i16; 8] = core::array::from_fn(|p| self.scale_min(p).1 as i16);
+        core::array::from_fn(|h| mins[h / 2])
     }
 }
 

@@ -5,7 +5,6 @@
 
 use crate::half::f16_to_f32;
 use crate::matmul::{BlockMatrix, WeightBlock, XBlock, BLOCK};
-use crate::q8::Q8Block;
 
 /// Bytes of one stored block.
 const BYTES: usize = 22;
@@ -26,15 +25,6 @@ pub(crate) fn q5_from_q5_0(data: &[u8], n: usize, k: usize) -> Option<Q5Matrix> 
         return None;
     }
     BlockMatrix::new(n, k, data.chunks_exact(BYTES).map(Q5Block::read).collect())
-}
-
-/// GGML Q5_0 blocks as 8-bit blocks that hold exactly the same values (`q - 16`, in -16..=15, with the block's
-/// own scale): more bytes than as stored, but the 8-bit kernels and no rounding (`None`: not whole blocks).
-pub(crate) fn q8_blocks_from_q5_0(data: &[u8]) -> Option<Vec<Q8Block>> {
-    data.len().is_multiple_of(BYTES).then(|| {
-        let widen = |b: Q5Block| Q8Block::new(b.d, core::array::from_fn(|i| b.q(i) as i8 - 16));
-        data.chunks_exact(BYTES).map(|b| widen(Q5Block::read(b))).collect()
-    })
 }
 
 impl Q5Block {
@@ -86,10 +76,14 @@ impl WeightBlock for Q5Block {
 
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    fn load_v3(&self, v: pulp::x86::V3, _part: usize) -> Self::Loaded {
+    fn load_v3<const VNNI: bool>(&self, v: pulp::x86::V3, _part: usize) -> Self::Loaded {
         let raw: core::arch::x86_64::__m128i = pulp::cast(self.qs);
         let both = v.avx._mm256_set_m128i(v.sse2._mm_srli_epi16::<4>(raw), raw);
         let low = v.avx2._mm256_and_si256(both, v.avx._mm256_set1_epi8(15));
+        if VNNI {
+            // `qh` as a byte mask (AVX512BW): 16 added where bit i is set, two instructions.
+            return crate::matmul::masked_add_bytes(low, u32::from_le_bytes(self.qh), v.avx._mm256_set1_epi8(16));
+        }
         // Bit i of qh to byte i: byte i takes the qh byte i / 8, keeps bit i % 8, and becomes 16 where it is set.
         let bits = v.avx._mm256_set1_epi32(i32::from_le_bytes(self.qh));
         let spread = v.avx2._mm256_shuffle_epi8(
@@ -101,6 +95,14 @@ impl WeightBlock for Q5Block {
         let mask = v.avx._mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
         let set = v.avx2._mm256_cmpeq_epi8(v.avx2._mm256_and_si256(spread, mask), mask);
         v.avx2._mm256_or_si256(low, v.avx2._mm256_and_si256(set, v.avx._mm256_set1_epi8(16)))
+    }
+
+    /// `q - 16` as signed bytes, with the same scale.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn widen_v3(&self, v: pulp::x86::V3) -> Option<crate::q8::Q8Block> {
+        let q = v.avx2._mm256_sub_epi8(self.load_v3::<false>(v, 0), v.avx._mm256_set1_epi8(16));
+        Some(crate::q8::Q8Block::new(self.d, pulp::cast(q)))
     }
 
     /// `(q - 16) * x` as `q * x - 16 * x` in 16-bit lanes (at most 2 * 31 * 127 + 2 * 16 * 127 in size: no
@@ -131,9 +133,5 @@ mod tests {
         check_against_candle(q, &data, GgmlDType::Q5_0, n, k);
         assert!(q5_from_q5_0(&data[1..], n, k).is_none());
         assert!(q5_from_q5_0(&data, n, k + 1).is_none());
-        // Widened to 8 bits: the same values exactly, on the 8-bit kernels.
-        let widened = crate::q8::Q8Matrix::new(n, k, q8_blocks_from_q5_0(&data).expect("whole blocks")).expect("q8");
-        check_against_candle(widened, &data, GgmlDType::Q5_0, n, k);
-        assert!(q8_blocks_from_q5_0(&data[1..]).is_none());
     }
 }

@@ -92,14 +92,21 @@ impl WeightBlock for Q6KBlock {
         }
     }
 
-    /// The part's 32 unsigned values as bytes, and its two scales as 16-bit lanes (8 each) and as 32-bit lanes
-    /// (4 each).
+    /// Summed over the super-block with the 16-value runs' 8-bit scales; the `- 32` once per block.
+    const SUPER: bool = true;
+
+    #[inline(always)]
+    fn block_scales(&self) -> (f32, f32) {
+        (f16_to_f32(self.d), 0.0)
+    }
+
+    /// The part's 32 unsigned values as bytes, and its two scales as 16-bit lanes (8 each).
     #[cfg(target_arch = "x86_64")]
-    type Loaded = (core::arch::x86_64::__m256i, core::arch::x86_64::__m256i, core::arch::x86_64::__m256i);
+    type Loaded = (core::arch::x86_64::__m256i, core::arch::x86_64::__m256i);
 
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    fn load_v3(&self, v: pulp::x86::V3, part: usize) -> Self::Loaded {
+    fn load_v3<const VNNI: bool>(&self, v: pulp::x86::V3, part: usize) -> Self::Loaded {
         use core::arch::x86_64::__m256i;
         let (half, t) = (part / 4, part % 4);
         let low: __m256i = pulp::cast(self.ql.as_chunks::<32>().0[2 * half + t % 2]);
@@ -118,28 +125,40 @@ impl WeightBlock for Q6KBlock {
         };
         let q = v.avx2._mm256_or_si256(nibbles, v.avx2._mm256_and_si256(top, v.avx._mm256_set1_epi8(0x30)));
         let (a, b) = self.part_scales(part);
-        let scales = v.avx._mm256_set_m128i(v.sse2._mm_set1_epi16(b as i16), v.sse2._mm_set1_epi16(a as i16));
-        let wide = v.avx._mm256_set_m128i(v.sse2._mm_set1_epi32(b as i32), v.sse2._mm_set1_epi32(a as i32));
-        (q, scales, wide)
+        (q, v.avx._mm256_set_m128i(v.sse2._mm_set1_epi16(b as i16), v.sse2._mm_set1_epi16(a as i16)))
     }
 
     /// `(q - 32) * x` as `q * x - 32 * x` in 16-bit lanes (at most 2 * 63 * 127 + 2 * 32 * 127 in size: no
-    /// saturation), then summed in pairs weighted by the half's scale. With VNNI: `q * x` started from
-    /// `-32 * x` in 32-bit lanes (lanes 0–3 hold the first 16 values, 4–7 the second), each lane then times its
-    /// half's scale.
+    /// saturation), summed in pairs weighted by the half's scale (the form of the kernels for 32-value blocks;
+    /// this format's sums go through `dot_acc_v3`).
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     fn dot_v3<const VNNI: bool>(
         v: pulp::x86::V3,
-        (q, scales, wide): Self::Loaded,
+        (q, scales): Self::Loaded,
         x: XBlock<'_>,
     ) -> core::arch::x86_64::__m256i {
-        if VNNI {
-            let start = x.start16_v3();
-            let dot = crate::matmul::vnni_dot_from(v.avx2._mm256_add_epi32(start, start), q, x.v3());
-            return v.avx2._mm256_mullo_epi32(dot, wide);
-        }
         crate::matmul::offset_dot_v3(v, q, x.v3(), 32, scales)
+    }
+
+    /// `q * x` in pairs (`maddubs`, at most 2 * 63 * 128 per 16-bit lane), times the halves' scales, added in
+    /// pairs to `acc` (`vpdpwssd` with VNNI); the `- 32 * x` comes once per block (`term_weights`).
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn dot_acc_v3<const VNNI: bool>(
+        v: pulp::x86::V3,
+        acc: core::arch::x86_64::__m256i,
+        (q, scales): Self::Loaded,
+        x: XBlock<'_>,
+    ) -> core::arch::x86_64::__m256i {
+        let pairs = v.avx2._mm256_maddubs_epi16(q, x.v3());
+        crate::matmul::scaled_pairs_v3::<VNNI>(v, acc, pairs, scales)
+    }
+
+    /// `-32` times each run's scale (at most 32 * 128 in size).
+    #[inline(always)]
+    fn term_weights(&self) -> [i16; 16] {
+        self.scales.map(|s| -32 * s as i16)
     }
 }
 

@@ -1,6 +1,6 @@
 //! The engine's 8-bit weight format, GGML's Q8_0: per 32 values a half-precision scale `d` and signed 8-bit
-//! `q` (value = `d * q`). Q8_0 tensors are taken unchanged, other weight types are quantised at load (see
-//! `matmul` for the kernel).
+//! `q` (value = `d * q`). Q8_0 tensors are taken unchanged; weight types the kernels do not read as stored are
+//! quantised to it at load, and Q5_0 blocks widened to it for a prefill (see `matmul` for the kernel).
 
 use rayon::prelude::*;
 
@@ -93,7 +93,7 @@ impl WeightBlock for Q8Block {
 
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    fn load_v3(&self, v: pulp::x86::V3, _part: usize) -> Self::Loaded {
+    fn load_v3<const VNNI: bool>(&self, v: pulp::x86::V3, _part: usize) -> Self::Loaded {
         let w: core::arch::x86_64::__m256i = pulp::cast(self.q);
         (v.avx2._mm256_sign_epi8(w, w), w)
     }
