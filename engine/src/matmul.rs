@@ -569,8 +569,8 @@ impl<B: WeightBlock> BlockMatrix<B> {
 
 #[cfg(target_arch = "x86_64")]
 thread_local! {
-    /// Each thread's blocks for `BlockMatrix::widened`, kept from call to call (fresh memory for each call cost
-    /// a page fault per 4 KiB: a prefill's products ran 10-25% slower).
+    /// Each thread's blocks for `BlockMatrix::widened`, kept from call to call (a prefill makes a few hundred
+    /// such calls, of up to a MiB or so each; fresh memory each time would be fresh pages to fault in).
     static WIDE_SCRATCH: std::cell::Cell<Vec<crate::q8::Q8Block>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
