@@ -181,50 +181,62 @@ pub(crate) enum InputQuant {
 /// inputs one scale.
 fn quantize_groups(x: &[f32], m: usize, k: usize, span: usize, style: InputQuant, whole_blocks: bool) -> Vec<XGroup> {
     let span = if style == InputQuant::Engine && !whole_blocks { BLOCK } else { span };
-    let blocks = k / BLOCK;
-    let mut groups = Vec::new();
+    let mut bounds = Vec::new();
     let mut row0 = 0;
-    let mut q = vec![[0i8; BLOCK]; span / BLOCK];
     while row0 < m {
         let left = m - row0;
         let rows = if left >= ROWS { ROWS } else { 1 << left.ilog2() };
-        let n = blocks * rows;
-        let mut g = XGroup {
-            row0,
-            rows,
-            q: vec![[0; BLOCK]; n],
-            qu: vec![[0; BLOCK]; n],
-            start16: vec![[0; 8]; n],
-            d: vec![0.0; n],
-            s: vec![0.0; n],
-            bsums: if span > BLOCK { vec![[0; 16]; k / span * rows] } else { Vec::new() },
-        };
-        for (i, row) in x[row0 * k..(row0 + rows) * k].chunks_exact(k).enumerate() {
-            for (c, xs) in row.chunks_exact(span).enumerate() {
-                let d = match style {
-                    _ if span > BLOCK => quantize_q8_k(xs, &mut q),
-                    InputQuant::Engine => quantize_block(xs, &mut q[0]),
-                    InputQuant::LlamaCpp => quantize_q8_0(xs, &mut q[0]),
-                };
-                for (p, q) in q.iter().enumerate() {
-                    let sum: i32 = q.iter().map(|&v| v as i32).sum();
-                    let at = (c * (span / BLOCK) + p) * rows + i;
-                    (g.q[at], g.d[at], g.s[at]) = (*q, d, d * sum as f32);
-                    g.qu[at] = q.map(|v| (v as u8) ^ 0x80);
-                    g.start16[at] =
-                        core::array::from_fn(|l| -16 * q[4 * l..4 * l + 4].iter().map(|&v| v as i32).sum::<i32>());
-                }
-                if span > BLOCK {
-                    g.bsums[c * rows + i] = core::array::from_fn(|h| {
-                        q[h / 2][16 * (h % 2)..16 * (h % 2) + 16].iter().map(|&v| v as i16).sum::<i16>()
-                    });
-                }
-            }
-        }
-        groups.push(g);
+        bounds.push((row0, rows));
         row0 += rows;
     }
-    groups
+    let group =
+        |&(row0, rows): &(usize, usize)| quantize_group(&x[row0 * k..(row0 + rows) * k], row0, rows, span, style);
+    if m * k >= PARALLEL_MIN_WORK && bounds.len() > 1 {
+        // A prefill's inputs (hundreds of rows) on every thread: on one, the others waited for it.
+        bounds.par_iter().map(group).collect()
+    } else {
+        bounds.iter().map(group).collect()
+    }
+}
+
+/// One group of `quantize_groups`: the `rows` rows in `x` (from row `row0` of the input).
+fn quantize_group(x: &[f32], row0: usize, rows: usize, span: usize, style: InputQuant) -> XGroup {
+    let k = x.len() / rows;
+    let n = k / BLOCK * rows;
+    let mut q = vec![[0i8; BLOCK]; span / BLOCK];
+    let mut g = XGroup {
+        row0,
+        rows,
+        q: vec![[0; BLOCK]; n],
+        qu: vec![[0; BLOCK]; n],
+        start16: vec![[0; 8]; n],
+        d: vec![0.0; n],
+        s: vec![0.0; n],
+        bsums: if span > BLOCK { vec![[0; 16]; k / span * rows] } else { Vec::new() },
+    };
+    for (i, row) in x.chunks_exact(k).enumerate() {
+        for (c, xs) in row.chunks_exact(span).enumerate() {
+            let d = match style {
+                _ if span > BLOCK => quantize_q8_k(xs, &mut q),
+                InputQuant::Engine => quantize_block(xs, &mut q[0]),
+                InputQuant::LlamaCpp => quantize_q8_0(xs, &mut q[0]),
+            };
+            for (p, q) in q.iter().enumerate() {
+                let sum: i32 = q.iter().map(|&v| v as i32).sum();
+                let at = (c * (span / BLOCK) + p) * rows + i;
+                (g.q[at], g.d[at], g.s[at]) = (*q, d, d * sum as f32);
+                g.qu[at] = q.map(|v| (v as u8) ^ 0x80);
+                g.start16[at] =
+                    core::array::from_fn(|l| -16 * q[4 * l..4 * l + 4].iter().map(|&v| v as i32).sum::<i32>());
+            }
+            if span > BLOCK {
+                g.bsums[c * rows + i] = core::array::from_fn(|h| {
+                    q[h / 2][16 * (h % 2)..16 * (h % 2) + 16].iter().map(|&v| v as i16).sum::<i16>()
+                });
+            }
+        }
+    }
+    g
 }
 
 /// Symmetric 8-bit quantisation of 32 inputs: values in -127..=127 (rounded half away from zero) and the
