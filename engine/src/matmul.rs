@@ -352,17 +352,20 @@ pub(crate) fn masked_add_bytes(
     unsafe { core::arch::x86_64::_mm256_mask_add_epi8(a, mask, a, b) }
 }
 
-/// `acc` plus the 16-bit lanes of `pairs` times those of `scales`, summed in pairs into eight i32 lanes
-/// (`vpdpwssd` with `VNNI`, else `madd` then an add).
+/// `acc` plus the products of unsigned weight bytes `w` with the input block's signed bytes, taken in pairs
+/// (`maddubs`: the weights must be small enough that pairs do not saturate 16 bits), times the 16-bit lanes of
+/// `scales`, summed in pairs into eight i32 lanes (`vpdpwssd` with `VNNI`, else `madd` then an add).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 #[allow(unsafe_code)]
-pub(crate) fn scaled_pairs_v3<const VNNI: bool>(
+pub(crate) fn scaled_dot_v3<const VNNI: bool>(
     v: pulp::x86::V3,
     acc: core::arch::x86_64::__m256i,
-    pairs: core::arch::x86_64::__m256i,
+    w: core::arch::x86_64::__m256i,
+    x: XBlock<'_>,
     scales: core::arch::x86_64::__m256i,
 ) -> core::arch::x86_64::__m256i {
+    let pairs = v.avx2._mm256_maddubs_epi16(w, x.v3());
     if VNNI {
         // SAFETY: code compiled with `VNNI` set runs only inside `kernel_vnni`, which is entered only on CPUs that
         // report AVX512-VNNI and AVX512-VL (`KernelPath::best`) and is compiled with those features.

@@ -142,8 +142,7 @@ impl WeightBlock for Q4KBlock {
         (q, scale): Self::Loaded,
         x: XBlock<'_>,
     ) -> core::arch::x86_64::__m256i {
-        let pairs = v.avx2._mm256_maddubs_epi16(q, x.v3());
-        crate::matmul::scaled_pairs_v3::<VNNI>(v, acc, pairs, scale)
+        crate::matmul::scaled_dot_v3::<VNNI>(v, acc, q, x, scale)
     }
 
     /// Each part's min, for both sums of 16 of its inputs.

@@ -151,8 +151,7 @@ impl WeightBlock for Q6KBlock {
         (q, scales): Self::Loaded,
         x: XBlock<'_>,
     ) -> core::arch::x86_64::__m256i {
-        let pairs = v.avx2._mm256_maddubs_epi16(q, x.v3());
-        crate::matmul::scaled_pairs_v3::<VNNI>(v, acc, pairs, scales)
+        crate::matmul::scaled_dot_v3::<VNNI>(v, acc, q, x, scales)
     }
 
     /// `-32` times each run's scale (at most 32 * 128 in size).
