@@ -406,7 +406,7 @@ fn softmax(scores: &mut [f32], scale: f32) {
 const LANES: usize = 8;
 
 #[inline(always)]
-fn lanes_sum(x: &[f32]) -> f32 {
+pub(crate) fn lanes_sum(x: &[f32]) -> f32 {
     let mut acc = [0f32; LANES];
     let chunks = x.chunks_exact(LANES);
     let tail: f32 = chunks.remainder().iter().sum();
@@ -419,7 +419,7 @@ fn lanes_sum(x: &[f32]) -> f32 {
 }
 
 #[inline(always)]
-fn lanes_max(x: &[f32]) -> f32 {
+pub(crate) fn lanes_max(x: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; LANES];
     let chunks = x.chunks_exact(LANES);
     let tail = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));

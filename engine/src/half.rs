@@ -17,6 +17,12 @@ pub(crate) fn f16_to_f32(h: u16) -> f32 {
     f32::from_bits((subnormal & is_subnormal) | (bits & !is_subnormal) | ((h & 0x8000) << 16))
 }
 
+/// `v` rounded to the nearest half-precision value.
+#[inline(always)]
+pub(crate) fn to_half_precision(v: f32) -> f32 {
+    f16_to_f32(f32_to_f16(v))
+}
+
 /// Round to the nearest half-precision value (ties to even; overflow gives infinity, NaN a quiet NaN).
 pub(crate) fn f32_to_f16(v: f32) -> u16 {
     let bits = v.to_bits();

@@ -2,6 +2,7 @@
 //! decoding and layer-range stages) and BERT-family sentence embeddings.
 
 mod amx;
+mod attention;
 mod chat;
 pub mod constraint;
 mod dense;

@@ -10,13 +10,13 @@ use std::sync::Arc;
 
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{Device, Module, Tensor};
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::attention::{attention, Heads, MAX_HEAD_DIM};
 use crate::error::EngineError;
-use crate::half::{f16_to_f32, f32_to_f16};
+use crate::half::to_half_precision;
 use crate::inspect::{inspect_gguf, md_str, ModelInfo};
-use crate::matmul::{vectorized, BlockMatrix, InputQuant, WeightBlock, WeightMatrix};
+use crate::matmul::{BlockMatrix, InputQuant, WeightBlock, WeightMatrix};
 use crate::q4::{q4_from_q4_0, q4_from_q4_1};
 use crate::q4k::q4k_from_q4_k;
 use crate::q5::q5_from_q5_0;
@@ -729,7 +729,8 @@ impl Llm {
                 }
             }
             let kv: Vec<(&[f32], &[f32])> = caches.iter().map(|c| (c.k[li].as_slice(), c.v[li].as_slice())).collect();
-            let attn = attention(cfg, &qkv, &kv, &row_seq, &row_pos);
+            let heads = Heads { query: nh, kv: nkv, dim: hd, half_precision: cfg.llama_cpp };
+            let attn = attention(heads, &qkv, &kv, &row_seq, &row_pos);
             let o = layer.wo.forward(attn, n)?;
             add_in_place(&mut x, &o);
 
@@ -870,15 +871,6 @@ impl RopeTable {
     }
 }
 
-/// The largest attention head size the engine runs.
-const MAX_HEAD_DIM: usize = 256;
-
-/// `v` rounded to the nearest half-precision value.
-#[inline(always)]
-fn to_half_precision(v: f32) -> f32 {
-    f16_to_f32(f32_to_f16(v))
-}
-
 /// `silu(gate) * up` for rows of `[gate | up]`, as an operation for `vectorized_wide`: `exp` from
 /// `fastmath` (vectorised), or the standard library's with `exact_exp` (`llama_cpp_numerics`).
 struct SwiGlu<'a> {
@@ -907,106 +899,4 @@ impl pulp::NullaryFnOnce for SwiGlu<'_> {
             }
         }
     }
-}
-
-/// One query head against the cached positions of its key/value head.
-struct HeadAttention<'a> {
-    q: &'a [f32],
-    /// Cached rows `[position][kv_dim]` up to the query's own position.
-    keys: &'a [f32],
-    values: &'a [f32],
-    kv_dim: usize,
-    /// Where the key/value head starts in a cached row.
-    offset: usize,
-    scale: f32,
-    /// Round the query and the attention weights to half precision (`llama_cpp_numerics`).
-    half_precision: bool,
-}
-
-impl HeadAttention<'_> {
-    /// `o = softmax(q . k * scale) . v`; `scores` is scratch space. With `half_precision`, as llama.cpp with its
-    /// default half-precision cache, the query and the attention weights are rounded to half precision before
-    /// they meet the cache.
-    #[inline(always)]
-    fn run(&self, scores: &mut Vec<f32>, o: &mut [f32]) {
-        let hd = self.q.len();
-        let (from, to) = (self.offset, self.offset + hd);
-        scores.clear();
-        let mut q = [0f32; MAX_HEAD_DIM];
-        let q = &mut q[..hd];
-        for (a, &b) in q.iter_mut().zip(self.q) {
-            *a = if self.half_precision { to_half_precision(b) } else { b };
-        }
-        let mut max = f32::NEG_INFINITY;
-        for k in self.keys.chunks_exact(self.kv_dim).map(|row| &row[from..to]) {
-            let s = dot(q, k) * self.scale;
-            max = max.max(s);
-            scores.push(s);
-        }
-        let mut sum = 0.0;
-        for s in scores.iter_mut() {
-            *s = if self.half_precision { (*s - max).exp() } else { crate::fastmath::exp(*s - max) };
-            sum += *s;
-        }
-        let inv = 1.0 / sum;
-        o.fill(0.0);
-        for (&w, v) in scores.iter().zip(self.values.chunks_exact(self.kv_dim).map(|row| &row[from..to])) {
-            let w = if self.half_precision { to_half_precision(w * inv) } else { w * inv };
-            for (a, b) in o.iter_mut().zip(v) {
-                *a += w * b;
-            }
-        }
-    }
-}
-
-/// `HeadAttention::run` as an operation for `vectorized`.
-struct Attend<'a, 'b> {
-    head: HeadAttention<'a>,
-    scores: &'b mut Vec<f32>,
-    o: &'b mut [f32],
-}
-
-impl pulp::NullaryFnOnce for Attend<'_, '_> {
-    type Output = ();
-
-    #[inline(always)]
-    fn call(self) {
-        self.head.run(self.scores, self.o)
-    }
-}
-
-/// Causal attention of every (row, head) against its own sequence's cache (which already holds the new rows).
-fn attention(cfg: &Config, qkv: &[f32], kv: &[(&[f32], &[f32])], row_seq: &[usize], row_pos: &[usize]) -> Vec<f32> {
-    let (nh, nkv, hd) = (cfg.n_head, cfg.n_kv_head, cfg.head_dim);
-    let q_dim = nh * hd;
-    let kv_dim = nkv * hd;
-    let qkv_dim = q_dim + 2 * kv_dim;
-    let group = nh / nkv;
-    let scale = 1.0 / (hd as f32).sqrt();
-    let mut out = vec![0f32; row_seq.len() * q_dim];
-    let task = |scores: &mut Vec<f32>, idx: usize, o: &mut [f32]| {
-        let (r, h) = (idx / nh, idx % nh);
-        let (keys, values) = kv[row_seq[r]];
-        let len = (row_pos[r] + 1) * kv_dim;
-        let head = HeadAttention {
-            q: &qkv[r * qkv_dim + h * hd..r * qkv_dim + (h + 1) * hd],
-            keys: &keys[..len],
-            values: &values[..len],
-            kv_dim,
-            offset: h / group * hd,
-            scale,
-            half_precision: cfg.llama_cpp,
-        };
-        vectorized(Attend { head, scores, o })
-    };
-    let work: usize = row_pos.iter().map(|p| p + 1).sum::<usize>() * nh * hd;
-    if work < 200_000 {
-        let mut scores = Vec::new();
-        for (idx, o) in out.chunks_exact_mut(hd).enumerate() {
-            task(&mut scores, idx, o);
-        }
-    } else {
-        out.par_chunks_exact_mut(hd).enumerate().for_each_init(Vec::new, |scores, (idx, o)| task(scores, idx, o));
-    }
-    out
 }
