@@ -173,11 +173,30 @@ impl Dense {
         let chunk_rows = chunk_blocks * BLOCK;
         out.resize(m * n, 0.0);
         let a = &a[..];
+        let weights = [&packed[0][..], &packed[1][..]];
         let task = |chunk: usize, out: &mut [f32]| {
             let a = &a[chunk * 2 * chunk_rows * k..];
-            crate::matmul::vectorized_wide(AmxTask { weights: packed, a, bias: &self.bias, k, act, out })
+            crate::matmul::vectorized_wide(AmxTask { weights, a, bias: &self.bias, k, act, out })
         };
-        if blocks <= 1 || threads == 1 {
+        if blocks <= 1 && threads > 1 && n >= 2 * BLOCK {
+            // One row block (a query, a sentence or two): both threads, each on half the columns. Such a call
+            // is bound by reading the weights, and each thread then reads half of them.
+            let left = n / BLOCK / 2 * BLOCK;
+            let per_column = k / DEPTH * 2 * TILE * DEPTH / BLOCK;
+            let half = |from: usize, to: usize, out: &mut Vec<f32>| {
+                out.resize(m * (to - from), 0.0);
+                let weights =
+                    [&packed[0][from * per_column..to * per_column], &packed[1][from * per_column..to * per_column]];
+                let bias = &self.bias[from..to];
+                crate::matmul::vectorized_wide(AmxTask { weights, a, bias, k, act, out })
+            };
+            let (mut l, mut r) = (Vec::new(), Vec::new());
+            rayon::join(|| half(0, left, &mut l), || half(left, n, &mut r));
+            for ((row, l), r) in out.chunks_exact_mut(n).zip(l.chunks_exact(left)).zip(r.chunks_exact(n - left)) {
+                row[..left].copy_from_slice(l);
+                row[left..].copy_from_slice(r);
+            }
+        } else if blocks <= 1 || threads == 1 {
             task(0, out);
         } else {
             out.par_chunks_mut(chunk_rows * n).enumerate().for_each(|(chunk, o)| task(chunk, o));
@@ -187,7 +206,8 @@ impl Dense {
 
 /// `out` (some rows of `[m, n]`) = `act(A Wᵀ + b)` on the tiles, `a` holding those rows packed.
 struct AmxTask<'a> {
-    weights: &'a [amx::Packed; 2],
+    /// The packed weights of the task's columns: the bf16 values and their residuals.
+    weights: [&'a [u16]; 2],
     a: &'a [u16],
     bias: &'a [f32],
     k: usize,
