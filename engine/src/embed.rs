@@ -178,6 +178,25 @@ impl Embedder {
         rayon::scope(|_| self.embed_in_pool(texts))
     }
 
+    /// [`Embedder::embed`] started on a worker thread of the pool, for callers that must not block (a server's
+    /// request tasks): `done` gets the result there, or `Err(why)` when the forward panicked. One hand-over
+    /// each way (a blocking-pool thread in between, waiting for the pool, cost two more).
+    pub fn embed_then(
+        self: &std::sync::Arc<Self>,
+        texts: Vec<String>,
+        done: impl FnOnce(Result<Embeddings, String>) + Send + 'static,
+    ) {
+        let me = std::sync::Arc::clone(self);
+        rayon::spawn(move || {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| me.embed_in_pool(&texts)));
+            done(match result {
+                Ok(Ok(out)) => Ok(out),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("the embedding forward panicked".into()),
+            })
+        });
+    }
+
     fn embed_in_pool(&self, texts: &[String]) -> Result<Embeddings, EngineError> {
         let mut vectors = vec![Vec::new(); texts.len()];
         let mut tokens = vec![0; texts.len()];

@@ -1,5 +1,5 @@
 //! The embedding engine of one replica: one task owns the queue of requests and runs one
-//! batch at a time on the blocking pool.
+//! batch at a time on the engine's thread pool.
 //!
 //! A request is embedded in pieces: each batch holds at most [`MAX_BATCH_INPUTS`] texts,
 //! shared round-robin by every waiting request ([`plan_batch`]), so a small request that
@@ -145,11 +145,14 @@ impl EmbedHandle {
 type PieceResult = Result<(Vec<Vec<f32>>, Vec<usize>), String>;
 
 async fn run(embedder: &Arc<Embedder>, texts: Vec<String>) -> Result<(Vec<Vec<f32>>, Vec<usize>), String> {
-    let e = embedder.clone();
-    match tokio::task::spawn_blocking(move || e.embed(&texts)).await {
+    let (tx, rx) = oneshot::channel();
+    embedder.embed_then(texts, move |result| {
+        let _ = tx.send(result);
+    });
+    match rx.await {
         Ok(Ok(out)) => Ok((out.vectors, out.tokens)),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(e) => Err(format!("embedding worker panicked: {e}")),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err("the embedding worker stopped".into()),
     }
 }
 
