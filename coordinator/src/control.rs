@@ -147,6 +147,13 @@ impl ControlPlane {
                     }
                     self.artifacts.serve(&mut stream, &sha256, offset).await
                 }
+                Request::StoreArtifact { sha256, size } => {
+                    if !matches!(peer, Some((MemberRole::Coordinator, _))) {
+                        let msg = "only coordinators send artifacts to a coordinator";
+                        return stream.refuse(RefusalCode::Unauthenticated, msg).await;
+                    }
+                    self.artifacts.receive(&mut stream, &sha256, size).await
+                }
                 Request::Generate(_)
                 | Request::Embed { .. }
                 | Request::EmbedDocument { .. }

@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::metric_names as m;
 use crate::quic::{ClientStream, ServerStream};
-use crate::serving::ARTIFACT_CHUNK_BYTES;
+use crate::serving::{ARTIFACT_CHUNK_BYTES, MAX_STORED_ARTIFACT_BYTES};
 use crate::{ProtocolError, RefusalCode, Request, Response};
 
 /// A folder of files named by their SHA-256.
@@ -48,6 +48,12 @@ impl ArtifactStore {
     pub fn open(dir: impl Into<PathBuf>) -> std::io::Result<Self> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir)?;
+        // Copies being received when the process stopped: the sender sends again.
+        for entry in std::fs::read_dir(&dir)?.flatten() {
+            if entry.file_name().to_string_lossy().ends_with(".incoming") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         Ok(Self { dir })
     }
 
@@ -199,6 +205,112 @@ impl ArtifactStore {
             }
         }
         stream.finish();
+    }
+
+    /// Sends artifact `sha256` from this store to a member over an open stream
+    /// (`StoreArtifact`) and returns once the member holds it, verified.
+    pub async fn push(&self, stream: &mut ClientStream, sha256: &str) -> Result<(), ProtocolError> {
+        if !self.has(sha256) {
+            return Err(ProtocolError::Malformed(format!("no artifact {sha256} here to send")));
+        }
+        let mut file = tokio::fs::File::open(self.path_of(sha256)).await?;
+        let size = file.metadata().await?.len();
+        match stream.call(&Request::StoreArtifact { sha256: sha256.to_string(), size }).await? {
+            Response::ArtifactHeld => return Ok(()),
+            Response::ArtifactWanted => {}
+            Response::Refused { message, .. } => return Err(ProtocolError::Refused(message)),
+            _ => return Err(ProtocolError::Unexpected { expected: "artifact wanted" }),
+        }
+        let mut sent = 0u64;
+        let mut buf = vec![0u8; ARTIFACT_CHUNK_BYTES];
+        loop {
+            let want = ((size - sent) as usize).min(ARTIFACT_CHUNK_BYTES);
+            file.read_exact(&mut buf[..want]).await?;
+            sent += want as u64;
+            let last = sent == size;
+            stream.send(&Request::Chunk { data: buf[..want].to_vec(), last }).await?;
+            metrics::counter!(m::ARTIFACT_BYTES_SENT).increment(want as u64);
+            if last {
+                break;
+            }
+        }
+        match stream.recv().await? {
+            Response::ArtifactHeld => Ok(()),
+            Response::Refused { message, .. } => Err(ProtocolError::Refused(message)),
+            _ => Err(ProtocolError::Unexpected { expected: "artifact held" }),
+        }
+    }
+
+    /// Answers a `StoreArtifact` request on a server stream: receives the bytes into a file
+    /// of its own, checks them against the hash and size, and only then names the file by
+    /// its hash. A copy that does not match is discarded and refused.
+    pub async fn receive(&self, stream: &mut ServerStream, sha256: &str, size: u64) {
+        if !is_sha256(sha256) {
+            return stream.refuse(RefusalCode::BadRequest, format!("'{sha256}' is not a sha256")).await;
+        }
+        if size > MAX_STORED_ARTIFACT_BYTES {
+            let msg = format!("an artifact of {size} bytes is over the {MAX_STORED_ARTIFACT_BYTES}-byte limit");
+            return stream.refuse(RefusalCode::BadRequest, msg).await;
+        }
+        if self.has(sha256) {
+            let _ = stream.send(&Response::ArtifactHeld).await;
+            return stream.finish();
+        }
+        if stream.send(&Response::ArtifactWanted).await.is_err() {
+            return;
+        }
+        let incoming = self.dir.join(format!("{sha256}.{:016x}.incoming", rand::random::<u64>()));
+        match self.receive_into(stream, &incoming, sha256, size).await {
+            Ok(()) => {
+                let _ = stream.send(&Response::ArtifactHeld).await;
+                stream.finish();
+            }
+            Err((code, message)) => {
+                let _ = std::fs::remove_file(&incoming);
+                if !message.is_empty() {
+                    stream.refuse(code, message).await;
+                }
+            }
+        }
+    }
+
+    /// The `Chunk` frames of a `StoreArtifact` into `incoming`, verified and renamed into
+    /// place. The error's message is empty when the sender went away.
+    async fn receive_into(
+        &self,
+        stream: &mut ServerStream,
+        incoming: &Path,
+        sha256: &str,
+        size: u64,
+    ) -> Result<(), (RefusalCode, String)> {
+        let io = |e: std::io::Error| (RefusalCode::Unavailable, format!("storing artifact {sha256}: {e}"));
+        let mut file = std::fs::File::create(incoming).map_err(io)?;
+        let mut got = 0u64;
+        loop {
+            match stream.recv().await {
+                Ok(Some(Request::Chunk { data, last })) => {
+                    if got + data.len() as u64 > size {
+                        return Err((RefusalCode::BadRequest, "artifact longer than announced".into()));
+                    }
+                    file.write_all(&data).map_err(io)?;
+                    got += data.len() as u64;
+                    metrics::counter!(m::ARTIFACT_BYTES_RECEIVED).increment(data.len() as u64);
+                    if last {
+                        break;
+                    }
+                }
+                Ok(Some(_)) => return Err((RefusalCode::BadRequest, "expected the artifact's chunks".into())),
+                Ok(None) | Err(_) => return Err((RefusalCode::BadRequest, String::new())),
+            }
+        }
+        file.sync_all().map_err(io)?;
+        drop(file);
+        let (actual, len) = hash_file(incoming).map_err(io)?;
+        if actual != sha256 || len != size {
+            let msg = format!("artifact {sha256} arrived with sha256 {actual} ({len} bytes); discarded");
+            return Err((RefusalCode::BadRequest, msg));
+        }
+        std::fs::rename(incoming, self.path_of(sha256)).map_err(io)
     }
 }
 

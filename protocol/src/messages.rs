@@ -278,6 +278,15 @@ pub enum Request {
         server: String,
         command: Vec<String>,
     },
+    /// Keep a copy of the artifact with this SHA-256 (`size` bytes). Answered by
+    /// `ArtifactHeld` at once when this member holds it already, else by `ArtifactWanted`;
+    /// the bytes then follow as `Chunk` frames and are answered by `ArtifactHeld` once they
+    /// are verified against the hash and stored. Coordinators send each other large graph-step
+    /// outputs this way before the step's result is committed.
+    StoreArtifact {
+        sha256: String,
+        size: u64,
+    },
 }
 
 impl Request {
@@ -305,6 +314,7 @@ impl Request {
             Request::IndexSearch { .. } => "index_search",
             Request::IndexExport { .. } => "index_export",
             Request::McpStdio { .. } => "mcp_stdio",
+            Request::StoreArtifact { .. } => "store_artifact",
         }
     }
 }
@@ -443,6 +453,10 @@ pub enum Response {
         status: String,
         stderr: String,
     },
+    /// `StoreArtifact`: send the bytes (as `Chunk` frames).
+    ArtifactWanted,
+    /// `StoreArtifact`: this member holds the artifact (verified and on disk).
+    ArtifactHeld,
 }
 
 impl Response {

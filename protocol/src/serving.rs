@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 /// The largest piece of an artifact in one frame.
 pub const ARTIFACT_CHUNK_BYTES: usize = 1 << 20;
 
+/// The largest artifact a member accepts when another sends it one (`StoreArtifact`).
+pub const MAX_STORED_ARTIFACT_BYTES: u64 = 1 << 30;
+
 /// What a model replica does.
 #[derive(Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]

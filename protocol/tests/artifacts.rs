@@ -1,6 +1,7 @@
 //! Artifact transfer over real QUIC with mutual TLS: a good copy arrives verified, a
 //! source whose bytes do not match the hash is rejected (nothing kept), and an interrupted
-//! download resumes from its partial file.
+//! download resumes from its partial file. A copy sent to a member (`StoreArtifact`) is
+//! kept only when it matches its hash; a sender that goes away leaves nothing behind.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,14 +9,15 @@ use std::sync::Arc;
 use shoal_protocol::artifact::{hash_file, ArtifactStore};
 use shoal_protocol::quic::{self, ClientStream, ServerStream};
 use shoal_protocol::tls::{ClusterCa, Identity, MemberRole, NODE_SERVER_NAME};
-use shoal_protocol::Request;
+use shoal_protocol::{Request, Response};
 
 struct Pair {
     client: quinn::Connection,
     _endpoints: (quinn::Endpoint, quinn::Endpoint),
 }
 
-/// A node-like server answering `FetchArtifact` from `store`, and a connected client.
+/// A member answering `FetchArtifact` from `store` and keeping what `StoreArtifact` sends it
+/// there, and a connected client.
 async fn serve(store: ArtifactStore) -> Pair {
     shoal_protocol::install_crypto_provider();
     let ca = ClusterCa::generate().expect("ca");
@@ -30,8 +32,10 @@ async fn serve(store: ArtifactStore) -> Pair {
     tokio::spawn(quic::serve(endpoint.clone(), move |_conn, mut s: ServerStream| {
         let store = store.clone();
         async move {
-            if let Ok(Some(Request::FetchArtifact { sha256, offset })) = s.recv().await {
-                store.serve(&mut s, &sha256, offset).await;
+            match s.recv().await {
+                Ok(Some(Request::FetchArtifact { sha256, offset })) => store.serve(&mut s, &sha256, offset).await,
+                Ok(Some(Request::StoreArtifact { sha256, size })) => store.receive(&mut s, &sha256, size).await,
+                _ => {}
             }
         }
     }));
@@ -93,4 +97,74 @@ async fn artifacts_arrive_verified_lies_are_rejected_and_downloads_resume() {
     assert!(err.to_string().contains("no artifact"), "{err}");
     let mut s = ClientStream::open(&pair.client).await.expect("open");
     assert!(fetcher.fetch(&mut s, "../../etc/passwd", 10, &|_, _| {}).await.is_err());
+}
+
+#[tokio::test]
+async fn sent_copies_are_kept_only_when_they_match_their_hash() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = weights(2 * (1 << 20) + 777, 3);
+    let (sender, sha) = store_with(&tmp.path().join("sender"), &data);
+    let keeper = ArtifactStore::open(tmp.path().join("keeper")).expect("store");
+    let pair = serve(keeper.clone()).await;
+    let leftovers = || {
+        std::fs::read_dir(keeper.dir())
+            .expect("dir")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".incoming"))
+            .count()
+    };
+
+    // A good copy: held, byte for byte; sending it again is answered at once.
+    let mut s = ClientStream::open(&pair.client).await.expect("open");
+    sender.push(&mut s, &sha).await.expect("push");
+    assert!(keeper.has(&sha));
+    assert_eq!(std::fs::read(keeper.path_of(&sha)).expect("read"), data);
+    let mut s = ClientStream::open(&pair.client).await.expect("open");
+    sender.push(&mut s, &sha).await.expect("held already");
+
+    // A sender whose file does not match the name it sends: refused, nothing kept.
+    let liar = ArtifactStore::open(tmp.path().join("liar")).expect("store");
+    let other = weights(5000, 4);
+    let claimed = "b".repeat(64);
+    std::fs::write(liar.path_of(&claimed), &other).expect("write");
+    let mut s = ClientStream::open(&pair.client).await.expect("open");
+    let err = liar.push(&mut s, &claimed).await.expect_err("a lie");
+    assert!(err.to_string().contains("discarded"), "{err}");
+    assert!(!keeper.has(&claimed));
+    assert_eq!(leftovers(), 0);
+
+    // A malformed hash and an oversized announcement are refused before any byte.
+    for (sha256, size, why) in
+        [("../../etc/passwd".to_string(), 10, "not a sha256"), ("c".repeat(64), u64::MAX, "over the")]
+    {
+        let mut s = ClientStream::open(&pair.client).await.expect("open");
+        match s.call(&Request::StoreArtifact { sha256, size }).await.expect("answer") {
+            Response::Refused { message, .. } => assert!(message.contains(why), "{message}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    // More bytes than announced: refused, nothing kept.
+    let mut s = ClientStream::open(&pair.client).await.expect("open");
+    let announced = Request::StoreArtifact { sha256: "d".repeat(64), size: 4 };
+    assert_eq!(s.call(&announced).await.expect("answer"), Response::ArtifactWanted);
+    s.send(&Request::Chunk { data: vec![1; 8], last: true }).await.expect("send");
+    match s.recv().await.expect("answer") {
+        Response::Refused { message, .. } => assert!(message.contains("longer than announced"), "{message}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+
+    // A sender that goes away half-way leaves no partial copy behind.
+    let mut s = ClientStream::open(&pair.client).await.expect("open");
+    let announced = Request::StoreArtifact { sha256: "e".repeat(64), size: 1 << 20 };
+    assert_eq!(s.call(&announced).await.expect("answer"), Response::ArtifactWanted);
+    s.send(&Request::Chunk { data: vec![7; 1000], last: false }).await.expect("send");
+    s.finish();
+    drop(s);
+    let began = std::time::Instant::now();
+    while leftovers() > 0 && began.elapsed() < std::time::Duration::from_secs(10) {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(leftovers(), 0, "the half-received copy was removed");
+    assert!(!keeper.has(&"e".repeat(64)));
 }

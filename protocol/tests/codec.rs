@@ -81,6 +81,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
             .prop_map(|(from, message)| Request::Raft { from, message }),
         (arb_string(), prop::collection::vec(arb_string(), 0..4))
             .prop_map(|(server, command)| Request::McpStdio { server, command }),
+        (arb_string(), any::<u64>()).prop_map(|(sha256, size)| Request::StoreArtifact { sha256, size }),
         (prop::collection::vec(any::<u8>(), 0..512), any::<bool>())
             .prop_map(|(data, last)| Request::Chunk { data, last }),
     ]

@@ -420,6 +420,29 @@ pub struct Group {
     pub named: bool,
 }
 
+impl Drop for Group {
+    /// When a test fails, the end of each member's log goes to the test's output (the logs
+    /// themselves live in a temporary directory that is removed).
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for m in &self.members {
+            let log = self.dir.join(format!("c{}.log", m.id));
+            let Ok(text) = std::fs::read_to_string(&log) else { continue };
+            let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
+            eprintln!("---- the last {} lines of coordinator {}'s log ----", tail.len(), m.id);
+            for l in tail {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+/// How many lines of each member's log a failed test shows.
+const LOG_TAIL_LINES: usize = 60;
+
 /// POSTs with the admin key; `None` when nothing answered.
 pub fn post_opt(url: &str, body: Value) -> Option<(u16, Value)> {
     let agent: ureq::Agent = ureq::Agent::config_builder()

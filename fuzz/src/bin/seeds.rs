@@ -97,6 +97,7 @@ fn requests() -> Vec<(&'static str, Request)> {
         ),
         ("mcp-stdio", Request::McpStdio { server: "calc".into(), command: vec!["python3".into(), "calc.py".into()] }),
         ("fetch-artifact", Request::FetchArtifact { sha256: "ab".repeat(32), offset: 5 }),
+        ("store-artifact", Request::StoreArtifact { sha256: "cd".repeat(32), size: 20_011 }),
         ("stage-release", Request::StageRelease { placement_id: "p-3".into(), sequences: vec![1, 9] }),
         (
             "embed-document",
@@ -141,6 +142,8 @@ fn responses() -> Vec<(&'static str, Response)> {
         ("stdio-started", Response::StdioStarted { pid: 4242 }),
         ("stdio-out", Response::StdioOut { data: b"{\"jsonrpc\":\"2.0\",\"id\":1}\n".to_vec() }),
         ("stdio-exited", Response::StdioExited { status: "exit status 1".into(), stderr: "no config".into() }),
+        ("artifact-wanted", Response::ArtifactWanted),
+        ("artifact-held", Response::ArtifactHeld),
     ]
 }
 

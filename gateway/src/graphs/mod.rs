@@ -11,6 +11,7 @@ pub mod tool;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 use shoal_coordinator::state::{
@@ -28,6 +29,12 @@ use crate::router::Router;
 /// Step outputs larger than this go to the artifact store (the state keeps their hash), so
 /// a thousand retained runs stay a few megabytes of raft state.
 pub const INLINE_OUTPUT_BYTES: usize = 8 * 1024;
+/// How long a coordinator may take to accept a connection for a large output.
+const CONNECT_WAIT: Duration = Duration::from_secs(3);
+/// How long one copy of a large output may take between coordinators.
+const TRANSFER_WAIT: Duration = Duration::from_secs(10);
+/// How long a step's commit waits for a majority of coordinators to hold its large output.
+const REPLICATE_WAIT: Duration = Duration::from_secs(10);
 
 /// How many finished runs the state keeps, and for how long.
 #[derive(Debug, Clone, Copy)]
@@ -236,15 +243,17 @@ impl Graphs {
             for (id, quic) in holders {
                 let Ok(addr) = shoal_protocol::quic::resolve(&quic).await else { continue };
                 let fetched = async {
-                    let mut stream = self
-                        .cluster
-                        .pool()
-                        .open(addr, shoal_protocol::tls::COORDINATOR_SERVER_NAME)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    // A coordinator that is gone costs the connection wait, not the transfer's.
+                    let mut stream = tokio::time::timeout(
+                        CONNECT_WAIT,
+                        self.cluster.pool().open(addr, shoal_protocol::tls::COORDINATOR_SERVER_NAME),
+                    )
+                    .await
+                    .map_err(|_| "no connection".to_string())?
+                    .map_err(|e| e.to_string())?;
                     store.fetch(&mut stream, sha256, size, &|_, _| {}).await.map_err(|e| e.to_string())
                 };
-                match tokio::time::timeout(std::time::Duration::from_secs(10), fetched).await {
+                match tokio::time::timeout(TRANSFER_WAIT, fetched).await {
                     Ok(Ok(_)) => break,
                     Ok(Err(e)) => why.push(format!("coordinator {id}: {e}")),
                     Err(_) => why.push(format!("coordinator {id}: timed out")),
@@ -309,6 +318,69 @@ impl Graphs {
         record.output_bytes = size;
         record.output_stored_by = *id;
         Ok(())
+    }
+
+    /// Sends a large output this coordinator stored to the other coordinators, and returns
+    /// once a majority of all of them (this one included) holds it, so that the loss of
+    /// this coordinator right after the step is committed does not lose the output. Gives
+    /// up waiting after [`REPLICATE_WAIT`] (the others then copy it when they see the
+    /// commit); the copies still under way go on in the background. Returns how many other
+    /// coordinators confirmed a copy in time.
+    pub async fn replicate_output(self: &Arc<Self>, sha256: &str) -> usize {
+        let Some((store, me)) = &self.artifacts else { return 0 };
+        let others: Vec<(u64, String)> = {
+            let soft = self.cluster.status().soft;
+            soft.coordinators.iter().filter(|(id, _, _)| id != me).map(|(id, quic, _)| (*id, quic.clone())).collect()
+        };
+        // A majority of the group: this coordinator and `need` others.
+        let need = others.len().div_ceil(2);
+        let (done_tx, mut done) = tokio::sync::mpsc::channel::<bool>(others.len().max(1));
+        for (id, quic) in others {
+            let (g, store, sha, done_tx) = (self.clone(), store.clone(), sha256.to_string(), done_tx.clone());
+            tokio::spawn(async move {
+                let pushed = async {
+                    let addr = shoal_protocol::quic::resolve(&quic).await.map_err(|e| e.to_string())?;
+                    let mut stream = tokio::time::timeout(
+                        CONNECT_WAIT,
+                        g.cluster.pool().open(addr, shoal_protocol::tls::COORDINATOR_SERVER_NAME),
+                    )
+                    .await
+                    .map_err(|_| "no connection".to_string())?
+                    .map_err(|e| e.to_string())?;
+                    store.push(&mut stream, &sha).await.map_err(|e| e.to_string())
+                };
+                let ok = match tokio::time::timeout(TRANSFER_WAIT, pushed).await {
+                    Ok(Ok(())) => true,
+                    Ok(Err(e)) => {
+                        tracing::debug!(coordinator = id, error = %e, "sending a large step output");
+                        false
+                    }
+                    Err(_) => false,
+                };
+                let _ = done_tx.send(ok).await;
+            });
+        }
+        drop(done_tx);
+        let mut held = 0;
+        let _ = tokio::time::timeout(REPLICATE_WAIT, async {
+            while held < need {
+                match done.recv().await {
+                    Some(true) => held += 1,
+                    Some(false) => {}
+                    None => break,
+                }
+            }
+        })
+        .await;
+        if held < need {
+            tracing::warn!(
+                sha256,
+                held,
+                need,
+                "a large step output is committed before a majority of coordinators hold it"
+            );
+        }
+        held
     }
 
     /// The runs the view holds, newest first, filtered.

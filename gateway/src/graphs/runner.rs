@@ -373,6 +373,11 @@ async fn drive(graphs: Arc<Graphs>, run_id: String) {
                             step.error = e.clone();
                             step.output = json!({"error": e}).to_string();
                         }
+                        if !step.output_sha256.is_empty() {
+                            // A large output lives outside the raft state: a majority of
+                            // coordinators hold it before the result is committed.
+                            graphs.replicate_output(&step.output_sha256).await;
+                        }
                         if !commit(&graphs, Command::FinishStep { run: run_id.clone(), step: Box::new(step) }).await {
                             return;
                         }
