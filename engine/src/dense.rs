@@ -1,15 +1,14 @@
 //! Dense layers of the sentence encoders (`y = x Wᵀ + b`, optionally GELU), on the fastest path the CPU has:
 //! AMX tiles where present, in split bf16 (inputs and weights each a bf16 value and a bf16 residual, see
 //! `amx::Tiles::product_split`; the weights packed once at load, f32 sums),
-//! otherwise f32 through candle's GEMM (AVX-512/AVX2 where present). On the AMX path the results for one input
-//! row do not depend on the other rows, nor on the threads.
+//! otherwise f32 with the weights packed once at load (`sgemm`: AVX-512, AVX2 or portable kernels). On either
+//! path the results for one input row do not depend on the other rows, nor on the threads.
 
-use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
 use crate::amx::{self, BLOCK, DEPTH, TILE};
 use crate::error::EngineError;
-use crate::matmul::vectorized;
+use crate::sgemm::{self, Way};
 
 /// What a layer applies to its sums.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,7 +20,7 @@ pub(crate) enum Activation {
 /// The code paths of [`Dense`], each tested against a scalar reference.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum DensePath {
-    /// f32 weights and inputs, candle's GEMM.
+    /// f32 weights (packed at load) and inputs, f32 sums.
     F32,
     /// Split bf16 weights and inputs on AMX tiles, f32 sums.
     AmxBf16,
@@ -43,7 +42,7 @@ pub fn encoder_path() -> &'static str {
     if amx::wanted_for_encoders() {
         "AMX bf16 tiles"
     } else {
-        "f32 GEMM (candle)"
+        Way::best().describe()
     }
 }
 
@@ -51,8 +50,8 @@ enum Weights {
     /// 32-column blocks, each `k / 32` steps of two AMX B tiles (see `amx::pack_step`): the weights rounded to
     /// bf16, and what the rounding lost (see `amx::Tiles::product_split`).
     Packed([amx::Packed; 2]),
-    /// `Wᵀ`: `[k, n]`.
-    F32(Tensor),
+    /// f32 panels of 32 columns, and the kernels that read them.
+    F32(sgemm::Packed, Way),
 }
 
 /// A dense layer with `n` outputs of `k` inputs.
@@ -99,13 +98,17 @@ impl Dense {
                 };
                 Weights::Packed([pack(&hi), pack(&lo)])
             }
-            DensePath::F32 => Weights::F32(
-                Tensor::from_slice(weights, (n, k), &Device::Cpu)
-                    .and_then(|w| w.t()?.contiguous())
-                    .map_err(|e| e.to_string())?,
-            ),
+            DensePath::F32 => Weights::F32(sgemm::Packed::new(weights, n, k), Way::best()),
         };
         Ok(Dense { n, k, bias, weights })
+    }
+
+    /// An f32 layer on the kernels of `way` (for tests of each).
+    #[cfg(test)]
+    fn with_way(weights: &[f32], bias: Vec<f32>, n: usize, k: usize, way: Way) -> Dense {
+        let mut layer = Self::with_path(weights, bias, n, k, DensePath::F32).expect("layer");
+        layer.weights = Weights::F32(sgemm::Packed::new(weights, n, k), way);
+        layer
     }
 
     pub(crate) fn outputs(&self) -> usize {
@@ -133,21 +136,48 @@ impl Dense {
         assert_eq!(x.len(), m * self.k, "input is not [m, k]");
         match &self.weights {
             Weights::Packed(packed) => self.forward_amx(packed, x, m, act, scratch, out),
-            Weights::F32(wt) => {
-                let y = Tensor::from_slice(x, (m, self.k), &Device::Cpu)?.matmul(wt)?;
-                *out = y.flatten_all()?.to_vec1::<f32>()?;
-                for row in out.chunks_exact_mut(self.n) {
-                    for (v, b) in row.iter_mut().zip(&self.bias) {
-                        *v += b;
-                    }
-                }
-                if act == Activation::Gelu {
-                    let rows = (1 << 14) / self.n.max(1) + 1;
-                    out.par_chunks_mut(rows * self.n).for_each(|part| vectorized(Gelu(part)));
-                }
-            }
+            Weights::F32(packed, way) => self.forward_f32(packed, *way, x, m, act, out),
         }
         Ok(())
+    }
+
+    fn forward_f32(&self, packed: &sgemm::Packed, way: Way, x: &[f32], m: usize, act: Activation, out: &mut Vec<f32>) {
+        let (n, k) = (self.n, self.k);
+        let threads = rayon::current_num_threads();
+        let panels = packed.panels();
+        out.resize(m * n, 0.0);
+        let gelu = act == Activation::Gelu;
+        if m <= F32_COLUMN_SPLIT_ROWS && threads > 1 && panels > 1 {
+            // A few rows (a query, a sentence): every thread on its share of the columns, so that each reads
+            // only its share of the weights, which is what such a call waits for.
+            let groups = threads.min(panels);
+            let parts: Vec<(usize, Vec<f32>)> = (0..groups)
+                .into_par_iter()
+                .map(|g| {
+                    let range = panels * g / groups..panels * (g + 1) / groups;
+                    let first = range.start * sgemm::PANEL;
+                    let width = (range.end * sgemm::PANEL).min(n) - first;
+                    let mut o = vec![0f32; m * width];
+                    packed.product_then(way, x, m, range, &self.bias, gelu, &mut o, width);
+                    (first, o)
+                })
+                .collect();
+            for (first, part) in &parts {
+                let width = part.len() / m;
+                for (row, p) in out.chunks_exact_mut(n).zip(part.chunks_exact(width)) {
+                    row[*first..first + width].copy_from_slice(p);
+                }
+            }
+            return;
+        }
+        // Row blocks: each task takes every panel in turn over a block of rows small enough to stay in L2
+        // while the panel's weights pass by.
+        let tile = way.tile_rows();
+        let most = (F32_BLOCK_BYTES / (4 * k) / tile).max(1);
+        let rows = m.div_ceil(2 * threads).div_ceil(tile).clamp(1, most) * tile;
+        out.par_chunks_mut(rows * n).zip(x.par_chunks(rows * k)).for_each(|(o, x)| {
+            packed.product_then(way, x, o.len() / n, 0..panels, &self.bias, gelu, o, n);
+        });
     }
 
     fn forward_amx(
@@ -262,6 +292,12 @@ impl pulp::NullaryFnOnce for AmxTask<'_> {
     }
 }
 
+/// Up to this many rows, an f32 layer splits its columns between the threads instead of its rows.
+const F32_COLUMN_SPLIT_ROWS: usize = 24;
+/// The inputs of an f32 task's rows at most (bytes): they stay in L2 while each panel of weights passes.
+/// 256 KiB to 2 MiB measured alike on a 2 MiB L2.
+const F32_BLOCK_BYTES: usize = 512 * 1024;
+
 /// Steps of 32 inputs per piece of a long sum, so that a piece's weights (both halves of a 32-column block,
 /// 4 KiB a step) can stay in L1 while each row block of a task meets them (2 and 12 measured alike).
 const K_PIECE_STEPS: usize = 4;
@@ -276,20 +312,6 @@ impl pulp::NullaryFnOnce for PackRows<'_> {
     fn call(self) {
         let (hi, lo) = self.2.split_at_mut(self.2.len() / 2);
         amx::pack_rows_split(self.0, self.1, hi, lo);
-    }
-}
-
-/// GELU in place, as an operation for `vectorized`.
-struct Gelu<'a>(&'a mut [f32]);
-
-impl pulp::NullaryFnOnce for Gelu<'_> {
-    type Output = ();
-
-    #[inline(always)]
-    fn call(self) {
-        for v in self.0.iter_mut() {
-            *v = crate::fastmath::gelu(*v);
-        }
     }
 }
 
@@ -313,12 +335,15 @@ mod tests {
         let (n, k) = (64, 96);
         let w = random(n * k, 1);
         let bias = random(n, 2);
-        let mut paths = vec![DensePath::F32];
+        let mut layers: Vec<(String, Dense)> = Way::all_here()
+            .into_iter()
+            .map(|way| (format!("F32 {way:?}"), Dense::with_way(&w, bias.clone(), n, k, way)))
+            .collect();
         if amx::available() {
-            paths.push(DensePath::AmxBf16);
+            layers
+                .push(("AmxBf16".into(), Dense::with_path(&w, bias.clone(), n, k, DensePath::AmxBf16).expect("layer")));
         }
-        for path in paths {
-            let layer = Dense::with_path(&w, bias.clone(), n, k, path).expect("layer");
+        for (path, layer) in layers {
             // Row counts below, at and past a 32-row block and a task's rows.
             for m in [1, 5, 32, 33, 70, 300] {
                 let x = random(m * k, 3 + m as u32);
@@ -338,15 +363,13 @@ mod tests {
                             let got = f64::from(y[r * n + c]);
                             assert!(
                                 (got - want).abs() < 1e-4 * (1.0 + want.abs()),
-                                "{path:?} m={m} ({r}, {c}): {got} vs {want}"
+                                "{path} m={m} ({r}, {c}): {got} vs {want}"
                             );
                         }
                     }
-                    if path == DensePath::AmxBf16 {
-                        // A row's result does not depend on the others in the batch.
-                        let alone = layer.forward(&x[(m - 1) * k..], 1, act).expect("forward");
-                        assert_eq!(alone, y[(m - 1) * n..], "{path:?} m={m}");
-                    }
+                    // A row's result does not depend on the others in the batch.
+                    let alone = layer.forward(&x[(m - 1) * k..], 1, act).expect("forward");
+                    assert_eq!(alone, y[(m - 1) * n..], "{path} m={m}");
                 }
             }
         }

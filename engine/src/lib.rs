@@ -25,6 +25,7 @@ mod q5;
 mod q6k;
 mod q8;
 mod sampling;
+mod sgemm;
 mod source;
 mod tokenizer;
 
