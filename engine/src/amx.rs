@@ -147,7 +147,9 @@ impl Tiles {
     /// of 16 rows of (k, k + 1) pairs (see [`pack_step`]). Both are read front to back, which the hardware
     /// prefetchers follow.
     ///
-    /// Panics unless the slices hold what the shapes say.
+    /// Panics unless the slices hold what the shapes say. (Only the tests use plain bf16 products now: the
+    /// dense layers use [`Self::product_split`] and attention runs in f32.)
+    #[cfg(test)]
     pub(crate) fn product(&mut self, a: &[u16], b: &[u16], steps: usize, out: &mut Block) {
         assert!(steps > 0);
         assert!(a.len() >= steps * BLOCK * DEPTH, "A holds fewer steps than asked");
@@ -322,7 +324,7 @@ pub(crate) fn pack_step(rows: &[&[u16]], s: usize, out: &mut [u16]) {
 
 /// Where [`pack_step`]'s layout keeps the weight of output column `column` for input `input`, in a matrix of
 /// `steps` steps per 32-column block.
-#[inline(always)]
+#[cfg(test)]
 pub(crate) fn b_index(column: usize, input: usize, steps: usize) -> usize {
     let (block, half, j) = (column / BLOCK, (column % BLOCK) / TILE, column % TILE);
     let (s, r, p) = (input / DEPTH, (input % DEPTH) / 2, input % 2);
@@ -332,7 +334,7 @@ pub(crate) fn b_index(column: usize, input: usize, steps: usize) -> usize {
 /// Rows of `x` (`[rows, k]`, `k` a multiple of 32) in bf16 as [`Tiles::product`] reads them: for each block
 /// of 32 rows, `k / 32` steps of 32 rows of 32 values; rows past `rows` up to the block are zero. `out` holds
 /// `rows.div_ceil(32) * 32 * k` values.
-#[inline(always)]
+#[cfg(test)]
 pub(crate) fn pack_rows(x: &[f32], k: usize, out: &mut [u16]) {
     for (r, row) in x.chunks_exact(k).enumerate() {
         let block = &mut out[(r / BLOCK) * BLOCK * k..];

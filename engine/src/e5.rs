@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use crate::dense::Dense;
-use crate::encoder::{AttentionPath, Encoder, EncoderLayer, EncoderShape, Norm, WordTable};
+use crate::encoder::{Encoder, EncoderLayer, EncoderShape, Norm, WordTable};
 use crate::error::EngineError;
 use crate::half::f16_to_f32;
 
@@ -295,7 +295,6 @@ impl E5 {
             token_type,
             norm: norm("emb.ln.w", "emb.ln.b")?,
             layers: stack,
-            attention: AttentionPath::best(hidden, shape.heads),
         };
         encoder.validate()?;
         Ok(E5 { shape, tokenizer, encoder })

@@ -9,7 +9,7 @@ use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::dense::Dense;
 use crate::e5::E5;
-use crate::encoder::{AttentionPath, Encoder, EncoderLayer, EncoderShape, Norm, WordTable};
+use crate::encoder::{Encoder, EncoderLayer, EncoderShape, Norm, WordTable};
 use crate::error::EngineError;
 use crate::inspect::{inspect, ModelInfo};
 
@@ -317,7 +317,6 @@ fn bert_encoder(config: &BertConfig, tensors: &std::collections::HashMap<String,
         token_type: token_types.get(..h).ok_or("no token-type embeddings")?.to_vec(),
         norm: norm("embeddings.LayerNorm")?,
         layers,
-        attention: AttentionPath::best(h, config.num_attention_heads),
     };
     encoder.validate()?;
     Ok(encoder)

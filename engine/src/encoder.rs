@@ -52,27 +52,6 @@ pub(crate) struct Encoder {
     pub token_type: Vec<f32>,
     pub norm: Norm,
     pub layers: Vec<EncoderLayer>,
-    /// Where attention runs.
-    pub attention: AttentionPath,
-}
-
-/// Where attention runs: AMX tiles in bf16 (where present and the head size is a multiple of 32), or f32.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum AttentionPath {
-    F32,
-    Tiles,
-}
-
-impl AttentionPath {
-    /// The fastest path this CPU runs for these sizes.
-    pub(crate) fn best(hidden: usize, heads: usize) -> AttentionPath {
-        let head = hidden / heads.max(1);
-        if crate::amx::wanted_for_encoders() && head > 0 && head.is_multiple_of(crate::amx::DEPTH) {
-            AttentionPath::Tiles
-        } else {
-            AttentionPath::F32
-        }
-    }
 }
 
 /// Rows per parallel task of the row-wise steps.
@@ -177,10 +156,9 @@ impl Encoder {
             row += len;
         }
         let heads = self.shape.heads;
-        let amx = self.attention == AttentionPath::Tiles;
         parts.into_par_iter().for_each(|(row, len, out)| {
             let qkv = &qkv[row * 3 * h..(row + len) * 3 * h];
-            crate::matmul::vectorized_wide(AttendSequence { qkv, len, h, heads, amx, out })
+            crate::matmul::vectorized_wide(AttendSequence { qkv, len, h, heads, out })
         });
     }
 }
@@ -192,8 +170,6 @@ struct AttendSequence<'a> {
     len: usize,
     h: usize,
     heads: usize,
-    /// On AMX tiles in bf16 (the head size a multiple of 32).
-    amx: bool,
     out: &'a mut [f32],
 }
 
@@ -202,108 +178,13 @@ impl pulp::NullaryFnOnce for AttendSequence<'_> {
 
     #[inline(always)]
     fn call(self) {
-        let AttendSequence { qkv, len, h, heads, amx, out } = self;
-        if amx {
-            attend_sequence_amx(qkv, len, h, heads, out);
-        } else {
-            attend_sequence(qkv, len, h, heads, out);
-        }
+        let AttendSequence { qkv, len, h, heads, out } = self;
+        attend_sequence(qkv, len, h, heads, out);
     }
 }
 
-/// `attend_sequence` on AMX tiles: per head, `Q Kᵀ` and `P V` as 32 x 32 blocks of bf16 products (the
-/// sequence padded to whole blocks; padded keys get no weight), the softmax in f32 between them.
-#[inline(always)]
-fn attend_sequence_amx(qkv: &[f32], len: usize, h: usize, heads: usize, out: &mut [f32]) {
-    use crate::amx::{
-        b_index, pack_rows, pack_rows_split, residual, to_bf16, Block, Packed, Tiles, BLOCK, DEPTH, TILE,
-    };
-    let hd = h / heads;
-    let scale = 1.0 / (hd as f32).sqrt();
-    let padded = len.div_ceil(BLOCK) * BLOCK;
-    let (q_steps, kv_steps) = (hd / DEPTH, padded / DEPTH);
-    let step = 2 * TILE * DEPTH;
-    let mut gathered = vec![0f32; len * hd];
-    // Queries and keys as bf16 pairs (value and residual): the scores are `q k + q' k + q k'`, close to f32
-    // products (a logit's error moves a softmax weight by as much, relatively).
-    let mut q = [Packed::zeroed(padded * hd), Packed::zeroed(padded * hd)];
-    let mut k_packed =
-        [Packed::zeroed(padded / BLOCK * q_steps * step), Packed::zeroed(padded / BLOCK * q_steps * step)];
-    let mut v_packed = Packed::zeroed(hd / BLOCK * kv_steps * step);
-    let mut keys = [vec![0u16; len * hd], vec![0u16; len * hd]];
-    let mut values = vec![0u16; len * hd];
-    let mut scores = vec![0f32; padded * padded];
-    let mut p = Packed::zeroed(padded * padded);
-    let mut tile = Block::new();
-    let mut tiles = Tiles::configure();
-    for head in 0..heads {
-        let col = |part: usize| part * h + head * hd..part * h + (head + 1) * hd;
-        for (g, row) in gathered.chunks_exact_mut(hd).zip(qkv.chunks_exact(3 * h)) {
-            g.copy_from_slice(&row[col(0)]);
-        }
-        let [q_hi, q_lo] = &mut q;
-        pack_rows_split(&gathered, hd, q_hi, q_lo);
-        // Keys as B with output column j = key j, values as B with output column d = dimension d (keys past
-        // `len` stay zero): the head's keys and values in bf16 first (a pass the compiler vectorises), then
-        // moved by pairs of inputs, as B tiles hold them.
-        for (j, row) in qkv.chunks_exact(3 * h).enumerate() {
-            let [k_hi, k_lo] = &mut keys;
-            let (k_hi, k_lo) = (&mut k_hi[j * hd..(j + 1) * hd], &mut k_lo[j * hd..(j + 1) * hd]);
-            for ((hi, lo), &k) in k_hi.iter_mut().zip(k_lo.iter_mut()).zip(&row[col(1)]) {
-                *hi = to_bf16(k);
-                *lo = to_bf16(residual(k));
-            }
-            for (v, &x) in values[j * hd..(j + 1) * hd].iter_mut().zip(&row[col(2)]) {
-                *v = to_bf16(x);
-            }
-        }
-        for (keys, packed) in keys.iter().zip(k_packed.iter_mut()) {
-            for (j, key) in keys.chunks_exact(hd).enumerate() {
-                for (pair, values) in key.chunks_exact(2).enumerate() {
-                    let at = b_index(j, 2 * pair, q_steps);
-                    packed[at..at + 2].copy_from_slice(values);
-                }
-            }
-        }
-        for (pair, rows) in values.chunks(2 * hd).enumerate() {
-            let (first, second) = rows.split_at(hd);
-            for (d, &v) in first.iter().enumerate() {
-                let at = b_index(d, 2 * pair, kv_steps);
-                v_packed[at] = v;
-                v_packed[at + 1] = second.get(d).copied().unwrap_or(0);
-            }
-        }
-        let key_block = q_steps * step;
-        for qb in 0..padded / BLOCK {
-            let a = |which: usize| &q[which][qb * BLOCK * hd..(qb + 1) * BLOCK * hd];
-            for kb in 0..padded / BLOCK {
-                let b = |which: usize| &k_packed[which][kb * key_block..(kb + 1) * key_block];
-                tiles.product_split([a(0), a(1)], [b(0), b(1)], q_steps, false, &mut tile);
-                for (i, t) in tile.0.chunks_exact(BLOCK).enumerate() {
-                    scores[(qb * BLOCK + i) * padded + kb * BLOCK..][..BLOCK].copy_from_slice(t);
-                }
-            }
-        }
-        for row in scores.chunks_exact_mut(padded).take(len) {
-            let (live, pad) = row.split_at_mut(len);
-            softmax(live, scale);
-            pad.fill(0.0);
-        }
-        pack_rows(&scores[..len * padded], padded, &mut p);
-        for qb in 0..padded / BLOCK {
-            let a = &p[qb * BLOCK * padded..(qb + 1) * BLOCK * padded];
-            for (cb, b) in v_packed.chunks_exact(kv_steps * step).enumerate() {
-                tiles.product(a, b, kv_steps, &mut tile);
-                for (i, t) in tile.0.chunks_exact(BLOCK).enumerate().take(len.saturating_sub(qb * BLOCK)) {
-                    let r = qb * BLOCK + i;
-                    out[r * h + head * hd + cb * BLOCK..][..BLOCK].copy_from_slice(t);
-                }
-            }
-        }
-    }
-}
-
-/// `attend_sequence` in f32: per head, `Q Kᵀ` and `P V` on the packed-panel kernels (`sgemm`), the keys and
+/// Attention within one sequence in f32 (on every CPU: on AMX machines too, where it measured as fast as bf16
+/// tiles for 120-token sequences and twice as fast for short ones): per head, `Q Kᵀ` and `P V` on the packed-panel kernels (`sgemm`), the keys and
 /// the transposed values packed for the head, the softmax between them.
 #[inline(always)]
 fn attend_sequence(qkv: &[f32], len: usize, h: usize, heads: usize, out: &mut [f32]) {
@@ -480,7 +361,7 @@ mod tests {
         Norm { weight: vec![1.0; HIDDEN], bias: vec![0.0; HIDDEN] }
     }
 
-    fn encoder(raw: &Raw, dense: DensePath, attention: AttentionPath) -> Encoder {
+    fn encoder(raw: &Raw, dense: DensePath) -> Encoder {
         let d = |(w, b): &(Vec<f32>, Vec<f32>), n, k| Dense::with_path(w, b.clone(), n, k, dense).expect("dense");
         let encoder = Encoder {
             shape: EncoderShape { hidden: HIDDEN, heads: HEADS, positions: POSITIONS, eps: 1e-12 },
@@ -500,7 +381,6 @@ mod tests {
                     ffn_norm: unit_norm(),
                 })
                 .collect(),
-            attention,
         };
         encoder.validate().expect("valid");
         encoder
@@ -585,26 +465,24 @@ mod tests {
             .iter()
             .map(|&len| (0..len).map(|i| ((i * 7 + len) % VOCAB) as u32).collect())
             .collect();
-        let mut paths = vec![(DensePath::F32, AttentionPath::F32)];
+        let mut paths = vec![DensePath::F32];
         if crate::amx::available() {
-            paths.push((DensePath::AmxBf16, AttentionPath::Tiles));
-            paths.push((DensePath::F32, AttentionPath::Tiles));
+            paths.push(DensePath::AmxBf16);
         }
-        for (dense, attention) in paths {
-            let e = encoder(&raw, dense, attention);
+        for dense in paths {
+            let e = encoder(&raw, dense);
             let got = e.embed(&batch).expect("embed");
             for (ids, v) in batch.iter().zip(&got) {
                 let want = reference(&raw, ids);
                 let cos: f64 = v.iter().zip(&want).map(|(a, b)| f64::from(*a) * b).sum();
-                // f32 agrees to rounding; on the tiles the dense products carry about 16 bits, attention weights 8.
-                let floor =
-                    if dense == DensePath::F32 && attention == AttentionPath::F32 { 1.0 - 1e-7 } else { 0.9999 };
-                assert!(cos > floor, "{dense:?}/{attention:?}, {} tokens: cosine {cos}", ids.len());
+                // f32 agrees to rounding; on the tiles the dense products carry about 16 bits.
+                let floor = if dense == DensePath::F32 { 1.0 - 1e-7 } else { 1.0 - 1e-5 };
+                assert!(cos > floor, "{dense:?}, {} tokens: cosine {cos}", ids.len());
             }
             // A sequence's vector does not depend on the rest of the batch.
             let alone = e.embed(&batch[3..4]).expect("embed");
             let cos: f32 = alone[0].iter().zip(&got[3]).map(|(a, b)| a * b).sum();
-            assert!(cos > 1.0 - 1e-6, "{dense:?}/{attention:?}: {cos}");
+            assert!(cos > 1.0 - 1e-6, "{dense:?}: {cos}");
         }
     }
 }
