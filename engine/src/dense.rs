@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use crate::amx::{self, BLOCK, DEPTH, TILE};
 use crate::error::EngineError;
-use crate::sgemm::{self, Way};
+use crate::sgemm::{self, Rows, Way};
 
 /// What a layer applies to its sums.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -158,7 +158,7 @@ impl Dense {
                     let first = range.start * sgemm::PANEL;
                     let width = (range.end * sgemm::PANEL).min(n) - first;
                     let mut o = vec![0f32; m * width];
-                    packed.product_then(way, x, m, range, &self.bias, gelu, &mut o, width);
+                    packed.product_then(way, Rows::dense(x, m, k), range, &self.bias, gelu, &mut o, width);
                     (first, o)
                 })
                 .collect();
@@ -176,7 +176,7 @@ impl Dense {
         let most = (F32_BLOCK_BYTES / (4 * k) / tile).max(1);
         let rows = m.div_ceil(2 * threads).div_ceil(tile).clamp(1, most) * tile;
         out.par_chunks_mut(rows * n).zip(x.par_chunks(rows * k)).for_each(|(o, x)| {
-            packed.product_then(way, x, o.len() / n, 0..panels, &self.bias, gelu, o, n);
+            packed.product_then(way, Rows::dense(x, o.len() / n, k), 0..panels, &self.bias, gelu, o, n);
         });
     }
 

@@ -188,29 +188,27 @@ impl pulp::NullaryFnOnce for AttendSequence<'_> {
 /// the transposed values packed for the head, the softmax between them.
 #[inline(always)]
 fn attend_sequence(qkv: &[f32], len: usize, h: usize, heads: usize, out: &mut [f32]) {
+    use crate::sgemm::{Packed, Rows};
     let hd = h / heads;
     let scale = 1.0 / (hd as f32).sqrt();
     let way = crate::sgemm::Way::best();
     let zeros = vec![0f32; len.max(hd)];
-    let (mut q, mut keys, mut values_t) = (vec![0f32; len * hd], vec![0f32; len * hd], vec![0f32; hd * len]);
     let mut scores = vec![0f32; len * len];
     for head in 0..heads {
-        for (j, row) in qkv.chunks_exact(3 * h).enumerate() {
-            q[j * hd..(j + 1) * hd].copy_from_slice(&row[head * hd..(head + 1) * hd]);
-            keys[j * hd..(j + 1) * hd].copy_from_slice(&row[h + head * hd..h + (head + 1) * hd]);
-            for (d, &v) in row[2 * h + head * hd..2 * h + (head + 1) * hd].iter().enumerate() {
-                values_t[d * len + j] = v;
-            }
-        }
-        // Scores: a column per key (the keys are the "weights" of `[len, hd]`).
-        let keys = crate::sgemm::Packed::new(&keys, len, hd);
-        keys.product(way, &q, len, 0..keys.panels(), &zeros[..len], &mut scores, len);
+        // The head's queries, keys and values are read where they are in the QKV rows.
+        let at = |part: usize| &qkv[part * h + head * hd..];
+        // Scores: a column per key (the keys are the weights, a row per output).
+        let keys = Packed::from_outputs(at(1), 3 * h, len, hd);
+        let queries = Rows { data: at(0), count: len, stride: 3 * h };
+        keys.product(way, queries, 0..keys.panels(), &zeros[..len], &mut scores, len);
         for row in scores.chunks_exact_mut(len) {
             softmax(row, scale);
         }
-        // The head's output: a column per value dimension, summed over the keys.
-        let values = crate::sgemm::Packed::new(&values_t, hd, len);
-        values.product(way, &scores, len, 0..values.panels(), &zeros[..hd], &mut out[head * hd..], h);
+        // The head's output: a column per value dimension, summed over the keys (the values are the
+        // weights, a row per input).
+        let values = Packed::from_inputs(at(2), 3 * h, len, hd);
+        let weights = Rows::dense(&scores, len, len);
+        values.product(way, weights, 0..values.panels(), &zeros[..hd], &mut out[head * hd..], h);
     }
 }
 
@@ -267,14 +265,24 @@ impl pulp::NullaryFnOnce for NormRows<'_> {
     }
 }
 
-/// `scores = softmax(scores * scale)` in place.
+/// `scores = softmax(scores * scale)` in place: the exponentials and their sum in one pass, then the division.
 #[inline(always)]
 fn softmax(scores: &mut [f32], scale: f32) {
     let max = lanes_max(scores);
-    for s in scores.iter_mut() {
-        *s = exp((*s - max) * scale);
+    let mut acc = [0f32; LANES];
+    let mut chunks = scores.chunks_exact_mut(LANES);
+    for c in chunks.by_ref() {
+        for (a, s) in acc.iter_mut().zip(c) {
+            *s = exp((*s - max) * scale);
+            *a += *s;
+        }
     }
-    let inv = 1.0 / lanes_sum(scores);
+    let mut tail = 0.0;
+    for s in chunks.into_remainder() {
+        *s = exp((*s - max) * scale);
+        tail += *s;
+    }
+    let inv = 1.0 / (acc.iter().sum::<f32>() + tail);
     for s in scores.iter_mut() {
         *s *= inv;
     }

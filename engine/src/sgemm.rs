@@ -78,18 +78,62 @@ pub(crate) struct Packed {
     panels: Vec<f32>,
 }
 
+/// Input rows of a product: `count` rows of `k` values, each `stride` values after the one before (`stride`
+/// is `k` for a dense `[count, k]` matrix; more when the rows are parts of wider rows, as a head's queries
+/// are of the `[len, 3 · hidden]` QKV rows).
+#[derive(Clone, Copy)]
+pub(crate) struct Rows<'a> {
+    pub(crate) data: &'a [f32],
+    pub(crate) count: usize,
+    pub(crate) stride: usize,
+}
+
+impl<'a> Rows<'a> {
+    /// The rows of a dense `[count, k]` matrix.
+    pub(crate) fn dense(data: &'a [f32], count: usize, k: usize) -> Rows<'a> {
+        Rows { data, count, stride: k }
+    }
+
+    /// Rows `from..from + count`.
+    fn slice(self, from: usize, count: usize) -> Rows<'a> {
+        let data = if count == 0 { &self.data[..0] } else { &self.data[from * self.stride..] };
+        Rows { data, count, stride: self.stride }
+    }
+}
+
 impl Packed {
     /// Packs `weights` (`[n, k]`, a row per output as PyTorch stores them).
     pub(crate) fn new(weights: &[f32], n: usize, k: usize) -> Packed {
         assert_eq!(weights.len(), n * k, "weights are not [n, k]");
+        Self::from_outputs(weights, k, n, k)
+    }
+
+    /// Packs weights given a row per output: output `c`'s `k` weights at `src[c · stride..]`.
+    pub(crate) fn from_outputs(src: &[f32], stride: usize, n: usize, k: usize) -> Packed {
+        assert!(n == 0 || src.len() >= (n - 1) * stride + k, "fewer weights than [n, k] at this stride");
         let count = n.div_ceil(PANEL);
         let mut panels = vec![0f32; count * k * PANEL];
         for (p, panel) in panels.chunks_exact_mut(k * PANEL).enumerate() {
             for c in 0..PANEL.min(n - p * PANEL) {
-                let row = &weights[(p * PANEL + c) * k..][..k];
+                let row = &src[(p * PANEL + c) * stride..][..k];
                 for (i, &w) in row.iter().enumerate() {
                     panel[i * PANEL + c] = w;
                 }
+            }
+        }
+        Packed { n, k, panels }
+    }
+
+    /// Packs weights given a row per input: input `i`'s `n` weights (one per output) at `src[i · stride..]`
+    /// (`Wᵀ` as it is stored; each panel row is then a plain copy).
+    pub(crate) fn from_inputs(src: &[f32], stride: usize, k: usize, n: usize) -> Packed {
+        assert!(k == 0 || src.len() >= (k - 1) * stride + n, "fewer weights than [k, n] at this stride");
+        let count = n.div_ceil(PANEL);
+        let mut panels = vec![0f32; count * k * PANEL];
+        for (p, panel) in panels.chunks_exact_mut(k * PANEL).enumerate() {
+            let cols = PANEL.min(n - p * PANEL);
+            for (i, row) in panel.chunks_exact_mut(PANEL).enumerate() {
+                row[..cols].copy_from_slice(&src[i * stride + p * PANEL..][..cols]);
             }
         }
         Packed { n, k, panels }
@@ -100,20 +144,18 @@ impl Packed {
         self.n.div_ceil(PANEL)
     }
 
-    /// Columns `panels.start * 32 ..` (clipped to `n`) of `x Wᵀ + bias` for the `rows` rows of `x`
-    /// (`[rows, k]`), into `out`, a `[rows, stride]` block whose column 0 is the first of those columns.
-    #[allow(clippy::too_many_arguments)]
+    /// Columns `panels.start * 32 ..` (clipped to `n`) of `x Wᵀ + bias` for the rows `x`, into `out`, a
+    /// `[rows, stride]` block whose column 0 is the first of those columns.
     pub(crate) fn product(
         &self,
         way: Way,
-        x: &[f32],
-        rows: usize,
+        x: Rows<'_>,
         panels: Range<usize>,
         bias: &[f32],
         out: &mut [f32],
         stride: usize,
     ) {
-        self.product_then(way, x, rows, panels, bias, false, out, stride)
+        self.product_then(way, x, panels, bias, false, out, stride)
     }
 
     /// [`Self::product`], with GELU applied to each result (`gelu`) while it is in cache.
@@ -121,16 +163,16 @@ impl Packed {
     pub(crate) fn product_then(
         &self,
         way: Way,
-        x: &[f32],
-        rows: usize,
+        x: Rows<'_>,
         panels: Range<usize>,
         bias: &[f32],
         gelu: bool,
         out: &mut [f32],
         stride: usize,
     ) {
-        let k = self.k;
-        assert!(x.len() >= rows * k && bias.len() == self.n && panels.end <= self.panels());
+        let (k, rows) = (self.k, x.count);
+        assert!(x.stride >= k && (rows == 0 || x.data.len() >= (rows - 1) * x.stride + k));
+        assert!(bias.len() == self.n && panels.end <= self.panels());
         let first = panels.start * PANEL;
         assert!(out.len() >= rows.saturating_sub(1) * stride + (panels.end * PANEL).min(self.n) - first);
         let tile = way.tile_rows();
@@ -141,8 +183,7 @@ impl Packed {
             let bias = &bias[p * PANEL..p * PANEL + cols];
             for r0 in (0..rows).step_by(tile) {
                 let r = tile.min(rows - r0);
-                let x = &x[r0 * k..(r0 + r) * k];
-                tile_sums(way, x, r, k, panel, &mut sums[..r]);
+                tile_sums(way, x.slice(r0, r), k, panel, &mut sums[..r]);
                 let out = &mut out[r0 * stride + p * PANEL - first..];
                 crate::matmul::vectorized_wide(Store { sums: &sums[..r], bias, gelu, out, stride });
             }
@@ -182,8 +223,9 @@ impl pulp::NullaryFnOnce for Store<'_> {
     }
 }
 
-/// The sums of `rows` rows of `x` (`[rows, k]`) with one panel, into `sums`.
-fn tile_sums(way: Way, x: &[f32], rows: usize, k: usize, panel: &[f32], sums: &mut [[f32; PANEL]]) {
+/// The sums of the rows `x` (of `k` inputs each) with one panel, into `sums`.
+fn tile_sums(way: Way, x: Rows<'_>, k: usize, panel: &[f32], sums: &mut [[f32; PANEL]]) {
+    let rows = x.count;
     #[cfg(target_arch = "x86_64")]
     match way {
         Way::Avx512 => {
@@ -194,7 +236,7 @@ fn tile_sums(way: Way, x: &[f32], rows: usize, k: usize, panel: &[f32], sums: &m
                             #[allow(unsafe_code)]
                             // SAFETY: `Way::Avx512` is chosen (`best`, `all_here`) only where the CPU has
                             // AVX-512F, AVX2 and FMA.
-                            unsafe { tile_avx512::<$r>(x, k, panel, sums) }
+                            unsafe { tile_avx512::<$r>(x.data, x.stride, k, panel, sums) }
                         })*
                         _ => unreachable!("at most {ROWS_512} rows per tile"),
                     }
@@ -209,7 +251,7 @@ fn tile_sums(way: Way, x: &[f32], rows: usize, k: usize, panel: &[f32], sums: &m
                         $($r => {
                             #[allow(unsafe_code)]
                             // SAFETY: `Way::Avx2` is chosen only where the CPU has AVX2 and FMA.
-                            unsafe { tile_avx2::<$r>(x, k, panel, sums) }
+                            unsafe { tile_avx2::<$r>(x.data, x.stride, k, panel, sums) }
                         })*
                         _ => unreachable!("at most {ROWS_256} rows per tile"),
                     }
@@ -220,14 +262,14 @@ fn tile_sums(way: Way, x: &[f32], rows: usize, k: usize, panel: &[f32], sums: &m
         Way::Portable => {}
     }
     let _ = way;
-    tile_portable(x, rows, k, panel, sums);
+    tile_portable(x, k, panel, sums);
 }
 
 /// Plain loops: each row's 32 sums over `k`, in order.
-fn tile_portable(x: &[f32], rows: usize, k: usize, panel: &[f32], sums: &mut [[f32; PANEL]]) {
-    for (r, s) in sums.iter_mut().enumerate().take(rows) {
+fn tile_portable(x: Rows<'_>, k: usize, panel: &[f32], sums: &mut [[f32; PANEL]]) {
+    for (r, s) in sums.iter_mut().enumerate().take(x.count) {
         *s = [0.0; PANEL];
-        for (&a, w) in x[r * k..(r + 1) * k].iter().zip(panel.chunks_exact(PANEL)) {
+        for (&a, w) in x.data[r * x.stride..r * x.stride + k].iter().zip(panel.chunks_exact(PANEL)) {
             for (s, w) in s.iter_mut().zip(w) {
                 *s += a * w;
             }
@@ -239,18 +281,19 @@ fn tile_portable(x: &[f32], rows: usize, k: usize, panel: &[f32], sums: &mut [[f
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[allow(unsafe_code)]
-fn tile_avx512<const R: usize>(x: &[f32], k: usize, panel: &[f32], sums: &mut [[f32; PANEL]]) {
+fn tile_avx512<const R: usize>(x: &[f32], stride: usize, k: usize, panel: &[f32], sums: &mut [[f32; PANEL]]) {
     use core::arch::x86_64::*;
-    assert!(x.len() >= R * k && panel.len() >= k * PANEL && sums.len() >= R);
+    assert!(stride >= k && x.len() >= (R - 1) * stride + k && panel.len() >= k * PANEL && sums.len() >= R);
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
     let (x, w) = (x.as_ptr(), panel.as_ptr());
     for i in 0..k {
-        // SAFETY: `i < k`, `r < R`: within `x` (`R·k` values) and `panel` (`k·32`), as asserted above.
+        // SAFETY: `i < k`, `r < R`: within `x` (`(R - 1)·stride + k` values) and `panel` (`k·32`), as asserted
+        // above.
         unsafe {
             let w0 = _mm512_loadu_ps(w.add(i * PANEL));
             let w1 = _mm512_loadu_ps(w.add(i * PANEL + 16));
             for (r, acc) in acc.iter_mut().enumerate() {
-                let a = _mm512_set1_ps(*x.add(r * k + i));
+                let a = _mm512_set1_ps(*x.add(r * stride + i));
                 acc[0] = _mm512_fmadd_ps(a, w0, acc[0]);
                 acc[1] = _mm512_fmadd_ps(a, w1, acc[1]);
             }
@@ -269,9 +312,9 @@ fn tile_avx512<const R: usize>(x: &[f32], k: usize, panel: &[f32], sums: &mut [[
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(unsafe_code)]
-fn tile_avx2<const R: usize>(x: &[f32], k: usize, panel: &[f32], sums: &mut [[f32; PANEL]]) {
+fn tile_avx2<const R: usize>(x: &[f32], stride: usize, k: usize, panel: &[f32], sums: &mut [[f32; PANEL]]) {
     use core::arch::x86_64::*;
-    assert!(x.len() >= R * k && panel.len() >= k * PANEL && sums.len() >= R);
+    assert!(stride >= k && x.len() >= (R - 1) * stride + k && panel.len() >= k * PANEL && sums.len() >= R);
     let (x, w) = (x.as_ptr(), panel.as_ptr());
     for half in 0..2 {
         let mut acc = [[_mm256_setzero_ps(); 2]; R];
@@ -281,7 +324,7 @@ fn tile_avx2<const R: usize>(x: &[f32], k: usize, panel: &[f32], sums: &mut [[f3
                 let w0 = _mm256_loadu_ps(w.add(i * PANEL + half * 16));
                 let w1 = _mm256_loadu_ps(w.add(i * PANEL + half * 16 + 8));
                 for (r, acc) in acc.iter_mut().enumerate() {
-                    let a = _mm256_set1_ps(*x.add(r * k + i));
+                    let a = _mm256_set1_ps(*x.add(r * stride + i));
                     acc[0] = _mm256_fmadd_ps(a, w0, acc[0]);
                     acc[1] = _mm256_fmadd_ps(a, w1, acc[1]);
                 }
@@ -326,7 +369,7 @@ mod tests {
                         let first = panels.start * PANEL;
                         let width = n - first;
                         let mut out = vec![f32::NAN; rows * width];
-                        packed.product(way, &x, rows, panels.clone(), &bias, &mut out, width);
+                        packed.product(way, Rows::dense(&x, rows, k), panels.clone(), &bias, &mut out, width);
                         for r in 0..rows {
                             for c in first..n {
                                 let want =
@@ -340,11 +383,46 @@ mod tests {
                             }
                         }
                         let mut alone = vec![0f32; width];
-                        packed.product(way, &x[(rows - 1) * k..], 1, panels, &bias, &mut alone, width);
+                        let last = Rows::dense(&x[(rows - 1) * k..], 1, k);
+                        packed.product(way, last, panels, &bias, &mut alone, width);
                         assert_eq!(alone, out[(rows - 1) * width..], "{way:?} rows={rows}");
                     }
                 }
             }
+        }
+    }
+
+    /// Rows read at a stride from wider rows, and weights packed from `Wᵀ` at a stride, give the same bits as
+    /// the dense forms.
+    #[test]
+    fn strided_rows_and_transposed_weights_match_the_dense_forms() {
+        let (n, k, rows, wide) = (40, 19, 13, 50);
+        let w = random(n * k, 7);
+        let bias = random(n, 8);
+        let x = random(rows * k, 9);
+        // `x` inside rows of `wide` values, from column 5; `Wᵀ` inside rows of `wide` values, from column 3.
+        let mut x_wide = random(rows * wide, 10);
+        for r in 0..rows {
+            x_wide[r * wide + 5..r * wide + 5 + k].copy_from_slice(&x[r * k..(r + 1) * k]);
+        }
+        let mut wt_wide = random(k * wide, 11);
+        for i in 0..k {
+            for c in 0..n {
+                wt_wide[i * wide + 3 + c] = w[c * k + i];
+            }
+        }
+        let dense = Packed::new(&w, n, k);
+        let from_inputs = Packed::from_inputs(&wt_wide[3..], wide, k, n);
+        for way in Way::all_here() {
+            let mut want = vec![0f32; rows * n];
+            dense.product(way, Rows::dense(&x, rows, k), 0..dense.panels(), &bias, &mut want, n);
+            let strided = Rows { data: &x_wide[5..], count: rows, stride: wide };
+            let mut got = vec![0f32; rows * n];
+            dense.product(way, strided, 0..dense.panels(), &bias, &mut got, n);
+            assert_eq!(got, want, "{way:?}: strided rows");
+            let mut got = vec![0f32; rows * n];
+            from_inputs.product(way, Rows::dense(&x, rows, k), 0..from_inputs.panels(), &bias, &mut got, n);
+            assert_eq!(got, want, "{way:?}: weights packed from their transpose");
         }
     }
 }
