@@ -48,8 +48,8 @@ pub struct ServeBench {
     /// Concurrent clients for the gateway throughput measurement.
     #[arg(long, default_value_t = 8)]
     pub concurrency: usize,
-    /// Repeats of each embedding batch.
-    #[arg(long, default_value_t = 5)]
+    /// Repeats of each embedding batch (each side's figure is the batch size over its median time).
+    #[arg(long, default_value_t = 20)]
     pub repeat: usize,
     /// Threads the comparison tools may use (Shoal uses every core of this machine).
     #[arg(long, default_value_t = 2)]
@@ -72,6 +72,14 @@ impl Drop for Up {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A comparison script's embeddings/s from its median batch time (as Shoal's figure is), so that one slow
+/// batch moves neither side.
+fn median_rate(r: &Result<Value, String>) -> Option<f64> {
+    let v = r.as_ref().ok()?;
+    let (batch, ms) = (v["batch"].as_f64()?, v["batch_ms_median"].as_f64()?);
+    (ms > 0.0).then(|| batch * 1000.0 / ms)
 }
 
 pub(super) fn agent() -> ureq::Agent {
@@ -452,11 +460,14 @@ pub fn run(a: ServeBench) -> anyhow::Result<()> {
         let rate = |model: &str| -> anyhow::Result<f64> {
             let body = json!({"model": model, "input": texts, "encoding_format": "float"});
             post(&ag, &eurl, &body)?;
-            let t0 = Instant::now();
-            for _ in 0..a.repeat {
+            let mut times = Vec::with_capacity(a.repeat.max(1));
+            for _ in 0..a.repeat.max(1) {
+                let t0 = Instant::now();
                 post(&ag, &eurl, &body)?;
+                times.push(t0.elapsed().as_secs_f64());
             }
-            Ok(texts.len() as f64 * a.repeat as f64 / t0.elapsed().as_secs_f64())
+            times.sort_by(f64::total_cmp);
+            Ok(texts.len() as f64 / times[times.len() / 2])
         };
         embed_rates.push((kind, rate(EMBED)?));
         if e5_present {
@@ -528,7 +539,7 @@ pub fn run(a: ServeBench) -> anyhow::Result<()> {
                 t.clone(),
             ],
         );
-        let other = st.as_ref().ok().and_then(|v| v["sentences_per_s"].as_f64());
+        let other = median_rate(&st);
         rows.push(row(
             format!("embeddings/s, 32 {kind} sentences (gateway)"),
             format!("{rate:.1}"),
@@ -551,7 +562,7 @@ pub fn run(a: ServeBench) -> anyhow::Result<()> {
                 t.clone(),
             ],
         );
-        let other = peer.as_ref().ok().and_then(|v| v["sentences_per_s"].as_f64());
+        let other = median_rate(&peer);
         let minilm = embed_rates.iter().find(|(k, _)| k == kind).map(|(_, r)| *r);
         rows.push(row(
             format!("e5 embeddings/s, 32 {kind} sentences (gateway)"),
