@@ -318,16 +318,7 @@ impl pulp::NullaryFnOnce for PackRows<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn random(len: usize, seed: u32) -> Vec<f32> {
-        let mut state = seed;
-        (0..len)
-            .map(|_| {
-                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                ((state >> 8) as f32 / (1 << 24) as f32 - 0.5) * 2.0
-            })
-            .collect()
-    }
+    use crate::sgemm::tests::random;
 
     /// Every path against the f64 sums of the f32 products (the AMX path's split bf16 products carry 16 bits).
     #[test]

@@ -341,10 +341,11 @@ fn tile_avx2<const R: usize>(x: &[f32], stride: usize, k: usize, panel: &[f32], 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn random(len: usize, seed: u32) -> Vec<f32> {
+    /// `len` values in [-1, 1) from a seeded linear congruential generator (also used by the dense tests).
+    pub(crate) fn random(len: usize, seed: u32) -> Vec<f32> {
         let mut state = seed;
         (0..len)
             .map(|_| {

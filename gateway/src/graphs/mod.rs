@@ -223,6 +223,23 @@ impl Graphs {
         serde_json::from_slice(&bytes).map_err(|e| format!("step {} output unreadable: {e}", s.id))
     }
 
+    /// The coordinators other than `me` the view names: id and QUIC address.
+    fn other_coordinators(&self, me: u64) -> Vec<(u64, String)> {
+        let soft = self.cluster.status().soft;
+        soft.coordinators.iter().filter(|(id, _, _)| *id != me).map(|(id, quic, _)| (*id, quic.clone())).collect()
+    }
+
+    /// A pooled stream to the coordinator at `quic`. A coordinator that is gone costs [`CONNECT_WAIT`], not a
+    /// transfer's whole wait.
+    async fn open_coordinator(&self, quic: &str) -> Result<shoal_protocol::quic::ClientStream, String> {
+        let addr = shoal_protocol::quic::resolve(quic).await.map_err(|e| e.to_string())?;
+        let open = self.cluster.pool().open(addr, shoal_protocol::tls::COORDINATOR_SERVER_NAME);
+        tokio::time::timeout(CONNECT_WAIT, open)
+            .await
+            .map_err(|_| "no connection".to_string())?
+            .map_err(|e| e.to_string())
+    }
+
     /// A large output's bytes: from this coordinator's store, else fetched from the one that
     /// stored it, else from any other coordinator that mirrored it.
     async fn artifact(&self, sha256: &str, size: u64, stored_by: u64) -> Result<Vec<u8>, String> {
@@ -230,27 +247,12 @@ impl Graphs {
             return Err("large step outputs are read on coordinators".into());
         };
         if !store.has(sha256) {
-            let mut holders: Vec<(u64, String)> = {
-                let soft = self.cluster.status().soft;
-                soft.coordinators
-                    .iter()
-                    .filter(|(id, _, _)| id != me)
-                    .map(|(id, quic, _)| (*id, quic.clone()))
-                    .collect()
-            };
+            let mut holders = self.other_coordinators(*me);
             holders.sort_by_key(|(id, _)| *id != stored_by);
             let mut why = Vec::new();
             for (id, quic) in holders {
-                let Ok(addr) = shoal_protocol::quic::resolve(&quic).await else { continue };
                 let fetched = async {
-                    // A coordinator that is gone costs the connection wait, not the transfer's.
-                    let mut stream = tokio::time::timeout(
-                        CONNECT_WAIT,
-                        self.cluster.pool().open(addr, shoal_protocol::tls::COORDINATOR_SERVER_NAME),
-                    )
-                    .await
-                    .map_err(|_| "no connection".to_string())?
-                    .map_err(|e| e.to_string())?;
+                    let mut stream = self.open_coordinator(&quic).await?;
                     store.fetch(&mut stream, sha256, size, &|_, _| {}).await.map_err(|e| e.to_string())
                 };
                 match tokio::time::timeout(TRANSFER_WAIT, fetched).await {
@@ -328,10 +330,7 @@ impl Graphs {
     /// coordinators confirmed a copy in time.
     pub async fn replicate_output(self: &Arc<Self>, sha256: &str) -> usize {
         let Some((store, me)) = &self.artifacts else { return 0 };
-        let others: Vec<(u64, String)> = {
-            let soft = self.cluster.status().soft;
-            soft.coordinators.iter().filter(|(id, _, _)| id != me).map(|(id, quic, _)| (*id, quic.clone())).collect()
-        };
+        let others = self.other_coordinators(*me);
         // A majority of the group: this coordinator and `need` others.
         let need = others.len().div_ceil(2);
         let (done_tx, mut done) = tokio::sync::mpsc::channel::<bool>(others.len().max(1));
@@ -339,14 +338,7 @@ impl Graphs {
             let (g, store, sha, done_tx) = (self.clone(), store.clone(), sha256.to_string(), done_tx.clone());
             tokio::spawn(async move {
                 let pushed = async {
-                    let addr = shoal_protocol::quic::resolve(&quic).await.map_err(|e| e.to_string())?;
-                    let mut stream = tokio::time::timeout(
-                        CONNECT_WAIT,
-                        g.cluster.pool().open(addr, shoal_protocol::tls::COORDINATOR_SERVER_NAME),
-                    )
-                    .await
-                    .map_err(|_| "no connection".to_string())?
-                    .map_err(|e| e.to_string())?;
+                    let mut stream = g.open_coordinator(&quic).await?;
                     store.push(&mut stream, &sha).await.map_err(|e| e.to_string())
                 };
                 let ok = match tokio::time::timeout(TRANSFER_WAIT, pushed).await {
