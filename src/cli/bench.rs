@@ -5,11 +5,11 @@
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
+
+use super::bench_load::{self as load, pct};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
@@ -53,7 +53,9 @@ pub struct RaftBench {
     /// Writes per configuration.
     #[arg(long, default_value_t = 2000)]
     pub writes: usize,
-    /// Concurrent writers.
+    /// Concurrent writers: keep-alive connections, each with one write in flight, driven by
+    /// one event-loop thread (as wrk does), so that the load generator takes little of the
+    /// CPU the servers share.
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
     /// Leader kills for the failover measurement (0 to skip).
@@ -308,50 +310,6 @@ fn answered_ok(mut r: ureq::http::Response<ureq::Body>) -> bool {
     ok && r.body_mut().read_to_vec().is_ok()
 }
 
-fn pct(sorted: &[Duration], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1000.0
-}
-
-/// Runs `writes` operations from `concurrency` threads; returns (ops/s, p50 ms, p99 ms)
-/// over the acknowledged ones.
-fn drive<F>(writes: usize, concurrency: usize, op: F) -> anyhow::Result<(f64, f64, f64)>
-where
-    F: Fn(&ureq::Agent, usize) -> bool + Send + Sync + 'static,
-{
-    let op = Arc::new(op);
-    let next = Arc::new(AtomicUsize::new(0));
-    let lat = Arc::new(Mutex::new(Vec::with_capacity(writes)));
-    let start = Instant::now();
-    let threads: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let (next, lat, op) = (next.clone(), lat.clone(), op.clone());
-            std::thread::spawn(move || {
-                let a = agent(Duration::from_secs(10));
-                loop {
-                    let n = next.fetch_add(1, Ordering::Relaxed);
-                    if n >= writes {
-                        break;
-                    }
-                    let t = Instant::now();
-                    if op(&a, n) {
-                        lat.lock().map(|mut l| l.push(t.elapsed())).ok();
-                    }
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        let _ = t.join();
-    }
-    let elapsed = start.elapsed();
-    let mut l = lat.lock().map_err(|_| anyhow!("poisoned"))?.clone();
-    l.sort();
-    Ok((l.len() as f64 / elapsed.as_secs_f64(), pct(&l, 0.5), pct(&l, 0.99)))
-}
-
 /// Writes made (and not counted) before each measured row, for Shoal and etcd alike, so that
 /// a row measures a group that has settled rather than its first moments after start.
 fn warm_up(writes: usize) -> usize {
@@ -360,8 +318,10 @@ fn warm_up(writes: usize) -> usize {
 
 fn throughput(g: &Group, writes: usize, concurrency: usize) -> anyhow::Result<(f64, f64, f64)> {
     let leader = g.http(g.leader(Duration::from_secs(30))?);
-    drive(warm_up(writes), concurrency, move |a, _| write(a, leader))?;
-    drive(writes, concurrency, move |a, _| write(a, leader))
+    let request = load::post_json(leader, "/v1/tokens", Some(KEY), r#"{"ttl_seconds":600}"#);
+    let again = request.clone();
+    load::drive(leader, warm_up(writes), concurrency, move |_| again.clone())?;
+    load::drive(leader, writes, concurrency, move |_| request.clone())
 }
 
 /// Writes round-robin to `targets` until one is acknowledged; returns how long it took.
@@ -476,12 +436,22 @@ impl Drop for Etcd {
     }
 }
 
-fn etcd_put(agent: &ureq::Agent, addr: SocketAddr, n: usize) -> bool {
-    let key = format!("bench/{n}");
+/// The body of an etcd put of key `bench/{n}` (etcd's HTTP gateway takes keys and values
+/// in base64).
+fn etcd_put_body(n: usize) -> String {
     let enc = |s: &str| base64_encode(s.as_bytes());
+    json!({"key": enc(&format!("bench/{n}")), "value": enc("0123456789abcdef0123456789abcdef")}).to_string()
+}
+
+fn etcd_put_request(addr: SocketAddr, n: usize) -> Vec<u8> {
+    load::post_json(addr, "/v3/kv/put", None, &etcd_put_body(n))
+}
+
+fn etcd_put(agent: &ureq::Agent, addr: SocketAddr, n: usize) -> bool {
     agent
         .post(&format!("http://{addr}/v3/kv/put"))
-        .send_json(json!({"key": enc(&key), "value": enc("0123456789abcdef0123456789abcdef")}))
+        .header("content-type", "application/json")
+        .send(etcd_put_body(n))
         .map(answered_ok)
         .unwrap_or(false)
 }
@@ -505,8 +475,8 @@ fn base64_encode(bytes: &[u8]) -> String {
 
 fn etcd_throughput(e: &Etcd, writes: usize, concurrency: usize) -> anyhow::Result<(f64, f64, f64)> {
     let leader = e.client(e.leader(Duration::from_secs(30))?);
-    drive(warm_up(writes), concurrency, move |a, n| etcd_put(a, leader, writes + n))?;
-    drive(writes, concurrency, move |a, n| etcd_put(a, leader, n))
+    load::drive(leader, warm_up(writes), concurrency, move |n| etcd_put_request(leader, writes + n))?;
+    load::drive(leader, writes, concurrency, move |n| etcd_put_request(leader, n))
 }
 
 fn etcd_failover(e: &mut Etcd, kills: usize) -> anyhow::Result<Vec<Duration>> {

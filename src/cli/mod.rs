@@ -3,6 +3,7 @@ mod backup;
 mod bench;
 mod bench_chaos;
 mod bench_graphs;
+mod bench_load;
 mod bench_pipeline;
 mod bench_recall;
 mod bench_scale;
