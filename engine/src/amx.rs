@@ -48,6 +48,7 @@ fn detect() -> bool {
 
 /// bf16 values starting on a 64-byte boundary, as the tile loads want them (a tile row that straddles two cache
 /// lines costs two loads: unaligned buffers ran the kernel at a third of its speed).
+#[derive(Default)]
 pub(crate) struct Packed {
     data: Vec<u16>,
     start: usize,
@@ -60,6 +61,22 @@ impl Packed {
         let mut p = Packed { data: Vec::new(), start: 0, len: 0 };
         p.reset(len);
         p
+    }
+
+    /// Make this `len` values long, keeping the allocation (and what it holds) where it is large enough, for
+    /// a caller that writes every value it reads: a buffer kept from call to call is then neither zeroed nor
+    /// faulted in again.
+    pub(crate) fn fit(&mut self, len: usize) {
+        if self.data.len() < len + 32 {
+            self.reset(len);
+        } else {
+            self.len = len;
+        }
+    }
+
+    /// The bytes this holds.
+    pub(crate) fn capacity_bytes(&self) -> usize {
+        self.data.capacity() * 2
     }
 
     /// Make this `len` zeros, keeping the allocation where it is large enough.

@@ -192,8 +192,12 @@ impl Dense {
         let (n, k) = (self.n, self.k);
         let blocks = m.div_ceil(BLOCK);
         // The inputs as the tiles read them, padded with zero rows to whole 32-row blocks: each block as its
-        // bf16 values, then their residuals.
-        a.reset(blocks * 2 * BLOCK * k);
+        // bf16 values, then their residuals. Packing writes every value of a whole block; only a last,
+        // partial block needs its padding zeroed.
+        a.fit(blocks * 2 * BLOCK * k);
+        if !m.is_multiple_of(BLOCK) {
+            a[(blocks - 1) * 2 * BLOCK * k..].fill(0);
+        }
         a.par_chunks_mut(2 * BLOCK * k)
             .zip(x.par_chunks(BLOCK * k))
             .for_each(|(a, x)| crate::matmul::vectorized_wide(PackRows(x, k, a)));

@@ -295,6 +295,7 @@ impl E5 {
             token_type,
             norm: norm("emb.ln.w", "emb.ln.b")?,
             layers: stack,
+            scratch: Default::default(),
         };
         encoder.validate()?;
         Ok(E5 { shape, tokenizer, encoder })

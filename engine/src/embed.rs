@@ -317,6 +317,7 @@ fn bert_encoder(config: &BertConfig, tensors: &std::collections::HashMap<String,
         token_type: token_types.get(..h).ok_or("no token-type embeddings")?.to_vec(),
         norm: norm("embeddings.LayerNorm")?,
         layers,
+        scratch: Default::default(),
     };
     encoder.validate()?;
     Ok(encoder)

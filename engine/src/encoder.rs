@@ -52,6 +52,35 @@ pub(crate) struct Encoder {
     pub token_type: Vec<f32>,
     pub norm: Norm,
     pub layers: Vec<EncoderLayer>,
+    /// Buffers of earlier forwards, kept for the next ones (see [`Scratch`]).
+    pub scratch: std::sync::Mutex<Vec<Scratch>>,
+}
+
+/// The buffers of one forward (the hidden states, Q/K/V, attention output, the feed-forward's middle, the
+/// packed inputs of the AMX tiles), kept from call to call: 32 sentences of 120 tokens take about 80 MiB, and
+/// fresh buffers cost a page fault for each of its pages and a zeroing on every call (about a tenth of such a
+/// call's time). Each forward writes every value it reads.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    x: Vec<f32>,
+    qkv: Vec<f32>,
+    ctx: Vec<f32>,
+    y: Vec<f32>,
+    mid: Vec<f32>,
+    packed: crate::amx::Packed,
+}
+
+/// Scratch sets kept between calls (one per forward that ran at the same time), and the largest set kept: a
+/// batch larger than that (about 6,000 tokens) allocates its own buffers and gives them back when it is done,
+/// so an idle encoder holds at most 256 MiB of them.
+const SCRATCH_KEPT: usize = 2;
+const SCRATCH_KEPT_BYTES: usize = 128 << 20;
+
+impl Scratch {
+    fn bytes(&self) -> usize {
+        4 * (self.x.capacity() + self.qkv.capacity() + self.ctx.capacity() + self.y.capacity() + self.mid.capacity())
+            + self.packed.capacity_bytes()
+    }
 }
 
 /// Rows per parallel task of the row-wise steps.
@@ -84,10 +113,31 @@ impl Encoder {
         if total == 0 {
             return Ok(vec![vec![0.0; h]; batch.len()]);
         }
-        let mut x = vec![0f32; total * h];
+        let mut scratch = self.scratch.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_default();
+        let vectors = self.forward(batch, &lens, total, &mut scratch);
+        if scratch.bytes() <= SCRATCH_KEPT_BYTES {
+            let mut kept = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
+            if kept.len() < SCRATCH_KEPT {
+                kept.push(scratch);
+            }
+        }
+        vectors
+    }
+
+    fn forward(
+        &self,
+        batch: &[Vec<u32>],
+        lens: &[usize],
+        total: usize,
+        scratch: &mut Scratch,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        let h = self.shape.hidden;
+        let Scratch { x, qkv, ctx, y, mid, packed } = scratch;
+        // Every row is written below (a word embedding copied in, then the position's added).
+        x.resize(total * h, 0.0);
         {
             let mut rows = x.chunks_exact_mut(h);
-            for (ids, &len) in batch.iter().zip(&lens) {
+            for (ids, &len) in batch.iter().zip(lens) {
                 for (p, (&id, row)) in ids.iter().zip(rows.by_ref()).take(len).enumerate() {
                     self.word(id, row);
                     for ((o, a), c) in row.iter_mut().zip(&self.positions[p * h..(p + 1) * h]).zip(&self.token_type) {
@@ -96,22 +146,19 @@ impl Encoder {
                 }
             }
         }
-        norm_rows(&mut x, None, &self.norm, h, self.shape.eps);
-        // Buffers reused by every layer.
-        let (mut qkv, mut ctx, mut y, mut mid) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut packed = crate::amx::Packed::zeroed(0);
+        norm_rows(x, None, &self.norm, h, self.shape.eps);
         for layer in &self.layers {
-            layer.qkv.forward_into(&x, total, Activation::Identity, &mut packed, &mut qkv)?;
-            self.attention(&qkv, &lens, &mut ctx);
-            layer.out.forward_into(&ctx, total, Activation::Identity, &mut packed, &mut y)?;
-            norm_rows(&mut x, Some(&y), &layer.out_norm, h, self.shape.eps);
-            layer.up.forward_into(&x, total, Activation::Gelu, &mut packed, &mut mid)?;
-            layer.down.forward_into(&mid, total, Activation::Identity, &mut packed, &mut y)?;
-            norm_rows(&mut x, Some(&y), &layer.ffn_norm, h, self.shape.eps);
+            layer.qkv.forward_into(x, total, Activation::Identity, packed, qkv)?;
+            self.attention(qkv, lens, ctx);
+            layer.out.forward_into(ctx, total, Activation::Identity, packed, y)?;
+            norm_rows(x, Some(y), &layer.out_norm, h, self.shape.eps);
+            layer.up.forward_into(x, total, Activation::Gelu, packed, mid)?;
+            layer.down.forward_into(mid, total, Activation::Identity, packed, y)?;
+            norm_rows(x, Some(y), &layer.ffn_norm, h, self.shape.eps);
         }
         let mut vectors = Vec::with_capacity(batch.len());
         let mut row = 0;
-        for &len in &lens {
+        for &len in lens {
             let mut mean = vec![0f32; h];
             for r in x[row * h..(row + len) * h].chunks_exact(h) {
                 for (m, v) in mean.iter_mut().zip(r) {
@@ -389,6 +436,7 @@ mod tests {
                     ffn_norm: unit_norm(),
                 })
                 .collect(),
+            scratch: Default::default(),
         };
         encoder.validate().expect("valid");
         encoder
@@ -491,6 +539,30 @@ mod tests {
             let alone = e.embed(&batch[3..4]).expect("embed");
             let cos: f32 = alone[0].iter().zip(&got[3]).map(|(a, b)| a * b).sum();
             assert!(cos > 1.0 - 1e-6, "{dense:?}: {cos}");
+        }
+    }
+
+    /// The buffers an encoder keeps from earlier calls (larger batches, other lengths) change nothing: every
+    /// later call gives the same bits as the same call on a fresh encoder.
+    #[test]
+    fn kept_buffers_change_nothing() {
+        let raw = raw();
+        let seqs = |lens: &[usize], salt: usize| -> Vec<Vec<u32>> {
+            lens.iter().map(|&len| (0..len).map(|i| ((i * 5 + len + salt) % VOCAB) as u32).collect()).collect()
+        };
+        let calls = [seqs(&[70, 64, 33], 1), seqs(&[5, 3], 2), seqs(&[40], 3), seqs(&[1], 4), seqs(&[33, 70], 5)];
+        let mut paths = vec![DensePath::F32];
+        if crate::amx::available() {
+            paths.push(DensePath::AmxBf16);
+        }
+        for dense in paths {
+            let kept = encoder(&raw, dense);
+            for (i, batch) in calls.iter().enumerate() {
+                let got = kept.embed(batch).expect("embed");
+                let fresh = encoder(&raw, dense).embed(batch).expect("embed");
+                assert_eq!(got, fresh, "{dense:?}: call {i} differs from a fresh encoder's");
+            }
+            assert_eq!(kept.scratch.lock().expect("lock").len(), 1, "one set of buffers kept");
         }
     }
 }
