@@ -436,15 +436,9 @@ mod tests {
         assert!(from_bf16(to_bf16(f32::NAN)).is_nan());
     }
 
-    /// `n` values in [-2, 2) from a seeded generator.
+    /// `n` values in [-2, 2) from the sgemm tests' seeded generator (doubled, exactly).
     fn random(n: usize, seed: u32) -> Vec<f32> {
-        let mut state = seed;
-        (0..n)
-            .map(|_| {
-                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                ((state >> 8) as f32 / (1 << 24) as f32 - 0.5) * 4.0
-            })
-            .collect()
+        crate::sgemm::tests::random(n, seed).into_iter().map(|v| v * 2.0).collect()
     }
 
     /// Weight rows (one per output column, 32 of them) packed as B.
