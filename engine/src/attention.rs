@@ -91,6 +91,24 @@ fn dot_avx2(v: pulp::x86::V3, a: &[f32], b: &[f32]) -> f32 {
     ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7])) + tail
 }
 
+/// The sums of each of eight vectors' lanes, as one vector (lane `r`: the sum of `a[r]`'s lanes): pairwise
+/// horizontal adds within each 128-bit half, then the two halves added.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn sum_lanes_of_eight(v: pulp::x86::V3, a: [core::arch::x86_64::__m256; 8]) -> core::arch::x86_64::__m256 {
+    let pairs = [
+        v.avx._mm256_hadd_ps(a[0], a[1]),
+        v.avx._mm256_hadd_ps(a[2], a[3]),
+        v.avx._mm256_hadd_ps(a[4], a[5]),
+        v.avx._mm256_hadd_ps(a[6], a[7]),
+    ];
+    // Lanes 0–3: the low halves' sums of a[0..4]; lanes 4–7: their high halves' sums (and likewise for a[4..8]).
+    let low = v.avx._mm256_hadd_ps(pairs[0], pairs[1]);
+    let high = v.avx._mm256_hadd_ps(pairs[2], pairs[3]);
+    v.avx
+        ._mm256_add_ps(v.avx._mm256_permute2f128_ps::<0x20>(low, high), v.avx._mm256_permute2f128_ps::<0x31>(low, high))
+}
+
 /// Dot product with 8 independent lanes in one chain (the order `run_half` has always used).
 #[inline(always)]
 fn dot_one_chain(a: &[f32], b: &[f32]) -> f32 {
@@ -126,11 +144,15 @@ impl HeadAttention<'_> {
         scores.clear();
         match way {
             #[cfg(target_arch = "x86_64")]
-            Way::Avx2(v) => {
-                for k in self.key_rows() {
-                    scores.push(dot_avx2(v, self.q, k));
+            Way::Avx2(v) => match self.q.len() {
+                64 => self.scores_by_eight::<64>(v, scores),
+                128 => self.scores_by_eight::<128>(v, scores),
+                _ => {
+                    for k in self.key_rows() {
+                        scores.push(dot_avx2(v, self.q, k));
+                    }
                 }
-            }
+            },
             _ => {
                 for k in self.key_rows() {
                     scores.push(dot_one_chain(self.q, k));
@@ -160,6 +182,37 @@ impl HeadAttention<'_> {
                     *a *= inv;
                 }
             }
+        }
+    }
+
+    /// The scores `q · k` of every cached position for a `D`-value head, eight positions at a time: each
+    /// position's products in one chain of eight-lane multiply-adds, the eight chains independent of each
+    /// other, then their lanes summed in one transposing reduction (`sum_lanes_of_eight`). Position by
+    /// position, reducing each dot product's lanes took as long as its products. A last group of fewer than
+    /// eight positions repeats the last one to fill the group; a score depends only on its own query and key.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn scores_by_eight<const D: usize>(&self, v: pulp::x86::V3, scores: &mut Vec<f32>) {
+        use core::arch::x86_64::__m256;
+        let positions = self.keys.len() / self.kv_dim;
+        let q: &[f32; D] = self.q.try_into().expect("a head of D values");
+        let (q, _) = q.as_chunks::<8>();
+        let key = |p: usize| -> &[f32; D] {
+            self.keys[p * self.kv_dim + self.offset..][..D].try_into().expect("a head of D values")
+        };
+        scores.resize(positions, 0.0);
+        for (first, out) in (0..positions).step_by(8).zip(scores.chunks_mut(8)) {
+            let rows: [&[f32; D]; 8] = core::array::from_fn(|r| key((first + r).min(positions - 1)));
+            let mut acc = [v.avx._mm256_setzero_ps(); 8];
+            for (j, q) in q.iter().enumerate() {
+                let q: __m256 = pulp::cast(*q);
+                for r in 0..8 {
+                    let k: __m256 = pulp::cast(*<&[f32; 8]>::try_from(&rows[r][j * 8..j * 8 + 8]).expect("8"));
+                    acc[r] = v.fma._mm256_fmadd_ps(k, q, acc[r]);
+                }
+            }
+            let sums: [f32; 8] = pulp::cast(sum_lanes_of_eight(v, acc));
+            out.copy_from_slice(&sums[..out.len()]);
         }
     }
 

@@ -82,7 +82,7 @@ pub fn kernel_path() -> &'static str {
 pub(crate) enum KernelPath {
     /// Portable Rust (auto-vectorised for what the build targets).
     Portable,
-    /// Explicit AVX2/FMA.
+    /// Explicit AVX2/FMA (and F16C, which every such CPU has, for the half-precision scales).
     Avx2,
     /// The AVX2 kernels with their byte dot products on AVX-512 VNNI (`vpdpbusd` on 256-bit vectors: one
     /// instruction for what takes `maddubs` then `madd`), for CPUs with AVX512-VNNI, AVX512-VL and AVX512BW.
@@ -93,7 +93,7 @@ impl KernelPath {
     /// The fastest path this CPU runs.
     pub(crate) fn best() -> KernelPath {
         #[cfg(target_arch = "x86_64")]
-        if pulp::x86::V3::try_new().is_some() {
+        if pulp::x86::V3::try_new().is_some() && std::arch::is_x86_feature_detected!("f16c") {
             if std::arch::is_x86_feature_detected!("avx512vnni")
                 && std::arch::is_x86_feature_detected!("avx512vl")
                 && std::arch::is_x86_feature_detected!("avx512bw")
@@ -414,6 +414,13 @@ pub(crate) trait WeightBlock: Copy + Send + Sync {
         }
         out
     }
+    /// For one-part formats whose scale and offset are stored in half precision: their bits (the offset's in the
+    /// high 16, none without an offset), which the vector kernels convert on F16C (`half::f16_pair_f16c`, the
+    /// same values as `scales_offsets`). `None` for the others.
+    #[inline(always)]
+    fn half_scales(&self) -> Option<u32> {
+        None
+    }
     /// Integer dot product of part `part`'s `q` values with an input block.
     fn dot(&self, part: usize, x: &[i8; BLOCK]) -> i32;
     /// Appends the block's `32 * PARTS` dequantised values.
@@ -662,7 +669,12 @@ fn run_task<B: WeightBlock>(kernel: Kernel<'_, B>, path: KernelPath, arch: Arch)
                 kernel_vnni(v3, kernel)
             };
         } else {
-            v3.vectorize(move || kernel_v3::<B, false>(v3, kernel));
+            #[allow(unsafe_code)]
+            // SAFETY: `path` is `Avx2` or better only where `KernelPath::best` found F16C (and `v3` proves AVX2
+            // and FMA), the features `kernel_avx2` is compiled for.
+            unsafe {
+                kernel_avx2(v3, kernel)
+            };
         }
         return;
     }
@@ -729,9 +741,16 @@ impl<B: WeightBlock> WithSimd for Kernel<'_, B> {
     }
 }
 
+/// `kernel_v3` with `maddubs` dot products, compiled for the CPUs of `KernelPath::Avx2`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,avx2,fma,f16c")]
+fn kernel_avx2<B: WeightBlock>(v: pulp::x86::V3, kernel: Kernel<'_, B>) {
+    kernel_v3::<B, false>(v, kernel)
+}
+
 /// `kernel_v3` with `vnni_dot`, compiled for the CPUs of `KernelPath::Vnni`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx,avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[target_feature(enable = "avx,avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 fn kernel_vnni<B: WeightBlock>(v: pulp::x86::V3, kernel: Kernel<'_, B>) {
     kernel_v3::<B, true>(v, kernel)
 }
@@ -766,6 +785,22 @@ fn kernel_v3<B: WeightBlock, const VNNI: bool>(v: pulp::x86::V3, kernel: Kernel<
                 _ => o.copy_from_slice(&column_v3::<B, 1, VNNI>(v, wrow, g, &mut s1)),
             }
         }
+    }
+}
+
+/// `wb.scales_offsets()`, converting half-precision scales on F16C (code compiled with it only: the kernels of
+/// `kernel_v3`). With 8 input rows, converting them in software took a third of a SmolLM2 decode step's kernel time.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn scales_offsets_f16c<B: WeightBlock>(wb: &B) -> ([f32; 8], [f32; 8]) {
+    match wb.half_scales() {
+        Some(bits) => {
+            let (d, m) = crate::half::f16_pair_f16c(bits);
+            let mut out = ([0f32; 8], [0f32; 8]);
+            (out.0[0], out.1[0]) = (d, m);
+            out
+        }
+        None => wb.scales_offsets(),
     }
 }
 
@@ -808,7 +843,7 @@ fn column_v3<B: WeightBlock, const R: usize, const VNNI: bool>(
         let parts = x.zip(d.chunks_exact(B::PARTS)).zip(s.chunks_exact(B::PARTS));
         for (wb, ((x, d), s)) in wrow.iter().zip(parts) {
             prefetch_v3(v, wb);
-            let (dw, mw) = wb.scales_offsets();
+            let (dw, mw) = scales_offsets_f16c(wb);
             for p in 0..B::PARTS {
                 let dot = B::dot_v3::<VNNI>(v, wb.load_v3::<VNNI>(v, p), row(x, p, 0));
                 let scale = v.avx._mm256_set1_ps(dw[p] * d[p][0]);
@@ -824,11 +859,15 @@ fn column_v3<B: WeightBlock, const R: usize, const VNNI: bool>(
     // Several rows: first the per-block scales of all rows and the offset terms (short loops over R that
     // become vector operations), so that the dot-product loop only loads them (computing them in the loop
     // costs a stalled store-to-load round trip per row).
+    // Sized first and written in place: a possible allocation call inside the loop would make the compiler keep
+    // `macc` in memory (a call clobbers every vector register), a store-to-load round trip per block.
     scales.clear();
-    for (wb, (d, s)) in wrow.iter().zip(d.chunks_exact(B::PARTS).zip(s.chunks_exact(B::PARTS))) {
-        let (dw, mw) = wb.scales_offsets();
+    scales.resize(wrow.len() * B::PARTS, [0f32; R]);
+    let blocks = wrow.iter().zip(d.chunks_exact(B::PARTS).zip(s.chunks_exact(B::PARTS)));
+    for ((wb, (d, s)), out) in blocks.zip(scales.chunks_exact_mut(B::PARTS)) {
+        let (dw, mw) = scales_offsets_f16c(wb);
         for p in 0..B::PARTS {
-            scales.push(core::array::from_fn(|i| dw[p] * d[p][i]));
+            out[p] = core::array::from_fn(|i| dw[p] * d[p][i]);
             if B::OFFSET {
                 for i in 0..R {
                     macc[i] += mw[p] * s[p][i];

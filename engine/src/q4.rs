@@ -75,6 +75,11 @@ impl WeightBlock for Q4Block {
     }
 
     #[inline(always)]
+    fn half_scales(&self) -> Option<u32> {
+        Some(u32::from(self.d) | u32::from(self.m) << 16)
+    }
+
+    #[inline(always)]
     fn offset(&self, _part: usize) -> f32 {
         f16_to_f32(self.m)
     }

@@ -56,6 +56,11 @@ impl WeightBlock for Q5Block {
     }
 
     #[inline(always)]
+    fn half_scales(&self) -> Option<u32> {
+        Some(u32::from(self.d))
+    }
+
+    #[inline(always)]
     fn offset(&self, _part: usize) -> f32 {
         0.0
     }

@@ -73,6 +73,11 @@ impl WeightBlock for Q8Block {
     }
 
     #[inline(always)]
+    fn half_scales(&self) -> Option<u32> {
+        Some(u32::from(self.d))
+    }
+
+    #[inline(always)]
     fn offset(&self, _part: usize) -> f32 {
         0.0
     }
