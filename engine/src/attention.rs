@@ -1,12 +1,13 @@
 //! Causal attention of decoder rows against their sequences' key/value caches: every (row, query head) on its
-//! own, so a row's result does not depend on the rest of the batch.
+//! own arithmetic, so a row's result does not depend on the rest of the batch, nor a head's on the others.
 //!
 //! Two ways of computing one head:
-//! - the default ([`HeadAttention::run_lanes`]): on AVX2/FMA each query–key dot product in four independent
-//!   chains of eight-lane fused multiply–adds, written with the vector operations themselves (the compiler
-//!   turned every plainer form tried into scalar code with its sums spilled to the stack), the softmax's max
-//!   and sum over vector lanes, and the weighted sum of values held in registers for the usual head sizes (64
-//!   and 128 values), normalised once at the end. CPUs without AVX2 take the same steps in portable code.
+//! - the default: on AVX2/FMA, for the usual head sizes (64 and 128 values), the query heads that share a
+//!   key/value head together in one pass over the cache ([`GroupAttention::run_by_eight`]): the scores of
+//!   eight positions at a time, each in one chain of eight-lane fused multiply–adds with the eight chains'
+//!   lanes summed in one transposing reduction, the softmax's max and sum over vector lanes, and the weighted
+//!   sums of values in registers, normalised once at the end. Other head sizes, and CPUs without AVX2, take
+//!   the same steps a head at a time ([`HeadAttention::run_lanes`]; each dot product in four chains).
 //! - with `llama_cpp_numerics` ([`HeadAttention::run_half`]): the query and the attention weights rounded to
 //!   half precision before they meet the (half-precision) cache, as llama.cpp with its default cache type, in
 //!   the summation order the recorded llama.cpp token fixtures were measured with.
@@ -144,15 +145,11 @@ impl HeadAttention<'_> {
         scores.clear();
         match way {
             #[cfg(target_arch = "x86_64")]
-            Way::Avx2(v) => match self.q.len() {
-                64 => self.scores_by_eight::<64>(v, scores),
-                128 => self.scores_by_eight::<128>(v, scores),
-                _ => {
-                    for k in self.key_rows() {
-                        scores.push(dot_avx2(v, self.q, k));
-                    }
+            Way::Avx2(v) => {
+                for k in self.key_rows() {
+                    scores.push(dot_avx2(v, self.q, k));
                 }
-            },
+            }
             _ => {
                 for k in self.key_rows() {
                     scores.push(dot_one_chain(self.q, k));
@@ -182,37 +179,6 @@ impl HeadAttention<'_> {
                     *a *= inv;
                 }
             }
-        }
-    }
-
-    /// The scores `q · k` of every cached position for a `D`-value head, eight positions at a time: each
-    /// position's products in one chain of eight-lane multiply-adds, the eight chains independent of each
-    /// other, then their lanes summed in one transposing reduction (`sum_lanes_of_eight`). Position by
-    /// position, reducing each dot product's lanes took as long as its products. A last group of fewer than
-    /// eight positions repeats the last one to fill the group; a score depends only on its own query and key.
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    fn scores_by_eight<const D: usize>(&self, v: pulp::x86::V3, scores: &mut Vec<f32>) {
-        use core::arch::x86_64::__m256;
-        let positions = self.keys.len() / self.kv_dim;
-        let q: &[f32; D] = self.q.try_into().expect("a head of D values");
-        let (q, _) = q.as_chunks::<8>();
-        let key = |p: usize| -> &[f32; D] {
-            self.keys[p * self.kv_dim + self.offset..][..D].try_into().expect("a head of D values")
-        };
-        scores.resize(positions, 0.0);
-        for (first, out) in (0..positions).step_by(8).zip(scores.chunks_mut(8)) {
-            let rows: [&[f32; D]; 8] = core::array::from_fn(|r| key((first + r).min(positions - 1)));
-            let mut acc = [v.avx._mm256_setzero_ps(); 8];
-            for (j, q) in q.iter().enumerate() {
-                let q: __m256 = pulp::cast(*q);
-                for r in 0..8 {
-                    let k: __m256 = pulp::cast(*<&[f32; 8]>::try_from(&rows[r][j * 8..j * 8 + 8]).expect("8"));
-                    acc[r] = v.fma._mm256_fmadd_ps(k, q, acc[r]);
-                }
-            }
-            let sums: [f32; 8] = pulp::cast(sum_lanes_of_eight(v, acc));
-            out.copy_from_slice(&sums[..out.len()]);
         }
     }
 
@@ -259,6 +225,129 @@ impl HeadAttention<'_> {
             for (a, b) in o.iter_mut().zip(v) {
                 *a += w * b;
             }
+        }
+    }
+}
+
+/// The query heads that share one key/value head, against its cached positions.
+struct GroupAttention<'a> {
+    /// The heads' queries, one after another.
+    queries: &'a [f32],
+    dim: usize,
+    keys: &'a [f32],
+    values: &'a [f32],
+    kv_dim: usize,
+    offset: usize,
+    scale: f32,
+}
+
+/// Positions per pass of the weighted sums: their values (4 KiB for 64-value heads) stay in the first-level
+/// cache while each head of the group meets them.
+const VALUE_PASS: usize = 16;
+
+/// Most query heads per key/value head that `GroupAttention::run_by_eight` takes at once.
+const MAX_GROUP: usize = 16;
+
+impl<'a> GroupAttention<'a> {
+    fn head(&self, h: usize) -> HeadAttention<'a> {
+        HeadAttention {
+            q: &self.queries[h * self.dim..(h + 1) * self.dim],
+            keys: self.keys,
+            values: self.values,
+            kv_dim: self.kv_dim,
+            offset: self.offset,
+            scale: self.scale,
+        }
+    }
+
+    /// Each head of the group as `HeadAttention::run_lanes` computes it, but every cached key and value is
+    /// read from memory once for the whole group instead of once per head (on 8 streams of SmolLM2, 3 query
+    /// heads per key/value head, attention was bound by reading the cache). The scores come eight positions
+    /// at a time: each position's products in one chain of eight-lane multiply-adds, the eight chains
+    /// independent of each other, then their lanes summed in one transposing reduction (`sum_lanes_of_eight`;
+    /// position by position, reducing each dot product's lanes took as long as its products). A last group of
+    /// fewer than eight positions repeats the last one to fill the group. The weighted sums of values take
+    /// `VALUE_PASS` positions per pass, each head's sums kept in its output between passes (exactly: the
+    /// same sums, in the same order, as in one pass). A head's result depends only on its own query and the
+    /// cache, not on the other heads of its group.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn run_by_eight<const D: usize>(&self, v: pulp::x86::V3, scores: &mut Vec<f32>, o: &mut [f32]) {
+        use core::arch::x86_64::__m256;
+        let positions = self.keys.len() / self.kv_dim;
+        let group = self.queries.len() / D;
+        debug_assert!(group <= MAX_GROUP && o.len() == group * D);
+        let row = |cache: &'a [f32], p: usize| -> &'a [f32; D] {
+            cache[p * self.kv_dim + self.offset..][..D].try_into().expect("a head of D values")
+        };
+        scores.clear();
+        scores.resize(group * positions, 0.0);
+        for first in (0..positions).step_by(8) {
+            let keys: [&[f32; D]; 8] = core::array::from_fn(|r| row(self.keys, (first + r).min(positions - 1)));
+            let count = (positions - first).min(8);
+            for (q, scores) in self.queries.chunks_exact(D).zip(scores.chunks_exact_mut(positions)) {
+                let mut acc = [v.avx._mm256_setzero_ps(); 8];
+                for j in 0..D / 8 {
+                    let q: __m256 = pulp::cast(*<&[f32; 8]>::try_from(&q[j * 8..j * 8 + 8]).expect("8 values"));
+                    for r in 0..8 {
+                        let k: __m256 =
+                            pulp::cast(*<&[f32; 8]>::try_from(&keys[r][j * 8..j * 8 + 8]).expect("8 values"));
+                        acc[r] = v.fma._mm256_fmadd_ps(k, q, acc[r]);
+                    }
+                }
+                let sums: [f32; 8] = pulp::cast(sum_lanes_of_eight(v, acc));
+                scores[first..first + count].copy_from_slice(&sums[..count]);
+            }
+        }
+        let mut inv = [0f32; MAX_GROUP];
+        for (scores, inv) in scores.chunks_exact_mut(positions).zip(&mut inv) {
+            let max = lanes_max(scores);
+            for s in scores.iter_mut() {
+                *s = crate::fastmath::exp((*s - max) * self.scale);
+            }
+            *inv = 1.0 / lanes_sum(scores);
+        }
+        o.fill(0.0);
+        for first in (0..positions).step_by(VALUE_PASS) {
+            let last = (first + VALUE_PASS).min(positions);
+            for (o, weights) in o.chunks_exact_mut(D).zip(scores.chunks_exact(positions)) {
+                let o: &mut [f32; D] = o.try_into().expect("a head of D values");
+                let mut acc = *o;
+                for (p, &w) in (first..last).zip(&weights[first..last]) {
+                    for (a, &b) in acc.iter_mut().zip(row(self.values, p)) {
+                        *a = w.mul_add(b, *a);
+                    }
+                }
+                *o = acc;
+            }
+        }
+        for (o, inv) in o.chunks_exact_mut(D).zip(inv) {
+            for a in o.iter_mut() {
+                *a *= inv;
+            }
+        }
+    }
+}
+
+/// A group of heads as an operation for `vectorized` (compiled for AVX2 and FMA, as `Way::Avx2` requires).
+#[cfg(target_arch = "x86_64")]
+struct AttendGroup<'a, 'b> {
+    group: GroupAttention<'a>,
+    v: pulp::x86::V3,
+    scores: &'b mut Vec<f32>,
+    o: &'b mut [f32],
+}
+
+#[cfg(target_arch = "x86_64")]
+impl pulp::NullaryFnOnce for AttendGroup<'_, '_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn call(self) {
+        let AttendGroup { group, v, scores, o } = self;
+        match group.dim {
+            64 => group.run_by_eight::<64>(v, scores, o),
+            _ => group.run_by_eight::<128>(v, scores, o),
         }
     }
 }
@@ -348,32 +437,43 @@ fn attention_with(
     let group = nh / nkv;
     let scale = 1.0 / (hd as f32).sqrt();
     let mut out = vec![0f32; row_seq.len() * q_dim];
+    // One task per (row, key/value head): the query heads that share a key/value head are consecutive.
     let task = |scores: &mut Vec<f32>, idx: usize, o: &mut [f32]| {
-        let (r, h) = (idx / nh, idx % nh);
+        let (r, kvh) = (idx / nkv, idx % nkv);
         let (keys, values) = kv[row_seq[r]];
         let len = (row_pos[r] + 1) * kv_dim;
-        let head = HeadAttention {
-            q: &qkv[r * qkv_dim + h * hd..r * qkv_dim + (h + 1) * hd],
+        let start = r * qkv_dim + kvh * group * hd;
+        let heads = GroupAttention {
+            queries: &qkv[start..start + group * hd],
+            dim: hd,
             keys: &keys[..len],
             values: &values[..len],
             kv_dim,
-            offset: h / group * hd,
+            offset: kvh * hd,
             scale,
         };
-        vectorized(Attend { head, way, scores, o })
+        #[cfg(target_arch = "x86_64")]
+        if let Way::Avx2(v) = way {
+            if matches!(hd, 64 | 128) && group <= MAX_GROUP {
+                return vectorized(AttendGroup { group: heads, v, scores, o });
+            }
+        }
+        for (h, o) in o.chunks_exact_mut(hd).enumerate() {
+            vectorized(Attend { head: heads.head(h), way, scores, o });
+        }
     };
     let work: usize = row_pos.iter().map(|p| p + 1).sum::<usize>() * nh * hd;
     if work < 200_000 {
         let mut scores = Vec::new();
-        for (idx, o) in out.chunks_exact_mut(hd).enumerate() {
+        for (idx, o) in out.chunks_exact_mut(group * hd).enumerate() {
             task(&mut scores, idx, o);
         }
     } else {
-        // A few long runs of heads per thread: one task per head cost more in hand-overs than the heads took.
-        let per = (row_seq.len() * nh).div_ceil(2 * rayon::current_num_threads()).max(1);
-        out.par_chunks_mut(per * hd).enumerate().for_each(|(chunk, o)| {
+        // A few long runs of groups per thread: one task per head cost more in hand-overs than the heads took.
+        let per = (row_seq.len() * nkv).div_ceil(2 * rayon::current_num_threads()).max(1);
+        out.par_chunks_mut(per * group * hd).enumerate().for_each(|(chunk, o)| {
             let mut scores = Vec::new();
-            for (i, o) in o.chunks_exact_mut(hd).enumerate() {
+            for (i, o) in o.chunks_exact_mut(group * hd).enumerate() {
                 task(&mut scores, chunk * per + i, o);
             }
         });
@@ -457,6 +557,32 @@ mod tests {
                     let alone = attention_with(way, heads, qkv, &kvs, &row_seq[r..=r], &row_pos[r..=r]);
                     assert_eq!(alone, got[r * query * dim..(r + 1) * query * dim], "row {r} depends on the batch");
                 }
+            }
+        }
+    }
+
+    /// A head's result does not depend on the other query heads of its group (which share its pass over the
+    /// cache), on every way this CPU runs.
+    #[test]
+    fn a_head_does_not_depend_on_the_others_of_its_group() {
+        let mut seed = 11u64;
+        for (dim, query, kv) in [(64, 14, 2), (128, 6, 2)] {
+            for way in ways(false) {
+                let heads = Heads { query, kv, dim, half_precision: false };
+                let kv_dim = kv * dim;
+                let qkv_dim = query * dim + 2 * kv_dim;
+                let (keys, values) = (random(37 * kv_dim, &mut seed), random(37 * kv_dim, &mut seed));
+                let kvs: [(&[f32], &[f32]); 1] = [(&keys, &values)];
+                let qkv = random(qkv_dim, &mut seed);
+                let got = attention_with(way, heads, &qkv, &kvs, &[0], &[36]);
+                // Every query head but the second of the second group changed.
+                let kept = query / kv + 1;
+                let mut other = random(qkv_dim, &mut seed);
+                other[kept * dim..(kept + 1) * dim].copy_from_slice(&qkv[kept * dim..(kept + 1) * dim]);
+                other[query * dim..].copy_from_slice(&qkv[query * dim..]);
+                let again = attention_with(way, heads, &other, &kvs, &[0], &[36]);
+                assert_eq!(got[kept * dim..(kept + 1) * dim], again[kept * dim..(kept + 1) * dim], "dim {dim}");
+                assert_ne!(got[..dim], again[..dim], "the changed heads changed");
             }
         }
     }
