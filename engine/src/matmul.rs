@@ -555,59 +555,43 @@ impl<B: WeightBlock> BlockMatrix<B> {
         #[cfg(target_arch = "x86_64")]
         let v3 = pulp::x86::V3::try_new().filter(|_| path != KernelPath::Portable);
         let work = n * m * (k / Self::VALUES) * B::BYTES;
-        let kernel = |col0: usize, out: &mut [f32]| {
+        let kernel = |col0: usize, out: &mut [&mut [f32]]| {
             #[cfg(target_arch = "x86_64")]
             if let Some(v3) = v3.filter(|_| m > ROWS) {
-                let widen = Widen { matrix: self, v: v3, col0, columns: out.len() / m };
+                let widen = Widen { matrix: self, v: v3, col0, columns: out[0].len() };
                 if let Some(wide) = v3.vectorize(widen) {
-                    run_task(Kernel { w: &wide, groups: &groups, m, col0: 0, out }, path, arch);
+                    run_task(Kernel { w: &wide, groups: &groups, col0: 0, out }, path, arch);
                     WIDE_SCRATCH.set(wide.blocks);
                     return;
                 }
             }
-            run_task(Kernel { w: self, groups: &groups, m, col0, out }, path, arch)
+            run_task(Kernel { w: self, groups: &groups, col0, out }, path, arch)
         };
-        // Each task owns a contiguous run of columns: the kernel writes them column-major (`[column][row]`), then
-        // the task turns its block row-major (`[row][column]`) while it is in its first-level cache, so that
-        // putting the blocks together is a copy of whole runs. (With 8 input rows, turning the whole result
-        // around value by value on one thread afterwards took 7% of a SmolLM2 decode step.)
-        let mut tmp = vec![0f32; n * m];
+        // Each task owns a contiguous run of columns and writes its results straight into their places in
+        // every row: the rows are cut at the tasks' column boundaries, and each task gets its piece of each
+        // row. (Writing each task's block column by column, turning it around, then copying the blocks
+        // together took three passes over the result, and fresh pages for each: a tenth of a long prefill.)
+        let mut out = vec![0f32; m * n];
         let threads = rayon::current_num_threads();
         let parallel = work >= PARALLEL_MIN_WORK && threads > 1;
         let cols = if parallel { n.div_ceil(threads * TASKS_PER_THREAD).max(1) } else { n };
-        let task = |task: usize, block: &mut [f32]| {
-            kernel(task * cols, block);
-            if m > 1 {
-                rows_first(block, m);
+        let tasks = n.div_ceil(cols);
+        let mut pieces: Vec<Vec<&mut [f32]>> = (0..tasks).map(|_| Vec::with_capacity(m)).collect();
+        for row in out.chunks_exact_mut(n) {
+            let mut rest = row;
+            for piece in pieces.iter_mut() {
+                let (mine, others) = rest.split_at_mut(cols.min(rest.len()));
+                piece.push(mine);
+                rest = others;
             }
-        };
+        }
         if parallel {
-            tmp.par_chunks_mut(cols * m).enumerate().for_each(|(t, block)| task(t, block));
+            pieces.par_iter_mut().enumerate().for_each(|(t, piece)| kernel(t * cols, piece));
         } else {
-            task(0, &mut tmp);
+            kernel(0, &mut pieces[0]);
         }
-        if m == 1 {
-            return tmp;
-        }
-        let mut out = Vec::with_capacity(m * n);
-        for r in 0..m {
-            for block in tmp.chunks(cols * m) {
-                let width = block.len() / m;
-                out.extend_from_slice(&block[r * width..(r + 1) * width]);
-            }
-        }
+        drop(pieces);
         out
-    }
-}
-
-/// Turns `block`, `[columns][m]`, into `[m][columns]` in place.
-fn rows_first(block: &mut [f32], m: usize) {
-    let columns = block.len() / m;
-    let by_column = block.to_vec();
-    for (c, column) in by_column.chunks_exact(m).enumerate() {
-        for (r, &v) in column.iter().enumerate() {
-            block[r * columns + c] = v;
-        }
     }
 }
 
@@ -658,7 +642,7 @@ impl<B: WeightBlock> BlockMatrix<B> {
 }
 
 /// Runs one column task on the code path `path` (which the CPU must run).
-fn run_task<B: WeightBlock>(kernel: Kernel<'_, B>, path: KernelPath, arch: Arch) {
+fn run_task<B: WeightBlock>(kernel: Kernel<'_, '_, B>, path: KernelPath, arch: Arch) {
     #[cfg(target_arch = "x86_64")]
     if let Some(v3) = pulp::x86::V3::try_new().filter(|_| path != KernelPath::Portable) {
         if path == KernelPath::Vnni {
@@ -685,26 +669,27 @@ fn run_task<B: WeightBlock>(kernel: Kernel<'_, B>, path: KernelPath, arch: Arch)
     }
 }
 
-/// One column task: columns `col0..` of the result for all `m` input rows.
-struct Kernel<'a, B> {
+/// One column task: the columns of weight rows `col0..` for all the input rows.
+struct Kernel<'a, 'b, B> {
     w: &'a BlockMatrix<B>,
     groups: &'a [XGroup],
-    m: usize,
     col0: usize,
-    /// Column-major results `[columns][m]`.
-    out: &'a mut [f32],
+    /// The task's piece of each result row (all of the same width: its columns).
+    out: &'a mut [&'b mut [f32]],
 }
 
-impl<B: WeightBlock> WithSimd for Kernel<'_, B> {
+impl<B: WeightBlock> WithSimd for Kernel<'_, '_, B> {
     type Output = ();
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, _simd: S) {
-        let Kernel { w, groups, m, col0, out } = self;
-        for (c, col_out) in out.chunks_exact_mut(m).enumerate() {
+        let Kernel { w, groups, col0, out } = self;
+        let columns = out.first().map_or(0, |row| row.len());
+        for c in 0..columns {
             let wrow = w.row_blocks(col0 + c);
             for g in groups {
-                for (i, o) in col_out[g.row0..g.row0 + g.rows].iter_mut().enumerate() {
+                for (i, row) in out[g.row0..g.row0 + g.rows].iter_mut().enumerate() {
+                    let o = &mut row[c];
                     let mut acc = 0f32;
                     let mut macc = 0f32;
                     if B::SUPER {
@@ -744,47 +729,57 @@ impl<B: WeightBlock> WithSimd for Kernel<'_, B> {
 /// `kernel_v3` with `maddubs` dot products, compiled for the CPUs of `KernelPath::Avx2`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx,avx2,fma,f16c")]
-fn kernel_avx2<B: WeightBlock>(v: pulp::x86::V3, kernel: Kernel<'_, B>) {
+fn kernel_avx2<B: WeightBlock>(v: pulp::x86::V3, kernel: Kernel<'_, '_, B>) {
     kernel_v3::<B, false>(v, kernel)
 }
 
 /// `kernel_v3` with `vnni_dot`, compiled for the CPUs of `KernelPath::Vnni`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx,avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn kernel_vnni<B: WeightBlock>(v: pulp::x86::V3, kernel: Kernel<'_, B>) {
+fn kernel_vnni<B: WeightBlock>(v: pulp::x86::V3, kernel: Kernel<'_, '_, B>) {
     kernel_v3::<B, true>(v, kernel)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn kernel_v3<B: WeightBlock, const VNNI: bool>(v: pulp::x86::V3, kernel: Kernel<'_, B>) {
-    let Kernel { w, groups, m, col0, out } = kernel;
+fn kernel_v3<B: WeightBlock, const VNNI: bool>(v: pulp::x86::V3, kernel: Kernel<'_, '_, B>) {
+    let Kernel { w, groups, col0, out } = kernel;
+    let columns = out.first().map_or(0, |row| row.len());
     let (mut s8, mut s4, mut s2, mut s1) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     // Group by group, each over all of the task's columns: a group's inputs (8 rows: 7 KiB for 896 inputs per
     // row) stay in the first-level cache while the task's weights (a few hundred KiB) come from the second;
     // column by column, every column would read all the inputs again from the second-level cache, 8 times the
     // bytes (a prefill of 8 x 37 tokens of Qwen2.5-0.5B took 2.3 s that way, 2.05 s this way).
     for g in groups {
-        for (c, col_out) in out.chunks_exact_mut(m).enumerate() {
+        // The group's pieces of the result rows.
+        let rows = &mut out[g.row0..g.row0 + g.rows];
+        for c in 0..columns {
             let wrow = w.row_blocks(col0 + c);
             // The rows of a group share each loaded weight block; every row's arithmetic is the same as alone.
-            let o = &mut col_out[g.row0..g.row0 + g.rows];
             if B::SUPER {
                 match g.rows {
-                    8 => o.copy_from_slice(&column_super_v3::<B, 8, VNNI>(v, wrow, g)),
-                    4 => o.copy_from_slice(&column_super_v3::<B, 4, VNNI>(v, wrow, g)),
-                    2 => o.copy_from_slice(&column_super_v3::<B, 2, VNNI>(v, wrow, g)),
-                    _ => o.copy_from_slice(&column_super_v3::<B, 1, VNNI>(v, wrow, g)),
+                    8 => store(rows, c, column_super_v3::<B, 8, VNNI>(v, wrow, g)),
+                    4 => store(rows, c, column_super_v3::<B, 4, VNNI>(v, wrow, g)),
+                    2 => store(rows, c, column_super_v3::<B, 2, VNNI>(v, wrow, g)),
+                    _ => store(rows, c, column_super_v3::<B, 1, VNNI>(v, wrow, g)),
                 }
                 continue;
             }
             match g.rows {
-                8 => o.copy_from_slice(&column_v3::<B, 8, VNNI>(v, wrow, g, &mut s8)),
-                4 => o.copy_from_slice(&column_v3::<B, 4, VNNI>(v, wrow, g, &mut s4)),
-                2 => o.copy_from_slice(&column_v3::<B, 2, VNNI>(v, wrow, g, &mut s2)),
-                _ => o.copy_from_slice(&column_v3::<B, 1, VNNI>(v, wrow, g, &mut s1)),
+                8 => store(rows, c, column_v3::<B, 8, VNNI>(v, wrow, g, &mut s8)),
+                4 => store(rows, c, column_v3::<B, 4, VNNI>(v, wrow, g, &mut s4)),
+                2 => store(rows, c, column_v3::<B, 2, VNNI>(v, wrow, g, &mut s2)),
+                _ => store(rows, c, column_v3::<B, 1, VNNI>(v, wrow, g, &mut s1)),
             }
         }
+    }
+}
+
+/// Column `c` of each of `rows` (a group's pieces of the result rows) from one result per row.
+#[inline(always)]
+fn store<const R: usize>(rows: &mut [&mut [f32]], c: usize, values: [f32; R]) {
+    for (row, v) in rows.iter_mut().zip(values) {
+        row[c] = v;
     }
 }
 
