@@ -369,9 +369,34 @@ pub(crate) fn scaled_dot_v3<const VNNI: bool>(
     if VNNI {
         // SAFETY: code compiled with `VNNI` set runs only inside `kernel_vnni`, which is entered only on CPUs that
         // report AVX512-VNNI and AVX512-VL (`KernelPath::best`) and is compiled with those features.
-        return unsafe { core::arch::x86_64::_mm256_dpwssd_epi32(acc, pairs, scales) };
+        return unsafe { dpwssd(acc, pairs, scales) };
     }
     v.avx2._mm256_add_epi32(acc, v.avx2._mm256_madd_epi16(pairs, scales))
+}
+
+/// `vpdpwssd`, written out: from the intrinsic the compiler emitted `vpmaddwd` then `vpaddd` (its tuning for
+/// CPUs in general splits a register-only `vpdpwssd`), two instructions where one does, in the K-quants'
+/// hottest loop. Inlined into `kernel_vnni`, which has these features.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,avx2,avx512f,avx512vl,avx512vnni")]
+#[inline]
+#[allow(unsafe_code)]
+fn dpwssd(
+    mut acc: core::arch::x86_64::__m256i,
+    pairs: core::arch::x86_64::__m256i,
+    scales: core::arch::x86_64::__m256i,
+) -> core::arch::x86_64::__m256i {
+    // SAFETY: the instruction reads and writes these registers only; the CPU has its features (this function's).
+    unsafe {
+        core::arch::asm!(
+            "vpdpwssd {acc}, {pairs}, {scales}",
+            acc = inout(ymm_reg) acc,
+            pairs = in(ymm_reg) pairs,
+            scales = in(ymm_reg) scales,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+    }
+    acc
 }
 
 /// `(w - offset) * x` for unsigned weight bytes stored with an offset, as `w * x - offset * x` in 16-bit lanes,
