@@ -479,6 +479,13 @@ pub(crate) trait WeightBlock: Copy + Send + Sync {
     fn block_scales(&self) -> (f32, f32) {
         (self.scale(0), self.offset(0))
     }
+    /// `block_scales` converted on F16C: only for the vector kernels (`kernel_v3`, compiled with F16C), where
+    /// formats with half-precision block scales override it with `half::f16_pair_f16c` (the same values).
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn block_scales_f16c(&self) -> (f32, f32) {
+        self.block_scales()
+    }
     /// For `SUPER` formats: each part's integer weight in the block's sum (times its `dot`) and its integer offset
     /// (times the sum of the part's inputs).
     #[inline(always)]
@@ -943,18 +950,28 @@ fn column_super_v3<B: WeightBlock, const R: usize, const VNNI: bool>(
                 dots[i] = B::dot_acc_v3::<VNNI>(v, dots[i], loaded, x);
             }
         }
-        let (scale, offset_scale) = wb.block_scales();
+        let (scale, offset_scale) = wb.block_scales_f16c();
         let term_weights: __m256i = pulp::cast(wb.term_weights());
         let dx = &d[b * B::PARTS];
         for i in 0..R {
-            let terms = v.avx2._mm256_madd_epi16(pulp::cast(bsums[b][i]), term_weights);
             if B::OFFSET {
+                let terms = v.avx2._mm256_madd_epi16(pulp::cast(bsums[b][i]), term_weights);
                 let dot = v.avx._mm256_cvtepi32_ps(dots[i]);
                 acc[i] = v.fma._mm256_fmadd_ps(dot, v.avx._mm256_set1_ps(scale * dx[i]), acc[i]);
                 let offsets = v.avx._mm256_cvtepi32_ps(terms);
                 acc[i] = v.fma._mm256_fmadd_ps(offsets, v.avx._mm256_set1_ps(offset_scale * dx[i]), acc[i]);
             } else {
-                let dot = v.avx._mm256_cvtepi32_ps(v.avx2._mm256_add_epi32(dots[i], terms));
+                // The dot products plus the term, in one `vpdpwssd` with VNNI (the same integers as an add).
+                let sums = if VNNI {
+                    // SAFETY: code compiled with `VNNI` set runs only inside `kernel_vnni` (see `scaled_dot_v3`).
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        dpwssd(dots[i], pulp::cast(bsums[b][i]), term_weights)
+                    }
+                } else {
+                    v.avx2._mm256_add_epi32(dots[i], v.avx2._mm256_madd_epi16(pulp::cast(bsums[b][i]), term_weights))
+                };
+                let dot = v.avx._mm256_cvtepi32_ps(sums);
                 acc[i] = v.fma._mm256_fmadd_ps(dot, v.avx._mm256_set1_ps(scale * dx[i]), acc[i]);
             }
         }

@@ -101,6 +101,13 @@ impl WeightBlock for Q4KBlock {
         (f16_to_f32(self.d), -f16_to_f32(self.dmin))
     }
 
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn block_scales_f16c(&self) -> (f32, f32) {
+        let (d, dmin) = crate::half::f16_pair_f16c(u32::from(self.d) | u32::from(self.dmin) << 16);
+        (d, -dmin)
+    }
+
     #[inline(always)]
     fn part_weights(&self) -> ([i32; 8], [i32; 8]) {
         let mut out = ([0; 8], [0; 8]);

@@ -100,6 +100,12 @@ impl WeightBlock for Q6KBlock {
         (f16_to_f32(self.d), 0.0)
     }
 
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn block_scales_f16c(&self) -> (f32, f32) {
+        (crate::half::f16_pair_f16c(u32::from(self.d)).0, 0.0)
+    }
+
     /// The part's 32 unsigned values as bytes, and its two scales as 16-bit lanes (8 each).
     #[cfg(target_arch = "x86_64")]
     type Loaded = (core::arch::x86_64::__m256i, core::arch::x86_64::__m256i);
