@@ -260,9 +260,10 @@ impl<'a> GroupAttention<'a> {
         }
     }
 
-    /// Each head of the group as `HeadAttention::run_lanes` computes it, but every cached key and value is
-    /// read from memory once for the whole group instead of once per head (on 8 streams of SmolLM2, 3 query
-    /// heads per key/value head, attention was bound by reading the cache). The scores come eight positions
+    /// The steps of `HeadAttention::run_lanes` for each head of the group, but every cached key and value is
+    /// read from memory once for the whole group instead of once per head (Qwen2.5-0.5B has 7 query heads per
+    /// key/value head: after a 1,950-token prompt its decode took 37–40 ms a token head by head, 31 ms this
+    /// way; with short prompts it made no measurable difference). The scores come eight positions
     /// at a time: each position's products in one chain of eight-lane multiply-adds, the eight chains
     /// independent of each other, then their lanes summed in one transposing reduction (`sum_lanes_of_eight`;
     /// position by position, reducing each dot product's lanes took as long as its products). A last group of
