@@ -439,12 +439,13 @@ pub(crate) trait WeightBlock: Copy + Send + Sync {
         }
         out
     }
-    /// For one-part formats whose scale and offset are stored in half precision: their bits (the offset's in the
-    /// high 16, none without an offset), which the vector kernels convert on F16C (`half::f16_pair_f16c`, the
-    /// same values as `scales_offsets`). `None` for the others.
+    /// `scales_offsets` converted on F16C: only for the vector kernels (`kernel_v3`, compiled with F16C), where
+    /// formats with half-precision scales override it with `half::f16_pair_f16c` (the same values; with 8 input
+    /// rows, converting them in software took a third of a SmolLM2 decode step's kernel time).
+    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    fn half_scales(&self) -> Option<u32> {
-        None
+    fn scales_offsets_f16c(&self) -> ([f32; 8], [f32; 8]) {
+        self.scales_offsets()
     }
     /// Integer dot product of part `part`'s `q` values with an input block.
     fn dot(&self, part: usize, x: &[i8; BLOCK]) -> i32;
@@ -815,22 +816,6 @@ fn store<const R: usize>(rows: &mut [&mut [f32]], c: usize, values: [f32; R]) {
     }
 }
 
-/// `wb.scales_offsets()`, converting half-precision scales on F16C (code compiled with it only: the kernels of
-/// `kernel_v3`). With 8 input rows, converting them in software took a third of a SmolLM2 decode step's kernel time.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn scales_offsets_f16c<B: WeightBlock>(wb: &B) -> ([f32; 8], [f32; 8]) {
-    match wb.half_scales() {
-        Some(bits) => {
-            let (d, m) = crate::half::f16_pair_f16c(bits);
-            let mut out = ([0f32; 8], [0f32; 8]);
-            (out.0[0], out.1[0]) = (d, m);
-            out
-        }
-        None => wb.scales_offsets(),
-    }
-}
-
 /// Asks for the cache lines `PREFETCH_BYTES` past block `wb` (every line of it: the K-quant blocks span 3 or 4).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
@@ -870,7 +855,7 @@ fn column_v3<B: WeightBlock, const R: usize, const VNNI: bool>(
         let parts = x.zip(d.chunks_exact(B::PARTS)).zip(s.chunks_exact(B::PARTS));
         for (wb, ((x, d), s)) in wrow.iter().zip(parts) {
             prefetch_v3(v, wb);
-            let (dw, mw) = scales_offsets_f16c(wb);
+            let (dw, mw) = wb.scales_offsets_f16c();
             for p in 0..B::PARTS {
                 let dot = B::dot_v3::<VNNI>(v, wb.load_v3::<VNNI>(v, p), row(x, p, 0));
                 let scale = v.avx._mm256_set1_ps(dw[p] * d[p][0]);
@@ -892,7 +877,7 @@ fn column_v3<B: WeightBlock, const R: usize, const VNNI: bool>(
     scales.resize(wrow.len() * B::PARTS, [0f32; R]);
     let blocks = wrow.iter().zip(d.chunks_exact(B::PARTS).zip(s.chunks_exact(B::PARTS)));
     for ((wb, (d, s)), out) in blocks.zip(scales.chunks_exact_mut(B::PARTS)) {
-        let (dw, mw) = scales_offsets_f16c(wb);
+        let (dw, mw) = wb.scales_offsets_f16c();
         for p in 0..B::PARTS {
             out[p] = core::array::from_fn(|i| dw[p] * d[p][i]);
             if B::OFFSET {

@@ -74,9 +74,11 @@ impl WeightBlock for Q4Block {
         f16_to_f32(self.d)
     }
 
+    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    fn half_scales(&self) -> Option<u32> {
-        Some(u32::from(self.d) | u32::from(self.m) << 16)
+    fn scales_offsets_f16c(&self) -> ([f32; 8], [f32; 8]) {
+        let (d, m) = crate::half::f16_pair_f16c(u32::from(self.d) | u32::from(self.m) << 16);
+        ([d, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], [m, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
     }
 
     #[inline(always)]

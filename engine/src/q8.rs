@@ -72,9 +72,10 @@ impl WeightBlock for Q8Block {
         f16_to_f32(self.d)
     }
 
+    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    fn half_scales(&self) -> Option<u32> {
-        Some(u32::from(self.d))
+    fn scales_offsets_f16c(&self) -> ([f32; 8], [f32; 8]) {
+        ([crate::half::f16_pair_f16c(u32::from(self.d)).0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], [0.0; 8])
     }
 
     #[inline(always)]
